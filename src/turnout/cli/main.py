@@ -1,0 +1,59 @@
+"""``turnout`` command line: the only place that reads argv.
+
+Each command lives in its own module exposing ``register(subparsers)``; the
+module is imported lazily so that ``turnout --help`` stays fast and a missing
+optional extra only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from turnout import __version__
+from turnout.errors import TurnoutError
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("turnout.cli.data", "inspect and convert routing tables"),
+    "eval": ("turnout.cli.eval", "train and compare routers on a routing table"),
+    "train": ("turnout.cli.train", "fit a router and save the artifact a route points at"),
+    "serve": ("turnout.cli.serve", "run the OpenAI-compatible routing server"),
+    "logs": ("turnout.cli.logs", "tail, filter and export the request log"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="Send every LLM request to the right model.")
+    parser.add_argument("--version", action="version", version=f"turnout {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Only import the module of the command actually asked for; list the others by name.
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == wanted:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if not argv else 2
+    try:
+        return int(args.func(args) or 0)
+    except TurnoutError as exc:
+        print(f"turnout {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""turnout's one exception tree.
+
+Every error turnout raises on purpose derives from :class:`TurnoutError`.
+Foreign errors (httpx, provider HTTP statuses, pyarrow, pydantic) are
+translated at the boundary of the room that meets them, so callers only ever
+catch these classes. HTTP status codes are *not* decided here: the server keeps
+one table mapping these classes to statuses (``turnout.server.errors``).
+
+    TurnoutError
+    ├── MissingDependency        an optional extra is not installed (names the extra)
+    ├── ConfigError              the YAML config is wrong (names file, key, fix)
+    ├── DataError                a routing table is wrong (names file, row/column, fix)
+    ├── RoutingError             a router cannot decide (not fitted, no candidate left)
+    │   └── NoCandidateError     every candidate was excluded by constraints
+    ├── RequestError             the client's request is wrong (a 4xx, never a 500)
+    │   ├── InvalidRequestError  malformed body, wrong types, missing messages
+    │   ├── UnknownModelError    no route or model by that name
+    │   └── PayloadTooLargeError body over the configured limit
+    ├── AuthError
+    │   ├── AuthenticationError  missing or wrong API key
+    │   ├── PermissionDeniedError the key may not use that model or route
+    │   └── BudgetExceededError  the key's USD budget is spent
+    ├── BackendError             one backend failed one attempt
+    │   ├── BackendTimeoutError      connect / first-token / total timeout
+    │   ├── BackendConnectionError   refused, reset, DNS
+    │   ├── BackendStatusError       the provider answered an error status
+    │   ├── BackendProtocolError     malformed JSON or SSE from the provider
+    │   └── BackendUnavailableError  skipped: its circuit breaker is open
+    └── AllBackendsFailedError   the whole fallback chain failed (carries every error)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TurnoutError(Exception):
+    """Base of every error turnout raises on purpose."""
+
+    #: short machine-readable kind, used in metrics labels and the OpenAI error ``type``
+    kind: str = "turnout_error"
+
+
+class MissingDependency(TurnoutError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    kind = "missing_dependency"
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the '{package}' package, which is not installed. "
+            f"Install it with: pip install 'turnout[{extra}]'"
+        )
+
+
+class ConfigError(TurnoutError):
+    """The configuration is invalid. Carries the file, the key path and the fix."""
+
+    kind = "config_error"
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None, fix: str | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.fix = fix
+        where = ", ".join(p for p in (file, f"key '{key}'" if key else None) if p)
+        text = f"{where}: {message}" if where else message
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class DataError(TurnoutError):
+    """A routing table or dataset is invalid. Carries file, row/column and the fix."""
+
+    kind = "data_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.file = file
+        self.row = row
+        self.column = column
+        self.fix = fix
+        parts = [p for p in (file, f"row {row}" if row is not None else None, f"column '{column}'" if column else None) if p]
+        text = f"{': '.join([', '.join(parts), message])}" if parts else message
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class RoutingError(TurnoutError):
+    """A router or policy could not produce a decision."""
+
+    kind = "routing_error"
+
+
+class NoCandidateError(RoutingError):
+    """Every candidate model was excluded (allowed list, context window, budget)."""
+
+    kind = "no_candidate"
+
+
+class RequestError(TurnoutError):
+    """The client's request is wrong. Always a 4xx, never a 500."""
+
+    kind = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+class InvalidRequestError(RequestError):
+    """Malformed JSON, wrong types, missing required fields."""
+
+
+class UnknownModelError(RequestError):
+    """The requested model or route does not exist."""
+
+    kind = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body exceeds the configured limit."""
+
+    kind = "payload_too_large"
+
+
+class AuthError(TurnoutError):
+    """Base of authentication, authorisation and budget errors."""
+
+    kind = "auth_error"
+
+
+class AuthenticationError(AuthError):
+    """Missing or unknown API key."""
+
+    kind = "invalid_api_key"
+
+
+class PermissionDeniedError(AuthError):
+    """The key exists but may not use the requested model or route."""
+
+    kind = "permission_denied"
+
+
+class BudgetExceededError(AuthError):
+    """The key's USD budget is spent."""
+
+    kind = "insufficient_quota"
+
+
+class BackendError(TurnoutError):
+    """One attempt against one backend failed.
+
+    ``retryable`` says whether the same backend may be tried again (timeouts,
+    connection errors, 429 and 5xx are; 400-class provider answers are not).
+    """
+
+    kind = "backend_error"
+    retryable: bool = True
+
+    def __init__(self, message: str, *, backend: str, model: str | None = None, retryable: bool | None = None) -> None:
+        self.backend = backend
+        self.model = model
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(f"[{backend}{'/' + model if model else ''}] {message}")
+
+
+class BackendTimeoutError(BackendError):
+    """Connect, first-token or total timeout."""
+
+    kind = "timeout"
+
+    def __init__(self, message: str, *, backend: str, model: str | None = None, phase: str = "total") -> None:
+        self.phase = phase
+        super().__init__(message, backend=backend, model=model, retryable=True)
+
+
+class BackendConnectionError(BackendError):
+    """Connection refused or reset, name resolution failure."""
+
+    kind = "connection_error"
+
+
+class BackendStatusError(BackendError):
+    """The provider answered an HTTP error status."""
+
+    kind = "upstream_status"
+
+    def __init__(self, message: str, *, backend: str, status: int, model: str | None = None, body: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        retryable = status in (408, 409, 425, 429) or status >= 500
+        super().__init__(f"HTTP {status}: {message}", backend=backend, model=model, retryable=retryable)
+
+
+class BackendProtocolError(BackendError):
+    """The provider answered something that is not valid JSON / SSE of its protocol."""
+
+    kind = "upstream_protocol"
+
+
+class BackendUnavailableError(BackendError):
+    """The backend was skipped because its circuit breaker is open."""
+
+    kind = "backend_unavailable"
+
+
+class AllBackendsFailedError(TurnoutError):
+    """Every backend of a fallback chain failed; ``errors`` holds each one's error, in order."""
+
+    kind = "all_backends_failed"
+
+    def __init__(self, errors: Sequence[BackendError], *, route: str | None = None) -> None:
+        self.errors = list(errors)
+        self.route = route
+        detail = "; ".join(str(e) for e in self.errors) or "no backend was tried"
+        super().__init__(f"all {len(self.errors)} backend attempt(s){' for route ' + route if route else ''} failed: {detail}")
+
+
+__all__ = [
+    "AllBackendsFailedError",
+    "AuthError",
+    "AuthenticationError",
+    "BackendConnectionError",
+    "BackendError",
+    "BackendProtocolError",
+    "BackendStatusError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "BudgetExceededError",
+    "ConfigError",
+    "DataError",
+    "InvalidRequestError",
+    "MissingDependency",
+    "NoCandidateError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RequestError",
+    "RoutingError",
+    "TurnoutError",
+    "UnknownModelError",
+]

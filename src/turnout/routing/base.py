@@ -1,0 +1,91 @@
+"""The router seam: a router *scores*, the policy *decides*.
+
+A router is fitted on a :class:`TrainingData` (prompt embeddings, a prompts ×
+models matrix of observed quality with NaN for missing cells, the matching
+cost matrix) and, for new prompts, predicts the quality (and the cost) of every
+candidate model. It never chooses: :mod:`turnout.routing.policy` turns a
+:class:`Prediction`, prices and constraints into a decision.
+
+Example::
+
+    router = create_router("knn", k=40)
+    router.fit(TrainingData(X=emb_train, scores=S, costs=C, models=names))
+    pred = router.predict(emb_test)          # pred.quality: n_test × n_models
+    choice = Policy(lam=50.0).choose(pred)   # index of the model per prompt
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class TrainingData:
+    """What a router learns from. Rows are prompts, columns are models.
+
+    ``scores`` and ``costs`` hold NaN where a model has no outcome for a prompt;
+    such a cell is neither a training target nor a candidate.
+    """
+
+    X: np.ndarray
+    scores: np.ndarray
+    costs: np.ndarray
+    models: list[str]
+    tasks: list[str] | None = None
+    #: optional model cards, e.g. {"gpt-4": {"input_per_mtok": 10, "params": "1.7T", "description": "..."}}
+    model_cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, m = self.scores.shape
+        if self.X.shape[0] != n or self.costs.shape != (n, m) or len(self.models) != m:
+            raise ValueError(
+                f"inconsistent shapes: X {self.X.shape}, scores {self.scores.shape}, "
+                f"costs {self.costs.shape}, {len(self.models)} models"
+            )
+
+    @property
+    def observed(self) -> np.ndarray:
+        """Boolean mask of the cells that have an outcome."""
+        return ~np.isnan(self.scores)
+
+
+@dataclass
+class Prediction:
+    """Predicted quality and cost of every model for a batch of prompts (n × m)."""
+
+    models: list[str]
+    quality: np.ndarray
+    cost: np.ndarray
+    #: optional n × m mask of models that may be chosen (False = not a candidate)
+    available: np.ndarray | None = None
+
+
+class Router(ABC):
+    """Predicts per-candidate quality for prompts. Subclasses register by ``name``."""
+
+    name: ClassVar[str]
+    #: True for routers that read ground truth at prediction time (the oracle): evaluation only.
+    evaluation_only: ClassVar[bool] = False
+
+    models: list[str]
+
+    @abstractmethod
+    def fit(self, data: TrainingData) -> Router:
+        """Learn from ``data``; returns ``self``."""
+
+    @abstractmethod
+    def predict(self, X: np.ndarray) -> Prediction:
+        """Predict quality (and cost) of every model for each row of ``X``."""
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the fitted router (numpy arrays and plain values)."""
+        raise NotImplementedError(f"router '{self.name}' cannot be saved")
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Router:
+        """Rebuild a fitted router from :meth:`get_state`'s output."""
+        raise NotImplementedError(f"router '{cls.name}' cannot be loaded")
