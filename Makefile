@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install sysdeps run test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,15 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/turnout serve
 
-test: install
+# Redis backs the scaled-out shared-state tests; the fixtures start their own server on loopback.
+sysdeps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1)) \
+	      || echo "warning: could not install redis-server; the Redis tests will be skipped"; \
+	  else echo "note: redis-server not found and not root; the Redis tests will be skipped"; fi; }
+
+test: install sysdeps
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

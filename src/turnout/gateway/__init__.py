@@ -1,1 +1,11 @@
-"""turnout.gateway"""
+"""turnout.gateway: the HTTP-free pipeline (route -> backend chain with retries, timeouts, breakers).
+
+The server (``turnout.server``) is a thin ASGI layer over :class:`Gateway`.
+"""
+
+from turnout.gateway.offload import Offloader
+from turnout.gateway.pipeline import Attempt, Gateway, ModelTarget, StreamSession
+from turnout.gateway.reliability import Backoff, CircuitBreaker
+from turnout.gateway.routes import Price, RouteRuntime
+
+__all__ = ["Attempt", "Backoff", "CircuitBreaker", "Gateway", "ModelTarget", "Offloader", "Price", "RouteRuntime", "StreamSession"]

@@ -1,0 +1,450 @@
+"""Gateway overhead: what does turnout add on top of a fixed-latency backend, next to LiteLLM?
+
+Setup (every server is its own process, on loopback):
+
+* upstream: ``python -m turnout.testing.scripted`` answering every chat request
+  after a fixed ``--latency-ms`` (20 ms by default), non-streaming;
+* targets, one at a time so no two gateways compete for the 2 cores:
+  ``direct`` (the upstream itself), ``turnout`` with a concrete model,
+  ``turnout-auto`` (route ``auto``: MiniLM embedding of each prompt + a kNN
+  router artifact + the policy), and ``litellm`` (its proxy from
+  ``.bench-venv``, created here on first run, started offline with
+  ``LITELLM_LOCAL_MODEL_COST_MAP=True``);
+* the load generator is *this* process (httpx, asyncio, one keep-alive pool of
+  ``concurrency`` connections): it runs beside the servers rather than inside
+  them, so it does not take CPU from the server's event loop, but on a 2-core
+  machine it still shares the machine. Every request carries a distinct prompt
+  so that no cache (turnout's embedding cache included) makes repeats free.
+
+Reported per target and concurrency: p50/p99 latency, latency added versus
+direct (p50, p99), throughput (req/s), errors, and the peak resident memory
+(VmRSS from /proc) of the gateway process during the concurrency-64 run; then
+turnout/LiteLLM ratios. Prints a rich table and writes
+``bench/results/gateway_overhead.json``.
+
+    OMP_WAIT_POLICY=PASSIVE python bench/gateway_overhead.py [--latency-ms 20] [--n1 200] [--n64 2000]
+        [--skip litellm,turnout-auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results" / "gateway_overhead.json"
+BENCH_VENV = REPO / ".bench-venv"
+LITELLM_KEY = "sk-bench-" + "5e1f" * 6  # the proxy refuses to start without a non-trivial master key
+console = Console()
+
+
+def free_port() -> int:
+    from turnout.backends.llamacpp import free_port as _free
+
+    return _free()
+
+
+@dataclass
+class Proc:
+    """A server child process: started, waited for, measured, stopped."""
+
+    name: str
+    cmd: list[str]
+    ready_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float) -> None:
+        logf = open(self.log, "wb") if self.log else subprocess.DEVNULL
+        self.popen = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **self.env})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.returncode} while starting; see {self.log}")
+            try:
+                if httpx.get(self.ready_url, timeout=1.0, headers={"Authorization": f"Bearer {LITELLM_KEY}"}).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s; see {self.log}")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its children (uvicorn workers, etc.)."""
+        if self.popen is None:
+            return 0.0
+        total = 0
+        pids = [self.popen.pid]
+        try:
+            pids += [int(p) for p in Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+# ---------------------------------------------------------------------------
+# load generation
+# ---------------------------------------------------------------------------
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection speaking just enough to POST JSON and read the answer.
+
+    The load generator uses these instead of httpx: with 64 connections in one
+    httpx pool the *client* spent about 9 ms of CPU per request on this 2-core
+    machine (httpcore's pool bookkeeping grows with connections × waiters) and
+    became the bottleneck it was meant to measure. A raw connection costs a few
+    tens of microseconds.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        u = httpx.URL(url)
+        self.host, self.port, self.path = u.host, u.port or 80, u.raw_path.decode()
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(
+            f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n{self.extra}\r\n".encode() + body)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+        if "content-length" in hdrs:
+            data = await self.reader.readexactly(int(hdrs["content-length"]))
+        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                chunk = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(chunk[:-2])
+            data = b"".join(parts)
+        else:
+            data = await self.reader.read()
+        if hdrs.get("connection", "").lower() == "close":
+            self.writer.close()
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def run_load(url: str, model: str, n: int, conc: int, progress: Progress, label: str,
+                   watch: Proc | None, headers: dict[str, str]) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    peak_rss = 0.0
+    conns = [RawConnection(url, headers) for _ in range(conc)]
+    free: asyncio.Queue[RawConnection] = asyncio.Queue()
+    for c in conns:
+        free.put_nowait(c)
+    if True:  # one block for symmetry with the connection cleanup below
+        async def one(i: int) -> None:
+            body = json.dumps({"model": model, "max_tokens": 16, "messages": [
+                {"role": "user", "content": f"Bench prompt {i} ({label}): summarise story number {i} in one line."}]}).encode()
+            conn = await free.get()
+            t0 = time.perf_counter()
+            try:
+                status, data = await conn.post(body)
+                ok = status == 200
+                if not ok:
+                    errors.append(f"{status}: {data[:200]!r}")
+            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                ok = False
+                errors.append(repr(e))
+                conn.close()
+                conn.writer = None
+            finally:
+                free.put_nowait(conn)
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+
+        # warm-up: open the pool's connections and load lazy parts (embedder, router) before timing
+        await asyncio.gather(*(one(-1 - i) for i in range(min(2 * conc, 64))))
+        latencies.clear()
+        errors.clear()
+        task = progress.add_task(label, total=n)
+        counter = iter(range(n))
+
+        async def worker() -> None:
+            for i in counter:
+                await one(i)
+                progress.advance(task)
+
+        async def sample() -> None:
+            nonlocal peak_rss
+            while True:
+                if watch is not None:
+                    peak_rss = max(peak_rss, watch.rss_mb())
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.create_task(sample())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        wall = time.perf_counter() - t0
+        sampler.cancel()
+    for c in conns:
+        c.close()
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": n,
+        "ok": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "mean_ms": float(lat.mean()) if len(lat) else float("nan"),
+        "rps": len(latencies) / wall,
+        "peak_rss_mb": peak_rss if watch is not None else None,
+    }
+
+
+# ---------------------------------------------------------------------------
+# the targets
+# ---------------------------------------------------------------------------
+
+
+def router_artifact(tmp: Path) -> Path:
+    """A kNN artifact over two fleet names, both served by the upstream.
+
+    Its training rows are random unit vectors: the decision does not matter
+    here, only the work done per request (embed the prompt, score, decide).
+    """
+    from turnout.routing.artifact import save_router
+    from turnout.routing.base import TrainingData
+    from turnout.routing.registry import create_router
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 384)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    scores = rng.uniform(size=(500, 2))
+    costs = np.tile([0.1, 1.0], (500, 1))
+    router = create_router("knn", k=20).fit(TrainingData(X=X, scores=scores, costs=costs, models=["small", "large"]))
+    return save_router(router, tmp / "knn.npz", meta={"embedder": "minilm", "lambda": 0.0})
+
+
+# ---- turnout: the only part that depends on the server engineer's `turnout serve` ----
+def turnout_proc(tmp: Path, upstream: str, artifact: Path | None) -> tuple[Proc, str]:
+    import yaml
+
+    port = free_port()
+    cfg: dict[str, object] = {
+        "server": {"host": "127.0.0.1", "port": port, "request_log": str(tmp / "requests.sqlite")},
+        "backends": {"up": {"protocol": "openai", "base_url": upstream, "retries": {"attempts": 1}}},
+        "models": {
+            "scripted": {"backend": "up"},
+            "small": {"backend": "up", "upstream_model": "scripted"},
+            "large": {"backend": "up", "upstream_model": "scripted"},
+        },
+    }
+    if artifact is not None:
+        cfg["routes"] = {"auto": {"router": {"type": "knn", "artifact": str(artifact)}, "embedder": "minilm",
+                                  "candidates": ["small", "large"], "lambda": 0.0}}
+    path = tmp / "turnout.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-c", "import sys; from turnout.cli.main import main; sys.exit(main())",
+           "serve", "--config", str(path), "--port", str(port)]
+    env = {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return Proc("turnout", cmd, f"http://127.0.0.1:{port}/v1/models", env, tmp / "turnout.log"), f"http://127.0.0.1:{port}/v1"
+# ---- end of the turnout-specific part ----
+
+
+def ensure_litellm() -> Path:
+    """The LiteLLM proxy lives in its own venv (its pins clash with ours); create it when missing."""
+    exe = BENCH_VENV / "bin" / "litellm"
+    if not exe.exists():
+        console.print("[yellow]creating .bench-venv with litellm[proxy] (one-off, a few minutes)…")
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run([str(BENCH_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    return exe
+
+
+def litellm_proc(tmp: Path, upstream: str) -> tuple[Proc, str]:
+    import yaml
+
+    port = free_port()
+    cfg = {
+        "model_list": [{"model_name": "scripted",
+                        "litellm_params": {"model": "openai/scripted", "api_base": upstream, "api_key": "unused"}}],
+        "litellm_settings": {"drop_params": True},
+    }
+    path = tmp / "litellm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [str(ensure_litellm()), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOG": "ERROR"}
+    return Proc("litellm", cmd, f"http://127.0.0.1:{port}/health/liveliness", env, tmp / "litellm.log"), f"http://127.0.0.1:{port}/v1"
+
+
+# ---------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--n1", type=int, default=200, help="requests at concurrency 1")
+    ap.add_argument("--n64", type=int, default=2000, help="requests at concurrency 64")
+    ap.add_argument("--skip", default="", help="comma-separated targets to skip: turnout,turnout-auto,litellm")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    levels = [(1, args.n1), (64, args.n64)]
+
+    tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
+    up_port = free_port()
+    upstream = Proc("scripted", [sys.executable, "-m", "turnout.testing.scripted", "--port", str(up_port),
+                                 "--latency-ms", str(args.latency_ms)],
+                    f"http://127.0.0.1:{up_port}/v1/models",
+                    {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}, tmp / "scripted.log")
+    upstream_url = f"http://127.0.0.1:{up_port}/v1"
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    notes: dict[str, str] = {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    try:
+        upstream.start(30)
+        targets: list[tuple[str, str]] = [("direct", "scripted"), ("turnout", "scripted"), ("turnout-auto", "auto"),
+                                          ("litellm", "scripted")]
+        with progress:
+            for name, model in targets:
+                if name in skip:
+                    continue
+                proc: Proc | None = None
+                headers: dict[str, str] = {}
+                try:
+                    if name == "direct":
+                        base = upstream_url
+                    elif name.startswith("turnout"):
+                        art = router_artifact(tmp) if name == "turnout-auto" else None
+                        proc, base = turnout_proc(tmp, upstream_url, art)
+                        proc.start(120)
+                    else:
+                        proc, base = litellm_proc(tmp, upstream_url)
+                        proc.start(180)
+                        headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
+                    results[name] = {}
+                    for conc, n in levels:
+                        results[name][f"c{conc}"] = asyncio.run(run_load(
+                            base + "/chat/completions", model, n, conc, progress, f"{name} c={conc}",
+                            proc if conc == 64 else None, headers))
+                except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                    notes[name] = str(e)
+                    console.print(f"[red]{name}: {e}")
+                finally:
+                    if proc is not None:
+                        proc.stop()
+    finally:
+        upstream.stop()
+
+    # -- derived figures ------------------------------------------------------
+    derived: dict[str, dict[str, float]] = {}
+    for name, per in results.items():
+        for lvl, r in per.items():
+            d = results.get("direct", {}).get(lvl)
+            if d and name != "direct":
+                r["added_p50_ms"] = r["p50_ms"] - d["p50_ms"]
+                r["added_p99_ms"] = r["p99_ms"] - d["p99_ms"]
+    for tname in ("turnout", "turnout-auto"):
+        if tname in results and "litellm" in results:
+            for lvl in results[tname]:
+                t, lt = results[tname][lvl], results["litellm"].get(lvl)
+                if not lt:
+                    continue
+                derived[f"{tname}/litellm {lvl}"] = {
+                    "added_p50": _ratio(t.get("added_p50_ms"), lt.get("added_p50_ms")),
+                    "added_p99": _ratio(t.get("added_p99_ms"), lt.get("added_p99_ms")),
+                    "rps": _ratio(t["rps"], lt["rps"]),
+                    "rss": _ratio(t.get("peak_rss_mb"), lt.get("peak_rss_mb")),
+                }
+
+    table = Table(title=f"Gateway overhead (upstream latency {args.latency_ms:g} ms, non-streaming)")
+    for col in ("target", "conc", "p50 ms", "p99 ms", "added p50", "added p99", "req/s", "errors", "peak RSS MB"):
+        table.add_column(col, justify="right" if col != "target" else "left", no_wrap=col == "target")
+    for name, per in results.items():
+        for lvl, r in per.items():
+            table.add_row(name, lvl[1:], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                          _fmt(r.get("added_p50_ms")), _fmt(r.get("added_p99_ms")), f"{r['rps']:.0f}",
+                          str(r["errors"]), _fmt(r.get("peak_rss_mb"), 0))
+    console.print(table)
+    if derived:
+        rt = Table(title="turnout / LiteLLM (lower is better for added latency and RSS, higher for req/s)")
+        for col in ("comparison", "added p50", "added p99", "req/s", "RSS"):
+            rt.add_column(col)
+        for k, v in derived.items():
+            rt.add_row(k, *(_fmt(v[c], 2) for c in ("added_p50", "added_p99", "rps", "rss")))
+        console.print(rt)
+    for name, why in notes.items():
+        console.print(f"[yellow]{name} not measured: {why}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "bench": "gateway_overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"upstream_latency_ms": args.latency_ms, "levels": dict((f"c{c}", n) for c, n in levels),
+                     "client": "httpx AsyncClient in the bench process, keep-alive pool = concurrency",
+                     "stream": False},
+        "results": results,
+        "ratios": derived,
+        "not_measured": notes,
+    }, indent=2, default=float))
+    console.print(f"wrote {args.out}")
+    return 0 if not notes else 1
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None or (isinstance(v, float) and v != v) else f"{v:.{digits}f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The ``anthropic`` protocol: Anthropic's Messages API behind the OpenAI chat shape.
+
+Requests are translated chat → messages: system (and developer) turns become
+the top-level ``system``; ``tool`` turns become ``tool_result`` blocks of a
+user turn; assistant ``tool_calls`` become ``tool_use`` blocks; consecutive
+turns of one role are merged (the API wants them alternating); ``stop`` →
+``stop_sequences``; OpenAI ``tools``/``tool_choice`` → Anthropic's;
+``max_tokens`` is required there, so :data:`DEFAULT_MAX_TOKENS` fills it in.
+Fields Anthropic has no equivalent for (``n``, ``logprobs``,
+``presence_penalty``, ...) are dropped.
+
+Answers are translated back into ``chat.completion`` form, and streams
+(``message_start`` → ``content_block_*`` → ``message_delta`` with usage →
+``message_stop``) into ``chat.completion.chunk`` s whose last one carries
+``finish_reason`` and ``usage``. Errors map as for every backend: a 529
+``overloaded_error`` or 429 is retryable, a 400 is not; an ``error`` event in
+the middle of a stream becomes a BackendStatusError with the status its type
+implies.
+
+Example::
+
+    async with AnthropicBackend("claude", api_key=os.environ["ANTHROPIC_API_KEY"]) as b:
+        resp = await b.complete(req, model="claude-3-5-haiku-latest")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from turnout.backends._http import ClientPool, Deadlines, iter_sse, loads, raise_for_status, translate
+from turnout.backends.base import Backend, Timeouts
+from turnout.errors import BackendProtocolError, BackendStatusError
+from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
+
+API_VERSION = "2023-06-01"
+#: Anthropic requires max_tokens; used when the request sets neither max_tokens nor max_completion_tokens
+DEFAULT_MAX_TOKENS = 1024
+
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+                 "pause_turn": "stop", "refusal": "content_filter"}
+#: error ``type`` of an Anthropic error event -> the HTTP status it stands for
+_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
+                 "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+                 "overloaded_error": 529}
+
+
+def _blocks(content: Any) -> list[dict[str, Any]]:
+    """OpenAI content (a string or parts) as Anthropic content blocks."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    out: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            out.append({"type": "text", "text": part.get("text", "")})
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            if url.startswith("data:") and ";base64," in url:
+                media, data = url[5:].split(";base64,", 1)
+                out.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+            else:
+                out.append({"type": "image", "source": {"type": "url", "url": url}})
+    return out
+
+
+def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
+    """Translate an OpenAI chat request into an Anthropic Messages request body."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for m in request.messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            system.extend(b["text"] for b in _blocks(m.get("content")) if b["type"] == "text")
+        elif role == "tool":
+            content = m.get("content")
+            text = content if isinstance(content, str) else "".join(b.get("text", "") for b in _blocks(content))
+            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": text}])
+        elif role == "assistant":
+            blocks = _blocks(m.get("content"))
+            for call in m.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                try:
+                    args = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    args = {"_raw": fn.get("arguments")}
+                blocks.append({"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": args})
+            add("assistant", blocks)
+        else:
+            add("user", _blocks(m.get("content")))
+
+    p = request.params
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": turns,
+        "max_tokens": p.get("max_tokens") or p.get("max_completion_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        body["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p", "top_k"):
+        if p.get(key) is not None:
+            body[key] = p[key]
+    stop = p.get("stop")
+    if stop:
+        body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if p.get("user"):
+        body["metadata"] = {"user_id": str(p["user"])}
+    if p.get("tools"):
+        body["tools"] = [
+            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
+             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
+            for t in p["tools"] if isinstance(t, dict) and t.get("type") == "function"
+        ]
+    choice = p.get("tool_choice")
+    if choice == "auto":
+        body["tool_choice"] = {"type": "auto"}
+    elif choice == "required":
+        body["tool_choice"] = {"type": "any"}
+    elif choice == "none":
+        body["tool_choice"] = {"type": "none"}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        body["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+    return body
+
+
+def _usage(u: Any) -> Usage:
+    u = u if isinstance(u, dict) else {}
+    # cached input is billed as input: count it in the prompt
+    prompt = sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+    return Usage(prompt, int(u.get("output_tokens") or 0))
+
+
+def to_chat_completion(msg: dict[str, Any]) -> dict[str, Any]:
+    """Translate an Anthropic ``message`` into an OpenAI ``chat.completion`` body."""
+    text = "".join(b.get("text", "") for b in msg["content"] if b.get("type") == "text")
+    calls = [
+        {"id": b.get("id", ""), "type": "function",
+         "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
+        for b in msg["content"] if b.get("type") == "tool_use"
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": msg.get("id", ""), "object": "chat.completion", "created": int(time.time()), "model": msg.get("model", ""),
+        "choices": [{"index": 0, "message": message, "finish_reason": _STOP_REASONS.get(msg.get("stop_reason") or "", "stop")}],
+        "usage": _usage(msg.get("usage")).to_dict(),
+    }
+
+
+class AnthropicBackend(Backend):
+    """Anthropic's Messages API, spoken as OpenAI chat completions.
+
+    ``base_url`` is the API root without ``/v1`` (as Anthropic documents it).
+    """
+
+    protocol = "anthropic"
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str = "https://api.anthropic.com",
+        *,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+        max_connections: int = 256,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.timeouts = timeouts or Timeouts()
+        self._headers = {"anthropic-version": API_VERSION, **(headers or {})}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._pool = (
+            ClientPool([client], owned=False)
+            if client is not None
+            else ClientPool.create(max_connections=max_connections, connect_timeout=self.timeouts.connect, headers={})
+        )
+
+    def _request(self, client: httpx.AsyncClient, request: ChatRequest, model: str, stream: bool,
+                 t: Timeouts) -> httpx.Request:
+        body = to_messages_request(request, model)
+        if stream:
+            body["stream"] = True
+        return client.build_request(
+            "POST", self.base_url + "/v1/messages", json=body, headers=self._headers,
+            timeout=httpx.Timeout(None, connect=t.connect, pool=t.connect),
+        )
+
+    async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
+        """Send one Messages request; return the answer as a ``chat.completion``."""
+        t = timeouts or self.timeouts
+        dl = Deadlines(t)
+        slot = self._pool.acquire()
+        client = self._pool.clients[slot]
+        try:
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    resp = await client.send(self._request(client, request, model, False, t), stream=True)
+                try:
+                    dl.got_first()
+                    async with asyncio.timeout_at(dl.current):
+                        await raise_for_status(resp, self.name, model)
+                        raw = await resp.aread()
+                finally:
+                    await resp.aclose()
+        finally:
+            self._pool.release(slot)
+        msg = loads(raw, self.name, model, "the response body")
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), list):
+            raise BackendProtocolError(f"answer is not a Messages object (got {str(msg)[:160]!r})",
+                                       backend=self.name, model=model)
+        body = to_chat_completion(msg)
+        return ChatResponse(body=body, usage=_usage(msg.get("usage")))
+
+    async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
+        """Yield ``chat.completion.chunk`` s translated from Anthropic's stream events."""
+        t = timeouts or self.timeouts
+        dl = Deadlines(t)
+        slot = self._pool.acquire()
+        client = self._pool.clients[slot]
+        try:
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    resp = await client.send(self._request(client, request, model, True, t), stream=True)
+            try:
+                with translate(self.name, model, dl):
+                    async with asyncio.timeout_at(dl.current):
+                        await raise_for_status(resp, self.name, model)
+                async for chunk in self._chunks(resp, model, dl):
+                    yield chunk
+            finally:
+                await resp.aclose()
+        finally:
+            self._pool.release(slot)
+
+    async def _chunks(self, resp: httpx.Response, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
+        events = iter_sse(resp.aiter_lines())
+        cid, upstream_model, created = "", model, int(time.time())
+        usage = Usage()
+        stop_reason: str | None = None
+        tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": upstream_model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        while True:
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    try:
+                        ev = await anext(events)
+                    except StopAsyncIteration:
+                        break
+            obj = loads(ev.data, self.name, model, f"a '{ev.event}' stream event")
+            kind = obj.get("type", ev.event) if isinstance(obj, dict) else None
+            if kind == "error":
+                err = obj.get("error") or {}
+                raise BackendStatusError(err.get("message", "stream error"), backend=self.name, model=model,
+                                         status=_ERROR_STATUS.get(err.get("type", ""), 500), body=ev.data[:4096])
+            try:
+                if kind == "message_start":
+                    msg = obj["message"]
+                    cid, upstream_model = msg.get("id", ""), msg.get("model", model)
+                    usage = _usage(msg.get("usage"))
+                    dl.got_first()
+                    yield StreamChunk(body=chunk({"role": "assistant", "content": ""}))
+                elif kind == "content_block_start":
+                    block = obj["content_block"]
+                    if block.get("type") == "tool_use":
+                        idx = tool_index.setdefault(obj["index"], len(tool_index))
+                        yield StreamChunk(body=chunk({"tool_calls": [{"index": idx, "id": block.get("id", ""), "type": "function",
+                                                                      "function": {"name": block.get("name", ""), "arguments": ""}}]}))
+                elif kind == "content_block_delta":
+                    delta = obj["delta"]
+                    if delta.get("type") == "text_delta":
+                        yield StreamChunk(body=chunk({"content": delta["text"]}), text=delta["text"])
+                    elif delta.get("type") == "input_json_delta":
+                        idx = tool_index.get(obj["index"], 0)
+                        yield StreamChunk(body=chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]}))
+                elif kind == "message_delta":
+                    stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
+                    out = (obj.get("usage") or {}).get("output_tokens")
+                    if out is not None:
+                        usage = Usage(usage.prompt_tokens, int(out))
+                elif kind == "message_stop":
+                    finish = _STOP_REASONS.get(stop_reason or "", "stop")
+                    body = chunk({}, finish)
+                    body["usage"] = usage.to_dict()
+                    yield StreamChunk(body=body, finish_reason=finish, usage=usage)
+                    return
+                # ping, content_block_stop and unknown future events carry nothing to forward
+            except (KeyError, TypeError, AttributeError) as e:
+                raise BackendProtocolError(f"malformed '{kind}' event ({e!r}): {ev.data[:120]!r}",
+                                           backend=self.name, model=model) from e
+        raise BackendProtocolError("stream ended before message_stop (cut mid-way)", backend=self.name, model=model)
+
+    async def aclose(self) -> None:
+        """Close the pooled clients if this backend created them."""
+        await self._pool.aclose()
+
+
+__all__ = ["DEFAULT_MAX_TOKENS", "AnthropicBackend", "to_chat_completion", "to_messages_request"]

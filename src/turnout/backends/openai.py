@@ -1,0 +1,372 @@
+"""The ``openai`` protocol: OpenAI itself, vLLM, llama.cpp's server, Ollama, LiteLLM.
+
+Requests are forwarded verbatim (``messages`` plus every other OpenAI field
+in ``ChatRequest.params``) with ``model`` replaced by the concrete upstream
+name. Answers come back already in OpenAI form, so only their shape is checked.
+
+Streaming parses server-sent events properly and always ends with a chunk that
+carries both ``finish_reason`` and ``usage``: the backend asks for
+``stream_options.include_usage`` and, when the provider sends no usage chunk
+anyway (llama.cpp's server does not), it counts the tokens itself. The count
+is approximate: one token per content event (exact for llama.cpp, which emits
+one token per event) and about four characters per token for the prompt.
+
+Completion-only models (base models without a chat template, such as the
+Gemma 3 270M base GGUF, which returns empty chats) are served by setting
+``completion_template``: the chat is rendered into one prompt, sent to
+``/v1/completions``, and the answer is translated back into
+``chat.completion`` / ``chat.completion.chunk`` form.
+
+Quirk absorbed elsewhere: llama.cpp's server answers an *unknown* model name
+with 200 and whatever model it has loaded, so a typo in the config is not
+caught by the provider; configure one backend per llama.cpp server.
+
+Example::
+
+    async with OpenAIBackend("local", "http://127.0.0.1:8080/v1") as b:
+        resp = await b.complete(ChatRequest(model="auto", messages=msgs), model="smollm2")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from turnout.backends._http import (
+    ClientPool,
+    Deadlines,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    iter_sse,
+    loads,
+    raise_for_status,
+    translate,
+)
+from turnout.backends.base import Backend, Timeouts
+from turnout.errors import BackendProtocolError, BackendStatusError
+from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
+
+#: a plain question/answer frame that base models continue sensibly
+QA_TEMPLATE = "{system}{history}Question: {prompt}\nAnswer:"
+#: where a base model answering QA_TEMPLATE should stop
+QA_STOP = ("\nQuestion:", "\n\n\n")
+
+#: chat-only fields a /v1/completions endpoint would reject
+_CHAT_ONLY = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format", "functions", "function_call"})
+
+
+def render_prompt(template: str, messages: list[dict[str, Any]]) -> str:
+    """Render chat ``messages`` into one completion prompt.
+
+    ``template`` may use ``{system}`` (system messages, each followed by a
+    blank line), ``{history}`` (earlier turns as ``Role: text`` lines) and
+    ``{prompt}`` (the last user message).
+    """
+    system: list[str] = []
+    turns: list[tuple[str, str]] = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = content or ""
+        if m.get("role") in ("system", "developer"):
+            system.append(content)
+        else:
+            turns.append((str(m.get("role", "user")), content))
+    prompt = ""
+    if turns and turns[-1][0] == "user":
+        prompt = turns.pop()[1]
+    history = "".join(f"{role.capitalize()}: {text}\n" for role, text in turns)
+    return template.format(system="".join(s + "\n\n" for s in system), history=history, prompt=prompt)
+
+
+def _usage(obj: Any) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    try:
+        return Usage(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenAIBackend(Backend):
+    """A provider endpoint speaking OpenAI's chat-completions protocol.
+
+    ``base_url`` includes the API prefix (``http://host:8000/v1``). The backend
+    owns one keep-alive connection pool sized for ``max_connections``
+    concurrent streams (HTTP/1.1, sharded over several httpx clients: see
+    :class:`~turnout.backends._http.ClientPool`) unless ``client`` is given, in
+    which case the caller keeps ownership and :meth:`aclose` leaves it open.
+    """
+
+    protocol = "openai"
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+        completion_template: str | None = None,
+        completion_stop: Sequence[str] = QA_STOP,
+        max_connections: int = 256,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.completion_template = completion_template
+        self.completion_stop = list(completion_stop)
+        self.timeouts = timeouts or Timeouts()
+        hdrs = dict(headers or {})
+        if api_key:
+            hdrs.setdefault("Authorization", f"Bearer {api_key}")
+        self._headers = hdrs
+        self._owns_client = client is None
+        self._pool = (
+            ClientPool([client], owned=False)
+            if client is not None
+            else ClientPool.create(max_connections=max_connections, connect_timeout=self.timeouts.connect, headers=hdrs)
+        )
+
+    # -- request building ---------------------------------------------------
+
+    def _request(
+        self, client: httpx.AsyncClient, request: ChatRequest, model: str, stream: bool, timeouts: Timeouts
+    ) -> httpx.Request:
+        params = dict(request.params)
+        params.pop("stream", None)
+        if self.completion_template is not None:
+            for k in _CHAT_ONLY:
+                params.pop(k, None)
+            payload: dict[str, Any] = {
+                "model": model,
+                "prompt": render_prompt(self.completion_template, request.messages),
+                **params,
+            }
+            if "stop" not in payload and self.completion_stop:
+                payload["stop"] = self.completion_stop
+            path = "/completions"
+        else:
+            payload = {"model": model, "messages": request.messages, **params}
+            path = "/chat/completions"
+        payload["model"] = model  # params must not override the concrete upstream name
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
+        return client.build_request(
+            "POST",
+            self.base_url + path,
+            json=payload,
+            headers=self._headers if not self._owns_client else None,
+            timeout=httpx.Timeout(None, connect=timeouts.connect, pool=timeouts.connect),
+        )
+
+    # -- non-streaming ------------------------------------------------------
+
+    async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
+        """POST the request and return the whole answer as a ``chat.completion``."""
+        t = timeouts or self.timeouts
+        dl = Deadlines(t)
+        slot = self._pool.acquire()
+        client = self._pool.clients[slot]
+        try:
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    resp = await client.send(self._request(client, request, model, False, t), stream=True)
+                try:
+                    dl.got_first()
+                    async with asyncio.timeout_at(dl.current):
+                        await raise_for_status(resp, self.name, model)
+                        raw = await resp.aread()
+                finally:
+                    await resp.aclose()
+        finally:
+            self._pool.release(slot)
+        body = loads(raw, self.name, model, "the response body")
+        if self.completion_template is not None:
+            body = self._chat_from_completion(body, model)
+        self._check_chat(body, model)
+        usage = _usage(body.get("usage"))
+        if usage is None:
+            text = body["choices"][0]["message"].get("content") or ""
+            usage = Usage(estimate_prompt_tokens(request.messages), estimate_tokens(text))
+            body["usage"] = usage.to_dict()
+        return ChatResponse(body=body, usage=usage)
+
+    def _check_chat(self, body: Any, model: str) -> None:
+        if isinstance(body, dict) and "error" in body and "choices" not in body:
+            raise BackendStatusError(
+                str(body["error"]), backend=self.name, model=model, status=502, body=str(body)[:4096]
+            )
+        try:
+            ok = isinstance(body["choices"][0]["message"], dict)
+        except (KeyError, IndexError, TypeError):
+            ok = False
+        if not ok:
+            raise BackendProtocolError(
+                f"answer has no choices[0].message (got {str(body)[:160]!r})", backend=self.name, model=model
+            )
+
+    def _chat_from_completion(self, body: Any, model: str) -> Any:
+        try:
+            choice = body["choices"][0]
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(body, dict) and "error" in body:
+                return body  # _check_chat reports it
+            raise BackendProtocolError(
+                f"completion has no choices[0].text (got {str(body)[:160]!r})", backend=self.name, model=model
+            ) from None
+        return {
+            "id": body.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": body.get("created") or int(time.time()),
+            "model": body.get("model") or model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": choice.get("finish_reason") or "stop",
+                }
+            ],
+            **({"usage": body["usage"]} if isinstance(body.get("usage"), dict) else {}),
+        }
+
+    # -- streaming ----------------------------------------------------------
+
+    async def stream(
+        self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None
+    ) -> AsyncIterator[StreamChunk]:
+        """Yield ``chat.completion.chunk`` chunks; the last carries ``finish_reason`` and ``usage``."""
+        t = timeouts or self.timeouts
+        dl = Deadlines(t)
+        slot = self._pool.acquire()
+        client = self._pool.clients[slot]
+        try:
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    resp = await client.send(self._request(client, request, model, True, t), stream=True)
+            try:
+                with translate(self.name, model, dl):
+                    async with asyncio.timeout_at(dl.current):
+                        await raise_for_status(resp, self.name, model)
+                async for chunk in self._chunks(resp, request, model, dl):
+                    yield chunk
+            finally:
+                await resp.aclose()
+        finally:
+            self._pool.release(slot)
+
+    async def _chunks(
+        self, resp: httpx.Response, request: ChatRequest, model: str, dl: Deadlines
+    ) -> AsyncIterator[StreamChunk]:
+        events = iter_sse(resp.aiter_lines())
+        held: StreamChunk | None = None  # the finish chunk, held back until usage is known
+        usage: Usage | None = None
+        n_events = 0
+        done = False
+        while True:
+            # Each read runs under the current deadline; the yield happens outside it,
+            # because a timeout scope must never span a yield of an async generator.
+            with translate(self.name, model, dl):
+                async with asyncio.timeout_at(dl.current):
+                    try:
+                        ev = await anext(events)
+                    except StopAsyncIteration:
+                        break
+            if ev.data.strip() == "[DONE]":
+                done = True
+                break
+            obj = loads(ev.data, self.name, model, "a stream event")
+            if not isinstance(obj, dict):
+                raise BackendProtocolError(f"stream event is not an object: {ev.data[:120]!r}", backend=self.name, model=model)
+            if "error" in obj and "choices" not in obj:
+                err = obj["error"]
+                code = err.get("code") if isinstance(err, dict) else None
+                raise BackendStatusError(
+                    str(err.get("message", err) if isinstance(err, dict) else err),
+                    backend=self.name,
+                    model=model,
+                    status=code if isinstance(code, int) and code >= 400 else 502,
+                    body=ev.data[:4096],
+                )
+            if self.completion_template is not None:
+                obj = self._chunk_from_completion(obj, model)
+            choices = obj.get("choices")
+            if not isinstance(choices, list):
+                raise BackendProtocolError(f"stream event has no choices list: {ev.data[:120]!r}", backend=self.name, model=model)
+            got = _usage(obj.get("usage"))
+            if got is not None:
+                usage = got
+            if not choices:  # the usage-only chunk that include_usage adds at the end
+                continue
+            choice = choices[0] if isinstance(choices[0], dict) else {}
+            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+            text = delta.get("content") or ""
+            finish = choice.get("finish_reason")
+            if text:
+                n_events += 1
+            chunk = StreamChunk(body=obj, text=text, finish_reason=finish)
+            dl.got_first()
+            if held is not None:  # an event after the finish chunk: release it as it was
+                yield held
+                held = None
+            if finish:
+                held = chunk
+            else:
+                yield chunk
+        if held is None:
+            raise BackendProtocolError(
+                "stream ended before a finish_reason" + ("" if done else " and without [DONE] (cut mid-way)"),
+                backend=self.name,
+                model=model,
+            )
+        if usage is None:
+            # No usage from the provider: one token per content event (llama.cpp
+            # sends one token per event), and the prompt estimated from its text.
+            prompt = (
+                estimate_tokens(render_prompt(self.completion_template, request.messages))
+                if self.completion_template is not None
+                else estimate_prompt_tokens(request.messages)
+            )
+            usage = Usage(prompt, n_events)
+        held.usage = usage
+        held.body["usage"] = usage.to_dict()
+        yield held
+
+    def _chunk_from_completion(self, obj: dict[str, Any], model: str) -> dict[str, Any]:
+        choices = obj.get("choices")
+        out_choices: list[dict[str, Any]] = []
+        if isinstance(choices, list):
+            for c in choices[:1]:
+                if not isinstance(c, dict) or not isinstance(c.get("text", ""), str):
+                    raise BackendProtocolError(f"completion chunk has no text: {str(obj)[:120]!r}", backend=self.name, model=model)
+                out_choices.append(
+                    {"index": 0, "delta": {"content": c.get("text") or ""}, "finish_reason": c.get("finish_reason")}
+                )
+        else:
+            return obj  # the caller reports the missing choices list
+        out = {
+            "id": obj.get("id") or f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": obj.get("created") or int(time.time()),
+            "model": obj.get("model") or model,
+            "choices": out_choices,
+        }
+        if "usage" in obj:
+            out["usage"] = obj["usage"]
+        return out
+
+    async def aclose(self) -> None:
+        """Close the pooled clients if this backend created them."""
+        await self._pool.aclose()
+
+
+__all__ = ["QA_STOP", "QA_TEMPLATE", "OpenAIBackend", "render_prompt"]

@@ -1,0 +1,73 @@
+"""Embedders by name. The built-ins register through the same call a plugin would use."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from turnout.embed.base import Embedder
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    """How to build one embedder.
+
+    ``factory(model_dir, progress)`` gets the folder for derived model files
+    (e.g. the exported ONNX graph) and whether long batches may draw a bar.
+    ``worth_caching`` is False for embedders that compute faster than a cache
+    lookup (the hashing embedder), which ``create_embedder`` then never wraps.
+    """
+
+    factory: Callable[[Path, bool], Embedder]
+    worth_caching: bool
+    summary: str
+
+
+class EmbedderRegistry:
+    """A name → :class:`EmbedderSpec` table. ``create_embedder`` uses the default one.
+
+    Example::
+
+        reg = EmbedderRegistry()
+        reg.register("hashing", EmbedderSpec(lambda d, p: HashingEmbedder(), False, "hashed n-grams"))
+        reg.get("hashing").factory(Path("/tmp"), False).dim
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, EmbedderSpec] = {}
+
+    def register(self, name: str, spec: EmbedderSpec) -> None:
+        if name in self._specs:
+            raise ValueError(f"an embedder named {name!r} is already registered")
+        self._specs[name] = spec
+
+    def get(self, name: str) -> EmbedderSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise KeyError(f"unknown embedder {name!r}; known embedders: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+
+def _minilm(model_dir: Path, progress: bool) -> Embedder:
+    from turnout.embed.minilm import MiniLMEmbedder  # lazy: keeps torch/onnxruntime out of `import turnout.embed`
+
+    return MiniLMEmbedder(onnx_dir=model_dir, progress=progress)
+
+
+def _hashing(model_dir: Path, progress: bool) -> Embedder:
+    from turnout.embed.hashing import HashingEmbedder
+
+    return HashingEmbedder()
+
+
+def builtin_registry() -> EmbedderRegistry:
+    """A fresh registry holding the built-in embedders."""
+    reg = EmbedderRegistry()
+    reg.register("minilm", EmbedderSpec(_minilm, True, "all-MiniLM-L6-v2, 384-d, ONNX Runtime (torch fallback)"))
+    reg.register("hashing", EmbedderSpec(_hashing, False, "hashed word and char n-grams, 4096-d, numpy only"))
+    return reg

@@ -1,0 +1,61 @@
+"""Run routers on a train/test split: fit, predict, sweep λ, score choices with the TRUE test outcomes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from turnout.evaluation.metrics import aiq, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
+from turnout.evaluation.table import RoutingTable, oracle
+from turnout.routing.base import Prediction, Router
+from turnout.routing.policy import choose, lambda_grid
+
+
+def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray) -> dict[str, Any]:
+    """Fit ``router`` on train, sweep λ on test; returns the per-router JSON block of ``turnout eval``."""
+    t0 = time.perf_counter()
+    router.fit(train.to_training_data(Xtr))
+    fit_s = time.perf_counter() - t0
+    pred = router.predict(Xte)
+    # a model with no true outcome for a test prompt cannot be chosen there
+    avail = ~np.isnan(test.scores)
+    pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
+                      available=avail if pred.available is None else (pred.available & avail))
+    rows = np.arange(len(test))
+    curve = []
+    for lam in lambda_grid(pred):
+        j = choose(pred, float(lam))
+        curve.append([float(test.costs[rows, j].mean()), float(test.scores[rows, j].mean())])
+    lat = []
+    for i in range(min(len(test), 200)):
+        t = time.perf_counter()
+        p1 = router.predict(Xte[i : i + 1])
+        choose(Prediction(p1.models, p1.quality, p1.cost, avail[i : i + 1]), 0.0)
+        lat.append((time.perf_counter() - t) * 1e3)
+    return {"curve": curve, "fit_s": fit_s, "decision_ms_p50": float(np.median(lat)) if lat else None}
+
+
+def baselines(test: RoutingTable) -> dict[str, Any]:
+    """Single models, best single model, oracle and the single-model hull's AIQ on ``test``."""
+    singles = {m: {"quality": float(np.nanmean(test.scores[:, j])), "cost": float(np.nanmean(test.costs[:, j]))}
+               for j, m in enumerate(test.models) if (~np.isnan(test.scores[:, j])).any()}
+    best = max(singles, key=lambda m: (singles[m]["quality"], -singles[m]["cost"]))
+    pts = np.array([[v["cost"], v["quality"]] for v in singles.values()])
+    oq, oc = oracle(test.scores, test.costs)
+    return {"single_models": singles, "best_single": {"model": best, **singles[best]},
+            "oracle": {"quality": oq, "cost": oc},
+            "single_models_aiq": aiq(pts, pts[:, 0].min(), pts[:, 0].max()), "_range": (pts[:, 0].min(), pts[:, 0].max())}
+
+
+def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, Any]:
+    """AIQ, max quality, quality at the best single model's cost and the cost fraction to match it."""
+    pts = np.array(curve)
+    lo, hi = base["_range"]
+    h = nondecreasing_hull(pts)
+    b = base["best_single"]
+    q = hull_quality_at(h, b["cost"])
+    return {"aiq": aiq(pts, lo, hi), "max_quality": float(pts[:, 1].max()),
+            "quality_at_best_single_cost": None if np.isnan(q) else q,
+            "cost_fraction_to_match_best": cost_fraction_to_match(pts, b["quality"], b["cost"])}

@@ -1,0 +1,83 @@
+"""The routing table: prompts × models matrices of quality and cost, loaded from any format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from turnout.routing.base import TrainingData
+
+
+@dataclass
+class RoutingTable:
+    """Per-prompt outcomes of many models. ``scores``/``costs`` are n × m, NaN where a cell is missing.
+
+    Example::
+
+        table = load_table("../shared/data/routerbench/routerbench.parquet")
+        train = table.subset(np.flatnonzero(np.array(table.split) == "train"))
+    """
+
+    prompt_ids: list[str]
+    prompts: list[str]
+    models: list[str]
+    scores: np.ndarray
+    costs: np.ndarray
+    tasks: list[str] | None = None
+    split: list[str] | None = None
+    model_cards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = ""
+    #: True when some cost was estimated from characters, not measured or counted
+    cost_estimated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def subset(self, indices: Any) -> RoutingTable:
+        """A new table with only the prompts at ``indices`` (in that order)."""
+        idx = np.asarray(indices, dtype=int)
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return RoutingTable(
+            prompt_ids=pick(self.prompt_ids), prompts=pick(self.prompts), models=list(self.models),
+            scores=self.scores[idx], costs=self.costs[idx], tasks=pick(self.tasks), split=pick(self.split),
+            model_cards=dict(self.model_cards), source=self.source, cost_estimated=self.cost_estimated,
+        )
+
+    def to_training_data(self, X: np.ndarray) -> TrainingData:
+        """Pair the table with prompt embeddings ``X`` (one row per prompt)."""
+        return TrainingData(X=X, scores=self.scores, costs=self.costs, models=list(self.models),
+                            tasks=self.tasks, model_cards=dict(self.model_cards))
+
+    def summary(self) -> dict[str, Any]:
+        """Per-model mean quality, mean cost and coverage, plus the oracle."""
+        obs = ~np.isnan(self.scores)
+        per_model = {
+            m: {"quality": float(np.nanmean(self.scores[:, j])) if obs[:, j].any() else None,
+                "cost": float(np.nanmean(self.costs[:, j])) if obs[:, j].any() else None,
+                "coverage": float(obs[:, j].mean())}
+            for j, m in enumerate(self.models)
+        }
+        oq, oc = oracle(self.scores, self.costs)
+        return {"source": self.source, "prompts": len(self), "models": len(self.models),
+                "cost_estimated": self.cost_estimated, "coverage": float(obs.mean()),
+                "oracle": {"quality": oq, "cost": oc}, "per_model": per_model,
+                "splits": _counts(self.split), "tasks": _counts(self.tasks)}
+
+
+def _counts(xs: list[str] | None) -> dict[str, int] | None:
+    if xs is None:
+        return None
+    vals, cnt = np.unique(np.asarray(xs, dtype=object).astype(str), return_counts=True)
+    return {str(v): int(c) for v, c in zip(vals, cnt)}
+
+
+def oracle(scores: np.ndarray, costs: np.ndarray) -> tuple[float, float]:
+    """Mean quality and cost of picking, per prompt, the best true score (cheapest among ties)."""
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    best = s.max(axis=1, keepdims=True)
+    c = np.where(s >= best, np.nan_to_num(costs, nan=np.inf), np.inf)
+    j = np.argmin(c, axis=1)
+    rows = np.arange(len(j))
+    return float(scores[rows, j].mean()), float(np.nan_to_num(costs[rows, j]).mean())

@@ -1,0 +1,132 @@
+"""Build a :class:`~turnout.gateway.pipeline.Gateway` from a resolved config.
+
+Every heavy part (backends, routers, embedders, metrics, request log, keys) is
+imported here, lazily, so that importing the gateway stays cheap. Errors that
+only show when a part is built (a router parameter it does not accept, an
+unreadable artifact) are re-raised as :class:`ConfigError` naming the key.
+``protocol: llamacpp`` backends are *described* here and started by
+:meth:`Gateway.start` (the server's lifespan), never at build time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from turnout.backends.base import Timeouts
+from turnout.config.schema import BackendSettings, TurnoutConfig
+from turnout.errors import ConfigError, TurnoutError
+from turnout.gateway.offload import Offloader
+from turnout.gateway.pipeline import Gateway, ModelTarget
+from turnout.gateway.reliability import Backoff, CircuitBreaker
+from turnout.gateway.routes import Price, RouteRuntime
+
+
+def _local_model_path(model: str) -> str:
+    if model in ("smollm2", "gemma3-270m"):
+        from turnout.backends.llamacpp import default_fleet_models
+
+        return str(default_fleet_models()[model])
+    return model
+
+
+def _backend(name: str, b: BackendSettings, children: list[Any]) -> Any:
+    from turnout.backends.registry import create_backend
+
+    api_key = os.environ[b.api_key_env] if b.api_key_env else None
+    if b.protocol == "llamacpp":
+        from turnout.backends.llamacpp import LlamaCppServer, free_port
+
+        # The port is fixed now so the backend knows its URL before the child starts (in the lifespan).
+        server = LlamaCppServer(_local_model_path(b.model or ""), port=free_port(), n_ctx=b.n_ctx or 2048, n_threads=b.n_threads or 1)
+        children.append(server)
+        return create_backend("openai", name, base_url=server.base_url, api_key=None, completion_template=b.completion_template)
+    if b.protocol == "openai":
+        return create_backend("openai", name, base_url=b.base_url, api_key=api_key, completion_template=b.completion_template)
+    return create_backend("anthropic", name, base_url=b.base_url, api_key=api_key)
+
+
+def build_gateway(cfg: TurnoutConfig) -> Gateway:
+    """Every backend, model target, route, metrics, request log and key store of ``cfg``."""
+    children: list[Any] = []
+    backends = {}
+    for name, b in cfg.backends.items():
+        try:
+            backends[name] = _backend(name, b, children)
+        except TurnoutError as exc:
+            raise ConfigError(str(exc), file=cfg.source, key=f"backends.{name}", fix="check this backend's settings") from exc
+    targets = {}
+    for name, m in cfg.models.items():
+        b = cfg.backends[m.backend]
+        targets[name] = ModelTarget(
+            name=name, backend=backends[m.backend], upstream=m.upstream_model or name,
+            price=Price(m.price.input_per_mtok, m.price.output_per_mtok), context_window=m.context_window,
+            fallbacks=list(m.fallbacks), timeouts=Timeouts(b.timeouts.connect, b.timeouts.first_token, b.timeouts.total),
+            attempts=b.retries.attempts, backoff=Backoff(b.retries.backoff_s, b.retries.max_backoff_s),
+            breaker=CircuitBreaker(b.cooldown.failures, b.cooldown.seconds),
+        )
+    routes = {name: _route(cfg, name, targets) for name in cfg.routes}
+
+    metrics = None
+    if cfg.server.metrics:
+        from turnout.gateway.metrics import Metrics
+
+        metrics = Metrics()
+    request_log = None
+    on_close: list[Any] = []
+    if cfg.server.request_log is not None:
+        from turnout.gateway.requestlog import RequestLog
+
+        request_log = RequestLog(cfg.server.request_log)
+        on_close.append(request_log.close)
+    keys = None
+    if cfg.keys is not None:
+        from turnout.gateway.keys import KeySpec, KeyStore, hash_key
+
+        keys = KeyStore([
+            KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed) for k in cfg.keys
+        ])
+    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=Offloader(), on_close=on_close)
+    gw.children = children
+    return gw
+
+
+def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> RouteRuntime:
+    from turnout.routing.policy import Policy
+    from turnout.routing.registry import create_router
+
+    r = cfg.routes[name]
+    where = f"routes.{name}.router"
+    lam = r.lam
+    try:
+        if r.router.artifact is not None:
+            from turnout.routing.artifact import load_router
+
+            router, meta = load_router(r.router.artifact)
+            lam = lam if lam is not None else meta.get("lambda")
+        else:
+            router = create_router(r.router.type, **r.router.params)
+    except TurnoutError as exc:
+        raise ConfigError(str(exc), file=cfg.source, key=where, fix="see docs/config.md for this router's parameters") from exc
+    if lam is None and r.budget is not None:
+        # Calibrating lambda to a budget needs predictions on a sample of real prompts, which
+        # neither config nor (yet) the artifact carries; refuse rather than silently use lambda=0.
+        raise ConfigError(
+            "a budget cannot be turned into lambda for this route yet (no calibration sample)",
+            file=cfg.source, key=f"routes.{name}.budget",
+            fix="give 'lambda:' instead (turnout eval prints the lambda that meets a cost target), or use an artifact whose metadata has a lambda",
+        )
+    embedder = None
+    if r.embedder is not None:
+        from turnout.embed import create_embedder
+
+        embedder = create_embedder(r.embedder)
+    cmap = r.candidate_map
+    policy = Policy(lam=lam or 0.0, context_windows={m: targets[m].context_window for m in cmap.values() if targets[m].context_window})
+    budget = r.budget.model_dump(exclude_none=True) if r.budget is not None else None
+    return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap,
+                        prices={m: targets[m].price for m in cmap.values()}, policy=policy, embedder=embedder,
+                        fallbacks=list(r.fallbacks), budget=budget)
+
+
+__all__ = ["build_gateway"]

@@ -1,0 +1,492 @@
+"""The HTTP-free gateway: authenticate, route, call the backend chain, account, log.
+
+Flow of one request::
+
+    key check -> route (embed + router + policy, offloaded) or passthrough
+              -> chain = [chosen] + fallbacks
+              -> per model: breaker check, up to N tries with jittered backoff,
+                 connect / first-token / total timeouts
+              -> cost = usage x price -> spend, metrics, request log
+
+**Streaming commit rule.** :meth:`Gateway.chat_stream` returns only once a
+backend has produced its first chunk. Any failure *before* that (timeout,
+reset, 5xx, a stream cut before its first event, garbage) falls back to the
+next model transparently: the client has received nothing yet. Once the first
+chunk is handed out the stream is *committed* to that model: a later failure
+is raised from the iterator, and the server ends the SSE stream with an
+OpenAI-format error event and ``data: [DONE]`` — never a silent truncation.
+Closing the session early (client disconnect) closes the upstream stream.
+
+An exhausted chain raises :class:`~turnout.errors.AllBackendsFailedError`
+carrying every attempt's error. Every request, success or failure, is counted
+in metrics and written to the request log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from turnout.backends.base import Backend, Timeouts
+from turnout.errors import (
+    AllBackendsFailedError,
+    BackendError,
+    BackendProtocolError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+    TurnoutError,
+    UnknownModelError,
+)
+from turnout.gateway.offload import Offloader
+from turnout.gateway.reliability import Backoff, CircuitBreaker
+from turnout.gateway.routes import Price, RouteRuntime
+from turnout.routing.policy import estimate_tokens
+from turnout.types import ChatRequest, ChatResponse, Decision, StreamChunk, Usage
+
+
+@dataclass
+class ModelTarget:
+    """A fleet model at run time: its backend, upstream name, price and reliability settings."""
+
+    name: str
+    backend: Backend
+    upstream: str
+    price: Price = field(default_factory=Price)
+    context_window: int | None = None
+    fallbacks: list[str] = field(default_factory=list)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    attempts: int = 2
+    backoff: Backoff = field(default_factory=Backoff)
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(5, 30.0))
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one model: ``error`` is None on success."""
+
+    model: str
+    backend: str
+    elapsed_s: float
+    error: BackendError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Metrics(Protocol):
+    def observe_request(self, route: str, model: str, status: str, latency_s: float, ttft_s: float | None = ...,
+                        decision_s: float | None = ..., prompt_tokens: int = ..., completion_tokens: int = ...,
+                        cost_usd: float = ...) -> None: ...
+    def inc_fallback(self, route: str, from_model: str, to_model: str) -> None: ...
+    def inc_error(self, kind: str) -> None: ...
+
+
+class _RequestLog(Protocol):
+    def record(self, entry: Any) -> None: ...
+
+
+async def _maybe_await(value: Any) -> Any:
+    # The key store is synchronous in-process and may be asynchronous with Redis.
+    return await value if inspect.isawaitable(value) else value
+
+
+class Gateway:
+    """Routes and serves chat requests over a fleet; knows nothing about HTTP.
+
+    Build it with :meth:`from_config` (backends, routers, metrics, request log
+    and keys from ``turnout.yaml``) or directly from run-time parts in tests.
+
+    Example::
+
+        gw = Gateway.from_config(load_config("turnout.yaml"))
+        resp, decision, attempts = await gw.chat(ChatRequest("auto", [{"role": "user", "content": "hi"}]))
+        await gw.aclose()
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, ModelTarget],
+        routes: Mapping[str, RouteRuntime] | None = None,
+        *,
+        metrics: _Metrics | None = None,
+        request_log: _RequestLog | None = None,
+        keys: Any | None = None,
+        offloader: Offloader | None = None,
+        status_for: Callable[[BaseException | None], int] | None = None,
+        on_close: list[Callable[[], Any]] | None = None,
+    ) -> None:
+        self.targets = dict(models)
+        self.routes = dict(routes or {})
+        self.metrics = metrics
+        self.request_log = request_log
+        self.keys = keys
+        self.offloader = offloader or Offloader()
+        #: the server's error table, so that logged rows carry the HTTP status the client saw
+        self.status_for = status_for
+        self._on_close = list(on_close or [])
+        self._closed = False
+        #: processes the gateway owns (llama.cpp servers); started by :meth:`start`
+        self.children: list[Any] = []
+        #: True once :meth:`start` has brought every child up (the server's /readyz)
+        self.ready = False
+
+    async def start(self) -> None:
+        """Start owned child processes (llama.cpp servers) and wait until they answer."""
+        for child in self.children:
+            await child.astart()
+        self.ready = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Gateway:
+        """Build every part named in a resolved :class:`~turnout.config.TurnoutConfig` (starts no process)."""
+        from turnout.gateway.builder import build_gateway
+
+        return build_gateway(cfg)
+
+    # ----------------------------------------------------------------- queries
+    def models(self) -> list[dict[str, Any]]:
+        """Routes and models, in OpenAI ``/v1/models`` item form (routes first)."""
+        items = [{"id": r, "object": "model", "created": 0, "owned_by": "turnout", "turnout": {"kind": "route", "candidates": list(rt.candidates.values())}} for r, rt in self.routes.items()]
+        items += [{"id": m, "object": "model", "created": 0, "owned_by": t.backend.name, "turnout": {"kind": "model", "context_window": t.context_window, "price": {"input_per_mtok": t.price.input_per_mtok, "output_per_mtok": t.price.output_per_mtok}}} for m, t in self.targets.items()]
+        return items
+
+    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None) -> Decision:
+        """The decision for ``request`` without calling any model (a dry run)."""
+        name = request.model
+        if name in self.routes:
+            return await self.offloader.run(self.routes[name].decide, request, allowed)
+        if name in self.targets:
+            t = self.targets[name]
+            return Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
+                            fallbacks=[m for m in t.fallbacks if m != name], reasons=[f"'{name}' was asked for by name"])
+        raise UnknownModelError(
+            f"no route or model named '{name}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
+        )
+
+    # ------------------------------------------------------------ non-streamed
+    async def chat(
+        self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None
+    ) -> tuple[ChatResponse, Decision, list[Attempt]]:
+        """Answer ``request`` through the fallback chain; raises a TurnoutError subclass on failure."""
+        rec = _Record(self, request, request_id)
+        try:
+            decision = await rec.begin(api_key)
+            resp, model = await self._complete_chain(request, decision, rec.attempts)
+            usage = resp.usage or Usage(estimate_tokens(request.prompt_text()), estimate_tokens(resp.content or ""))
+            rec.model = model
+            await rec.finish(usage, resp.content)
+            return resp, decision, rec.attempts
+        except BaseException as exc:
+            await rec.fail(exc)
+            raise
+
+    async def _complete_chain(self, request: ChatRequest, decision: Decision, attempts: list[Attempt]) -> tuple[ChatResponse, str]:
+        errors: list[BackendError] = []
+        chain = _chain(decision)
+        for i, name in enumerate(chain):
+            t = self.targets[name]
+            for n in range(t.attempts):
+                if not t.breaker.allow():
+                    err: BackendError = BackendUnavailableError("circuit breaker open; skipped", backend=t.backend.name, model=name, retryable=False)
+                    attempts.append(Attempt(name, t.backend.name, 0.0, err))
+                    errors.append(err)
+                    break
+                t0 = time.perf_counter()
+                try:
+                    async with asyncio.timeout(t.timeouts.total):
+                        resp = await t.backend.complete(request, model=t.upstream, timeouts=t.timeouts)
+                except TimeoutError:
+                    err = BackendTimeoutError(f"no complete answer within {t.timeouts.total}s", backend=t.backend.name, model=name, phase="total")
+                except BackendError as exc:
+                    err = exc
+                except BaseException:
+                    t.breaker.release()
+                    raise
+                else:
+                    t.breaker.record_success()
+                    attempts.append(Attempt(name, t.backend.name, time.perf_counter() - t0))
+                    return resp, name
+                self._failed(t, err, attempts, errors, time.perf_counter() - t0)
+                if not err.retryable:
+                    break
+                if n + 1 < t.attempts:
+                    await asyncio.sleep(t.backoff.delay(n))
+            if i + 1 < len(chain) and self.metrics is not None:
+                self.metrics.inc_fallback(decision.route, name, chain[i + 1])
+        raise AllBackendsFailedError(errors, route=decision.route)
+
+    def _failed(self, t: ModelTarget, err: BackendError, attempts: list[Attempt], errors: list[BackendError], elapsed: float) -> None:
+        # Only provider trouble opens the breaker; a 400 is the request's fault.
+        if err.retryable:
+            t.breaker.record_failure()
+        else:
+            t.breaker.release()
+        attempts.append(Attempt(t.name, t.backend.name, elapsed, err))
+        errors.append(err)
+        if self.metrics is not None:
+            self.metrics.inc_error(err.kind)
+
+    # ---------------------------------------------------------------- streamed
+    async def chat_stream(
+        self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None
+    ) -> StreamSession:
+        """Open a stream: returns once a model has produced its first chunk (see the commit rule)."""
+        rec = _Record(self, request, request_id)
+        try:
+            decision = await rec.begin(api_key)
+            return await self._open_stream(request, decision, rec)
+        except BaseException as exc:
+            await rec.fail(exc)
+            raise
+
+    async def _open_stream(self, request: ChatRequest, decision: Decision, rec: _Record) -> StreamSession:
+        errors: list[BackendError] = []
+        chain = _chain(decision)
+        for i, name in enumerate(chain):
+            t = self.targets[name]
+            for n in range(t.attempts):
+                if not t.breaker.allow():
+                    err: BackendError = BackendUnavailableError("circuit breaker open; skipped", backend=t.backend.name, model=name, retryable=False)
+                    rec.attempts.append(Attempt(name, t.backend.name, 0.0, err))
+                    errors.append(err)
+                    break
+                t0 = time.perf_counter()
+                upstream = t.backend.stream(request, model=t.upstream, timeouts=t.timeouts).__aiter__()
+                try:
+                    async with asyncio.timeout(t.timeouts.first_token):
+                        first = await upstream.__anext__()
+                except StopAsyncIteration:
+                    err = BackendProtocolError("the stream ended before its first event", backend=t.backend.name, model=name)
+                except TimeoutError:
+                    err = BackendTimeoutError(f"no first token within {t.timeouts.first_token}s", backend=t.backend.name, model=name, phase="first_token")
+                except BackendError as exc:
+                    err = exc
+                except BaseException:
+                    t.breaker.release()
+                    await _close_quietly(upstream)
+                    raise
+                else:
+                    rec.attempts.append(Attempt(name, t.backend.name, time.perf_counter() - t0))
+                    rec.model = name
+                    rec.ttft_s = time.perf_counter() - rec.t0
+                    return StreamSession(self, rec, t, upstream, first, decision)
+                await _close_quietly(upstream)
+                self._failed(t, err, rec.attempts, errors, time.perf_counter() - t0)
+                if not err.retryable:
+                    break
+                if n + 1 < t.attempts:
+                    await asyncio.sleep(t.backoff.delay(n))
+            if i + 1 < len(chain) and self.metrics is not None:
+                self.metrics.inc_fallback(decision.route, name, chain[i + 1])
+        raise AllBackendsFailedError(errors, route=decision.route)
+
+    async def record_rejected(self, request_id: str, exc: BaseException, *, model: str = "", prompt: str = "") -> None:
+        """Log a request the server refused before it reached the pipeline (bad JSON, too large)."""
+        rec = _Record(self, ChatRequest(model=model, messages=[]), request_id)
+        rec.prompt = prompt
+        await rec.fail(exc)
+
+    async def aclose(self) -> None:
+        """Close every backend pool, the offload pool and the owned resources (request log, children)."""
+        if self._closed:
+            return
+        self._closed = True
+        seen: set[int] = set()
+        for t in self.targets.values():
+            if id(t.backend) not in seen:
+                seen.add(id(t.backend))
+                await t.backend.aclose()
+        self.offloader.close()
+        for child in self.children:
+            await child.astop()
+        for fn in self._on_close:
+            await _maybe_await(fn())
+
+
+class StreamSession:
+    """A committed stream: the decision, the model serving it, and its chunks.
+
+    Iterate it once. A failure after the first chunk is raised from the
+    iterator (the server turns it into an SSE error event); :meth:`aclose`
+    closes the upstream stream and records the request if it was cut short.
+    """
+
+    def __init__(self, gateway: Gateway, rec: _Record, target: ModelTarget, upstream: AsyncIterator[StreamChunk],
+                 first: StreamChunk, decision: Decision) -> None:
+        self.gateway = gateway
+        self.decision = decision
+        self.model = target.name
+        self.request_id = rec.request_id
+        self.attempts = rec.attempts
+        self._rec = rec
+        self._target = target
+        self._upstream = upstream
+        self._first: StreamChunk | None = first
+        self._done = False
+        self.usage: Usage | None = None
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamChunk]:
+        rec, t = self._rec, self._target
+        texts: list[str] = []
+        pieces = 0
+        usage: Usage | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + t.timeouts.total - (time.perf_counter() - rec.t0)
+        try:
+            chunk: StreamChunk | None = self._first
+            self._first = None
+            while chunk is not None:
+                if chunk.text:
+                    texts.append(chunk.text)
+                    pieces += 1
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await self._upstream.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except TimeoutError:
+                    raise BackendTimeoutError(f"stream not finished within {t.timeouts.total}s", backend=t.backend.name, model=t.name, phase="total") from None
+        except BackendError as exc:
+            self._done = True
+            t.breaker.record_failure()
+            self.gateway.metrics and self.gateway.metrics.inc_error(exc.kind)
+            rec.response_text = "".join(texts)
+            await rec.fail(exc)
+            raise
+        except BaseException as exc:  # client gone (GeneratorExit / CancelledError): close upstream, log it
+            if not self._done:
+                self._done = True
+                await _close_quietly(self._upstream)
+                rec.response_text = "".join(texts)
+                await rec.fail(exc)
+            raise
+        t.breaker.record_success()
+        # llama.cpp sends no usage when streaming: one chunk is about one token.
+        self.usage = usage or Usage(estimate_tokens(rec.request.prompt_text()), pieces)
+        self._done = True
+        await rec.finish(self.usage, "".join(texts))
+
+    async def aclose(self) -> None:
+        """Stop early: close the upstream stream and log the request as cancelled. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        await _close_quietly(self._upstream)
+        await self._rec.fail(asyncio.CancelledError("client closed the stream"))
+
+
+async def _close_quietly(it: AsyncIterator[StreamChunk]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except BackendError:
+        # Closing a stream that already failed may re-raise its error; that error was already counted.
+        pass
+
+
+def _chain(decision: Decision) -> list[str]:
+    chain: list[str] = []
+    for m in (decision.model, *decision.fallbacks):
+        if m not in chain:
+            chain.append(m)
+    return chain
+
+
+class _Record:
+    """Accounting of one request: timing, key, spend, metrics and the request-log row."""
+
+    def __init__(self, gw: Gateway, request: ChatRequest, request_id: str | None) -> None:
+        self.gw = gw
+        self.request = request
+        self.request_id = request_id or uuid.uuid4().hex
+        self.t0 = time.perf_counter()
+        self.ts = time.time()
+        self.key: Any = None
+        self.decision: Decision | None = None
+        self.model = ""
+        self.ttft_s: float | None = None
+        self.attempts: list[Attempt] = []
+        self.prompt: str | None = None
+        self.response_text: str | None = None
+        self._logged = False
+
+    async def begin(self, api_key: str | None) -> Decision:
+        gw = self.gw
+        if gw.keys is not None:
+            self.key = await _maybe_await(gw.keys.authenticate(api_key))
+            # A key is allowed a route as a whole: once 'auto' is permitted, so are its candidates.
+            await _maybe_await(gw.keys.authorize(self.key, self.request.model))
+            await _maybe_await(gw.keys.check_budget(self.key))
+        self.decision = await gw.route(self.request)
+        self.model = self.decision.model
+        return self.decision
+
+    async def finish(self, usage: Usage, text: str | None) -> None:
+        target = self.gw.targets[self.model]
+        cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        if self.key is not None and cost:
+            await _maybe_await(self.gw.keys.record_spend(self.key, cost))
+        self.response_text = text
+        self._write("ok", None, usage, cost)
+
+    async def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self._write("cancelled", "client_disconnect", None, 0.0, exc=None)
+            return
+        kind = exc.kind if isinstance(exc, TurnoutError) else "internal_error"
+        if self.gw.metrics is not None:
+            self.gw.metrics.inc_error(kind)
+        self._write("error", kind, None, 0.0, exc=exc)
+
+    def _write(self, status: str, error_kind: str | None, usage: Usage | None, cost: float, exc: BaseException | None = None) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        gw, d = self.gw, self.decision
+        latency = time.perf_counter() - self.t0
+        route = d.route if d else (self.request.model if self.request.model in gw.routes else "passthrough")
+        model = self.model or "-"
+        pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        decision_s = d.elapsed_ms / 1000.0 if d and d.router != "passthrough" else None
+        if gw.metrics is not None:
+            gw.metrics.observe_request(route, model, status, latency, self.ttft_s, decision_s, pt, ct, cost)
+        if gw.request_log is None:
+            return
+        from turnout.gateway.requestlog import LogEntry  # only needed when a log is configured
+
+        http_status = gw.status_for(exc) if gw.status_for is not None else None
+        gw.request_log.record(LogEntry(
+            id=self.request_id, ts=self.ts, key_name=getattr(self.key, "name", None), route=route, model=model,
+            status=status, error_kind=error_kind,
+            candidates=[{"model": c.model, "quality": c.quality, "cost": c.cost, "utility": c.utility, "excluded": c.excluded} for c in (d.candidates if d else [])],
+            prompt=self.prompt if self.prompt is not None else self.request.prompt_text(),
+            response_text=self.response_text, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost,
+            latency_s=latency, ttft_s=self.ttft_s, decision_ms=d.elapsed_ms if d else None,
+            fallbacks_tried=_fallbacks_tried(self.attempts), http_status=http_status,
+        ))
+
+
+def _fallbacks_tried(attempts: list[Attempt]) -> list[str]:
+    """Models tried after the first one, in order, each once."""
+    seen: list[str] = []
+    for a in attempts:
+        if a.model not in seen:
+            seen.append(a.model)
+    return seen[1:]
+
+
+__all__ = ["Attempt", "Gateway", "ModelTarget", "StreamSession"]

@@ -1,0 +1,83 @@
+"""Reliability parts of the pipeline: circuit breaker and jittered exponential backoff.
+
+A :class:`CircuitBreaker` guards one (backend, model) pair. It opens after
+``failures`` consecutive *retryable* failures (timeouts, resets, 5xx, garbage:
+the provider is unwell; a 400 is the request's fault and does not count),
+skips the pair for ``cooldown_s``, then lets exactly one probe through
+(half-open): success closes it, failure re-opens it for another cooldown.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class CircuitBreaker:
+    """Closed -> open after N consecutive failures -> half-open probe after the cooldown.
+
+    Example::
+
+        br = CircuitBreaker(failures=3, cooldown_s=10)
+        if br.allow():
+            ...  # call, then br.record_success() or br.record_failure()
+    """
+
+    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._consecutive = 0
+        self._opened_at: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open``."""
+        if self._opened_at is None:
+            return "closed"
+        if self._probing or self._clock() - self._opened_at >= self.cooldown_s:
+            return "half-open"
+        return "open"
+
+    def allow(self) -> bool:
+        """May a call go through now? In half-open state only one probe at a time."""
+        if self._opened_at is None:
+            return True
+        if self._probing or self._clock() - self._opened_at < self.cooldown_s:
+            return False
+        self._probing = True
+        return True
+
+    def record_success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._probing = False
+
+    def record_failure(self) -> None:
+        self._consecutive += 1
+        if self._probing or self._consecutive >= self.failures:
+            self._opened_at = self._clock()
+        self._probing = False
+
+    def release(self) -> None:
+        """The call was abandoned (client gone): neither success nor failure; free the probe slot."""
+        self._probing = False
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before retry ``n`` (0-based): ``min(max_s, base_s * 2**n)`` scaled by a jitter in [0.5, 1]."""
+
+    base_s: float = 0.1
+    max_s: float = 2.0
+    rng: random.Random = field(default_factory=random.Random, compare=False)
+
+    def delay(self, n: int) -> float:
+        # Jitter spreads retries of many clients so they do not hit a recovering backend together.
+        return min(self.max_s, self.base_s * (2**n)) * self.rng.uniform(0.5, 1.0)
+
+
+__all__ = ["Backoff", "CircuitBreaker"]

@@ -1,0 +1,502 @@
+"""The request log: every answered request in a SQLite file, written off the event loop.
+
+Why SQLite: one file, no server, readable by ``turnout logs`` while the
+gateway writes (WAL mode lets readers and the one writer run at once), and it
+turns logged traffic plus user feedback into a canonical routing table
+(:meth:`RequestLog.export_canonical`) to train the next router on.
+
+Writes never block the caller. :meth:`RequestLog.record` puts the entry on a
+bounded queue and returns; one background thread drains it in batches (one
+``executemany`` in one transaction per batch). When the queue is full
+(``max_queue`` entries waiting, i.e. the disk cannot keep up) the *new* entry
+is dropped, counted in :attr:`RequestLog.dropped` and logged as a warning (the
+first drop, then at most every ``10 s`` with the running total): serving
+requests matters more than logging them, and a drop is never silent.
+
+Schema (``SCHEMA_VERSION``)::
+
+    requests(seq INTEGER PRIMARY KEY, id TEXT UNIQUE, ts, key_name, route, model, status,
+             error_kind, candidates JSON, prompt, response_text, prompt_tokens,
+             completion_tokens, cost_usd, latency_s, ttft_s, decision_ms,
+             fallbacks_tried JSON, http_status)
+    feedback(request_id TEXT PRIMARY KEY, score REAL, ts REAL)
+    schema_version(version INTEGER)
+
+``seq`` is the insertion order (``--follow`` tails by it; ``ts``, the request
+start, is not monotonic in write order). Feedback is its own table so that it
+may arrive before its request is written and a re-recorded request keeps it.
+
+Example::
+
+    log = RequestLog("turnout-requests.sqlite")
+    log.record(LogEntry(route="auto", model="qwen2.5-7b", status="ok", prompt="hi", response_text="hello"))
+    log.flush()
+    log.set_feedback(entry.id, 1.0)
+    log.export_canonical("traffic.parquet")
+    log.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from turnout.errors import DataError, InvalidRequestError, TurnoutError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST_LOG = "turnout-requests.sqlite"
+SCHEMA_VERSION = 1
+
+_COLUMNS = (
+    "id", "ts", "key_name", "route", "model", "status", "error_kind", "candidates", "prompt", "response_text",
+    "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "ttft_s", "decision_ms", "fallbacks_tried",
+    "http_status",
+)
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, key_name TEXT, route TEXT, model TEXT, status TEXT NOT NULL,
+    error_kind TEXT, candidates TEXT, prompt TEXT, response_text TEXT, prompt_tokens INTEGER,
+    completion_tokens INTEGER, cost_usd REAL, latency_s REAL, ttft_s REAL, decision_ms REAL,
+    fallbacks_tried TEXT, http_status INTEGER
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+CREATE INDEX IF NOT EXISTS requests_route_model ON requests (route, model);
+CREATE INDEX IF NOT EXISTS requests_key ON requests (key_name);
+CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, score REAL NOT NULL, ts REAL NOT NULL);
+"""
+# re-recording an id (e.g. a request logged again with its final status) updates it in place
+_UPSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
+)
+_FEEDBACK = (
+    "INSERT INTO feedback (request_id, score, ts) VALUES (?, ?, ?) "
+    "ON CONFLICT(request_id) DO UPDATE SET score = excluded.score, ts = excluded.ts"
+)
+
+
+@dataclass(slots=True)
+class LogEntry:
+    """One request as logged. ``id`` and ``ts`` (unix seconds) default to a fresh uuid and now.
+
+    ``status`` is ``ok`` or ``error`` (or another short word); ``candidates`` the
+    policy's candidates as dicts; ``fallbacks_tried`` the models tried before the
+    one that answered. ``score`` is filled in by :meth:`RequestLog.query` from
+    feedback and ignored by :meth:`RequestLog.record`. Do not mutate an entry
+    after recording it: the writer thread serialises it later.
+    """
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: float = field(default_factory=time.time)
+    key_name: str | None = None
+    route: str | None = None
+    model: str | None = None
+    status: str = "ok"
+    error_kind: str | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str | None = None
+    response_text: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    decision_ms: float | None = None
+    fallbacks_tried: list[str] = field(default_factory=list)
+    http_status: int | None = None
+    score: float | None = None
+    seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a plain dict (JSON-ready: candidates are already dicts)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSummary:
+    """What :meth:`RequestLog.export_canonical` wrote and what it left out, and why."""
+
+    path: str
+    rows: int
+    prompts: int
+    skipped_unscored: int
+    skipped_errors: int
+    merged_repeats: int
+
+
+class _Flush:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def _row(e: LogEntry) -> tuple[Any, ...]:
+    return (
+        e.id, e.ts, e.key_name, e.route, e.model, e.status, e.error_kind,
+        json.dumps([_jsonable(c) for c in e.candidates or []]), e.prompt, e.response_text,
+        e.prompt_tokens, e.completion_tokens, e.cost_usd, e.latency_s, e.ttft_s, e.decision_ms,
+        json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []), e.http_status,
+    )
+
+
+def prompt_id(prompt: str) -> str:
+    """A stable id for a prompt text, so repeats of one prompt group together in exports."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+class RequestLog:
+    """A SQLite request log with a background batch writer. Thread-safe; ``record`` never blocks.
+
+    ``query``, ``set_feedback`` and ``export_canonical`` read the file directly
+    and are quick for one request, but they are disk I/O: call them from async
+    code through the gateway's offload helper.
+    """
+
+    def __init__(self, path: str | Path = DEFAULT_REQUEST_LOG, *, max_queue: int = 10_000, batch_size: int = 256) -> None:
+        self.path = Path(path)
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self._dropped = 0
+        self._write_errors = 0
+        self._written = 0
+        self._last_drop_log = 0.0
+        self._stats_lock = threading.Lock()
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # created here, on the caller's thread, so a bad path fails at start-up with its name
+        self._init_schema()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._thread = threading.Thread(target=self._writer, name=f"turnout-requestlog:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    # -- connection and schema ------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise TurnoutError(f"cannot open the request log {self.path}: {exc} (fix: choose a writable path)") from exc
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
+    def _init_schema(self) -> None:
+        conn = self._connect()
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                log.warning("request log %s: journal mode is %s, not WAL (readers may block the writer)", self.path, mode)
+            conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes, fast
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise DataError(
+                    f"request log schema version {row[0]}, this turnout reads version {SCHEMA_VERSION}",
+                    file=str(self.path), fix="point the request log at a new file, or use the turnout that wrote it",
+                )
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"not a usable SQLite request log: {exc}", file=str(self.path),
+                            fix="point the request log at a new file") from exc
+        finally:
+            conn.close()
+
+    # -- writing --------------------------------------------------------------
+    @property
+    def dropped(self) -> int:
+        """Entries dropped because the queue was full (or the log closed)."""
+        return self._dropped
+
+    @property
+    def write_errors(self) -> int:
+        """Entries lost because SQLite refused a batch (each failure is logged with its error)."""
+        return self._write_errors
+
+    @property
+    def written(self) -> int:
+        """Entries written to the file so far."""
+        return self._written
+
+    def record(self, entry: LogEntry) -> None:
+        """Queue ``entry`` for writing and return at once (never blocks, never raises on a full queue)."""
+        if self._closed:
+            self._drop("the request log is closed")
+            return
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self._drop(f"the write queue is full ({self.max_queue} entries waiting)")
+
+    def _drop(self, why: str) -> None:
+        with self._stats_lock:
+            self._dropped += 1
+            now = time.monotonic()
+            if self._dropped == 1 or now - self._last_drop_log >= 10.0:
+                self._last_drop_log = now
+                log.warning("request log %s: dropped an entry because %s (%d dropped so far)", self.path, why, self._dropped)
+
+    def _writer(self) -> None:
+        conn = self._connect()
+        try:
+            while True:
+                item = self._queue.get()
+                items = [item]
+                # gather whatever else is already waiting into the same transaction
+                while len(items) < self.batch_size:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                entries = [i for i in items if isinstance(i, LogEntry)]
+                feedback = [i for i in items if isinstance(i, tuple)]
+                if entries or feedback:
+                    self._write(conn, entries, feedback)
+                for i in items:
+                    if isinstance(i, _Flush):
+                        i.done.set()
+                if any(i is _STOP for i in items):
+                    return
+        finally:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, entries: list[LogEntry], feedback: list[tuple[Any, ...]]) -> None:
+        try:
+            rows = [_row(e) for e in entries]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT, rows)
+                conn.executemany(_FEEDBACK, feedback)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, TypeError, ValueError) as exc:
+            # keep the writer alive: count and report the lost batch, go on with the next
+            with self._stats_lock:
+                self._write_errors += len(entries) + len(feedback)
+            log.error("request log %s: could not write %d entries: %s", self.path, len(entries) + len(feedback), exc)
+            return
+        with self._stats_lock:
+            self._written += len(entries)
+
+    def flush(self, timeout: float | None = 30.0) -> None:
+        """Block until everything recorded before this call is on disk."""
+        if self._closed or not self._thread.is_alive():
+            return
+        marker = _Flush()
+        self._queue.put(marker)  # control messages wait for room instead of being dropped
+        marker.done.wait(timeout)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer thread. Idempotent; later ``record`` calls are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def __enter__(self) -> RequestLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- feedback -------------------------------------------------------------
+    def set_feedback(self, request_id: str, score: float) -> None:
+        """Store a quality score in [0, 1] for a logged request (the latest score wins).
+
+        Queued like a record, so it never blocks; it may arrive before its
+        request is written. Raises InvalidRequestError for a score out of range.
+        """
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0.0 <= float(score) <= 1.0:
+            raise InvalidRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
+        if not request_id:
+            raise InvalidRequestError("feedback needs the request id (the 'id' of the chat completion)", param="request_id")
+        if self._closed:
+            self._drop("the request log is closed")
+            return
+        try:
+            self._queue.put_nowait((request_id, float(score), time.time()))
+        except queue.Full:
+            self._drop(f"the write queue is full ({self.max_queue} entries waiting)")
+
+    # -- reading --------------------------------------------------------------
+    def query(
+        self,
+        since: float | datetime | None = None,
+        route: str | None = None,
+        model: str | None = None,
+        status: str | None = None,
+        key: str | None = None,
+        limit: int | None = 100,
+        *,
+        after_seq: int | None = None,
+    ) -> list[LogEntry]:
+        """Logged requests matching every filter given, newest first.
+
+        ``since`` is a unix time or datetime (request start); ``key`` a key
+        name. With ``after_seq`` the rows written after that sequence number
+        come oldest first instead (for tailing).
+        """
+        where, params = [], []
+        if since is not None:
+            where.append("r.ts >= ?")
+            params.append(since.timestamp() if isinstance(since, datetime) else float(since))
+        for column, value in (("route", route), ("model", model), ("status", status), ("key_name", key)):
+            if value is not None:
+                where.append(f"r.{column} = ?")
+                params.append(value)
+        if after_seq is not None:
+            where.append("r.seq > ?")
+            params.append(after_seq)
+        sql = (
+            f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
+            "LEFT JOIN feedback f ON f.request_id = r.id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + (" ORDER BY r.seq ASC" if after_seq is not None else " ORDER BY r.ts DESC, r.seq DESC")
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [self._entry(row) for row in self._read(sql, params)]
+
+    def last_seq(self) -> int:
+        """The sequence number of the last row written (0 when empty)."""
+        rows = list(self._read("SELECT COALESCE(MAX(seq), 0) FROM requests", []))
+        return int(rows[0][0])
+
+    def _read(self, sql: str, params: list[Any]) -> Iterator[tuple[Any, ...]]:
+        # a connection per read: sqlite3 connections are bound to one thread, and opening one is ~0.1 ms
+        conn = self._connect()
+        try:
+            yield from conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _entry(row: tuple[Any, ...]) -> LogEntry:
+        seq, *values, score = row
+        data = dict(zip(_COLUMNS, values))
+        data["candidates"] = json.loads(data["candidates"] or "[]")
+        data["fallbacks_tried"] = json.loads(data["fallbacks_tried"] or "[]")
+        return LogEntry(**data, score=score, seq=seq)
+
+    # -- export ---------------------------------------------------------------
+    def export_canonical(self, path: str | Path, *, include_unscored: bool = False) -> ExportSummary:
+        """Write logged traffic as a canonical routing table (``.jsonl``, ``.jsonl.gz`` or ``.parquet``).
+
+        One row per (prompt, model): ``prompt_id`` (a hash of the prompt
+        text), ``prompt``, ``model``, ``score`` (the feedback score),
+        ``cost_usd``, ``input_tokens``, ``output_tokens``, ``latency_s``,
+        ``response``. Only successful requests (status ``ok``) are exported.
+        A prompt sent to the same model several times becomes one row: scores,
+        costs, tokens and latencies are averaged, the latest response is kept.
+
+        ``score`` is required by the canonical format, so requests without
+        feedback are skipped and counted. ``include_unscored=True`` writes them
+        too, with ``score`` null: that file is a *labelling queue* (score it,
+        e.g. with a judge, then load it), not yet a valid routing table.
+        Queued records are flushed first.
+        """
+        self.flush()
+        out = Path(path)
+        name = out.name.lower()
+        if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz") or name.endswith(".parquet")):
+            raise DataError("unknown output format", file=str(out), fix="name the file .jsonl, .jsonl.gz or .parquet")
+        rows = self._read(
+            "SELECT r.status, r.prompt, r.model, f.score, r.cost_usd, r.prompt_tokens, r.completion_tokens, "
+            "r.latency_s, r.response_text FROM requests r LEFT JOIN feedback f ON f.request_id = r.id ORDER BY r.seq",
+            [],
+        )
+        groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+        skipped_unscored = skipped_errors = 0
+        for status, prompt, model, score, *rest in rows:
+            if status != "ok" or prompt is None or not model or model == "-":
+                skipped_errors += 1
+                continue
+            if score is None and not include_unscored:
+                skipped_unscored += 1
+                continue
+            groups.setdefault((prompt, model), []).append((score, *rest))
+        records = [_merge(prompt, model, items) for (prompt, model), items in groups.items()]
+        merged = sum(len(items) - 1 for items in groups.values())
+        _write_table(out, records)
+        return ExportSummary(
+            path=str(out), rows=len(records), prompts=len({r["prompt_id"] for r in records}),
+            skipped_unscored=skipped_unscored, skipped_errors=skipped_errors, merged_repeats=merged,
+        )
+
+    def __repr__(self) -> str:
+        return f"RequestLog({str(self.path)!r})"
+
+
+def _mean(values: list[Any]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _merge(prompt: str, model: str, items: list[tuple[Any, ...]]) -> dict[str, Any]:
+    scores, costs, tin, tout, lat, responses = zip(*items)
+    mean_in, mean_out = _mean(list(tin)), _mean(list(tout))
+    return {
+        "prompt_id": prompt_id(prompt),
+        "prompt": prompt,
+        "model": model,
+        "score": _mean(list(scores)),
+        "cost_usd": _mean(list(costs)),
+        "input_tokens": None if mean_in is None else round(mean_in),
+        "output_tokens": None if mean_out is None else round(mean_out),
+        "latency_s": _mean(list(lat)),
+        "response": next((r for r in reversed(responses) if r is not None), None),
+    }
+
+
+def _write_table(out: Path, records: list[dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.name.lower().endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([
+            ("prompt_id", pa.string()), ("prompt", pa.string()), ("model", pa.string()), ("score", pa.float64()),
+            ("cost_usd", pa.float64()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
+            ("latency_s", pa.float64()), ("response", pa.string()),
+        ])
+        pq.write_table(pa.Table.from_pylist(records, schema=schema), out)
+        return
+    if out.name.lower().endswith(".gz"):
+        import gzip
+
+        with gzip.open(out, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        return
+    with out.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+__all__ = ["DEFAULT_REQUEST_LOG", "SCHEMA_VERSION", "ExportSummary", "LogEntry", "RequestLog", "prompt_id"]

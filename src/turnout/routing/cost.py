@@ -1,0 +1,56 @@
+"""Per-prompt cost prediction shared by the learned routers.
+
+Prices are per token, so a model's cost on a prompt varies with the prompt
+(RouterBench's MBPP answers cost several times its Winogrande ones). Routers
+that learn quality some other way (MF, BT, graph, profile) predict cost with
+:class:`NeighbourCost`: the similarity-weighted mean of log costs of the
+nearest training prompts, shrunk towards the model's mean cost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from turnout.routing._common import l2_normalize, mean_costs, top_k_similar
+
+
+class NeighbourCost:
+    """kNN regression of each model's (log) cost; falls back to the model's mean cost."""
+
+    def __init__(self, k: int = 20, shrink: float = 1.0) -> None:
+        self.k = k
+        self.shrink = shrink
+        self.Xn: np.ndarray | None = None
+        self.log_costs: np.ndarray | None = None
+        self.mean_log: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray, costs: np.ndarray) -> NeighbourCost:
+        self.Xn = l2_normalize(X)
+        mean = mean_costs(costs)
+        # log space: costs are positive and multiplicative in token counts; zeros (free local models) stay 0
+        self.log_costs = np.log(np.where(np.isnan(costs), np.nan, np.maximum(costs, 0) + 1e-12)).astype(np.float32)
+        self.mean_log = np.log(np.maximum(mean, 0) + 1e-12)
+        return self
+
+    def predict(self, Xn: np.ndarray) -> np.ndarray:
+        """Predicted cost (n × m) for already L2-normalised rows."""
+        assert self.Xn is not None and self.log_costs is not None and self.mean_log is not None
+        idx, sims = top_k_similar(Xn, self.Xn, self.k)
+        w = np.maximum(sims, 0) + 1e-6
+        L = self.log_costs[idx]  # n × k × m
+        obs = ~np.isnan(L)
+        num = (np.where(obs, L, 0.0) * w[:, :, None]).sum(axis=1) + self.shrink * self.mean_log
+        den = (obs * w[:, :, None]).sum(axis=1) + self.shrink
+        out = np.exp(num / den) - 1e-12
+        return np.maximum(out, 0.0)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"k": self.k, "shrink": self.shrink, "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> NeighbourCost:
+        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]))
+        obj.Xn, obj.log_costs, obj.mean_log = state["Xn"], state["log_costs"], state["mean_log"]
+        return obj

@@ -1,0 +1,50 @@
+"""The embedder registry and the length-sorted batching helper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from turnout.embed import CachedEmbedder, EmbedderRegistry, EmbedderSpec, builtin_registry, create_embedder
+from turnout.embed._progress import length_sorted_batches
+from turnout.testing.hash_embedder import HashEmbedder
+
+
+def test_builtins_are_registered():
+    assert builtin_registry().names() == ["hashing", "minilm"]
+
+
+def test_plugin_embedder_goes_through_create_and_cache(tmp_path):
+    reg = builtin_registry()
+    seen: list[tuple[Path, bool]] = []
+
+    def factory(model_dir: Path, progress: bool) -> HashEmbedder:
+        seen.append((model_dir, progress))
+        return HashEmbedder(dim=16)
+
+    reg.register("tiny", EmbedderSpec(factory, worth_caching=True, summary="test"))
+    emb = create_embedder("tiny", cache_dir=tmp_path, registry=reg)
+    assert isinstance(emb, CachedEmbedder) and emb.dim == 16
+    # the cache owns the progress bar, so the inner embedder is built quiet
+    assert seen == [(tmp_path / "models", False)]
+    assert isinstance(create_embedder("tiny", cache_dir=tmp_path, cache=False, registry=reg), HashEmbedder)
+
+
+def test_duplicate_registration_fails():
+    reg = EmbedderRegistry()
+    spec = EmbedderSpec(lambda d, p: HashEmbedder(), worth_caching=False, summary="x")
+    reg.register("a", spec)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", spec)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_batches_cover_every_index_once_shortest_first(progress):
+    texts = ["x" * ((i * 37) % 50) for i in range(300)]
+    batches = list(length_sorted_batches(texts, 64, progress=progress, label="test"))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(300))
+    assert all(len(b) <= 64 for b in batches)
+    lengths = [len(texts[i]) for i in flat]
+    assert lengths == sorted(lengths)
