@@ -1,23 +1,78 @@
 import json
 
 import numpy as np
+import pytest
 
+from turnout.cli.eval import DEFAULT_ROUTERS
 from turnout.cli.main import main
+from turnout.evaluation.loaders import load_table
+from turnout.evaluation.splits import split_table
+
+
+def _write_table(tmp_path, n=120, split=False):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        hard = i % 2
+        for m, c, p in (("small", 0.001, 0.9 - 0.8 * hard), ("big", 0.01, 0.95)):
+            r = {"prompt_id": str(i), "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
+                 "model": m, "score": float(rng.random() < p), "cost_usd": c}
+            if split:
+                r["split"] = "test" if i % 4 == 0 else "train"
+            rows.append(r)
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    return src
 
 
 def test_eval_on_generated_table(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(120):
-        hard = i % 2
-        for m, c, p in (("small", 0.001, 0.9 - 0.8 * hard), ("big", 0.01, 0.95)):
-            rows.append({"prompt_id": str(i), "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
-                         "model": m, "score": float(rng.random() < p), "cost_usd": c})
-    src = tmp_path / "t.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in rows))
+    src = _write_table(tmp_path)
     out = tmp_path / "o.json"
     assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["n_train"] == 90 and res["n_test"] == 30
     r = res["routers"]["knn"]
     assert 0 <= r["aiq"] <= 1 and r["curve"] and r["max_quality"] <= res["oracle"]["quality"] + 1e-9
+    # two models: RouteLLM's APGR and CPT are emitted
+    assert {"apgr", "cpt50", "cpt80"} <= set(r)
+    assert r["apgr"] is None or -1 <= r["apgr"] <= 2
+    for key in ("table", "n_train", "n_test", "best_single", "oracle", "single_models_aiq", "single_models", "routers"):
+        assert key in res
+    for key in ("aiq", "max_quality", "quality_at_best_single_cost", "cost_fraction_to_match_best", "curve",
+                "fit_s", "decision_ms_p50"):
+        assert key in r
+
+
+def test_eval_writes_plot_and_runs_baselines(tmp_path):
+    pytest.importorskip("matplotlib")
+    src = _write_table(tmp_path)
+    out, png = tmp_path / "o.json", tmp_path / "o.png"
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "random,best-single,cheapest,knn",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["routers"]) == {"random", "best-single", "cheapest", "knn"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_routers_are_registered_and_skip_prior():
+    from turnout.routing.registry import router_names
+
+    names = DEFAULT_ROUTERS.split(",")
+    assert "prior" not in names and set(names) <= set(router_names())
+
+
+def test_unknown_router_fails_cleanly(tmp_path):
+    src = _write_table(tmp_path, n=20)
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "nope"]) != 0
+
+
+def test_split_uses_split_column_else_seeded_random(tmp_path):
+    t = load_table(str(_write_table(tmp_path, split=True)))
+    tr, te = split_table(t, 0.5, 3)
+    assert len(te) == 30 and set(te.split) == {"test"} and set(tr.split) == {"train"}
+    t2 = load_table(str(_write_table(tmp_path / "..", n=40)))
+    a_tr, a_te = split_table(t2, 0.25, 1)
+    b_tr, b_te = split_table(t2, 0.25, 1)
+    assert len(a_te) == 10 and a_te.prompt_ids == b_te.prompt_ids
+    assert not set(a_tr.prompt_ids) & set(a_te.prompt_ids)
+    assert split_table(t2, 0.25, 2)[1].prompt_ids != a_te.prompt_ids

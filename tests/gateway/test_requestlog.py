@@ -6,6 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from turnout.errors import DataError, InvalidRequestError
@@ -179,7 +180,12 @@ def test_export_parquet_loads_as_a_routing_table(tmp_path: Path) -> None:
     except ImportError:
         pytest.skip("turnout.evaluation.loaders is not there yet: only the file itself was checked")
     loaded = load_table(tmp_path / "out.parquet")
-    assert len(loaded) == 3 if hasattr(loaded, "__len__") else loaded is not None
+    # 3 observed (prompt, model) cells over 2 prompts and 2 models
+    assert len(loaded.prompts) == 2
+    assert sorted(loaded.models) == ["big", "small"]
+    assert int((~np.isnan(loaded.scores)).sum()) == 3
+    i = loaded.prompts.index("What is 2+2?")
+    assert loaded.scores[i, loaded.models.index("small")] == pytest.approx(0.5)
 
 
 def test_export_rejects_unknown_suffix(tmp_path: Path) -> None:

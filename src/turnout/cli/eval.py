@@ -1,4 +1,4 @@
-"""``turnout eval TABLE``: fit routers on train, sweep λ on test, print metrics and write JSON."""
+"""``turnout eval TABLE``: fit routers on train, sweep λ on test, print metrics and write JSON (and a plot)."""
 
 from __future__ import annotations
 
@@ -6,74 +6,76 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from turnout.evaluation.splits import split_table
 
-from turnout.errors import DataError
+#: every built-in router that needs no configuration (``prior`` needs a config, so it is left out)
+DEFAULT_ROUTERS = "random,best-single,cheapest,knn,mlp,mf,bt,graph,profile,ensemble"
 
-DEFAULT_ROUTERS = "knn"
+__all__ = ["DEFAULT_ROUTERS", "register", "render_table", "run", "split_table"]
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("eval", help="train and compare routers on a routing table")
     p.add_argument("table")
-    p.add_argument("--test", help="a separate test table")
+    p.add_argument("--test", help="a separate test table (else the split column, else a random split)")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--routers", default=DEFAULT_ROUTERS, help="comma-separated router names")
+    p.add_argument("--routers", default=DEFAULT_ROUTERS, help=f"comma-separated router names (default: {DEFAULT_ROUTERS})")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
-    p.add_argument("--json", dest="json_out")
+    p.add_argument("--json", dest="json_out", help="write the result as JSON here (schema: docs/eval.md)")
+    p.add_argument("--plot", dest="plot_out", help="write a cost/quality plot (PNG) here; needs matplotlib")
     p.set_defaults(func=run)
 
 
-def split_table(table, test=None, *, test_fraction: float = 0.25, seed: int = 0):
-    """(train, test): explicit test table, else the split column, else a seeded random split by prompt."""
-    if test is not None:
-        return table, test
-    if table.split is not None:
-        sp = np.array(table.split)
-        if (sp == "train").any() and (sp == "test").any():
-            return table.subset(np.flatnonzero(sp == "train")), table.subset(np.flatnonzero(sp == "test"))
-    if not 0 < test_fraction < 1:
-        raise DataError(f"--test-fraction {test_fraction} not in (0, 1)", fix="use e.g. 0.25")
-    perm = np.random.default_rng(seed).permutation(len(table))
-    k = max(1, int(round(len(table) * test_fraction)))
-    return table.subset(np.sort(perm[k:])), table.subset(np.sort(perm[:k]))
+def render_table(out: dict[str, Any], title: str) -> Any:
+    """A rich Table of a ``run_eval`` result: one row per router, then best single, single-model hull, oracle."""
+    from rich.table import Table
+
+    two = any("apgr" in r for r in out["routers"].values())
+    t = Table(title=title)
+    cols = ["router", "AIQ", "max q", "q @ best cost", "cost frac", "fit s", "p50 ms"]
+    for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
+        t.add_column(col, justify="left" if col == "router" else "right")
+    f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
+    for name, r in out["routers"].items():
+        extra = [f(r.get("apgr")), f(r.get("cpt50")), f(r.get("cpt80"))] if two else []
+        t.add_row(name, f(r["aiq"]), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
+                  f(r["cost_fraction_to_match_best"]), f(r["fit_s"]), f(r["decision_ms_p50"]), *extra)
+    b = out["best_single"]
+    pad = [""] * (3 if two else 0)
+    t.add_row(f"best single ({b['model']})", "", f(b["quality"]), f(b["quality"]), "1", "", "", *pad)
+    t.add_row("single-model hull", f(out["single_models_aiq"]), "", "", "", "", "", *pad)
+    t.add_row("oracle", "", f(out["oracle"]["quality"]), "", "", "", "", *pad)
+    return t
 
 
 def run(args: Any) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
-    from turnout.evaluation.runner import baselines, curve_metrics, evaluate_router
-    from turnout.routing.registry import create_router
+    from turnout.evaluation.runner import run_eval
+    from turnout.routing.registry import router_names
 
+    routers = [r for r in args.routers.split(",") if r]
+    unknown = [r for r in routers if r not in router_names()]
+    if unknown:
+        from turnout.errors import RoutingError
+
+        raise RoutingError(f"unknown router(s) {', '.join(unknown)}; choose from: {', '.join(router_names())}")
     table = load_table(args.table)
-    train, test = split_table(table, load_table(args.test) if args.test else None,
-                              test_fraction=args.test_fraction, seed=args.seed)
+    if args.test:
+        train, test = table, load_table(args.test)
+    else:
+        train, test = split_table(table, args.test_fraction, args.seed)
     emb = create_embedder(args.embedder)
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
-    base = baselines(test)
-    out: dict[str, Any] = {"table": str(args.table), "n_train": len(train), "n_test": len(test),
-                           "best_single": base["best_single"], "oracle": base["oracle"],
-                           "single_models_aiq": base["single_models_aiq"], "routers": {},
-                           "single_models": base["single_models"]}
-    for name in [r for r in args.routers.split(",") if r]:
-        res = evaluate_router(create_router(name), train, test, Xtr, Xte)
-        out["routers"][name] = {**curve_metrics(res["curve"], base), **res}
-    t = Table(title=f"{args.table}: {len(train)} train / {len(test)} test")
-    for col in ("router", "AIQ", "max q", "q @ best cost", "cost frac", "fit s", "p50 ms"):
-        t.add_column(col)
-    f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
-    for name, r in out["routers"].items():
-        t.add_row(name, f(r["aiq"]), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
-                  f(r["cost_fraction_to_match_best"]), f(r["fit_s"]), f(r["decision_ms_p50"]))
-    b = out["best_single"]
-    t.add_row(f"best single ({b['model']})", "", f(b["quality"]), f(b["quality"]), "1", "", "")
-    t.add_row("single-model hull", f(out["single_models_aiq"]), "", "", "", "", "")
-    t.add_row("oracle", "", f(out["oracle"]["quality"]), "", "", "", "")
-    Console().print(t)
+    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table))
+    Console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
+    if args.plot_out:
+        from turnout.evaluation.plot import plot_eval
+
+        plot_eval(out, args.plot_out)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 
 from turnout.errors import MissingDependency
 
@@ -21,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
+    # Set before numpy/onnxruntime/llama.cpp load: on a small shared box, multi-threaded BLAS
+    # and spinning OpenMP workers stall single-row routing (70x slower measured) and the children.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from turnout.config import default_config, load_config
 
     cfg = load_config(args.config) if args.config else default_config()

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.evaluation.metrics import aiq, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
+from turnout.evaluation.metrics import aiq, apgr_cpt, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
 from turnout.evaluation.table import RoutingTable, oracle
 from turnout.routing.base import Prediction, Router
 from turnout.routing.policy import choose, lambda_grid
@@ -24,17 +24,20 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
     pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
                       available=avail if pred.available is None else (pred.available & avail))
     rows = np.arange(len(test))
-    curve = []
+    curve, shares = [], []
+    m = len(test.models)
     for lam in lambda_grid(pred):
         j = choose(pred, float(lam))
         curve.append([float(test.costs[rows, j].mean()), float(test.scores[rows, j].mean())])
+        shares.append((np.bincount(j, minlength=m)[:m] / max(len(j), 1)).tolist())
     lat = []
     for i in range(min(len(test), 200)):
         t = time.perf_counter()
         p1 = router.predict(Xte[i : i + 1])
         choose(Prediction(p1.models, p1.quality, p1.cost, avail[i : i + 1]), 0.0)
         lat.append((time.perf_counter() - t) * 1e3)
-    return {"curve": curve, "fit_s": fit_s, "decision_ms_p50": float(np.median(lat)) if lat else None}
+    return {"curve": curve, "fit_s": fit_s, "decision_ms_p50": float(np.median(lat)) if lat else None,
+            "_shares": shares}
 
 
 def baselines(test: RoutingTable) -> dict[str, Any]:
@@ -47,6 +50,63 @@ def baselines(test: RoutingTable) -> dict[str, Any]:
     return {"single_models": singles, "best_single": {"model": best, **singles[best]},
             "oracle": {"quality": oq, "cost": oc},
             "single_models_aiq": aiq(pts, pts[:, 0].min(), pts[:, 0].max()), "_range": (pts[:, 0].min(), pts[:, 0].max())}
+
+
+def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test: RoutingTable,
+                      base: dict[str, Any]) -> dict[str, Any]:
+    """RouteLLM's APGR and CPT(50%/80%) for a two-model table; {} for any other number of models.
+
+    The strong model is the best single model on test, the weak one the other; a curve point's
+    share is the fraction of test prompts routed to the strong model.
+    """
+    if len(test.models) != 2 or len(base["single_models"]) != 2:
+        return {}
+    strong = test.models.index(base["best_single"]["model"])
+    weak_name = test.models[1 - strong]
+    q_strong, q_weak = base["best_single"]["quality"], base["single_models"][weak_name]["quality"]
+    if q_strong - q_weak <= 1e-12:
+        return {"apgr": None, "cpt50": None, "cpt80": None}
+    s = np.array([sh[strong] for sh in shares], dtype=float)
+    q = np.array([c[1] for c in curve], dtype=float)
+    return apgr_cpt(s, q, q_weak, q_strong)
+
+
+def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, routers: list[str], *,
+             table: str = "", progress: bool = True, router_params: dict[str, dict[str, Any]] | None = None,
+             ) -> dict[str, Any]:
+    """The whole ``turnout eval`` result (see docs/eval.md) for ``routers`` on a train/test split.
+
+    Shows a rich progress bar over the routers being fitted when ``progress`` is true.
+    """
+    from turnout.routing.registry import create_router
+
+    base = baselines(test)
+    out: dict[str, Any] = {"table": table, "n_train": len(train), "n_test": len(test),
+                           "best_single": base["best_single"], "oracle": base["oracle"],
+                           "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
+                           "routers": {}}
+
+    def one(name: str) -> None:
+        res = evaluate_router(create_router(name, **(router_params or {}).get(name, {})), train, test, Xtr, Xte)
+        shares = res.pop("_shares")
+        out["routers"][name] = {**curve_metrics(res["curve"], base),
+                                **two_model_metrics(res["curve"], shares, test, base), **res}
+
+    if not progress:
+        for name in routers:
+            one(name)
+        return out
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, transient=False) as bar:
+        task = bar.add_task("fitting routers", total=len(routers))
+        for name in routers:
+            bar.update(task, description=f"fitting {name}")
+            one(name)
+            bar.advance(task)
+        bar.update(task, description="fitted routers")
+    return out
 
 
 def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, Any]:

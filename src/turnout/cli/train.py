@@ -1,0 +1,144 @@
+"""``turnout train TABLE --router NAME --out FILE.npz``: fit one router and save the artifact a route points at.
+
+The artifact's metadata carries what the gateway reads (``lambda``; ``models``
+is stored by :func:`~turnout.routing.artifact.save_router`) plus provenance:
+embedder, table, router name and parameters, training size and the target
+λ was calibrated for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnout.errors import DataError, RoutingError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="fit a router and save the artifact a route points at")
+    p.add_argument("table")
+    p.add_argument("--router", required=True, help="router name (see turnout.routing.router_names())")
+    p.add_argument("--out", required=True, help="artifact path (.npz)")
+    p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
+    p.add_argument("--models-card", help="models.json with per-model prices (default: beside the table)")
+    p.add_argument("--param", action="append", default=[], metavar="K=V",
+                   help="router parameter, repeatable (values parsed as int, float, bool or str)")
+    tgt = p.add_mutually_exclusive_group()
+    tgt.add_argument("--target-cost", type=float, metavar="USD",
+                     help="calibrate lambda so the mean predicted cost on training prompts is <= USD")
+    tgt.add_argument("--target-share", type=float, metavar="F",
+                     help="calibrate lambda so at most F of training prompts go to --share-model")
+    p.add_argument("--share-model", help="model --target-share limits (default: the most expensive)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="when the table has no split column, hold out this seeded random share of prompts "
+                        "(default 0: train on every prompt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def parse_value(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a str."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise RoutingError(f"--param '{item}' is not KEY=VALUE (e.g. --param k=40)")
+        out[key.strip()] = parse_value(val)
+    return out
+
+
+def train_split(table: Any, test_fraction: float, seed: int) -> tuple[Any, int]:
+    """(training table, number of held-out prompts): the train split if any, else all or a seeded random share."""
+    if table.split is not None:
+        sp = np.array(table.split)
+        if (sp == "train").any():
+            idx = np.flatnonzero(sp == "train")
+            return table.subset(idx), len(table) - len(idx)
+    if test_fraction == 0:
+        return table, 0
+    if not 0 < test_fraction < 1:
+        raise DataError(f"--test-fraction {test_fraction} not in [0, 1)", fix="use e.g. 0.25, or 0 for every prompt")
+    perm = np.random.default_rng(seed).permutation(len(table))
+    k = max(1, int(round(len(table) * test_fraction)))
+    if k >= len(table):
+        raise DataError(f"--test-fraction {test_fraction} leaves no training prompt", file=table.source)
+    return table.subset(np.sort(perm[k:])), k
+
+
+def run(args: Any) -> int:
+    from turnout.embed import create_embedder
+    from turnout.evaluation.loaders import load_table
+    from turnout.routing.artifact import save_router
+    from turnout.routing.base import Prediction
+    from turnout.routing.policy import calibrate_lambda, choose
+    from turnout.routing.registry import create_router
+
+    out = Path(args.out)
+    if not out.name.endswith(".npz"):
+        raise DataError("the artifact must be a .npz file", file=str(out), fix="name it e.g. knn.npz")
+    if not out.parent.exists():
+        raise DataError("output folder does not exist", file=str(out.parent), fix="create it first")
+    params = parse_params(args.param)
+    router = create_router(args.router, **params)  # fails early on an unknown router or parameter
+    if getattr(router, "evaluation_only", False):
+        raise RoutingError(f"router '{args.router}' reads ground truth at prediction time; it cannot be trained for serving")
+    table = load_table(args.table, models_card=args.models_card)
+    train, n_held = train_split(table, args.test_fraction, args.seed)
+    emb = create_embedder(args.embedder)
+    X = np.asarray(emb.embed(train.prompts))
+    router.fit(train.to_training_data(X))
+
+    lam, target = 0.0, None
+    if args.target_cost is not None or args.target_share is not None:
+        pred = router.predict(X)
+        avail = ~np.isnan(train.scores)
+        pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
+                          available=avail if pred.available is None else (pred.available & avail))
+        lam = calibrate_lambda(pred, target_cost=args.target_cost, target_share=args.target_share,
+                               model=args.share_model)
+        idx = choose(pred, lam)
+        rows = np.arange(len(idx))
+        target = {"cost_usd": args.target_cost, "share": args.target_share, "share_model": args.share_model,
+                  "train_mean_predicted_cost": float(pred.cost[rows, idx].mean()),
+                  "train_mean_true_cost": float(np.nanmean(train.costs[rows, idx])),
+                  "train_mean_true_quality": float(np.nanmean(train.scores[rows, idx]))}
+    meta = {
+        "embedder": args.embedder,
+        "models": list(getattr(router, "models", train.models)),
+        "table": str(args.table),
+        "router_name": args.router,
+        "router_params": params,
+        "n_train": len(train),
+        "n_held_out": n_held,
+        "lambda": float(lam),
+        "target": target,
+        "cost_estimated": bool(table.cost_estimated),
+    }
+    try:
+        save_router(router, out, meta=meta)
+    except NotImplementedError as exc:
+        raise RoutingError(f"router '{args.router}' cannot be saved: {exc}") from exc
+    msg = f"trained {args.router} on {len(train)} prompts × {len(train.models)} models; lambda={lam:.6g}; wrote {out}"
+    if target is not None:
+        msg += (f"\n  on training prompts: mean predicted cost {target['train_mean_predicted_cost']:.6g} USD, "
+                f"true cost {target['train_mean_true_cost']:.6g} USD, quality {target['train_mean_true_quality']:.4g}")
+    print(msg)
+    return 0

@@ -1,0 +1,82 @@
+"""Cost/quality plot of a ``turnout eval`` result: router hulls, single models and the oracle.
+
+Example::
+
+    from turnout.evaluation.plot import plot_eval
+    plot_eval(json.load(open("eval.json")), "eval.png")
+
+matplotlib is optional (``pip install 'turnout[plot]'``) and imported only here, with the Agg backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from turnout.errors import MissingDependency
+from turnout.evaluation.metrics import nondecreasing_hull
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency("matplotlib", "plot", "plotting") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:
+    """Write a PNG of ``result`` (the ``turnout eval`` JSON dict) to ``out_png``; returns the path.
+
+    x is the mean cost per request in USD (log scale when the plotted costs span more than 20×),
+    y the mean quality. Each router's non-decreasing hull is a line (its raw λ points faint),
+    single models are labelled points and the oracle is a star.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=120)
+    xs: list[float] = []
+    cmap = plt.get_cmap("tab10" if len(result.get("routers", {})) <= 10 else "tab20")
+    for i, (name, r) in enumerate(result.get("routers", {}).items()):
+        pts = np.asarray(r.get("curve") or [], dtype=float).reshape(-1, 2)
+        if not len(pts):
+            continue
+        color = cmap(i % cmap.N)
+        ax.scatter(pts[:, 0], pts[:, 1], s=6, color=color, alpha=0.18, linewidths=0)
+        h = nondecreasing_hull(pts)
+        label = f"{name} (AIQ {r['aiq']:.3f})" if r.get("aiq") is not None else name
+        ax.plot(h[:, 0], h[:, 1], "-", color=color, lw=1.6, label=label, marker="." if len(h) < 30 else None)
+        xs.extend(pts[:, 0].tolist())
+    singles = result.get("single_models", {})
+    best = (result.get("best_single") or {}).get("model")
+    for m, v in singles.items():
+        if v.get("cost") is None or v.get("quality") is None:
+            continue
+        ax.scatter([v["cost"]], [v["quality"]], s=36, color="black" if m == best else "dimgray", zorder=5,
+                   marker="s" if m == best else "o")
+        ax.annotate(m, (v["cost"], v["quality"]), textcoords="offset points", xytext=(4, 3), fontsize=7, color="dimgray")
+        xs.append(v["cost"])
+    o = result.get("oracle")
+    if o:
+        ax.scatter([o["cost"]], [o["quality"]], s=180, marker="*", color="gold", edgecolors="black", zorder=6,
+                   label=f"oracle ({o['quality']:.3f})")
+        xs.append(o["cost"])
+    pos = [x for x in xs if x > 0]
+    if pos and max(pos) / min(pos) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("mean cost per request (USD)")
+    ax.set_ylabel("mean quality")
+    n = f"{result.get('n_train', '?')} train / {result.get('n_test', '?')} test"
+    ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out

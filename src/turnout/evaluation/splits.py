@@ -1,0 +1,35 @@
+"""Train/test splits of a routing table: its own ``split`` column, else a seeded random split by prompt.
+
+Example::
+
+    from turnout.evaluation import load_table
+    from turnout.evaluation.splits import split_table
+    train, test = split_table(load_table("table.parquet"), test_fraction=0.25, seed=0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from turnout.errors import DataError
+from turnout.evaluation.table import RoutingTable
+
+
+def split_table(table: RoutingTable, test_fraction: float = 0.25, seed: int = 0) -> tuple[RoutingTable, RoutingTable]:
+    """(train, test): the ``split`` column when it has both train and test rows, else a seeded random split.
+
+    The random split permutes prompts (one row per prompt) with ``numpy.random.default_rng(seed)``
+    and keeps ``round(n * test_fraction)`` (at least 1) of them for test; both parts keep table order.
+    """
+    if table.split is not None:
+        sp = np.asarray(table.split, dtype=object).astype(str)
+        if (sp == "train").any() and (sp == "test").any():
+            return table.subset(np.flatnonzero(sp == "train")), table.subset(np.flatnonzero(sp == "test"))
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test fraction {test_fraction} not in (0, 1)", fix="use e.g. --test-fraction 0.25")
+    if len(table) < 2:
+        raise DataError(f"cannot split a table of {len(table)} prompt(s) into train and test",
+                        fix="use a table with at least 2 prompts, or pass --test")
+    perm = np.random.default_rng(seed).permutation(len(table))
+    k = min(len(table) - 1, max(1, int(round(len(table) * test_fraction))))
+    return table.subset(np.sort(perm[k:])), table.subset(np.sort(perm[:k]))
