@@ -76,3 +76,21 @@ def test_split_uses_split_column_else_seeded_random(tmp_path):
     assert len(a_te) == 10 and a_te.prompt_ids == b_te.prompt_ids
     assert not set(a_tr.prompt_ids) & set(a_te.prompt_ids)
     assert split_table(t2, 0.25, 2)[1].prompt_ids != a_te.prompt_ids
+
+
+def test_two_model_metrics_apgr_cpt():
+    from turnout.evaluation.runner import baselines, two_model_metrics
+    from turnout.evaluation.table import RoutingTable
+
+    S = np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    C = np.tile([1.0, 10.0], (4, 1))
+    t = RoutingTable([str(i) for i in range(4)], ["p"] * 4, ["weak", "strong"], S, C)
+    base = baselines(t)
+    # all weak, then the two prompts only the strong model solves, then everything strong
+    curve = [[1.0, 0.5], [5.5, 1.0], [10.0, 1.0]]
+    shares = [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
+    m = two_model_metrics(curve, shares, t, base)
+    assert m["cpt50"] == 0.5 and m["cpt80"] == 0.5
+    assert abs(m["apgr"] - 0.75) < 1e-9
+    three = RoutingTable(t.prompt_ids, t.prompts, ["a", "b", "c"], np.c_[S, S[:, :1]], np.c_[C, C[:, :1]])
+    assert two_model_metrics(curve, shares, three, baselines(three)) == {}

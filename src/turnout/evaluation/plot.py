@@ -38,7 +38,7 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     single models are labelled points and the oracle is a star.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(10, 6.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(12, 6.5), dpi=120)
     xs: list[float] = []
     cmap = plt.get_cmap("tab10" if len(result.get("routers", {})) <= 10 else "tab20")
     for i, (name, r) in enumerate(result.get("routers", {}).items()):
@@ -68,12 +68,13 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     pos = [x for x in xs if x > 0]
     if pos and max(pos) / min(pos) > 20:
         ax.set_xscale("log")
+    ax.margins(x=0.06)
     ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean quality")
     n = f"{result.get('n_train', '?')} train / {result.get('n_test', '?')} test"
     ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
