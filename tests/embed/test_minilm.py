@@ -60,19 +60,27 @@ def test_semantically_close_beats_unrelated(minilm):
     assert q @ para > q @ other + 0.3
 
 
-def test_truncates_at_max_tokens(minilm):
-    long = " ".join(f"word{i}" for i in range(MAX_TOKENS * 2))
-    a, b = minilm.embed([long, long + " and a completely different ending about volcanoes"])
-    assert a @ b > 0.99999
-    short_a, short_b = minilm.embed(["a cat", "a cat and a completely different ending about volcanoes"])
-    assert short_a @ short_b < 0.99  # below the limit, the tail does count
+def test_long_prompts_keep_head_and_tail(minilm):
+    """Few-shot prompts share their head: the question at the end must still move the vector."""
+    shots = " ".join(f"Example {i}: the answer is {i % 4}." for i in range(120))
+    q1 = shots + " Question: which volcano erupted in 1980 in Washington state?"
+    q2 = shots + " Question: how do I sort a list of dictionaries by a key in Python?"
+    a, b = minilm.embed([q1, q2])
+    assert a @ b < 0.98
+    clipped = minilm.clip(q1)
+    assert clipped.startswith("Example 0") and clipped.endswith("Washington state?") and " ... " in clipped
+    assert len(minilm._clipper.encode(clipped, add_special_tokens=False).ids) <= MAX_TOKENS - 2
+    middle = " ".join(f"filler{i}" for i in range(MAX_TOKENS * 2))
+    x, y = minilm.embed(["start " + middle + " end", "start " + middle.replace("filler300", "volcano") + " end"])
+    assert x @ y > 0.99999  # the middle of a long prompt is what gets dropped
+    assert minilm.clip("a short prompt") == "a short prompt"
 
 
 def test_create_embedder_wraps_minilm_in_cache(tmp_path):
     emb = create_embedder("minilm", cache_dir=tmp_path, progress=False)
     assert isinstance(emb, CachedEmbedder) and isinstance(emb.inner, MiniLMEmbedder)
-    assert emb.name == "minilm-l6-v2" and emb.dim == 384
-    assert emb.path == tmp_path / "minilm-l6-v2.sqlite"
+    assert emb.name == "minilm-l6-v2-ht" and emb.dim == 384
+    assert emb.path == tmp_path / "minilm-l6-v2-ht.sqlite"
 
 
 def test_onnx_path_loads_no_torch(minilm, onnx_dir):

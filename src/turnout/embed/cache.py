@@ -54,7 +54,7 @@ class CachedEmbedder(Embedder):
         emb = CachedEmbedder(MiniLMEmbedder(onnx_dir=d), cache_dir="~/.cache/turnout/embeddings")
         emb.embed(prompts)      # computes and stores
         emb.embed(prompts)      # reads back; the inner embedder is not called
-        emb.path                # ~/.cache/turnout/embeddings/minilm-l6-v2.sqlite
+        emb.path                # ~/.cache/turnout/embeddings/minilm-l6-v2-ht.sqlite
     """
 
     def __init__(self, inner: Embedder, cache_dir: str | Path | None = None, *, progress: bool = True) -> None:
