@@ -12,7 +12,7 @@ import asyncio
 import json
 import math
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +163,33 @@ async def raise_for_status(resp: httpx.Response, backend: str, model: str | None
         return
     raw = (await resp.aread())[:MAX_ERROR_BODY].decode("utf-8", "replace")
     raise BackendStatusError(error_message(raw) or resp.reason_phrase, backend=backend, status=resp.status_code, model=model, body=raw)
+
+
+async def fetch_body(
+    pool: ClientPool,
+    build: Callable[[httpx.AsyncClient], httpx.Request],
+    backend: str,
+    model: str,
+    timeouts: Timeouts,
+) -> bytes:
+    """One non-streamed exchange on the least busy pooled client, under the connect,
+    first-token (response headers) and total deadlines; every failure is translated."""
+    dl = Deadlines(timeouts)
+    slot = pool.acquire()
+    client = pool.clients[slot]
+    try:
+        with translate(backend, model, dl):
+            async with asyncio.timeout_at(dl.current):
+                resp = await client.send(build(client), stream=True)
+            try:
+                dl.got_first()
+                async with asyncio.timeout_at(dl.current):
+                    await raise_for_status(resp, backend, model)
+                    return await resp.aread()
+            finally:
+                await resp.aclose()
+    finally:
+        pool.release(slot)
 
 
 def error_message(raw: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from turnout.backends._http import ClientPool, Deadlines, iter_sse, loads, raise_for_status, translate
+from turnout.backends._http import ClientPool, Deadlines, fetch_body, iter_sse, loads, raise_for_status, translate
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
@@ -207,22 +207,9 @@ class AnthropicBackend(Backend):
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         """Send one Messages request; return the answer as a ``chat.completion``."""
         t = timeouts or self.timeouts
-        dl = Deadlines(t)
-        slot = self._pool.acquire()
-        client = self._pool.clients[slot]
-        try:
-            with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
-                    resp = await client.send(self._request(client, request, model, False, t), stream=True)
-                try:
-                    dl.got_first()
-                    async with asyncio.timeout_at(dl.current):
-                        await raise_for_status(resp, self.name, model)
-                        raw = await resp.aread()
-                finally:
-                    await resp.aclose()
-        finally:
-            self._pool.release(slot)
+        raw = await fetch_body(
+            self._pool, lambda client: self._request(client, request, model, False, t), self.name, model, t
+        )
         msg = loads(raw, self.name, model, "the response body")
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), list):
             raise BackendProtocolError(f"answer is not a Messages object (got {str(msg)[:160]!r})",

@@ -40,6 +40,7 @@ import httpx
 from turnout.backends._http import (
     ClientPool,
     Deadlines,
+    fetch_body,
     estimate_prompt_tokens,
     estimate_tokens,
     iter_sse,
@@ -173,22 +174,9 @@ class OpenAIBackend(Backend):
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         """POST the request and return the whole answer as a ``chat.completion``."""
         t = timeouts or self.timeouts
-        dl = Deadlines(t)
-        slot = self._pool.acquire()
-        client = self._pool.clients[slot]
-        try:
-            with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
-                    resp = await client.send(self._request(client, request, model, False, t), stream=True)
-                try:
-                    dl.got_first()
-                    async with asyncio.timeout_at(dl.current):
-                        await raise_for_status(resp, self.name, model)
-                        raw = await resp.aread()
-                finally:
-                    await resp.aclose()
-        finally:
-            self._pool.release(slot)
+        raw = await fetch_body(
+            self._pool, lambda client: self._request(client, request, model, False, t), self.name, model, t
+        )
         body = loads(raw, self.name, model, "the response body")
         if self.completion_template is not None:
             body = self._chat_from_completion(body, model)
