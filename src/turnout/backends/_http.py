@@ -13,7 +13,7 @@ import json
 import math
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +188,34 @@ async def fetch_body(
                     return await resp.aread()
             finally:
                 await resp.aclose()
+    finally:
+        pool.release(slot)
+
+
+@asynccontextmanager
+async def open_stream(
+    pool: ClientPool,
+    build: Callable[[httpx.AsyncClient], httpx.Request],
+    backend: str,
+    model: str,
+    deadlines: Deadlines,
+) -> AsyncIterator[httpx.Response]:
+    """Send a streamed request on the least busy pooled client and yield the response once its
+    status is known to be good; the response is closed and the slot released on the way out.
+    Reading the body (and translating its errors) is the caller's job, under ``deadlines``."""
+    slot = pool.acquire()
+    client = pool.clients[slot]
+    try:
+        with translate(backend, model, deadlines):
+            async with asyncio.timeout_at(deadlines.current):
+                resp = await client.send(build(client), stream=True)
+        try:
+            with translate(backend, model, deadlines):
+                async with asyncio.timeout_at(deadlines.current):
+                    await raise_for_status(resp, backend, model)
+            yield resp
+        finally:
+            await resp.aclose()
     finally:
         pool.release(slot)
 

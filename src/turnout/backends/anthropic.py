@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from turnout.backends._http import ClientPool, Deadlines, fetch_body, iter_sse, loads, raise_for_status, translate
+from turnout.backends._http import ClientPool, Deadlines, fetch_body, iter_sse, loads, open_stream, translate
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
@@ -221,22 +221,10 @@ class AnthropicBackend(Backend):
         """Yield ``chat.completion.chunk`` s translated from Anthropic's stream events."""
         t = timeouts or self.timeouts
         dl = Deadlines(t)
-        slot = self._pool.acquire()
-        client = self._pool.clients[slot]
-        try:
-            with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
-                    resp = await client.send(self._request(client, request, model, True, t), stream=True)
-            try:
-                with translate(self.name, model, dl):
-                    async with asyncio.timeout_at(dl.current):
-                        await raise_for_status(resp, self.name, model)
-                async for chunk in self._chunks(resp, model, dl):
-                    yield chunk
-            finally:
-                await resp.aclose()
-        finally:
-            self._pool.release(slot)
+        build = lambda client: self._request(client, request, model, True, t)  # noqa: E731
+        async with open_stream(self._pool, build, self.name, model, dl) as resp:
+            async for chunk in self._chunks(resp, model, dl):
+                yield chunk
 
     async def _chunks(self, resp: httpx.Response, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
         events = iter_sse(resp.aiter_lines())

@@ -40,12 +40,12 @@ import httpx
 from turnout.backends._http import (
     ClientPool,
     Deadlines,
-    fetch_body,
     estimate_prompt_tokens,
     estimate_tokens,
+    fetch_body,
     iter_sse,
     loads,
-    raise_for_status,
+    open_stream,
     translate,
 )
 from turnout.backends.base import Backend, Timeouts
@@ -235,22 +235,10 @@ class OpenAIBackend(Backend):
         """Yield ``chat.completion.chunk`` chunks; the last carries ``finish_reason`` and ``usage``."""
         t = timeouts or self.timeouts
         dl = Deadlines(t)
-        slot = self._pool.acquire()
-        client = self._pool.clients[slot]
-        try:
-            with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
-                    resp = await client.send(self._request(client, request, model, True, t), stream=True)
-            try:
-                with translate(self.name, model, dl):
-                    async with asyncio.timeout_at(dl.current):
-                        await raise_for_status(resp, self.name, model)
-                async for chunk in self._chunks(resp, request, model, dl):
-                    yield chunk
-            finally:
-                await resp.aclose()
-        finally:
-            self._pool.release(slot)
+        build = lambda client: self._request(client, request, model, True, t)  # noqa: E731
+        async with open_stream(self._pool, build, self.name, model, dl) as resp:
+            async for chunk in self._chunks(resp, request, model, dl):
+                yield chunk
 
     async def _chunks(
         self, resp: httpx.Response, request: ChatRequest, model: str, dl: Deadlines
