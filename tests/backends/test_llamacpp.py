@@ -69,3 +69,15 @@ async def test_server_stops_cleanly_without_orphans(tmp_path):
 def test_missing_model_file_says_so(tmp_path):
     with pytest.raises(BackendConnectionError, match="does not exist"):
         LlamaCppServer(tmp_path / "nope.gguf").start()
+
+
+def test_child_launcher_turns_off_extra_buffer_types_on_amx_cpus():
+    from turnout.backends._llama_child import cpu_has_amx, extra_bufts_wanted
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile amx_int8\n"
+    plain = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert cpu_has_amx(amx) and not cpu_has_amx(plain) and not cpu_has_amx("")
+    assert extra_bufts_wanted({}, plain) and not extra_bufts_wanted({}, amx)
+    # the environment variable overrides detection both ways
+    assert extra_bufts_wanted({"TURNOUT_LLAMA_EXTRA_BUFTS": "1"}, amx)
+    assert not extra_bufts_wanted({"TURNOUT_LLAMA_EXTRA_BUFTS": "0"}, plain)

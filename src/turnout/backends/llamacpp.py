@@ -11,6 +11,9 @@ Facts this module absorbs (measured, see the project's LOCAL-COMPONENTS notes):
   one model, so the backend's model name is informational);
 * streaming sends no usage chunk (:class:`~turnout.backends.openai.OpenAIBackend`
   counts tokens itself);
+* on CPUs with Intel AMX, ggml's AMX kernels crashed the child on its first
+  decode: the child is started through :mod:`turnout.backends._llama_child`,
+  which turns ggml's extra buffer types off there;
 * the Gemma 3 270M GGUF on PyPI is the *base* model, with no chat template:
   serve it through ``/v1/completions`` with ``completion_template``.
 
@@ -81,7 +84,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LlamaCppServer:
-    """One ``python -m llama_cpp.server`` child serving one GGUF model on loopback.
+    """One llama.cpp server child (``llama_cpp.server`` through our launcher) serving one GGUF model on loopback.
 
     ``start``/``stop`` (blocking) and ``astart``/``astop`` (awaitable), or use it
     as a sync or async context manager. ``base_url`` is the OpenAI API root
@@ -119,7 +122,8 @@ class LlamaCppServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--host", self.host,
+        # our launcher runs llama_cpp.server after turning off ggml's AMX kernels where they crash
+        cmd = [sys.executable, "-m", "turnout.backends._llama_child", "--model", str(self.model_path), "--host", self.host,
                "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_ctx", str(self.n_ctx),
                "--verbose", "False"]
         if self.chat_format:
