@@ -42,9 +42,14 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
         n = (min if lower else max)(rs, key=rs.get)
         return n, rs[n]
 
+    def ci(ds: str, name: str | None) -> str:
+        c = results[ds]["routers"].get(name or "", {}).get("aiq_ci")
+        return f"; 95% CI {c[0]:.3f}–{c[1]:.3f}" if c else ""
+
     if "routerbench" in results:
         n, v = best("routerbench", "aiq")
-        rows.append(("routerbench AIQ ≥ 0.88 (best router)", f"{f(v)} ({n})", v is not None and v >= 0.88))
+        rows.append(("routerbench AIQ ≥ 0.88 (best router)", f"{f(v)} ({n}{ci('routerbench', n)})",
+                     v is not None and v >= 0.88))
         n, v = best("routerbench", "cost_fraction_to_match_best", lower=True)
         bs = results["routerbench"]["best_single"]["model"]
         rows.append((f"routerbench {bs} quality at ≤ 50% of its cost", f"{f(v)} ({n})", v is not None and v <= 0.5))
@@ -52,7 +57,8 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
         rows += [("routerbench AIQ ≥ 0.88", "not run", None), ("routerbench best-single quality at ≤ 50% cost", "not run", None)]
     if "dcrouter" in results:
         n, v = best("dcrouter", "aiq")
-        rows.append(("dcrouter AIQ ≥ 0.62 (best router)", f"{f(v)} ({n})", v is not None and v >= 0.62))
+        rows.append(("dcrouter AIQ ≥ 0.62 (best router)", f"{f(v)} ({n}{ci('dcrouter', n)})",
+                     v is not None and v >= 0.62))
         n, v = best("dcrouter", "max_quality")
         rows.append(("dcrouter max quality ≥ 0.64 (best router)", f"{f(v)} ({n})", v is not None and v >= 0.64))
     else:
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
         t2 = time.perf_counter()
-        res = run_eval(train, test, Xtr, Xte, routers, table=str(path))
+        res = run_eval(train, test, Xtr, Xte, routers, table=str(path), seed=args.seed)
         t3 = time.perf_counter()
         results[ds] = res
         timings[ds] = {"load_s": t1 - t0, "embed_s": t2 - t1, "fit_eval_s": t3 - t2}

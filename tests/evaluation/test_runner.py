@@ -34,3 +34,45 @@ def test_perfect_router_reaches_oracle_and_beats_singles():
     assert m["aiq"] > base["single_models_aiq"]
     assert m["cost_fraction_to_match_best"] < 1.0
     assert out["decision_ms_p50"] > 0
+
+
+def test_aiq_interval_without_resampling_is_the_point_estimate():
+    from turnout.evaluation.runner import aiq_ci
+
+    rng = np.random.default_rng(1)
+    tr, te = _table(50, rng), _table(80, rng)
+    out = evaluate_router(TruthRouter(), tr, te, tr.scores, te.scores)
+    point = curve_metrics(out["curve"], baselines(te))["aiq"]
+    # one "resample" that keeps every prompt once is the test set itself
+    lo, hi = aiq_ci(out["_choices"], te, np.ones((1, len(te))))
+    assert lo == hi == point
+
+
+def test_aiq_interval_brackets_the_estimate_and_shrinks_with_more_prompts():
+    from turnout.evaluation.runner import aiq_ci, bootstrap_weights
+
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (60, 600):
+        tr, te = _table(50, rng), _table(n, rng)
+        out = evaluate_router(TruthRouter(), tr, te, tr.scores, te.scores)
+        point = curve_metrics(out["curve"], baselines(te))["aiq"]
+        lo, hi = aiq_ci(out["_choices"], te, bootstrap_weights(n, 300, seed=0))
+        assert lo <= point <= hi and lo < hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(10) of the width with 10x the prompts
+
+
+def test_run_eval_reports_intervals_and_can_turn_them_off():
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(3)
+    tr, te = _table(60, rng), _table(90, rng)
+    Xtr, Xte = rng.normal(size=(60, 4)), rng.normal(size=(90, 4))
+    out = run_eval(tr, te, Xtr, Xte, ["best-single", "knn"], progress=False, bootstrap=50)
+    for r in out["routers"].values():
+        lo, hi = r["aiq_ci"]
+        assert lo <= r["aiq"] + 1e-9 and r["aiq"] - 1e-9 <= hi
+    assert len(out["single_models_aiq_ci"]) == 2
+    off = run_eval(tr, te, Xtr, Xte, ["knn"], progress=False, bootstrap=0)
+    assert "aiq_ci" not in off["routers"]["knn"] and "single_models_aiq_ci" not in off

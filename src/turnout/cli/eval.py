@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from turnout.evaluation.runner import BOOTSTRAP
 from turnout.evaluation.splits import split_table
 
 #: every built-in router that needs no configuration (``prior`` needs a config, so it is left out)
@@ -20,6 +21,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--test", help="a separate test table (else the split column, else a random split)")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP,
+                   help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}; 0 = off)")
     p.add_argument("--routers", default=DEFAULT_ROUTERS, help=f"comma-separated router names (default: {DEFAULT_ROUTERS})")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--json", dest="json_out", help="write the result as JSON here (schema: docs/eval.md)")
@@ -33,19 +36,21 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
     two = any("apgr" in r for r in out["routers"].values())
     t = Table(title=title)
-    cols = ["router", "AIQ", "max q", "q @ best cost", "cost frac", "fit s", "p50 ms"]
+    cols = ["router", "AIQ", "AIQ 95% CI", "max q", "q @ best cost", "cost frac", "fit s", "p50 ms"]
     for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
         t.add_column(col, justify="left" if col == "router" else "right")
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
+    ci = lambda v: "—" if not v else f"{v[0]:.3f}–{v[1]:.3f}"  # noqa: E731
     for name, r in out["routers"].items():
         extra = [f(r.get("apgr")), f(r.get("cpt50")), f(r.get("cpt80"))] if two else []
-        t.add_row(name, f(r["aiq"]), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
+        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
                   f(r["cost_fraction_to_match_best"]), f(r["fit_s"]), f(r["decision_ms_p50"]), *extra)
     b = out["best_single"]
     pad = [""] * (3 if two else 0)
-    t.add_row(f"best single ({b['model']})", "", f(b["quality"]), f(b["quality"]), "1", "", "", *pad)
-    t.add_row("single-model hull", f(out["single_models_aiq"]), "", "", "", "", "", *pad)
-    t.add_row("oracle", "", f(out["oracle"]["quality"]), "", "", "", "", *pad)
+    t.add_row(f"best single ({b['model']})", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", *pad)
+    t.add_row("single-model hull", f(out["single_models_aiq"]), ci(out.get("single_models_aiq_ci")),
+              "", "", "", "", "", *pad)
+    t.add_row("oracle", "", "", f(out["oracle"]["quality"]), "", "", "", "", *pad)
     return t
 
 
@@ -70,7 +75,7 @@ def run(args: Any) -> int:
         train, test = split_table(table, args.test_fraction, args.seed)
     emb = create_embedder(args.embedder)
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
-    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table))
+    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
     Console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))

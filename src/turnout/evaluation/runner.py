@@ -12,6 +12,9 @@ from turnout.evaluation.table import RoutingTable, oracle
 from turnout.routing.base import Prediction, Router
 from turnout.routing.policy import choose, lambda_grid
 
+#: test-set resamples behind each AIQ's 95% interval
+BOOTSTRAP = 200
+
 
 def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray) -> dict[str, Any]:
     """Fit ``router`` on train, sweep λ on test; returns the per-router JSON block of ``turnout eval``."""
@@ -24,10 +27,11 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
     pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
                       available=avail if pred.available is None else (pred.available & avail))
     rows = np.arange(len(test))
-    curve, shares = [], []
+    curve, shares, choices = [], [], []
     m = len(test.models)
     for lam in lambda_grid(pred):
         j = choose(pred, float(lam))
+        choices.append(j)
         curve.append([float(test.costs[rows, j].mean()), float(test.scores[rows, j].mean())])
         shares.append((np.bincount(j, minlength=m)[:m] / max(len(j), 1)).tolist())
     lat = []
@@ -37,7 +41,7 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
         choose(Prediction(p1.models, p1.quality, p1.cost, avail[i : i + 1]), 0.0)
         lat.append((time.perf_counter() - t) * 1e3)
     return {"curve": curve, "fit_s": fit_s, "decision_ms_p50": float(np.median(lat)) if lat else None,
-            "_shares": shares}
+            "_shares": shares, "_choices": np.array(choices)}
 
 
 def baselines(test: RoutingTable) -> dict[str, Any]:
@@ -73,10 +77,11 @@ def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test:
 
 def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, routers: list[str], *,
              table: str = "", progress: bool = True, router_params: dict[str, dict[str, Any]] | None = None,
-             ) -> dict[str, Any]:
+             bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """The whole ``turnout eval`` result (see docs/eval.md) for ``routers`` on a train/test split.
 
     Shows a rich progress bar over the routers being fitted when ``progress`` is true.
+    ``bootstrap`` resamples of the test prompts give each AIQ a 95% interval (0 turns it off).
     """
     from turnout.routing.registry import create_router
 
@@ -86,11 +91,16 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
                            "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
                            "routers": {}}
 
+    weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
+    if weights is not None:
+        out["single_models_aiq_ci"] = single_models_aiq_ci(test, weights)
+
     def one(name: str) -> None:
         res = evaluate_router(create_router(name, **(router_params or {}).get(name, {})), train, test, Xtr, Xte)
-        shares = res.pop("_shares")
+        shares, choices = res.pop("_shares"), res.pop("_choices")
+        ci = {"aiq_ci": aiq_ci(choices, test, weights)} if weights is not None else {}
         out["routers"][name] = {**curve_metrics(res["curve"], base),
-                                **two_model_metrics(res["curve"], shares, test, base), **res}
+                                **two_model_metrics(res["curve"], shares, test, base), **ci, **res}
 
     if not progress:
         for name in routers:
@@ -107,6 +117,57 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
             bar.advance(task)
         bar.update(task, description="fitted routers")
     return out
+
+
+def bootstrap_weights(n: int, b: int, seed: int) -> np.ndarray:
+    """``b`` × ``n`` multinomial counts: how often each test prompt appears in each resample."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(float)
+
+
+def _resampled_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per resample, the weighted mean of each column of ``values`` (n × k), NaN cells left out: b × k."""
+    obs = ~np.isnan(values)
+    num = weights @ np.where(obs, values, 0.0)
+    den = weights @ obs.astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def _ci(samples: list[float]) -> list[float] | None:
+    s = np.asarray([v for v in samples if np.isfinite(v)])
+    return [float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))] if s.size else None
+
+
+def single_models_aiq_ci(test: RoutingTable, weights: np.ndarray) -> list[float] | None:
+    """95% bootstrap interval of the single-model hull's AIQ."""
+    q, c = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
+    out = []
+    for qb, cb in zip(q, c):
+        ok = np.isfinite(qb) & np.isfinite(cb)
+        if ok.sum() >= 2 and cb[ok].max() > cb[ok].min():
+            out.append(aiq(np.c_[cb[ok], qb[ok]], cb[ok].min(), cb[ok].max()))
+    return _ci(out)
+
+
+def aiq_ci(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> list[float] | None:
+    """95% bootstrap interval of a router's AIQ from its per-λ choices (L × n model indices).
+
+    Each resample recomputes every λ point and the cost range (cheapest to most
+    expensive single model) on the same resampled prompts; the choices stay fixed,
+    so the interval is the test set's sampling noise, not the router's training noise.
+    """
+    rows = np.arange(choices.shape[1])
+    qc = _resampled_means(test.scores[rows, choices].T, weights)  # b × L
+    cc = _resampled_means(test.costs[rows, choices].T, weights)
+    sq, sc = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
+    out = []
+    for b in range(weights.shape[0]):
+        ok = np.isfinite(sc[b]) & np.isfinite(sq[b])
+        lo, hi = sc[b][ok].min(), sc[b][ok].max()
+        if hi > lo:
+            out.append(aiq(np.c_[cc[b], qc[b]], lo, hi))
+    return _ci(out)
 
 
 def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, Any]:
