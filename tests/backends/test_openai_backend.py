@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -258,16 +259,9 @@ async def test_backend_errors_are_one_tree(server, backend):
         await backend.complete(REQ, model="m-1", timeouts=FAST)
 
 
-async def test_pool_shards_send_each_request_to_the_least_busy_client():
-    from turnout.backends._http import ClientPool
-
-    pool = ClientPool.create(max_connections=256, connect_timeout=1.0, headers={}, shard_size=8)
-    try:
-        assert len(pool.clients) == 32
-        a, b = pool.acquire(), pool.acquire()
-        assert a != b  # a busy shard is not picked while an idle one exists
-        pool.release(a)
-        assert pool.acquire() == a
-        assert all(c._transport._pool._max_connections == 8 for c in pool.clients)
-    finally:
-        await pool.aclose()
+async def test_concurrent_requests_share_a_bounded_keep_alive_pool(server):
+    async with OpenAIBackend("up", server.base_url, max_connections=4) as b:
+        resps = await asyncio.gather(*(b.complete(REQ, model="m-1") for _ in range(12)))
+        assert all(r.content == "Hello there, friend." for r in resps)
+        pool = b._transport.pool
+        assert 1 <= pool.open_connections <= 4 and pool.idle_connections == pool.open_connections

@@ -33,7 +33,17 @@ from typing import Any
 
 import httpx
 
-from turnout.backends._http import ClientPool, Deadlines, fetch_body, iter_sse, loads, open_stream, translate
+from turnout.backends._http import (
+    Deadlines,
+    WireResponse,
+    dumps,
+    fetch_body,
+    iter_sse,
+    loads,
+    make_transport,
+    open_stream,
+    translate,
+)
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
@@ -185,31 +195,21 @@ class AnthropicBackend(Backend):
         self.name = name
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.timeouts = timeouts or Timeouts()
-        self._headers = {"anthropic-version": API_VERSION, **(headers or {})}
+        hdrs = {"content-type": "application/json", "anthropic-version": API_VERSION, **(headers or {})}
         if api_key:
-            self._headers["x-api-key"] = api_key
-        self._pool = (
-            ClientPool([client], owned=False)
-            if client is not None
-            else ClientPool.create(max_connections=max_connections, connect_timeout=self.timeouts.connect, headers={})
-        )
+            hdrs["x-api-key"] = api_key
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections)
 
-    def _request(self, client: httpx.AsyncClient, request: ChatRequest, model: str, stream: bool,
-                 t: Timeouts) -> httpx.Request:
+    def _request(self, request: ChatRequest, model: str, stream: bool) -> bytes:
         body = to_messages_request(request, model)
         if stream:
             body["stream"] = True
-        return client.build_request(
-            "POST", self.base_url + "/v1/messages", json=body, headers=self._headers,
-            timeout=httpx.Timeout(None, connect=t.connect, pool=t.connect),
-        )
+        return dumps(body)
 
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         """Send one Messages request; return the answer as a ``chat.completion``."""
         t = timeouts or self.timeouts
-        raw = await fetch_body(
-            self._pool, lambda client: self._request(client, request, model, False, t), self.name, model, t
-        )
+        raw = await fetch_body(self._transport, "/v1/messages", self._request(request, model, False), self.name, model, t)
         msg = loads(raw, self.name, model, "the response body")
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), list):
             raise BackendProtocolError(f"answer is not a Messages object (got {str(msg)[:160]!r})",
@@ -221,13 +221,13 @@ class AnthropicBackend(Backend):
         """Yield ``chat.completion.chunk`` s translated from Anthropic's stream events."""
         t = timeouts or self.timeouts
         dl = Deadlines(t)
-        build = lambda client: self._request(client, request, model, True, t)  # noqa: E731
-        async with open_stream(self._pool, build, self.name, model, dl) as resp:
+        body = self._request(request, model, True)
+        async with open_stream(self._transport, "/v1/messages", body, self.name, model, dl) as resp:
             async for chunk in self._chunks(resp, model, dl):
                 yield chunk
 
-    async def _chunks(self, resp: httpx.Response, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
-        events = iter_sse(resp.aiter_lines())
+    async def _chunks(self, resp: WireResponse, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
+        events = iter_sse(resp.iter_lines())
         cid, upstream_model, created = "", model, int(time.time())
         usage = Usage()
         stop_reason: str | None = None
@@ -288,8 +288,8 @@ class AnthropicBackend(Backend):
         raise BackendProtocolError("stream ended before message_stop (cut mid-way)", backend=self.name, model=model)
 
     async def aclose(self) -> None:
-        """Close the pooled clients if this backend created them."""
-        await self._pool.aclose()
+        """Close the connection pool if this backend created it (a caller's httpx client stays open)."""
+        await self._transport.aclose()
 
 
 __all__ = ["DEFAULT_MAX_TOKENS", "AnthropicBackend", "to_chat_completion", "to_messages_request"]

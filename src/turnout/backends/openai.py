@@ -38,13 +38,15 @@ from typing import Any
 import httpx
 
 from turnout.backends._http import (
-    ClientPool,
     Deadlines,
+    WireResponse,
+    dumps,
     estimate_prompt_tokens,
     estimate_tokens,
     fetch_body,
     iter_sse,
     loads,
+    make_transport,
     open_stream,
     translate,
 )
@@ -99,9 +101,9 @@ class OpenAIBackend(Backend):
     """A provider endpoint speaking OpenAI's chat-completions protocol.
 
     ``base_url`` includes the API prefix (``http://host:8000/v1``). The backend
-    owns one keep-alive connection pool sized for ``max_connections``
-    concurrent streams (HTTP/1.1, sharded over several httpx clients: see
-    :class:`~turnout.backends._http.ClientPool`) unless ``client`` is given, in
+    owns one HTTP/1.1 keep-alive pool of up to ``max_connections`` connections
+    (turnout's own client, :mod:`turnout.backends._client`) unless ``client``
+    (an ``httpx.AsyncClient``: proxies, HTTP/2, a mock transport) is given, in
     which case the caller keeps ownership and :meth:`aclose` leaves it open.
     """
 
@@ -125,22 +127,15 @@ class OpenAIBackend(Backend):
         self.completion_template = completion_template
         self.completion_stop = list(completion_stop)
         self.timeouts = timeouts or Timeouts()
-        hdrs = dict(headers or {})
+        hdrs = {"content-type": "application/json", **(headers or {})}
         if api_key:
             hdrs.setdefault("Authorization", f"Bearer {api_key}")
-        self._headers = hdrs
-        self._owns_client = client is None
-        self._pool = (
-            ClientPool([client], owned=False)
-            if client is not None
-            else ClientPool.create(max_connections=max_connections, connect_timeout=self.timeouts.connect, headers=hdrs)
-        )
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections)
 
     # -- request building ---------------------------------------------------
 
-    def _request(
-        self, client: httpx.AsyncClient, request: ChatRequest, model: str, stream: bool, timeouts: Timeouts
-    ) -> httpx.Request:
+    def _request(self, request: ChatRequest, model: str, stream: bool) -> tuple[str, bytes]:
+        """The path (relative to ``base_url``) and JSON body of one upstream request."""
         params = dict(request.params)
         params.pop("stream", None)
         if self.completion_template is not None:
@@ -161,22 +156,15 @@ class OpenAIBackend(Backend):
         if stream:
             payload["stream"] = True
             payload["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
-        return client.build_request(
-            "POST",
-            self.base_url + path,
-            json=payload,
-            headers=self._headers if not self._owns_client else None,
-            timeout=httpx.Timeout(None, connect=timeouts.connect, pool=timeouts.connect),
-        )
+        return path, dumps(payload)
 
     # -- non-streaming ------------------------------------------------------
 
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         """POST the request and return the whole answer as a ``chat.completion``."""
         t = timeouts or self.timeouts
-        raw = await fetch_body(
-            self._pool, lambda client: self._request(client, request, model, False, t), self.name, model, t
-        )
+        path, payload = self._request(request, model, False)
+        raw = await fetch_body(self._transport, path, payload, self.name, model, t)
         body = loads(raw, self.name, model, "the response body")
         if self.completion_template is not None:
             body = self._chat_from_completion(body, model)
@@ -235,15 +223,15 @@ class OpenAIBackend(Backend):
         """Yield ``chat.completion.chunk`` chunks; the last carries ``finish_reason`` and ``usage``."""
         t = timeouts or self.timeouts
         dl = Deadlines(t)
-        build = lambda client: self._request(client, request, model, True, t)  # noqa: E731
-        async with open_stream(self._pool, build, self.name, model, dl) as resp:
+        path, payload = self._request(request, model, True)
+        async with open_stream(self._transport, path, payload, self.name, model, dl) as resp:
             async for chunk in self._chunks(resp, request, model, dl):
                 yield chunk
 
     async def _chunks(
-        self, resp: httpx.Response, request: ChatRequest, model: str, dl: Deadlines
+        self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines
     ) -> AsyncIterator[StreamChunk]:
-        events = iter_sse(resp.aiter_lines())
+        events = iter_sse(resp.iter_lines())
         held: StreamChunk | None = None  # the finish chunk, held back until usage is known
         usage: Usage | None = None
         n_events = 0
@@ -341,8 +329,8 @@ class OpenAIBackend(Backend):
         return out
 
     async def aclose(self) -> None:
-        """Close the pooled clients if this backend created them."""
-        await self._pool.aclose()
+        """Close the connection pool if this backend created it (a caller's httpx client stays open)."""
+        await self._transport.aclose()
 
 
 __all__ = ["QA_STOP", "QA_TEMPLATE", "OpenAIBackend", "render_prompt"]
