@@ -5,13 +5,20 @@ gateway writes (WAL mode lets readers and the one writer run at once), and it
 turns logged traffic plus user feedback into a canonical routing table
 (:meth:`RequestLog.export_canonical`) to train the next router on.
 
-Writes never block the caller. :meth:`RequestLog.record` puts the entry on a
-bounded queue and returns; one background thread drains it in batches (one
-``executemany`` in one transaction per batch). When the queue is full
-(``max_queue`` entries waiting, i.e. the disk cannot keep up) the *new* entry
-is dropped, counted in :attr:`RequestLog.dropped` and logged as a warning (the
-first drop, then at most every ``10 s`` with the running total): serving
-requests matters more than logging them, and a drop is never silent.
+Writes never block the caller. :meth:`RequestLog.record` appends the entry to
+a bounded in-memory queue and returns; one background thread writes what has
+gathered there in batches (one ``executemany`` in one transaction per batch).
+The writer wakes on the first entry, then *lingers* ``linger_s`` (0.1 s) so
+that the entries of that window share one transaction: one SQLite commit per
+request cost about 100 µs of CPU plus a thread wake-up, on the same two cores
+that serve the requests; batched, a row costs about 15 µs. The queue is a
+``deque`` (an append takes no lock) and the writer is woken only when it is
+asleep. :meth:`flush` and :meth:`close` cut the linger short. When the queue is
+full (``max_queue`` entries waiting, i.e. the disk cannot keep up) the *new*
+entry is dropped, counted in :attr:`RequestLog.dropped` and logged as a
+warning (the first drop, then at most every ``10 s`` with the running total):
+serving requests matters more than logging them, and a drop is never silent.
+An entry is on disk at most ``linger_s`` plus one write after it was recorded.
 
 Schema (``SCHEMA_VERSION``)::
 
@@ -38,11 +45,11 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -177,10 +184,12 @@ class RequestLog:
     code through the gateway's offload helper.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_REQUEST_LOG, *, max_queue: int = 10_000, batch_size: int = 256) -> None:
+    def __init__(self, path: str | Path = DEFAULT_REQUEST_LOG, *, max_queue: int = 10_000, batch_size: int = 256,
+                 linger_s: float = 0.1) -> None:
         self.path = Path(path)
         self.max_queue = max_queue
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._dropped = 0
         self._write_errors = 0
         self._written = 0
@@ -190,7 +199,10 @@ class RequestLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # created here, on the caller's thread, so a bad path fails at start-up with its name
         self._init_schema()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        # entries, feedback tuples and control markers, in order; appended by any thread, drained by the writer
+        self._pending: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()  # set: something is pending and the writer should look
+        self._urgent = threading.Event()  # set: a flush or close is waiting, skip the linger
         self._thread = threading.Thread(target=self._writer, name=f"turnout-requestlog:{self.path.name}", daemon=True)
         self._thread.start()
 
@@ -243,13 +255,25 @@ class RequestLog:
 
     def record(self, entry: LogEntry) -> None:
         """Queue ``entry`` for writing and return at once (never blocks, never raises on a full queue)."""
+        self._enqueue(entry)
+
+    def _enqueue(self, item: Any) -> None:
         if self._closed:
             self._drop("the request log is closed")
             return
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        # len() and append() are each atomic; racing threads may overshoot max_queue by a few, harmlessly
+        if len(self._pending) >= self.max_queue:
             self._drop(f"the write queue is full ({self.max_queue} entries waiting)")
+            return
+        self._pending.append(item)
+        if not self._wake.is_set():  # setting an Event takes a lock and may wake a thread: only when asleep
+            self._wake.set()
+
+    def _control(self, marker: Any) -> None:
+        # control markers are never dropped, and cut the writer's linger short
+        self._pending.append(marker)
+        self._urgent.set()
+        self._wake.set()
 
     def _drop(self, why: str) -> None:
         with self._stats_lock:
@@ -263,23 +287,26 @@ class RequestLog:
         conn = self._connect()
         try:
             while True:
-                item = self._queue.get()
-                items = [item]
-                # gather whatever else is already waiting into the same transaction
-                while len(items) < self.batch_size:
-                    try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                entries = [i for i in items if isinstance(i, LogEntry)]
-                feedback = [i for i in items if isinstance(i, tuple)]
-                if entries or feedback:
-                    self._write(conn, entries, feedback)
-                for i in items:
-                    if isinstance(i, _Flush):
-                        i.done.set()
-                if any(i is _STOP for i in items):
-                    return
+                self._wake.wait()
+                # let the entries of the next linger_s join this transaction, unless someone waits for the disk
+                if not self._urgent.is_set():
+                    self._urgent.wait(self.linger_s)
+                self._urgent.clear()
+                # cleared before draining: an append after this point sets it again, so nothing is left behind
+                self._wake.clear()
+                while self._pending:
+                    items = []
+                    while self._pending and len(items) < self.batch_size:
+                        items.append(self._pending.popleft())
+                    entries = [i for i in items if isinstance(i, LogEntry)]
+                    feedback = [i for i in items if isinstance(i, tuple)]
+                    if entries or feedback:
+                        self._write(conn, entries, feedback)
+                    for i in items:
+                        if isinstance(i, _Flush):
+                            i.done.set()
+                    if any(i is _STOP for i in items):
+                        return
         finally:
             conn.close()
 
@@ -308,7 +335,7 @@ class RequestLog:
         if self._closed or not self._thread.is_alive():
             return
         marker = _Flush()
-        self._queue.put(marker)  # control messages wait for room instead of being dropped
+        self._control(marker)
         marker.done.wait(timeout)
 
     def close(self) -> None:
@@ -317,7 +344,7 @@ class RequestLog:
             return
         self._closed = True
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._control(_STOP)
             self._thread.join()
 
     def __enter__(self) -> RequestLog:
@@ -337,13 +364,7 @@ class RequestLog:
             raise InvalidRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
         if not request_id:
             raise InvalidRequestError("feedback needs the request id (the 'id' of the chat completion)", param="request_id")
-        if self._closed:
-            self._drop("the request log is closed")
-            return
-        try:
-            self._queue.put_nowait((request_id, float(score), time.time()))
-        except queue.Full:
-            self._drop(f"the write queue is full ({self.max_queue} entries waiting)")
+        self._enqueue((request_id, float(score), time.time()))
 
     # -- reading --------------------------------------------------------------
     def query(
