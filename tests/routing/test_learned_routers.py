@@ -83,3 +83,43 @@ def test_torch_routers_are_deterministic(name: str) -> None:
     a = make(name).fit(data).predict(data.X[:20]).quality
     b = make(name).fit(data).predict(data.X[:20]).quality
     assert np.allclose(a, b)
+
+
+def test_knn_auto_picks_k_and_temperature_by_leave_one_out_on_training_only() -> None:
+    from turnout.routing.knn import K_GRID, TEMPERATURE_GRID
+
+    train, _ = planted(n=400, seed=0)
+    auto = create_router("knn").fit(train)
+    assert len(auto.chosen) == len(K_GRID) * len(TEMPERATURE_GRID)
+    best = min(auto.chosen, key=auto.chosen.get)
+    assert best == f"k={auto.k},temperature={auto.temperature:g}"
+    # a fixed choice is kept and nothing is searched
+    fixed = create_router("knn", k=7, temperature=0.3).fit(train)
+    assert (fixed.k, fixed.temperature, fixed.chosen) == (7, 0.3, {})
+    # the search only sees training data: refitting on the same table gives the same choice
+    again = create_router("knn").fit(train)
+    assert (again.k, again.temperature) == (auto.k, auto.temperature)
+
+
+def test_knn_auto_choice_predicts_fresh_data_better_than_extreme_fixed_choices() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 8)) * 3
+    best = rng.integers(0, 3, size=10)  # each cluster has its own best model
+
+    def draw(n: int) -> TrainingData:
+        c = rng.integers(0, 10, size=n)
+        X = centres[c] + rng.normal(size=(n, 8))
+        p = np.full((n, 3), 0.3)
+        p[np.arange(n), best[c]] = 0.8
+        S = (rng.random((n, 3)) < p).astype(float)
+        return TrainingData(X=X, scores=S, costs=np.ones((n, 3)), models=["a", "b", "c"])
+
+    train, fresh = draw(600), draw(2000)
+
+    def brier(router) -> float:  # noqa: ANN001
+        return float(np.mean((router.fit(train).predict(fresh.X).quality - fresh.scores) ** 2))
+
+    auto = brier(create_router("knn"))
+    # 10 neighbours are too few for noisy 0/1 outcomes; 200 mix clusters of ~60 prompts
+    assert auto < brier(create_router("knn", k=10, temperature=1.0))
+    assert auto < brier(create_router("knn", k=200, temperature=1.0))
