@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
-    console = Console()
+    # wide enough for the metric columns even when stdout is a file (rich would fall back to 80)
+    console = Console(width=max(Console().width, 170))
     routers = [r for r in args.routers.split(",") if r]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

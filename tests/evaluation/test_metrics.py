@@ -30,3 +30,26 @@ def test_apgr_cpt_hand_computed():
     r = apgr_cpt(np.array([0.5]), np.array([0.8]), 0.5, 0.9)
     assert r["apgr"] == pytest.approx(0.5 * 0.75 / 2 + 0.5 * (0.75 + 1) / 2)
     assert r["cpt50"] == 0.5 and r["cpt80"] == 1.0
+
+
+def test_auc_matches_hand_computed_pairs_and_ties():
+    from turnout.evaluation.metrics import auc
+
+    # pairs (pos, neg): (0.9,0.1) win, (0.9,0.5) win, (0.4,0.1) win, (0.4,0.5) loss -> 3/4
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.4, 0.5])) == 0.75
+    assert auc(np.array([1, 0]), np.array([0.3, 0.3])) == 0.5  # a tie counts half
+    assert np.isnan(auc(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+def test_within_task_auc_ignores_the_task_mix():
+    from turnout.evaluation.metrics import within_task_auc
+
+    # task a: model 0 always succeeds, task b: always fails; predicting the task mean ranks
+    # perfectly across tasks but says nothing within one -> no (task, model) pair has both outcomes
+    S = np.array([[1.0], [1.0], [0.0], [0.0]])
+    assert within_task_auc(np.array([[0.9], [0.9], [0.1], [0.1]]), S, ["a", "a", "b", "b"]) is None
+    # within task a, the prediction orders the two outcomes correctly; within b it reverses them
+    S = np.array([[1.0], [0.0], [1.0], [0.0]])
+    Q = np.array([[0.8], [0.2], [0.3], [0.7]])
+    assert within_task_auc(Q, S, ["a", "a", "b", "b"]) == 0.5
+    assert within_task_auc(Q[:2], S[:2], ["a", "a"]) == 1.0

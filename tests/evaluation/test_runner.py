@@ -76,3 +76,24 @@ def test_run_eval_reports_intervals_and_can_turn_them_off():
     assert len(out["single_models_aiq_ci"]) == 2
     off = run_eval(tr, te, Xtr, Xte, ["knn"], progress=False, bootstrap=0)
     assert "aiq_ci" not in off["routers"]["knn"] and "single_models_aiq_ci" not in off
+
+
+def test_task_mean_references_use_train_means_and_the_true_task():
+    from turnout.evaluation.runner import task_mean_references
+
+    # task x: the cheap model is always right; task y: only the expensive one is
+    def table(n: int) -> RoutingTable:
+        tasks = ["x"] * n + ["y"] * n
+        S = np.array([[1.0, 1.0]] * n + [[0.0, 1.0]] * n)
+        C = np.tile([1.0, 10.0], (2 * n, 1))
+        return RoutingTable([str(i) for i in range(2 * n)], ["p"] * 2 * n, ["cheap", "big"], S, C, tasks=tasks)
+
+    tr, te = table(20), table(10)
+    base = baselines(te)
+    refs = task_mean_references(tr, te, base)
+    # knowing the task, the rule sends x to cheap and y to big: the oracle's quality at its cost
+    best = max(refs["task_means"]["curve"], key=lambda p: (p[1], -p[0]))
+    assert best == [base["oracle"]["cost"], base["oracle"]["quality"]] == [5.5, 1.0]
+    assert refs["task_means"]["aiq"] > base["single_models_aiq"]
+    untasked = RoutingTable(te.prompt_ids, te.prompts, te.models, te.scores, te.costs)
+    assert task_mean_references(tr, untasked, base) == {}

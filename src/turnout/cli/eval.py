@@ -36,7 +36,7 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
     two = any("apgr" in r for r in out["routers"].values())
     t = Table(title=title)
-    cols = ["router", "AIQ", "AIQ 95% CI", "max q", "q @ best cost", "cost frac", "fit s", "p50 ms"]
+    cols = ["router", "AIQ", "AIQ 95% CI", "max q", "q @ best cost", "cost frac", "in-task AUC", "fit s", "p50 ms"]
     for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
         t.add_column(col, justify="left" if col == "router" else "right")
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
@@ -44,13 +44,18 @@ def render_table(out: dict[str, Any], title: str) -> Any:
     for name, r in out["routers"].items():
         extra = [f(r.get("apgr")), f(r.get("cpt50")), f(r.get("cpt80"))] if two else []
         t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
-                  f(r["cost_fraction_to_match_best"]), f(r["fit_s"]), f(r["decision_ms_p50"]), *extra)
+                  f(r["cost_fraction_to_match_best"]), f(r.get("within_task_auc")), f(r["fit_s"]),
+                  f(r["decision_ms_p50"]), *extra)
     b = out["best_single"]
     pad = [""] * (3 if two else 0)
-    t.add_row(f"best single ({b['model']})", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", *pad)
+    t.add_row(f"best single ({b['model']})", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", "", *pad)
     t.add_row("single-model hull", f(out["single_models_aiq"]), ci(out.get("single_models_aiq_ci")),
-              "", "", "", "", "", *pad)
-    t.add_row("oracle", "", "", f(out["oracle"]["quality"]), "", "", "", "", *pad)
+              "", "", "", "", "", "", *pad)
+    labels = {"task_means": "task means (true task, train)", "task_means_test": "task means (true task, test: peeks)"}
+    for key, r in out.get("references", {}).items():
+        t.add_row(labels.get(key, key), f(r["aiq"]), "", f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
+                  f(r["cost_fraction_to_match_best"]), "", "", "", *pad)
+    t.add_row("oracle", "", "", f(out["oracle"]["quality"]), "", "", "", "", "", *pad)
     return t
 
 

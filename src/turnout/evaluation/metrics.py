@@ -86,3 +86,38 @@ def apgr_cpt(shares: np.ndarray, qualities: np.ndarray, q_weak: float, q_strong:
         hit = np.flatnonzero(p >= x - 1e-12)
         out[key] = float(s[hit[0]]) if hit.size else None
     return out
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve of scores ``s`` for binary labels ``y`` (ties count half); NaN if one class."""
+    y = np.asarray(y, dtype=bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    # average ranks (1-based) handle ties: the Mann-Whitney U statistic
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=float)
+    sorted_s = np.asarray(s)[order]
+    _, start, counts = np.unique(sorted_s, return_index=True, return_counts=True)
+    avg = start + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def within_task_auc(quality: np.ndarray, scores: np.ndarray, tasks: list[str]) -> float | None:
+    """Mean AUC of predicted quality against the outcome, per (task, model), over cells with both outcomes.
+
+    Outcomes are binarised at 0.5 (soft scores above it count as a success). It tells whether a router
+    ranks prompts *within* a task, beyond learning which model is best for which task; 0.5 is chance.
+    None when no (task, model) pair has both outcomes.
+    """
+    t = np.asarray(tasks, dtype=object).astype(str)
+    vals = []
+    for task in np.unique(t):
+        rows = t == task
+        for j in range(scores.shape[1]):
+            ok = rows & ~np.isnan(scores[:, j]) & ~np.isnan(quality[:, j])
+            a = auc(scores[ok, j] > 0.5, quality[ok, j]) if ok.sum() >= 2 else float("nan")
+            if np.isfinite(a):
+                vals.append(a)
+    return float(np.mean(vals)) if vals else None

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
-from turnout.evaluation.metrics import aiq, apgr_cpt, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
+from turnout.evaluation.metrics import (
+    aiq,
+    apgr_cpt,
+    cost_fraction_to_match,
+    hull_quality_at,
+    nondecreasing_hull,
+    within_task_auc,
+)
 from turnout.evaluation.table import RoutingTable, oracle
 from turnout.routing.base import Prediction, Router
 from turnout.routing.policy import choose, lambda_grid
@@ -26,6 +34,16 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
     avail = ~np.isnan(test.scores)
     pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
                       available=avail if pred.available is None else (pred.available & avail))
+    return {**sweep(pred, test), "fit_s": fit_s, "decision_ms_p50": _decision_p50(router, Xte, avail),
+            **({"within_task_auc": within_task_auc(pred.quality, test.scores, test.tasks)} if test.tasks else {})}
+
+
+def sweep(pred: Prediction, test: RoutingTable) -> dict[str, Any]:
+    """The λ sweep of ``pred`` over ``test``: the (cost, quality) curve, measured on TRUE outcomes.
+
+    Also returns, for the callers' bookkeeping, each λ's per-model shares and
+    per-prompt choices (``_shares``, ``_choices``).
+    """
     rows = np.arange(len(test))
     curve, shares, choices = [], [], []
     m = len(test.models)
@@ -34,14 +52,51 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
         choices.append(j)
         curve.append([float(test.costs[rows, j].mean()), float(test.scores[rows, j].mean())])
         shares.append((np.bincount(j, minlength=m)[:m] / max(len(j), 1)).tolist())
+    return {"curve": curve, "_shares": shares, "_choices": np.array(choices)}
+
+
+def _decision_p50(router: Router, Xte: np.ndarray, avail: np.ndarray) -> float | None:
+    """Median ms of one routing decision (predict one row + the policy) over up to 200 test prompts."""
     lat = []
-    for i in range(min(len(test), 200)):
+    for i in range(min(len(Xte), 200)):
         t = time.perf_counter()
         p1 = router.predict(Xte[i : i + 1])
         choose(Prediction(p1.models, p1.quality, p1.cost, avail[i : i + 1]), 0.0)
         lat.append((time.perf_counter() - t) * 1e3)
-    return {"curve": curve, "fit_s": fit_s, "decision_ms_p50": float(np.median(lat)) if lat else None,
-            "_shares": shares, "_choices": np.array(choices)}
+    return float(np.median(lat)) if lat else None
+
+
+def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation-only reference lines for tables with a ``task`` column (like the oracle, not routers).
+
+    ``task_means``: each test prompt is given its TRUE task and the per-task mean quality and cost
+    of every model on *train*: the line a router reaches by learning only which model suits which
+    task. ``task_means_test``: the same with the test set's own per-task means, so it peeks at test:
+    the best any per-task rule could do on this test set. A learned router above ``task_means``
+    has found signal within tasks. Empty when either table lacks tasks.
+    """
+    if not train.tasks or not test.tasks:
+        return {}
+    ttr = np.asarray(train.tasks, dtype=object).astype(str)
+    tte = np.asarray(test.tasks, dtype=object).astype(str)
+    out: dict[str, Any] = {}
+    for key, (src, tsrc) in {"task_means": (train, ttr), "task_means_test": (test, tte)}.items():
+        q = np.full(test.scores.shape, np.nan)
+        c = np.full(test.costs.shape, np.nan)
+        overall_q, overall_c = np.nanmean(src.scores, axis=0), np.nanmean(src.costs, axis=0)
+        for task in np.unique(tte):
+            rows, srows = tte == task, tsrc == task
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a model with no outcome in a task
+                tq = np.nanmean(src.scores[srows], axis=0) if srows.any() else overall_q
+                tc = np.nanmean(src.costs[srows], axis=0) if srows.any() else overall_c
+            q[rows] = np.where(np.isnan(tq), overall_q, tq)
+            c[rows] = np.where(np.isnan(tc), overall_c, tc)
+        pred = Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0),
+                          available=~np.isnan(test.scores))
+        res = sweep(pred, test)
+        out[key] = {**curve_metrics(res["curve"], base), "curve": res["curve"]}
+    return out
 
 
 def baselines(test: RoutingTable) -> dict[str, Any]:
@@ -90,6 +145,9 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
                            "best_single": base["best_single"], "oracle": base["oracle"],
                            "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
                            "routers": {}}
+    refs = task_mean_references(train, test, base)
+    if refs:
+        out["references"] = refs
 
     weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
     if weights is not None:
