@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     routers = [r for r in args.routers.split(",") if r]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    emb = create_embedder(args.embedder)
+    emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, dict[str, float]] = {}
     for ds, path in (("routerbench", args.routerbench), ("dcrouter", args.dcrouter)):

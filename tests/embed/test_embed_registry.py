@@ -48,3 +48,16 @@ def test_batches_cover_every_index_once_shortest_first(progress):
     assert all(len(b) <= 64 for b in batches)
     lengths = [len(texts[i]) for i in flat]
     assert lengths == sorted(lengths)
+
+
+def test_create_embedder_passes_the_thread_hint_through_the_cache(tmp_path):
+    from turnout.embed import create_embedder
+    from turnout.embed.minilm import MiniLMEmbedder
+
+    emb = create_embedder("minilm", cache_dir=tmp_path, threads=2)
+    inner = emb.inner
+    assert isinstance(inner, MiniLMEmbedder) and inner._threads == 2  # nothing loaded yet: the hint is free
+    with pytest.raises(ValueError):
+        emb.set_threads(0)
+    # embedders without a thread pool accept the hint and ignore it
+    create_embedder("hashing", threads=4).embed(["x"])

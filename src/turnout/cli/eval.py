@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def run(args: Any) -> int:
         train, test = table, load_table(args.test)
     else:
         train, test = split_table(table, args.test_fraction, args.seed)
-    emb = create_embedder(args.embedder)
+    emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
     out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
     Console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))

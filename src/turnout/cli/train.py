@@ -8,6 +8,7 @@ embedder, table, router name and parameters, training size and the target
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def run(args: Any) -> int:
         raise RoutingError(f"router '{args.router}' reads ground truth at prediction time; it cannot be trained for serving")
     table = load_table(args.table, models_card=args.models_card)
     train, n_held = train_split(table, args.test_fraction, args.seed)
-    emb = create_embedder(args.embedder)
+    emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     X = np.asarray(emb.embed(train.prompts))
     router.fit(train.to_training_data(X))
 

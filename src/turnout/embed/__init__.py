@@ -38,6 +38,7 @@ def create_embedder(
     progress: bool = True,
     cache: bool = True,
     registry: EmbedderRegistry | None = None,
+    threads: int | None = None,
 ) -> Embedder:
     """Build the embedder registered as ``name``, wrapped in the on-disk cache.
 
@@ -45,11 +46,17 @@ def create_embedder(
     or ``~/.cache/turnout/embeddings``); derived model files (minilm's ONNX export)
     go in its ``models/`` subfolder. ``cache=False`` skips the vector cache;
     embedders that are cheaper than a lookup (``hashing``) are never cached.
-    Raises ``KeyError`` naming the known embedders for an unknown ``name``.
+    ``threads`` (default: the embedder's own, one for MiniLM) sizes its CPU thread pool:
+    batch jobs pass ``os.cpu_count()``. Raises ``KeyError`` naming the known embedders
+    for an unknown ``name``.
     """
     spec = (registry or builtin_registry()).get(name)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if not (cache and spec.worth_caching):
-        return spec.factory(root / "models", progress)
-    # the cache draws the progress bar over its chunks, so the inner embedder stays quiet
-    return CachedEmbedder(spec.factory(root / "models", False), root, progress=progress)
+        emb = spec.factory(root / "models", progress)
+    else:
+        # the cache draws the progress bar over its chunks, so the inner embedder stays quiet
+        emb = CachedEmbedder(spec.factory(root / "models", False), root, progress=progress)
+    if threads is not None:
+        emb.set_threads(threads)
+    return emb

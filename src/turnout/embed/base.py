@@ -31,3 +31,13 @@ class Embedder(ABC):
     def embed_one(self, text: str) -> np.ndarray:
         """Embed a single text (the gateway's hot path); returns shape (dim,)."""
         return self.embed([text])[0]
+
+    def set_threads(self, threads: int) -> None:
+        """Ask for ``threads`` CPU threads per call (a hint; embedders without threads ignore it).
+
+        Batch jobs (``turnout eval``) want every core; the gateway wants one, so
+        that embedding never starves the event loop. Only effective before the
+        embedder loads its model (the first ``embed``).
+        """
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")

@@ -153,6 +153,9 @@ class CachedEmbedder(Embedder):
                     out[i] = computed[k]
         return out
 
+    def set_threads(self, threads: int) -> None:
+        self.inner.set_threads(threads)
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db().execute("SELECT COUNT(*) FROM vectors").fetchone()[0])

@@ -261,6 +261,11 @@ class MiniLMEmbedder(Embedder):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def set_threads(self, threads: int) -> None:
+        super().set_threads(threads)
+        if self.runtime is None:  # the ONNX session's thread pool is sized when it is created
+            self._threads = threads
+
     # --------------------------------------------------------------- inference
     def _run_session(self, session: Any, texts: list[str]) -> np.ndarray:
         tok = self._tokenizer or _make_tokenizer()
