@@ -1,23 +1,26 @@
-"""Thin ASGI handlers over :class:`~turnout.gateway.Gateway` (Starlette).
+"""Thin ASGI handlers over :class:`~turnout.gateway.Gateway`.
 
 Handlers parse and validate the wire format, call the gateway, and map errors
 through the one table in :mod:`turnout.server.errors`. Every response carries
 ``x-turnout-request-id``, ``x-turnout-route`` and ``x-turnout-model``.
-Streaming follows the gateway's commit rule: failures before the first chunk
-become an ordinary JSON error (after transparent fallbacks); failures after it
-end the SSE stream with an OpenAI error event and ``data: [DONE]``.
+
+``POST /v1/chat/completions``, the hot path, is a raw ASGI endpoint
+(:mod:`turnout.server.chat`, which also implements the streaming commit rule);
+a small dispatcher sends it there before Starlette sees the request. Every
+other route (the dry run, feedback, models, health, metrics, the OpenAPI
+document) and the lifespan are Starlette's.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from turnout.errors import InvalidRequestError, MissingDependency, PayloadTooLargeError, TurnoutError, UnknownModelError
-from turnout.gateway.pipeline import Gateway, StreamSession
+from turnout.gateway.pipeline import Gateway
+from turnout.server.chat import ChatEndpoint, Receive, Scope, Send, api_key_of, new_request_id
 from turnout.server.errors import error_body, status_for
 from turnout.server.openapi import openapi_schema
 from turnout.server.wire import dumps, parse_chat, parse_feedback
@@ -25,12 +28,13 @@ from turnout.server.wire import dumps, parse_chat, parse_feedback
 try:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import Response, StreamingResponse
+    from starlette.responses import Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover
     raise MissingDependency("starlette", "server", "turnout serve") from exc
 
 JSON = "application/json"
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _headers(rid: str, route: str = "-", model: str = "-") -> dict[str, str]:
@@ -46,13 +50,29 @@ def _error(exc: BaseException, rid: str, route: str = "-", model: str = "-") -> 
 
 
 def _api_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth and auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    return api_key_of(request.scope["headers"])
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True) -> Starlette:
+class TurnoutApp:
+    """The ASGI app: ``POST /v1/chat/completions`` to :class:`ChatEndpoint`, everything else to Starlette.
+
+    The dispatch is only a shortcut: Starlette routes the chat path to the same
+    endpoint, so behaviour is the same with or without it. ``starlette`` is the
+    framework app (routes and lifespan), for whoever needs it.
+    """
+
+    def __init__(self, chat: ChatEndpoint, starlette: Starlette) -> None:
+        self.chat = chat
+        self.starlette = starlette
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT_PATH and scope["method"] == "POST":
+            await self.chat(scope, receive, send)
+        else:
+            await self.starlette(scope, receive, send)
+
+
+def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True) -> TurnoutApp:
     """The ASGI app. The lifespan starts the gateway's children and closes the gateway on shutdown."""
     gateway.status_for = status_for
 
@@ -68,33 +88,8 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
             chunks.append(part)
         return b"".join(chunks)
 
-    async def chat(request: Request) -> Response:
-        rid = uuid.uuid4().hex
-        try:
-            req = parse_chat(await read_body(request))
-        except TurnoutError as exc:
-            await gateway.record_rejected(rid, exc)
-            return _error(exc, rid)
-        key = _api_key(request)
-        if not req.stream:
-            try:
-                resp, decision, attempts = await gateway.chat(req, api_key=key, request_id=rid)
-            except TurnoutError as exc:
-                return _error(exc, rid, route=_route_label(gateway, req.model))
-            # the model that answered: the last attempt (the chosen one, or a fallback)
-            return _json(resp.body, 200, _headers(rid, decision.route, attempts[-1].model))
-        try:
-            session = await gateway.chat_stream(req, api_key=key, request_id=rid)
-        except TurnoutError as exc:
-            return _error(exc, rid, route=_route_label(gateway, req.model))
-        include_usage = bool((req.params.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(
-            _sse(session, include_usage), media_type="text/event-stream",
-            headers={**_headers(rid, session.decision.route, session.model), "cache-control": "no-cache"},
-        )
-
     async def route(request: Request) -> Response:
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         try:
             req = parse_chat(await read_body(request))
             if gateway.keys is not None:
@@ -109,7 +104,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         return _json(body, 200, _headers(rid, decision.route, decision.model))
 
     async def feedback(request: Request) -> Response:
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         try:
             request_id, score = parse_feedback(await read_body(request))
             if gateway.request_log is None:
@@ -120,17 +115,17 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         return _json({"request_id": request_id, "score": score, "stored": True}, 200, _headers(rid))
 
     async def models(request: Request) -> Response:
-        return _json({"object": "list", "data": gateway.models()}, 200, _headers(uuid.uuid4().hex))
+        return _json({"object": "list", "data": gateway.models()}, 200, _headers(new_request_id()))
 
     async def healthz(request: Request) -> Response:
-        return _json({"status": "ok"}, 200, _headers(uuid.uuid4().hex))
+        return _json({"status": "ok"}, 200, _headers(new_request_id()))
 
     async def readyz(request: Request) -> Response:
         ok = gateway.ready
-        return _json({"ready": ok}, 200 if ok else 503, _headers(uuid.uuid4().hex))
+        return _json({"ready": ok}, 200 if ok else 503, _headers(new_request_id()))
 
     async def metrics(request: Request) -> Response:
-        rid = uuid.uuid4().hex
+        rid = new_request_id()
         if gateway.metrics is None:
             return _error(UnknownModelError("metrics are off (server.metrics: false)"), rid)
         data, ctype = gateway.metrics.render()
@@ -139,7 +134,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
     schema = dumps(openapi_schema())
 
     async def openapi(request: Request) -> Response:
-        return Response(schema, media_type=JSON, headers=_headers(uuid.uuid4().hex))
+        return Response(schema, media_type=JSON, headers=_headers(new_request_id()))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -152,9 +147,11 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         finally:
             await gateway.aclose()
 
-    return Starlette(
+    chat = ChatEndpoint(gateway, max_body_bytes=max_body_bytes)
+    starlette = Starlette(
         routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
+            # the dispatcher answers POSTs before Starlette sees them; this route keeps 405 for other methods
+            Route(CHAT_PATH, chat, methods=["POST"]),
             Route("/v1/route", route, methods=["POST"]),
             Route("/v1/feedback", feedback, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
@@ -165,32 +162,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         ],
         lifespan=lifespan,
     )
+    return TurnoutApp(chat, starlette)
 
 
-def _route_label(gateway: Gateway, model: str) -> str:
-    return model if model in gateway.routes else ("passthrough" if model in gateway.targets else "-")
-
-
-async def _sse(session: StreamSession, include_usage: bool) -> AsyncIterator[bytes]:
-    sent_usage = False
-    try:
-        async for chunk in session:
-            if chunk.usage is not None and not chunk.body.get("choices"):
-                # a usage-only chunk: the client gets it only if it asked (stream_options.include_usage)
-                if not include_usage:
-                    continue
-                sent_usage = True
-            yield b"data: " + dumps(chunk.body) + b"\n\n"
-        if include_usage and not sent_usage and session.usage is not None:
-            yield b"data: " + dumps({"id": session.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                                     "model": session.model, "choices": [], "usage": session.usage.to_dict()}) + b"\n\n"
-        yield b"data: [DONE]\n\n"
-    except TurnoutError as exc:
-        # committed stream failed mid-way: say so in-band, never truncate silently
-        yield b"data: " + dumps(error_body(exc)) + b"\n\n"
-        yield b"data: [DONE]\n\n"
-    finally:
-        await session.aclose()
-
-
-__all__ = ["create_app"]
+__all__ = ["TurnoutApp", "create_app"]

@@ -1,0 +1,97 @@
+"""The raw ASGI chat endpoint's own edges: other methods, bugs, disconnects between slow chunks, big bodies."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from server_helpers import Served, fleet_config
+
+from turnout.backends.base import Backend
+from turnout.gateway import Gateway, ModelTarget
+from turnout.gateway.metrics import Metrics
+from turnout.testing.scripted import ScriptedServer, Step
+
+MSG = [{"role": "user", "content": "hello"}]
+
+
+class Buggy(Backend):
+    """A backend with a bug: it raises something that is not a TurnoutError."""
+
+    name = "buggy"
+    protocol = "buggy"
+
+    async def complete(self, request, *, model, timeouts=None):
+        raise RuntimeError("a bug, not a provider error")
+
+    async def stream(self, request, *, model, timeouts=None):
+        raise RuntimeError("a bug, not a provider error")
+        yield  # pragma: no cover
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_other_methods_get_405_and_a_trailing_slash_still_reaches_the_endpoint(serve) -> None:
+    up = ScriptedServer(Step(text="hi")).start()
+    try:
+        srv = serve(fleet_config({"alpha": up.base_url}))
+        assert httpx.get(srv.base_url + "/chat/completions").status_code == 405
+        r = httpx.post(srv.base_url + "/chat/completions/", json={"model": "alpha", "messages": MSG}, follow_redirects=True)
+        assert r.status_code == 200 and r.headers["x-turnout-model"] == "alpha"
+    finally:
+        up.stop()
+
+
+def test_a_bug_is_a_500_in_openai_form_with_the_turnout_headers() -> None:
+    gw = Gateway({"m": ModelTarget(name="m", backend=Buggy(), upstream="m")}, metrics=Metrics())
+    with Served(gw) as srv:
+        for stream in (False, True):
+            r = httpx.post(srv.base_url + "/chat/completions", json={"model": "m", "messages": MSG, "stream": stream})
+            assert r.status_code == 500
+            assert r.json()["error"]["type"] == "internal_error"
+            assert len(r.headers["x-turnout-request-id"]) == 32
+        metrics = httpx.get(srv.root + "/metrics").text
+        assert 'turnout_errors_total{kind="internal_error"} 2.0' in metrics
+
+
+def test_disconnect_while_upstream_is_between_slow_chunks_cancels_it_at_once(serve, tmp_path) -> None:
+    up = ScriptedServer(Step(text="first second third", slow=5.0)).start()
+    try:
+        srv = serve(fleet_config({"alpha": up.base_url}, request_log=str(tmp_path / "log.sqlite"),
+                                 backend_extra={"timeouts": {"connect": 1, "first_token": 2, "total": 30}}))
+        with httpx.stream("POST", srv.base_url + "/chat/completions", timeout=10,
+                          json={"model": "alpha", "stream": True, "messages": MSG}) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    break  # hang up after the first event; the next one is 5 s away
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 2.0 and 'status="cancelled"' not in httpx.get(srv.root + "/metrics").text:
+            time.sleep(0.05)
+        assert time.monotonic() - t0 < 2.0, "the upstream stream was not cancelled when the client left"
+        log = srv.gateway.request_log
+        log.flush()
+        (row,) = log.query(limit=None)
+        assert row.status == "cancelled" and row.model == "alpha"
+    finally:
+        up.stop()
+
+
+def test_a_body_sent_in_many_pieces_is_read_whole_and_limited(serve) -> None:
+    up = ScriptedServer(Step(text="ok")).start()
+    try:
+        srv = serve(fleet_config({"alpha": up.base_url}), max_body_bytes=2048)
+        body = b'{"model": "alpha", "messages": [{"role": "user", "content": "' + b"y" * 1500 + b'"}]}'
+
+        def pieces(data: bytes, size: int = 100):
+            for i in range(0, len(data), size):
+                yield data[i:i + size]
+
+        # no content-length: chunked upload, so the limit is enforced while reading
+        ok = httpx.post(srv.base_url + "/chat/completions", content=pieces(body))
+        assert ok.status_code == 200, ok.text
+        too_big = httpx.post(srv.base_url + "/chat/completions", content=pieces(body + b" " * 1000))
+        assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
+    finally:
+        up.stop()
