@@ -46,6 +46,21 @@ def _backend(name: str, b: BackendSettings, children: list[Any]) -> Any:
     return create_backend("anthropic", name, base_url=b.base_url, api_key=api_key)
 
 
+def _serving_embedder(name: str) -> Any:
+    """A route's embedder as the gateway serves it: one thread, a bounded in-memory cache, no disk.
+
+    Not the on-disk cache that ``turnout train`` and ``turnout eval`` share: on
+    the request path it cost a SQLite read and write transaction per new prompt
+    (plus an fsync at each WAL checkpoint), grew by every prompt ever served,
+    and kept their vectors in the user's home folder.
+    """
+    from turnout.embed import builtin_registry, create_embedder
+    from turnout.embed.cache import MemoryCachedEmbedder
+
+    inner = create_embedder(name, cache=False, progress=False, threads=1)
+    return MemoryCachedEmbedder(inner) if builtin_registry().get(name).worth_caching else inner
+
+
 def build_gateway(cfg: TurnoutConfig) -> Gateway:
     """Every backend, model target, route, metrics, request log and key store of ``cfg``."""
     children: list[Any] = []
@@ -116,11 +131,7 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> Ro
             file=cfg.source, key=f"routes.{name}.budget",
             fix="give 'lambda:' instead (turnout eval prints the lambda that meets a cost target), or use an artifact whose metadata has a lambda",
         )
-    embedder = None
-    if r.embedder is not None:
-        from turnout.embed import create_embedder
-
-        embedder = create_embedder(r.embedder)
+    embedder = _serving_embedder(r.embedder) if r.embedder is not None else None
     cmap = r.candidate_map
     policy = Policy(lam=lam or 0.0, context_windows={m: targets[m].context_window for m in cmap.values() if targets[m].context_window})
     budget = r.budget.model_dump(exclude_none=True) if r.budget is not None else None

@@ -137,9 +137,12 @@ class Gateway:
         self.ready = False
 
     async def start(self) -> None:
-        """Start owned child processes (llama.cpp servers) and wait until they answer."""
+        """Start owned child processes (llama.cpp servers), load the routes' embedders, then report ready."""
         for child in self.children:
             await child.astart()
+        for rt in self.routes.values():
+            # loading MiniLM takes ~0.5 s (seconds more for its one-time ONNX export): not on a request
+            await self.offloader.run(rt.warm_up)
         self.ready = True
 
     @classmethod

@@ -51,6 +51,11 @@ class RouteRuntime:
     fallbacks: list[str] = field(default_factory=list)
     budget: dict[str, object] | None = None
 
+    def warm_up(self) -> None:
+        """Load the embedder's model now (blocking), so that the first request does not pay for it."""
+        if self.embedder is not None:
+            self.embedder.embed_one("turnout warm-up")
+
     def decide(self, request: ChatRequest, allowed: Collection[str] | None = None) -> Decision:
         """Score every candidate for ``request`` and let the policy choose (blocking)."""
         t0 = time.perf_counter()
