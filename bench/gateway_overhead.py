@@ -13,8 +13,9 @@ Setup (every server is its own process, on loopback):
 * the load generator is *this* process (httpx, asyncio, one keep-alive pool of
   ``concurrency`` connections): it runs beside the servers rather than inside
   them, so it does not take CPU from the server's event loop, but on a 2-core
-  machine it still shares the machine. Every request carries a distinct prompt
-  so that no cache (turnout's embedding cache included) makes repeats free.
+  machine it still shares the machine. Every request carries a distinct prompt,
+  tagged with a random id per run, so that no cache makes repeats free (an
+  on-disk embedding cache kept across runs would otherwise answer a rerun).
 
 Reported per target and concurrency: p50/p99 latency, latency added versus
 direct (p50, p99), throughput (req/s), errors, and the peak resident memory
@@ -174,7 +175,7 @@ class RawConnection:
 
 
 async def run_load(url: str, model: str, n: int, conc: int, progress: Progress, label: str,
-                   watch: Proc | None, headers: dict[str, str]) -> dict[str, float]:
+                   watch: Proc | None, headers: dict[str, str], run_tag: str = "") -> dict[str, float]:
     latencies: list[float] = []
     errors: list[str] = []
     peak_rss = 0.0
@@ -185,7 +186,7 @@ async def run_load(url: str, model: str, n: int, conc: int, progress: Progress, 
     if True:  # one block for symmetry with the connection cleanup below
         async def one(i: int) -> None:
             body = json.dumps({"model": model, "max_tokens": 16, "messages": [
-                {"role": "user", "content": f"Bench prompt {i} ({label}): summarise story number {i} in one line."}]}).encode()
+                {"role": "user", "content": f"Bench prompt {i} ({label}, run {run_tag}): summarise story number {i} in one line."}]}).encode()
             conn = await free.get()
             t0 = time.perf_counter()
             try:
@@ -335,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = [(1, args.n1), (64, args.n64)]
 
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
+    run_tag = os.urandom(4).hex()  # makes every prompt of this run new to any cache
     up_port = free_port()
     upstream = Proc("scripted", [sys.executable, "-m", "turnout.testing.scripted", "--port", str(up_port),
                                  "--latency-ms", str(args.latency_ms)],
@@ -370,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for conc, n in levels:
                         results[name][f"c{conc}"] = asyncio.run(run_load(
                             base + "/chat/completions", model, n, conc, progress, f"{name} c={conc}",
-                            proc if conc == 64 else None, headers))
+                            proc if conc == 64 else None, headers, run_tag))
                 except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                     notes[name] = str(e)
                     console.print(f"[red]{name}: {e}")
