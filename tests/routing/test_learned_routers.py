@@ -123,3 +123,12 @@ def test_knn_auto_choice_predicts_fresh_data_better_than_extreme_fixed_choices()
     # 10 neighbours are too few for noisy 0/1 outcomes; 200 mix clusters of ~60 prompts
     assert auto < brier(create_router("knn", k=10, temperature=1.0))
     assert auto < brier(create_router("knn", k=200, temperature=1.0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 12])
+def test_knn_auto_on_tiny_tables_stays_finite(n: int) -> None:
+    rng = np.random.default_rng(n)
+    data = TrainingData(X=rng.normal(size=(n, 4)), scores=rng.random((n, 2)), costs=np.ones((n, 2)), models=["a", "b"])
+    with np.errstate(all="raise"):  # no NaN or division warnings on the way
+        pred = create_router("knn").fit(data).predict(data.X)
+    assert np.isfinite(pred.quality).all() and pred.quality.shape == (n, 2)

@@ -87,7 +87,9 @@ class KNNRouter(Router):
         """Set k and temperature to the grid pair with the lowest leave-one-out Brier score on training."""
         assert self.Xn is not None and self.scores is not None and self.means is not None
         n = self.Xn.shape[0]
-        ks = [k for k in (K_GRID if self.k_param == "auto" else (self.k,)) if k < n] or [max(1, n - 1)]
+        if n < 3:  # leave-one-out needs a prompt left out and at least two to predict it from
+            return
+        ks = [k for k in (K_GRID if self.k_param == "auto" else (self.k,)) if k < n] or [n - 1]
         temps = TEMPERATURE_GRID if self.t_param == "auto" else (self.temperature,)
         rows = np.arange(n)
         if n > LOO_MAX_PROMPTS:
