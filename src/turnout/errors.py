@@ -25,7 +25,8 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   ├── BackendConnectionError   refused, reset, DNS
     │   ├── BackendStatusError       the provider answered an error status
     │   ├── BackendProtocolError     malformed JSON or SSE from the provider
-    │   └── BackendUnavailableError  skipped: its circuit breaker is open
+    │   ├── BackendUnavailableError  skipped: its circuit breaker is open
+    │   └── ModelNotAllowedError     skipped: the API key may not use this fallback
     └── AllBackendsFailedError   the whole fallback chain failed (carries every error)
 """
 
@@ -216,6 +217,13 @@ class BackendUnavailableError(BackendError):
     kind = "backend_unavailable"
 
 
+class ModelNotAllowedError(BackendError):
+    """A fallback was skipped because the request's API key may not use that model."""
+
+    kind = "model_not_allowed"
+    retryable = False
+
+
 class AllBackendsFailedError(TurnoutError):
     """Every backend of a fallback chain failed; ``errors`` holds each one's error, in order."""
 
@@ -243,6 +251,7 @@ __all__ = [
     "DataError",
     "InvalidRequestError",
     "MissingDependency",
+    "ModelNotAllowedError",
     "NoCandidateError",
     "PayloadTooLargeError",
     "PermissionDeniedError",

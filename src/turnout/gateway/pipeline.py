@@ -29,54 +29,14 @@ import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from turnout.backends.base import Backend, Timeouts
-from turnout.errors import (
-    AllBackendsFailedError,
-    BackendError,
-    BackendProtocolError,
-    BackendTimeoutError,
-    BackendUnavailableError,
-    TurnoutError,
-    UnknownModelError,
-)
+from turnout.errors import BackendError, BackendProtocolError, BackendTimeoutError, TurnoutError, UnknownModelError
+from turnout.gateway.chain import Attempt, Chain, ModelTarget
 from turnout.gateway.offload import Offloader
-from turnout.gateway.reliability import Backoff, CircuitBreaker
-from turnout.gateway.routes import Price, RouteRuntime
+from turnout.gateway.routes import RouteRuntime
 from turnout.routing.policy import estimate_tokens
 from turnout.types import ChatRequest, ChatResponse, Decision, StreamChunk, Usage
-
-
-@dataclass
-class ModelTarget:
-    """A fleet model at run time: its backend, upstream name, price and reliability settings."""
-
-    name: str
-    backend: Backend
-    upstream: str
-    price: Price = field(default_factory=Price)
-    context_window: int | None = None
-    fallbacks: list[str] = field(default_factory=list)
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    attempts: int = 2
-    backoff: Backoff = field(default_factory=Backoff)
-    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(5, 30.0))
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One try of one model: ``error`` is None on success."""
-
-    model: str
-    backend: str
-    elapsed_s: float
-    error: BackendError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 class _Metrics(Protocol):
@@ -190,50 +150,24 @@ class Gateway:
             raise
 
     async def _complete_chain(self, request: ChatRequest, decision: Decision, attempts: list[Attempt]) -> tuple[ChatResponse, str]:
-        errors: list[BackendError] = []
-        chain = _chain(decision)
-        for i, name in enumerate(chain):
-            t = self.targets[name]
-            for n in range(t.attempts):
-                if not t.breaker.allow():
-                    err: BackendError = BackendUnavailableError("circuit breaker open; skipped", backend=t.backend.name, model=name, retryable=False)
-                    attempts.append(Attempt(name, t.backend.name, 0.0, err))
-                    errors.append(err)
-                    break
-                t0 = time.perf_counter()
-                try:
-                    async with asyncio.timeout(t.timeouts.total):
-                        resp = await t.backend.complete(request, model=t.upstream, timeouts=t.timeouts)
-                except TimeoutError:
-                    err = BackendTimeoutError(f"no complete answer within {t.timeouts.total}s", backend=t.backend.name, model=name, phase="total")
-                except BackendError as exc:
-                    err = exc
-                except BaseException:
-                    t.breaker.release()
-                    raise
-                else:
-                    t.breaker.record_success()
-                    attempts.append(Attempt(name, t.backend.name, time.perf_counter() - t0))
-                    return resp, name
-                self._failed(t, err, attempts, errors, time.perf_counter() - t0)
-                if not err.retryable:
-                    break
-                if n + 1 < t.attempts:
-                    await asyncio.sleep(t.backoff.delay(n))
-            if i + 1 < len(chain) and self.metrics is not None:
-                self.metrics.inc_fallback(decision.route, name, chain[i + 1])
-        raise AllBackendsFailedError(errors, route=decision.route)
-
-    def _failed(self, t: ModelTarget, err: BackendError, attempts: list[Attempt], errors: list[BackendError], elapsed: float) -> None:
-        # Only provider trouble opens the breaker; a 400 is the request's fault.
-        if err.retryable:
-            t.breaker.record_failure()
-        else:
-            t.breaker.release()
-        attempts.append(Attempt(t.name, t.backend.name, elapsed, err))
-        errors.append(err)
-        if self.metrics is not None:
-            self.metrics.inc_error(err.kind)
+        chain = Chain(self.targets, decision, attempts, metrics=self.metrics)
+        async for t in chain:
+            try:
+                async with asyncio.timeout(t.timeouts.total):
+                    resp = await t.backend.complete(request, model=t.upstream, timeouts=t.timeouts)
+            except TimeoutError:
+                chain.failed(BackendTimeoutError(f"no complete answer within {t.timeouts.total}s", backend=t.backend.name,
+                                                 model=t.name, phase="total"))
+            except BackendError as exc:
+                chain.failed(exc)
+            except BaseException:
+                chain.abandoned()
+                raise
+            else:
+                t.breaker.record_success()
+                chain.succeeded()
+                return resp, t.name
+        raise chain.exhausted()
 
     # ---------------------------------------------------------------- streamed
     async def chat_stream(
@@ -249,45 +183,32 @@ class Gateway:
             raise
 
     async def _open_stream(self, request: ChatRequest, decision: Decision, rec: _Record) -> StreamSession:
-        errors: list[BackendError] = []
-        chain = _chain(decision)
-        for i, name in enumerate(chain):
-            t = self.targets[name]
-            for n in range(t.attempts):
-                if not t.breaker.allow():
-                    err: BackendError = BackendUnavailableError("circuit breaker open; skipped", backend=t.backend.name, model=name, retryable=False)
-                    rec.attempts.append(Attempt(name, t.backend.name, 0.0, err))
-                    errors.append(err)
-                    break
-                t0 = time.perf_counter()
-                upstream = t.backend.stream(request, model=t.upstream, timeouts=t.timeouts).__aiter__()
-                try:
-                    async with asyncio.timeout(t.timeouts.first_token):
-                        first = await upstream.__anext__()
-                except StopAsyncIteration:
-                    err = BackendProtocolError("the stream ended before its first event", backend=t.backend.name, model=name)
-                except TimeoutError:
-                    err = BackendTimeoutError(f"no first token within {t.timeouts.first_token}s", backend=t.backend.name, model=name, phase="first_token")
-                except BackendError as exc:
-                    err = exc
-                except BaseException:
-                    t.breaker.release()
-                    await _close_quietly(upstream)
-                    raise
-                else:
-                    rec.attempts.append(Attempt(name, t.backend.name, time.perf_counter() - t0))
-                    rec.model = name
-                    rec.ttft_s = time.perf_counter() - rec.t0
-                    return StreamSession(self, rec, t, upstream, first, decision)
+        chain = Chain(self.targets, decision, rec.attempts, metrics=self.metrics)
+        async for t in chain:
+            upstream = t.backend.stream(request, model=t.upstream, timeouts=t.timeouts).__aiter__()
+            try:
+                async with asyncio.timeout(t.timeouts.first_token):
+                    first = await upstream.__anext__()
+            except StopAsyncIteration:
+                err: BackendError = BackendProtocolError("the stream ended before its first event", backend=t.backend.name, model=t.name)
+            except TimeoutError:
+                err = BackendTimeoutError(f"no first token within {t.timeouts.first_token}s", backend=t.backend.name,
+                                          model=t.name, phase="first_token")
+            except BackendError as exc:
+                err = exc
+            except BaseException:
+                chain.abandoned()
                 await _close_quietly(upstream)
-                self._failed(t, err, rec.attempts, errors, time.perf_counter() - t0)
-                if not err.retryable:
-                    break
-                if n + 1 < t.attempts:
-                    await asyncio.sleep(t.backoff.delay(n))
-            if i + 1 < len(chain) and self.metrics is not None:
-                self.metrics.inc_fallback(decision.route, name, chain[i + 1])
-        raise AllBackendsFailedError(errors, route=decision.route)
+                raise
+            else:
+                # committed: the breaker's verdict waits for the end of the stream (StreamSession)
+                chain.succeeded()
+                rec.model = t.name
+                rec.ttft_s = time.perf_counter() - rec.t0
+                return StreamSession(self, rec, t, upstream, first, decision)
+            await _close_quietly(upstream)
+            chain.failed(err)
+        raise chain.exhausted()
 
     async def record_rejected(self, request_id: str, exc: BaseException, *, model: str = "", prompt: str = "") -> None:
         """Log a request the server refused before it reached the pipeline (bad JSON, too large)."""
@@ -399,14 +320,6 @@ async def _close_quietly(it: AsyncIterator[StreamChunk]) -> None:
     except BackendError:
         # Closing a stream that already failed may re-raise its error; that error was already counted.
         pass
-
-
-def _chain(decision: Decision) -> list[str]:
-    chain: list[str] = []
-    for m in (decision.model, *decision.fallbacks):
-        if m not in chain:
-            chain.append(m)
-    return chain
 
 
 class _Record:
