@@ -68,3 +68,54 @@ async def test_exhausted_chain_lists_every_error_in_order_in_both_modes(stream: 
             await gw.chat(req)
     assert [(e.model, e.kind) for e in info.value.errors] == [
         ("a", "upstream_status")] * 3 + [("b", "upstream_protocol")] * 2 + [("c", "connection_error")]
+
+
+def keyed(allowed: list[str]) -> tuple[object, str]:
+    from turnout.gateway.keys import KeySpec, KeyStore, hash_key
+
+    return KeyStore([KeySpec("alice", hash_key("sk-alice"), None, allowed)]), "sk-alice"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_a_fallback_the_key_may_not_use_is_skipped_and_named_in_the_error(stream: bool) -> None:
+    gw, metrics = gateway([Step(fault="status", status=503)] * 3, [Step(text="from b")], Step(text="from c"))
+    gw.keys, raw = keyed(["a"])  # 'a' only: its fallbacks b and c are someone else's to pay for
+    req = ChatRequest("a", MSG, stream=stream)
+    with pytest.raises(AllBackendsFailedError) as info:
+        await (gw.chat_stream(req, api_key=raw) if stream else gw.chat(req, api_key=raw))
+    kinds = [(e.model, e.kind) for e in info.value.errors]
+    assert kinds == [("a", "upstream_status")] * 3 + [("b", "model_not_allowed"), ("c", "model_not_allowed")]
+    assert "key 'alice' may not use 'b'" in str(info.value)
+    assert gw.targets["b"].backend.count == 0 and gw.targets["c"].backend.count == 0
+    assert fallbacks(metrics) == {}  # nothing was fallen back to
+
+
+async def test_a_skipped_fallback_is_stepped_over_to_the_next_usable_one() -> None:
+    gw, metrics = gateway([Step(fault="status", status=503)] * 3, [Step(text="from b")], Step(text="from c"))
+    gw.keys, raw = keyed(["a", "c"])
+    resp, _, attempts = await gw.chat(ChatRequest("a", MSG), api_key=raw)
+    assert resp.content == "from c" and [x.model for x in attempts] == ["a", "a", "a", "b", "c"]
+    assert attempts[3].error is not None and attempts[3].error.kind == "model_not_allowed"
+    assert gw.targets["b"].backend.count == 0
+    assert fallbacks(metrics) == {("a", "c"): 1.0}
+    d = await gw.route(ChatRequest("a", MSG), key=gw.keys.authenticate(raw))
+    assert "fallback b will be skipped: key 'alice' may not use it" in d.reasons
+
+
+async def test_asking_for_an_allowed_route_accepts_its_candidates_but_not_other_fallbacks() -> None:
+    from turnout.gateway import RouteRuntime
+    from turnout.routing.policy import Policy
+    from turnout.routing.registry import create_router
+
+    gw, _ = gateway([Step(fault="status", status=503)] * 3, [Step(fault="status", status=503)] * 2, Step(text="c"))
+    gw.routes["auto"] = RouteRuntime(
+        name="auto", router=create_router("prior", quality={"a": 0.9, "b": 0.8}), router_name="prior",
+        candidates={"a": "a", "b": "b"}, prices={"a": Price(1, 1), "b": Price(1, 1)}, policy=Policy(lam=0.0),
+        fallbacks=["b", "c"])
+    gw.keys, raw = keyed(["auto"])
+    assert gw.usable_models(gw.keys.authenticate(raw)) == {"a", "b"}
+    with pytest.raises(AllBackendsFailedError) as info:
+        await gw.chat(ChatRequest("auto", MSG), api_key=raw)
+    assert [(e.model, e.kind) for e in info.value.errors][-1] == ("c", "model_not_allowed")
+    assert {e.model for e in info.value.errors if e.kind == "upstream_status"} == {"a", "b"}
+    assert gw.targets["c"].backend.count == 0

@@ -95,3 +95,23 @@ def test_a_body_sent_in_many_pieces_is_read_whole_and_limited(serve) -> None:
         assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
     finally:
         up.stop()
+
+
+def test_a_fallback_outside_the_keys_allowed_list_is_skipped_and_listed_in_the_502(serve, monkeypatch) -> None:
+    a = ScriptedServer(Step(fault="status", status=503)).start()
+    b = ScriptedServer(Step(text="from beta, which alice may not use")).start()
+    try:
+        monkeypatch.setenv("K_ALICE", "sk-alice")
+        srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url},
+                                 keys=[{"name": "alice", "key_env": "K_ALICE", "allowed": ["alpha"]}]))
+        auth = {"authorization": "Bearer sk-alice"}
+        r = httpx.post(srv.base_url + "/chat/completions", headers=auth, json={"model": "alpha", "messages": MSG})
+        assert r.status_code == 502 and b.count == 0
+        failures = r.json()["error"]["failures"]
+        assert [f["type"] for f in failures] == ["upstream_status", "upstream_status", "model_not_allowed"]
+        assert "may not use 'beta'" in failures[-1]["message"]
+        d = httpx.post(srv.base_url + "/route", headers=auth, json={"model": "alpha", "messages": MSG}).json()
+        assert d["fallbacks"] == ["beta"] and "fallback beta will be skipped: key 'alice' may not use it" in d["reasons"]
+    finally:
+        a.stop()
+        b.stop()

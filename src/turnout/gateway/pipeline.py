@@ -95,6 +95,7 @@ class Gateway:
         self.children: list[Any] = []
         #: True once :meth:`start` has brought every child up (the server's /readyz)
         self.ready = False
+        self._usable: dict[str, frozenset[str]] = {}  # key name -> models it may be answered by
 
     async def start(self) -> None:
         """Start owned child processes (llama.cpp servers), load the routes' embedders, then report ready."""
@@ -119,18 +120,48 @@ class Gateway:
         items += [{"id": m, "object": "model", "created": 0, "owned_by": t.backend.name, "turnout": {"kind": "model", "context_window": t.context_window, "price": {"input_per_mtok": t.price.input_per_mtok, "output_per_mtok": t.price.output_per_mtok}}} for m, t in self.targets.items()]
         return items
 
-    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None) -> Decision:
-        """The decision for ``request`` without calling any model (a dry run)."""
+    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None, key: Any | None = None) -> Decision:
+        """The decision for ``request`` without calling any model (a dry run).
+
+        With ``key`` (a :class:`~turnout.gateway.keys.KeySpec`), the reasons say
+        which fallbacks the chain would skip because the key may not use them.
+        """
         name = request.model
         if name in self.routes:
-            return await self.offloader.run(self.routes[name].decide, request, allowed)
-        if name in self.targets:
+            decision = await self.offloader.run(self.routes[name].decide, request, allowed)
+        elif name in self.targets:
             t = self.targets[name]
-            return Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
-                            fallbacks=[m for m in t.fallbacks if m != name], reasons=[f"'{name}' was asked for by name"])
-        raise UnknownModelError(
-            f"no route or model named '{name}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
-        )
+            decision = Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
+                                fallbacks=[m for m in t.fallbacks if m != name], reasons=[f"'{name}' was asked for by name"])
+        else:
+            raise UnknownModelError(
+                f"no route or model named '{name}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
+            )
+        usable = self.usable_models(key)
+        if usable is not None:
+            decision.reasons += [f"fallback {m} will be skipped: key {key.name!r} may not use it"
+                                 for m in decision.fallbacks if m not in usable]
+        return decision
+
+    def usable_models(self, key: Any | None) -> frozenset[str] | None:
+        """The models an API key may be answered by (None: every model).
+
+        A key's ``allowed`` list names routes and models. It may be answered by
+        the models it names and by the candidates of the routes it names: asking
+        for a route means accepting whichever candidate the router picks. Any
+        other model, a fallback included, is skipped by the chain.
+        """
+        allowed = getattr(key, "allowed", None)
+        if allowed is None:
+            return None
+        cached = self._usable.get(key.name)
+        if cached is None:
+            names = {a for a in allowed if a in self.targets}
+            for a in allowed:
+                if a in self.routes:
+                    names.update(self.routes[a].candidates.values())
+            cached = self._usable[key.name] = frozenset(names)
+        return cached
 
     # ------------------------------------------------------------ non-streamed
     async def chat(
@@ -140,7 +171,7 @@ class Gateway:
         rec = _Record(self, request, request_id)
         try:
             decision = await rec.begin(api_key)
-            resp, model = await self._complete_chain(request, decision, rec.attempts)
+            resp, model = await self._complete_chain(request, decision, rec)
             usage = resp.usage or Usage(estimate_tokens(request.prompt_text()), estimate_tokens(resp.content or ""))
             rec.model = model
             await rec.finish(usage, resp.content)
@@ -149,8 +180,12 @@ class Gateway:
             await rec.fail(exc)
             raise
 
-    async def _complete_chain(self, request: ChatRequest, decision: Decision, attempts: list[Attempt]) -> tuple[ChatResponse, str]:
-        chain = Chain(self.targets, decision, attempts, metrics=self.metrics)
+    def _chain(self, decision: Decision, rec: _Record) -> Chain:
+        return Chain(self.targets, decision, rec.attempts, metrics=self.metrics,
+                     usable=self.usable_models(rec.key), key_name=getattr(rec.key, "name", None))
+
+    async def _complete_chain(self, request: ChatRequest, decision: Decision, rec: _Record) -> tuple[ChatResponse, str]:
+        chain = self._chain(decision, rec)
         async for t in chain:
             try:
                 async with asyncio.timeout(t.timeouts.total):
@@ -183,7 +218,7 @@ class Gateway:
             raise
 
     async def _open_stream(self, request: ChatRequest, decision: Decision, rec: _Record) -> StreamSession:
-        chain = Chain(self.targets, decision, rec.attempts, metrics=self.metrics)
+        chain = self._chain(decision, rec)
         async for t in chain:
             upstream = t.backend.stream(request, model=t.upstream, timeouts=t.timeouts).__aiter__()
             try:
@@ -344,7 +379,7 @@ class _Record:
         gw = self.gw
         if gw.keys is not None:
             self.key = await _maybe_await(gw.keys.authenticate(api_key))
-            # A key is allowed a route as a whole: once 'auto' is permitted, so are its candidates.
+            # Asking for an allowed route accepts its candidates; other fallbacks the chain skips (usable_models).
             await _maybe_await(gw.keys.authorize(self.key, self.request.model))
             await _maybe_await(gw.keys.check_budget(self.key))
         self.decision = await gw.route(self.request)

@@ -92,11 +92,12 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         rid = new_request_id()
         try:
             req = parse_chat(await read_body(request))
+            spec = None
             if gateway.keys is not None:
                 spec = gateway.keys.authenticate(_api_key(request))
                 gateway.keys.authorize(spec, req.model)
             t0 = time.perf_counter()
-            decision = await gateway.route(req)
+            decision = await gateway.route(req, key=spec)
         except TurnoutError as exc:
             return _error(exc, rid)
         body = decision.to_dict()
