@@ -120,6 +120,13 @@ def follow(
     return seq
 
 
+def _lam_cell(e: LogEntry) -> str:
+    # a budget-steered λ is marked: '*' once the route's running spend has tightened it
+    if e.lam is None:
+        return "-"
+    return f"{e.lam:.3g}" + ("*" if e.budget and e.budget.get("tightened") else "")
+
+
 def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool = True) -> None:
     if as_json:
         for e in entries:
@@ -130,7 +137,7 @@ def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool
     table = Table(show_header=header, box=None, pad_edge=False)
     for col, just in (("time", "left"), ("id", "left"), ("key", "left"), ("route", "left"), ("model", "left"),
                       ("status", "left"), ("tokens", "right"), ("cost $", "right"), ("sec", "right"),
-                      ("score", "right"), ("prompt", "left")):
+                      ("λ", "right"), ("score", "right"), ("prompt", "left")):
         # the prompt takes the room left over and is cut, never wrapped: one request, one line
         table.add_column(col, justify=just, no_wrap=True, overflow="ellipsis",
                          ratio=1 if col == "prompt" else None, min_width=12 if col == "prompt" else None)
@@ -140,7 +147,7 @@ def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool
             datetime.fromtimestamp(e.ts).strftime("%H:%M:%S"), e.id[:8], e.key_name or "-", e.route or "-",
             e.model or "-", status, f"{e.prompt_tokens or 0}+{e.completion_tokens or 0}",
             "-" if e.cost_usd is None else f"{e.cost_usd:.5f}", "-" if e.latency_s is None else f"{e.latency_s:.2f}",
-            "-" if e.score is None else f"{e.score:.2f}", (e.prompt or "").replace("\n", " ")[:200],
+            _lam_cell(e), "-" if e.score is None else f"{e.score:.2f}", (e.prompt or "").replace("\n", " ")[:200],
         )
     if header and not entries:
         console.print("[dim]no matching requests[/dim]")

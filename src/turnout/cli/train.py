@@ -1,9 +1,11 @@
 """``turnout train TABLE --router NAME --out FILE.npz``: fit one router and save the artifact a route points at.
 
 The artifact's metadata carries what the gateway reads (``lambda``; ``models``
-is stored by :func:`~turnout.routing.artifact.save_router`) plus provenance:
-embedder, table, router name and parameters, training size and the target
-λ was calibrated for.
+is stored by :func:`~turnout.routing.artifact.save_router`; ``calibration``,
+the router's predictions on a sample of training prompts, from which a route's
+``budget`` is turned into λ at the *fleet's* prices, see
+:mod:`turnout.gateway.budget`) plus provenance: embedder, table, router name
+and parameters, training size and the target λ was calibrated for.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def train_split(table: Any, test_fraction: float, seed: int) -> tuple[Any, int]:
 def run(args: Any) -> int:
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
+    from turnout.gateway.budget import calibration_sample
     from turnout.routing.artifact import save_router
     from turnout.routing.base import Prediction
     from turnout.routing.policy import calibrate_lambda, choose
@@ -132,6 +135,8 @@ def run(args: Any) -> int:
         "lambda": float(lam),
         "target": target,
         "cost_estimated": bool(table.cost_estimated),
+        # what a route's budget is calibrated on, at the serving fleet's prices (gateway/budget.py)
+        "calibration": calibration_sample(router, X, train.prompts, seed=args.seed),
     }
     try:
         save_router(router, out, meta=meta)

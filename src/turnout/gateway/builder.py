@@ -15,7 +15,7 @@ from typing import Any
 
 from turnout.backends.base import Timeouts
 from turnout.config.schema import BackendSettings, TurnoutConfig
-from turnout.errors import ConfigError, TurnoutError
+from turnout.errors import ConfigError, RoutingError, TurnoutError
 from turnout.gateway.offload import Offloader
 from turnout.gateway.pipeline import Gateway, ModelTarget
 from turnout.gateway.reliability import Backoff, CircuitBreaker
@@ -113,31 +113,51 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> Ro
     r = cfg.routes[name]
     where = f"routes.{name}.router"
     lam = r.lam
+    meta: dict[str, Any] = {}
     try:
         if r.router.artifact is not None:
             from turnout.routing.artifact import load_router
 
             router, meta = load_router(r.router.artifact)
-            lam = lam if lam is not None else meta.get("lambda")
+            if r.budget is None:
+                lam = lam if lam is not None else meta.get("lambda")
         else:
             router = create_router(r.router.type, **r.router.params)
     except TurnoutError as exc:
         raise ConfigError(str(exc), file=cfg.source, key=where, fix="see docs/config.md for this router's parameters") from exc
-    if lam is None and r.budget is not None:
-        # Calibrating lambda to a budget needs predictions on a sample of real prompts, which
-        # neither config nor (yet) the artifact carries; refuse rather than silently use lambda=0.
-        raise ConfigError(
-            "a budget cannot be turned into lambda for this route yet (no calibration sample)",
-            file=cfg.source, key=f"routes.{name}.budget",
-            fix="give 'lambda:' instead (turnout eval prints the lambda that meets a cost target), or use an artifact whose metadata has a lambda",
-        )
-    embedder = _serving_embedder(r.embedder) if r.embedder is not None else None
     cmap = r.candidate_map
-    policy = Policy(lam=lam or 0.0, context_windows={m: targets[m].context_window for m in cmap.values() if targets[m].context_window})
-    budget = r.budget.model_dump(exclude_none=True) if r.budget is not None else None
-    return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap,
-                        prices={m: targets[m].price for m in cmap.values()}, policy=policy, embedder=embedder,
-                        fallbacks=list(r.fallbacks), budget=budget)
+    windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
+    prices = {m: targets[m].price for m in cmap.values()}
+    budget = _budget(cfg, name, meta, cmap, prices, windows) if r.budget is not None else None
+    embedder = _serving_embedder(r.embedder) if r.embedder is not None else None
+    policy = Policy(lam=budget.base_lambda if budget is not None else (lam or 0.0), context_windows=windows)
+    return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap, prices=prices,
+                        policy=policy, embedder=embedder, fallbacks=list(r.fallbacks), budget=budget)
+
+
+def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str, str], prices: dict[str, Price],
+            windows: dict[str, int | None]) -> Any:
+    """The route's budget calibrated on its artifact's sample at the fleet's prices (see gateway/budget.py)."""
+    from turnout.gateway.budget import CalibrationSample, RouteBudget
+
+    r = cfg.routes[name]
+    assert r.budget is not None
+    key = f"routes.{name}.budget"
+    try:
+        sample = CalibrationSample.from_meta(meta)
+        if sample is None:
+            raise ConfigError(
+                "a budget is calibrated on the router artifact's calibration sample, and this route has none"
+                + (" (its artifact predates it)" if r.router.artifact else " (no router artifact)"),
+                file=cfg.source, key=key,
+                fix="train the artifact with 'turnout train' (it stores the sample) and set router.artifact, "
+                    "or give 'lambda:' instead of 'budget:'",
+            )
+        return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=r.budget.target_cost_per_request,
+                                     target_share=r.budget.target_share)
+    except RoutingError as exc:
+        raise ConfigError(f"the budget cannot be met: {exc}", file=cfg.source, key=key,
+                          fix="raise the target, or add cheaper candidates") from exc
 
 
 __all__ = ["build_gateway"]

@@ -391,6 +391,11 @@ class _Record:
         cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
         if self.key is not None and cost:
             await _maybe_await(self.gw.keys.record_spend(self.key, cost))
+        d = self.decision
+        if d is not None and d.router != "passthrough":
+            rt = self.gw.routes.get(d.route)
+            if rt is not None and rt.budget is not None:
+                rt.budget.observe(self.model, cost)  # the route's actual spend steers its λ
         self.response_text = text
         self._write("ok", None, usage, cost)
 
@@ -428,6 +433,7 @@ class _Record:
             response_text=self.response_text, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost,
             latency_s=latency, ttft_s=self.ttft_s, decision_ms=d.elapsed_ms if d else None,
             fallbacks_tried=_fallbacks_tried(self.attempts), http_status=http_status,
+            lam=d.lam if d is not None and d.router != "passthrough" else None, budget=d.budget if d is not None else None,
         ))
 
 

@@ -25,9 +25,13 @@ Schema (``SCHEMA_VERSION``)::
     requests(seq INTEGER PRIMARY KEY, id TEXT UNIQUE, ts, key_name, route, model, status,
              error_kind, candidates JSON, prompt, response_text, prompt_tokens,
              completion_tokens, cost_usd, latency_s, ttft_s, decision_ms,
-             fallbacks_tried JSON, http_status)
+             fallbacks_tried JSON, http_status, lam, budget JSON)
     feedback(request_id TEXT PRIMARY KEY, score REAL, ts REAL)
     schema_version(version INTEGER)
+
+``lam`` is the λ the decision used and ``budget`` the route budget's state at
+that moment (null without one). Version 1 files (without those two columns)
+are migrated in place when opened.
 
 ``seq`` is the insertion order (``--follow`` tails by it; ``ts``, the request
 start, is not monotonic in write order). Feedback is its own table so that it
@@ -65,13 +69,17 @@ from turnout.errors import DataError, InvalidRequestError, TurnoutError
 log = logging.getLogger(__name__)
 
 DEFAULT_REQUEST_LOG = "turnout-requests.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _COLUMNS = (
     "id", "ts", "key_name", "route", "model", "status", "error_kind", "candidates", "prompt", "response_text",
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "ttft_s", "decision_ms", "fallbacks_tried",
-    "http_status",
+    "http_status", "lam", "budget",
 )
+#: version -> the statements that bring a file of that version to the next one
+_MIGRATIONS = {
+    1: ("ALTER TABLE requests ADD COLUMN lam REAL", "ALTER TABLE requests ADD COLUMN budget TEXT"),
+}
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
@@ -79,7 +87,7 @@ CREATE TABLE IF NOT EXISTS requests (
     id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, key_name TEXT, route TEXT, model TEXT, status TEXT NOT NULL,
     error_kind TEXT, candidates TEXT, prompt TEXT, response_text TEXT, prompt_tokens INTEGER,
     completion_tokens INTEGER, cost_usd REAL, latency_s REAL, ttft_s REAL, decision_ms REAL,
-    fallbacks_tried TEXT, http_status INTEGER
+    fallbacks_tried TEXT, http_status INTEGER, lam REAL, budget TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 CREATE INDEX IF NOT EXISTS requests_route_model ON requests (route, model);
@@ -126,6 +134,8 @@ class LogEntry:
     decision_ms: float | None = None
     fallbacks_tried: list[str] = field(default_factory=list)
     http_status: int | None = None
+    lam: float | None = None
+    budget: dict[str, Any] | None = None
     score: float | None = None
     seq: int | None = None
 
@@ -168,6 +178,7 @@ def _row(e: LogEntry) -> tuple[Any, ...]:
         json.dumps([_jsonable(c) for c in e.candidates or []]), e.prompt, e.response_text,
         e.prompt_tokens, e.completion_tokens, e.cost_usd, e.latency_s, e.ttft_s, e.decision_ms,
         json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []), e.http_status,
+        e.lam, None if e.budget is None else json.dumps(e.budget),
     )
 
 
@@ -226,6 +237,20 @@ class RequestLog:
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif row[0] in _MIGRATIONS:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    # read again under the write lock: another process may have migrated it meanwhile
+                    version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
+                    while version in _MIGRATIONS:
+                        for statement in _MIGRATIONS[version]:
+                            conn.execute(statement)
+                        version += 1
+                    conn.execute("UPDATE schema_version SET version = ?", (version,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             elif row[0] != SCHEMA_VERSION:
                 raise DataError(
                     f"request log schema version {row[0]}, this turnout reads version {SCHEMA_VERSION}",
@@ -425,6 +450,7 @@ class RequestLog:
         data = dict(zip(_COLUMNS, values))
         data["candidates"] = json.loads(data["candidates"] or "[]")
         data["fallbacks_tried"] = json.loads(data["fallbacks_tried"] or "[]")
+        data["budget"] = json.loads(data["budget"]) if data["budget"] else None
         return LogEntry(**data, score=score, seq=seq)
 
     # -- export ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from turnout.embed.base import Embedder
 from turnout.routing.base import Router
 from turnout.routing.policy import Policy, estimate_tokens
 from turnout.types import ChatRequest, Decision
+
+if TYPE_CHECKING:
+    from turnout.gateway.budget import RouteBudget
 
 #: output length assumed when pricing a candidate before it answers
 EXPECTED_OUTPUT_TOKENS = 256
@@ -39,7 +43,12 @@ class Price:
 
 @dataclass
 class RouteRuntime:
-    """One configured route. ``candidates`` maps router model names to fleet model names."""
+    """One configured route. ``candidates`` maps router model names to fleet model names.
+
+    ``budget`` (a :class:`~turnout.gateway.budget.RouteBudget`), when set,
+    supplies the λ of every decision instead of the policy's own, and its state
+    is reported in the decision.
+    """
 
     name: str
     router: Router
@@ -49,7 +58,7 @@ class RouteRuntime:
     policy: Policy
     embedder: Embedder | None = None
     fallbacks: list[str] = field(default_factory=list)
-    budget: dict[str, object] | None = None
+    budget: RouteBudget | None = None
 
     def warm_up(self) -> None:
         """Load the embedder's model now (blocking), so that the first request does not pay for it."""
@@ -71,10 +80,13 @@ class RouteRuntime:
             fleet.append(fleet_model)
             quality.append(float(pred.quality[0, i]) if i is not None else float("nan"))
             cost.append(self.prices[fleet_model].cost(tokens, EXPECTED_OUTPUT_TOKENS))
+        budget = self.budget
         decision = self.policy.decide(
-            quality, cost, fleet, route=self.name, router_name=self.router_name,
-            prompt_tokens=tokens, allowed=allowed, budget=self.budget,
+            quality, cost, fleet, route=self.name, router_name=self.router_name, prompt_tokens=tokens, allowed=allowed,
+            lam=budget.lam() if budget is not None else None, budget=budget.describe() if budget is not None else None,
         )
+        if budget is not None:
+            decision.reasons.append(budget.reason())
         if self.fallbacks:
             # Configured fallbacks win over the policy's utility order: the operator knows the fleet.
             decision.fallbacks = [m for m in self.fallbacks if m != decision.model]
