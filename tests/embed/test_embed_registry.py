@@ -61,3 +61,13 @@ def test_create_embedder_passes_the_thread_hint_through_the_cache(tmp_path):
         emb.set_threads(0)
     # embedders without a thread pool accept the hint and ignore it
     create_embedder("hashing", threads=4).embed(["x"])
+
+
+def test_length_sorted_batches_cap_the_padded_size():
+    texts = ["x" * n for n in [5, 300, 10, 1000, 20, 1000, 1000, 40]]
+    batches = list(length_sorted_batches(texts, 64, progress=False, label="t", max_padded_chars=2000))
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))  # every text exactly once
+    for b in batches:
+        assert len(b) * max(len(texts[i]) for i in b) <= 2000 or len(b) == 1
+    # the short texts still share one batch; the 1000-char ones go two at a time
+    assert [len(b) for b in batches] == [5, 2, 1]
