@@ -33,3 +33,16 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MissingDependency) as e:
         plot.plot_eval(RESULT, tmp_path / "e.png")
     assert "turnout[plot]" in str(e.value)
+
+
+def test_plot_draws_reference_lines_in_the_legend(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from turnout.evaluation.plot import plot_eval
+
+    labels = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", lambda self, *a, **k: labels.extend(self.get_legend_handles_labels()[1]))
+    result = {**RESULT, "references": {"task_means": {"aiq": 0.75, "curve": [[0.0001, 0.5], [0.01, 0.88]]}}}
+    plot_eval(result, tmp_path / "r.png")
+    assert "task means, true task (train) (AIQ 0.750)" in labels and "knn (AIQ 0.800)" in labels

@@ -35,7 +35,8 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
 
     x is the mean cost per request in USD (log scale when the plotted costs span more than 20×),
     y the mean quality. Each router's non-decreasing hull is a line (its raw λ points faint),
-    single models are labelled points and the oracle is a star.
+    single models are labelled points and the oracle is a star; the task-mean reference lines
+    (when the result has ``references``) are dashed black.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 6.5), dpi=120)
@@ -51,6 +52,15 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
         label = f"{name} (AIQ {r['aiq']:.3f})" if r.get("aiq") is not None else name
         ax.plot(h[:, 0], h[:, 1], "-", color=color, lw=1.6, label=label, marker="." if len(h) < 30 else None)
         xs.extend(pts[:, 0].tolist())
+    # evaluation-only reference lines (true task labels): dashed, so they never read as routers
+    styles = {"task_means": ("task means, true task (train)", "--"), "task_means_test": ("task means, true task (test: peeks)", ":")}
+    for key, r in (result.get("references") or {}).items():
+        pts = np.asarray(r.get("curve") or [], dtype=float).reshape(-1, 2)
+        if len(pts):
+            h = nondecreasing_hull(pts)
+            name, ls = styles.get(key, (key, "--"))
+            ax.plot(h[:, 0], h[:, 1], ls, color="black", lw=1.0, alpha=0.7, label=f"{name} (AIQ {r['aiq']:.3f})")
+            xs.extend(pts[:, 0].tolist())
     singles = result.get("single_models", {})
     best = (result.get("best_single") or {}).get("model")
     for m, v in singles.items():
