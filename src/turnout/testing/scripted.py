@@ -29,6 +29,10 @@ else the *default* step. Step fields:
 ``status``        HTTP status for ``fault="status"`` (default 500)
 ``prompt_tokens`` / ``completion_tokens``  usage to report (estimated if unset)
 ``stream_usage``  send the usage chunk when streaming (False mimics llama.cpp)
+``tool_calls``    calls the model makes after ``text``: ``[{"id", "name", "arguments"}]``
+                  (arguments as JSON text); the answer then finishes with
+                  ``tool_calls`` (OpenAI) / ``tool_use`` (Anthropic), and streams
+                  send each call's arguments in several pieces, as providers do
 
 Example::
 
@@ -91,10 +95,21 @@ class Step:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     stream_usage: bool = True
+    tool_calls: tuple[dict[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; use one of {sorted(FAULTS)} or None")
+        calls = tuple(dict(c) for c in self.tool_calls)
+        for c in calls:
+            if set(c) != {"id", "name", "arguments"}:
+                raise ValueError(f"a scripted tool call needs exactly id, name and arguments (JSON text), got {sorted(c)}")
+        object.__setattr__(self, "tool_calls", calls)  # a list from JSON becomes an immutable tuple
+
+    @property
+    def finish(self) -> str:
+        """The OpenAI finish_reason of this answer."""
+        return "tool_calls" if self.tool_calls else "stop"
 
     def tokens(self) -> list[str]:
         return _TOKEN.findall(self.text) or [""]
@@ -241,7 +256,7 @@ class ScriptedBackend(Backend):
         if step.fault == "cut":
             raise BackendConnectionError("body cut short (scripted)", backend=self.name, model=model)
         usage = step.usage(request.messages)
-        return ChatResponse(body=_chat_body(step.text, model, usage), usage=usage)
+        return ChatResponse(body=_chat_body(step.text, model, usage, step.tool_calls), usage=usage)
 
     async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         t = timeouts or self.timeouts
@@ -262,10 +277,12 @@ class ScriptedBackend(Backend):
         if step.fault == "cut":
             raise BackendProtocolError("stream ended before a finish_reason and without [DONE] (scripted cut)",
                                        backend=self.name, model=model)
+        for delta in _tool_call_deltas(step.tool_calls):
+            yield StreamChunk(body=_delta_body(cid, model, delta))
         usage = step.usage(request.messages)
-        body = _chunk_body(cid, model, "", "stop")
+        body = _chunk_body(cid, model, "", step.finish)
         body["usage"] = usage.to_dict()
-        yield StreamChunk(body=body, text="", finish_reason="stop", usage=usage)
+        yield StreamChunk(body=body, text="", finish_reason=step.finish, usage=usage)
 
     async def aclose(self) -> None:
         self.closed = True
@@ -276,13 +293,37 @@ class ScriptedBackend(Backend):
 # ---------------------------------------------------------------------------
 
 
-def _chat_body(text: str, model: str, usage: Usage) -> dict[str, Any]:
+def _chat_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+    if tool_calls:
+        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                 for c in tool_calls]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
         "usage": usage.to_dict(),
     }
+
+
+def _pieces(arguments: str) -> list[str]:
+    # providers stream a call's arguments in fragments that are not valid JSON on their own
+    third = max(1, len(arguments) // 3)
+    return [arguments[i:i + third] for i in range(0, len(arguments), third)] or [""]
+
+
+def _tool_call_deltas(calls: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
+    """OpenAI stream deltas for ``calls``: id and name first, then the arguments in pieces."""
+    out: list[dict[str, Any]] = []
+    for i, c in enumerate(calls):
+        out.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": ""}}]})
+        out += [{"tool_calls": [{"index": i, "function": {"arguments": piece}}]} for piece in _pieces(c["arguments"])]
+    return out
+
+
+def _delta_body(cid: str, model: str, delta: dict[str, Any]) -> dict[str, Any]:
+    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
 
 
 def _chunk_body(cid: str, model: str, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
@@ -491,12 +532,12 @@ class ScriptedServer:
                 self._send(writer, 200, b'{"id": "x", "choices": [ {not json')
                 return True
             if self.protocol == "anthropic":
-                payload = _anthropic_body(step.text, model, usage)
+                payload = _anthropic_body(step.text, model, usage, step.tool_calls)
             elif path == "/v1/completions":
                 payload = {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": model,
                            "choices": [{"index": 0, "text": step.text, "finish_reason": "stop"}], "usage": usage.to_dict()}
             else:
-                payload = _chat_body(step.text, model, usage)
+                payload = _chat_body(step.text, model, usage, step.tool_calls)
             data = json.dumps(payload).encode()
             if step.fault == "cut":  # announce the whole body, send half, hang up
                 writer.write(f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
@@ -557,15 +598,21 @@ def _openai_events(step: Step, tokens: list[str], model: str, usage: Usage, cut:
         yield chunk(tok, None, first=i == 0)
     if cut:
         return
-    yield chunk("", "stop")
+    if not completions:
+        for delta in _tool_call_deltas(step.tool_calls):
+            yield f"data: {json.dumps(_delta_body(cid, model, delta))}\n\n"
+    yield chunk("", step.finish)
     if step.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
         yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage.to_dict()})}\n\n"
     yield "data: [DONE]\n\n"
 
 
-def _anthropic_body(text: str, model: str, usage: Usage) -> dict[str, Any]:
+def _anthropic_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not tool_calls else []
+    content += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"] or "{}")}
+                for c in tool_calls]
     return {"id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "content": content, "stop_reason": "tool_use" if tool_calls else "end_turn", "stop_sequence": None,
             "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}
 
 
@@ -586,7 +633,16 @@ def _anthropic_events(step: Step, tokens: list[str], model: str, usage: Usage, c
     if cut:
         return
     yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    for i, c in enumerate(step.tool_calls, start=1):
+        yield ev("content_block_start", {"type": "content_block_start", "index": i,
+                                         "content_block": {"type": "tool_use", "id": c["id"], "name": c["name"], "input": {}}})
+        for piece in _pieces(c["arguments"]):
+            yield None
+            yield ev("content_block_delta", {"type": "content_block_delta", "index": i,
+                                             "delta": {"type": "input_json_delta", "partial_json": piece}})
+        yield ev("content_block_stop", {"type": "content_block_stop", "index": i})
+    stop = "tool_use" if step.tool_calls else "end_turn"
+    yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                                "usage": {"output_tokens": usage.completion_tokens}})
     yield ev("message_stop", {"type": "message_stop"})
 
