@@ -26,7 +26,8 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   ├── BackendStatusError       the provider answered an error status
     │   ├── BackendProtocolError     malformed JSON or SSE from the provider
     │   ├── BackendUnavailableError  skipped: its circuit breaker is open
-    │   └── ModelNotAllowedError     skipped: the API key may not use this fallback
+    │   ├── ModelNotAllowedError     skipped: the API key may not use this fallback
+    │   └── UnsupportedRequestError  not sent: the request has no form in this provider's protocol
     └── AllBackendsFailedError   the whole fallback chain failed (carries every error)
 """
 
@@ -224,6 +225,13 @@ class ModelNotAllowedError(BackendError):
     retryable = False
 
 
+class UnsupportedRequestError(BackendError):
+    """The request cannot be expressed in this backend's protocol (e.g. audio for Anthropic); it was not sent."""
+
+    kind = "unsupported_request"
+    retryable = False
+
+
 class AllBackendsFailedError(TurnoutError):
     """Every backend of a fallback chain failed; ``errors`` holds each one's error, in order."""
 
@@ -259,4 +267,5 @@ __all__ = [
     "RoutingError",
     "TurnoutError",
     "UnknownModelError",
+    "UnsupportedRequestError",
 ]

@@ -115,3 +115,36 @@ def test_a_fallback_outside_the_keys_allowed_list_is_skipped_and_listed_in_the_5
     finally:
         a.stop()
         b.stop()
+
+
+def test_openai_client_streams_tool_calls_through_turnout_from_an_anthropic_upstream(serve, monkeypatch) -> None:
+    import json
+
+    import openai
+
+    from turnout.config import parse_config, resolve
+
+    calls = ({"id": "toolu_1", "name": "get_weather", "arguments": json.dumps({"city": "Oslo"})},)
+    up = ScriptedServer(Step(text="Checking.", tool_calls=calls), protocol="anthropic").start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_TEST_KEY", "sk-ant")
+        cfg = resolve(parse_config({
+            "server": {"request_log": None},
+            "backends": {"claude": {"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "ANTHROPIC_TEST_KEY"}},
+            "models": {"haiku": {"backend": "claude", "upstream_model": "claude-haiku"}},
+        }, source="test.yaml"))
+        srv = serve(cfg)
+        client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+        tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+        stream = client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "weather?"}],
+                                                tools=tools, stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        args = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
+        names = [tc.function.name for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [] if tc.function.name]
+        assert names == ["get_weather"] and json.loads(args) == {"city": "Oslo"}
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+        assert chunks[-1].usage is not None
+        whole = client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "weather?"}], tools=tools)
+        assert whole.choices[0].message.tool_calls[0].function.name == "get_weather"
+    finally:
+        up.stop()

@@ -5,7 +5,12 @@ the top-level ``system``; ``tool`` turns become ``tool_result`` blocks of a
 user turn; assistant ``tool_calls`` become ``tool_use`` blocks; consecutive
 turns of one role are merged (the API wants them alternating); ``stop`` →
 ``stop_sequences``; OpenAI ``tools``/``tool_choice`` → Anthropic's;
-``max_tokens`` is required there, so :data:`DEFAULT_MAX_TOKENS` fills it in.
+``max_tokens`` is required there, so :data:`DEFAULT_MAX_TOKENS` fills it in;
+``parallel_tool_calls: false`` → ``disable_parallel_tool_use``; images
+(``image_url``, data or http URLs) → ``image`` blocks, also inside tool
+results; a PDF ``file`` part → a ``document`` block. Content with no
+Anthropic equivalent raises :class:`~turnout.errors.UnsupportedRequestError`
+(not sent, not retried: the next model of the chain may take it).
 Fields Anthropic has no equivalent for (``n``, ``logprobs``,
 ``presence_penalty``, ...) are dropped.
 
@@ -45,7 +50,7 @@ from turnout.backends._http import (
     translate,
 )
 from turnout.backends.base import Backend, Timeouts
-from turnout.errors import BackendProtocolError, BackendStatusError
+from turnout.errors import BackendProtocolError, BackendStatusError, InvalidRequestError, UnsupportedRequestError
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 API_VERSION = "2023-06-01"
@@ -60,25 +65,47 @@ _ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "per
                  "overloaded_error": 529}
 
 
+def _source(url: str, what: str) -> dict[str, Any]:
+    """An Anthropic ``source`` for a ``data:`` URL (base64 only) or an http(s) URL."""
+    if url.startswith("data:"):
+        media, sep, data = url[5:].partition(";base64,")
+        if not sep or not media or not data:
+            raise InvalidRequestError(f"{what}: a data: URL must be 'data:<media type>;base64,<data>' to be sent to Anthropic")
+        return {"type": "base64", "media_type": media, "data": data}
+    if url.startswith(("http://", "https://")):
+        return {"type": "url", "url": url}
+    raise InvalidRequestError(f"{what}: {url[:40]!r} is neither a data: URL nor an http(s) URL")
+
+
 def _blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI content (a string or parts) as Anthropic content blocks."""
+    """OpenAI content (a string or parts) as Anthropic content blocks.
+
+    Text and images (``image_url`` as ``{"url": ...}`` or, as some clients send
+    it, a bare string) translate; a PDF sent as a ``file`` part with
+    ``file_data`` becomes a ``document`` block. Anything else (audio, OpenAI
+    ``file_id`` references) has no Anthropic equivalent and raises
+    InvalidRequestError rather than being dropped without a word.
+    """
     if content is None:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     out: list[dict[str, Any]] = []
-    for part in content:
+    for i, part in enumerate(content):
         if not isinstance(part, dict):
             continue
-        if part.get("type") == "text":
+        kind = part.get("type")
+        if kind == "text":
             out.append({"type": "text", "text": part.get("text", "")})
-        elif part.get("type") == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
-            if url.startswith("data:") and ";base64," in url:
-                media, data = url[5:].split(";base64,", 1)
-                out.append({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
-            else:
-                out.append({"type": "image", "source": {"type": "url", "url": url}})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image if isinstance(image, str) else (image or {}).get("url", "")
+            out.append({"type": "image", "source": _source(url, f"content part {i} (image_url)")})
+        elif kind == "file" and isinstance(part.get("file"), dict) and part["file"].get("file_data"):
+            out.append({"type": "document", "source": _source(part["file"]["file_data"], f"content part {i} (file)")})
+        else:
+            raise InvalidRequestError(f"content part {i} of type {kind!r} cannot be sent to Anthropic "
+                                      "(text, image_url and file with file_data can)")
     return out
 
 
@@ -88,6 +115,8 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
     turns: list[dict[str, Any]] = []
 
     def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return  # Anthropic rejects empty content; an empty turn says nothing anyway
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -99,8 +128,13 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
             system.extend(b["text"] for b in _blocks(m.get("content")) if b["type"] == "text")
         elif role == "tool":
             content = m.get("content")
-            text = content if isinstance(content, str) else "".join(b.get("text", "") for b in _blocks(content))
-            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": text}])
+            if isinstance(content, list):
+                blocks = _blocks(content)
+                # text-only results stay a plain string; images a tool returned go with it as blocks
+                result: Any = ("".join(b["text"] for b in blocks) if all(b["type"] == "text" for b in blocks) else blocks)
+            else:
+                result = content or ""
+            add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": result}])
         elif role == "assistant":
             blocks = _blocks(m.get("content"))
             for call in m.get("tool_calls") or []:
@@ -145,6 +179,9 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
         body["tool_choice"] = {"type": "none"}
     elif isinstance(choice, dict) and choice.get("type") == "function":
         body["tool_choice"] = {"type": "tool", "name": choice["function"]["name"]}
+    if p.get("parallel_tool_calls") is False and body.get("tools") and body.get("tool_choice", {}).get("type") != "none":
+        # OpenAI says it per request; Anthropic says it inside tool_choice (auto unless one was given)
+        body["tool_choice"] = {**body.get("tool_choice", {"type": "auto"}), "disable_parallel_tool_use": True}
     return body
 
 
@@ -201,7 +238,11 @@ class AnthropicBackend(Backend):
         self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections)
 
     def _request(self, request: ChatRequest, model: str, stream: bool) -> bytes:
-        body = to_messages_request(request, model)
+        try:
+            body = to_messages_request(request, model)
+        except InvalidRequestError as exc:
+            # this provider cannot take the request; another in the chain may (not retried, not sent)
+            raise UnsupportedRequestError(str(exc), backend=self.name, model=model) from exc
         if stream:
             body["stream"] = True
         return dumps(body)
