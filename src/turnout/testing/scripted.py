@@ -77,6 +77,18 @@ from turnout.errors import (
     BackendStatusError,
     BackendTimeoutError,
 )
+from turnout.testing._wire import (
+    REASONS,
+    anthropic_body,
+    anthropic_error,
+    anthropic_events,
+    chat_body,
+    chunk_body,
+    delta_body,
+    openai_error,
+    openai_events,
+    tool_call_deltas,
+)
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 FAULTS = frozenset({"status", "reset", "cut", "malformed", "hang"})
@@ -243,7 +255,7 @@ class ScriptedBackend(Backend):
         await asyncio.sleep(delay)
         if step.fault == "status":
             raise BackendStatusError("scripted failure", backend=self.name, model=model, status=step.status,
-                                     body=json.dumps(_openai_error(step.status)))
+                                     body=json.dumps(openai_error(step.status)))
         if step.fault == "reset":
             raise BackendConnectionError("connection reset by scripted backend", backend=self.name, model=model)
         if step.fault == "malformed":
@@ -256,7 +268,7 @@ class ScriptedBackend(Backend):
         if step.fault == "cut":
             raise BackendConnectionError("body cut short (scripted)", backend=self.name, model=model)
         usage = step.usage(request.messages)
-        return ChatResponse(body=_chat_body(step.text, model, usage, step.tool_calls), usage=usage)
+        return ChatResponse(body=chat_body(step.text, model, usage, step.tool_calls), usage=usage)
 
     async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         t = timeouts or self.timeouts
@@ -273,80 +285,19 @@ class ScriptedBackend(Backend):
                     raise BackendTimeoutError(f"no complete answer within {t.total:g}s", backend=self.name,
                                               model=model, phase="total")
                 await asyncio.sleep(step.slow)
-            yield StreamChunk(body=_chunk_body(cid, model, tok, None), text=tok)
+            yield StreamChunk(body=chunk_body(cid, model, tok, None), text=tok)
         if step.fault == "cut":
             raise BackendProtocolError("stream ended before a finish_reason and without [DONE] (scripted cut)",
                                        backend=self.name, model=model)
-        for delta in _tool_call_deltas(step.tool_calls):
-            yield StreamChunk(body=_delta_body(cid, model, delta))
+        for delta in tool_call_deltas(step.tool_calls):
+            yield StreamChunk(body=delta_body(cid, model, delta))
         usage = step.usage(request.messages)
-        body = _chunk_body(cid, model, "", step.finish)
+        body = chunk_body(cid, model, "", step.finish)
         body["usage"] = usage.to_dict()
         yield StreamChunk(body=body, text="", finish_reason=step.finish, usage=usage)
 
     async def aclose(self) -> None:
         self.closed = True
-
-
-# ---------------------------------------------------------------------------
-# Wire bodies
-# ---------------------------------------------------------------------------
-
-
-def _chat_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
-    if tool_calls:
-        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                                 for c in tool_calls]
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": usage.to_dict(),
-    }
-
-
-def _pieces(arguments: str) -> list[str]:
-    # providers stream a call's arguments in fragments that are not valid JSON on their own
-    third = max(1, len(arguments) // 3)
-    return [arguments[i:i + third] for i in range(0, len(arguments), third)] or [""]
-
-
-def _tool_call_deltas(calls: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
-    """OpenAI stream deltas for ``calls``: id and name first, then the arguments in pieces."""
-    out: list[dict[str, Any]] = []
-    for i, c in enumerate(calls):
-        out.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": ""}}]})
-        out += [{"tool_calls": [{"index": i, "function": {"arguments": piece}}]} for piece in _pieces(c["arguments"])]
-    return out
-
-
-def _delta_body(cid: str, model: str, delta: dict[str, Any]) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-
-
-def _chunk_body(cid: str, model: str, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
-    delta: dict[str, Any] = {"content": text}
-    if first:
-        delta["role"] = "assistant"
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta if not finish else {}, "finish_reason": finish}]}
-
-
-def _openai_error(status: int) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_exceeded"}.get(status, "server_error")
-    return {"error": {"message": f"scripted {status} failure", "type": kind, "param": None, "code": status}}
-
-
-def _anthropic_error(status: int) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-            529: "overloaded_error"}.get(status, "api_error")
-    return {"type": "error", "error": {"type": kind, "message": f"scripted {status} failure"}}
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 529: "Overloaded"}
 
 
 # ---------------------------------------------------------------------------
@@ -489,7 +440,7 @@ class ScriptedServer:
     @staticmethod
     def _send(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json") -> None:
         writer.write(
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\ncontent-type: {ctype}\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: {ctype}\r\n"
             f"content-length: {len(body)}\r\n\r\n".encode() + body
         )
 
@@ -509,7 +460,7 @@ class ScriptedServer:
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
-            self._send(writer, 400, json.dumps(_openai_error(400)).encode())
+            self._send(writer, 400, json.dumps(openai_error(400)).encode())
             return True
         messages = body.get("messages") or ([{"role": "user", "content": body.get("prompt", "")}] if "prompt" in body else [])
         step = self.script.next_step(_prompt_of(messages), body.get("model"))
@@ -522,7 +473,7 @@ class ScriptedServer:
             writer.transport.abort()
             return False
         if step.fault == "status":
-            err = _anthropic_error(step.status) if self.protocol == "anthropic" else _openai_error(step.status)
+            err = anthropic_error(step.status) if self.protocol == "anthropic" else openai_error(step.status)
             self._send(writer, step.status, json.dumps(err).encode())
             return True
         model = str(body.get("model") or self.models[0])
@@ -532,12 +483,12 @@ class ScriptedServer:
                 self._send(writer, 200, b'{"id": "x", "choices": [ {not json')
                 return True
             if self.protocol == "anthropic":
-                payload = _anthropic_body(step.text, model, usage, step.tool_calls)
+                payload = anthropic_body(step.text, model, usage, step.tool_calls)
             elif path == "/v1/completions":
                 payload = {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": model,
                            "choices": [{"index": 0, "text": step.text, "finish_reason": "stop"}], "usage": usage.to_dict()}
             else:
-                payload = _chat_body(step.text, model, usage, step.tool_calls)
+                payload = chat_body(step.text, model, usage, step.tool_calls)
             data = json.dumps(payload).encode()
             if step.fault == "cut":  # announce the whole body, send half, hang up
                 writer.write(f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
@@ -563,8 +514,8 @@ class ScriptedServer:
         cut = step.fault == "cut"
         if cut:
             tokens = tokens[: max(1, len(tokens) // 2)]
-        events = (_anthropic_events(step, tokens, model, usage, cut) if self.protocol == "anthropic"
-                  else _openai_events(step, tokens, model, usage, cut, body, completions=path == "/v1/completions"))
+        events = (anthropic_events(step, tokens, model, usage, cut) if self.protocol == "anthropic"
+                  else openai_events(step, tokens, model, usage, cut, body, completions=path == "/v1/completions"))
         for i, ev in enumerate(events):
             if step.fault == "malformed" and i == 1:
                 ev = "data: {\"choices\": [{\"delta\": {\"content\": \"oops\"\n\n"  # broken JSON mid-stream
@@ -576,75 +527,6 @@ class ScriptedServer:
             emit(ev)
         writer.write(b"0\r\n\r\n")
         await writer.drain()
-
-
-def _openai_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: bool, body: dict[str, Any],
-                   *, completions: bool) -> Any:
-    cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-    created = int(time.time())
-
-    def chunk(text: str, finish: str | None, first: bool = False) -> str:
-        if completions:
-            obj: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                   "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
-        else:
-            obj = _chunk_body(cid, model, text, finish, first=first)
-        return f"data: {json.dumps(obj)}\n\n"
-
-    yield ": scripted keep-alive comment\n\n"
-    for i, tok in enumerate(tokens):
-        if i:
-            yield None
-        yield chunk(tok, None, first=i == 0)
-    if cut:
-        return
-    if not completions:
-        for delta in _tool_call_deltas(step.tool_calls):
-            yield f"data: {json.dumps(_delta_body(cid, model, delta))}\n\n"
-    yield chunk("", step.finish)
-    if step.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
-        yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage.to_dict()})}\n\n"
-    yield "data: [DONE]\n\n"
-
-
-def _anthropic_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
-    content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not tool_calls else []
-    content += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"] or "{}")}
-                for c in tool_calls]
-    return {"id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": "tool_use" if tool_calls else "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}
-
-
-def _anthropic_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: bool) -> Any:
-    def ev(name: str, obj: dict[str, Any]) -> str:
-        return f"event: {name}\ndata: {json.dumps(obj)}\n\n"
-
-    msg = _anthropic_body("", model, Usage(usage.prompt_tokens, 1))
-    msg["content"] = []
-    msg["stop_reason"] = None
-    yield ev("message_start", {"type": "message_start", "message": msg})
-    yield ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-    yield ev("ping", {"type": "ping"})
-    for i, tok in enumerate(tokens):
-        if i:
-            yield None
-        yield ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": tok}})
-    if cut:
-        return
-    yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-    for i, c in enumerate(step.tool_calls, start=1):
-        yield ev("content_block_start", {"type": "content_block_start", "index": i,
-                                         "content_block": {"type": "tool_use", "id": c["id"], "name": c["name"], "input": {}}})
-        for piece in _pieces(c["arguments"]):
-            yield None
-            yield ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                             "delta": {"type": "input_json_delta", "partial_json": piece}})
-        yield ev("content_block_stop", {"type": "content_block_stop", "index": i})
-    stop = "tool_use" if step.tool_calls else "end_turn"
-    yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                               "usage": {"output_tokens": usage.completion_tokens}})
-    yield ev("message_stop", {"type": "message_stop"})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
