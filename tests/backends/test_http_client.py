@@ -225,3 +225,19 @@ async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
         with pytest.raises(BackendConnectionError, match="TLS"), translate("b", "m"):
             await strict.request("POST", "/", b"{}", b"", connect_timeout=2.0)
         await strict.aclose()
+
+
+async def test_a_proxy_in_the_environment_switches_the_backend_to_httpx(monkeypatch) -> None:
+    from turnout.backends._http import HttpxTransport, NativeTransport, make_transport, proxy_applies
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert isinstance(make_transport("https://api.example.com/v1", {}, client=None, max_connections=4), NativeTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert proxy_applies("https://api.example.com/v1") and not proxy_applies("http://127.0.0.1:8000/v1")
+    t = make_transport("https://api.example.com/v1", {}, client=None, max_connections=4)
+    assert isinstance(t, HttpxTransport) and t.owned
+    await t.aclose()
+    assert t.client.is_closed  # owned: the backend closes it
+    assert isinstance(make_transport("http://127.0.0.1:8000/v1", {}, client=None, max_connections=4), NativeTransport)

@@ -4,8 +4,11 @@ A backend sends its requests through a *transport*: by default turnout's own
 HTTP/1.1 keep-alive pool (:class:`NativeTransport` over
 :mod:`turnout.backends._client`, about ten times cheaper per request than
 httpx), or, when the caller hands the backend an ``httpx.AsyncClient``
-(proxies, HTTP/2, ``httpx.MockTransport`` in tests), :class:`HttpxTransport`
-over that client, which stays the caller's to close.
+(HTTP/2, ``httpx.MockTransport`` in tests), :class:`HttpxTransport` over that
+client, which stays the caller's to close. When the environment names a proxy
+for the backend's URL (``HTTPS_PROXY`` and friends, as httpx honours them), an
+httpx client the backend owns is used instead, so deployments behind an egress
+proxy keep working.
 
 Everything foreign that can go wrong on the wire is translated *here* into
 :mod:`turnout.errors` classes, in one context manager (:func:`translate`), the
@@ -115,15 +118,17 @@ class _HttpxResponse:
 
 
 class HttpxTransport:
-    """A caller's own ``httpx.AsyncClient``: for proxies, HTTP/2 or ``httpx.MockTransport`` in tests.
+    """An ``httpx.AsyncClient``: a caller's own (proxies, HTTP/2, ``httpx.MockTransport`` in tests),
+    or one made here when the environment says to use a proxy.
 
-    The client is *not* closed by :meth:`aclose`: whoever created it closes it.
+    A caller's client is *not* closed by :meth:`aclose` (``owned=False``): whoever created it closes it.
     """
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str]) -> None:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str], *, owned: bool = False) -> None:
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
+        self.owned = owned
 
     async def send(self, method: str, path: str, body: bytes, *, connect_timeout: float) -> WireResponse:
         # read timeouts stay off: first-token and total deadlines are enforced around each read
@@ -132,14 +137,32 @@ class HttpxTransport:
         return _HttpxResponse(await self.client.send(req, stream=True))
 
     async def aclose(self) -> None:
-        pass
+        if self.owned:
+            await self.client.aclose()
+
+
+def proxy_applies(base_url: str) -> bool:
+    """True when the environment (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, minus ``NO_PROXY``) proxies this URL."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def make_transport(base_url: str, headers: Mapping[str, str], *, client: httpx.AsyncClient | None,
                    max_connections: int) -> Transport:
-    """The caller's httpx client when given, else a native keep-alive pool of ``max_connections``."""
+    """The caller's httpx client when given; an owned httpx client when a proxy applies (the native
+    client speaks no proxy protocol); else a native keep-alive pool of ``max_connections``."""
     if client is not None:
         return HttpxTransport(client, base_url, headers)
+    if proxy_applies(base_url):
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return HttpxTransport(httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None), trust_env=True),
+                              base_url, headers, owned=True)
     return NativeTransport(base_url, headers, max_connections=max_connections)
 
 
