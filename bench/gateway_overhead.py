@@ -5,7 +5,10 @@ Setup (every server is its own process, on loopback):
 * upstream: ``python -m turnout.testing.scripted`` answering every chat request
   after a fixed ``--latency-ms`` (20 ms by default), non-streaming;
 * targets, one at a time so no two gateways compete for the 2 cores:
-  ``direct`` (the upstream itself), ``turnout`` with a concrete model,
+  ``direct`` (the upstream itself), ``forwarder`` (``bench/_forwarder.py``, a
+  keep-alive forwarder that parses nothing but the framing: what one more
+  Python process on the path costs before any gateway does any work),
+  ``turnout`` with a concrete model,
   ``turnout-auto`` (route ``auto``: MiniLM embedding of each prompt + a kNN
   router artifact + the policy), and ``litellm`` (its proxy from
   ``.bench-venv``, created here on first run, started offline with
@@ -329,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--n1", type=int, default=200, help="requests at concurrency 1")
     ap.add_argument("--n64", type=int, default=2000, help="requests at concurrency 64")
-    ap.add_argument("--skip", default="", help="comma-separated targets to skip: turnout,turnout-auto,litellm")
+    ap.add_argument("--skip", default="", help="comma-separated targets to skip: forwarder,turnout,turnout-auto,litellm")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -349,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         console=console)
     try:
         upstream.start(30)
-        targets: list[tuple[str, str]] = [("direct", "scripted"), ("turnout", "scripted"), ("turnout-auto", "auto"),
-                                          ("litellm", "scripted")]
+        targets: list[tuple[str, str]] = [("direct", "scripted"), ("forwarder", "scripted"), ("turnout", "scripted"),
+                                          ("turnout-auto", "auto"), ("litellm", "scripted")]
         with progress:
             for name, model in targets:
                 if name in skip:
@@ -360,6 +363,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     if name == "direct":
                         base = upstream_url
+                    elif name == "forwarder":
+                        fport = free_port()
+                        proc = Proc("forwarder", [sys.executable, str(HERE / "_forwarder.py"), str(fport), str(up_port)],
+                                    f"http://127.0.0.1:{fport}/v1/models", {}, tmp / "forwarder.log")
+                        proc.start(30)
+                        base = f"http://127.0.0.1:{fport}/v1"
                     elif name.startswith("turnout"):
                         art = router_artifact(tmp) if name == "turnout-auto" else None
                         proc, base = turnout_proc(tmp, upstream_url, art)
