@@ -2,11 +2,11 @@
 
 Flow of one request::
 
-    key check -> route (embed + router + policy, offloaded) or passthrough
-              -> chain = [chosen] + fallbacks
-              -> per model: breaker check, up to N tries with jittered backoff,
-                 connect / first-token / total timeouts
-              -> cost = usage x price -> spend, metrics, request log
+    key check -> route (embed + router + policy, offloaded; λ from the route's budget) or passthrough
+              -> chain = [chosen] + fallbacks (one iterator for both modes: gateway/chain.py)
+              -> per model: may the key use it?, breaker check, up to N tries with
+                 jittered backoff, connect / first-token / total timeouts
+              -> cost = usage x price -> key spend, route budget, metrics, request log
 
 **Streaming commit rule.** :meth:`Gateway.chat_stream` returns only once a
 backend has produced its first chunk. Any failure *before* that (timeout,
