@@ -57,16 +57,17 @@ def require_fitted(router: Any, attr: str) -> None:
         raise RoutingError(f"router '{router.name}' is not fitted: call fit(data) or load a saved router first")
 
 
-def top_k_similar(Q: np.ndarray, R: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def top_k_similar(Q: np.ndarray, R: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities of the ``k`` rows of ``R`` nearest each row of ``Q``.
 
-    Both inputs must already be L2-normalised. With ``exclude_self`` (Q is R)
-    each row's own index is skipped, which gives leave-one-out neighbours.
+    Both inputs must already be L2-normalised. ``exclude`` (one index into ``R``
+    per row of ``Q``) leaves that row of ``R`` out of the row's neighbours: with
+    ``Q = R[rows]`` and ``exclude=rows`` it gives leave-one-out neighbours.
     """
     sims = Q @ R.T
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    k = min(k, R.shape[0] - (1 if exclude_self else 0))
+    if exclude is not None:
+        sims[np.arange(len(sims)), np.asarray(exclude)] = -np.inf
+    k = min(k, R.shape[0] - (1 if exclude is not None else 0))
     if k <= 0:
         raise RoutingError("a neighbour router needs at least 2 training prompts")
     idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]

@@ -94,11 +94,8 @@ class KNNRouter(Router):
         rows = np.arange(n)
         if n > LOO_MAX_PROMPTS:
             rows = np.sort(np.random.default_rng(self.seed).choice(n, LOO_MAX_PROMPTS, replace=False))
-        sims = self.Xn[rows] @ self.Xn.T
-        sims[np.arange(len(rows)), rows] = -np.inf  # leave each prompt out of its own neighbours
-        kmax = max(ks)
-        idx = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
-        top = np.take_along_axis(sims, idx, axis=1)
+        # each prompt left out of its own neighbours
+        idx, top = top_k_similar(self.Xn[rows], self.Xn, max(ks), exclude=rows)
         order = np.argsort(-top, axis=1)  # nearest first, so the first k columns are the k nearest
         idx, top = np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
         truth = self.scores[rows]
