@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from turnout.errors import RoutingError
+from turnout.evaluation.metrics import auc
 from turnout.routing import create_router
 from routing_synthetic import planted
 
@@ -32,12 +33,6 @@ def test_add_model_from_probes_on_synthetic() -> None:
     assert pred.cost[:, 2].mean() > pred.cost[:, 1].mean() * 3
     with pytest.raises(RoutingError, match="already"):
         router.add_model("B", test.X[:5], test.scores[:5, 1])
-
-
-def _auc(score: np.ndarray, y: np.ndarray) -> float:
-    pos, neg = score[y > 0.5], score[y <= 0.5]
-    ranks = np.argsort(np.argsort(np.concatenate([pos, neg]))) + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
 @pytest.mark.slow
@@ -88,8 +83,8 @@ def test_cold_start_model_on_routerbench(data_dir: Path) -> None:
         q = router.predict(X[te]).quality[:, -1]
         y = S[te, h]
         ok = ~np.isnan(y)
-        aucs.append(_auc(q[ok], y[ok]))
-        aucs_avg.append(_auc(avg_others[ok], y[ok]))
+        aucs.append(auc(y[ok] > 0.5, q[ok]))
+        aucs_avg.append(auc(y[ok] > 0.5, avg_others[ok]))
         brier.append(np.mean((q[ok] - y[ok]) ** 2))
         brier_avg.append(np.mean((avg_others[ok] - y[ok]) ** 2))
     assert np.mean(aucs) > 0.6, aucs  # clearly better than a constant
