@@ -40,7 +40,8 @@ import collections
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 #: headers longer than this are not an LLM provider's answer
@@ -338,7 +339,7 @@ class Response:
         if conn is None:
             return
         reader = conn.reader
-        try:
+        with self._body_errors(lambda exc: "the server closed the connection in the middle of the body"):
             if self._chunked:
                 while True:
                     line = await reader.readuntil(b"\r\n")
@@ -365,9 +366,24 @@ class Response:
             else:
                 while piece := await reader.read(65536):
                     yield piece
-        except asyncio.IncompleteReadError:
+        self._done = True
+        self._finish()
+
+    def _abandon(self) -> None:
+        self._keep_alive = False
+        self._finish()
+
+    @contextmanager
+    def _body_errors(self, short: Callable[[asyncio.IncompleteReadError], str]) -> Iterator[None]:
+        """Map errors raised while reading the body to this module's tree; any error abandons the connection.
+
+        ``short(exc)`` words the message for a body that ended early (it depends on how it was read).
+        """
+        try:
+            yield
+        except asyncio.IncompleteReadError as exc:
             self._abandon()
-            raise RemoteProtocolError("the server closed the connection in the middle of the body") from None
+            raise RemoteProtocolError(short(exc)) from None
         except asyncio.LimitOverrunError:
             self._abandon()
             raise RemoteProtocolError("a chunk-size line is too long") from None
@@ -377,12 +393,6 @@ class Response:
         except BaseException:
             self._abandon()
             raise
-        self._done = True
-        self._finish()
-
-    def _abandon(self) -> None:
-        self._keep_alive = False
-        self._finish()
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         """The body as it arrives, decoded (gzip/deflate) when the server compressed it."""
@@ -401,19 +411,10 @@ class Response:
             return b""
         if self._length is not None and self._decoder is None and self._conn is not None:
             # the common case, one call: no per-piece generator round trips
-            conn = self._conn
-            try:
-                data = await conn.reader.readexactly(self._length)
-            except asyncio.IncompleteReadError as exc:
-                self._abandon()
-                raise RemoteProtocolError(
-                    f"the body ended {self._length - len(exc.partial)} bytes short of its content-length") from None
-            except (ConnectionError, OSError) as exc:
-                self._abandon()
-                raise ReadError(f"the connection broke while reading the body: {exc}") from exc
-            except BaseException:
-                self._abandon()
-                raise
+            conn, length = self._conn, self._length
+            with self._body_errors(
+                    lambda exc: f"the body ended {length - len(exc.partial)} bytes short of its content-length"):
+                data = await conn.reader.readexactly(length)
             self._done = True
             self._finish()
             return data
