@@ -94,3 +94,20 @@ def test_two_model_metrics_apgr_cpt():
     assert abs(m["apgr"] - 0.75) < 1e-9
     three = RoutingTable(t.prompt_ids, t.prompts, ["a", "b", "c"], np.c_[S, S[:, :1]], np.c_[C, C[:, :1]])
     assert two_model_metrics(curve, shares, three, baselines(three)) == {}
+
+
+def test_eval_table_is_not_cut_when_piped(tmp_path):
+    """Piped output (no terminal, no COLUMNS) keeps every number whole instead of rich's 80-column '0.8…'."""
+    import os
+    import subprocess
+    import sys
+
+    src = _write_table(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = subprocess.run([sys.executable, "-m", "turnout.cli.main", "eval", str(src), "--embedder", "hashing",
+                        "--routers", "knn,mlp", "--bootstrap", "20"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("│ knn")]
+    assert rows and "…" not in rows[0]
+    assert "AIQ 95% CI" in p.stdout and "in-task AUC" in p.stdout

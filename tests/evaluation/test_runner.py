@@ -97,3 +97,34 @@ def test_task_mean_references_use_train_means_and_the_true_task():
     assert refs["task_means"]["aiq"] > base["single_models_aiq"]
     untasked = RoutingTable(te.prompt_ids, te.prompts, te.models, te.scores, te.costs)
     assert task_mean_references(tr, untasked, base) == {}
+
+
+def test_task_mean_references_need_two_test_tasks():
+    from turnout.evaluation.runner import task_mean_references
+
+    rng = np.random.default_rng(4)
+    tr, te = _table(40, rng), _table(30, rng)
+    one = lambda t: RoutingTable(t.prompt_ids, t.prompts, t.models, t.scores, t.costs, tasks=["x"] * len(t))  # noqa: E731
+    # one task: the "task means" line is the single-model hull again, so it is left out
+    assert task_mean_references(one(tr), one(te), baselines(one(te))) == {}
+
+
+def test_distinct_points_drops_repeats_and_keeps_order():
+    from turnout.evaluation.runner import distinct_points
+
+    assert distinct_points([[2.0, 0.9], [2.0, 0.9], [1.0, 0.5], [2.0, 0.9], [1.0, 0.6]]) == [
+        [2.0, 0.9], [1.0, 0.5], [1.0, 0.6]]
+
+
+def test_run_eval_curves_have_no_repeated_points():
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(5)
+    tr, te = _table(60, rng), _table(90, rng)
+    out = run_eval(tr, te, rng.normal(size=(60, 4)), rng.normal(size=(90, 4)), ["best-single", "knn"],
+                   progress=False, bootstrap=0)
+    for r in out["routers"].values():
+        pts = [tuple(p) for p in r["curve"]]
+        assert pts and len(pts) == len(set(pts))
+    # best-single predicts the same for every prompt: each λ sends all prompts to one model, so two points
+    assert len(out["routers"]["best-single"]["curve"]) == 2

@@ -40,18 +40,20 @@ def run_info(args: Any) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from turnout.cli._ui import console
 
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     t = Table(title=f"{s['source']}: {s['prompts']} prompts × {s['models']} models"
                     + (" (costs partly ESTIMATED from prompt length)" if s["cost_estimated"] else ""))
-    for col in ("model", "mean quality", "mean cost USD", "coverage"):
-        t.add_column(col)
+    t.add_column("model", overflow="fold")
+    for col in ("mean quality", "mean cost USD", "coverage"):
+        t.add_column(col, justify="right", no_wrap=True)
     for m, v in s["per_model"].items():
         t.add_row(m, f(v["quality"]), f(v["cost"]), f"{v['coverage']:.1%}")
     t.add_row("oracle", f(s["oracle"]["quality"]), f(s["oracle"]["cost"]), f"{s['coverage']:.1%}")
-    con = Console()
+    con = console()
     con.print(t)
     for key in ("splits", "tasks"):
         counts = s[key]

@@ -39,7 +39,10 @@ def render_table(out: dict[str, Any], title: str) -> Any:
     t = Table(title=title)
     cols = ["router", "AIQ", "AIQ 95% CI", "max q", "q @ best cost", "cost frac", "in-task AUC", "fit s", "p50 ms"]
     for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
-        t.add_column(col, justify="left" if col == "router" else "right")
+        if col == "router":
+            t.add_column(col, justify="left", overflow="fold")
+        else:  # numbers are never cut: on a narrow terminal the router names wrap instead
+            t.add_column(col, justify="right", no_wrap=True)
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     ci = lambda v: "—" if not v else f"{v[0]:.3f}–{v[1]:.3f}"  # noqa: E731
     for name, r in out["routers"].items():
@@ -61,8 +64,7 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
 
 def run(args: Any) -> int:
-    from rich.console import Console
-
+    from turnout.cli._ui import console
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.runner import run_eval
@@ -82,7 +84,7 @@ def run(args: Any) -> int:
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
     out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
-    Console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
+    console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     if args.plot_out:

@@ -79,9 +79,9 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from turnout.cli._ui import console as make_console
 
-    console = Console()
+    console = make_console()
     log = _open(args.db)
     try:
         # taken first, so a row written meanwhile is shown exactly once: here if seq <= start, else by follow

@@ -79,6 +79,8 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
         return {}
     ttr = np.asarray(train.tasks, dtype=object).astype(str)
     tte = np.asarray(test.tasks, dtype=object).astype(str)
+    if len(np.unique(tte)) < 2:
+        return {}  # one task: the line is the single-model hull, which is already in the output
     out: dict[str, Any] = {}
     for key, (src, tsrc) in {"task_means": (train, ttr), "task_means_test": (test, tte)}.items():
         q = np.full(test.scores.shape, np.nan)
@@ -95,7 +97,7 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
         pred = Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0),
                           available=~np.isnan(test.scores))
         res = sweep(pred, test)
-        out[key] = {**curve_metrics(res["curve"], base), "curve": res["curve"]}
+        out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"])}
     return out
 
 
@@ -158,7 +160,8 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         shares, choices = res.pop("_shares"), res.pop("_choices")
         ci = {"aiq_ci": aiq_ci(choices, test, weights)} if weights is not None else {}
         out["routers"][name] = {**curve_metrics(res["curve"], base),
-                                **two_model_metrics(res["curve"], shares, test, base), **ci, **res}
+                                **two_model_metrics(res["curve"], shares, test, base), **ci, **res,
+                                "curve": distinct_points(res["curve"])}
 
     if not progress:
         for name in routers:
@@ -174,6 +177,17 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
             one(name)
             bar.advance(task)
         bar.update(task, description="fitted routers")
+    return out
+
+
+def distinct_points(curve: list[list[float]]) -> list[list[float]]:
+    """``curve`` without repeats of a point already in it (λ values that make the same choices), order kept."""
+    seen: set[tuple[float, float]] = set()
+    out = []
+    for c, q in curve:
+        if (c, q) not in seen:
+            seen.add((c, q))
+            out.append([c, q])
     return out
 
 

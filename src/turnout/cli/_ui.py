@@ -1,0 +1,23 @@
+"""Console set-up shared by the commands that print rich tables."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: width used when stdout is not a terminal (a pipe, a file, CI) and ``COLUMNS`` is unset
+PIPE_WIDTH = 200
+
+
+def console(**kwargs: Any) -> Any:
+    """A rich Console; when output goes to a pipe or file, wide enough that table cells are not cut.
+
+    rich falls back to 80 columns when it cannot ask a terminal, and then shortens numbers to
+    "0.8…". ``COLUMNS`` in the environment still wins.
+    """
+    from rich.console import Console
+
+    con = Console(**kwargs)
+    if not con.is_terminal and "COLUMNS" not in os.environ and "width" not in kwargs:
+        con = Console(width=PIPE_WIDTH, **kwargs)
+    return con
