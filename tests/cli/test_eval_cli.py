@@ -111,3 +111,28 @@ def test_eval_table_is_not_cut_when_piped(tmp_path):
     rows = [ln for ln in p.stdout.splitlines() if ln.startswith("│ knn")]
     assert rows and "…" not in rows[0]
     assert "AIQ 95% CI" in p.stdout and "in-task AUC" in p.stdout
+
+
+def _rows(path):
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def test_eval_with_test_file_drops_seen_prompts_and_matches_models_by_name(tmp_path):
+    src = _write_table(tmp_path, n=80)
+    rows = _rows(src)
+    # a test file: 20 new prompts with the models listed the other way round, plus one prompt copied from train
+    test_rows = [dict(r, prompt_id="t" + r["prompt_id"], prompt="new " + r["prompt"]) for r in rows[:40]]
+    test_rows = sorted(test_rows, key=lambda r: (r["prompt_id"], r["model"] != "big")) + rows[-2:]
+    tst = tmp_path / "test.jsonl"
+    tst.write_text("\n".join(json.dumps(r) for r in test_rows))
+    out = tmp_path / "o.json"
+    assert main(["eval", str(src), "--test", str(tst), "--embedder", "hashing", "--routers", "best-single",
+                 "--bootstrap", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_test"] == 20 and res["test_prompts_seen_in_train_dropped"] == 1
+    # best-single on test is "big" whichever order the file listed the models in
+    assert res["best_single"]["model"] == "big" and "models_left_out" not in res
+    assert main(["eval", str(src), "--test", str(tst), "--embedder", "hashing", "--routers", "best-single",
+                 "--bootstrap", "0", "--keep-seen", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n_test"] == 21 and res["test_prompts_seen_in_train_dropped"] == 0

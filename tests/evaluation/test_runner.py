@@ -128,3 +128,73 @@ def test_run_eval_curves_have_no_repeated_points():
         assert pts and len(pts) == len(set(pts))
     # best-single predicts the same for every prompt: each λ sends all prompts to one model, so two points
     assert len(out["routers"]["best-single"]["curve"]) == 2
+
+
+def _reordered(t: RoutingTable, order: list[str], extra: str | None = None) -> RoutingTable:
+    """``t`` with its model columns permuted to ``order`` (plus an all-new model ``extra``)."""
+    j = [t.models.index(m) for m in order]
+    S, C = t.scores[:, j], t.costs[:, j]
+    models = list(order)
+    if extra:
+        S, C = np.c_[S, np.ones(len(t))], np.c_[C, np.full(len(t), 0.5)]
+        models.append(extra)
+    return RoutingTable(t.prompt_ids, t.prompts, models, S, C, tasks=t.tasks)
+
+
+def test_test_table_in_another_model_order_gives_the_same_result():
+    """A --test file listing its models in another order must not pair predictions with the wrong columns."""
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(6)
+    S = (rng.random((300, 3)) < [0.3, 0.6, 0.9]).astype(float)
+    C = np.tile([1.0, 3.0, 10.0], (300, 1))
+    t = RoutingTable([str(i) for i in range(300)], ["p"] * 300, ["a", "b", "c"], S, C)
+    tr, te = t.subset(np.arange(200)), t.subset(np.arange(200, 300))
+    X = rng.normal(size=(300, 4))
+    same = run_eval(tr, te, X[:200], X[200:], ["best-single", "knn"], progress=False, bootstrap=0)
+    moved = run_eval(tr, _reordered(te, ["c", "a", "b"], extra="new"), X[:200], X[200:], ["best-single", "knn"],
+                     progress=False, bootstrap=0)
+    for name in ("best-single", "knn"):
+        assert moved["routers"][name]["aiq"] == same["routers"][name]["aiq"]
+        assert moved["routers"][name]["curve"] == same["routers"][name]["curve"]
+    assert moved["best_single"] == same["best_single"] and moved["models_left_out"] == ["new"]
+    assert "models_left_out" not in same
+
+
+def test_with_models_reorders_adds_missing_and_drops_extra():
+    t = RoutingTable(["0", "1"], ["p", "q"], ["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]),
+                     np.array([[1.0, 2.0], [1.0, 2.0]]), model_cards={"a": {"input_per_mtok": 1}, "b": {}})
+    w = t.with_models(["b", "z"])
+    assert w.models == ["b", "z"] and w.scores[:, 0].tolist() == [0.0, 1.0] and np.isnan(w.scores[:, 1]).all()
+    assert np.isnan(w.costs[:, 1]).all() and set(w.model_cards) == {"b"}
+
+
+def test_test_table_sharing_no_model_fails_clearly():
+    import pytest
+
+    from turnout.errors import DataError
+    from turnout.evaluation.runner import align_models
+
+    rng = np.random.default_rng(7)
+    tr = _table(20, rng)
+    te = RoutingTable(["x"], ["p"], ["other"], np.ones((1, 1)), np.ones((1, 1)), source="t.jsonl")
+    with pytest.raises(DataError, match="shares no model") as e:
+        align_models(tr, te)
+    assert "t.jsonl" in str(e.value) and "weak" in str(e.value)
+
+
+def test_drop_seen_prompts_counts_and_refuses_an_all_seen_test():
+    import pytest
+
+    from turnout.errors import DataError
+    from turnout.evaluation.splits import drop_seen_prompts
+
+    S, C = np.ones((3, 1)), np.ones((3, 1))
+    tr = RoutingTable(["a", "b", "c"], ["x", "y", "z"], ["m"], S, C)
+    te = RoutingTable(["d", "e", "f"], ["y", "new", "x"], ["m"], S, C)
+    kept, n = drop_seen_prompts(tr, te)
+    assert n == 2 and kept.prompts == ["new"] and kept.prompt_ids == ["e"]
+    same, n = drop_seen_prompts(tr, kept)
+    assert n == 0 and same is kept
+    with pytest.raises(DataError, match="also in the training table"):
+        drop_seen_prompts(tr, tr)

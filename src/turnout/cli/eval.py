@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.evaluation.runner import BOOTSTRAP
-from turnout.evaluation.splits import split_table
+from turnout.evaluation.splits import drop_seen_prompts, split_table
 
 #: every built-in router that needs no configuration (``prior`` needs a config, so it is left out)
 DEFAULT_ROUTERS = "random,best-single,cheapest,knn,mlp,mf,bt,graph,profile,ensemble"
@@ -22,6 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--test", help="a separate test table (else the split column, else a random split)")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-seen", action="store_true",
+                   help="keep test prompts whose text is also in train (by default they are dropped and counted)")
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP,
                    help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}; 0 = off)")
     p.add_argument("--routers", default=DEFAULT_ROUTERS, help=f"comma-separated router names (default: {DEFAULT_ROUTERS})")
@@ -81,10 +83,19 @@ def run(args: Any) -> int:
         train, test = table, load_table(args.test)
     else:
         train, test = split_table(table, args.test_fraction, args.seed)
+    dropped = 0
+    if not args.keep_seen:
+        test, dropped = drop_seen_prompts(train, test)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
     out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
-    console().print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
+    out["test_prompts_seen_in_train_dropped"] = dropped
+    con = console()
+    con.print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
+    if dropped:
+        con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
+    if out.get("models_left_out"):
+        con.print(f"left out (in the test table, not in training): {', '.join(out['models_left_out'])}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     if args.plot_out:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from turnout.errors import DataError
 from turnout.evaluation.metrics import (
     aiq,
     apgr_cpt,
@@ -142,11 +143,14 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     """
     from turnout.routing.registry import create_router
 
+    test, left_out = align_models(train, test)
     base = baselines(test)
     out: dict[str, Any] = {"table": table, "n_train": len(train), "n_test": len(test),
                            "best_single": base["best_single"], "oracle": base["oracle"],
                            "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
                            "routers": {}}
+    if left_out:
+        out["models_left_out"] = left_out
     refs = task_mean_references(train, test, base)
     if refs:
         out["references"] = refs
@@ -178,6 +182,27 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
             bar.advance(task)
         bar.update(task, description="fitted routers")
     return out
+
+
+def align_models(train: RoutingTable, test: RoutingTable) -> tuple[RoutingTable, list[str]]:
+    """``test`` with its model columns in ``train``'s order, and the test models train never saw.
+
+    Routers predict one column per *training* model, so a test table loaded from
+    another file (whose models may come in another order) is re-indexed to
+    train's models before any prediction meets a test outcome. A model with
+    test outcomes but no training column cannot be scored by a trained router:
+    it is left out of the evaluation (and named in the result's
+    ``models_left_out``). A training model missing from test is simply never a
+    candidate there.
+    """
+    if list(test.models) == list(train.models):
+        return test, []
+    left_out = [m for m in test.models if m not in set(train.models)]
+    aligned = test.with_models(list(train.models))
+    if not (~np.isnan(aligned.scores)).any():
+        raise DataError("the test table shares no model with the training table", file=test.source or None,
+                        fix=f"train models: {', '.join(train.models)}; test models: {', '.join(test.models)}")
+    return aligned, left_out
 
 
 def distinct_points(curve: list[list[float]]) -> list[list[float]]:

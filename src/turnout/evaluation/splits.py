@@ -33,3 +33,18 @@ def split_table(table: RoutingTable, test_fraction: float = 0.25, seed: int = 0)
     perm = np.random.default_rng(seed).permutation(len(table))
     k = min(len(table) - 1, max(1, int(round(len(table) * test_fraction))))
     return table.subset(np.sort(perm[k:])), table.subset(np.sort(perm[:k]))
+
+
+def drop_seen_prompts(train: RoutingTable, test: RoutingTable) -> tuple[RoutingTable, int]:
+    """``test`` without the prompts whose exact text is also in ``train``, and how many were dropped.
+
+    A test prompt the routers were trained on measures memory, not routing: LLMRouter's own
+    ``test.json`` repeats 119 of its 500 questions from ``train.json``. Raises when nothing is left.
+    """
+    seen = set(train.prompts)
+    keep = np.array([p not in seen for p in test.prompts], dtype=bool)
+    dropped = int((~keep).sum())
+    if dropped and not keep.any():
+        raise DataError(f"every one of the {len(test)} test prompts is also in the training table",
+                        file=test.source or None, fix="pass a test table with unseen prompts, or --keep-seen")
+    return (test.subset(np.flatnonzero(keep)) if dropped else test), dropped

@@ -45,6 +45,31 @@ class RoutingTable:
             model_cards=dict(self.model_cards), source=self.source, cost_estimated=self.cost_estimated,
         )
 
+    def with_models(self, models: list[str]) -> RoutingTable:
+        """The same prompts with columns for exactly ``models``, in that order.
+
+        A model this table has no column for gets an all-missing column (so it is
+        never a candidate on these prompts); a column not in ``models`` is left out.
+        Two tables loaded from different files can list their models in different
+        orders: align them before using one's predictions on the other.
+        """
+        where = {m: j for j, m in enumerate(self.models)}
+        n = len(self)
+
+        def take(M: np.ndarray) -> np.ndarray:
+            out = np.full((n, len(models)), np.nan)
+            for k, m in enumerate(models):
+                if m in where:
+                    out[:, k] = M[:, where[m]]
+            return out
+
+        return RoutingTable(
+            prompt_ids=list(self.prompt_ids), prompts=list(self.prompts), models=list(models),
+            scores=take(self.scores), costs=take(self.costs), tasks=self.tasks, split=self.split,
+            model_cards={m: c for m, c in self.model_cards.items() if m in models}, source=self.source,
+            cost_estimated=self.cost_estimated,
+        )
+
     def to_training_data(self, X: np.ndarray) -> TrainingData:
         """Pair the table with prompt embeddings ``X`` (one row per prompt)."""
         return TrainingData(X=X, scores=self.scores, costs=self.costs, models=list(self.models),
