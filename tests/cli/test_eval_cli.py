@@ -136,3 +136,15 @@ def test_eval_with_test_file_drops_seen_prompts_and_matches_models_by_name(tmp_p
                  "--bootstrap", "0", "--keep-seen", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["n_test"] == 21 and res["test_prompts_seen_in_train_dropped"] == 0
+
+
+def test_eval_on_a_one_model_table_reports_instead_of_crashing(tmp_path):
+    rows = [r for r in _rows(_write_table(tmp_path)) if r["model"] == "big"]
+    src = tmp_path / "one.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "o.json"
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn,best-single", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    q = res["best_single"]["quality"]
+    # no cost range: AIQ is the quality at the one cost there is
+    assert res["single_models_aiq"] == q and res["routers"]["knn"]["aiq"] == q

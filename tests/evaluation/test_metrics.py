@@ -53,3 +53,14 @@ def test_within_task_auc_ignores_the_task_mix():
     Q = np.array([[0.8], [0.2], [0.3], [0.7]])
     assert within_task_auc(Q, S, ["a", "a", "b", "b"]) == 0.5
     assert within_task_auc(Q[:2], S[:2], ["a", "a"]) == 1.0
+
+
+def test_aiq_on_a_range_of_no_width_is_the_quality_at_that_cost():
+    """One model, or every model priced alike: AIQ is the limit of the mean, the hull's quality there."""
+    from turnout.evaluation.metrics import aiq
+
+    pts = np.array([[1.0, 0.4], [1.0, 0.7], [2.0, 0.9]])
+    assert aiq(pts, 1.0, 1.0) == 0.7
+    assert aiq(np.array([[2.0, 0.9]]), 1.0, 1.0) == 0.0  # cannot go that cheap: earns nothing
+    with pytest.raises(ValueError):
+        aiq(pts, 2.0, 1.0)

@@ -7,6 +7,10 @@ counts as 0 quality there (RouterBench: points are needed to cover the
 range; a router that cannot go that cheap earns nothing for it); right of its
 most expensive point the hull stays flat at its max (a router may always spend
 less than the budget). Points outside the range still shape the hull inside it.
+When every single model costs the same (``c_max == c_min``, e.g. one model, or a
+table without cost information priced alike) the range has no width and AIQ is
+the limit of that mean: the hull's quality at that cost (0 if the router
+cannot go that cheap).
 """
 
 from __future__ import annotations
@@ -42,9 +46,12 @@ def hull_quality_at(hull: np.ndarray, cost: float) -> float:
 
 def aiq(points: np.ndarray, c_min: float, c_max: float) -> float:
     """RouterBench's Average Improvement in Quality over ``[c_min, c_max]`` (see the module docstring)."""
-    if c_max <= c_min:
-        raise ValueError("aiq needs c_max > c_min")
+    if c_max < c_min:
+        raise ValueError("aiq needs c_max >= c_min")
     h = nondecreasing_hull(points)
+    if c_max - c_min <= 1e-12 * max(abs(c_max), 1e-300):
+        q = hull_quality_at(h, c_min)
+        return 0.0 if np.isnan(q) else q
     xs = np.linspace(c_min, c_max, 2001)
     xs = np.unique(np.concatenate([xs, h[:, 0][(h[:, 0] > c_min) & (h[:, 0] < c_max)]]))
     ys = np.interp(xs, h[:, 0], h[:, 1])
