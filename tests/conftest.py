@@ -1,8 +1,13 @@
-"""Shared fixtures: where the real data lives, and skipping with a reason when it is absent."""
+"""Shared fixtures: where the real data lives, a real redis-server, and skipping with a reason when one is absent."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,3 +29,72 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared data folder is not beside this checkout)")
     return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, no persistence; :meth:`stop` ends it (idempotent)."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not on PATH (install it: apt-get install -y redis-server)")
+        pytest.importorskip("redis", reason="the redis package is not installed (pip install 'turnout[redis]')")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"redis-server did not start on port {self.port} (exit code {self.proc.poll()})")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the whole session; tests keep apart by writing under their own key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[[], RedisServer]]:
+    """Start a redis-server of the test's own, which the test may stop (Redis going down mid-serve)."""
+    started: list[RedisServer] = []
+
+    def start() -> RedisServer:
+        workdir = tmp_path / f"redis-{len(started)}"
+        workdir.mkdir()
+        server = RedisServer(workdir)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

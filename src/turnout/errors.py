@@ -20,6 +20,7 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   ├── AuthenticationError  missing or wrong API key
     │   ├── PermissionDeniedError the key may not use that model or route
     │   └── BudgetExceededError  the key's USD budget is spent
+    ├── StateError               shared state (counters in Redis) unreachable or failing (names the URL)
     ├── BackendError             one backend failed one attempt
     │   ├── BackendTimeoutError      connect / first-token / total timeout
     │   ├── BackendConnectionError   refused, reset, DNS
@@ -160,6 +161,16 @@ class BudgetExceededError(AuthError):
     kind = "insufficient_quota"
 
 
+class StateError(TurnoutError):
+    """The shared state a request needs (key spend, route budget figures in Redis) could not be read or written.
+
+    Not the client's fault and not a model's: the server answers 503 and the
+    message names the store (its URL) and what to check.
+    """
+
+    kind = "state_unavailable"
+
+
 class BackendError(TurnoutError):
     """One attempt against one backend failed.
 
@@ -265,6 +276,7 @@ __all__ = [
     "PermissionDeniedError",
     "RequestError",
     "RoutingError",
+    "StateError",
     "TurnoutError",
     "UnknownModelError",
     "UnsupportedRequestError",

@@ -1,4 +1,4 @@
-"""RedisCounters against a real redis-server (see conftest.py); skipped with a reason when absent."""
+"""RedisCounters against a real redis-server (tests/conftest.py); skipped with a reason when absent."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from turnout.errors import BudgetExceededError, TurnoutError
+from turnout.errors import BudgetExceededError, StateError
 from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 from turnout.state import Counters, RedisCounters
 
@@ -63,10 +63,24 @@ def test_two_keystores_sharing_redis_see_each_others_spend(redis_url: str, prefi
         a.check_budget(spec)
 
 
-def test_unreachable_redis_raises_a_turnout_error_naming_the_url() -> None:
+def test_unreachable_redis_raises_a_state_error_naming_the_url() -> None:
     pytest.importorskip("redis")
     c = RedisCounters("redis://127.0.0.1:1/0", socket_timeout=0.5)
-    with pytest.raises(TurnoutError, match=r"redis://127\.0\.0\.1:1/0"):
+    with pytest.raises(StateError, match=r"redis://127\.0\.0\.1:1/0"):
         c.ping()
-    with pytest.raises(TurnoutError, match="increment"):
+    with pytest.raises(StateError, match="increment"):
         c.incr("x", 1.0)
+    with pytest.raises(StateError, match="read 'x'.*is redis-server running"):
+        c.get("x")
+
+
+def test_messages_mask_the_password_of_the_url() -> None:
+    pytest.importorskip("redis")
+    c = RedisCounters("redis://app:s3cret@127.0.0.1:1/0", socket_timeout=0.5)
+    with pytest.raises(StateError) as info:
+        c.get("x")
+    assert "s3cret" not in str(info.value) and "redis://app:***@127.0.0.1:1/0" in str(info.value)
+    assert "s3cret" not in repr(c) and c.url == "redis://app:s3cret@127.0.0.1:1/0"
+    with pytest.raises(StateError, match="invalid Redis URL") as info:
+        RedisCounters("http://:hunter2@127.0.0.1/0")
+    assert "hunter2" not in str(info.value)

@@ -2,7 +2,8 @@
 
 Order matters: the first class that matches wins, so subclasses come before
 their bases. A client's mistake (anything under RequestError/AuthError) is a
-4xx; a 500 only ever means a bug in turnout.
+4xx; a 503 means a store turnout depends on (Redis) is down; a 500 only
+ever means a bug in turnout.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from turnout.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
+    StateError,
     TurnoutError,
     UnknownModelError,
 )
@@ -32,6 +34,8 @@ STATUS_TABLE: list[tuple[type[BaseException], int]] = [
     (BudgetExceededError, 429),
     # every candidate excluded by the request's own size or the key's allowed list
     (NoCandidateError, 400),
+    # the shared counters (Redis) are unreachable: the service is unavailable, the request is fine
+    (StateError, 503),
     (BackendTimeoutError, 504),
     (BackendError, 502),
     (AllBackendsFailedError, 502),

@@ -57,7 +57,7 @@ def openapi_schema() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "turnout", "version": "0.1.0", "description": "OpenAI-compatible routing gateway"},
         "paths": {
-            "/v1/chat/completions": _post("chat completion through a route or a model", _CHAT, chat_ok, (400, 401, 403, 404, 413, 429, 502, 504)),
+            "/v1/chat/completions": _post("chat completion through a route or a model", _CHAT, chat_ok, (400, 401, 403, 404, 413, 429, 502, 503, 504)),
             "/v1/route": _post("dry run: the routing decision, calling no model", _CHAT,
                                {"description": "decision", "content": {"application/json": {"schema": {"type": "object"}}}}, (400, 401, 404, 413)),
             "/v1/feedback": _post("attach a score to a logged request",

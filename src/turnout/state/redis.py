@@ -3,13 +3,17 @@
 ``INCRBYFLOAT`` is atomic on the Redis server, so concurrent increments from
 any number of processes never lose an update. The ``redis`` package is an
 optional extra, imported only when a :class:`RedisCounters` is built.
+
+Every Redis failure (refused, timed out, reset, an error reply) is raised as
+:class:`turnout.errors.StateError` naming the URL, which the server answers
+with 503: the store is unavailable, the request itself is fine.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from turnout.errors import MissingDependency, TurnoutError
+from turnout.errors import MissingDependency, StateError
 
 
 def _redis() -> Any:
@@ -20,12 +24,22 @@ def _redis() -> Any:
     return redis
 
 
+def _masked(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (messages reach clients and logs)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 class RedisCounters:
     """:class:`turnout.state.Counters` stored in Redis under ``prefix + key``.
 
     Building one does not connect; the first call (or :meth:`ping`, which a
     server should call at start-up to fail early) does. Redis errors are
-    translated into :class:`turnout.errors.TurnoutError` naming the URL.
+    translated into :class:`turnout.errors.StateError` naming the URL.
+    Messages and ``repr`` show the URL with any password masked.
 
     Example::
 
@@ -37,6 +51,8 @@ class RedisCounters:
     def __init__(self, url: str, *, prefix: str = "turnout:", socket_timeout: float = 2.0) -> None:
         redis = _redis()
         self.url = url
+        #: the URL as messages show it: the password, if any, masked
+        self.shown_url = _masked(url)
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError,)
         try:
@@ -44,16 +60,15 @@ class RedisCounters:
                 url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
             )
         except ValueError as exc:  # a malformed URL
-            raise TurnoutError(
-                f"invalid Redis URL {url!r}: {exc} (fix: use redis://HOST:PORT/DB or rediss://...)"
+            raise StateError(
+                f"invalid Redis URL {self.shown_url!r}: {exc} (fix: use redis://HOST:PORT/DB or rediss://...)"
             ) from exc
 
-    def _fail(self, what: str, exc: BaseException) -> TurnoutError:
-        # TODO(lead): a StateError subclass in turnout.errors would let the server map this to 503
-        return TurnoutError(f"Redis at {self.url} failed to {what}: {exc} (is redis-server running and reachable?)")
+    def _fail(self, what: str, exc: BaseException) -> StateError:
+        return StateError(f"Redis at {self.shown_url} failed to {what}: {exc} (is redis-server running and reachable?)")
 
     def ping(self) -> None:
-        """Check the connection now; raise TurnoutError naming the URL if Redis is unreachable."""
+        """Check the connection now; raise StateError naming the URL if Redis is unreachable."""
         try:
             self._client.ping()
         except self._errors as exc:
@@ -77,7 +92,7 @@ class RedisCounters:
         self._client.close()
 
     def __repr__(self) -> str:
-        return f"RedisCounters({self.url!r}, prefix={self.prefix!r})"
+        return f"RedisCounters({self.shown_url!r}, prefix={self.prefix!r})"
 
 
 __all__ = ["RedisCounters"]
