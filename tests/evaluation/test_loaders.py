@@ -35,6 +35,11 @@ def test_estimated_cost_from_card(tmp_path):
     ([{k: v for k, v in ROW.items() if k != "score"}], "column 'score'"),
     ([{**ROW, "score": 1.5}], "outside [0, 1]"),
     ([ROW, ROW], "duplicate"),
+    ([{**ROW, "prompt": None}], "row 0, column 'prompt': empty prompt"),
+    ([ROW, {**ROW, "prompt_id": "b", "prompt": "  "}], "row 1, column 'prompt': empty prompt"),
+    ([{**ROW, "model": ""}], "column 'model': empty model"),
+    ([ROW, {**ROW, "prompt_id": "b", "score": None}], "row 1, column 'score': missing score"),
+    ([ROW, {**ROW, "model": "m2", "cost_usd": -0.5}], "row 1, column 'cost_usd': cost -0.5"),
 ])
 def test_errors(tmp_path, rows, needle):
     with pytest.raises(DataError, match="t.jsonl") as e:
@@ -65,3 +70,12 @@ def test_dcrouter_parquet_matches_json_train(data_dir):
     ja = [at.models.index(m) for m in b.models]
     assert len(at) == len(b)
     assert np.nanmean(at.scores[:, ja], axis=0) == pytest.approx(np.nanmean(b.scores, axis=0))
+
+
+def test_one_prompt_id_with_two_texts_warns_and_keeps_the_first(tmp_path):
+    from turnout.evaluation.loaders import DataWarning
+
+    p = _write(tmp_path, [ROW, {**ROW, "model": "m2", "prompt": "another text"}])
+    with pytest.warns(DataWarning, match="1 prompt_id.*different prompt texts.*first: a"):
+        t = load_table(p)
+    assert t.prompts == ["hi"] and t.scores.shape == (1, 2)

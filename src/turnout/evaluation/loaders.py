@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ import numpy as np
 
 from turnout.errors import DataError, MissingDependency
 from turnout.evaluation.table import RoutingTable
+
+
+class DataWarning(UserWarning):
+    """A routing table loaded, but with something the user should know (the message says what was done)."""
 
 #: assumed answer length when a table has neither cost nor token counts (documented in docs/eval.md)
 DEFAULT_OUTPUT_TOKENS = 256
@@ -110,11 +115,25 @@ def from_long(df, card: dict[str, dict[str, Any]], *, source: str) -> RoutingTab
                             fix=f"add '{col}' (required: {', '.join(REQUIRED)})")
     if len(df) == 0:
         raise DataError("empty table", file=source, fix="give at least one (prompt, model) row")
+    for col in ("prompt_id", "model", "prompt"):
+        blank = (df[col].isna() | (df[col].astype(str).str.strip() == "")).to_numpy()
+        if blank.any():
+            raise DataError(f"empty {col}", file=source, row=int(np.flatnonzero(blank)[0]), column=col,
+                            fix=f"give every row a {col}" + (" (the text the models saw)" if col == "prompt" else ""))
     score = df["score"].astype(float).to_numpy()
+    if np.isnan(score).any():
+        raise DataError("missing score", file=source, row=int(np.flatnonzero(np.isnan(score))[0]), column="score",
+                        fix="drop the row: a model with no outcome for a prompt is simply not a row")
     bad = np.flatnonzero(~((score >= 0) & (score <= 1)))
     if bad.size:
         raise DataError(f"score {score[bad[0]]} outside [0, 1]", file=source, row=int(bad[0]), column="score",
                         fix="rescale scores to [0, 1]")
+    texts = df.groupby(df["prompt_id"].astype(str), sort=False)["prompt"].nunique()
+    if (texts > 1).any():
+        # real tables have this (14 RouterBench ids carry another text in one model's row): keep the first, say so
+        k = texts.index[int(np.flatnonzero((texts > 1).to_numpy())[0])]
+        warnings.warn(f"{source}: {int((texts > 1).sum())} prompt_id(s) carry different prompt texts in different rows "
+                      f"(first: {k}); the first row's text (and task, split) is used", DataWarning, stacklevel=3)
     dup = df.duplicated(["prompt_id", "model"], keep="first").to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
@@ -153,6 +172,10 @@ def from_long(df, card: dict[str, dict[str, Any]], *, source: str) -> RoutingTab
         i = int(np.flatnonzero(np.isnan(cost))[0])
         raise DataError(f"no cost for model '{df['model'].iloc[i]}'", file=source, row=i, column="cost_usd",
                         fix="add cost_usd, or give the model input_per_mtok/output_per_mtok in models.json")
+    badc = np.flatnonzero(~np.isfinite(cost) | (cost < 0))
+    if badc.size:
+        raise DataError(f"cost {cost[badc[0]]} is not a non-negative number", file=source, row=int(badc[0]),
+                        column="cost_usd", fix="costs are USD per answer, 0 or more")
     C[r, c] = cost
     pick = lambda col: [str(v) for v in df[col].to_numpy()[order]] if col in df.columns else None  # noqa: E731
     return RoutingTable(prompt_ids=ids, prompts=[prompts[i] for i in order], models=models, scores=S, costs=C,
