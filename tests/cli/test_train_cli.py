@@ -148,3 +148,29 @@ def test_gateway_reads_the_artifact(tmp_path, monkeypatch):
     assert route.policy.lam == pytest.approx(lam) and lam > 0
     d = route.decide(ChatRequest(model="auto", messages=[{"role": "user", "content": "hard math proof 3"}]))
     assert d.model in ("cheap", "dear") and d.lam == pytest.approx(lam)
+
+
+def test_train_auto_picks_the_cross_validated_best_and_records_why(tmp_path, capsys):
+    src = make_table(tmp_path / "t.jsonl", n=120)
+    out = tmp_path / "auto.npz"
+    # "cheapest" always answers with the small model; knn can tell hard prompts from easy ones
+    assert main(["train", str(src), "--router", "auto", "--candidates", "cheapest,knn", "--cv-folds", "3",
+                 "--embedder", "hashing", "--out", str(out)]) == 0
+    router, meta = load_router(out)
+    sel = meta["selection"]
+    assert meta["router_name"] == "knn" == router.name
+    assert set(sel["scores"]) == {"cheapest", "knn"} and len(sel["scores"]["knn"]["aiq_folds"]) == 3
+    assert sel["scores"]["knn"]["aiq"] > sel["scores"]["cheapest"]["aiq"]
+    assert "chose knn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--router", "auto", "--param", "k=5"], "--param needs a named router"),
+    (["--router", "knn", "--candidates", "knn,mlp"], "--candidates needs --router auto"),
+    (["--router", "auto", "--candidates", "knn,nope"], "nope"),
+])
+def test_train_auto_rejects_contradictory_flags_before_any_work(tmp_path, argv, needle, capsys):
+    src = make_table(tmp_path / "t.jsonl")
+    code = main(["train", str(src), "--embedder", "hashing", "--out", str(tmp_path / "r.npz"), *argv])
+    assert code != 0 and needle in capsys.readouterr().err
+    assert not (tmp_path / "r.npz").exists()

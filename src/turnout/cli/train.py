@@ -22,7 +22,12 @@ from turnout.errors import DataError, RoutingError
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="fit a router and save the artifact a route points at")
     p.add_argument("table")
-    p.add_argument("--router", required=True, help="router name (see turnout.routing.router_names())")
+    p.add_argument("--router", required=True,
+                   help="router name (see turnout.routing.router_names()), or 'auto': the candidate with the best "
+                        "cross-validated AIQ on the training prompts")
+    p.add_argument("--candidates", help="with --router auto: comma-separated routers to choose among "
+                                        "(default: knn,mlp,mf,bt,graph,profile,ensemble)")
+    p.add_argument("--cv-folds", type=int, default=4, help="with --router auto: cross-validation folds (default 4)")
     p.add_argument("--out", required=True, help="artifact path (.npz)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--models-card", help="models.json with per-model prices (default: beside the table)")
@@ -86,6 +91,26 @@ def train_split(table: Any, test_fraction: float, seed: int) -> tuple[Any, int]:
     return table.subset(np.sort(perm[k:])), k
 
 
+def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
+    """The routers ``--router auto`` chooses among (None for a named router), checked before any work."""
+    from turnout.evaluation.crossval import AUTO_CANDIDATES
+    from turnout.routing.registry import create_router
+
+    if args.router != "auto":
+        if args.candidates:
+            raise RoutingError("--candidates needs --router auto")
+        return None
+    if params:
+        raise RoutingError("--param needs a named router; --router auto uses each candidate's defaults")
+    names = [c for c in (args.candidates.split(",") if args.candidates else AUTO_CANDIDATES) if c]
+    for c in names:
+        if getattr(create_router(c), "evaluation_only", False) or c == "auto":
+            raise RoutingError(f"router '{c}' cannot be a candidate: it cannot be trained for serving")
+    if not names:
+        raise RoutingError("--candidates names no router")
+    return names
+
+
 def run(args: Any) -> int:
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
@@ -101,13 +126,28 @@ def run(args: Any) -> int:
     if not out.parent.exists():
         raise DataError("output folder does not exist", file=str(out.parent), fix="create it first")
     params = parse_params(args.param)
-    router = create_router(args.router, **params)  # fails early on an unknown router or parameter
-    if getattr(router, "evaluation_only", False):
-        raise RoutingError(f"router '{args.router}' reads ground truth at prediction time; it cannot be trained for serving")
+    candidates = _candidates(args, params)
+    name = args.router
+    if candidates is None:
+        router = create_router(name, **params)  # fails early on an unknown router or parameter
+        if getattr(router, "evaluation_only", False):
+            raise RoutingError(f"router '{name}' reads ground truth at prediction time; it cannot be trained for serving")
     table = load_table(args.table, models_card=args.models_card)
     train, n_held = train_split(table, args.test_fraction, args.seed)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     X = np.asarray(emb.embed(train.prompts))
+    selection = None
+    if candidates is not None:
+        from turnout.evaluation.crossval import choose_router, cross_validate
+
+        cv = cross_validate(train, X, candidates, folds=args.cv_folds, seed=args.seed, progress=True)
+        name = choose_router(cv)
+        selection = {"method": f"{args.cv_folds}-fold cross-validated AIQ on the training prompts",
+                     "candidates": candidates, "folds": args.cv_folds, "seed": args.seed, "scores": cv}
+        print(f"cross-validated AIQ ({args.cv_folds} folds): "
+              + ", ".join(f"{r} {cv[r]['aiq']:.4f}" for r in sorted(cv, key=lambda r: -cv[r]["aiq"]))
+              + f"; chose {name}")
+        router = create_router(name)
     router.fit(train.to_training_data(X))
 
     lam, target = 0.0, None
@@ -128,8 +168,9 @@ def run(args: Any) -> int:
         "embedder": args.embedder,
         "models": list(getattr(router, "models", train.models)),
         "table": str(args.table),
-        "router_name": args.router,
+        "router_name": name,
         "router_params": params,
+        "selection": selection,
         "n_train": len(train),
         "n_held_out": n_held,
         "lambda": float(lam),
@@ -141,8 +182,8 @@ def run(args: Any) -> int:
     try:
         save_router(router, out, meta=meta)
     except NotImplementedError as exc:
-        raise RoutingError(f"router '{args.router}' cannot be saved: {exc}") from exc
-    msg = f"trained {args.router} on {len(train)} prompts × {len(train.models)} models; lambda={lam:.6g}; wrote {out}"
+        raise RoutingError(f"router '{name}' cannot be saved: {exc}") from exc
+    msg = f"trained {name} on {len(train)} prompts × {len(train.models)} models; lambda={lam:.6g}; wrote {out}"
     if target is not None:
         msg += (f"\n  on training prompts: mean predicted cost {target['train_mean_predicted_cost']:.6g} USD, "
                 f"true cost {target['train_mean_true_cost']:.6g} USD, quality {target['train_mean_true_quality']:.4g}")

@@ -1,0 +1,94 @@
+"""K-fold cross-validation of routers on one (training) table: choose a router without a test set.
+
+Each fold holds out a seeded share of the prompts, fits every router on the
+rest and sweeps λ on the held-out prompts exactly as ``turnout eval`` does on a
+test split (:func:`turnout.evaluation.runner.sweep`, AIQ over that fold's own
+cost range). A router's score is its mean AIQ over the folds. ``turnout train
+--router auto`` fits the best-scoring candidate on every training prompt.
+
+Example::
+
+    from turnout.evaluation.crossval import cross_validate
+    scores = cross_validate(train, X, ["knn", "mlp", "profile"], folds=4)
+    best = max(scores, key=lambda r: scores[r]["aiq"])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from turnout.errors import DataError
+from turnout.evaluation.runner import baselines, curve_metrics, sweep
+from turnout.evaluation.table import RoutingTable
+from turnout.routing.base import Prediction
+
+#: routers ``turnout train --router auto`` chooses among (every learned router that needs no configuration)
+AUTO_CANDIDATES = ("knn", "mlp", "mf", "bt", "graph", "profile", "ensemble")
+
+
+def fold_indices(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (train rows, held-out rows) pairs over ``n`` prompts: a seeded permutation dealt round-robin."""
+    if folds < 2:
+        raise DataError(f"cross-validation needs 2 or more folds, not {folds}", fix="use e.g. --cv-folds 4")
+    if n < 2 * folds:
+        raise DataError(f"{n} prompts are too few for {folds}-fold cross-validation",
+                        fix=f"give at least {2 * folds} prompts, or name a router instead of 'auto'")
+    perm = np.random.default_rng(seed).permutation(n)
+    out = []
+    for f in range(folds):
+        held = np.sort(perm[f::folds])
+        out.append((np.setdiff1d(np.arange(n), held), held))
+    return out
+
+
+def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, folds: int = 4, seed: int = 0,
+                   router_params: dict[str, dict[str, Any]] | None = None,
+                   progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Per router: ``aiq`` (mean over folds), ``aiq_folds``, ``max_quality`` (mean) on held-out prompts.
+
+    Routers are built with :func:`turnout.routing.registry.create_router` (and
+    ``router_params[name]``); a fold whose held-out prompts span no cost range
+    still scores (AIQ is then the quality at that one cost).
+    """
+    from turnout.routing.registry import create_router
+
+    X = np.asarray(X)
+    splits = fold_indices(len(table), folds, seed)
+    scores: dict[str, list[tuple[float, float]]] = {r: [] for r in routers}
+    bar: Any = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        bar.start()
+        task = bar.add_task("cross-validating", total=len(routers) * folds)
+    try:
+        for f, (tr_rows, held) in enumerate(splits):
+            tr, te = table.subset(tr_rows), table.subset(held)
+            base = baselines(te)
+            avail = ~np.isnan(te.scores)
+            for name in routers:
+                if bar is not None:
+                    bar.update(task, description=f"fold {f + 1}/{folds}: {name}")
+                router = create_router(name, **(router_params or {}).get(name, {}))
+                router.fit(tr.to_training_data(X[tr_rows]))
+                p = router.predict(X[held])
+                p = Prediction(p.models, p.quality, p.cost, available=avail if p.available is None else p.available & avail)
+                m = curve_metrics(sweep(p, te)["curve"], base)
+                scores[name].append((m["aiq"], m["max_quality"]))
+                if bar is not None:
+                    bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    return {name: {"aiq": float(np.mean([a for a, _ in s])), "aiq_folds": [float(a) for a, _ in s],
+                   "max_quality": float(np.mean([q for _, q in s]))} for name, s in scores.items()}
+
+
+def choose_router(scores: dict[str, dict[str, Any]]) -> str:
+    """The router with the highest mean cross-validated AIQ (the first listed on a tie)."""
+    if not scores:
+        raise DataError("no router was cross-validated", fix="name at least one candidate router")
+    return max(scores, key=lambda r: scores[r]["aiq"])

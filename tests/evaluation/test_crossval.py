@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from turnout.errors import DataError
+from turnout.evaluation.crossval import choose_router, cross_validate, fold_indices
+from turnout.evaluation.table import RoutingTable
+
+
+def test_folds_partition_the_prompts_and_are_seeded():
+    splits = fold_indices(23, 4, seed=1)
+    held = np.concatenate([h for _, h in splits])
+    assert sorted(held.tolist()) == list(range(23))  # every prompt held out exactly once
+    for tr, h in splits:
+        assert not set(tr) & set(h) and len(tr) + len(h) == 23
+    assert [h.tolist() for _, h in fold_indices(23, 4, seed=1)] == [h.tolist() for _, h in splits]
+    assert [h.tolist() for _, h in fold_indices(23, 4, seed=2)] != [h.tolist() for _, h in splits]
+
+
+def test_too_few_prompts_or_folds_fail_clearly():
+    with pytest.raises(DataError, match="too few"):
+        fold_indices(5, 4, seed=0)
+    with pytest.raises(DataError, match="2 or more folds"):
+        fold_indices(50, 1, seed=0)
+
+
+def test_cross_validation_prefers_the_router_that_reads_the_prompt():
+    """Prompts of two kinds (one embedding direction each): the cheap model is right on one kind only."""
+    rng = np.random.default_rng(0)
+    n = 160
+    kind = np.arange(n) % 2
+    X = np.c_[kind, 1 - kind, rng.normal(scale=0.05, size=(n, 2))]
+    S = np.c_[(kind == 0) & (rng.random(n) < 0.95), rng.random(n) < 0.9].astype(float)
+    C = np.tile([1.0, 10.0], (n, 1))
+    t = RoutingTable([str(i) for i in range(n)], ["p"] * n, ["cheap", "big"], S, C)
+    scores = cross_validate(t, X, ["best-single", "knn"], folds=4, seed=0)
+    assert scores["knn"]["aiq"] > scores["best-single"]["aiq"] + 0.05
+    assert len(scores["knn"]["aiq_folds"]) == 4 and 0 < scores["knn"]["max_quality"] <= 1
+    assert choose_router(scores) == "knn"
+    assert choose_router({"a": {"aiq": 0.5}, "b": {"aiq": 0.5}}) == "a"  # ties: the first listed
