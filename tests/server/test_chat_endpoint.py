@@ -1,16 +1,20 @@
-"""The raw ASGI chat endpoint's own edges: other methods, bugs, disconnects between slow chunks, big bodies."""
+"""The raw ASGI chat endpoint's own edges: other methods, bugs, disconnects (between slow chunks, or while a
+whole answer is awaited), big bodies."""
 
 from __future__ import annotations
 
 import time
 
 import httpx
+import openai
+import pytest
 from server_helpers import Served, fleet_config
 
-from turnout.backends.base import Backend
+from turnout.backends.base import Backend, Timeouts
 from turnout.gateway import Gateway, ModelTarget
 from turnout.gateway.metrics import Metrics
-from turnout.testing.scripted import ScriptedServer, Step
+from turnout.gateway.requestlog import RequestLog
+from turnout.testing.scripted import ScriptedBackend, ScriptedServer, Step
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -76,6 +80,67 @@ def test_disconnect_while_upstream_is_between_slow_chunks_cancels_it_at_once(ser
         assert row.status == "cancelled" and row.model == "alpha"
     finally:
         up.stop()
+
+
+def test_a_client_that_hangs_up_on_a_non_streamed_request_cancels_the_upstream_call_and_no_fallback_runs(tmp_path) -> None:
+    # alpha would fail after 1.5 s and the chain would then fall back to beta: for nobody, once the client has left
+    alpha = ScriptedBackend("up-alpha", Step(latency=1.5, fault="status", status=503))
+    beta = ScriptedBackend("up-beta", Step(text="too late"))
+    slow = Timeouts(connect=1, first_token=10, total=10)
+    gw = Gateway({"alpha": ModelTarget(name="alpha", backend=alpha, upstream="alpha", fallbacks=["beta"], attempts=1, timeouts=slow),
+                  "beta": ModelTarget(name="beta", backend=beta, upstream="beta", timeouts=slow)},
+                 metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"))
+    with Served(gw) as srv:
+        client = openai.OpenAI(base_url=srv.base_url, api_key="unused", timeout=0.3, max_retries=0)
+        t0 = time.monotonic()
+        with pytest.raises(openai.APITimeoutError):
+            client.chat.completions.create(model="alpha", messages=MSG)  # gives up after 0.3 s and hangs up
+        while time.monotonic() - t0 < 1.2 and 'status="cancelled"' not in httpx.get(srv.root + "/metrics").text:
+            time.sleep(0.02)
+        assert alpha.cancelled == 1, "the upstream call was not cancelled when the client left"
+        assert time.monotonic() - t0 < 1.2  # well before alpha's 1.5 s answer
+        time.sleep(max(0.0, t0 + 2.0 - time.monotonic()))  # past the moment alpha would have failed over
+        assert beta.count == 0 and alpha.count == 1, "a fallback (or a retry) ran after the client had left"
+        metrics = httpx.get(srv.root + "/metrics").text
+        assert 'status="cancelled"' in metrics and "turnout_fallbacks_total{" not in metrics
+        gw.request_log.flush()
+        (row,) = gw.request_log.query(limit=None)
+        assert (row.status, row.error_kind, row.model, row.fallbacks_tried) == ("cancelled", "client_disconnect", "alpha", [])
+        # the endpoint still answers whoever stays
+        ok = httpx.post(srv.base_url + "/chat/completions", json={"model": "beta", "messages": MSG})
+        assert ok.status_code == 200 and ok.headers["x-turnout-model"] == "beta"
+
+
+async def test_a_cancellation_from_outside_still_propagates_through_the_non_streamed_path() -> None:
+    # the server cancelling a request (shutdown) is not a hang-up: the endpoint must not swallow it
+    import asyncio
+    import json
+
+    from turnout.server.chat import ChatEndpoint
+
+    backend = ScriptedBackend("up", Step(latency=30))
+    endpoint = ChatEndpoint(Gateway({"m": ModelTarget(name="m", backend=backend, upstream="m",
+                                                      timeouts=Timeouts(1, 60, 60))}), max_body_bytes=1 << 20)
+    body = json.dumps({"model": "m", "messages": MSG}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    task = asyncio.create_task(endpoint({"type": "http", "headers": []}, receive, send))
+    while not backend.count:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.cancelled == 1 and sent == []
 
 
 def test_a_body_sent_in_many_pieces_is_read_whole_and_limited(serve) -> None:

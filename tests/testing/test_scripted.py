@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -80,6 +81,20 @@ async def test_backend_face_latency_and_slow_respect_timeouts():
     t0 = time.perf_counter()
     await ScriptedBackend("slow", Step(latency=0.1)).complete(req(), model="m")
     assert time.perf_counter() - t0 >= 0.1
+
+
+async def test_backend_face_counts_calls_cancelled_before_they_answered():
+    b = ScriptedBackend("fake", Step(text="a b c", latency=0.05))
+    await b.complete(req(), model="m")
+    assert [c.text async for c in b.stream(req(), model="m")][-1] == ""  # answered in full: not cancelled
+    assert b.cancelled == 0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):  # the caller gives up during the latency
+            await b.complete(req(), model="m")
+    stream = b.stream(req(), model="m")
+    assert (await anext(stream)).text == "a "
+    await stream.aclose()  # the caller leaves mid-stream
+    assert b.cancelled == 2 and b.count == 4
 
 
 def test_server_models_health_and_unknown_route():

@@ -167,7 +167,12 @@ class Gateway:
     async def chat(
         self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None
     ) -> tuple[ChatResponse, Decision, list[Attempt]]:
-        """Answer ``request`` through the fallback chain; raises a TurnoutError subclass on failure."""
+        """Answer ``request`` through the fallback chain; raises a TurnoutError subclass on failure.
+
+        Cancelling the call (the server does when the client hangs up) cancels
+        the backend call in flight and ends the chain there, with no retry and
+        no fallback; the request is logged and counted as ``cancelled``.
+        """
         rec = _Record(self, request, request_id)
         try:
             decision = await rec.begin(api_key)

@@ -221,7 +221,10 @@ class ScriptedBackend(Backend):
     Faults raise what a real backend raises for them: ``status`` →
     BackendStatusError, ``reset`` → BackendConnectionError, ``malformed`` and a
     streamed ``cut`` → BackendProtocolError, ``hang``/long ``latency`` →
-    BackendTimeoutError of the phase that expired. ``requests`` logs every call.
+    BackendTimeoutError of the phase that expired. ``requests`` logs every call;
+    ``cancelled`` counts the calls the caller cancelled (or, for a stream,
+    closed) before they had answered in full, by a timeout of its own or
+    because its client hung up.
     """
 
     protocol = "scripted"
@@ -232,6 +235,7 @@ class ScriptedBackend(Backend):
         self.script = Script.coerce(script)
         self.timeouts = timeouts or Timeouts()
         self.requests: list[RecordedRequest] = []
+        self.cancelled = 0
         self.closed = False
 
     @property
@@ -264,7 +268,11 @@ class ScriptedBackend(Backend):
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         t = timeouts or self.timeouts
         step = self._begin(request, model)
-        await self._wait_first(step, t, model)
+        try:
+            await self._wait_first(step, t, model)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         if step.fault == "cut":
             raise BackendConnectionError("body cut short (scripted)", backend=self.name, model=model)
         usage = step.usage(request.messages)
@@ -273,28 +281,32 @@ class ScriptedBackend(Backend):
     async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         t = timeouts or self.timeouts
         step = self._begin(request, model)
-        started = time.monotonic()
-        await self._wait_first(step, t, model)
-        tokens = step.tokens()
-        if step.fault == "cut":
-            tokens = tokens[: max(1, len(tokens) // 2)]
-        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        for i, tok in enumerate(tokens):
-            if i and step.slow:
-                if time.monotonic() - started + step.slow > t.total:
-                    raise BackendTimeoutError(f"no complete answer within {t.total:g}s", backend=self.name,
-                                              model=model, phase="total")
-                await asyncio.sleep(step.slow)
-            yield StreamChunk(body=chunk_body(cid, model, tok, None), text=tok)
-        if step.fault == "cut":
-            raise BackendProtocolError("stream ended before a finish_reason and without [DONE] (scripted cut)",
-                                       backend=self.name, model=model)
-        for delta in tool_call_deltas(step.tool_calls):
-            yield StreamChunk(body=delta_body(cid, model, delta))
-        usage = step.usage(request.messages)
-        body = chunk_body(cid, model, "", step.finish)
-        body["usage"] = usage.to_dict()
-        yield StreamChunk(body=body, text="", finish_reason=step.finish, usage=usage)
+        try:
+            started = time.monotonic()
+            await self._wait_first(step, t, model)
+            tokens = step.tokens()
+            if step.fault == "cut":
+                tokens = tokens[: max(1, len(tokens) // 2)]
+            cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+            for i, tok in enumerate(tokens):
+                if i and step.slow:
+                    if time.monotonic() - started + step.slow > t.total:
+                        raise BackendTimeoutError(f"no complete answer within {t.total:g}s", backend=self.name,
+                                                  model=model, phase="total")
+                    await asyncio.sleep(step.slow)
+                yield StreamChunk(body=chunk_body(cid, model, tok, None), text=tok)
+            if step.fault == "cut":
+                raise BackendProtocolError("stream ended before a finish_reason and without [DONE] (scripted cut)",
+                                           backend=self.name, model=model)
+            for delta in tool_call_deltas(step.tool_calls):
+                yield StreamChunk(body=delta_body(cid, model, delta))
+            usage = step.usage(request.messages)
+            body = chunk_body(cid, model, "", step.finish)
+            body["usage"] = usage.to_dict()
+            yield StreamChunk(body=body, text="", finish_reason=step.finish, usage=usage)
+        except (asyncio.CancelledError, GeneratorExit):  # the caller left before the end
+            self.cancelled += 1
+            raise
 
     async def aclose(self) -> None:
         self.closed = True
