@@ -81,6 +81,24 @@ def test_missing_env_var_is_named(tmp_path: Path) -> None:
     assert err.key == "keys[0].key_env" and "TEAM_A_KEY" in str(err)
 
 
+def test_state_names_redis_without_writing_its_password(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE), env=ENV).state.redis_url is None  # default: in-process counters
+    ok = load_config(write(tmp_path, {**BASE, "state": {"redis_url": "redis://cache:6379/2", "prefix": "gw:"}}), env=ENV)
+    assert ok.state.redis_url == "redis://cache:6379/2" and ok.state.prefix == "gw:"
+    err = error_of(tmp_path, lambda d: d.update(state={"redis_url": "redis://app:hunter2@cache:6379/0"}))
+    assert err.key == "state.redis_url" and "redis_url_env" in (err.fix or "") and "hunter2" not in str(err)
+    err = error_of(tmp_path, lambda d: d.update(state={"redis_url": "http://cache:6379"}))
+    assert err.key == "state.redis_url" and "redis://" in (err.fix or "")
+    err = error_of(tmp_path, lambda d: d.update(state={"redis_url_env": "TURNOUT_REDIS"}))
+    assert err.key == "state.redis_url_env" and "export TURNOUT_REDIS" in (err.fix or "")
+    assert load_config(write(tmp_path, {**BASE, "state": {"redis_url_env": "TURNOUT_REDIS"}}),
+                       env={**ENV, "TURNOUT_REDIS": "redis://:pw@cache/0"}).state.redis_url_env == "TURNOUT_REDIS"
+    err = error_of(tmp_path, lambda d: d.update(state={"redis_url": "redis://a/0", "redis_url_env": "R"}))
+    assert err.key == "state" and "not both" in str(err)
+    err = error_of(tmp_path, lambda d: d.update(state={"redis": "redis://a/0"}))
+    assert err.key == "state.redis"
+
+
 def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("backends:\n  a: [unclosed\n")

@@ -1,10 +1,14 @@
-"""Route budgets: λ calibrated on the artifact's sample at the fleet's prices, tightened by actual spend."""
+"""Route budgets: λ calibrated on the artifact's sample at the fleet's prices, tightened by actual spend,
+shared by every gateway on one Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 
 from turnout.cli.main import main
 from turnout.config import parse_config, resolve
-from turnout.errors import ConfigError
+from turnout.errors import ConfigError, StateError
 from turnout.gateway import Gateway
 from turnout.gateway.budget import CalibrationSample, RouteBudget, calibration_sample
 from turnout.gateway.requestlog import RequestLog
@@ -181,3 +185,92 @@ def test_a_version_1_request_log_is_migrated_in_place(tmp_path: Path) -> None:
         (row,) = log.query(limit=None)
         assert row.id == "old" and row.lam is None and row.budget is None
     assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0] == 2
+
+
+# -- one route budget shared by several gateways through Redis (real redis-server, tests/conftest.py) --------------
+
+def shared(data: dict, url: str, prefix: str) -> dict:
+    return {**data, "state": {"redis_url": url, "prefix": prefix}}
+
+
+def overspending(gw: Gateway) -> Gateway:
+    # answers far longer than the 256 output tokens priced in: every answer overshoots the target
+    for t in gw.targets.values():
+        t.backend = ScriptedBackend(t.name, Step(text="long answer", prompt_tokens=50, completion_tokens=2000))
+    return gw
+
+
+async def test_spend_through_one_gateway_tightens_lambda_in_another_sharing_redis(tmp_path: Path, redis_url: str) -> None:
+    from turnout.state import RedisCounters
+
+    data = shared(config(knn_artifact(tmp_path), {"target_cost_per_request": 0.004}), redis_url, f"t-{uuid.uuid4().hex[:8]}:")
+    a, b = overspending(build(data)), build(data)
+    ba, bb = a.routes["auto"].budget, b.routes["auto"].budget
+    assert isinstance(bb.counters, RedisCounters) and a.state is ba.counters  # the gateway's one store
+    lam0 = bb.base_lambda
+    assert bb.describe()["requests"] == 0 and lam0 == ba.base_lambda
+    for i in range(30):
+        await a.chat(ChatRequest("auto", [{"role": "user", "content": f"question {i}"}]))
+    assert ba.lam() > lam0
+    # b answered nothing and has read nothing yet: its first decision reads a's answers back
+    d = await b.route(ChatRequest("auto", [{"role": "user", "content": "hello"}]))
+    mean = ba.describe()["running_mean_cost"]
+    assert d.budget["requests"] == 30 and d.budget["running_mean_cost"] == pytest.approx(mean)
+    # b tightens at once for the overshoot it reads; a, which tightened step by step as it went, is at least as tight
+    assert d.budget["tightened"] and d.budget["adjusted_target"] == pytest.approx(0.004 / (mean / 0.004))
+    assert lam0 < d.lam <= ba.lam()
+    # and b's answers count for a: one total, steered from both sides
+    overspending(b)
+    await b.chat(ChatRequest("auto", [{"role": "user", "content": "one more"}]))
+    await a.chat(ChatRequest("auto", [{"role": "user", "content": "and one more"}]))
+    assert ba.describe()["requests"] == 32 and bb.describe()["requests"] == 31  # b sees a's last at its next read
+    await a.aclose()
+    await b.aclose()
+
+
+def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_path: Path, redis_url: str) -> None:
+    from turnout.state import RedisCounters
+
+    gw = build(config(knn_artifact(tmp_path), {"target_share": {"frontier": 0.1}}))
+    pred, prefix = gw.routes["auto"].budget.pred, f"t-{uuid.uuid4().hex[:8]}:"
+    a, b = (RouteBudget.calibrate(pred, target_share={"frontier": 0.1}, route="auto", refresh_s=0.3,
+                                  counters=RedisCounters(redis_url, prefix=prefix)) for _ in range(2))
+    lam0 = b.base_lambda
+    for _ in range(10):
+        a.observe("frontier", 0.01)  # a alone: 10 of 10 to frontier, but still warming up
+    assert a.lam() == lam0
+    for _ in range(10):
+        b.observe("local", 0.0001)  # b's first answer reads a's frontier answers back
+    d = b.describe()
+    assert d["requests"] == 20 and d["running_share"] == {"frontier": 0.5} and d["tightened"] and b.lam() > lam0
+    a.observe("frontier", 0.01)  # a's own write returns the shared totals at once
+    assert a.describe()["requests"] == 21 and a.describe()["running_share"]["frontier"] == pytest.approx(11 / 21)
+    # b read back moments ago: a's new answer shows in b only once b's figures are refresh_s old
+    b.lam()
+    assert b.describe()["requests"] == 20
+    time.sleep(0.35)
+    b.lam()
+    assert b.describe()["requests"] == 21
+    asyncio.run(gw.aclose())
+
+
+async def test_redis_down_keeps_the_budget_figures_and_still_serves_the_answer(tmp_path: Path, private_redis) -> None:
+    redis = private_redis()
+    gw = overspending(build(shared(config(knn_artifact(tmp_path), {"target_cost_per_request": 0.004}), redis.url, "t:")))
+    await gw.start()  # reaches Redis: a gateway whose Redis is down does not start (below)
+    budget = gw.routes["auto"].budget
+    for i in range(25):
+        await gw.chat(ChatRequest("auto", [{"role": "user", "content": f"q {i}"}]))
+    lam = budget.lam()
+    assert lam > budget.base_lambda and budget.describe()["requests"] == 25
+    redis.stop()
+    await asyncio.sleep(budget.refresh_s)  # so that the next decision reads the totals back, and fails to
+    resp, decision, _ = await gw.chat(ChatRequest("auto", [{"role": "user", "content": "still there?"}]))
+    assert resp.content == "long answer" and decision.lam == lam  # figures read before; the answer is served
+    assert budget.describe()["requests"] == 25
+    assert 'turnout_errors_total{kind="state_unavailable"} 1.0' in gw.metrics.render()[0].decode()
+    await gw.aclose()
+    down = build(shared(config(knn_artifact(tmp_path), None), redis.url, "t:"))
+    with pytest.raises(StateError, match=re.escape(redis.url)):
+        await down.start()
+    await down.aclose()

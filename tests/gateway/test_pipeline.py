@@ -135,3 +135,21 @@ def test_from_config_builds_parts_and_refuses_uncalibrated_budget() -> None:
     with pytest.raises(ConfigError) as info:
         Gateway.from_config(resolve(parse_config(data)))
     assert info.value.key == "routes.auto.budget" and "lambda" in (info.value.fix or "")
+
+
+def test_from_config_gives_the_key_store_and_the_budgets_one_store_of_counters() -> None:
+    pytest.importorskip("redis")
+    from turnout.config import parse_config, resolve
+    from turnout.gateway.keys import hash_key
+    from turnout.state import InMemoryCounters, RedisCounters
+
+    data = {"server": {"request_log": None},
+            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"a": {"backend": "up"}},
+            "keys": [{"name": "k", "key_sha256": hash_key("sk-k"), "budget_usd": 1.0}]}
+    local = Gateway.from_config(resolve(parse_config(data)))
+    assert isinstance(local.state, InMemoryCounters) and local.keys.counters is local.state
+    asyncio.run(local.aclose())
+    shared = Gateway.from_config(resolve(parse_config({**data, "state": {"redis_url": "redis://127.0.0.1:1/0", "prefix": "x:"}})))
+    assert isinstance(shared.state, RedisCounters) and shared.keys.counters is shared.state and shared.state.prefix == "x:"
+    asyncio.run(shared.aclose())  # nothing connected yet: building reaches no Redis

@@ -3,8 +3,8 @@
 Phase 1 (:func:`parse_config`) turns YAML into :class:`TurnoutConfig`; pydantic
 rejects unknown keys and wrong types. Phase 2 (:func:`resolve`) checks what
 pydantic cannot see: that routes name existing models, models name existing
-backends, keys name existing routes or models, environment variables are set
-and router artifacts exist. Both phases raise only
+backends, keys name existing routes or models, environment variables are set,
+router artifacts exist and a Redis URL carries no password. Both phases raise only
 :class:`turnout.errors.ConfigError`, naming the file, the key path
 (``routes.auto.fallbacks[1]``) and the fix, with a did-you-mean for typos.
 Nothing here binds a port or starts a process: the server calls this first.
@@ -24,6 +24,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -34,6 +35,8 @@ from turnout.routing.registry import router_names
 
 #: names a ``protocol: llamacpp`` backend may give as ``model`` instead of a GGUF path
 BUILTIN_LOCAL_MODELS = ("smollm2", "gemma3-270m")
+#: what ``state.redis_url`` may start with (redis-py's URL schemes)
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 # Keys whose value would be a secret written in clear. Checked before pydantic so
 # the message says *why* and how to fix it, rather than "extra field".
@@ -270,6 +273,17 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
         for j, a in enumerate(k.allowed or []):
             if a not in cfg.routes and a not in cfg.models:
                 raise err(f"'{a}' is neither a route nor a model", f"{where}.allowed[{j}]", _fix_for(a, [*cfg.routes, *cfg.models], "routes and models"))
+
+    st = cfg.state
+    if st.redis_url_env is not None and st.redis_url_env not in env:
+        raise err(f"environment variable '{st.redis_url_env}' is not set", "state.redis_url_env",
+                  f"export {st.redis_url_env}=redis://HOST:6379/0 before starting turnout")
+    if st.redis_url is not None:
+        if urlsplit(st.redis_url).password:  # checked first: no message may repeat the password
+            raise err("secrets may not be written in the config file (this URL carries a password)", "state.redis_url",
+                      "put the URL in an environment variable and write 'redis_url_env: MY_VAR' instead")
+        if not st.redis_url.startswith(_REDIS_SCHEMES):
+            raise err(f"'{st.redis_url}' is not a Redis URL", "state.redis_url", "write redis://HOST:6379/0 (or rediss://, unix://)")
 
     if cfg.server.request_log is not None:
         parent = Path(cfg.server.request_log).expanduser().resolve().parent

@@ -174,6 +174,25 @@ class KeySettings(_Strict):
         return self
 
 
+class StateSettings(_Strict):
+    """Where the shared counters live: API keys' spend and route budgets' running figures.
+
+    Neither URL: in the process (one gateway). ``redis_url`` (no password in
+    it) or ``redis_url_env`` (the variable holding the URL, password and all):
+    in Redis, shared by every gateway replica pointed at it, under ``prefix``.
+    """
+
+    redis_url: str | None = None
+    redis_url_env: str | None = None
+    prefix: str = Field("turnout:", min_length=1)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> StateSettings:
+        if self.redis_url is not None and self.redis_url_env is not None:
+            raise ValueError("give redis_url or redis_url_env, not both")
+        return self
+
+
 class TurnoutConfig(_Strict):
     """The whole ``turnout.yaml``. ``keys`` absent means an open server (no auth)."""
 
@@ -182,6 +201,7 @@ class TurnoutConfig(_Strict):
     models: dict[str, ModelSettings]
     routes: dict[str, RouteSettings] = {}
     keys: list[KeySettings] | None = None
+    state: StateSettings = StateSettings()
     # where this config came from (a path, or "<embedded default>"); set by the loader
     _source: str = PrivateAttr("<memory>")
 
@@ -202,6 +222,7 @@ __all__ = [
     "RouteSettings",
     "RouterSettings",
     "ServerSettings",
+    "StateSettings",
     "TimeoutSettings",
     "TurnoutConfig",
 ]

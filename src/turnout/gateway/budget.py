@@ -23,8 +23,31 @@ answered request (and each model's share of them). Once ``warmup`` answers
 are in and the running figure is above target by a factor ``r``, the target
 the sample is calibrated against is lowered to ``target / r``, so λ rises
 until the actual spend comes back under target. It only tightens: λ never
-drops below the start-up value. The figures are this process's; replicas
-behind a load balancer each steer their own share of the traffic.
+drops below the start-up value.
+
+**One route, many replicas.** The running totals live in a
+:class:`turnout.state.Counters` (the gateway's: in-process by default, Redis
+when ``state`` names one), under ``budget:<route>:requests``,
+``budget:<route>:spend_usd`` and ``budget:<route>:answers:<model>`` (models with
+a target share only). Every answer is written at once: one increment for the
+count, one for the spend, one for its model's share, and the increments
+return the new totals, so the answering replica steers on fresh figures. What
+the *other* replicas wrote is read back at most every ``refresh_s`` (0.5 s by
+default): a decision that finds its figures older than that reads the totals
+(two or three GETs, on the offload thread the decision already runs on), and
+so does an answer of a share-targeted route for the other models' shares.
+Replicas sharing a Redis therefore steer one route budget together, each a
+fraction of a second behind the others at most. Each derives λ from the shared
+totals itself, and each one's λ only tightens: a replica started later starts
+at the start-up λ and tightens at once for the overshoot it reads, while one
+that has watched the figures longer may hold a slightly tighter λ, set by a
+larger overshoot earlier on. In-process counters see every write as it is
+made and are never read back. Totals in Redis outlive restarts, like keys'
+spend: delete the ``budget:<route>:*`` keys to start a route's figures afresh.
+A read that fails keeps the figures read before (logged, tried again
+``refresh_s`` later); a write that fails raises
+:class:`~turnout.errors.StateError` to the caller (the gateway logs and counts
+it and still serves the answer).
 
 Every decision carries the λ in force and :meth:`RouteBudget.describe` (target,
 start-up λ, running mean, adjusted target), so the ``/v1/route`` dry run and
@@ -33,18 +56,23 @@ the request log show why a request was routed where it was.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from turnout.errors import RoutingError
+from turnout.errors import RoutingError, StateError
 from turnout.gateway.routes import EXPECTED_OUTPUT_TOKENS, Price
 from turnout.routing.base import Prediction, Router
 from turnout.routing.policy import calibrate_lambda, choose, estimate_tokens, lambda_grid
+from turnout.state.counters import Counters, InMemoryCounters
+
+log = logging.getLogger(__name__)
 
 #: at most this many training prompts are kept as the calibration sample (a few hundred KB of JSON)
 CALIBRATION_PROMPTS = 2000
@@ -52,6 +80,8 @@ CALIBRATION_PROMPTS = 2000
 WARMUP_REQUESTS = 20
 #: λ values scanned when tightening (plus the start-up λ itself)
 _GRID = 200
+#: seconds a route budget's figures may lag what other replicas wrote to shared counters
+REFRESH_S = 0.5
 
 
 def calibration_sample(router: Router, X: np.ndarray, prompts: Sequence[str], *, seed: int = 0,
@@ -127,7 +157,11 @@ class RouteBudget:
 
     Build it with :meth:`calibrate`. :meth:`lam` is read by every decision
     (on the offload threads); :meth:`observe` is called once per answered
-    request of the route, with its actual cost (on the event loop).
+    request of the route, with its actual cost (on the event loop when
+    ``counters`` are in-process, on the offload pool when they are shared).
+    ``counters`` hold the running totals under ``budget:<route>:...`` (default:
+    a fresh in-memory one); budgets of one route on several gateways sharing a
+    Redis see each other's answers, read back at most every ``refresh_s``.
 
     Example::
 
@@ -138,7 +172,8 @@ class RouteBudget:
     """
 
     def __init__(self, pred: Prediction, *, target_cost: float | None = None,
-                 target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS) -> None:
+                 target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
+                 counters: Counters | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> None:
         if (target_cost is None) == (not target_share):
             raise RoutingError("a budget needs exactly one of target_cost or target_share")
         self.pred = pred
@@ -156,15 +191,25 @@ class RouteBudget:
         self._lock = threading.Lock()
         self._lam = self.base_lambda
         self._adjust = 1.0
+        self.route = route
+        self.counters: Counters = counters if counters is not None else InMemoryCounters()
+        self.refresh_s = refresh_s
+        # in-process counters see every write as it is made: nothing to read back
+        self._shared = not getattr(self.counters, "in_process", False)
+        self._key = f"budget:{route}:"
+        self._read_at = -math.inf  # monotonic time of the last read-back of the totals
+        # the running totals as last written or read: answered requests, their spend, each target model's answers
         self.requests = 0
         self.spend_usd = 0.0
-        self._counts = dict.fromkeys(pred.models, 0)
+        self._counts = dict.fromkeys(self.target_share, 0)
 
     @classmethod
     def calibrate(cls, pred: Prediction, *, target_cost: float | None = None,
-                  target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS) -> RouteBudget:
+                  target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
+                  counters: Counters | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> RouteBudget:
         """Calibrate λ on ``pred`` (the fleet-priced calibration sample); RoutingError when the target is unreachable."""
-        return cls(pred, target_cost=target_cost, target_share=target_share, warmup=warmup)
+        return cls(pred, target_cost=target_cost, target_share=target_share, warmup=warmup,
+                   counters=counters, route=route, refresh_s=refresh_s)
 
     # -- start-up -------------------------------------------------------------
     def _targets(self, adjust: float) -> list[float]:
@@ -191,17 +236,56 @@ class RouteBudget:
 
     # -- run time -------------------------------------------------------------
     def lam(self) -> float:
-        """The λ in force now."""
+        """The λ in force now (with shared counters, first reading back the totals if they are older than ``refresh_s``)."""
+        if self._shared and self._stale():
+            self._read_back()
         return self._lam
 
     def observe(self, model: str, cost_usd: float) -> None:
-        """Account one answered request of the route (its fleet model and actual cost); may tighten λ."""
+        """Account one answered request of the route (its fleet model and actual cost); may tighten λ.
+
+        Two or three increments of the counters; with shared ones, a network
+        round trip each (call it off the event loop). Raises
+        :class:`~turnout.errors.StateError` when they fail, leaving the totals
+        short of this answer (or of part of it).
+        """
+        c, k = self.counters, self._key
+        requests = c.incr(k + "requests", 1.0)
+        spend = c.incr(k + "spend_usd", cost_usd)
+        counts = {model: c.incr(k + "answers:" + model, 1.0)} if model in self._counts else {}
+        if self._shared and self._counts and self._stale():
+            # the other target models' answers, which other replicas may have added to
+            self._read_at = time.monotonic()
+            counts = {m: counts[m] if m in counts else c.get(k + "answers:" + m) for m in self._counts}
+        self._apply(requests, spend, counts)
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._read_at >= self.refresh_s
+
+    def _read_back(self) -> None:
+        # marked first, so that the decisions running meanwhile on other threads do not read too
+        self._read_at = time.monotonic()
+        c, k = self.counters, self._key
+        try:
+            requests, spend = c.get(k + "requests"), c.get(k + "spend_usd")
+            counts = {m: c.get(k + "answers:" + m) for m in self._counts}
+        except StateError as exc:
+            # a soft signal: decide on the figures read before rather than fail the request. The next try waits
+            # refresh_s from now, not from the start of this one (a timeout may have taken seconds).
+            self._read_at = time.monotonic()
+            log.warning("route %r budget: keeping the running figures read before: %s", self.route, exc)
+            return
+        self._apply(requests, spend, counts)
+
+    def _apply(self, requests: float, spend: float, counts: Mapping[str, float]) -> None:
         with self._lock:
-            self.requests += 1
-            self.spend_usd += cost_usd
-            if model in self._counts:
-                self._counts[model] += 1
-            if self.requests < self.warmup:
+            n = round(requests)
+            if n < self.requests:
+                return  # an older snapshot than one already applied (two threads writing or reading at once)
+            self.requests, self.spend_usd = n, spend
+            for m, v in counts.items():
+                self._counts[m] = round(v)
+            if n < self.warmup:
                 return
             over = self._overshoot()
             # the target the sample is aimed at only ever goes down (λ only up), in proportion to the overshoot;
@@ -250,4 +334,4 @@ class RouteBudget:
         return line
 
 
-__all__ = ["CALIBRATION_PROMPTS", "WARMUP_REQUESTS", "CalibrationSample", "RouteBudget", "calibration_sample"]
+__all__ = ["CALIBRATION_PROMPTS", "REFRESH_S", "WARMUP_REQUESTS", "CalibrationSample", "RouteBudget", "calibration_sample"]

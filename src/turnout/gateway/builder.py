@@ -5,7 +5,9 @@ imported here, lazily, so that importing the gateway stays cheap. Errors that
 only show when a part is built (a router parameter it does not accept, an
 unreadable artifact) are re-raised as :class:`ConfigError` naming the key.
 ``protocol: llamacpp`` backends are *described* here and started by
-:meth:`Gateway.start` (the server's lifespan), never at build time.
+:meth:`Gateway.start` (the server's lifespan), never at build time; likewise
+the shared counters (``state``) are built here and first reached (a PING) by
+:meth:`Gateway.start`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from turnout.backends.base import Timeouts
 from turnout.config.schema import BackendSettings, TurnoutConfig
-from turnout.errors import ConfigError, RoutingError, TurnoutError
+from turnout.errors import ConfigError, RoutingError, StateError, TurnoutError
 from turnout.gateway.offload import Offloader
 from turnout.gateway.pipeline import Gateway, ModelTarget
 from turnout.gateway.reliability import Backoff, CircuitBreaker
@@ -61,8 +63,25 @@ def _serving_embedder(name: str) -> Any:
     return MemoryCachedEmbedder(inner) if builtin_registry().get(name).worth_caching else inner
 
 
+def _counters(cfg: TurnoutConfig) -> Any:
+    """The shared counters of ``cfg.state``: in-process, or a RedisCounters (not connected yet)."""
+    st = cfg.state
+    if st.redis_url is None and st.redis_url_env is None:
+        from turnout.state.counters import InMemoryCounters
+
+        return InMemoryCounters()
+    from turnout.state.redis import RedisCounters
+
+    key = "state.redis_url" if st.redis_url is not None else "state.redis_url_env"
+    try:
+        return RedisCounters(st.redis_url or os.environ[st.redis_url_env or ""], prefix=st.prefix)
+    except StateError as exc:  # a malformed URL
+        raise ConfigError(str(exc), file=cfg.source, key=key, fix="use redis://HOST:PORT/DB, rediss://... or unix://PATH") from exc
+
+
 def build_gateway(cfg: TurnoutConfig) -> Gateway:
-    """Every backend, model target, route, metrics, request log and key store of ``cfg``."""
+    """Every backend, model target, route, metrics, request log, key store and shared counters of ``cfg``."""
+    counters = _counters(cfg)
     children: list[Any] = []
     backends = {}
     for name, b in cfg.backends.items():
@@ -80,7 +99,7 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
             attempts=b.retries.attempts, backoff=Backoff(b.retries.backoff_s, b.retries.max_backoff_s),
             breaker=CircuitBreaker(b.cooldown.failures, b.cooldown.seconds),
         )
-    routes = {name: _route(cfg, name, targets) for name in cfg.routes}
+    routes = {name: _route(cfg, name, targets, counters) for name in cfg.routes}
 
     metrics = None
     if cfg.server.metrics:
@@ -88,7 +107,7 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
 
         metrics = Metrics()
     request_log = None
-    on_close: list[Any] = []
+    on_close: list[Any] = [counters.close] if hasattr(counters, "close") else []
     if cfg.server.request_log is not None:
         from turnout.gateway.requestlog import RequestLog
 
@@ -100,13 +119,14 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
 
         keys = KeyStore([
             KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed) for k in cfg.keys
-        ])
-    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=Offloader(), on_close=on_close)
+        ], counters)
+    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=Offloader(),
+                 state=counters, on_close=on_close)
     gw.children = children
     return gw
 
 
-def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> RouteRuntime:
+def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], counters: Any) -> RouteRuntime:
     from turnout.routing.policy import Policy
     from turnout.routing.registry import create_router
 
@@ -128,7 +148,7 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> Ro
     cmap = r.candidate_map
     windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
     prices = {m: targets[m].price for m in cmap.values()}
-    budget = _budget(cfg, name, meta, cmap, prices, windows) if r.budget is not None else None
+    budget = _budget(cfg, name, meta, cmap, prices, windows, counters) if r.budget is not None else None
     embedder = _serving_embedder(r.embedder) if r.embedder is not None else None
     policy = Policy(lam=budget.base_lambda if budget is not None else (lam or 0.0), context_windows=windows)
     return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap, prices=prices,
@@ -136,8 +156,9 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget]) -> Ro
 
 
 def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str, str], prices: dict[str, Price],
-            windows: dict[str, int | None]) -> Any:
-    """The route's budget calibrated on its artifact's sample at the fleet's prices (see gateway/budget.py)."""
+            windows: dict[str, int | None], counters: Any) -> Any:
+    """The route's budget calibrated on its artifact's sample at the fleet's prices, its running figures in ``counters``
+    (see gateway/budget.py)."""
     from turnout.gateway.budget import CalibrationSample, RouteBudget
 
     r = cfg.routes[name]
@@ -154,7 +175,7 @@ def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str,
                     "or give 'lambda:' instead of 'budget:'",
             )
         return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=r.budget.target_cost_per_request,
-                                     target_share=r.budget.target_share)
+                                     target_share=r.budget.target_share, counters=counters, route=name)
     except RoutingError as exc:
         raise ConfigError(f"the budget cannot be met: {exc}", file=cfg.source, key=key,
                           fix="raise the target, or add cheaper candidates") from exc

@@ -26,8 +26,8 @@ class Offloader:
         off.close()
     """
 
-    def __init__(self, max_workers: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="turnout-offload")
+    def __init__(self, max_workers: int = 2, *, name: str = "turnout-offload") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
 
     async def run(self, fn: Callable[..., T], /, *args: object) -> T:
         """Run ``fn(*args)`` in the pool; cancellation of the caller does not kill the thread."""

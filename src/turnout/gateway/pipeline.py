@@ -8,6 +8,14 @@ Flow of one request::
                  jittered backoff, connect / first-token / total timeouts
               -> cost = usage x price -> key spend, route budget, metrics, request log
 
+**Shared state.** Key spend and route budgets' running figures live in
+:class:`turnout.state.Counters`. In-process ones are called inline; remote
+ones (Redis) are called on a small pool of their own, so a round trip never
+stalls the event loop nor queues behind routing work on the offload pool. A
+key-budget check that cannot reach them fails the request with
+:class:`~turnout.errors.StateError` (503); a route-budget write that fails
+after an answer is logged and counted, and the answer is still served.
+
 **Streaming commit rule.** :meth:`Gateway.chat_stream` returns only once a
 backend has produced its first chunk. Any failure *before* that (timeout,
 reset, 5xx, a stream cut before its first event, garbage) falls back to the
@@ -26,17 +34,30 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from turnout.errors import BackendError, BackendProtocolError, BackendTimeoutError, TurnoutError, UnknownModelError
+from turnout.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeoutError,
+    StateError,
+    TurnoutError,
+    UnknownModelError,
+)
 from turnout.gateway.chain import Attempt, Chain, ModelTarget
 from turnout.gateway.offload import Offloader
 from turnout.gateway.routes import RouteRuntime
 from turnout.routing.policy import estimate_tokens
 from turnout.types import ChatRequest, ChatResponse, Decision, StreamChunk, Usage
+
+log = logging.getLogger(__name__)
+
+#: threads for calls to remote counters (network waits, not CPU: more than the offload pool's two)
+STATE_THREADS = 8
 
 
 class _Metrics(Protocol):
@@ -79,6 +100,7 @@ class Gateway:
         keys: Any | None = None,
         offloader: Offloader | None = None,
         status_for: Callable[[BaseException | None], int] | None = None,
+        state: Any | None = None,
         on_close: list[Callable[[], Any]] | None = None,
     ) -> None:
         self.targets = dict(models)
@@ -87,6 +109,9 @@ class Gateway:
         self.request_log = request_log
         self.keys = keys
         self.offloader = offloader or Offloader()
+        #: the shared counters the key store and route budgets were built with (from config); :meth:`start` pings them
+        self.state = state
+        self._state_pool: Offloader | None = None  # for remote counters, made on first use
         #: the server's error table, so that logged rows carry the HTTP status the client saw
         self.status_for = status_for
         self._on_close = list(on_close or [])
@@ -98,13 +123,25 @@ class Gateway:
         self._usable: dict[str, frozenset[str]] = {}  # key name -> models it may be answered by
 
     async def start(self) -> None:
-        """Start owned child processes (llama.cpp servers), load the routes' embedders, then report ready."""
+        """Reach the shared counters, start owned child processes (llama.cpp servers), load the routes' embedders,
+        then report ready. Unreachable counters (Redis down) raise StateError here, before any port serves."""
+        ping = getattr(self.state, "ping", None)
+        if ping is not None:
+            await self.offloader.run(ping)
         for child in self.children:
             await child.astart()
         for rt in self.routes.values():
             # loading MiniLM takes ~0.5 s (seconds more for its one-time ONNX export): not on a request
             await self.offloader.run(rt.warm_up)
         self.ready = True
+
+    async def call_state(self, owner: Any, fn: Callable[..., Any], /, *args: Any) -> Any:
+        """``fn(*args)``, which uses ``owner.counters``: inline when those are in-process, else on the state pool."""
+        if getattr(getattr(owner, "counters", None), "in_process", False):
+            return await _maybe_await(fn(*args))
+        if self._state_pool is None:
+            self._state_pool = Offloader(max_workers=STATE_THREADS, name="turnout-state")
+        return await _maybe_await(await self._state_pool.run(fn, *args))
 
     @classmethod
     def from_config(cls, cfg: Any) -> Gateway:
@@ -267,6 +304,8 @@ class Gateway:
                 seen.add(id(t.backend))
                 await t.backend.aclose()
         self.offloader.close()
+        if self._state_pool is not None:
+            self._state_pool.close()
         for child in self.children:
             await child.astop()
         for fn in self._on_close:
@@ -386,7 +425,7 @@ class _Record:
             self.key = await _maybe_await(gw.keys.authenticate(api_key))
             # Asking for an allowed route accepts its candidates; other fallbacks the chain skips (usable_models).
             await _maybe_await(gw.keys.authorize(self.key, self.request.model))
-            await _maybe_await(gw.keys.check_budget(self.key))
+            await gw.call_state(gw.keys, gw.keys.check_budget, self.key)
         self.decision = await gw.route(self.request)
         self.model = self.decision.model
         return self.decision
@@ -394,13 +433,20 @@ class _Record:
     async def finish(self, usage: Usage, text: str | None) -> None:
         target = self.gw.targets[self.model]
         cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
+        gw = self.gw
         if self.key is not None and cost:
-            await _maybe_await(self.gw.keys.record_spend(self.key, cost))
+            await gw.call_state(gw.keys, gw.keys.record_spend, self.key, cost)
         d = self.decision
         if d is not None and d.router != "passthrough":
-            rt = self.gw.routes.get(d.route)
+            rt = gw.routes.get(d.route)
             if rt is not None and rt.budget is not None:
-                rt.budget.observe(self.model, cost)  # the route's actual spend steers its λ
+                try:
+                    await gw.call_state(rt.budget, rt.budget.observe, self.model, cost)  # actual spend steers λ
+                except StateError as exc:
+                    # the answer exists and is paid for; only the route's steering misses it
+                    log.warning("request %s: route %r budget not updated: %s", self.request_id, d.route, exc)
+                    if gw.metrics is not None:
+                        gw.metrics.inc_error(exc.kind)
         self.response_text = text
         self._write("ok", None, usage, cost)
 

@@ -2,14 +2,17 @@
 
 A :class:`Counters` is a map from string keys to floats that can only be
 incremented. The gateway keeps per-key spend in one (see
-``turnout.gateway.keys``). One process uses :class:`InMemoryCounters`; several
-gateway replicas behind a load balancer share a
-:class:`turnout.state.redis.RedisCounters` so that a key's budget holds across
-all of them.
+``turnout.gateway.keys``) and the running figures of route budgets
+(``turnout.gateway.budget``). One process uses :class:`InMemoryCounters`;
+several gateway replicas behind a load balancer share a
+:class:`turnout.state.redis.RedisCounters` so that a key's budget, and a
+route's budget, hold across all of them.
 
 Both calls are synchronous. The in-memory one takes a few hundred nanoseconds;
 the Redis one is a network round trip (~0.1-0.5 ms on loopback), so async
-callers should run it through the gateway's offload helper.
+callers should run it through the gateway's offload helper. An implementation
+says which it is with a class attribute ``in_process`` (True: no I/O, call it
+inline); the gateway treats counters without one as remote.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class InMemoryCounters:
     The default: right for a single gateway process. Totals are lost on
     restart; use :class:`turnout.state.redis.RedisCounters` to share or keep them.
     """
+
+    #: no I/O: callers on the event loop may call it inline
+    in_process = True
 
     def __init__(self) -> None:
         self._values: dict[str, float] = {}

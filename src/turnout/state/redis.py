@@ -39,7 +39,9 @@ class RedisCounters:
     Building one does not connect; the first call (or :meth:`ping`, which a
     server should call at start-up to fail early) does. Redis errors are
     translated into :class:`turnout.errors.StateError` naming the URL.
-    Messages and ``repr`` show the URL with any password masked.
+    Messages and ``repr`` show the URL with any password masked. Every call is
+    a network round trip (``in_process`` is False): the gateway makes them off
+    the event loop.
 
     Example::
 
@@ -47,6 +49,9 @@ class RedisCounters:
         counters.ping()
         counters.incr("spend:alice", 0.002)
     """
+
+    #: every call leaves the process (see :mod:`turnout.state.counters`)
+    in_process = False
 
     def __init__(self, url: str, *, prefix: str = "turnout:", socket_timeout: float = 2.0) -> None:
         redis = _redis()
