@@ -11,6 +11,7 @@ from turnout.errors import StateError
 from turnout.gateway import Gateway, ModelTarget
 from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 from turnout.gateway.metrics import Metrics
+from turnout.gateway.routes import Price
 from turnout.server.errors import status_for
 from turnout.state import RedisCounters
 from turnout.testing.scripted import ScriptedBackend, Step
@@ -62,3 +63,31 @@ def test_an_unreachable_redis_from_the_start_is_a_503_and_the_table_says_so() ->
     finally:
         srv.__exit__()
     assert status_for(StateError("x")) == 503
+
+
+class _SpendNotRecorded:
+    """Counters whose reads work but whose writes fail: the store went away after the budget check."""
+
+    in_process = True
+
+    def get(self, key: str) -> float:
+        return 0.0
+
+    def incr(self, key: str, amount: float) -> float:
+        raise StateError("redis://example:6379/0: connection refused (is redis-server running?)")
+
+
+def test_an_answer_whose_spend_cannot_be_recorded_is_still_served() -> None:
+    """The model has answered and been paid: losing the answer would lose the user's money and work."""
+    backend = ScriptedBackend("up", Step(text="kept", prompt_tokens=5, completion_tokens=2))
+    keys = KeyStore([KeySpec("team", hash_key("sk-team"), budget_usd=1.0)], _SpendNotRecorded())
+    gw = Gateway({"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha", price=Price(1.0, 1.0))},
+                 keys=keys, metrics=Metrics())
+    srv = Served(gw).__enter__()
+    try:
+        r = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "kept" and backend.count == 1
+        assert 'turnout_errors_total{kind="state_unavailable"} 1.0' in httpx.get(srv.root + "/metrics").text
+    finally:
+        srv.__exit__()

@@ -435,7 +435,15 @@ class _Record:
         cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
         gw = self.gw
         if self.key is not None and cost:
-            await gw.call_state(gw.keys, gw.keys.record_spend, self.key, cost)
+            try:
+                await gw.call_state(gw.keys, gw.keys.record_spend, self.key, cost)
+            except StateError as exc:
+                # the answer exists and is paid for: serve it. The key's spend misses this cost, but a
+                # new request checks the budget first and is refused (503) while the store is down.
+                log.warning("request %s: spend %.6g USD of key %r not recorded: %s", self.request_id, cost,
+                            self.key.name, exc)
+                if gw.metrics is not None:
+                    gw.metrics.inc_error(exc.kind)
         d = self.decision
         if d is not None and d.router != "passthrough":
             rt = gw.routes.get(d.route)
