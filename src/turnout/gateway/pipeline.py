@@ -435,28 +435,31 @@ class _Record:
         cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
         gw = self.gw
         if self.key is not None and cost:
-            try:
-                await gw.call_state(gw.keys, gw.keys.record_spend, self.key, cost)
-            except StateError as exc:
-                # the answer exists and is paid for: serve it. The key's spend misses this cost, but a
-                # new request checks the budget first and is refused (503) while the store is down.
-                log.warning("request %s: spend %.6g USD of key %r not recorded: %s", self.request_id, cost,
-                            self.key.name, exc)
-                if gw.metrics is not None:
-                    gw.metrics.inc_error(exc.kind)
+            # a new request checks the key's budget first, and is refused (503) while the store is down
+            await self._count_after_answer(f"spend {cost:.6g} USD of key {self.key.name!r}", gw.keys,
+                                           gw.keys.record_spend, self.key, cost)
         d = self.decision
         if d is not None and d.router != "passthrough":
             rt = gw.routes.get(d.route)
-            if rt is not None and rt.budget is not None:
-                try:
-                    await gw.call_state(rt.budget, rt.budget.observe, self.model, cost)  # actual spend steers λ
-                except StateError as exc:
-                    # the answer exists and is paid for; only the route's steering misses it
-                    log.warning("request %s: route %r budget not updated: %s", self.request_id, d.route, exc)
-                    if gw.metrics is not None:
-                        gw.metrics.inc_error(exc.kind)
+            if rt is not None and rt.budget is not None:  # actual spend steers the route's λ
+                await self._count_after_answer(f"route {d.route!r} budget", rt.budget, rt.budget.observe,
+                                               self.model, cost)
         self.response_text = text
         self._write("ok", None, usage, cost)
+
+    async def _count_after_answer(self, what: str, owner: Any, fn: Callable[..., Any], *args: Any) -> None:
+        """``gw.call_state(owner, fn, *args)`` once the answer exists: a StateError is logged and counted, not raised.
+
+        The answer is paid for; losing it because a counter could not be written would lose the user's money
+        and work. Only the figure (a key's spend, a route's running totals) misses this answer.
+        """
+        gw = self.gw
+        try:
+            await gw.call_state(owner, fn, *args)
+        except StateError as exc:
+            log.warning("request %s: %s not updated: %s", self.request_id, what, exc)
+            if gw.metrics is not None:
+                gw.metrics.inc_error(exc.kind)
 
     async def fail(self, exc: BaseException) -> None:
         if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):

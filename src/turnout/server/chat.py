@@ -180,12 +180,8 @@ class ChatEndpoint:
                 await events.aclose()  # also when cancelled between two events: closes the upstream stream
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
         streaming = asyncio.create_task(pump())
-        watcher = asyncio.create_task(disconnected())
+        watcher = asyncio.create_task(_until_disconnect(receive))
         try:
             await asyncio.wait((streaming, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -198,6 +194,12 @@ class ChatEndpoint:
                 if not watcher.done() or watcher.cancelled():
                     raise  # cancelled from outside, not by a disconnect
             await session.aclose()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    """Return when the client hangs up (the body has been read: nothing else is left to receive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 #: a non-streamed request starts listening for a hang-up only once it has run this long (seconds)
@@ -239,8 +241,7 @@ class _CancelOnDisconnect:
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
+        await _until_disconnect(self._receive)
         self.gone = True
         self._task.cancel()
 
