@@ -104,7 +104,7 @@ def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
         raise RoutingError("--param needs a named router; --router auto uses each candidate's defaults")
     names = [c for c in (args.candidates.split(",") if args.candidates else AUTO_CANDIDATES) if c]
     for c in names:
-        if getattr(create_router(c), "evaluation_only", False) or c == "auto":
+        if getattr(create_router(c), "evaluation_only", False):
             raise RoutingError(f"router '{c}' cannot be a candidate: it cannot be trained for serving")
     if not names:
         raise RoutingError("--candidates names no router")

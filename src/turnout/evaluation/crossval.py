@@ -15,14 +15,14 @@ Example::
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
 from turnout.errors import DataError
-from turnout.evaluation.runner import baselines, curve_metrics, sweep
+from turnout.evaluation.runner import baselines, curve_metrics, only_observed, progress_bar, sweep
 from turnout.evaluation.table import RoutingTable
-from turnout.routing.base import Prediction
 
 #: routers ``turnout train --router auto`` chooses among (every learned router that needs no configuration)
 AUTO_CANDIDATES = ("knn", "mlp", "mf", "bt", "graph", "profile", "ensemble")
@@ -57,32 +57,20 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
     X = np.asarray(X)
     splits = fold_indices(len(table), folds, seed)
     scores: dict[str, list[tuple[float, float]]] = {r: [] for r in routers}
-    bar: Any = None
-    if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        bar.start()
-        task = bar.add_task("cross-validating", total=len(routers) * folds)
-    try:
+    with progress_bar() if progress else nullcontext() as bar:
+        task = bar.add_task("cross-validating", total=len(routers) * folds) if bar is not None else None
         for f, (tr_rows, held) in enumerate(splits):
             tr, te = table.subset(tr_rows), table.subset(held)
             base = baselines(te)
-            avail = ~np.isnan(te.scores)
             for name in routers:
                 if bar is not None:
                     bar.update(task, description=f"fold {f + 1}/{folds}: {name}")
                 router = create_router(name, **(router_params or {}).get(name, {}))
                 router.fit(tr.to_training_data(X[tr_rows]))
-                p = router.predict(X[held])
-                p = Prediction(p.models, p.quality, p.cost, available=avail if p.available is None else p.available & avail)
-                m = curve_metrics(sweep(p, te)["curve"], base)
+                m = curve_metrics(sweep(only_observed(router.predict(X[held]), te), te)["curve"], base)
                 scores[name].append((m["aiq"], m["max_quality"]))
                 if bar is not None:
                     bar.advance(task)
-    finally:
-        if bar is not None:
-            bar.stop()
     return {name: {"aiq": float(np.mean([a for a, _ in s])), "aiq_folds": [float(a) for a, _ in s],
                    "max_quality": float(np.mean([q for _, q in s]))} for name, s in scores.items()}
 

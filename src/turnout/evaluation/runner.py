@@ -30,13 +30,29 @@ def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr
     t0 = time.perf_counter()
     router.fit(train.to_training_data(Xtr))
     fit_s = time.perf_counter() - t0
-    pred = router.predict(Xte)
-    # a model with no true outcome for a test prompt cannot be chosen there
-    avail = ~np.isnan(test.scores)
-    pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
-                      available=avail if pred.available is None else (pred.available & avail))
-    return {**sweep(pred, test), "fit_s": fit_s, "decision_ms_p50": _decision_p50(router, Xte, avail),
+    pred = only_observed(router.predict(Xte), test)
+    assert pred.available is not None
+    return {**sweep(pred, test), "fit_s": fit_s, "decision_ms_p50": _decision_p50(router, Xte, pred.available),
             **({"within_task_auc": within_task_auc(pred.quality, test.scores, test.tasks)} if test.tasks else {})}
+
+
+def only_observed(pred: Prediction, test: RoutingTable) -> Prediction:
+    """``pred`` with every (prompt, model) cell that has no TRUE outcome in ``test`` made unavailable.
+
+    A model with no outcome for a test prompt cannot be chosen there: its
+    quality there could not be measured.
+    """
+    avail = ~np.isnan(test.scores)
+    return Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
+                      available=avail if pred.available is None else (pred.available & avail))
+
+
+def progress_bar() -> Any:
+    """The rich progress bar of long evaluation work (description, bar, done/total, elapsed)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=False)
 
 
 def sweep(pred: Prediction, test: RoutingTable) -> dict[str, Any]:
@@ -95,8 +111,7 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
                 tc = np.nanmean(src.costs[srows], axis=0) if srows.any() else overall_c
             q[rows] = np.where(np.isnan(tq), overall_q, tq)
             c[rows] = np.where(np.isnan(tc), overall_c, tc)
-        pred = Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0),
-                          available=~np.isnan(test.scores))
+        pred = only_observed(Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0)), test)
         res = sweep(pred, test)
         out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"])}
     return out
@@ -171,10 +186,7 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         for name in routers:
             one(name)
         return out
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*cols, transient=False) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("fitting routers", total=len(routers))
         for name in routers:
             bar.update(task, description=f"fitting {name}")
