@@ -132,3 +132,50 @@ def test_knn_auto_on_tiny_tables_stays_finite(n: int) -> None:
     with np.errstate(all="raise"):  # no NaN or division warnings on the way
         pred = create_router("knn").fit(data).predict(data.X)
     assert np.isfinite(pred.quality).all() and pred.quality.shape == (n, 2)
+
+
+def _graded(data: TrainingData) -> TrainingData:
+    """``data`` with scores on a 0–1 scale of quarters (not 0/1), so BT's general battle path runs."""
+    rng = np.random.default_rng(1)
+    S = np.clip(np.round((data.scores * 0.75 + rng.random(data.scores.shape) * 0.25) * 4) / 4, 0, 1)
+    return TrainingData(X=data.X, scores=S, costs=data.costs, models=data.models)
+
+
+@pytest.mark.parametrize("graded", [False, True], ids=["binary", "graded"])
+def test_bt_over_its_cell_budget_sums_nearest_prompts_and_stays_close_to_exact(graded: bool) -> None:
+    from turnout.routing.bt import BTRouter
+
+    whole, cluster = planted(n=720, missing=0.0 if graded else 0.1)
+    data = _graded(whole) if graded else whole
+    data = TrainingData(X=data.X[:600], scores=data.scores[:600], costs=data.costs[:600], models=data.models)
+    probe, cluster = whole.X[600:], cluster[600:]
+    exact = BTRouter().fit(data)
+    small = BTRouter(max_cells=9 * 300).fit(data)  # 3 models: 300 prompts summed one by one, the rest as the mean
+    assert exact.wins is not None and small.wins is None and small._neighbours() == 300
+    qe, qs = exact.predict(probe).quality, small.predict(probe).quality
+    assert not np.allclose(qe, qs)  # the approximation did run
+    assert np.abs(qe - qs).mean() < 0.03
+    assert (qe.argmax(axis=1) == qs.argmax(axis=1)).mean() >= 0.95
+    # and it still reads the prompt: model A on cluster 0, B on cluster 1
+    assert (qs.argmax(axis=1) == np.where(cluster == 0, 0, 1)).mean() > 0.9
+    again = BTRouter.from_state(small.get_state())
+    assert again.wins is None and np.allclose(again.predict(probe).quality, qs)
+
+
+def test_neighbour_cost_samples_big_tables_and_keeps_every_prompt_in_the_mean() -> None:
+    from turnout.routing.cost import NeighbourCost
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 8)).astype(np.float32)
+    costs = np.exp(X[:, :1] + np.array([[0.0, 1.0]]))  # cost grows with the first feature
+    full, sampled = NeighbourCost().fit(X, costs), NeighbourCost(max_prompts=100).fit(X, costs)
+    assert sampled.Xn is not None and sampled.Xn.shape[0] == 100 and full.Xn is not None and full.Xn.shape[0] == 500
+    assert np.allclose(sampled.mean_log, full.mean_log)
+    Q = rng.normal(size=(200, 8)).astype(np.float32)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    truth = np.exp(Q[:, :1] + np.array([[0.0, 1.0]]))
+    for model in (full, sampled):
+        corr = np.corrcoef(np.log(model.predict(Qn)[:, 0]), np.log(truth[:, 0]))[0, 1]
+        assert corr > 0.5
+    again = NeighbourCost.from_state(sampled.get_state())
+    assert np.allclose(again.predict(Qn), sampled.predict(Qn))

@@ -70,6 +70,7 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
                 m = curve_metrics(sweep(only_observed(router.predict(X[held]), te), te)["curve"], base)
                 scores[name].append((m["aiq"], m["max_quality"]))
                 if bar is not None:
+                    bar.console.log(f"fold {f + 1}/{folds}: {name} AIQ {m['aiq']:.4f}")
                     bar.advance(task)
     return {name: {"aiq": float(np.mean([a for a, _ in s])), "aiq_folds": [float(a) for a, _ in s],
                    "max_quality": float(np.mean([q for _, q in s]))} for name, s in scores.items()}

@@ -191,6 +191,9 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         for name in routers:
             bar.update(task, description=f"fitting {name}")
             one(name)
+            # a line per router, above the bar; when output is piped (CI, a log file) the bar only shows at the end
+            r = out["routers"][name]
+            bar.console.log(f"{name}: AIQ {r['aiq']:.4f}, fitted in {r['fit_s']:.1f} s")
             bar.advance(task)
         bar.update(task, description="fitted routers")
     return out

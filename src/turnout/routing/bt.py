@@ -9,6 +9,14 @@ so strengths stay finite). Strengths are turned into a quality per model by
 anchoring on the neighbourhood's weighted mean score: ``q_j = sigmoid(logit(q̄)
 + θ_j − mean θ)``, i.e. the BT win-probability of model j against an average
 model of that neighbourhood.
+
+The exact sum costs n · m² per prompt (n training prompts, m models). While
+n · m² is at most ``max_cells`` (RouterBench and DCRouter are 10–20× under
+it) every training prompt's battles are kept and summed exactly. Beyond it,
+only the ``max_cells // m²`` most similar training prompts are summed one by
+one, and the rest of the weight (the far, nearly uniformly weighted prompts)
+is given the table's mean battle outcome, so a decision stays a few
+milliseconds and memory stays O(n · m) on tables of 100k prompts or 100 models.
 """
 
 from __future__ import annotations
@@ -29,28 +37,83 @@ class BTRouter(Router):
 
     name = "bt"
 
-    def __init__(self, gamma: float = 10.0, prior: float = 0.5, iters: int = 60, batch: int = 256) -> None:
-        self.params = dict(gamma=gamma, prior=prior, iters=iters, batch=batch)
+    def __init__(self, gamma: float = 10.0, prior: float = 0.5, iters: int = 60, batch: int = 256,
+                 max_cells: int = 4_000_000) -> None:
+        if max_cells < 1:
+            raise ValueError("max_cells must be >= 1")
+        self.params = dict(gamma=gamma, prior=prior, iters=iters, batch=batch, max_cells=max_cells)
         self.models: list[str] = []
         self.Xn: np.ndarray | None = None
-        self.wins: np.ndarray | None = None  # n × m·m: wins[i, a*m+b] = 1 if a beat b on prompt i (0.5 tie)
+        # n × m·m, kept only while n · m² <= max_cells: wins[i, a*m+b] = 1 if a beat b on prompt i (0.5 tie)
+        self.wins: np.ndarray | None = None
+        self.mean_wins: np.ndarray | None = None  # m·m: the mean battle outcome over all training prompts
+        self._row_sums = np.zeros((0, 2), dtype=np.float32)
+        self._binary = False
+        self._observed = self._filled = np.zeros((0, 0), dtype=np.float32)
         self.scores: np.ndarray | None = None
         self.cost_model: NeighbourCost | None = None
+
+    @staticmethod
+    def _battles(S: np.ndarray) -> np.ndarray:
+        """k × m·m battle outcomes of score rows S (NaN = no outcome: no battle; the diagonal is 0)."""
+        k, m = S.shape
+        a, b = S[:, :, None], S[:, None, :]
+        wins = (a > b).astype(np.float32) + np.float32(0.5) * (a == b)  # comparisons with NaN are False
+        wins[:, np.arange(m), np.arange(m)] = 0.0
+        return wins.reshape(k, m * m)
+
+    def _neighbours(self) -> int:
+        """How many training prompts a prediction sums one by one (all of them while n · m² fits)."""
+        assert self.scores is not None
+        n, m = self.scores.shape
+        return max(1, min(n, self.params["max_cells"] // (m * m)))
 
     def fit(self, data: TrainingData) -> BTRouter:
         self.models = list(data.models)
         self.Xn = l2_normalize(data.X)
-        S = data.scores
-        obs = ~np.isnan(S)
-        both = obs[:, :, None] & obs[:, None, :]
-        diff = np.nan_to_num(S)[:, :, None] - np.nan_to_num(S)[:, None, :]
-        wins = np.where(both, np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0)), 0.0)
-        m = len(self.models)
-        wins[:, np.arange(m), np.arange(m)] = 0.0
-        self.wins = wins.reshape(len(S), m * m).astype(np.float32)
-        self.scores = S.astype(np.float32)
+        self.scores = data.scores.astype(np.float32)
+        self._count_battles()
         self.cost_model = NeighbourCost().fit(data.X, data.costs)
         return self
+
+    def _count_battles(self) -> None:
+        """``mean_wins``, ``wins`` while the exact sum fits, and per-prompt score sums, from the training scores."""
+        assert self.scores is not None
+        n, m = self.scores.shape
+        chunk = max(1, self.params["max_cells"] // (m * m))
+        total = np.zeros(m * m, dtype=np.float64)
+        for s in range(0, n, chunk):  # in chunks, so a big table never holds n × m² at once
+            total += self._battles(self.scores[s : s + chunk]).sum(axis=0, dtype=np.float64)
+        self.mean_wins = (total / max(n, 1)).astype(np.float32)
+        self.wins = self._battles(self.scores) if self._neighbours() >= n else None
+        observed = ~np.isnan(self.scores)
+        self._binary = bool(np.isin(self.scores[observed], (0.0, 1.0)).all())
+        self._observed, self._filled = observed.astype(np.float32), np.nan_to_num(self.scores)
+        # per prompt: the sum of its scores and its number of outcomes (for the neighbourhood's mean quality)
+        self._row_sums = np.stack([np.nansum(self.scores, axis=1), (~np.isnan(self.scores)).sum(axis=1)], axis=1)
+
+    def _weighted_battles(self, w: np.ndarray) -> np.ndarray:
+        """Σ_i w_i · battles_i for each row of weights w (B × n): exactly, or top prompts + the mean for the rest."""
+        assert self.scores is not None and self.mean_wins is not None
+        if self.wins is not None:
+            return w @ self.wins
+        K = self._neighbours()
+        out = np.empty((w.shape[0], self.mean_wins.shape[0]), dtype=np.float32)
+        top = np.argpartition(-w, K - 1, axis=1)[:, :K]
+        m = self.scores.shape[1]
+        for r in range(w.shape[0]):
+            wk = w[r, top[r]]
+            rest = max(float(w[r].sum() - wk.sum()), 0.0)
+            if self._binary:
+                # 0/1 scores: a beats b (or ties, half) = o_a o_b (1 + s_a − s_b) / 2, three small products
+                O, S = self._observed[top[r]], self._filled[top[r]]
+                Ow = O * wk[:, None]
+                Wk = 0.5 * (Ow.T @ O + (S * wk[:, None]).T @ O - Ow.T @ S)
+                Wk[np.arange(m), np.arange(m)] = 0.0
+                out[r] = Wk.reshape(-1) + rest * self.mean_wins
+            else:
+                out[r] = wk @ self._battles(self.scores[top[r]]) + rest * self.mean_wins
+        return out
 
     def _bt(self, W: np.ndarray) -> np.ndarray:
         """Batched MM fit of log-strengths from win matrices W (B × m × m); returns centred θ."""
@@ -70,30 +133,31 @@ class BTRouter(Router):
 
     def predict(self, X: np.ndarray) -> Prediction:
         require_fitted(self, "Xn")
-        assert self.Xn is not None and self.wins is not None and self.scores is not None and self.cost_model is not None
+        assert self.Xn is not None and self.scores is not None and self.cost_model is not None
         Xn = l2_normalize(as_2d(X, self.Xn.shape[1], self.name))
         m = len(self.models)
         out = np.empty((Xn.shape[0], m))
-        obs = ~np.isnan(self.scores)
-        S0 = np.nan_to_num(self.scores)
         for s in range(0, Xn.shape[0], self.params["batch"]):
             sims = Xn[s : s + self.params["batch"]] @ self.Xn.T
             w = np.exp(self.params["gamma"] * (sims - sims.max(axis=1, keepdims=True)))
-            theta = self._bt((w @ self.wins).reshape(-1, m, m))
-            qbar = (w @ S0).sum(axis=1) / np.maximum((w @ obs).sum(axis=1), 1e-12)
+            theta = self._bt(self._weighted_battles(w).reshape(-1, m, m))
+            sums = w @ self._row_sums
+            qbar = sums[:, 0] / np.maximum(sums[:, 1], 1e-12)
             out[s : s + len(w)] = sigmoid(logit(qbar)[:, None] + theta)
         return Prediction(models=list(self.models), quality=out, cost=self.cost_model.predict(Xn))
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "Xn")
         assert self.cost_model is not None
-        return {"params": self.params, "models": self.models, "Xn": self.Xn, "wins": self.wins,
-                "scores": self.scores, "cost": self.cost_model.get_state()}
+        # the battles are not saved: they are counted again from the scores on load
+        return {"params": self.params, "models": self.models, "Xn": self.Xn, "scores": self.scores,
+                "cost": self.cost_model.get_state()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BTRouter:
         obj = cls(**state["params"])
         obj.models = list(state["models"])
-        obj.Xn, obj.wins, obj.scores = (np.asarray(state[k]) for k in ("Xn", "wins", "scores"))
+        obj.Xn, obj.scores = np.asarray(state["Xn"]), np.asarray(state["scores"], dtype=np.float32)
+        obj._count_battles()
         obj.cost_model = NeighbourCost.from_state(state["cost"])
         return obj

@@ -4,7 +4,10 @@ Prices are per token, so a model's cost on a prompt varies with the prompt
 (RouterBench's MBPP answers cost several times its Winogrande ones). Routers
 that learn quality some other way (MF, BT, graph, profile) predict cost with
 :class:`NeighbourCost`: the similarity-weighted mean of log costs of the
-nearest training prompts, shrunk towards the model's mean cost.
+nearest training prompts, shrunk towards the model's mean cost. On a table of
+more than ``max_prompts`` prompts the neighbours are looked up among a seeded
+sample of that many (cost varies smoothly with the prompt, and the lookup is
+then a fixed fraction of a millisecond however big the table is).
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ from turnout.routing._common import l2_normalize, mean_costs, top_k_similar
 class NeighbourCost:
     """kNN regression of each model's (log) cost; falls back to the model's mean cost."""
 
-    def __init__(self, k: int = 20, shrink: float = 1.0) -> None:
+    def __init__(self, k: int = 20, shrink: float = 1.0, max_prompts: int = 8192, seed: int = 0) -> None:
         self.k = k
         self.shrink = shrink
+        self.max_prompts, self.seed = int(max_prompts), int(seed)
         self.Xn: np.ndarray | None = None
         self.log_costs: np.ndarray | None = None
         self.mean_log: np.ndarray | None = None
 
     def fit(self, X: np.ndarray, costs: np.ndarray) -> NeighbourCost:
+        mean = mean_costs(costs)  # over every prompt, sampled or not
+        if X.shape[0] > self.max_prompts:
+            rows = np.sort(np.random.default_rng(self.seed).choice(X.shape[0], self.max_prompts, replace=False))
+            X, costs = X[rows], costs[rows]
         self.Xn = l2_normalize(X)
-        mean = mean_costs(costs)
         # log space: costs are positive and multiplicative in token counts; zeros (free local models) stay 0
         self.log_costs = np.log(np.where(np.isnan(costs), np.nan, np.maximum(costs, 0) + 1e-12)).astype(np.float32)
         self.mean_log = np.log(np.maximum(mean, 0) + 1e-12)
@@ -47,10 +54,11 @@ class NeighbourCost:
         return np.maximum(out, 0.0)
 
     def get_state(self) -> dict[str, Any]:
-        return {"k": self.k, "shrink": self.shrink, "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
+        return {"k": self.k, "shrink": self.shrink, "max_prompts": self.max_prompts, "seed": self.seed, "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NeighbourCost:
-        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]))
+        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]), max_prompts=int(state.get("max_prompts", 8192)),
+                  seed=int(state.get("seed", 0)))
         obj.Xn, obj.log_costs, obj.mean_log = state["Xn"], state["log_costs"], state["mean_log"]
         return obj
