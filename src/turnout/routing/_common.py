@@ -57,6 +57,10 @@ def require_fitted(router: Any, attr: str) -> None:
         raise RoutingError(f"router '{router.name}' is not fitted: call fit(data) or load a saved router first")
 
 
+#: similarity cells :func:`top_k_similar` holds at once (a chunk of query rows × the reference rows)
+TOP_K_CHUNK_CELLS = 1 << 24
+
+
 def top_k_similar(Q: np.ndarray, R: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities of the ``k`` rows of ``R`` nearest each row of ``Q``.
 
@@ -64,14 +68,20 @@ def top_k_similar(Q: np.ndarray, R: np.ndarray, k: int, exclude: np.ndarray | No
     per row of ``Q``) leaves that row of ``R`` out of the row's neighbours: with
     ``Q = R[rows]`` and ``exclude=rows`` it gives leave-one-out neighbours.
     """
-    sims = Q @ R.T
-    if exclude is not None:
-        sims[np.arange(len(sims)), np.asarray(exclude)] = -np.inf
     k = min(k, R.shape[0] - (1 if exclude is not None else 0))
     if k <= 0:
         raise RoutingError("a neighbour router needs at least 2 training prompts")
-    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(sims, idx, axis=1)
+    # in row chunks: the full similarity matrix (and argpartition's index array, 8 bytes a cell) of a
+    # big batch against a big table would take gigabytes
+    step = max(1, TOP_K_CHUNK_CELLS // max(R.shape[0], 1))
+    idx = np.empty((Q.shape[0], k), dtype=np.int64)
+    top = np.empty((Q.shape[0], k), dtype=np.float32)
+    for s in range(0, Q.shape[0], step):
+        sims = Q[s : s + step] @ R.T
+        if exclude is not None:
+            sims[np.arange(len(sims)), np.asarray(exclude)[s : s + step]] = -np.inf
+        i = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        idx[s : s + step], top[s : s + step] = i, np.take_along_axis(sims, i, axis=1)
     return idx, top
 
 
