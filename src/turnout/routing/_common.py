@@ -76,10 +76,11 @@ def top_k_similar(Q: np.ndarray, R: np.ndarray, k: int, exclude: np.ndarray | No
     step = max(1, TOP_K_CHUNK_CELLS // max(R.shape[0], 1))
     idx = np.empty((Q.shape[0], k), dtype=np.int64)
     top = np.empty((Q.shape[0], k), dtype=np.float32)
+    skip = None if exclude is None else np.asarray(exclude)
     for s in range(0, Q.shape[0], step):
         sims = Q[s : s + step] @ R.T
-        if exclude is not None:
-            sims[np.arange(len(sims)), np.asarray(exclude)[s : s + step]] = -np.inf
+        if skip is not None:
+            sims[np.arange(len(sims)), skip[s : s + step]] = -np.inf
         i = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         idx[s : s + step], top[s : s + step] = i, np.take_along_axis(sims, i, axis=1)
     return idx, top

@@ -46,10 +46,9 @@ class BTRouter(Router):
         self.Xn: np.ndarray | None = None
         # n × m·m, kept only while n · m² <= max_cells: wins[i, a*m+b] = 1 if a beat b on prompt i (0.5 tie)
         self.wins: np.ndarray | None = None
-        self.mean_wins: np.ndarray | None = None  # m·m: the mean battle outcome over all training prompts
+        self.mean_wins: np.ndarray | None = None  # m·m, when wins is not kept: the mean battle over all prompts
         self._row_sums = np.zeros((0, 2), dtype=np.float32)
         self._binary = False
-        self._observed = self._filled = np.zeros((0, 0), dtype=np.float32)
         self.scores: np.ndarray | None = None
         self.cost_model: NeighbourCost | None = None
 
@@ -77,26 +76,28 @@ class BTRouter(Router):
         return self
 
     def _count_battles(self) -> None:
-        """``mean_wins``, ``wins`` while the exact sum fits, and per-prompt score sums, from the training scores."""
+        """From the training scores: ``wins`` while the exact sum fits, else ``mean_wins``; per-prompt score sums."""
         assert self.scores is not None
         n, m = self.scores.shape
-        chunk = max(1, self.params["max_cells"] // (m * m))
-        total = np.zeros(m * m, dtype=np.float64)
-        for s in range(0, n, chunk):  # in chunks, so a big table never holds n × m² at once
-            total += self._battles(self.scores[s : s + chunk]).sum(axis=0, dtype=np.float64)
-        self.mean_wins = (total / max(n, 1)).astype(np.float32)
-        self.wins = self._battles(self.scores) if self._neighbours() >= n else None
+        chunk = self._neighbours()
+        if chunk >= n:
+            self.wins, self.mean_wins = self._battles(self.scores), None
+        else:
+            total = np.zeros(m * m, dtype=np.float64)
+            for s in range(0, n, chunk):  # in chunks, so a big table never holds n × m² at once
+                total += self._battles(self.scores[s : s + chunk]).sum(axis=0, dtype=np.float64)
+            self.wins, self.mean_wins = None, (total / n).astype(np.float32)
         observed = ~np.isnan(self.scores)
         self._binary = bool(np.isin(self.scores[observed], (0.0, 1.0)).all())
-        self._observed, self._filled = observed.astype(np.float32), np.nan_to_num(self.scores)
         # per prompt: the sum of its scores and its number of outcomes (for the neighbourhood's mean quality)
-        self._row_sums = np.stack([np.nansum(self.scores, axis=1), (~np.isnan(self.scores)).sum(axis=1)], axis=1)
+        self._row_sums = np.stack([np.nansum(self.scores, axis=1), observed.sum(axis=1)], axis=1)
 
     def _weighted_battles(self, w: np.ndarray) -> np.ndarray:
         """Σ_i w_i · battles_i for each row of weights w (B × n): exactly, or top prompts + the mean for the rest."""
-        assert self.scores is not None and self.mean_wins is not None
+        assert self.scores is not None
         if self.wins is not None:
             return w @ self.wins
+        assert self.mean_wins is not None
         K = self._neighbours()
         out = np.empty((w.shape[0], self.mean_wins.shape[0]), dtype=np.float32)
         top = np.argpartition(-w, K - 1, axis=1)[:, :K]
@@ -106,7 +107,8 @@ class BTRouter(Router):
             rest = max(float(w[r].sum() - wk.sum()), 0.0)
             if self._binary:
                 # 0/1 scores: a beats b (or ties, half) = o_a o_b (1 + s_a − s_b) / 2, three small products
-                O, S = self._observed[top[r]], self._filled[top[r]]
+                near = self.scores[top[r]]
+                O, S = (~np.isnan(near)).astype(np.float32), np.nan_to_num(near)
                 Ow = O * wk[:, None]
                 Wk = 0.5 * (Ow.T @ O + (S * wk[:, None]).T @ O - Ow.T @ S)
                 Wk[np.arange(m), np.arange(m)] = 0.0

@@ -19,10 +19,14 @@ import numpy as np
 from turnout.routing._common import l2_normalize, mean_costs, top_k_similar
 
 
+#: training prompts the neighbours are looked up among, at most (a seeded sample of bigger tables)
+MAX_PROMPTS = 8192
+
+
 class NeighbourCost:
     """kNN regression of each model's (log) cost; falls back to the model's mean cost."""
 
-    def __init__(self, k: int = 20, shrink: float = 1.0, max_prompts: int = 8192, seed: int = 0) -> None:
+    def __init__(self, k: int = 20, shrink: float = 1.0, max_prompts: int = MAX_PROMPTS, seed: int = 0) -> None:
         self.k = k
         self.shrink = shrink
         self.max_prompts, self.seed = int(max_prompts), int(seed)
@@ -54,11 +58,12 @@ class NeighbourCost:
         return np.maximum(out, 0.0)
 
     def get_state(self) -> dict[str, Any]:
-        return {"k": self.k, "shrink": self.shrink, "max_prompts": self.max_prompts, "seed": self.seed, "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
+        return {"k": self.k, "shrink": self.shrink, "max_prompts": self.max_prompts, "seed": self.seed,
+                "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NeighbourCost:
-        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]), max_prompts=int(state.get("max_prompts", 8192)),
+        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]), max_prompts=int(state.get("max_prompts", MAX_PROMPTS)),
                   seed=int(state.get("seed", 0)))
         obj.Xn, obj.log_costs, obj.mean_log = state["Xn"], state["log_costs"], state["mean_log"]
         return obj
