@@ -179,3 +179,75 @@ def test_neighbour_cost_samples_big_tables_and_keeps_every_prompt_in_the_mean() 
         assert corr > 0.5
     again = NeighbourCost.from_state(sampled.get_state())
     assert np.allclose(again.predict(Qn), sampled.predict(Qn))
+
+
+def test_ensemble_defaults_to_every_learned_router_and_averages_their_quality() -> None:
+    needs("ensemble")
+    from turnout.routing.ensemble import DEFAULT_MEMBERS
+
+    assert set(DEFAULT_MEMBERS) == set(LEARNED) - {"ensemble"}
+    train, _ = planted(n=300, seed=4, missing=0.1)
+    probe, _ = planted(n=50, seed=5)
+    ens = create_router("ensemble").fit(train)
+    assert ens.member_names == list(DEFAULT_MEMBERS)
+    preds = [create_router(n).fit(train).predict(probe.X) for n in DEFAULT_MEMBERS]  # deterministic fits
+    got = ens.predict(probe.X)
+    assert np.allclose(got.quality, np.mean([p.quality for p in preds], axis=0), atol=1e-6)
+    assert np.allclose(ens.predict_quality(probe.X), got.quality)
+    # cost: one neighbour lookup of the ensemble's own, not six
+    from turnout.routing._common import l2_normalize
+    from turnout.routing.cost import NeighbourCost
+
+    assert np.allclose(got.cost, NeighbourCost().fit(train.X, train.costs).predict(l2_normalize(probe.X)))
+    again = create_router("ensemble").from_state(ens.get_state())
+    assert np.allclose(again.predict(probe.X).cost, got.cost) and np.allclose(again.predict(probe.X).quality, got.quality)
+    weighted = create_router("ensemble", members=["knn", "bt"], weights=[3.0, 1.0]).fit(train).predict(probe.X)
+    knn, bt = preds[list(DEFAULT_MEMBERS).index("knn")], preds[list(DEFAULT_MEMBERS).index("bt")]
+    assert np.allclose(weighted.quality, 0.75 * knn.quality + 0.25 * bt.quality, atol=1e-6)
+
+
+def test_bt_strengths_are_the_likelihood_maximum_that_mm_iterations_converge_to() -> None:
+    from turnout.routing.bt import BTRouter
+
+    def mm(W: np.ndarray, prior: float, iters: int = 20_000) -> np.ndarray:  # Hunter's MM, run to convergence
+        m = W.shape[1]
+        W = W + prior * (1 - np.eye(m))[None]
+        N, wins, p = W + W.transpose(0, 2, 1), W.sum(axis=2), np.ones(W.shape[:2])
+        for _ in range(iters):
+            p = wins / (N / (p[:, :, None] + p[:, None, :])).sum(axis=2)
+            p /= np.exp(np.log(p).mean(axis=1, keepdims=True))
+        t = np.log(p)
+        return t - t.mean(axis=1, keepdims=True)
+
+    rng = np.random.default_rng(0)
+    m = 6
+    W = np.concatenate([rng.random((8, m, m)) ** 3 * scale for scale in (0.1, 10, 1000)])
+    W[:, 0, 1:] += 1e4  # one model that beats every other by far
+    W[:, np.arange(m), np.arange(m)] = 0.0
+    router = BTRouter()
+    theta = router._bt(W)
+    assert np.allclose(theta.mean(axis=1), 0.0)
+    assert np.abs(theta - mm(W, router.params["prior"])).max() < 1e-6
+    assert (theta[:, 0] == theta.max(axis=1)).all()
+
+
+def test_ensemble_members_share_one_copy_of_the_training_prompts_in_memory_and_in_the_artifact(tmp_path) -> None:  # noqa: ANN001
+    needs("ensemble")
+    import zipfile
+
+    data, _ = planted(n=200, seed=6)
+    ens = create_router("ensemble", members=["knn", "bt", "mlp"]).fit(data)
+    knn, bt, mlp = ens.members
+    shared = data.Xn
+    for arr in (knn.Xn, bt.Xn, bt.cost_model.Xn, mlp.cost_model.Xn, ens.cost_model.Xn):
+        assert arr is shared
+    path = save_router(ens, tmp_path / "ens.npz", meta={})
+    with zipfile.ZipFile(path) as z:
+        stored = [n for n in z.namelist() if n.endswith("Xn.npy")]
+    assert len(stored) == 1  # five references, one entry
+    loaded, _ = load_router(path)
+    lk, lb, lm = loaded.members
+    assert lk.Xn is lb.Xn is lb.cost_model.Xn is lm.cost_model.Xn is loaded.cost_model.Xn
+    assert np.array_equal(lk.Xn, shared)
+    a, b = ens.predict(data.X[:30]), loaded.predict(data.X[:30])
+    assert np.array_equal(a.quality, b.quality) and np.array_equal(a.cost, b.cost)

@@ -31,29 +31,42 @@ FORMAT_VERSION = 1
 _ARRAY = "__array__"
 
 
-def _split(state: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
-    """Replace every array in a nested state by a reference, collecting the arrays."""
+def _split(state: Any, prefix: str, arrays: dict[str, np.ndarray], seen: dict[int, str] | None = None) -> Any:
+    """Replace every array in a nested state by a reference, collecting the arrays.
+
+    An array that appears more than once (the same object: an ensemble's members
+    share the training prompts) is stored once and referenced from every place.
+    """
+    seen = {} if seen is None else seen
     if isinstance(state, np.ndarray):
         if state.dtype == object:
             raise DataError(f"state entry '{prefix}' is an object array; routers must store numeric arrays or JSON values")
+        if id(state) in seen:
+            return {_ARRAY: seen[id(state)]}
+        seen[id(state)] = prefix
         arrays[f"state/{prefix}"] = state
         return {_ARRAY: prefix}
     if isinstance(state, dict):
-        return {str(k): _split(v, f"{prefix}/{k}" if prefix else str(k), arrays) for k, v in state.items()}
+        return {str(k): _split(v, f"{prefix}/{k}" if prefix else str(k), arrays, seen) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return [_split(v, f"{prefix}/{i}", arrays) for i, v in enumerate(state)]
+        return [_split(v, f"{prefix}/{i}", arrays, seen) for i, v in enumerate(state)]
     if isinstance(state, np.generic):
         return state.item()
     return state
 
 
-def _join(tree: Any, npz: Any) -> Any:
+def _join(tree: Any, npz: Any, loaded: dict[str, np.ndarray] | None = None) -> Any:
+    """Put the arrays back; one stored array referenced from several places is loaded once and shared."""
+    loaded = {} if loaded is None else loaded
     if isinstance(tree, dict):
         if set(tree) == {_ARRAY}:
-            return np.asarray(npz[f"state/{tree[_ARRAY]}"])
-        return {k: _join(v, npz) for k, v in tree.items()}
+            key = f"state/{tree[_ARRAY]}"
+            if key not in loaded:
+                loaded[key] = np.asarray(npz[key])
+            return loaded[key]
+        return {k: _join(v, npz, loaded) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_join(v, npz) for v in tree]
+        return [_join(v, npz, loaded) for v in tree]
     return tree
 
 

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+
+from turnout.routing._common import l2_normalize
 
 
 @dataclass
@@ -46,6 +49,16 @@ class TrainingData:
                 f"inconsistent shapes: X {self.X.shape}, scores {self.scores.shape}, "
                 f"costs {self.costs.shape}, {len(self.models)} models"
             )
+
+    @cached_property
+    def Xn(self) -> np.ndarray:
+        """X with rows scaled to unit length (float32), computed once per data set.
+
+        Every router fitted on this data keeps this one array (not a copy of
+        its own), so an ensemble's members and their cost lookups read one
+        matrix per decision, which then stays in the CPU's cache.
+        """
+        return l2_normalize(self.X)
 
     @property
     def observed(self) -> np.ndarray:
@@ -80,6 +93,13 @@ class Router(ABC):
     @abstractmethod
     def predict(self, X: np.ndarray) -> Prediction:
         """Predict quality (and cost) of every model for each row of ``X``."""
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        """Only the predicted quality (n × m), for callers that predict cost once themselves (the ensemble).
+
+        Routers whose cost comes from a separate lookup override this to skip it.
+        """
+        return self.predict(X).quality
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild the fitted router (numpy arrays and plain values)."""

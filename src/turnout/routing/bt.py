@@ -4,8 +4,8 @@ Every training prompt is turned into pairwise battles between the models that
 answered it (higher score wins, equal scores tie). For a new prompt, training
 prompts are weighted by ``exp(gamma · (cos − max cos))``, the weighted battles
 are summed into an m × m win matrix, and Bradley–Terry strengths are fitted on
-it (Hunter's MM iterations, with a small tie pseudo-count between every pair
-so strengths stay finite). Strengths are turned into a quality per model by
+it (Newton's method on the BT likelihood, with a small tie pseudo-count between
+every pair so strengths stay finite). Strengths are turned into a quality per model by
 anchoring on the neighbourhood's weighted mean score: ``q_j = sigmoid(logit(q̄)
 + θ_j − mean θ)``, i.e. the BT win-probability of model j against an average
 model of that neighbourhood.
@@ -33,7 +33,7 @@ from turnout.routing.registry import register_router
 
 @register_router
 class BTRouter(Router):
-    """``gamma``: similarity sharpness; ``prior``: tie pseudo-count per pair; ``iters``: MM steps."""
+    """``gamma``: similarity sharpness; ``prior``: tie pseudo-count per pair; ``iters``: most Newton steps."""
 
     name = "bt"
 
@@ -69,10 +69,10 @@ class BTRouter(Router):
 
     def fit(self, data: TrainingData) -> BTRouter:
         self.models = list(data.models)
-        self.Xn = l2_normalize(data.X)
+        self.Xn = data.Xn
         self.scores = data.scores.astype(np.float32)
         self._count_battles()
-        self.cost_model = NeighbourCost().fit(data.X, data.costs)
+        self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
     def _count_battles(self) -> None:
@@ -118,25 +118,47 @@ class BTRouter(Router):
         return out
 
     def _bt(self, W: np.ndarray) -> np.ndarray:
-        """Batched MM fit of log-strengths from win matrices W (B × m × m); returns centred θ."""
+        """Batched Newton fit of BT log-strengths from win matrices W (B × m × m); returns centred θ.
+
+        The log-likelihood Σ W_ab log σ(θ_a − θ_b) is concave and, with the tie
+        pseudo-count, strictly so across the centred θ; Newton steps (clipped to
+        ±1, solved with the all-ones matrix added to fix the free shift) reach
+        the maximum to 1e-7 in well under ten steps on routing data.
+        """
         B, m, _ = W.shape
         if m == 1:  # one model: nothing to rank, its quality is the neighbourhood mean
             return np.zeros((B, 1))
         W = W + self.params["prior"] * (1 - np.eye(m))[None]  # ties between every pair keep θ finite
         N = W + W.transpose(0, 2, 1)
         total_wins = W.sum(axis=2)
-        p = np.ones((B, m))
+        shift = np.ones((m, m))
+        theta = np.zeros((B, m))
         for _ in range(self.params["iters"]):
-            denom = (N / (p[:, :, None] + p[:, None, :])).sum(axis=2)
-            p = np.maximum(total_wins / np.maximum(denom, 1e-12), 1e-12)
-            p /= np.exp(np.log(p).mean(axis=1, keepdims=True))
-        theta = np.log(p)
+            s = sigmoid(theta[:, :, None] - theta[:, None, :])  # s[., a, b] = P(a beats b)
+            grad = total_wins - (N * s).sum(axis=2)
+            h = N * s * (1 - s)
+            neg_hess = np.eye(m)[None] * h.sum(axis=2)[:, :, None] - h
+            step = np.clip(np.linalg.solve(neg_hess + shift, grad[..., None])[..., 0], -1.0, 1.0)
+            theta += step
+            if np.abs(step).max() < 1e-7:
+                break
         return theta - theta.mean(axis=1, keepdims=True)
 
-    def predict(self, X: np.ndarray) -> Prediction:
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
         require_fitted(self, "Xn")
-        assert self.Xn is not None and self.scores is not None and self.cost_model is not None
-        Xn = l2_normalize(as_2d(X, self.Xn.shape[1], self.name))
+        assert self.Xn is not None
+        return l2_normalize(as_2d(X, self.Xn.shape[1], self.name))
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
+        assert self.cost_model is not None
+        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._quality(self._inputs(X))
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
+        assert self.Xn is not None and self.scores is not None
         m = len(self.models)
         out = np.empty((Xn.shape[0], m))
         for s in range(0, Xn.shape[0], self.params["batch"]):
@@ -146,7 +168,7 @@ class BTRouter(Router):
             sums = w @ self._row_sums
             qbar = sums[:, 0] / np.maximum(sums[:, 1], 1e-12)
             out[s : s + len(w)] = sigmoid(logit(qbar)[:, None] + theta)
-        return Prediction(models=list(self.models), quality=out, cost=self.cost_model.predict(Xn))
+        return out
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "Xn")

@@ -23,6 +23,15 @@ from turnout.routing._common import l2_normalize, mean_costs, top_k_similar
 MAX_PROMPTS = 8192
 
 
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` itself when it is float32 with unit (or zero) rows, else a normalised copy."""
+    if X.dtype == np.float32 and X.ndim == 2:
+        norms = np.linalg.norm(X, axis=1)
+        if np.all((np.abs(norms - 1) < 1e-4) | (norms == 0)):
+            return X
+    return l2_normalize(X)
+
+
 class NeighbourCost:
     """kNN regression of each model's (log) cost; falls back to the model's mean cost."""
 
@@ -34,12 +43,16 @@ class NeighbourCost:
         self.log_costs: np.ndarray | None = None
         self.mean_log: np.ndarray | None = None
 
-    def fit(self, X: np.ndarray, costs: np.ndarray) -> NeighbourCost:
+    def fit(self, Xn: np.ndarray, costs: np.ndarray) -> NeighbourCost:
+        """Learn from L2-normalised prompt rows (kept as they are, not copied: pass the router's own) and costs.
+
+        Rows that are not unit length are normalised (into a copy).
+        """
         mean = mean_costs(costs)  # over every prompt, sampled or not
-        if X.shape[0] > self.max_prompts:
-            rows = np.sort(np.random.default_rng(self.seed).choice(X.shape[0], self.max_prompts, replace=False))
-            X, costs = X[rows], costs[rows]
-        self.Xn = l2_normalize(X)
+        if Xn.shape[0] > self.max_prompts:
+            rows = np.sort(np.random.default_rng(self.seed).choice(Xn.shape[0], self.max_prompts, replace=False))
+            Xn, costs = Xn[rows], costs[rows]
+        self.Xn = _unit_rows(Xn)
         # log space: costs are positive and multiplicative in token counts; zeros (free local models) stay 0
         self.log_costs = np.log(np.where(np.isnan(costs), np.nan, np.maximum(costs, 0) + 1e-12)).astype(np.float32)
         self.mean_log = np.log(np.maximum(mean, 0) + 1e-12)

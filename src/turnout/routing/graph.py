@@ -60,7 +60,7 @@ class GraphRouter(Router):
         torch = import_torch("the graph router")
         p = self.params
         self.models = list(data.models)
-        Xn = l2_normalize(data.X)
+        Xn = data.Xn
         if data.tasks is not None:
             names = sorted(set(data.tasks))
             labels = np.array([names.index(t) for t in data.tasks])
@@ -97,23 +97,32 @@ class GraphRouter(Router):
                      weight_decay=p["weight_decay"], batch_size=p["batch_size"], val_fraction=p["val_fraction"],
                      patience=p["patience"])
         self.weights = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-        self.cost_model = NeighbourCost().fit(data.X, data.costs)
+        self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
-    def predict(self, X: np.ndarray) -> Prediction:
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
         require_fitted(self, "weights")
-        assert self.weights is not None and self.R is not None and self.centroids is not None
+        assert self.centroids is not None
+        return l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
         assert self.cost_model is not None
+        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._quality(self._inputs(X))
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
+        assert self.weights is not None and self.R is not None
         w = self.weights
-        Xn = l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
         A = self._assign(Xn)
         r = logit(A @ self.R)
         hq = np.maximum(Xn @ w["P.weight"].T + w["P.bias"] + A @ w["T"], 0)
         z = hq[:, None, :] * w["E"][None]  # n × m × h
         Wz, Wr = w["W.weight"][:, :-1], w["W.weight"][:, -1]
         hidden = np.maximum(z @ Wz.T + r[:, :, None] * Wr + w["W.bias"], 0)
-        q = sigmoid(hidden @ w["u.weight"][0] + w["b"])
-        return Prediction(models=list(self.models), quality=q, cost=self.cost_model.predict(Xn))
+        return sigmoid(hidden @ w["u.weight"][0] + w["b"])
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "weights")

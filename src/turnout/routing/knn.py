@@ -74,7 +74,7 @@ class KNNRouter(Router):
 
     def fit(self, data: TrainingData) -> KNNRouter:
         self.models = list(data.models)
-        self.Xn = l2_normalize(data.X)
+        self.Xn = data.Xn
         self.scores = data.scores.astype(np.float32)
         self.log_costs = np.log(np.maximum(data.costs, 0) + 1e-12).astype(np.float32)
         self.means = column_means(data.scores)

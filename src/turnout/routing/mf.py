@@ -41,7 +41,7 @@ class MFRouter(Router):
         torch = import_torch("the MF router")
         p = self.params
         self.models = list(data.models)
-        X = l2_normalize(data.X)
+        X = data.Xn
         d, m = X.shape[1], len(self.models)
         torch.manual_seed(p["seed"])
 
@@ -66,15 +66,25 @@ class MFRouter(Router):
         self.V = (net.V.detach().numpy() * net.w.weight.detach().numpy()[0][None, :]).copy()
         self.w = net.w.weight.detach().numpy()[0].copy()
         self.b = net.b.detach().numpy().copy()
-        self.cost_model = NeighbourCost().fit(data.X, data.costs)
+        self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
-    def predict(self, X: np.ndarray) -> Prediction:
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
         require_fitted(self, "P")
-        assert self.P is not None and self.V is not None and self.b is not None and self.cost_model is not None
-        Xn = l2_normalize(as_2d(X, self.P.shape[0], self.name))
-        q = sigmoid((Xn @ self.P) @ self.V.T + self.b)
-        return Prediction(models=list(self.models), quality=q, cost=self.cost_model.predict(Xn))
+        assert self.P is not None
+        return l2_normalize(as_2d(X, self.P.shape[0], self.name))
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
+        assert self.P is not None and self.V is not None and self.b is not None
+        return sigmoid((Xn @ self.P) @ self.V.T + self.b)
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
+        assert self.cost_model is not None
+        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._quality(self._inputs(X))
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "P")

@@ -55,7 +55,7 @@ class MLPRouter(Router):
         torch = import_torch("the MLP router")
         p = self.params
         self.models = list(data.models)
-        X = l2_normalize(data.X)
+        X = data.Xn
         d, m = X.shape[1], len(self.models)
         self.weights = []
         for member in range(p["members"]):
@@ -71,7 +71,7 @@ class MLPRouter(Router):
             lin = [layer for layer in net if isinstance(layer, torch.nn.Linear)]
             self.weights.append({f"{k}{i}": getattr(l, k).detach().numpy().copy()
                                  for i, l in enumerate(lin) for k in ("weight", "bias")})
-        self.cost_model = NeighbourCost().fit(data.X, data.costs)
+        self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
     def _forward(self, Xn: np.ndarray) -> np.ndarray:
@@ -83,11 +83,18 @@ class MLPRouter(Router):
             out += sigmoid(h @ w["weight2"].T + w["bias2"])
         return out / len(self.weights)
 
-    def predict(self, X: np.ndarray) -> Prediction:
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
         require_fitted(self, "weights")
-        assert self.weights is not None and self.cost_model is not None
-        Xn = l2_normalize(as_2d(X, self.weights[0]["weight0"].shape[1], self.name))
+        assert self.weights is not None
+        return l2_normalize(as_2d(X, self.weights[0]["weight0"].shape[1], self.name))
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
+        assert self.cost_model is not None
         return Prediction(models=list(self.models), quality=self._forward(Xn), cost=self.cost_model.predict(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._forward(self._inputs(X))
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "weights")

@@ -78,7 +78,7 @@ class ProfileRouter(Router):
     def fit(self, data: TrainingData) -> ProfileRouter:
         p = self.params
         self.models = list(data.models)
-        Xn = l2_normalize(data.X)
+        Xn = data.Xn
         k = max(1, min(p["clusters"], Xn.shape[0] // 20))
         self.centroids = kmeans(Xn, k, seed=p["seed"])
         A = self._assign(Xn)
@@ -87,7 +87,7 @@ class ProfileRouter(Router):
         num = A.T @ np.nan_to_num(data.scores) + p["shrink"] * mu[None, :]
         den = A.T @ obs.astype(float) + p["shrink"]
         self.profiles = (num / den).T
-        self.cost_model = NeighbourCost().fit(data.X, data.costs)
+        self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         self.ref_cost_cols = np.ones(len(self.models), dtype=bool)
         self.cost_scale = np.ones(len(self.models))
         self.prices = np.array([_card_price(data.model_cards.get(m)) or np.nan for m in self.models])
@@ -102,12 +102,21 @@ class ProfileRouter(Router):
         extra = fleet * self.cost_scale[None, n_trained:]
         return np.concatenate([base, extra], axis=1)
 
-    def predict(self, X: np.ndarray) -> Prediction:
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
         require_fitted(self, "profiles")
-        assert self.centroids is not None and self.profiles is not None
-        Xn = l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
-        A = self._assign(Xn)
-        return Prediction(models=list(self.models), quality=A @ self.profiles.T, cost=self._reference_cost(Xn))
+        assert self.centroids is not None
+        return l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
+        assert self.profiles is not None
+        return self._assign(Xn) @ self.profiles.T
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
+        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self._reference_cost(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._quality(self._inputs(X))
 
     def add_model(
         self,
