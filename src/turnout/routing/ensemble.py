@@ -8,11 +8,11 @@ a decision ten times slower than one). Averaging routers with different
 errors (neighbours, a neural trunk, a factorization, battles, a graph,
 profiles) gives smoother, better-ranked quality than any single one.
 
-The default members are every learned router, equally weighted: on the
-shared tables' training prompts (4-fold CV, two seeds) that beat the earlier
-knn + mlp + mf default in three runs of four (RouterBench −0.0004 / +0.0017
-AIQ, DCRouter +0.0024 / +0.0017), and it needs no choice that could be tuned
-to one table.
+The default members are every learned router, equally weighted. On the
+shared tables' training prompts (4-fold CV, two seeds) that scored at least
+the earlier knn + mlp + mf default in all four runs (RouterBench +0.0000 /
++0.0010 AIQ, DCRouter +0.0025 / +0.0018), and it needs no choice that could
+be tuned to one table.
 """
 
 from __future__ import annotations
