@@ -251,3 +251,18 @@ def test_ensemble_members_share_one_copy_of_the_training_prompts_in_memory_and_i
     assert np.array_equal(lk.Xn, shared)
     a, b = ens.predict(data.X[:30]), loaded.predict(data.X[:30])
     assert np.array_equal(a.quality, b.quality) and np.array_equal(a.cost, b.cost)
+
+
+def test_an_ensemble_saved_without_its_own_cost_model_still_loads_and_averages_its_members_costs() -> None:
+    needs("ensemble")
+    data, _ = planted(n=150, seed=7)
+    ens = create_router("ensemble", members=["knn", "mf"]).fit(data)
+    state = ens.get_state()
+    del state["cost"]  # what an ensemble saved by an earlier turnout holds
+    old = type(ens).from_state(state)
+    assert old.cost_model is None
+    knn, mf = ens.members
+    probe = data.X[:20]
+    got = old.predict(probe)
+    assert np.allclose(got.cost, (knn.predict(probe).cost + mf.predict(probe).cost) / 2)
+    assert np.allclose(got.quality, ens.predict(probe).quality)

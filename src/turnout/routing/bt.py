@@ -5,10 +5,10 @@ answered it (higher score wins, equal scores tie). For a new prompt, training
 prompts are weighted by ``exp(gamma · (cos − max cos))``, the weighted battles
 are summed into an m × m win matrix, and Bradley–Terry strengths are fitted on
 it (Newton's method on the BT likelihood, with a small tie pseudo-count between
-every pair so strengths stay finite). Strengths are turned into a quality per model by
-anchoring on the neighbourhood's weighted mean score: ``q_j = sigmoid(logit(q̄)
-+ θ_j − mean θ)``, i.e. the BT win-probability of model j against an average
-model of that neighbourhood.
+every pair so strengths stay finite). Strengths are turned into a quality per
+model by anchoring on the neighbourhood's weighted mean score: ``q_j =
+sigmoid(logit(q̄) + θ_j − mean θ)``, i.e. the BT win-probability of model j
+against an average model of that neighbourhood.
 
 The exact sum costs n · m² per prompt (n training prompts, m models). While
 n · m² is at most ``max_cells`` (RouterBench and DCRouter are 10–20× under
