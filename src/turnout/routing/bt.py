@@ -25,17 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from turnout.routing._common import as_2d, l2_normalize, logit, require_fitted, sigmoid
-from turnout.routing.base import Prediction, Router, TrainingData
-from turnout.routing.cost import NeighbourCost
+from turnout.routing._common import logit, require_fitted, sigmoid
+from turnout.routing.base import TrainingData
+from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
 
 
 @register_router
-class BTRouter(Router):
+class BTRouter(NeighbourCostRouter):
     """``gamma``: similarity sharpness; ``prior``: tie pseudo-count per pair; ``iters``: most Newton steps."""
 
     name = "bt"
+    fitted_attr = "Xn"
 
     def __init__(self, gamma: float = 10.0, prior: float = 0.5, iters: int = 60, batch: int = 256,
                  max_cells: int = 4_000_000) -> None:
@@ -144,18 +145,9 @@ class BTRouter(Router):
                 break
         return theta - theta.mean(axis=1, keepdims=True)
 
-    def _inputs(self, X: np.ndarray) -> np.ndarray:
-        require_fitted(self, "Xn")
+    def _width(self) -> int:
         assert self.Xn is not None
-        return l2_normalize(as_2d(X, self.Xn.shape[1], self.name))
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        Xn = self._inputs(X)
-        assert self.cost_model is not None
-        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
-
-    def predict_quality(self, X: np.ndarray) -> np.ndarray:
-        return self._quality(self._inputs(X))
+        return int(self.Xn.shape[1])
 
     def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.Xn is not None and self.scores is not None

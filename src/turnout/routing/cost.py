@@ -12,11 +12,12 @@ then a fixed fraction of a millisecond however big the table is).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from turnout.routing._common import l2_normalize, mean_costs, top_k_similar
+from turnout.routing._common import as_2d, l2_normalize, mean_costs, require_fitted, top_k_similar
+from turnout.routing.base import Prediction, Router
 
 
 #: training prompts the neighbours are looked up among, at most (a seeded sample of bigger tables)
@@ -80,3 +81,37 @@ class NeighbourCost:
                   seed=int(state.get("seed", 0)))
         obj.Xn, obj.log_costs, obj.mean_log = state["Xn"], state["log_costs"], state["mean_log"]
         return obj
+
+
+class NeighbourCostRouter(Router):
+    """A router that predicts quality from L2-normalised prompt rows and cost with a :class:`NeighbourCost`.
+
+    Subclasses name ``fitted_attr`` (None until ``fit``), and implement
+    ``_width`` (the fitted feature width) and ``_quality(Xn)``. Validation,
+    :meth:`predict` and the cost-free :meth:`predict_quality` are shared.
+    """
+
+    #: an attribute that is None until the router is fitted
+    fitted_attr: ClassVar[str]
+    cost_model: NeighbourCost | None = None
+
+    def _width(self) -> int:
+        raise NotImplementedError
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _cost(self, Xn: np.ndarray) -> np.ndarray:
+        assert self.cost_model is not None
+        return self.cost_model.predict(Xn)
+
+    def _inputs(self, X: np.ndarray) -> np.ndarray:
+        require_fitted(self, self.fitted_attr)
+        return l2_normalize(as_2d(X, self._width(), self.name))
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        Xn = self._inputs(X)
+        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self._cost(Xn))
+
+    def predict_quality(self, X: np.ndarray) -> np.ndarray:
+        return self._quality(self._inputs(X))

@@ -26,19 +26,20 @@ from typing import Any
 import numpy as np
 
 from turnout.routing._common import (
-    as_2d, column_means, kmeans, l2_normalize, logit, require_fitted, sigmoid, soft_assign,
+    column_means, kmeans, l2_normalize, logit, require_fitted, sigmoid, soft_assign,
 )
 from turnout.routing._torch import import_torch, train_masked
-from turnout.routing.base import Prediction, Router, TrainingData
-from turnout.routing.cost import NeighbourCost
+from turnout.routing.base import TrainingData
+from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
 
 
 @register_router
-class GraphRouter(Router):
+class GraphRouter(NeighbourCostRouter):
     """``dim``: node embedding size; ``clusters``: task nodes when no task labels are given."""
 
     name = "graph"
+    fitted_attr = "weights"
 
     def __init__(self, dim: int = 32, clusters: int = 16, temperature: float = 0.05, shrink: float = 5.0,
                  epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,
@@ -100,18 +101,9 @@ class GraphRouter(Router):
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
-    def _inputs(self, X: np.ndarray) -> np.ndarray:
-        require_fitted(self, "weights")
+    def _width(self) -> int:
         assert self.centroids is not None
-        return l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        Xn = self._inputs(X)
-        assert self.cost_model is not None
-        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
-
-    def predict_quality(self, X: np.ndarray) -> np.ndarray:
-        return self._quality(self._inputs(X))
+        return int(self.centroids.shape[1])
 
     def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.weights is not None and self.R is not None

@@ -13,18 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from turnout.routing._common import as_2d, l2_normalize, require_fitted, sigmoid
+from turnout.routing._common import require_fitted, sigmoid
 from turnout.routing._torch import import_torch, train_masked
-from turnout.routing.base import Prediction, Router, TrainingData
-from turnout.routing.cost import NeighbourCost
+from turnout.routing.base import TrainingData
+from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
 
 
 @register_router
-class MFRouter(Router):
+class MFRouter(NeighbourCostRouter):
     """Bilinear quality ``sigmoid(w · (v_model ⊙ P x) + b_model)``; ``dim`` is the latent size."""
 
     name = "mf"
+    fitted_attr = "P"
 
     def __init__(self, dim: int = 64, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4,
                  batch_size: int = 128, val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:
@@ -69,22 +70,13 @@ class MFRouter(Router):
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
-    def _inputs(self, X: np.ndarray) -> np.ndarray:
-        require_fitted(self, "P")
+    def _width(self) -> int:
         assert self.P is not None
-        return l2_normalize(as_2d(X, self.P.shape[0], self.name))
+        return int(self.P.shape[0])
 
     def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.P is not None and self.V is not None and self.b is not None
         return sigmoid((Xn @ self.P) @ self.V.T + self.b)
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        Xn = self._inputs(X)
-        assert self.cost_model is not None
-        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self.cost_model.predict(Xn))
-
-    def predict_quality(self, X: np.ndarray) -> np.ndarray:
-        return self._quality(self._inputs(X))
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "P")

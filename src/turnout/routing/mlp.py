@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from turnout.routing._common import as_2d, l2_normalize, require_fitted, sigmoid
+from turnout.routing._common import require_fitted, sigmoid
 from turnout.routing._torch import import_torch, train_masked
-from turnout.routing.base import Prediction, Router, TrainingData
-from turnout.routing.cost import NeighbourCost
+from turnout.routing.base import TrainingData
+from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
 
 
 @register_router
-class MLPRouter(Router):
+class MLPRouter(NeighbourCostRouter):
     """Trunk ``Linear-ReLU-Dropout-Linear-ReLU`` then a linear head per model (sigmoid quality).
 
     ``hidden``: trunk width; ``dropout``; ``epochs``: upper bound (early
@@ -30,6 +30,7 @@ class MLPRouter(Router):
     """
 
     name = "mlp"
+    fitted_attr = "weights"
 
     def __init__(
         self,
@@ -74,7 +75,11 @@ class MLPRouter(Router):
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
-    def _forward(self, Xn: np.ndarray) -> np.ndarray:
+    def _width(self) -> int:
+        assert self.weights is not None
+        return int(self.weights[0]["weight0"].shape[1])
+
+    def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.weights is not None
         out = np.zeros((Xn.shape[0], len(self.models)))
         for w in self.weights:
@@ -82,19 +87,6 @@ class MLPRouter(Router):
             h = np.maximum(h @ w["weight1"].T + w["bias1"], 0)
             out += sigmoid(h @ w["weight2"].T + w["bias2"])
         return out / len(self.weights)
-
-    def _inputs(self, X: np.ndarray) -> np.ndarray:
-        require_fitted(self, "weights")
-        assert self.weights is not None
-        return l2_normalize(as_2d(X, self.weights[0]["weight0"].shape[1], self.name))
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        Xn = self._inputs(X)
-        assert self.cost_model is not None
-        return Prediction(models=list(self.models), quality=self._forward(Xn), cost=self.cost_model.predict(Xn))
-
-    def predict_quality(self, X: np.ndarray) -> np.ndarray:
-        return self._forward(self._inputs(X))
 
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "weights")

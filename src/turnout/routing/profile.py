@@ -22,8 +22,8 @@ import numpy as np
 
 from turnout.errors import RoutingError
 from turnout.routing._common import as_2d, column_means, kmeans, l2_normalize, require_fitted, soft_assign
-from turnout.routing.base import Prediction, Router, TrainingData
-from turnout.routing.cost import NeighbourCost
+from turnout.routing.base import TrainingData
+from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
 
 
@@ -51,7 +51,7 @@ def _simplex_lstsq(A: np.ndarray, y: np.ndarray, ridge: float, iters: int = 300)
 
 
 @register_router
-class ProfileRouter(Router):
+class ProfileRouter(NeighbourCostRouter):
     """Quality = capability mix · model profile; supports cold-start models via :meth:`add_model`.
 
     ``clusters``: number of capabilities; ``temperature``: softness of the
@@ -60,6 +60,7 @@ class ProfileRouter(Router):
     """
 
     name = "profile"
+    fitted_attr = "profiles"
 
     def __init__(self, clusters: int = 24, temperature: float = 0.05, shrink: float = 5.0, seed: int = 0) -> None:
         self.params = dict(clusters=clusters, temperature=temperature, shrink=shrink, seed=seed)
@@ -93,7 +94,7 @@ class ProfileRouter(Router):
         self.prices = np.array([_card_price(data.model_cards.get(m)) or np.nan for m in self.models])
         return self
 
-    def _reference_cost(self, Xn: np.ndarray) -> np.ndarray:
+    def _cost(self, Xn: np.ndarray) -> np.ndarray:
         """Per-prompt cost of each model: trained models from kNN, added ones scaled off the fleet mean."""
         assert self.cost_model is not None and self.cost_scale is not None and self.ref_cost_cols is not None
         base = self.cost_model.predict(Xn)  # n × m_trained
@@ -102,21 +103,13 @@ class ProfileRouter(Router):
         extra = fleet * self.cost_scale[None, n_trained:]
         return np.concatenate([base, extra], axis=1)
 
-    def _inputs(self, X: np.ndarray) -> np.ndarray:
-        require_fitted(self, "profiles")
+    def _width(self) -> int:
         assert self.centroids is not None
-        return l2_normalize(as_2d(X, self.centroids.shape[1], self.name))
+        return int(self.centroids.shape[1])
 
     def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.profiles is not None
         return self._assign(Xn) @ self.profiles.T
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        Xn = self._inputs(X)
-        return Prediction(models=list(self.models), quality=self._quality(Xn), cost=self._reference_cost(Xn))
-
-    def predict_quality(self, X: np.ndarray) -> np.ndarray:
-        return self._quality(self._inputs(X))
 
     def add_model(
         self,
@@ -156,7 +149,7 @@ class ProfileRouter(Router):
         self.profiles = np.vstack([self.profiles, profile[None, :]])
         # relative cost: probe costs against the fleet's predicted cost, else the card's price ratio
         if costs_probe is not None:
-            fleet = self._reference_cost(Xn)[:, : int(self.ref_cost_cols.sum())].mean(axis=1)  # type: ignore[union-attr]
+            fleet = self._cost(Xn)[:, : int(self.ref_cost_cols.sum())].mean(axis=1)  # type: ignore[union-attr]
             scale = float(np.nanmean(np.asarray(costs_probe, dtype=float)[keep]) / max(fleet.mean(), 1e-15))
         else:
             price = _card_price(card)
