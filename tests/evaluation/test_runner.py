@@ -198,3 +198,28 @@ def test_drop_seen_prompts_counts_and_refuses_an_all_seen_test():
     assert n == 0 and same is kept
     with pytest.raises(DataError, match="also in the training table"):
         drop_seen_prompts(tr, tr)
+
+
+def test_run_eval_composes_the_ensemble_from_the_routers_it_just_fitted():
+    from turnout.evaluation.runner import RouterFitter, distinct_points, run_eval
+    from turnout.routing import create_router
+
+    rng = np.random.default_rng(3)
+    n = 200
+    kind = np.arange(n) % 2
+    X = np.c_[kind, 1 - kind, rng.normal(scale=0.3, size=(n, 6))].astype(np.float32)
+    S = np.c_[(kind == 0) & (rng.random(n) < 0.9), rng.random(n) < 0.8].astype(float)
+    C = np.tile([1.0, 10.0], (n, 1))
+    t = RoutingTable([str(i) for i in range(n)], ["p"] * n, ["cheap", "big"], S, C)
+    tr, te = t.subset(np.arange(0, 150)), t.subset(np.arange(150, n))
+    params = {"ensemble": {"members": ["knn", "bt"]}}
+    out = run_eval(tr, te, X[:150], X[150:], ["knn", "bt", "ensemble"], progress=False, router_params=params, bootstrap=0)
+    fresh = evaluate_router(create_router("ensemble", members=["knn", "bt"]), tr, te, X[:150], X[150:])
+    assert out["routers"]["ensemble"]["curve"] == distinct_points(fresh["curve"])
+    r = out["routers"]
+    assert r["ensemble"]["fit_s"] >= r["knn"]["fit_s"] + r["bt"]["fit_s"]  # members' fits count as its own
+    fitter = RouterFitter(tr.to_training_data(X[:150]), params, reuse=["knn", "bt"])
+    knn, _ = fitter.fit("knn")
+    bt, _ = fitter.fit("bt")
+    ens, _ = fitter.fit("ensemble")
+    assert ens.members[0] is knn and ens.members[1] is bt

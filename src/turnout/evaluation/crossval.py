@@ -21,7 +21,15 @@ from typing import Any
 import numpy as np
 
 from turnout.errors import DataError
-from turnout.evaluation.runner import baselines, curve_metrics, only_observed, progress_bar, sweep
+from turnout.evaluation.runner import (
+    RouterFitter,
+    baselines,
+    curve_metrics,
+    ensemble_members,
+    only_observed,
+    progress_bar,
+    sweep,
+)
 from turnout.evaluation.table import RoutingTable
 
 #: routers ``turnout train --router auto`` chooses among (every learned router that needs no configuration)
@@ -49,11 +57,11 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
     """Per router: ``aiq`` (mean over folds), ``aiq_folds``, ``max_quality`` (mean) on held-out prompts.
 
     Routers are built with :func:`turnout.routing.registry.create_router` (and
-    ``router_params[name]``); a fold whose held-out prompts span no cost range
+    ``router_params[name]``); an ``ensemble`` is composed from the members
+    fitted in the same fold (:class:`~turnout.evaluation.runner.RouterFitter`)
+    rather than fitted again. A fold whose held-out prompts span no cost range
     still scores (AIQ is then the quality at that one cost).
     """
-    from turnout.routing.registry import create_router
-
     X = np.asarray(X)
     splits = fold_indices(len(table), folds, seed)
     scores: dict[str, list[tuple[float, float]]] = {r: [] for r in routers}
@@ -62,11 +70,12 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
         for f, (tr_rows, held) in enumerate(splits):
             tr, te = table.subset(tr_rows), table.subset(held)
             base = baselines(te)
+            fitter = RouterFitter(tr.to_training_data(X[tr_rows]), router_params,
+                                  reuse=ensemble_members(routers, router_params))
             for name in routers:
                 if bar is not None:
                     bar.update(task, description=f"fold {f + 1}/{folds}: {name}")
-                router = create_router(name, **(router_params or {}).get(name, {}))
-                router.fit(tr.to_training_data(X[tr_rows]))
+                router, _ = fitter.fit(name)
                 m = curve_metrics(sweep(only_observed(router.predict(X[held]), te), te)["curve"], base)
                 scores[name].append((m["aiq"], m["max_quality"]))
                 if bar is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -18,18 +19,68 @@ from turnout.evaluation.metrics import (
     within_task_auc,
 )
 from turnout.evaluation.table import RoutingTable, oracle
-from turnout.routing.base import Prediction, Router
+from turnout.routing.base import Prediction, Router, TrainingData
 from turnout.routing.policy import choose, lambda_grid
 
 #: test-set resamples behind each AIQ's 95% interval
 BOOTSTRAP = 200
 
 
-def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray) -> dict[str, Any]:
-    """Fit ``router`` on train, sweep λ on test; returns the per-router JSON block of ``turnout eval``."""
-    t0 = time.perf_counter()
-    router.fit(train.to_training_data(Xtr))
-    fit_s = time.perf_counter() - t0
+class RouterFitter:
+    """Fits routers by name on one training set; an ``ensemble`` reuses the members already fitted here.
+
+    ``reuse`` names the routers to keep once fitted (an ensemble's members).
+    A member is kept only when it was built with its default parameters, as
+    the ensemble builds it, so the composed ensemble is the one ``fit`` gives
+    (members fit deterministically) at none of the cost. Its fit time is its
+    members' fit times plus its own cost lookup's.
+    """
+
+    def __init__(self, data: TrainingData, router_params: dict[str, dict[str, Any]] | None = None,
+                 reuse: Collection[str] = ()) -> None:
+        self.data, self.params, self.reuse = data, router_params or {}, set(reuse)
+        self._fitted: dict[str, tuple[Router, float]] = {}
+
+    def fit(self, name: str) -> tuple[Router, float]:
+        """The router fitted on the data, and the seconds its fit took."""
+        from turnout.routing.ensemble import DEFAULT_MEMBERS, EnsembleRouter
+        from turnout.routing.registry import create_router
+
+        params = self.params.get(name, {})
+        if name == "ensemble" and set(params) <= {"members", "weights"}:
+            members = list(params.get("members") or DEFAULT_MEMBERS)
+            if all(m in self._fitted for m in members):
+                t0 = time.perf_counter()
+                ens = EnsembleRouter.compose([self._fitted[m][0] for m in members], self.data, params.get("weights"))
+                return ens, sum(self._fitted[m][1] for m in members) + time.perf_counter() - t0
+        router = create_router(name, **params)
+        t0 = time.perf_counter()
+        router.fit(self.data)
+        fit_s = time.perf_counter() - t0
+        if name in self.reuse and not params:
+            self._fitted[name] = (router, fit_s)
+        return router, fit_s
+
+
+def ensemble_members(routers: list[str], router_params: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The members of the ``ensemble`` in ``routers`` (none when there is no ensemble there)."""
+    if "ensemble" not in routers:
+        return []
+    from turnout.routing.ensemble import DEFAULT_MEMBERS
+
+    return list((router_params or {}).get("ensemble", {}).get("members") or DEFAULT_MEMBERS)
+
+
+def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, *,
+                    fit_s: float | None = None) -> dict[str, Any]:
+    """Fit ``router`` on train (unless ``fit_s`` says it already was), sweep λ on test.
+
+    Returns the per-router JSON block of ``turnout eval``.
+    """
+    if fit_s is None:
+        t0 = time.perf_counter()
+        router.fit(train.to_training_data(Xtr))
+        fit_s = time.perf_counter() - t0
     pred = only_observed(router.predict(Xte), test)
     assert pred.available is not None
     return {**sweep(pred, test), "fit_s": fit_s, "decision_ms_p50": _decision_p50(router, Xte, pred.available),
@@ -156,8 +207,6 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     Shows a rich progress bar over the routers being fitted when ``progress`` is true.
     ``bootstrap`` resamples of the test prompts give each AIQ a 95% interval (0 turns it off).
     """
-    from turnout.routing.registry import create_router
-
     test, left_out = align_models(train, test)
     base = baselines(test)
     out: dict[str, Any] = {"table": table, "n_train": len(train), "n_test": len(test),
@@ -174,8 +223,11 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     if weights is not None:
         out["single_models_aiq_ci"] = single_models_aiq_ci(test, weights)
 
+    fitter = RouterFitter(train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params))
+
     def one(name: str) -> None:
-        res = evaluate_router(create_router(name, **(router_params or {}).get(name, {})), train, test, Xtr, Xte)
+        router, fit_s = fitter.fit(name)
+        res = evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s)
         shares, choices = res.pop("_shares"), res.pop("_choices")
         ci = {"aiq_ci": aiq_ci(choices, test, weights)} if weights is not None else {}
         out["routers"][name] = {**curve_metrics(res["curve"], base),

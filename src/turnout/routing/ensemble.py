@@ -49,7 +49,23 @@ class EnsembleRouter(Router):
         self.cost_model: NeighbourCost | None = None
 
     def fit(self, data: TrainingData) -> EnsembleRouter:
-        self.members = [router_class(n)().fit(data) for n in self.member_names]
+        return self._adopt([router_class(n)().fit(data) for n in self.member_names], data)
+
+    @classmethod
+    def compose(cls, members: list[Router], data: TrainingData, weights: list[float] | None = None) -> EnsembleRouter:
+        """The ensemble of routers already fitted on ``data``, without fitting them again.
+
+        Members fit deterministically, so this equals ``fit(data)`` when every
+        member was built with its default parameters; evaluation uses it to
+        score an ensemble of routers it has just fitted on their own.
+        """
+        return cls([r.name for r in members], weights)._adopt(list(members), data)
+
+    def _adopt(self, members: list[Router], data: TrainingData) -> EnsembleRouter:
+        for r in members:
+            if list(r.models) != list(data.models):
+                raise RoutingError(f"ensemble member '{r.name}' was fitted on models {r.models}, not {data.models}")
+        self.members = members
         self.models = list(data.models)
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
