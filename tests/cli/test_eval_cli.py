@@ -148,3 +148,23 @@ def test_eval_on_a_one_model_table_reports_instead_of_crashing(tmp_path):
     q = res["best_single"]["quality"]
     # no cost range: AIQ is the quality at the one cost there is
     assert res["single_models_aiq"] == q and res["routers"]["knn"]["aiq"] == q
+
+
+def test_without_torch_the_default_routers_run_less_the_torch_ones_and_say_what_to_install(tmp_path, monkeypatch, capsys):
+    from turnout.routing.ensemble import default_members
+    from turnout.routing.registry import available, missing_packages
+
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # as on an install without the 'ml' extra
+    assert missing_packages("mlp") == {"torch": "ml"} and missing_packages("knn") == {}
+    assert available(["knn", "mlp", "bt"]) == (["knn", "bt"], {"mlp": {"torch": "ml"}})
+    assert default_members() == ["knn", "bt", "profile"]
+    src = _write_table(tmp_path)
+    out = tmp_path / "o.json"
+    assert main(["eval", str(src), "--embedder", "hashing", "--bootstrap", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["routers"]) == set(DEFAULT_ROUTERS.split(",")) - {"mlp", "mf", "graph"}
+    printed = capsys.readouterr().out
+    assert "not run: mlp, mf, graph" in printed and "pip install 'turnout[ml]'" in printed
+    # a router named on the command line must run: no silent drop
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn,mlp"]) != 0
+    assert "turnout[ml]" in capsys.readouterr().err

@@ -174,3 +174,13 @@ def test_train_auto_rejects_contradictory_flags_before_any_work(tmp_path, argv, 
     code = main(["train", str(src), "--embedder", "hashing", "--out", str(tmp_path / "r.npz"), *argv])
     assert code != 0 and needle in capsys.readouterr().err
     assert not (tmp_path / "r.npz").exists()
+
+
+def test_train_auto_without_torch_chooses_among_the_candidates_that_can_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    src = make_table(tmp_path / "t.jsonl", n=120)
+    out = tmp_path / "auto.npz"
+    assert main(["train", str(src), "--router", "auto", "--cv-folds", "2", "--embedder", "hashing", "--out", str(out)]) == 0
+    _, meta = load_router(out)
+    assert set(meta["selection"]["candidates"]) == {"knn", "bt", "profile", "ensemble"}
+    assert "not run: mlp, mf, graph" in capsys.readouterr().out

@@ -21,3 +21,14 @@ def console(**kwargs: Any) -> Any:
     if not con.is_terminal and "COLUMNS" not in os.environ and "width" not in kwargs:
         con = Console(width=PIPE_WIDTH, **kwargs)
     return con
+
+
+def runnable(routers: list[str], con: Any) -> list[str]:
+    """``routers`` less those whose optional packages are missing, with one line saying what to install."""
+    from turnout.routing.registry import available
+
+    ok, missing = available(routers)
+    if missing:
+        pkgs = sorted({f"{pkg} (pip install 'turnout[{extra}]')" for m in missing.values() for pkg, extra in m.items()})
+        con.print(f"not run: {', '.join(missing)}: they need {', '.join(pkgs)}", style="yellow", markup=False)
+    return ok

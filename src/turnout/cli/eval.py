@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
                    help="keep test prompts whose text is also in train (by default they are dropped and counted)")
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP,
                    help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}; 0 = off)")
-    p.add_argument("--routers", default=DEFAULT_ROUTERS, help=f"comma-separated router names (default: {DEFAULT_ROUTERS})")
+    p.add_argument("--routers", help=f"comma-separated router names (default: {DEFAULT_ROUTERS}, "
+                                     "less those whose optional packages are not installed)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--json", dest="json_out", help="write the result as JSON here (schema: docs/eval.md)")
     p.add_argument("--plot", dest="plot_out", help="write a cost/quality plot (PNG) here; needs matplotlib")
@@ -66,18 +67,20 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
 
 def run(args: Any) -> int:
-    from turnout.cli._ui import console
+    from turnout.cli._ui import console, runnable
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.runner import run_eval
     from turnout.routing.registry import router_names
 
-    routers = [r for r in args.routers.split(",") if r]
+    routers = [r for r in (args.routers or DEFAULT_ROUTERS).split(",") if r]
     unknown = [r for r in routers if r not in router_names()]
     if unknown:
         from turnout.errors import RoutingError
 
         raise RoutingError(f"unknown router(s) {', '.join(unknown)}; choose from: {', '.join(router_names())}")
+    if not args.routers:  # the default list: leave out what cannot run here, and say so (named routers must run)
+        routers = runnable(routers, console())
     table = load_table(args.table)
     if args.test:
         train, test = table, load_table(args.test)

@@ -103,6 +103,10 @@ def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
     if params:
         raise RoutingError("--param needs a named router; --router auto uses each candidate's defaults")
     names = [c for c in (args.candidates.split(",") if args.candidates else AUTO_CANDIDATES) if c]
+    if not args.candidates:  # the default candidates: leave out what cannot run here, and say so
+        from turnout.cli._ui import console, runnable
+
+        names = runnable(names, console())
     for c in names:
         if getattr(create_router(c), "evaluation_only", False):
             raise RoutingError(f"router '{c}' cannot be a candidate: it cannot be trained for serving")

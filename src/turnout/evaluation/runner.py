@@ -43,12 +43,12 @@ class RouterFitter:
 
     def fit(self, name: str) -> tuple[Router, float]:
         """The router fitted on the data, and the seconds its fit took."""
-        from turnout.routing.ensemble import DEFAULT_MEMBERS, EnsembleRouter
+        from turnout.routing.ensemble import EnsembleRouter, default_members
         from turnout.routing.registry import create_router
 
         params = self.params.get(name, {})
         if name == "ensemble" and set(params) <= {"members", "weights"}:
-            members = list(params.get("members") or DEFAULT_MEMBERS)
+            members = list(params.get("members") or default_members())
             if all(m in self._fitted for m in members):
                 t0 = time.perf_counter()
                 ens = EnsembleRouter.compose([self._fitted[m][0] for m in members], self.data, params.get("weights"))
@@ -66,9 +66,9 @@ def ensemble_members(routers: list[str], router_params: dict[str, dict[str, Any]
     """The members of the ``ensemble`` in ``routers`` (none when there is no ensemble there)."""
     if "ensemble" not in routers:
         return []
-    from turnout.routing.ensemble import DEFAULT_MEMBERS
+    from turnout.routing.ensemble import default_members
 
-    return list((router_params or {}).get("ensemble", {}).get("members") or DEFAULT_MEMBERS)
+    return list((router_params or {}).get("ensemble", {}).get("members") or default_members())
 
 
 def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, *,

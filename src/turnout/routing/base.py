@@ -83,6 +83,8 @@ class Router(ABC):
     name: ClassVar[str]
     #: True for routers that read ground truth at prediction time (the oracle): evaluation only.
     evaluation_only: ClassVar[bool] = False
+    #: optional packages ``fit`` imports, by import name, and the turnout extra that installs each
+    requires: ClassVar[dict[str, str]] = {}
 
     models: list[str]
 

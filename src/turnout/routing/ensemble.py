@@ -8,7 +8,8 @@ a decision ten times slower than one). Averaging routers with different
 errors (neighbours, a neural trunk, a factorization, battles, a graph,
 profiles) gives smoother, better-ranked quality than any single one.
 
-The default members are every learned router, equally weighted. On the
+The default members are every learned router that can run here (all six
+with the ``ml`` extra; knn, bt and profile without torch), equally weighted. On the
 shared tables' training prompts (4-fold CV, two seeds) that scored at least
 the earlier knn + mlp + mf default in all four runs (RouterBench +0.0000 /
 +0.0010 AIQ, DCRouter +0.0025 / +0.0018), and it needs no choice that could
@@ -25,20 +26,25 @@ from turnout.errors import RoutingError
 from turnout.routing._common import l2_normalize
 from turnout.routing.base import Prediction, Router, TrainingData
 from turnout.routing.cost import NeighbourCost
-from turnout.routing.registry import register_router, router_class
+from turnout.routing.registry import available, register_router, router_class
 
 #: every learned router that needs no configuration
 DEFAULT_MEMBERS = ("knn", "mlp", "mf", "bt", "graph", "profile")
 
 
+def default_members() -> list[str]:
+    """:data:`DEFAULT_MEMBERS` that can run here (without torch: knn, bt and profile)."""
+    return available(DEFAULT_MEMBERS)[0]
+
+
 @register_router
 class EnsembleRouter(Router):
-    """``members``: router names (default :data:`DEFAULT_MEMBERS`); ``weights``: one per member (default equal)."""
+    """``members``: router names (default :func:`default_members`); ``weights``: one per member (default equal)."""
 
     name = "ensemble"
 
     def __init__(self, members: list[str] | None = None, weights: list[float] | None = None) -> None:
-        self.member_names = list(members or DEFAULT_MEMBERS)
+        self.member_names = list(members or default_members())
         if "ensemble" in self.member_names or not self.member_names:
             raise RoutingError("an ensemble needs one or more member routers other than 'ensemble'")
         self.weights = list(weights) if weights is not None else [1.0] * len(self.member_names)

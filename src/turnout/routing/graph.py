@@ -40,6 +40,7 @@ class GraphRouter(NeighbourCostRouter):
 
     name = "graph"
     fitted_attr = "weights"
+    requires = {"torch": "ml"}
 
     def __init__(self, dim: int = 32, clusters: int = 16, temperature: float = 0.05, shrink: float = 5.0,
                  epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,

@@ -26,6 +26,7 @@ class MFRouter(NeighbourCostRouter):
 
     name = "mf"
     fitted_attr = "P"
+    requires = {"torch": "ml"}
 
     def __init__(self, dim: int = 64, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4,
                  batch_size: int = 128, val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:

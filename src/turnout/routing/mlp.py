@@ -31,6 +31,7 @@ class MLPRouter(NeighbourCostRouter):
 
     name = "mlp"
     fitted_attr = "weights"
+    requires = {"torch": "ml"}
 
     def __init__(
         self,

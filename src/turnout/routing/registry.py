@@ -118,6 +118,25 @@ def router_names() -> list[str]:
     return DEFAULT_REGISTRY.names()
 
 
+def missing_packages(name: str) -> dict[str, str]:
+    """The optional packages router ``name`` needs that are not installed, each with its extra ({} = none)."""
+    import importlib.util
+
+    def installed(pkg: str) -> bool:
+        try:
+            return importlib.util.find_spec(pkg) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {pkg: extra for pkg, extra in router_class(name).requires.items() if not installed(pkg)}
+
+
+def available(names: list[str] | tuple[str, ...]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """``names`` split into the routers that can run here and, for the others, their missing packages."""
+    missing = {n: missing_packages(n) for n in names}
+    return [n for n in names if not missing[n]], {n: m for n, m in missing.items() if m}
+
+
 def router_class(name: str) -> type[Router]:
     """The class behind a router name (used by :mod:`turnout.routing.artifact` to reload)."""
     return DEFAULT_REGISTRY.get(name)
