@@ -8,6 +8,8 @@ nearest training prompts, shrunk towards the model's mean cost. On a table of
 more than ``max_prompts`` prompts the neighbours are looked up among a seeded
 sample of that many (cost varies smoothly with the prompt, and the lookup is
 then a fixed fraction of a millisecond however big the table is).
+:class:`NeighbourCostRouter` is the base of those routers: it validates the
+prompts and joins each one's quality to this cost.
 """
 
 from __future__ import annotations
