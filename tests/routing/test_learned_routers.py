@@ -266,3 +266,27 @@ def test_an_ensemble_saved_without_its_own_cost_model_still_loads_and_averages_i
     got = old.predict(probe)
     assert np.allclose(got.cost, (knn.predict(probe).cost + mf.predict(probe).cost) / 2)
     assert np.allclose(got.quality, ens.predict(probe).quality)
+
+
+def test_torch_training_runs_on_one_thread_and_gives_the_callers_setting_back() -> None:
+    torch = pytest.importorskip("torch", reason="the torch routers need the 'ml' extra")
+    from turnout.routing._torch import train_masked
+
+    seen: list[int] = []
+    net = torch.nn.Linear(4, 2)
+
+    def forward(xb):  # noqa: ANN001, ANN202
+        seen.append(torch.get_num_threads())
+        return net(xb)
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.normal(size=(60, 4)).astype(np.float32), (rng.random((60, 2)) < 0.5).astype(float)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        epochs = train_masked(torch, net, forward, X, Y, seed=0, epochs=3, lr=1e-2, weight_decay=0.0, batch_size=16,
+                              val_fraction=0.2, patience=5)
+        assert epochs == 3 and seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
