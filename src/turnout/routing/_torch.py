@@ -15,12 +15,16 @@ import numpy as np
 from turnout.errors import MissingDependency
 
 
+#: what the torch routers declare as ``Router.requires``: the package and the extra that installs it
+REQUIRES = {"torch": "ml"}
+
+
 def import_torch(feature: str) -> Any:
-    """``torch``, or :class:`MissingDependency` naming the ``ml`` extra."""
+    """``torch``, or :class:`MissingDependency` naming the extra in :data:`REQUIRES`."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise MissingDependency("torch", "ml", feature) from exc
+        raise MissingDependency("torch", REQUIRES["torch"], feature) from exc
     return torch
 
 

@@ -90,7 +90,7 @@ class EnsembleRouter(Router):
         if self.cost_model is None:  # saved before the ensemble had its own cost model: the members' mean
             w = np.asarray(self.weights) / sum(self.weights)
             return np.asarray(sum(wi * r.predict(X).cost for wi, r in zip(w, self.members)))
-        return self.cost_model.predict(l2_normalize(np.asarray(X, dtype=np.float32)))
+        return self.cost_model.predict(l2_normalize(X))
 
     def get_state(self) -> dict[str, Any]:
         if self.members is None or self.cost_model is None:

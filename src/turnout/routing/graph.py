@@ -28,7 +28,7 @@ import numpy as np
 from turnout.routing._common import (
     column_means, kmeans, l2_normalize, logit, require_fitted, sigmoid, soft_assign,
 )
-from turnout.routing._torch import import_torch, train_masked
+from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
@@ -40,7 +40,7 @@ class GraphRouter(NeighbourCostRouter):
 
     name = "graph"
     fitted_attr = "weights"
-    requires = {"torch": "ml"}
+    requires = REQUIRES
 
     def __init__(self, dim: int = 32, clusters: int = 16, temperature: float = 0.05, shrink: float = 5.0,
                  epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from turnout.routing._common import require_fitted, sigmoid
-from turnout.routing._torch import import_torch, train_masked
+from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
@@ -26,7 +26,7 @@ class MFRouter(NeighbourCostRouter):
 
     name = "mf"
     fitted_attr = "P"
-    requires = {"torch": "ml"}
+    requires = REQUIRES
 
     def __init__(self, dim: int = 64, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4,
                  batch_size: int = 128, val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from turnout.routing._common import require_fitted, sigmoid
-from turnout.routing._torch import import_torch, train_masked
+from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
@@ -31,7 +31,7 @@ class MLPRouter(NeighbourCostRouter):
 
     name = "mlp"
     fitted_attr = "weights"
-    requires = {"torch": "ml"}
+    requires = REQUIRES
 
     def __init__(
         self,
