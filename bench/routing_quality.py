@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    from turnout.cli.eval import DEFAULT_ROUTERS, render_table
+    from turnout.cli.eval import DEFAULT_ROUTERS, comparison_lines, render_table
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.runner import run_eval
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         timings[ds] = {"load_s": t1 - t0, "embed_s": t2 - t1, "fit_eval_s": t3 - t2}
         console.print(render_table(res, f"{ds}: {len(train)} train / {len(test)} test, {len(table.models)} models, "
                                         f"{args.embedder} embeddings"))
+        for line in comparison_lines(res):
+            console.print(f"  {line}")
         console.print(f"  load {t1 - t0:.1f} s, embed {t2 - t1:.1f} s, fit+eval {t3 - t2:.1f} s")
         if args.cv_folds:
             from turnout.evaluation.crossval import AUTO_CANDIDATES, choose_router, cross_validate

@@ -223,3 +223,52 @@ def test_run_eval_composes_the_ensemble_from_the_routers_it_just_fitted():
     bt, _ = fitter.fit("bt")
     ens, _ = fitter.fit("ensemble")
     assert ens.members[0] is knn and ens.members[1] is bt
+
+
+def test_paired_interval_of_near_identical_routers_is_far_narrower_than_their_marginal_ones():
+    from turnout.evaluation.runner import _ci, aiq_resamples, bootstrap_weights
+
+    rng = np.random.default_rng(4)
+    tr, te = _table(50, rng), _table(400, rng)
+    a = evaluate_router(TruthRouter(), tr, te, tr.scores, te.scores)["_choices"]
+    b = a.copy()
+    b[:, :4] = 0  # the same router but for 4 of 400 prompts, sent to the weak model at every λ
+    w = bootstrap_weights(len(te), 300, seed=0)
+    sa, sb = aiq_resamples(a, te, w), aiq_resamples(b, te, w)
+    marginal = min(np.subtract(*_ci(sa)[::-1]), np.subtract(*_ci(sb)[::-1]))
+    lo, hi = _ci(sb - sa)
+    assert hi - lo < marginal / 3
+
+
+def test_paired_comparisons_name_the_best_and_never_an_evaluation_only_router():
+    from turnout.evaluation.runner import paired_comparisons
+
+    out = {"routers": {"a": {"aiq": 0.80}, "b": {"aiq": 0.70}, "peek": {"aiq": 0.99}}}
+    single = np.array([0.60, 0.62, 0.64, np.nan])
+    samples = {"a": np.array([0.80, 0.81, 0.79, 0.80]), "b": np.array([0.70, 0.83, 0.69, 0.70]),
+               "peek": np.array([0.99, 0.99, 0.99, 0.99])}
+    paired_comparisons(out, samples, single, evaluation_only=["peek"])
+    assert out["best_router"] == "a"
+    assert "aiq_vs_best_ci" not in out["routers"]["a"] and "aiq_vs_best_ci" not in out["routers"]["peek"]
+    lo, hi = out["routers"]["b"]["aiq_vs_best_ci"]
+    diff = [-0.10, 0.02, -0.10, -0.10]
+    assert np.isclose(lo, np.percentile(diff, 2.5)) and np.isclose(hi, np.percentile(diff, 97.5))
+    glo, ghi = out["routers"]["a"]["aiq_gain_ci"]  # the resample with no single-model AIQ is left out
+    assert np.isclose(glo, np.percentile([0.20, 0.19, 0.15], 2.5)) and np.isclose(ghi, np.percentile([0.20, 0.19, 0.15], 97.5))
+
+
+def test_run_eval_compares_routers_paired_and_the_cli_says_so():
+    from turnout.cli.eval import comparison_lines
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(5)
+    tr, te = _table(60, rng), _table(300, rng)
+    out = run_eval(tr, te, tr.scores, te.scores, ["cheapest", "best-single", "knn"], progress=False, bootstrap=100)
+    best = out["best_router"]
+    assert out["routers"][best]["aiq"] == max(r["aiq"] for r in out["routers"].values())
+    assert all(("aiq_vs_best_ci" in r) == (n != best) for n, r in out["routers"].items())
+    # the cheapest model alone sits at the hull's low end: its AIQ is far below the hull's on every resample
+    assert out["routers"]["cheapest"]["aiq_gain_ci"][1] < 0
+    lines = comparison_lines(out)
+    assert lines[0].startswith(f"best AIQ: {best} (") and "cheapest" not in lines[0].split(":", 2)[2]
+    assert comparison_lines(run_eval(tr, te, tr.scores, te.scores, ["knn"], progress=False, bootstrap=0)) == []

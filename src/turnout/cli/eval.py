@@ -40,7 +40,7 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
     two = any("apgr" in r for r in out["routers"].values())
     t = Table(title=title)
-    cols = ["router", "AIQ", "AIQ 95% CI", "max q", "q @ best cost", "cost frac", "in-task AUC", "fit s", "p50 ms"]
+    cols = ["router", "AIQ", "AIQ 95% CI", "gain vs hull", "max q", "q @ best cost", "cost frac", "in-task AUC", "fit s", "p50 ms"]
     for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
         if col == "router":
             t.add_column(col, justify="left", overflow="fold")
@@ -48,22 +48,40 @@ def render_table(out: dict[str, Any], title: str) -> Any:
             t.add_column(col, justify="right", no_wrap=True)
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     ci = lambda v: "—" if not v else f"{v[0]:.3f}–{v[1]:.3f}"  # noqa: E731
+    # rounded before the sign is printed, so a difference of 1e-17 shows as +0.000, not -0.000
+    gain = lambda v: "—" if not v else f"{round(v[0], 3) + 0.0:+.3f} to {round(v[1], 3) + 0.0:+.3f}"  # noqa: E731
     for name, r in out["routers"].items():
         extra = [f(r.get("apgr")), f(r.get("cpt50")), f(r.get("cpt80"))] if two else []
-        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
+        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), gain(r.get("aiq_gain_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
                   f(r["cost_fraction_to_match_best"]), f(r.get("within_task_auc")), f(r["fit_s"]),
                   f(r["decision_ms_p50"]), *extra)
     b = out["best_single"]
     pad = [""] * (3 if two else 0)
-    t.add_row(f"best single ({b['model']})", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", "", *pad)
+    t.add_row(f"best single ({b['model']})", "", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", "", *pad)
     t.add_row("single-model hull", f(out["single_models_aiq"]), ci(out.get("single_models_aiq_ci")),
-              "", "", "", "", "", "", *pad)
+              "", "", "", "", "", "", "", *pad)
     labels = {"task_means": "task means (true task, train)", "task_means_test": "task means (true task, test: peeks)"}
     for key, r in out.get("references", {}).items():
-        t.add_row(labels.get(key, key), f(r["aiq"]), "", f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
+        t.add_row(labels.get(key, key), f(r["aiq"]), "", "", f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
                   f(r["cost_fraction_to_match_best"]), "", "", "", *pad)
-    t.add_row("oracle", "", "", f(out["oracle"]["quality"]), "", "", "", "", "", *pad)
+    t.add_row("oracle", "", "", "", f(out["oracle"]["quality"]), "", "", "", "", "", *pad)
     return t
+
+
+def comparison_lines(out: dict[str, Any]) -> list[str]:
+    """What the paired bootstrap says (``run_eval``'s ``aiq_gain_ci`` and ``aiq_vs_best_ci``), in words.
+
+    Empty when the run had no resamples (``--bootstrap 0``).
+    """
+    best = out.get("best_router")
+    if best is None:
+        return []
+    rs = out["routers"]
+    tied = [n for n, r in rs.items() if r.get("aiq_vs_best_ci") and r["aiq_vs_best_ci"][1] >= 0]
+    beat = [n for n, r in rs.items() if r.get("aiq_gain_ci") and r["aiq_gain_ci"][0] > 0]
+    return [f"best AIQ: {best} ({rs[best]['aiq']:.4f}); not told apart from it by this test set "
+            f"(paired 95% CI of the AIQ difference reaches 0): {', '.join(tied) or 'none'}",
+            f"above the single-model hull (paired 95% CI of the gain above 0): {', '.join(beat) or 'none'}"]
 
 
 def run(args: Any) -> int:
@@ -95,6 +113,8 @@ def run(args: Any) -> int:
     out["test_prompts_seen_in_train_dropped"] = dropped
     con = console()
     con.print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
+    for line in comparison_lines(out):
+        con.print(line)
     if dropped:
         con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
     if out.get("models_left_out"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -220,8 +220,11 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         out["references"] = refs
 
     weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
-    if weights is not None:
-        out["single_models_aiq_ci"] = single_models_aiq_ci(test, weights)
+    single = single_models_aiq_resamples(test, weights) if weights is not None else None
+    if single is not None:
+        out["single_models_aiq_ci"] = _ci(single)
+    samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
+    evaluation_only: list[str] = []
 
     fitter = RouterFitter(train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params))
 
@@ -229,7 +232,12 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         router, fit_s = fitter.fit(name)
         res = evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s)
         shares, choices = res.pop("_shares"), res.pop("_choices")
-        ci = {"aiq_ci": aiq_ci(choices, test, weights)} if weights is not None else {}
+        ci: dict[str, Any] = {}
+        if weights is not None:
+            samples[name] = aiq_resamples(choices, test, weights)
+            ci = {"aiq_ci": _ci(samples[name])}
+        if router.evaluation_only:
+            evaluation_only.append(name)
         out["routers"][name] = {**curve_metrics(res["curve"], base),
                                 **two_model_metrics(res["curve"], shares, test, base), **ci, **res,
                                 "curve": distinct_points(res["curve"])}
@@ -237,7 +245,15 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     if not progress:
         for name in routers:
             one(name)
-        return out
+    else:
+        _fit_all(routers, one, out)
+    if single is not None:
+        paired_comparisons(out, samples, single, evaluation_only)
+    return out
+
+
+def _fit_all(routers: list[str], one: Callable[[str], None], out: dict[str, Any]) -> None:
+    """Run ``one`` on each router under a rich progress bar, logging each router's AIQ as it lands."""
     with progress_bar() as bar:
         task = bar.add_task("fitting routers", total=len(routers))
         for name in routers:
@@ -248,7 +264,6 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
             bar.console.log(f"{name}: AIQ {r['aiq']:.4f}, fitted in {r['fit_s']:.1f} s")
             bar.advance(task)
         bar.update(task, description="fitted routers")
-    return out
 
 
 def align_models(train: RoutingTable, test: RoutingTable) -> tuple[RoutingTable, list[str]]:
@@ -303,35 +318,68 @@ def _ci(samples: list[float]) -> list[float] | None:
     return [float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))] if s.size else None
 
 
-def single_models_aiq_ci(test: RoutingTable, weights: np.ndarray) -> list[float] | None:
-    """95% bootstrap interval of the single-model hull's AIQ."""
+def single_models_aiq_resamples(test: RoutingTable, weights: np.ndarray) -> np.ndarray:
+    """The single-model hull's AIQ on each resample (NaN where a resample leaves no cost range)."""
     q, c = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
-    out = []
-    for qb, cb in zip(q, c):
+    out = np.full(weights.shape[0], np.nan)
+    for b, (qb, cb) in enumerate(zip(q, c)):
         ok = np.isfinite(qb) & np.isfinite(cb)
         if ok.sum() >= 2 and cb[ok].max() > cb[ok].min():
-            out.append(aiq(np.c_[cb[ok], qb[ok]], cb[ok].min(), cb[ok].max()))
-    return _ci(out)
+            out[b] = aiq(np.c_[cb[ok], qb[ok]], cb[ok].min(), cb[ok].max())
+    return out
 
 
-def aiq_ci(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> list[float] | None:
-    """95% bootstrap interval of a router's AIQ from its per-λ choices (L × n model indices).
+def single_models_aiq_ci(test: RoutingTable, weights: np.ndarray) -> list[float] | None:
+    """95% bootstrap interval of the single-model hull's AIQ."""
+    return _ci(single_models_aiq_resamples(test, weights))
+
+
+def aiq_resamples(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> np.ndarray:
+    """A router's AIQ on each resample, from its per-λ choices (L × n model indices); NaN where none.
 
     Each resample recomputes every λ point and the cost range (cheapest to most
     expensive single model) on the same resampled prompts; the choices stay fixed,
-    so the interval is the test set's sampling noise, not the router's training noise.
+    so the spread is the test set's sampling noise, not the router's training noise.
+    Resamples line up across routers (same ``weights``), so differences pair.
     """
     rows = np.arange(choices.shape[1])
     qc = _resampled_means(test.scores[rows, choices].T, weights)  # b × L
     cc = _resampled_means(test.costs[rows, choices].T, weights)
     sq, sc = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
-    out = []
+    out = np.full(weights.shape[0], np.nan)
     for b in range(weights.shape[0]):
         ok = np.isfinite(sc[b]) & np.isfinite(sq[b])
         lo, hi = sc[b][ok].min(), sc[b][ok].max()
         if hi > lo:
-            out.append(aiq(np.c_[cc[b], qc[b]], lo, hi))
-    return _ci(out)
+            out[b] = aiq(np.c_[cc[b], qc[b]], lo, hi)
+    return out
+
+
+def aiq_ci(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> list[float] | None:
+    """95% bootstrap interval of a router's AIQ (see :func:`aiq_resamples`)."""
+    return _ci(aiq_resamples(choices, test, weights))
+
+
+def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], single: np.ndarray,
+                       evaluation_only: Collection[str] = ()) -> None:
+    """Add paired 95% intervals of AIQ differences to ``out`` (a ``run_eval`` result), in place.
+
+    Each router gets ``aiq_gain_ci`` (its AIQ minus the single-model hull's on the
+    same resamples) and, beside the router with the highest AIQ (``best_router``,
+    never an evaluation-only one such as the oracle), ``aiq_vs_best_ci`` (its AIQ
+    minus the best's). Paired intervals are narrower than two overlapping marginal
+    ones: the resample that is hard for one router is mostly hard for the other.
+    """
+    for name, s in samples.items():
+        out["routers"][name]["aiq_gain_ci"] = _ci(s - single)
+    ranked = [n for n in samples if n not in set(evaluation_only)]
+    if not ranked:
+        return
+    best = max(ranked, key=lambda n: out["routers"][n]["aiq"])
+    out["best_router"] = best
+    for name in ranked:
+        if name != best:
+            out["routers"][name]["aiq_vs_best_ci"] = _ci(samples[name] - samples[best])
 
 
 def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, Any]:
