@@ -39,6 +39,7 @@ test-fast: install
 
 bench: install
 	$(PY) bench/routing_quality.py
+	$(PY) bench/auto_pick.py
 	$(PY) bench/routing_scale.py
 	$(PY) bench/gateway_overhead.py
 
