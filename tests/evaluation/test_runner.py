@@ -272,3 +272,25 @@ def test_run_eval_compares_routers_paired_and_the_cli_says_so():
     lines = comparison_lines(out)
     assert lines[0].startswith(f"best AIQ: {best} (") and "cheapest" not in lines[0].split(":", 2)[2]
     assert comparison_lines(run_eval(tr, te, tr.scores, te.scores, ["knn"], progress=False, bootstrap=0)) == []
+
+
+def test_a_router_with_signal_within_tasks_is_shown_above_the_task_line():
+    from turnout.cli.eval import comparison_lines
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(6)
+
+    def table(n: int) -> RoutingTable:
+        # two tasks with the same mix: per prompt the cheap model is right or not at random, the big one always
+        cheap = (rng.random(2 * n) < 0.5).astype(float)
+        S = np.c_[cheap, np.ones(2 * n)]
+        return RoutingTable([str(i) for i in range(2 * n)], ["p"] * 2 * n, ["cheap", "big"], S,
+                            np.tile([1.0, 10.0], (2 * n, 1)), tasks=["x"] * n + ["y"] * n)
+
+    tr, te = table(60), table(150)
+    # knn reads the outcomes themselves as features (the within-task signal); best-single reads nothing
+    out = run_eval(tr, te, tr.scores, te.scores, ["best-single", "knn"], progress=False, bootstrap=100)
+    assert out["routers"]["knn"]["aiq_vs_task_means_ci"][0] > 0
+    assert out["routers"]["best-single"]["aiq_vs_task_means_ci"][1] <= 1e-12
+    assert "_choices" not in out["references"]["task_means"]
+    assert comparison_lines(out)[2].endswith("(paired 95% CI above 0): knn")

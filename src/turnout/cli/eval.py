@@ -69,7 +69,7 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
 
 def comparison_lines(out: dict[str, Any]) -> list[str]:
-    """What the paired bootstrap says (``run_eval``'s ``aiq_gain_ci`` and ``aiq_vs_best_ci``), in words.
+    """What the paired bootstrap says (``run_eval``'s ``aiq_gain_ci``, ``aiq_vs_best_ci``, ``aiq_vs_task_means_ci``).
 
     Empty when the run had no resamples (``--bootstrap 0``).
     """
@@ -77,11 +77,18 @@ def comparison_lines(out: dict[str, Any]) -> list[str]:
     if best is None:
         return []
     rs = out["routers"]
-    tied = [n for n, r in rs.items() if r.get("aiq_vs_best_ci") and r["aiq_vs_best_ci"][1] >= 0]
-    beat = [n for n, r in rs.items() if r.get("aiq_gain_ci") and r["aiq_gain_ci"][0] > 0]
-    return [f"best AIQ: {best} ({rs[best]['aiq']:.4f}); not told apart from it by this test set "
-            f"(paired 95% CI of the AIQ difference reaches 0): {', '.join(tied) or 'none'}",
-            f"above the single-model hull (paired 95% CI of the gain above 0): {', '.join(beat) or 'none'}"]
+
+    def names(key: str, above: bool) -> str:
+        hit = [n for n, r in rs.items() if r.get(key) and (r[key][0] > 0 if above else r[key][1] >= 0)]
+        return ", ".join(hit) or "none"
+
+    lines = [f"best AIQ: {best} ({rs[best]['aiq']:.4f}); not told apart from it by this test set "
+             f"(paired 95% CI of the AIQ difference reaches 0): {names('aiq_vs_best_ci', above=False)}",
+             f"above the single-model hull (paired 95% CI of the gain above 0): {names('aiq_gain_ci', above=True)}"]
+    if any("aiq_vs_task_means_ci" in r for r in rs.values()):
+        lines.append("above the task-means line (true task, train), so using signal within tasks "
+                     f"(paired 95% CI above 0): {names('aiq_vs_task_means_ci', above=True)}")
+    return lines
 
 
 def run(args: Any) -> int:

@@ -142,6 +142,9 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
     task. ``task_means_test``: the same with the test set's own per-task means, so it peeks at test:
     the best any per-task rule could do on this test set. A learned router above ``task_means``
     has found signal within tasks. Empty when either table lacks tasks.
+
+    Each entry also carries ``_choices`` (L × n model indices per λ), for the
+    paired comparisons of :func:`run_eval`; it is not part of the JSON.
     """
     if not train.tasks or not test.tasks:
         return {}
@@ -164,7 +167,8 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
             c[rows] = np.where(np.isnan(tc), overall_c, tc)
         pred = only_observed(Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0)), test)
         res = sweep(pred, test)
-        out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"])}
+        out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"]),
+                    "_choices": res["_choices"]}
     return out
 
 
@@ -216,6 +220,7 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     if left_out:
         out["models_left_out"] = left_out
     refs = task_mean_references(train, test, base)
+    ref_choices = {key: r.pop("_choices") for key, r in refs.items()}
     if refs:
         out["references"] = refs
 
@@ -223,6 +228,8 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     single = single_models_aiq_resamples(test, weights) if weights is not None else None
     if single is not None:
         out["single_models_aiq_ci"] = _ci(single)
+    task_line = aiq_resamples(ref_choices["task_means"], test, weights) \
+        if weights is not None and "task_means" in ref_choices else None
     samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
     evaluation_only: list[str] = []
 
@@ -248,7 +255,7 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     else:
         _fit_all(routers, one, out)
     if single is not None:
-        paired_comparisons(out, samples, single, evaluation_only)
+        paired_comparisons(out, samples, single, evaluation_only, task_line)
     return out
 
 
@@ -361,7 +368,7 @@ def aiq_ci(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> list
 
 
 def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], single: np.ndarray,
-                       evaluation_only: Collection[str] = ()) -> None:
+                       evaluation_only: Collection[str] = (), task_line: np.ndarray | None = None) -> None:
     """Add paired 95% intervals of AIQ differences to ``out`` (a ``run_eval`` result), in place.
 
     Each router gets ``aiq_gain_ci`` (its AIQ minus the single-model hull's on the
@@ -369,9 +376,13 @@ def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], sing
     never an evaluation-only one such as the oracle), ``aiq_vs_best_ci`` (its AIQ
     minus the best's). Paired intervals are narrower than two overlapping marginal
     ones: the resample that is hard for one router is mostly hard for the other.
+    With ``task_line`` (the ``task_means`` reference's AIQ per resample), each
+    router also gets ``aiq_vs_task_means_ci``: above 0, it found signal within tasks.
     """
     for name, s in samples.items():
         out["routers"][name]["aiq_gain_ci"] = _ci(s - single)
+        if task_line is not None:
+            out["routers"][name]["aiq_vs_task_means_ci"] = _ci(s - task_line)
     ranked = [n for n in samples if n not in set(evaluation_only)]
     if not ranked:
         return
