@@ -161,7 +161,9 @@ def test_train_auto_picks_the_cross_validated_best_and_records_why(tmp_path, cap
     assert meta["router_name"] == "knn" == router.name
     assert set(sel["scores"]) == {"cheapest", "knn"} and len(sel["scores"]["knn"]["aiq_folds"]) == 3
     assert sel["scores"]["knn"]["aiq"] > sel["scores"]["cheapest"]["aiq"]
-    assert "chose knn" in capsys.readouterr().out
+    assert sel["tied_with_choice"] == []  # knn wins every fold by far
+    printed = capsys.readouterr().out
+    assert "chose knn" in printed and "do not tell" not in printed
 
 
 @pytest.mark.parametrize("argv,needle", [

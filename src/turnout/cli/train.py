@@ -142,15 +142,20 @@ def run(args: Any) -> int:
     X = np.asarray(emb.embed(train.prompts))
     selection = None
     if candidates is not None:
-        from turnout.evaluation.crossval import choose_router, cross_validate
+        from turnout.evaluation.crossval import choose_router, cross_validate, tied_with
 
         cv = cross_validate(train, X, candidates, folds=args.cv_folds, seed=args.seed, progress=True)
         name = choose_router(cv)
+        tied = tied_with(cv, name)
         selection = {"method": f"{args.cv_folds}-fold cross-validated AIQ on the training prompts",
-                     "candidates": candidates, "folds": args.cv_folds, "seed": args.seed, "scores": cv}
+                     "candidates": candidates, "folds": args.cv_folds, "seed": args.seed, "scores": cv,
+                     "tied_with_choice": tied}
         print(f"cross-validated AIQ ({args.cv_folds} folds): "
               + ", ".join(f"{r} {cv[r]['aiq']:.4f}" for r in sorted(cv, key=lambda r: -cv[r]["aiq"]))
               + f"; chose {name}")
+        if tied:
+            print(f"  the folds do not tell {name} apart from: {', '.join(tied)} "
+                  "(paired fold differences within 2 standard errors); naming one with --router skips the cross-validation")
         router = create_router(name)
     router.fit(train.to_training_data(X))
 

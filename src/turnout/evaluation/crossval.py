@@ -90,3 +90,25 @@ def choose_router(scores: dict[str, dict[str, Any]]) -> str:
     if not scores:
         raise DataError("no router was cross-validated", fix="name at least one candidate router")
     return max(scores, key=lambda r: scores[r]["aiq"])
+
+
+def tied_with(scores: dict[str, dict[str, Any]], pick: str, z: float = 2.0) -> list[str]:
+    """The candidates the folds cannot tell from ``pick``: paired fold differences within ``z`` standard errors.
+
+    Each fold scores every candidate on the same held-out prompts, so the
+    per-fold AIQ differences pair. A candidate is tied when the mean difference
+    from ``pick`` is under ``z`` standard errors of those differences (with few
+    folds this is a rough guide, not a test). On the shared tables most
+    candidates tie, and choosing among tied ones by speed loses nothing
+    (bench/auto_pick.py).
+    """
+    base = np.asarray(scores[pick]["aiq_folds"], dtype=float)
+    out = []
+    for name, s in scores.items():
+        if name == pick:
+            continue
+        d = base - np.asarray(s["aiq_folds"], dtype=float)
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        if abs(d.mean()) <= z * se:
+            out.append(name)
+    return out
