@@ -168,3 +168,11 @@ def test_without_torch_the_default_routers_run_less_the_torch_ones_and_say_what_
     # a router named on the command line must run: no silent drop
     assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn,mlp"]) != 0
     assert "turnout[ml]" in capsys.readouterr().err
+
+
+def test_signed_interval_prints_no_negative_zero():
+    from turnout.cli.eval import signed_interval
+
+    assert signed_interval([-1e-17, 1e-17]) == "+0.000 to +0.000"
+    assert signed_interval([-0.0204, 0.5]) == "-0.020 to +0.500"
+    assert signed_interval(None) == "—"

@@ -37,19 +37,19 @@ def test_perfect_router_reaches_oracle_and_beats_singles():
 
 
 def test_aiq_interval_without_resampling_is_the_point_estimate():
-    from turnout.evaluation.runner import aiq_ci
+    from turnout.evaluation.runner import aiq_resamples, interval95
 
     rng = np.random.default_rng(1)
     tr, te = _table(50, rng), _table(80, rng)
     out = evaluate_router(TruthRouter(), tr, te, tr.scores, te.scores)
     point = curve_metrics(out["curve"], baselines(te))["aiq"]
     # one "resample" that keeps every prompt once is the test set itself
-    lo, hi = aiq_ci(out["_choices"], te, np.ones((1, len(te))))
+    lo, hi = interval95(aiq_resamples(out["_choices"], te, np.ones((1, len(te)))))
     assert lo == hi == point
 
 
 def test_aiq_interval_brackets_the_estimate_and_shrinks_with_more_prompts():
-    from turnout.evaluation.runner import aiq_ci, bootstrap_weights
+    from turnout.evaluation.runner import aiq_resamples, bootstrap_weights, interval95
 
     rng = np.random.default_rng(2)
     widths = []
@@ -57,7 +57,7 @@ def test_aiq_interval_brackets_the_estimate_and_shrinks_with_more_prompts():
         tr, te = _table(50, rng), _table(n, rng)
         out = evaluate_router(TruthRouter(), tr, te, tr.scores, te.scores)
         point = curve_metrics(out["curve"], baselines(te))["aiq"]
-        lo, hi = aiq_ci(out["_choices"], te, bootstrap_weights(n, 300, seed=0))
+        lo, hi = interval95(aiq_resamples(out["_choices"], te, bootstrap_weights(n, 300, seed=0)))
         assert lo <= point <= hi and lo < hi
         widths.append(hi - lo)
     assert widths[1] < widths[0] / 2  # ~1/sqrt(10) of the width with 10x the prompts
@@ -226,7 +226,7 @@ def test_run_eval_composes_the_ensemble_from_the_routers_it_just_fitted():
 
 
 def test_paired_interval_of_near_identical_routers_is_far_narrower_than_their_marginal_ones():
-    from turnout.evaluation.runner import _ci, aiq_resamples, bootstrap_weights
+    from turnout.evaluation.runner import aiq_resamples, bootstrap_weights, interval95
 
     rng = np.random.default_rng(4)
     tr, te = _table(50, rng), _table(400, rng)
@@ -235,8 +235,8 @@ def test_paired_interval_of_near_identical_routers_is_far_narrower_than_their_ma
     b[:, :4] = 0  # the same router but for 4 of 400 prompts, sent to the weak model at every λ
     w = bootstrap_weights(len(te), 300, seed=0)
     sa, sb = aiq_resamples(a, te, w), aiq_resamples(b, te, w)
-    marginal = min(np.subtract(*_ci(sa)[::-1]), np.subtract(*_ci(sb)[::-1]))
-    lo, hi = _ci(sb - sa)
+    marginal = min(np.subtract(*interval95(sa)[::-1]), np.subtract(*interval95(sb)[::-1]))
+    lo, hi = interval95(sb - sa)
     assert hi - lo < marginal / 3
 
 

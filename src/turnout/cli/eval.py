@@ -40,7 +40,8 @@ def render_table(out: dict[str, Any], title: str) -> Any:
 
     two = any("apgr" in r for r in out["routers"].values())
     t = Table(title=title)
-    cols = ["router", "AIQ", "AIQ 95% CI", "gain vs hull", "max q", "q @ best cost", "cost frac", "in-task AUC", "fit s", "p50 ms"]
+    cols = ["router", "AIQ", "AIQ 95% CI", "gain vs hull", "max q", "q @ best cost", "cost frac", "in-task AUC",
+            "fit s", "p50 ms"]
     for col in cols + (["APGR", "CPT50", "CPT80"] if two else []):
         if col == "router":
             t.add_column(col, justify="left", overflow="fold")
@@ -48,13 +49,11 @@ def render_table(out: dict[str, Any], title: str) -> Any:
             t.add_column(col, justify="right", no_wrap=True)
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     ci = lambda v: "—" if not v else f"{v[0]:.3f}–{v[1]:.3f}"  # noqa: E731
-    # rounded before the sign is printed, so a difference of 1e-17 shows as +0.000, not -0.000
-    gain = lambda v: "—" if not v else f"{round(v[0], 3) + 0.0:+.3f} to {round(v[1], 3) + 0.0:+.3f}"  # noqa: E731
     for name, r in out["routers"].items():
         extra = [f(r.get("apgr")), f(r.get("cpt50")), f(r.get("cpt80"))] if two else []
-        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), gain(r.get("aiq_gain_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
-                  f(r["cost_fraction_to_match_best"]), f(r.get("within_task_auc")), f(r["fit_s"]),
-                  f(r["decision_ms_p50"]), *extra)
+        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), signed_interval(r.get("aiq_gain_ci")), f(r["max_quality"]),
+                  f(r["quality_at_best_single_cost"]), f(r["cost_fraction_to_match_best"]),
+                  f(r.get("within_task_auc")), f(r["fit_s"]), f(r["decision_ms_p50"]), *extra)
     b = out["best_single"]
     pad = [""] * (3 if two else 0)
     t.add_row(f"best single ({b['model']})", "", "", "", f(b["quality"]), f(b["quality"]), "1", "", "", "", *pad)
@@ -66,6 +65,13 @@ def render_table(out: dict[str, Any], title: str) -> Any:
                   f(r["cost_fraction_to_match_best"]), "", "", "", *pad)
     t.add_row("oracle", "", "", "", f(out["oracle"]["quality"]), "", "", "", "", "", *pad)
     return t
+
+
+def signed_interval(v: list[float] | None) -> str:
+    """``[-0.0204, 0.5]`` -> ``"-0.020 to +0.500"``; rounded before the sign, so -1e-17 prints as +0.000."""
+    if not v:
+        return "—"
+    return " to ".join(f"{round(x, 3) + 0.0:+.3f}" for x in v)
 
 
 def comparison_lines(out: dict[str, Any]) -> list[str]:

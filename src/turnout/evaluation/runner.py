@@ -227,7 +227,7 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
     single = single_models_aiq_resamples(test, weights) if weights is not None else None
     if single is not None:
-        out["single_models_aiq_ci"] = _ci(single)
+        out["single_models_aiq_ci"] = interval95(single)
     task_line = aiq_resamples(ref_choices["task_means"], test, weights) \
         if weights is not None and "task_means" in ref_choices else None
     samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
@@ -242,7 +242,7 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         ci: dict[str, Any] = {}
         if weights is not None:
             samples[name] = aiq_resamples(choices, test, weights)
-            ci = {"aiq_ci": _ci(samples[name])}
+            ci = {"aiq_ci": interval95(samples[name])}
         if router.evaluation_only:
             evaluation_only.append(name)
         out["routers"][name] = {**curve_metrics(res["curve"], base),
@@ -320,8 +320,10 @@ def _resampled_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return num / den
 
 
-def _ci(samples: list[float]) -> list[float] | None:
-    s = np.asarray([v for v in samples if np.isfinite(v)])
+def interval95(samples: Any) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of the finite values in ``samples`` (None when there are none)."""
+    s = np.asarray(samples, dtype=float)
+    s = s[np.isfinite(s)]
     return [float(np.percentile(s, 2.5)), float(np.percentile(s, 97.5))] if s.size else None
 
 
@@ -334,11 +336,6 @@ def single_models_aiq_resamples(test: RoutingTable, weights: np.ndarray) -> np.n
         if ok.sum() >= 2 and cb[ok].max() > cb[ok].min():
             out[b] = aiq(np.c_[cb[ok], qb[ok]], cb[ok].min(), cb[ok].max())
     return out
-
-
-def single_models_aiq_ci(test: RoutingTable, weights: np.ndarray) -> list[float] | None:
-    """95% bootstrap interval of the single-model hull's AIQ."""
-    return _ci(single_models_aiq_resamples(test, weights))
 
 
 def aiq_resamples(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> np.ndarray:
@@ -362,27 +359,22 @@ def aiq_resamples(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) 
     return out
 
 
-def aiq_ci(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) -> list[float] | None:
-    """95% bootstrap interval of a router's AIQ (see :func:`aiq_resamples`)."""
-    return _ci(aiq_resamples(choices, test, weights))
-
-
 def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], single: np.ndarray,
                        evaluation_only: Collection[str] = (), task_line: np.ndarray | None = None) -> None:
     """Add paired 95% intervals of AIQ differences to ``out`` (a ``run_eval`` result), in place.
 
     Each router gets ``aiq_gain_ci`` (its AIQ minus the single-model hull's on the
     same resamples) and, beside the router with the highest AIQ (``best_router``,
-    never an evaluation-only one such as the oracle), ``aiq_vs_best_ci`` (its AIQ
+    never an evaluation-only router, one that reads true outcomes), ``aiq_vs_best_ci`` (its AIQ
     minus the best's). Paired intervals are narrower than two overlapping marginal
     ones: the resample that is hard for one router is mostly hard for the other.
     With ``task_line`` (the ``task_means`` reference's AIQ per resample), each
     router also gets ``aiq_vs_task_means_ci``: above 0, it found signal within tasks.
     """
     for name, s in samples.items():
-        out["routers"][name]["aiq_gain_ci"] = _ci(s - single)
+        out["routers"][name]["aiq_gain_ci"] = interval95(s - single)
         if task_line is not None:
-            out["routers"][name]["aiq_vs_task_means_ci"] = _ci(s - task_line)
+            out["routers"][name]["aiq_vs_task_means_ci"] = interval95(s - task_line)
     ranked = [n for n in samples if n not in set(evaluation_only)]
     if not ranked:
         return
@@ -390,7 +382,7 @@ def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], sing
     out["best_router"] = best
     for name in ranked:
         if name != best:
-            out["routers"][name]["aiq_vs_best_ci"] = _ci(samples[name] - samples[best])
+            out["routers"][name]["aiq_vs_best_ci"] = interval95(samples[name] - samples[best])
 
 
 def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, Any]:
