@@ -90,3 +90,29 @@ def test_cold_start_model_on_routerbench(data_dir: Path) -> None:
     assert np.mean(aucs) > 0.6, aucs  # clearly better than a constant
     assert np.mean(brier) < np.mean(brier_avg), (brier, brier_avg)  # better than "the average of the others"
     assert np.mean(aucs) > np.mean(aucs_avg) - 0.02, (aucs, aucs_avg)
+
+
+def test_as_blend_recovers_a_profile_that_is_a_blend_and_bounds_the_error_otherwise() -> None:
+    from turnout.routing import TrainingData
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, 16))
+    S = (rng.random((400, 4)) < np.linspace(0.2, 0.8, 4)).astype(float)
+    router = create_router("profile", clusters=8).fit(TrainingData(X=X, scores=S, costs=np.ones_like(S),
+                                                                   models=["a", "b", "c", "d"]))
+    F = router.cold_start_features(X[:5])
+    assert np.allclose(F.sum(axis=1), 1.0)
+    assert np.allclose(router.quality_from_features(F, "c"), router.predict(X[:5]).quality[:, 2])
+    P = router.profiles
+    # from here on the router is only a holder of profiles: a fifth one is set by hand, not added
+    router.profiles = np.vstack([P, 0.1 + 0.5 * P[0] + 0.3 * P[2]])  # an exact blend of a and c, plus an intercept
+    router.models = [*router.models, "blend"]
+    intercept, w, residual = router.as_blend("blend", ["a", "b", "c", "d"])
+    assert residual < 1e-9 and np.isclose(intercept, 0.1) and np.allclose(w, [0.5, 0.0, 0.3, 0.0], atol=1e-9)
+    q = router.cold_start_features(X[:50]) @ router.profiles.T
+    assert np.allclose(intercept + q[:, :4] @ w, q[:, 4])
+    # a profile outside the span: the blend's error on any prompt stays within the residual it reports
+    router.profiles = np.vstack([P, rng.random(P.shape[1])])
+    intercept, w, residual = router.as_blend("blend", ["a", "b"])
+    q = router.cold_start_features(X) @ router.profiles.T
+    assert residual > 0.01 and np.abs(intercept + q[:, :2] @ w - q[:, 4]).max() <= residual + 1e-12

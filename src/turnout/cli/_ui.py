@@ -32,3 +32,17 @@ def runnable(routers: list[str], con: Any) -> list[str]:
         pkgs = sorted({f"{pkg} (pip install 'turnout[{extra}]')" for m in missing.values() for pkg, extra in m.items()})
         con.print(f"not run: {', '.join(missing)}: they need {', '.join(pkgs)}", style="yellow", markup=False)
     return ok
+
+
+def check_artifact_path(path: str) -> Any:
+    """``path`` as a Path for a router artifact to write, or :class:`DataError` (no .npz suffix, no such folder)."""
+    from pathlib import Path
+
+    from turnout.errors import DataError
+
+    out = Path(path)
+    if not out.name.endswith(".npz"):
+        raise DataError("the artifact must be a .npz file", file=str(out), fix="name it e.g. knn.npz")
+    if not out.parent.exists():
+        raise DataError("output folder does not exist", file=str(out.parent), fix="create it first")
+    return out

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("turnout.cli.data", "inspect and convert routing tables"),
     "eval": ("turnout.cli.eval", "train and compare routers on a routing table"),
     "train": ("turnout.cli.train", "fit a router and save the artifact a route points at"),
+    "add-model": ("turnout.cli.add_model", "add a model to a trained profile router from a few probe outcomes"),
     "serve": ("turnout.cli.serve", "run the OpenAI-compatible routing server"),
     "logs": ("turnout.cli.logs", "tail, filter and export the request log"),
 }

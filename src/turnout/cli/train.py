@@ -11,7 +11,6 @@ and parameters, training size and the target λ was calibrated for.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,11 +123,9 @@ def run(args: Any) -> int:
     from turnout.routing.policy import calibrate_lambda, choose
     from turnout.routing.registry import create_router
 
-    out = Path(args.out)
-    if not out.name.endswith(".npz"):
-        raise DataError("the artifact must be a .npz file", file=str(out), fix="name it e.g. knn.npz")
-    if not out.parent.exists():
-        raise DataError("output folder does not exist", file=str(out.parent), fix="create it first")
+    from turnout.cli._ui import check_artifact_path
+
+    out = check_artifact_path(args.out)
     params = parse_params(args.param)
     candidates = _candidates(args, params)
     name = args.router

@@ -88,16 +88,22 @@ def calibration_sample(router: Router, X: np.ndarray, prompts: Sequence[str], *,
                        max_prompts: int = CALIBRATION_PROMPTS) -> dict[str, Any]:
     """The JSON-able calibration sample ``turnout train`` stores in an artifact's metadata.
 
-    ``{"models", "quality" (rows of floats, null for no prediction), "prompt_tokens", "of"}``:
-    the router's predictions on a seeded sample of at most ``max_prompts``
-    training prompts (embeddings ``X``), and their token estimates.
+    ``{"models", "quality" (rows of floats, null for no prediction), "prompt_tokens", "of",
+    "features"?}``: the router's predictions on a seeded sample of at most
+    ``max_prompts`` training prompts (embeddings ``X``), their token estimates,
+    and, for routers that keep them (:meth:`~turnout.routing.base.Router.cold_start_features`),
+    the features a model added later is scored from.
     """
     n = len(prompts)
     idx = np.arange(n) if n <= max_prompts else np.sort(np.random.default_rng(seed).choice(n, max_prompts, replace=False))
     pred = router.predict(np.asarray(X)[idx])
     quality = [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in np.asarray(pred.quality, dtype=float)]
-    return {"models": list(pred.models), "quality": quality,
-            "prompt_tokens": [estimate_tokens(prompts[i]) for i in idx], "of": n}
+    doc: dict[str, Any] = {"models": list(pred.models), "quality": quality,
+                           "prompt_tokens": [estimate_tokens(prompts[i]) for i in idx], "of": n}
+    features = router.cold_start_features(np.asarray(X)[idx])
+    if features is not None:  # lets a model added later get exact predictions here (turnout add-model)
+        doc["features"] = np.round(np.asarray(features, dtype=float), 6).tolist()
+    return doc
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,14 @@ class Router(ABC):
         """
         return self.predict(X).quality
 
+    def cold_start_features(self, X: np.ndarray) -> np.ndarray | None:
+        """Per-prompt features from which a model added after training can be scored (None: not supported).
+
+        Stored with an artifact's calibration sample, they let a model added
+        later (``turnout add-model``) get exact predictions on those prompts.
+        """
+        return None
+
     def get_state(self) -> dict[str, Any]:
         """Everything needed to rebuild the fitted router (numpy arrays and plain values)."""
         raise NotImplementedError(f"router '{self.name}' cannot be saved")

@@ -160,6 +160,43 @@ class ProfileRouter(NeighbourCostRouter):
         self.models.append(name)
         return self
 
+    def cold_start_features(self, X: np.ndarray) -> np.ndarray:
+        """Each prompt's capability mix (n × clusters, rows sum to 1): quality is this mix · a model's profile."""
+        require_fitted(self, "centroids")
+        return self._assign(l2_normalize(as_2d(X, self._width(), self.name)))
+
+    def quality_from_features(self, features: np.ndarray, name: str) -> np.ndarray:
+        """Model ``name``'s predicted quality on prompts given by :meth:`cold_start_features`."""
+        require_fitted(self, "profiles")
+        assert self.profiles is not None
+        if name not in self.models:
+            raise RoutingError(f"unknown model '{name}'; known: {', '.join(self.models)}")
+        F = np.asarray(features, dtype=float)
+        if F.ndim != 2 or F.shape[1] != self.profiles.shape[1]:
+            raise RoutingError(f"features have shape {F.shape}; this router has {self.profiles.shape[1]} capabilities")
+        return F @ self.profiles[self.models.index(name)]
+
+    def as_blend(self, name: str, of: list[str]) -> tuple[float, np.ndarray, float]:
+        """``name``'s profile as an intercept plus a linear blend of the profiles of ``of``.
+
+        Returns ``(intercept, weights, residual)``. A prompt's capability mix sums
+        to 1, so on *any* prompt ``intercept + weights · (predicted quality of of)``
+        is ``name``'s predicted quality to within ``residual`` (the largest
+        per-capability misfit, least squares). This carries a model added by
+        :meth:`add_model` into predictions made before it existed, such as an
+        artifact's calibration sample.
+        """
+        require_fitted(self, "profiles")
+        assert self.profiles is not None
+        unknown = [m for m in [name, *of] if m not in self.models]
+        if unknown:
+            raise RoutingError(f"as_blend: unknown model(s) {', '.join(unknown)}; known: {', '.join(self.models)}")
+        target = self.profiles[self.models.index(name)]
+        basis = np.c_[np.ones(len(target)), self.profiles[[self.models.index(m) for m in of]].T]  # K × (1 + len(of))
+        coef = np.linalg.lstsq(basis, target, rcond=None)[0]
+        residual = float(np.abs(basis @ coef - target).max())
+        return float(coef[0]), coef[1:], residual
+
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "profiles")
         assert self.cost_model is not None
