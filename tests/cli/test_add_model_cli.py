@@ -66,13 +66,13 @@ def test_added_model_is_scored_from_its_probes_and_joins_the_calibration_sample(
 
 
 def test_an_artifact_without_stored_mixes_gets_a_blend_within_its_stated_error(tmp_path, trained, capsys):
-    from turnout.routing.artifact import save_router
+    from turnout.routing.artifact import ARTIFACT_KEYS, save_router
 
     _, art, probe = trained
     router, meta = load_router(art)
     del meta["calibration"]["features"]  # as an artifact trained before the mixes were stored
     old = tmp_path / "old.npz"
-    save_router(router, old, meta={k: v for k, v in meta.items() if k not in ("format", "router", "created", "turnout_version")})
+    save_router(router, old, meta={k: v for k, v in meta.items() if k not in ARTIFACT_KEYS})
     out = tmp_path / "with-coder.npz"
     assert main(["add-model", str(old), str(probe), "--model", "coder", "--out", str(out)]) == 0
     assert "a blend of the trained models'" in capsys.readouterr().out

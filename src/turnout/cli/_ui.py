@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 #: width used when stdout is not a terminal (a pipe, a file, CI) and ``COLUMNS`` is unset
@@ -34,10 +35,8 @@ def runnable(routers: list[str], con: Any) -> list[str]:
     return ok
 
 
-def check_artifact_path(path: str) -> Any:
+def check_artifact_path(path: str) -> Path:
     """``path`` as a Path for a router artifact to write, or :class:`DataError` (no .npz suffix, no such folder)."""
-    from pathlib import Path
-
     from turnout.errors import DataError
 
     out = Path(path)

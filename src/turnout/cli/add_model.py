@@ -23,10 +23,6 @@ import numpy as np
 
 from turnout.errors import DataError, RoutingError
 
-#: keys :func:`~turnout.routing.artifact.load_router` adds to the metadata and :func:`save_router` writes itself
-_ARTIFACT_KEYS = ("format", "router", "created", "turnout_version")
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("add-model", help="add a model to a trained profile router from a few probe outcomes",
                               description=__doc__)
@@ -60,7 +56,7 @@ def run(args: Any) -> int:
     from turnout.cli._ui import check_artifact_path
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
-    from turnout.routing.artifact import load_router, save_router
+    from turnout.routing.artifact import ARTIFACT_KEYS, load_router, save_router
 
     out = check_artifact_path(args.out)
     router, meta = load_router(args.artifact)
@@ -83,7 +79,7 @@ def run(args: Any) -> int:
     costs = None if table.cost_estimated else table.costs[rows, j]
     router.add_model(name, X, table.scores[rows, j], card=table.model_cards.get(args.model), costs_probe=costs)
 
-    new_meta = {k: v for k, v in meta.items() if k not in _ARTIFACT_KEYS}
+    new_meta = {k: v for k, v in meta.items() if k not in ARTIFACT_KEYS}
     new_meta["models"] = list(router.models)
     added = {"model": name, "from": args.model, "probe_table": str(args.probe), "n_probe": int(len(rows)),
              "cost_from": "card" if costs is None else "probe costs"}

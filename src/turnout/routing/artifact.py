@@ -28,6 +28,8 @@ from turnout.routing.base import Router
 from turnout.routing.registry import router_class
 
 FORMAT_VERSION = 1
+#: metadata keys :func:`save_router` writes itself and :func:`load_router` merges in (not the caller's ``meta``)
+ARTIFACT_KEYS = ("format", "router", "created", "turnout_version")
 _ARRAY = "__array__"
 
 
