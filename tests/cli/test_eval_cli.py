@@ -176,3 +176,84 @@ def test_signed_interval_prints_no_negative_zero():
     assert signed_interval([-1e-17, 1e-17]) == "+0.000 to +0.000"
     assert signed_interval([-0.0204, 0.5]) == "-0.020 to +0.500"
     assert signed_interval(None) == "—"
+
+
+def _split_files(tmp_path):
+    src = _write_table(tmp_path, n=160)
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    train = tmp_path / "train.jsonl"
+    test = tmp_path / "test.jsonl"
+    # every fifth prompt is a test prompt: easy and hard ones alike
+    train.write_text("\n".join(json.dumps(r) for r in rows if int(r["prompt_id"]) % 5))
+    test.write_text("\n".join(json.dumps(r) for r in rows if int(r["prompt_id"]) % 5 == 0))
+    return train, test
+
+
+def test_eval_of_a_trained_artifact_matches_fitting_the_same_router_in_eval(tmp_path):
+    train, test = _split_files(tmp_path)
+    art = tmp_path / "knn.npz"
+    assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
+    fitted, direct = tmp_path / "a.json", tmp_path / "d.json"
+    assert main(["eval", str(test), "--artifact", str(art), "--bootstrap", "0", "--json", str(fitted)]) == 0
+    assert main(["eval", str(train), "--test", str(test), "--routers", "knn", "--embedder", "hashing",
+                 "--bootstrap", "0", "--json", str(direct)]) == 0
+    a, d = json.loads(fitted.read_text()), json.loads(direct.read_text())
+    assert a["n_test"] == d["n_test"] == 32 and "n_train" not in a
+    assert a["routers"]["knn"]["aiq"] == d["routers"]["knn"]["aiq"]
+    assert a["routers"]["knn"]["curve"] == d["routers"]["knn"]["curve"]
+    assert a["routers"]["knn"]["fit_s"] is None and a["single_models_aiq"] == d["single_models_aiq"]
+
+
+def test_eval_compares_several_artifacts_paired(tmp_path, capsys):
+    train, test = _split_files(tmp_path)
+    for name in ("knn", "profile", "cheapest"):
+        assert main(["train", str(train), "--router", name, "--embedder", "hashing",
+                     "--out", str(tmp_path / f"{name}.npz")]) == 0
+    out = tmp_path / "o.json"
+    assert main(["eval", str(test), *sum((["--artifact", str(tmp_path / f"{n}.npz")] for n in ("knn", "profile", "cheapest")), []),
+                 "--bootstrap", "50", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["routers"]) == {"knn", "profile", "cheapest"} and res["best_router"] in ("knn", "profile")
+    assert res["routers"]["cheapest"]["aiq_vs_best_ci"][1] < 0  # one model for every prompt is far behind
+    assert "best AIQ: " in capsys.readouterr().out
+
+
+def test_eval_artifact_refuses_flags_that_only_mean_something_when_fitting(tmp_path, capsys):
+    train, test = _split_files(tmp_path)
+    art = tmp_path / "knn.npz"
+    assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
+    assert main(["eval", str(test), "--artifact", str(art), "--routers", "mlp"]) != 0
+    assert "--routers cannot go with --artifact" in capsys.readouterr().err
+
+
+def test_eval_artifacts_of_different_models_are_refused(tmp_path, capsys):
+    train, test = _split_files(tmp_path)
+    small_only = tmp_path / "small.jsonl"
+    small_only.write_text("\n".join(l for l in train.read_text().splitlines() if '"small"' in l))
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(a)]) == 0
+    assert main(["train", str(small_only), "--router", "knn", "--embedder", "hashing", "--out", str(b)]) == 0
+    assert main(["eval", str(test), "--artifact", str(a), "--artifact", str(b), "--bootstrap", "0"]) != 0
+    assert "route different models" in capsys.readouterr().err
+
+
+def test_eval_artifacts_may_list_their_models_in_another_order(tmp_path):
+    train, test = _split_files(tmp_path)
+    lines = train.read_text().splitlines()
+    flipped = tmp_path / "flipped.jsonl"  # the same outcomes, each prompt's 'big' row first
+    flipped.write_text("\n".join(b for a, b in zip(lines[::2], lines[1::2]) for b in (b, a)))
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert main(["train", str(train), "--router", "profile", "--embedder", "hashing", "--out", str(a)]) == 0
+    assert main(["train", str(flipped), "--router", "cheapest", "--embedder", "hashing", "--out", str(b)]) == 0
+    assert load_router_models(a) != load_router_models(b)
+    both, alone = tmp_path / "both.json", tmp_path / "alone.json"
+    assert main(["eval", str(test), "--artifact", str(a), "--artifact", str(b), "--bootstrap", "0", "--json", str(both)]) == 0
+    assert main(["eval", str(test), "--artifact", str(b), "--bootstrap", "0", "--json", str(alone)]) == 0
+    r_both, r_alone = json.loads(both.read_text())["routers"]["b"], json.loads(alone.read_text())["routers"]["b"]
+    assert r_both["aiq"] == r_alone["aiq"] and r_both["curve"] == r_alone["curve"]
+
+
+def load_router_models(path):
+    from turnout.routing.artifact import load_router
+
+    return load_router(path)[0].models

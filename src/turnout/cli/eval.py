@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--routers", help=f"comma-separated router names (default: {DEFAULT_ROUTERS}, "
                                      "less those whose optional packages are not installed)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
+    p.add_argument("--artifact", action="append", default=[], metavar="ROUTER.npz",
+                   help="evaluate this trained router (repeatable) on every prompt of TABLE, fitting nothing; "
+                        "each is embedded with its own embedder")
     p.add_argument("--json", dest="json_out", help="write the result as JSON here (schema: docs/eval.md)")
     p.add_argument("--plot", dest="plot_out", help="write a cost/quality plot (PNG) here; needs matplotlib")
     p.set_defaults(func=run)
@@ -104,6 +107,8 @@ def run(args: Any) -> int:
     from turnout.evaluation.runner import run_eval
     from turnout.routing.registry import router_names
 
+    if args.artifact:
+        return _run_artifacts(args)
     routers = [r for r in (args.routers or DEFAULT_ROUTERS).split(",") if r]
     unknown = [r for r in routers if r not in router_names()]
     if unknown:
@@ -132,10 +137,50 @@ def run(args: Any) -> int:
         con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
     if out.get("models_left_out"):
         con.print(f"left out (in the test table, not in training): {', '.join(out['models_left_out'])}")
+    _write_outputs(args, out)
+    return 0
+
+
+def _write_outputs(args: Any, out: dict[str, Any]) -> None:
+    """``--json`` and ``--plot``."""
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     if args.plot_out:
         from turnout.evaluation.plot import plot_eval
 
         plot_eval(out, args.plot_out)
+
+
+def _run_artifacts(args: Any) -> int:
+    """``turnout eval TABLE --artifact A.npz ...``: trained routers on all of TABLE (e.g. traffic logged since)."""
+    from turnout.cli._ui import console
+    from turnout.embed import create_embedder
+    from turnout.errors import DataError
+    from turnout.evaluation.loaders import load_table
+    from turnout.evaluation.runner import eval_fitted
+    from turnout.routing.artifact import load_router
+
+    clashing = [flag for flag, given in (("--routers", args.routers), ("--test", args.test),
+                                         ("--keep-seen", args.keep_seen)) if given]
+    if clashing:
+        raise DataError(f"{', '.join(clashing)} cannot go with --artifact: an artifact is evaluated on every prompt "
+                        "of TABLE, as trained", fix="drop them, or evaluate routers by name without --artifact")
+    table = load_table(args.table)
+    routers: dict[str, Any] = {}
+    embeddings: dict[str, Any] = {}
+    for path in args.artifact:
+        router, meta = load_router(path)
+        name = Path(path).stem if Path(path).stem not in routers else str(path)
+        emb = meta.get("embedder", "minilm")
+        if emb not in embeddings:
+            embeddings[emb] = create_embedder(emb, threads=os.cpu_count() or 1).embed(table.prompts)
+        routers[name] = (router, embeddings[emb])
+    out = eval_fitted(table, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
+    con = console()
+    con.print(render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"))
+    for line in comparison_lines(out):
+        con.print(line)
+    if out.get("models_left_out"):
+        con.print(f"left out (in the table, not routed by the artifacts): {', '.join(out['models_left_out'])}")
+    _write_outputs(args, out)
     return 0

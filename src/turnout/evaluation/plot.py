@@ -81,7 +81,8 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     ax.margins(x=0.06)
     ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean quality")
-    n = f"{result.get('n_train', '?')} train / {result.get('n_test', '?')} test"
+    n = (f"{result['n_train']} train / {result.get('n_test', '?')} test" if "n_train" in result
+         else f"{result.get('n_test', '?')} prompts, trained routers")
     ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -71,13 +71,15 @@ def ensemble_members(routers: list[str], router_params: dict[str, dict[str, Any]
     return list((router_params or {}).get("ensemble", {}).get("members") or default_members())
 
 
-def evaluate_router(router: Router, train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, *,
-                    fit_s: float | None = None) -> dict[str, Any]:
-    """Fit ``router`` on train (unless ``fit_s`` says it already was), sweep λ on test.
+def evaluate_router(router: Router, train: RoutingTable | None, test: RoutingTable, Xtr: np.ndarray | None,
+                    Xte: np.ndarray, *, fit_s: float | None = None) -> dict[str, Any]:
+    """Fit ``router`` on train (unless ``fit_s`` says it already was: then train and Xtr may be None), sweep λ on test.
 
     Returns the per-router JSON block of ``turnout eval``.
     """
     if fit_s is None:
+        if train is None or Xtr is None:
+            raise DataError("evaluate_router needs training data to fit the router", fix="pass train and Xtr, or fit_s")
         t0 = time.perf_counter()
         router.fit(train.to_training_data(Xtr))
         fit_s = time.perf_counter() - t0
@@ -237,17 +239,8 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
 
     def one(name: str) -> None:
         router, fit_s = fitter.fit(name)
-        res = evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s)
-        shares, choices = res.pop("_shares"), res.pop("_choices")
-        ci: dict[str, Any] = {}
-        if weights is not None:
-            samples[name] = aiq_resamples(choices, test, weights)
-            ci = {"aiq_ci": interval95(samples[name])}
-        if router.evaluation_only:
-            evaluation_only.append(name)
-        out["routers"][name] = {**curve_metrics(res["curve"], base),
-                                **two_model_metrics(res["curve"], shares, test, base), **ci, **res,
-                                "curve": distinct_points(res["curve"])}
+        _record(out, name, router, evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s), test, base,
+                weights, samples, evaluation_only)
 
     if not progress:
         for name in routers:
@@ -256,6 +249,76 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         _fit_all(routers, one, out)
     if single is not None:
         paired_comparisons(out, samples, single, evaluation_only, task_line)
+    return out
+
+
+def _record(out: dict[str, Any], name: str, router: Router, res: dict[str, Any], test: RoutingTable,
+            base: dict[str, Any], weights: np.ndarray | None, samples: dict[str, np.ndarray],
+            evaluation_only: list[str]) -> None:
+    """Put one router's metrics (from :func:`evaluate_router`) in ``out``; keep its AIQ resamples for the pairing."""
+    shares, choices = res.pop("_shares"), res.pop("_choices")
+    ci: dict[str, Any] = {}
+    if weights is not None:
+        samples[name] = aiq_resamples(choices, test, weights)
+        ci = {"aiq_ci": interval95(samples[name])}
+    if router.evaluation_only:
+        evaluation_only.append(name)
+    out["routers"][name] = {**curve_metrics(res["curve"], base), **two_model_metrics(res["curve"], shares, test, base),
+                            **ci, **res, "curve": distinct_points(res["curve"])}
+
+
+class _InOrder(Router):
+    """A fitted router whose prediction columns come in another order of the same models."""
+
+    def __init__(self, router: Router, models: list[str]) -> None:
+        self.router, self.models = router, list(models)
+        self.name, self.evaluation_only = router.name, router.evaluation_only  # type: ignore[misc]
+        self._idx = [list(router.models).index(m) for m in self.models]
+
+    def fit(self, data: TrainingData) -> Router:  # pragma: no cover - only ever built around a fitted router
+        raise NotImplementedError("_InOrder wraps a fitted router")
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        p, j = self.router.predict(X), self._idx
+        return Prediction(self.models, p.quality[:, j], p.cost[:, j], None if p.available is None else p.available[:, j])
+
+
+def eval_fitted(test: RoutingTable, routers: dict[str, tuple[Router, np.ndarray]], *, table: str = "",
+                bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """``turnout eval --artifact``: routers fitted elsewhere (saved artifacts) measured on a whole table.
+
+    ``routers`` maps a name to ``(router, embeddings of test's prompts)`` (each
+    artifact with its own embedder). They must route the same models, in any order. The
+    result has ``run_eval``'s schema, without ``n_train`` and the task-mean
+    references (no training table is at hand) and with every ``fit_s`` null.
+    """
+    if not routers:
+        raise DataError("no router to evaluate", fix="give at least one --artifact")
+    model_lists = {name: list(r.models) for name, (r, _) in routers.items()}
+    first = next(iter(model_lists.values()))
+    if any(set(m) != set(first) for m in model_lists.values()):
+        detail = "; ".join(f"{n}: {', '.join(m)}" for n, m in model_lists.items())
+        raise DataError(f"the artifacts route different models ({detail})", fix="evaluate them one at a time")
+    routers = {name: (r if list(r.models) == first else _InOrder(r, first), X) for name, (r, X) in routers.items()}
+    test, left_out = align_to(first, test, "the artifacts")
+    base = baselines(test)
+    out: dict[str, Any] = {"table": table, "n_test": len(test), "best_single": base["best_single"],
+                           "oracle": base["oracle"], "single_models_aiq": base["single_models_aiq"],
+                           "single_models": base["single_models"], "routers": {}}
+    if left_out:
+        out["models_left_out"] = left_out
+    weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
+    single = single_models_aiq_resamples(test, weights) if weights is not None else None
+    if single is not None:
+        out["single_models_aiq_ci"] = interval95(single)
+    samples: dict[str, np.ndarray] = {}
+    evaluation_only: list[str] = []
+    for name, (router, Xte) in routers.items():
+        res = evaluate_router(router, None, test, None, Xte, fit_s=0.0)
+        res["fit_s"] = None  # fitted elsewhere
+        _record(out, name, router, res, test, base, weights, samples, evaluation_only)
+    if single is not None:
+        paired_comparisons(out, samples, single, evaluation_only)
     return out
 
 
@@ -284,13 +347,18 @@ def align_models(train: RoutingTable, test: RoutingTable) -> tuple[RoutingTable,
     ``models_left_out``). A training model missing from test is simply never a
     candidate there.
     """
-    if list(test.models) == list(train.models):
+    return align_to(list(train.models), test, "the training table")
+
+
+def align_to(models: list[str], test: RoutingTable, what: str) -> tuple[RoutingTable, list[str]]:
+    """``test`` re-indexed to ``models`` (a router's), and the test models left out (see :func:`align_models`)."""
+    if list(test.models) == list(models):
         return test, []
-    left_out = [m for m in test.models if m not in set(train.models)]
-    aligned = test.with_models(list(train.models))
+    left_out = [m for m in test.models if m not in set(models)]
+    aligned = test.with_models(list(models))
     if not (~np.isnan(aligned.scores)).any():
-        raise DataError("the test table shares no model with the training table", file=test.source or None,
-                        fix=f"train models: {', '.join(train.models)}; test models: {', '.join(test.models)}")
+        raise DataError(f"the test table shares no model with {what}", file=test.source or None,
+                        fix=f"models there: {', '.join(models)}; test models: {', '.join(test.models)}")
     return aligned, left_out
 
 
