@@ -215,21 +215,11 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     """
     test, left_out = align_models(train, test)
     base = baselines(test)
-    out: dict[str, Any] = {"table": table, "n_train": len(train), "n_test": len(test),
-                           "best_single": base["best_single"], "oracle": base["oracle"],
-                           "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
-                           "routers": {}}
-    if left_out:
-        out["models_left_out"] = left_out
+    out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed, n_train=len(train))
     refs = task_mean_references(train, test, base)
     ref_choices = {key: r.pop("_choices") for key, r in refs.items()}
     if refs:
         out["references"] = refs
-
-    weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
-    single = single_models_aiq_resamples(test, weights) if weights is not None else None
-    if single is not None:
-        out["single_models_aiq_ci"] = interval95(single)
     task_line = aiq_resamples(ref_choices["task_means"], test, weights) \
         if weights is not None and "task_means" in ref_choices else None
     samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
@@ -250,6 +240,22 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     if single is not None:
         paired_comparisons(out, samples, single, evaluation_only, task_line)
     return out
+
+
+def _result_head(test: RoutingTable, base: dict[str, Any], left_out: list[str], table: str, bootstrap: int, seed: int,
+                 n_train: int | None = None) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+    """A result's baselines, the bootstrap weights (None with ``bootstrap`` 0) and the single-model hull's resamples."""
+    out: dict[str, Any] = {"table": table, **({"n_train": n_train} if n_train is not None else {}), "n_test": len(test),
+                           "best_single": base["best_single"], "oracle": base["oracle"],
+                           "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
+                           "routers": {}}
+    if left_out:
+        out["models_left_out"] = left_out
+    weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
+    single = single_models_aiq_resamples(test, weights) if weights is not None else None
+    if single is not None:
+        out["single_models_aiq_ci"] = interval95(single)
+    return out, weights, single
 
 
 def _record(out: dict[str, Any], name: str, router: Router, res: dict[str, Any], test: RoutingTable,
@@ -302,15 +308,7 @@ def eval_fitted(test: RoutingTable, routers: dict[str, tuple[Router, np.ndarray]
     routers = {name: (r if list(r.models) == first else _InOrder(r, first), X) for name, (r, X) in routers.items()}
     test, left_out = align_to(first, test, "the artifacts")
     base = baselines(test)
-    out: dict[str, Any] = {"table": table, "n_test": len(test), "best_single": base["best_single"],
-                           "oracle": base["oracle"], "single_models_aiq": base["single_models_aiq"],
-                           "single_models": base["single_models"], "routers": {}}
-    if left_out:
-        out["models_left_out"] = left_out
-    weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
-    single = single_models_aiq_resamples(test, weights) if weights is not None else None
-    if single is not None:
-        out["single_models_aiq_ci"] = interval95(single)
+    out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed)
     samples: dict[str, np.ndarray] = {}
     evaluation_only: list[str] = []
     for name, (router, Xte) in routers.items():
