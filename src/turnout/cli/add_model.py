@@ -23,6 +23,7 @@ import numpy as np
 
 from turnout.errors import DataError, RoutingError
 
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("add-model", help="add a model to a trained profile router from a few probe outcomes",
                               description=__doc__)

@@ -115,6 +115,7 @@ def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
 
 
 def run(args: Any) -> int:
+    from turnout.cli._ui import check_artifact_path
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.gateway.budget import calibration_sample
@@ -122,8 +123,6 @@ def run(args: Any) -> int:
     from turnout.routing.base import Prediction
     from turnout.routing.policy import calibrate_lambda, choose
     from turnout.routing.registry import create_router
-
-    from turnout.cli._ui import check_artifact_path
 
     out = check_artifact_path(args.out)
     params = parse_params(args.param)

@@ -273,22 +273,6 @@ def _record(out: dict[str, Any], name: str, router: Router, res: dict[str, Any],
                             **ci, **res, "curve": distinct_points(res["curve"])}
 
 
-class _InOrder(Router):
-    """A fitted router whose prediction columns come in another order of the same models."""
-
-    def __init__(self, router: Router, models: list[str]) -> None:
-        self.router, self.models = router, list(models)
-        self.name, self.evaluation_only = router.name, router.evaluation_only  # type: ignore[misc]
-        self._idx = [list(router.models).index(m) for m in self.models]
-
-    def fit(self, data: TrainingData) -> Router:  # pragma: no cover - only ever built around a fitted router
-        raise NotImplementedError("_InOrder wraps a fitted router")
-
-    def predict(self, X: np.ndarray) -> Prediction:
-        p, j = self.router.predict(X), self._idx
-        return Prediction(self.models, p.quality[:, j], p.cost[:, j], None if p.available is None else p.available[:, j])
-
-
 def eval_fitted(test: RoutingTable, routers: dict[str, tuple[Router, np.ndarray]], *, table: str = "",
                 bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """``turnout eval --artifact``: routers fitted elsewhere (saved artifacts) measured on a whole table.
@@ -305,16 +289,17 @@ def eval_fitted(test: RoutingTable, routers: dict[str, tuple[Router, np.ndarray]
     if any(set(m) != set(first) for m in model_lists.values()):
         detail = "; ".join(f"{n}: {', '.join(m)}" for n, m in model_lists.items())
         raise DataError(f"the artifacts route different models ({detail})", fix="evaluate them one at a time")
-    routers = {name: (r if list(r.models) == first else _InOrder(r, first), X) for name, (r, X) in routers.items()}
     test, left_out = align_to(first, test, "the artifacts")
     base = baselines(test)
     out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed)
     samples: dict[str, np.ndarray] = {}
     evaluation_only: list[str] = []
     for name, (router, Xte) in routers.items():
-        res = evaluate_router(router, None, test, None, Xte, fit_s=0.0)
+        # the same models in this router's column order; prompts (and so the resamples) stay the same
+        own = test if list(router.models) == first else test.with_models(list(router.models))
+        res = evaluate_router(router, None, own, None, Xte, fit_s=0.0)
         res["fit_s"] = None  # fitted elsewhere
-        _record(out, name, router, res, test, base, weights, samples, evaluation_only)
+        _record(out, name, router, res, own, base, weights, samples, evaluation_only)
     if single is not None:
         paired_comparisons(out, samples, single, evaluation_only)
     return out

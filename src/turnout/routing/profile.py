@@ -162,8 +162,7 @@ class ProfileRouter(NeighbourCostRouter):
 
     def cold_start_features(self, X: np.ndarray) -> np.ndarray:
         """Each prompt's capability mix (n × clusters, rows sum to 1): quality is this mix · a model's profile."""
-        require_fitted(self, "centroids")
-        return self._assign(l2_normalize(as_2d(X, self._width(), self.name)))
+        return self._assign(self._inputs(X))
 
     def quality_from_features(self, features: np.ndarray, name: str) -> np.ndarray:
         """Model ``name``'s predicted quality on prompts given by :meth:`cold_start_features`."""
