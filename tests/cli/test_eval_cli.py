@@ -257,3 +257,34 @@ def load_router_models(path):
     from turnout.routing.artifact import load_router
 
     return load_router(path)[0].models
+
+
+def test_eval_variants_and_params_compare_settings_of_one_router_paired(tmp_path):
+    train, test = _split_files(tmp_path)
+    both, k3 = tmp_path / "both.json", tmp_path / "k3.json"
+    common = [str(train), "--test", str(test), "--embedder", "hashing", "--bootstrap", "50"]
+    assert main(["eval", *common, "--routers", "knn", "--variant", "knn3=knn", "--param", "knn3.k=3",
+                 "--param", "knn.k=40", "--json", str(both)]) == 0
+    assert main(["eval", *common, "--routers", "knn", "--param", "knn.k=3", "--json", str(k3)]) == 0
+    res, alone = json.loads(both.read_text()), json.loads(k3.read_text())
+    assert list(res["routers"]) == ["knn", "knn3"]
+    assert res["variants"] == {"knn3": "knn"} and res["router_params"] == {"knn3": {"k": 3}, "knn": {"k": 40}}
+    # the variant is exactly kNN with k=3, and the base router kept its own k
+    assert res["routers"]["knn3"]["curve"] == alone["routers"]["knn"]["curve"]
+    assert res["routers"]["knn"]["curve"] != res["routers"]["knn3"]["curve"]
+    other = ({"knn", "knn3"} - {res["best_router"]}).pop()  # paired against the best, as any router is
+    assert len(res["routers"][other]["aiq_vs_best_ci"]) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--param", "knn.kk=3"], "has no parameter(s) kk"),
+    (["--param", "mlp.k=3"], "mlp is not in this run"),
+    (["--param", "k=3"], "is not ROUTER.KEY=VALUE"),
+    (["--variant", "knn=knn"], "already a router's name"),
+    (["--variant", "x=nope"], "unknown router nope"),
+    (["--variant", "x"], "is not LABEL=ROUTER"),
+])
+def test_eval_bad_params_and_variants_fail_before_any_work(tmp_path, capsys, extra, message):
+    train, test = _split_files(tmp_path)
+    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn", *extra]) != 0
+    assert message in capsys.readouterr().err

@@ -28,6 +28,12 @@ def register(subparsers: Any) -> None:
                    help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}; 0 = off)")
     p.add_argument("--routers", help=f"comma-separated router names (default: {DEFAULT_ROUTERS}, "
                                      "less those whose optional packages are not installed)")
+    p.add_argument("--param", action="append", default=[], metavar="ROUTER.K=V",
+                   help="a parameter of one router of the run, repeatable (e.g. --param knn.k=50; "
+                        "values parsed as int, float, bool or str)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=ROUTER",
+                   help="also run ROUTER under the name LABEL, repeatable, to compare settings paired on the same "
+                        "split (e.g. --variant knn50=knn --param knn50.k=50)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--artifact", action="append", default=[], metavar="ROUTER.npz",
                    help="evaluate this trained router (repeatable) on every prompt of TABLE, fitting nothing; "
@@ -117,6 +123,9 @@ def run(args: Any) -> int:
         raise RoutingError(f"unknown router(s) {', '.join(unknown)}; choose from: {', '.join(router_names())}")
     if not args.routers:  # the default list: leave out what cannot run here, and say so (named routers must run)
         routers = runnable(routers, console())
+    variants = parse_variants(args.variant, routers)
+    routers += list(variants)
+    params = parse_router_params(args.param, routers, variants)
     table = load_table(args.table)
     if args.test:
         train, test = table, load_table(args.test)
@@ -127,8 +136,12 @@ def run(args: Any) -> int:
         test, dropped = drop_seen_prompts(train, test)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
-    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
+    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed,
+                   router_params=params, variants=variants)
     out["test_prompts_seen_in_train_dropped"] = dropped
+    if params or variants:
+        out["router_params"] = params
+        out["variants"] = variants
     con = console()
     con.print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
     for line in comparison_lines(out):
@@ -139,6 +152,47 @@ def run(args: Any) -> int:
         con.print(f"left out (in the test table, not in training): {', '.join(out['models_left_out'])}")
     _write_outputs(args, out)
     return 0
+
+
+def parse_variants(items: list[str], routers: list[str]) -> dict[str, str]:
+    """``["knn50=knn"]`` -> ``{"knn50": "knn"}``; a label may be neither a router's name nor used twice."""
+    from turnout.errors import RoutingError
+    from turnout.routing.registry import router_names
+
+    out: dict[str, str] = {}
+    for item in items:
+        label, sep, router = (x.strip() for x in item.partition("="))
+        if not sep or not label or not router:
+            raise RoutingError(f"--variant '{item}' is not LABEL=ROUTER (e.g. --variant knn50=knn)")
+        if router not in router_names():
+            raise RoutingError(f"--variant {item}: unknown router {router}; choose from: {', '.join(router_names())}")
+        if label in router_names() or label in routers or label in out:
+            raise RoutingError(f"--variant {item}: the label {label} is already a router's name or another "
+                               f"variant's; pick a new one (e.g. {router}2)")
+        if "." in label:
+            raise RoutingError(f"--variant {item}: a label may not contain '.' (--param LABEL.K=V splits at it)")
+        out[label] = router
+    return out
+
+
+def parse_router_params(items: list[str], routers: list[str], variants: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``["knn.k=50"]`` -> ``{"knn": {"k": 50}}``, each router built once here so a wrong name fails before any work."""
+    from turnout.cli.train import parse_value
+    from turnout.errors import RoutingError
+    from turnout.routing.registry import create_router
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, val = item.partition("=")
+        name, dot, key = target.strip().partition(".")
+        if not sep or not dot or not name or not key.strip():
+            raise RoutingError(f"--param '{item}' is not ROUTER.KEY=VALUE (e.g. --param knn.k=50)")
+        if name not in routers:
+            raise RoutingError(f"--param {item}: {name} is not in this run (routers: {', '.join(routers)})")
+        out.setdefault(name, {})[key.strip()] = parse_value(val)
+    for name, params in out.items():
+        create_router(variants.get(name, name), **params)  # an unknown parameter fails here, naming itself
+    return out
 
 
 def _write_outputs(args: Any, out: dict[str, Any]) -> None:
@@ -161,7 +215,8 @@ def _run_artifacts(args: Any) -> int:
     from turnout.routing.artifact import load_router
 
     clashing = [flag for flag, given in (("--routers", args.routers), ("--test", args.test),
-                                         ("--keep-seen", args.keep_seen)) if given]
+                                         ("--keep-seen", args.keep_seen), ("--param", args.param),
+                                         ("--variant", args.variant)) if given]
     if clashing:
         raise DataError(f"{', '.join(clashing)} cannot go with --artifact: an artifact is evaluated on every prompt "
                         "of TABLE, as trained", fix="drop them, or evaluate routers by name without --artifact")

@@ -33,12 +33,15 @@ class RouterFitter:
     A member is kept only when it was built with its default parameters, as
     the ensemble builds it, so the composed ensemble is the one ``fit`` gives
     (members fit deterministically) at none of the cost. Its fit time is its
-    members' fit times plus its own cost lookup's.
+    members' fit times plus its own cost lookup's. ``variants`` maps a label to
+    the registered router it builds (with the label's own ``router_params``).
     """
 
     def __init__(self, data: TrainingData, router_params: dict[str, dict[str, Any]] | None = None,
-                 reuse: Collection[str] = ()) -> None:
+                 reuse: Collection[str] = (), variants: dict[str, str] | None = None) -> None:
         self.data, self.params, self.reuse = data, router_params or {}, set(reuse)
+        #: label -> registry name, for routers run under a name of their own (``turnout eval --variant``)
+        self.variants = dict(variants or {})
         self._fitted: dict[str, tuple[Router, float]] = {}
 
     def fit(self, name: str) -> tuple[Router, float]:
@@ -47,13 +50,14 @@ class RouterFitter:
         from turnout.routing.registry import create_router
 
         params = self.params.get(name, {})
-        if name == "ensemble" and set(params) <= {"members", "weights"}:
+        kind = self.variants.get(name, name)
+        if kind == "ensemble" and set(params) <= {"members", "weights"}:
             members = list(params.get("members") or default_members())
             if all(m in self._fitted for m in members):
                 t0 = time.perf_counter()
                 ens = EnsembleRouter.compose([self._fitted[m][0] for m in members], self.data, params.get("weights"))
                 return ens, sum(self._fitted[m][1] for m in members) + time.perf_counter() - t0
-        router = create_router(name, **params)
+        router = create_router(kind, **params)
         t0 = time.perf_counter()
         router.fit(self.data)
         fit_s = time.perf_counter() - t0
@@ -207,9 +211,13 @@ def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test:
 
 def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, routers: list[str], *,
              table: str = "", progress: bool = True, router_params: dict[str, dict[str, Any]] | None = None,
-             bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+             bootstrap: int = BOOTSTRAP, seed: int = 0, variants: dict[str, str] | None = None) -> dict[str, Any]:
     """The whole ``turnout eval`` result (see docs/eval.md) for ``routers`` on a train/test split.
 
+    ``router_params`` maps a name in ``routers`` to its parameters; ``variants``
+    maps names in ``routers`` that are labels of their own to the router each runs
+    (``{"knn50": "knn"}`` with ``router_params={"knn50": {"k": 50}}`` compares two
+    kNNs paired on the same split).
     Shows a rich progress bar over the routers being fitted when ``progress`` is true.
     ``bootstrap`` resamples of the test prompts give each AIQ a 95% interval (0 turns it off).
     """
@@ -225,7 +233,8 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
     evaluation_only: list[str] = []
 
-    fitter = RouterFitter(train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params))
+    fitter = RouterFitter(train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params),
+                          variants=variants)
 
     def one(name: str) -> None:
         router, fit_s = fitter.fit(name)
