@@ -288,3 +288,29 @@ def test_eval_bad_params_and_variants_fail_before_any_work(tmp_path, capsys, ext
     train, test = _split_files(tmp_path)
     assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn", *extra]) != 0
     assert message in capsys.readouterr().err
+
+
+def test_eval_repeats_summarises_random_splits_and_plots_them(tmp_path, capsys):
+    src = _write_table(tmp_path, n=80, split=True)
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn,cheapest", "--repeats", "3",
+                 "--seed", "2", "--json", str(out), "--plot", str(png)]) == 0
+    res = json.loads(out.read_text())
+    assert res["repeats"] == 3 and res["seeds"] == [2, 3, 4] and set(res["routers"]) == {"knn", "cheapest"}
+    assert res["n_test"] == [20, 20, 20]  # random splits of 80 prompts: the split column (20 test rows) is not used
+    assert all(len(r["aiq"]["values"]) == 3 for r in res["routers"].values())
+    assert "aiq_ci" not in res["splits"][0]["routers"]["knn"]  # no bootstrap within splits unless asked
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "split column is not used" in printed and "best mean AIQ" in printed
+
+
+def test_eval_repeats_refuses_a_separate_test_table_and_artifacts(tmp_path, capsys):
+    train, test = _split_files(tmp_path)
+    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn",
+                 "--repeats", "3"]) != 0
+    assert "cannot go with --test" in capsys.readouterr().err
+    art = tmp_path / "knn.npz"
+    assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
+    assert main(["eval", str(test), "--artifact", str(art), "--repeats", "3"]) != 0
+    assert "--repeats cannot go with --artifact" in capsys.readouterr().err

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from turnout.evaluation.runner import BOOTSTRAP
 from turnout.evaluation.splits import drop_seen_prompts, split_table
 
@@ -24,10 +26,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-seen", action="store_true",
                    help="keep test prompts whose text is also in train (by default they are dropped and counted)")
-    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP,
-                   help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}; 0 = off)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help=f"test resamples for each AIQ's 95%% interval (default {BOOTSTRAP}, or 0 with --repeats; "
+                        "0 = off)")
     p.add_argument("--routers", help=f"comma-separated router names (default: {DEFAULT_ROUTERS}, "
                                      "less those whose optional packages are not installed)")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="run on N seeded random splits (seeds --seed, --seed+1, ...; the table's split column is "
+                        "not used) and report each metric's mean and spread, with corrected resampled t intervals "
+                        "of the differences between routers (default 1: one split)")
     p.add_argument("--param", action="append", default=[], metavar="ROUTER.K=V",
                    help="a parameter of one router of the run, repeatable (e.g. --param knn.k=50; "
                         "values parsed as int, float, bool or str)")
@@ -126,6 +133,8 @@ def run(args: Any) -> int:
     variants = parse_variants(args.variant, routers)
     routers += list(variants)
     params = parse_router_params(args.param, routers, variants)
+    if args.repeats != 1:
+        return _run_repeats(args, routers, variants, params)
     table = load_table(args.table)
     if args.test:
         train, test = table, load_table(args.test)
@@ -136,7 +145,7 @@ def run(args: Any) -> int:
         test, dropped = drop_seen_prompts(train, test)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
-    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed,
+    out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=_bootstrap(args), seed=args.seed,
                    router_params=params, variants=variants)
     out["test_prompts_seen_in_train_dropped"] = dropped
     if params or variants:
@@ -152,6 +161,93 @@ def run(args: Any) -> int:
         con.print(f"left out (in the test table, not in training): {', '.join(out['models_left_out'])}")
     _write_outputs(args, out)
     return 0
+
+
+def _bootstrap(args: Any) -> int:
+    """``--bootstrap``, else its default for one split."""
+    return BOOTSTRAP if args.bootstrap is None else args.bootstrap
+
+
+def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params: dict[str, dict[str, Any]]) -> int:
+    """``turnout eval TABLE --repeats N``: the routers on N random splits, summarised (evaluation.repeats)."""
+    from turnout.cli._ui import console
+    from turnout.embed import create_embedder
+    from turnout.errors import DataError
+    from turnout.evaluation.loaders import load_table
+    from turnout.evaluation.repeats import run_repeated
+
+    if args.test:
+        raise DataError("--repeats draws its own splits of TABLE, so it cannot go with --test",
+                        fix="drop --test (or --repeats), or pass one table holding both")
+    table = load_table(args.table)
+    con = console()
+    if table.split is not None and len(set(table.split)) > 1:
+        con.print(f"--repeats: the table's split column is not used; {args.repeats} random splits are drawn")
+    X = create_embedder(args.embedder, threads=os.cpu_count() or 1).embed(table.prompts)
+    out = run_repeated(table, X, routers, repeats=args.repeats, test_fraction=args.test_fraction, seed=args.seed,
+                       keep_seen=args.keep_seen, bootstrap=args.bootstrap or 0, router_params=params, variants=variants,
+                       table_name=str(args.table))
+    if params or variants:
+        out["router_params"], out["variants"] = params, variants
+    con.print(render_repeats(out, f"{args.table}: {args.repeats} random splits, "
+                                  f"~{int(np.mean(out['n_train']))} train / ~{int(np.mean(out['n_test']))} test each"))
+    for line in repeats_lines(out):
+        con.print(line)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    if args.plot_out:
+        from turnout.evaluation.plot import plot_repeats
+
+        plot_repeats(out, args.plot_out)
+    return 0
+
+
+def render_repeats(out: dict[str, Any], title: str) -> Any:
+    """A rich Table of a ``run_repeated`` result: one row per router, then the hull, task line and oracle."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("router", "AIQ mean", "sd", "min–max", "vs best (95% CI)", "vs hull (95% CI)", "max q", "cost frac",
+                "wins"):
+        t.add_column(col, justify="left" if col == "router" else "right", overflow="fold" if col == "router" else None,
+                     no_wrap=col != "router")
+    f = lambda v: "—" if v is None else f"{v:.4f}"  # noqa: E731
+    n = out["repeats"]
+    for name, r in out["routers"].items():
+        a = r["aiq"]
+        vs_best = signed_interval(r["aiq_vs_best"]["ci"]) if "aiq_vs_best" in r else "(best)"
+        frac = r.get("cost_fraction_to_match_best", {"mean": None, "n": 0})
+        frac_s = "—" if frac["mean"] is None else f"{frac['mean']:.3f} ({frac['n']}/{n})"
+        t.add_row(name, f(a["mean"]), f(a["sd"]), f"{a['min']:.3f}–{a['max']:.3f}", vs_best,
+                  signed_interval(r["aiq_gain"]["ci"]), f(r["max_quality"]["mean"]), frac_s, f"{r['wins']}/{n}")
+    h = out["single_models_aiq"]
+    t.add_row("single-model hull", f(h["mean"]), f(h["sd"]), f"{h['min']:.3f}–{h['max']:.3f}", "", "",
+              f(out["best_single_quality"]["mean"]), "", "")
+    if "task_means_aiq" in out:
+        tm = out["task_means_aiq"]
+        t.add_row("task means (true task, train)", f(tm["mean"]), f(tm["sd"]), f"{tm['min']:.3f}–{tm['max']:.3f}",
+                  "", "", "", "", "")
+    t.add_row("oracle", "", "", "", "", "", f(out["oracle_quality"]["mean"]), "", "")
+    return t
+
+
+def repeats_lines(out: dict[str, Any]) -> list[str]:
+    """The verdicts of a ``run_repeated`` result, from its corrected resampled t intervals."""
+    best, rs = out.get("best_router"), out["routers"]
+    if best is None:
+        return []
+
+    def names(key: str, above: bool) -> str:
+        hit = [n for n, r in rs.items() if r.get(key, {}).get("ci") and (r[key]["ci"][0] > 0 if above
+                                                                          else r[key]["ci"][1] >= 0)]
+        return ", ".join(hit) or "none"
+
+    lines = [f"best mean AIQ: {best} ({rs[best]['aiq']['mean']:.4f}); not told apart from it over these splits "
+             f"(corrected 95% CI of the difference reaches 0): {names('aiq_vs_best', above=False)}",
+             f"above the single-model hull (corrected 95% CI above 0): {names('aiq_gain', above=True)}"]
+    if "task_means_aiq" in out:
+        lines.append(f"above the task-means line (corrected 95% CI above 0): {names('aiq_vs_task_means', above=True)}")
+    return lines
 
 
 def parse_variants(items: list[str], routers: list[str]) -> dict[str, str]:
@@ -216,7 +312,8 @@ def _run_artifacts(args: Any) -> int:
 
     clashing = [flag for flag, given in (("--routers", args.routers), ("--test", args.test),
                                          ("--keep-seen", args.keep_seen), ("--param", args.param),
-                                         ("--variant", args.variant)) if given]
+                                         ("--variant", args.variant),
+                                         ("--repeats", args.repeats != 1)) if given]
     if clashing:
         raise DataError(f"{', '.join(clashing)} cannot go with --artifact: an artifact is evaluated on every prompt "
                         "of TABLE, as trained", fix="drop them, or evaluate routers by name without --artifact")
@@ -230,7 +327,7 @@ def _run_artifacts(args: Any) -> int:
         if emb not in embeddings:
             embeddings[emb] = create_embedder(emb, threads=os.cpu_count() or 1).embed(table.prompts)
         routers[name] = (router, embeddings[emb])
-    out = eval_fitted(table, routers, table=str(args.table), bootstrap=args.bootstrap, seed=args.seed)
+    out = eval_fitted(table, routers, table=str(args.table), bootstrap=_bootstrap(args), seed=args.seed)
     con = console()
     con.print(render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"))
     for line in comparison_lines(out):

@@ -1,4 +1,4 @@
-"""Cost/quality plot of a ``turnout eval`` result: router hulls, single models and the oracle.
+"""Plots of ``turnout eval`` results: router hulls, single models and the oracle; AIQ over repeated splits.
 
 Example::
 
@@ -28,6 +28,16 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``out_png`` (making its folder) and close it."""
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out
 
 
 def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:
@@ -86,9 +96,37 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out_png)
+
+
+def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:
+    """Write a PNG of a repeated-splits result (``turnout eval --repeats``): each router's AIQ on every split.
+
+    One row per router (best mean on top): a dot per split, the mean as a bar;
+    the single-model hull's and the task-means line's mean AIQ are vertical
+    reference lines. Dots of the same split are joined faintly across routers,
+    so a split that is hard for every router reads as one line.
+    """
+    plt = _pyplot()
+    routers = result.get("routers", {})
+    names = sorted(routers, key=lambda n: routers[n]["aiq"]["mean"])
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * max(len(names), 1)), dpi=120)
+    values = np.array([routers[n]["aiq"]["values"] for n in names], dtype=float).reshape(len(names), -1)
+    ys = np.arange(len(names))
+    for s in range(values.shape[1]):  # one faint line per split across the routers
+        ax.plot(values[:, s], ys, "-", color="gray", lw=0.6, alpha=0.35)
+    ax.scatter(values.ravel(), np.repeat(ys, values.shape[1]), s=16, color="tab:blue", alpha=0.7, zorder=3,
+               label="one split")
+    ax.scatter(values.mean(axis=1), ys, s=260, marker="|", color="black", zorder=4, linewidths=2, label="mean")
+    refs = [("single_models_aiq", "single-model hull", ":"), ("task_means_aiq", "task means (true task)", "--")]
+    for key, label, ls in refs:
+        if result.get(key, {}).get("mean") is not None:
+            ax.axvline(result[key]["mean"], ls=ls, color="black", lw=1, alpha=0.7,
+                       label=f"{label} ({result[key]['mean']:.3f})")
+    ax.set_yticks(ys, names)
+    ax.set_xlabel("AIQ")
+    ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over "
+                          f"{result.get('repeats', values.shape[1])} random splits")
+    ax.grid(True, axis="x", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return _save(plt, fig, out_png)

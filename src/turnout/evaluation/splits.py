@@ -25,14 +25,24 @@ def split_table(table: RoutingTable, test_fraction: float = 0.25, seed: int = 0)
         sp = np.asarray(table.split, dtype=object).astype(str)
         if (sp == "train").any() and (sp == "test").any():
             return table.subset(np.flatnonzero(sp == "train")), table.subset(np.flatnonzero(sp == "test"))
+    tr_rows, te_rows = random_rows(len(table), test_fraction, seed)
+    return table.subset(tr_rows), table.subset(te_rows)
+
+
+def random_rows(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows), each sorted: a seeded random split of ``n`` prompts.
+
+    Permutes ``range(n)`` with ``numpy.random.default_rng(seed)`` and keeps
+    ``round(n * test_fraction)`` (at least 1, at most n − 1) of them for test.
+    """
     if not 0 < test_fraction < 1:
         raise DataError(f"test fraction {test_fraction} not in (0, 1)", fix="use e.g. --test-fraction 0.25")
-    if len(table) < 2:
-        raise DataError(f"cannot split a table of {len(table)} prompt(s) into train and test",
+    if n < 2:
+        raise DataError(f"cannot split a table of {n} prompt(s) into train and test",
                         fix="use a table with at least 2 prompts, or pass --test")
-    perm = np.random.default_rng(seed).permutation(len(table))
-    k = min(len(table) - 1, max(1, int(round(len(table) * test_fraction))))
-    return table.subset(np.sort(perm[k:])), table.subset(np.sort(perm[:k]))
+    perm = np.random.default_rng(seed).permutation(n)
+    k = min(n - 1, max(1, int(round(n * test_fraction))))
+    return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 def drop_seen_prompts(train: RoutingTable, test: RoutingTable) -> tuple[RoutingTable, int]:
