@@ -102,31 +102,49 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
 def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:
     """Write a PNG of a repeated-splits result (``turnout eval --repeats``): each router's AIQ on every split.
 
-    One row per router (best mean on top): a dot per split, the mean as a bar;
-    the single-model hull's and the task-means line's mean AIQ are vertical
-    reference lines. Dots of the same split are joined faintly across routers,
-    so a split that is hard for every router reads as one line.
+    One row per router (best mean on top). Left: a dot per split, the mean as a
+    bar, the single-model hull's and the task-means line's mean AIQ as vertical
+    lines. Right: the same splits paired, each router's AIQ minus the best
+    router's on that split (what the corrected intervals are computed from), so
+    a gap hidden by the spread of the splits shows. Dots of one split are joined
+    faintly across routers.
     """
     plt = _pyplot()
     routers = result.get("routers", {})
     names = sorted(routers, key=lambda n: routers[n]["aiq"]["mean"])
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * max(len(names), 1)), dpi=120)
     values = np.array([routers[n]["aiq"]["values"] for n in names], dtype=float).reshape(len(names), -1)
+    best = result.get("best_router")
+    paired = best in names
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 10, 1.2 + 0.45 * max(len(names), 1)),
+                             dpi=120, sharey=True, squeeze=False)
     ys = np.arange(len(names))
-    for s in range(values.shape[1]):  # one faint line per split across the routers
-        ax.plot(values[:, s], ys, "-", color="gray", lw=0.6, alpha=0.35)
-    ax.scatter(values.ravel(), np.repeat(ys, values.shape[1]), s=16, color="tab:blue", alpha=0.7, zorder=3,
-               label="one split")
-    ax.scatter(values.mean(axis=1), ys, s=260, marker="|", color="black", zorder=4, linewidths=2, label="mean")
-    refs = [("single_models_aiq", "single-model hull", ":"), ("task_means_aiq", "task means (true task)", "--")]
-    for key, label, ls in refs:
-        if result.get(key, {}).get("mean") is not None:
-            ax.axvline(result[key]["mean"], ls=ls, color="black", lw=1, alpha=0.7,
-                       label=f"{label} ({result[key]['mean']:.3f})")
-    ax.set_yticks(ys, names)
-    ax.set_xlabel("AIQ")
-    ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over "
+    diffs = values - values[names.index(str(best))] if paired else None
+    panels = [(axes[0][0], values, "AIQ")]
+    if diffs is not None:
+        panels.append((axes[0][1], diffs, f"AIQ minus {best}'s, same split"))
+    for ax, v, xlabel in panels:
+        for s in range(v.shape[1]):  # one faint line per split across the routers
+            ax.plot(v[:, s], ys, "-", color="gray", lw=0.6, alpha=0.35)
+        ax.scatter(v.ravel(), np.repeat(ys, v.shape[1]), s=16, color="tab:blue", alpha=0.7, zorder=3, label="one split")
+        ax.scatter(v.mean(axis=1), ys, s=260, marker="|", color="black", zorder=4, linewidths=2, label="mean")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, axis="x", alpha=0.25)
+    ax0 = axes[0][0]
+    xs = values.ravel().tolist()
+    for key, label, ls in (("single_models_aiq", "single-model hull", ":"), ("task_means_aiq", "task means (true task)", "--")):
+        if (result.get(key) or {}).get("mean") is not None:
+            ax0.axvline(result[key]["mean"], ls=ls, color="black", lw=1, alpha=0.7, label=f"{label} ({result[key]['mean']:.3f})")
+            xs.append(result[key]["mean"])
+    pad = 0.04 * (max(xs) - min(xs) or 0.01)  # the reference lines inside the frame, not on its edge
+    ax0.set_xlim(min(xs) - pad, max(xs) + pad)
+    if diffs is not None:
+        right = axes[0][1]
+        right.axvline(0.0, color="black", lw=1, alpha=0.7)
+        near = diffs[np.abs(diffs.mean(axis=1)) < 0.05]  # zoom on the routers near the best; far ones stay at the edge
+        lo = float(min(near.min(), -0.01)) if len(near) else -0.05
+        right.set_xlim(lo * 1.15, max(0.01, float(near.max()) * 1.15) if len(near) else 0.01)
+    ax0.set_yticks(ys, names)
+    fig.suptitle(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over "
                           f"{result.get('repeats', values.shape[1])} random splits")
-    ax.grid(True, axis="x", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    ax0.legend(fontsize=8, loc="lower right")
     return _save(plt, fig, out_png)
