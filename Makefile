@@ -40,6 +40,8 @@ test-fast: install
 bench: install
 	$(PY) bench/routing_quality.py
 	$(PY) bench/auto_pick.py
+	@for t in routerbench dcrouter; do f=../shared/data/$$t/$$t.parquet; [ -f $$f ] || continue; \
+	  $(VENV)/bin/turnout eval $$f --repeats 5 --json bench/results/repeats_$$t.json --plot bench/results/repeats_$$t.png; done
 	$(PY) bench/routing_scale.py
 	$(PY) bench/gateway_overhead.py
 
