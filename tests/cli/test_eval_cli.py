@@ -314,3 +314,96 @@ def test_eval_repeats_refuses_a_separate_test_table_and_artifacts(tmp_path, caps
     assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
     assert main(["eval", str(test), "--artifact", str(art), "--repeats", "3"]) != 0
     assert "--repeats cannot go with --artifact" in capsys.readouterr().err
+
+
+def test_eval_json_is_valid_json_when_metrics_are_undefined(tmp_path):
+    src = tmp_path / "free.jsonl"  # every model free: no cost fraction means anything
+    src.write_text("\n".join(json.dumps({"prompt_id": str(i), "prompt": f"q {i}", "model": m, "score": float((i + j) % 2),
+                                         "cost_usd": 0.0}) for i in range(40) for j, m in enumerate(("a", "b"))))
+    out = tmp_path / "deep" / "er" / "o.json"  # folders are made, before any work
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(out)]) == 0
+
+    def no_nan(token):
+        raise AssertionError(f"{token} in the JSON")
+
+    res = json.loads(out.read_text(), parse_constant=no_nan)
+    assert res["routers"]["knn"]["cost_fraction_to_match_best"] is None
+    assert any("costs the same" in n for n in res["notes"])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bootstrap", "-5"], "--bootstrap -5 is negative"),
+    (["--repeats", "0"], "--repeats 0 is not a number of splits"),
+])
+def test_eval_bad_counts_fail_before_any_work(tmp_path, capsys, extra, message):
+    src = _write_table(tmp_path, n=20)
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", *extra]) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_eval_json_into_a_path_that_cannot_be_a_folder_fails_before_fitting(tmp_path, capsys):
+    src = _write_table(tmp_path, n=20)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(blocker / "o.json")]) != 0
+    err = capsys.readouterr()
+    assert "--json: cannot create the folder" in err.err and "fitting" not in err.out
+
+
+def test_eval_reads_prices_from_a_models_card_given_on_the_command_line(tmp_path, capsys):
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(json.dumps({"prompt_id": str(i), "prompt": f"question {i} " + "w " * (i % 7), "model": m,
+                                         "score": float(i % 3 != 0 or m == "big")})
+                             for i in range(60) for m in ("small", "big")))
+    card = tmp_path / "elsewhere.json"
+    card.write_text(json.dumps({"small": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
+                                "big": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}}))
+    out = tmp_path / "o.json"
+    assert main(["eval", str(src), "--models-card", str(card), "--embedder", "hashing", "--routers", "knn",
+                 "--bootstrap", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["single_models"]["big"]["cost"] > 50 * res["single_models"]["small"]["cost"] > 0
+    assert any("estimated" in n for n in res["notes"])
+
+
+def test_eval_of_an_artifact_on_its_own_training_table_says_it_is_optimistic(tmp_path, capsys):
+    train, test = _split_files(tmp_path)
+    art = tmp_path / "knn.npz"
+    assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(train), "--artifact", str(art), "--bootstrap", "0"]) == 0
+    assert "knn was trained on this table" in capsys.readouterr().out
+    assert main(["eval", str(test), "--artifact", str(art), "--bootstrap", "0"]) == 0
+    assert "trained on this table" not in capsys.readouterr().out
+
+
+def test_tables_are_printed_whole_on_a_narrow_terminal():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from turnout.cli._ui import print_table
+
+    t = Table()
+    for col in ("router", "AIQ", "max q", "cost frac", "in-task AUC", "fit s", "p50 ms", "APGR", "CPT50", "CPT80"):
+        t.add_column(col, no_wrap=True)
+    t.add_row("a-long-router-name", *["0.123456"] * 9)
+    buf = io.StringIO()
+    con = Console(file=buf, width=60)
+    print_table(con, t)
+    text = buf.getvalue()
+    assert "a-long-router-name" in text and text.count("0.123456") == 9 and "…" not in text
+    assert con.width == 60  # the console is left as it was
+
+
+def test_turnout_warnings_print_as_one_plain_line(tmp_path, capsys):
+    rows = [{"prompt_id": "1", "prompt": "one text", "model": "a", "score": 1.0, "cost_usd": 1.0},
+            {"prompt_id": "1", "prompt": "another text", "model": "b", "score": 0.0, "cost_usd": 2.0}]
+    rows += [{"prompt_id": str(i), "prompt": f"p{i}", "model": m, "score": 1.0, "cost_usd": 1.0}
+             for i in range(2, 6) for m in ("a", "b")]
+    src = tmp_path / "t.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["data", "info", str(src)]) == 0
+    err = capsys.readouterr().err
+    assert "turnout data: warning: " in err and "loaders.py" not in err

@@ -100,6 +100,10 @@ def test_target_share_limits_the_expensive_model(tmp_path):
     (["--router", "knn", "--param", "bogus=1"], "bogus"),
     (["--router", "knn", "--param", "novalue"], "novalue"),
     (["--router", "knn", "--target-cost", "0.0000001"], "target"),
+    (["--router", "knn", "--target-cost", "-1"], "is not a positive mean cost"),
+    (["--router", "knn", "--target-share", "1.5"], "is not a share of prompts in [0, 1]"),
+    (["--router", "knn", "--target-share", "0.2", "--share-model", "nosuch"], "nosuch is not a model of the table"),
+    (["--router", "knn", "--share-model", "big"], "only means something with --target-share"),
 ])
 def test_bad_router_inputs_exit_2(tmp_path, capsys, argv_tail, needle):
     src = make_table(tmp_path / "t.jsonl")

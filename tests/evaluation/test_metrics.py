@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from turnout.evaluation.metrics import aiq, apgr_cpt, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
+from turnout.evaluation.metrics import aiq, apgr_cpt, cost_fraction_to_match, hull_quality_at, nondecreasing_hull, same_cost
 
 
 def test_hull_drops_dominated_and_concave_points():
@@ -64,3 +64,23 @@ def test_aiq_on_a_range_of_no_width_is_the_quality_at_that_cost():
     assert aiq(np.array([[2.0, 0.9]]), 1.0, 1.0) == 0.0  # cannot go that cheap: earns nothing
     with pytest.raises(ValueError):
         aiq(pts, 2.0, 1.0)
+
+
+def test_costs_equal_up_to_rounding_are_one_cost():
+    # means of equal prices over resampled prompts differ in the last bits: still no cost range
+    lo, hi = 0.001, 0.0010000000000000002
+    assert same_cost(lo, hi) and not same_cost(0.001, 0.0011)
+    pts = np.array([[hi, 0.92], [lo, 0.80]])
+    assert aiq(pts, lo, hi) == pytest.approx(0.92)  # the best quality at that one cost, not the cheaper point's
+
+
+def test_aiq_never_leaves_zero_to_the_best_quality():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        pts = np.c_[rng.uniform(0.1, 1, 6), np.minimum(1.0, rng.uniform(0.5, 1.5, 6))]
+        a = aiq(pts, pts[:, 0].min(), pts[:, 0].max())
+        assert 0.0 <= a <= pts[:, 1].max()
+
+
+def test_cost_fraction_of_a_free_best_model_is_none():
+    assert cost_fraction_to_match(np.array([[0.0, 0.9], [0.0, 0.5]]), 0.9, 0.0) is None

@@ -294,3 +294,52 @@ def test_a_router_with_signal_within_tasks_is_shown_above_the_task_line():
     assert out["routers"]["best-single"]["aiq_vs_task_means_ci"][1] <= 1e-12
     assert "_choices" not in out["references"]["task_means"]
     assert comparison_lines(out)[2].endswith("(paired 95% CI above 0): knn")
+
+
+def test_models_with_no_training_outcome_are_left_out_and_named_without_numpy_warnings():
+    import warnings
+
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(1)
+    n = 60
+    S = (rng.random((n, 3)) < [0.5, 0.9, 0.7]).astype(float)
+    S[:40, 2] = np.nan  # the third model only has outcomes on the test prompts
+    t = RoutingTable([str(i) for i in range(n)], [f"p{i}" for i in range(n)], ["weak", "strong", "late"], S,
+                     np.tile([1.0, 10.0, 5.0], (n, 1)))
+    tr, te = t.subset(range(40)), t.subset(range(40, n))
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = run_eval(tr, te, X[:40], X[40:], ["knn"], progress=False, bootstrap=0)
+    assert out["models_left_out"] == ["late"] and "late" not in out["single_models"]
+    assert any("no outcome on any training prompt" in note and "late" in note for note in out["notes"])
+
+
+def test_a_table_whose_models_cost_the_same_is_said_so_and_its_intervals_hold_the_estimate():
+    from turnout.evaluation.runner import run_eval
+
+    rng = np.random.default_rng(2)
+    n = 200
+    S = (rng.random((n, 2)) < [0.6, 0.9]).astype(float)
+    t = RoutingTable([str(i) for i in range(n)], [f"p{i}" for i in range(n)], ["a", "b"], S, np.full((n, 2), 0.001))
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    out = run_eval(t.subset(range(150)), t.subset(range(150, n)), X[:150], X[150:], ["best-single"], progress=False,
+                   bootstrap=100)
+    lo, hi = out["single_models_aiq_ci"]
+    assert lo <= out["single_models_aiq"] <= hi  # rounding in resampled mean costs made a spurious cost range
+    assert out["routers"]["best-single"]["aiq_gain_ci"][0] <= 0 <= out["routers"]["best-single"]["aiq_gain_ci"][1]
+    assert any("costs the same" in note for note in out["notes"])
+    assert not any("test prompt(s)" in note for note in out["notes"])  # 50 is not a tiny test set
+
+
+def test_notes_name_one_model_partial_coverage_and_a_tiny_test_set():
+    from turnout.evaluation.runner import baselines, result_notes
+
+    S = np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 0.0]])
+    t = RoutingTable(["1", "2", "3"], ["a", "b", "c"], ["x", "y"], S, np.array([[1.0, 2.0]] * 3))
+    notes = " | ".join(result_notes(t, baselines(t), estimated=True))
+    assert "only 3 test prompt(s)" in notes and "1 of 2 models lack outcomes" in notes and "67%" in notes
+    assert "estimated" in notes
+    one = RoutingTable(["1", "2"], ["a", "b"], ["x"], np.array([[1.0], [0.0]]), np.ones((2, 1)))
+    assert "one model only" in result_notes(one, baselines(one))[0]

@@ -33,6 +33,13 @@ def test_bad_files_raise_data_error(tmp_path) -> None:  # noqa: ANN001
     junk.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="not a turnout router artifact"):
         load_router(junk)
+    # a file numpy reads as a pickle: numpy's own advice (allow_pickle) would mislead, so it is not passed on
+    np.save(tmp_path / "obj.npy", np.array([object()], dtype=object), allow_pickle=True)
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes((tmp_path / "obj.npy").read_bytes())
+    with pytest.raises(DataError, match="not a turnout router artifact") as err:
+        load_router(pickled)
+    assert "allow_pickle" not in str(err.value)
 
 
 def test_meta_must_be_json(tmp_path) -> None:  # noqa: ANN001

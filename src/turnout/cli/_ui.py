@@ -24,6 +24,23 @@ def console(**kwargs: Any) -> Any:
     return con
 
 
+def print_table(con: Any, table: Any) -> None:
+    """Print a rich Table at its natural width even on a narrow terminal, so that no cell is cut to "0.…".
+
+    rich squeezes a table into the terminal by shortening cells; a table of numbers
+    is better left as wide as it is (the terminal wraps its lines) than cut.
+    """
+    from rich.measure import Measurement
+
+    need = Measurement.get(con, con.options.update_width(100_000), table).maximum
+    width = con.width
+    con.width = max(width, need)  # print(width=) can only narrow the output, so widen the console for this table
+    try:
+        con.print(table)
+    finally:
+        con.width = width
+
+
 def runnable(routers: list[str], con: Any) -> list[str]:
     """``routers`` less those whose optional packages are missing, with one line saying what to install."""
     from turnout.routing.registry import available

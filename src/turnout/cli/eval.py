@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ def register(subparsers: Any) -> None:
                    help="also run ROUTER under the name LABEL, repeatable, to compare settings paired on the same "
                         "split (e.g. --variant knn50=knn --param knn50.k=50)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
+    p.add_argument("--models-card", help="models.json with per-model prices, for tables without costs "
+                                         "(default: beside each table)")
     p.add_argument("--artifact", action="append", default=[], metavar="ROUTER.npz",
                    help="evaluate this trained router (repeatable) on every prompt of TABLE, fitting nothing; "
                         "each is embedded with its own embedder")
@@ -114,12 +117,13 @@ def comparison_lines(out: dict[str, Any]) -> list[str]:
 
 
 def run(args: Any) -> int:
-    from turnout.cli._ui import console, runnable
+    from turnout.cli._ui import console, print_table, runnable
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.runner import run_eval
     from turnout.routing.registry import router_names
 
+    check_options(args)
     if args.artifact:
         return _run_artifacts(args)
     routers = [r for r in (args.routers or DEFAULT_ROUTERS).split(",") if r]
@@ -135,9 +139,9 @@ def run(args: Any) -> int:
     params = parse_router_params(args.param, routers, variants)
     if args.repeats != 1:
         return _run_repeats(args, routers, variants, params)
-    table = load_table(args.table)
+    table = load_table(args.table, models_card=args.models_card)
     if args.test:
-        train, test = table, load_table(args.test)
+        train, test = table, load_table(args.test, models_card=args.models_card)
     else:
         train, test = split_table(table, args.test_fraction, args.seed)
     dropped = 0
@@ -152,8 +156,8 @@ def run(args: Any) -> int:
         out["router_params"] = params
         out["variants"] = variants
     con = console()
-    con.print(render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
-    for line in comparison_lines(out):
+    print_table(con, render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
+    for line in comparison_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
         con.print(line)
     if dropped:
         con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
@@ -170,7 +174,7 @@ def _bootstrap(args: Any) -> int:
 
 def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params: dict[str, dict[str, Any]]) -> int:
     """``turnout eval TABLE --repeats N``: the routers on N random splits, summarised (evaluation.repeats)."""
-    from turnout.cli._ui import console
+    from turnout.cli._ui import console, print_table
     from turnout.embed import create_embedder
     from turnout.errors import DataError
     from turnout.evaluation.loaders import load_table
@@ -179,7 +183,7 @@ def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params
     if args.test:
         raise DataError("--repeats draws its own splits of TABLE, so it cannot go with --test",
                         fix="drop --test (or --repeats), or pass one table holding both")
-    table = load_table(args.table)
+    table = load_table(args.table, models_card=args.models_card)
     con = console()
     if table.split is not None and len(set(table.split)) > 1:
         con.print(f"--repeats: the table's split column is not used; {args.repeats} random splits are drawn")
@@ -189,12 +193,12 @@ def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params
                        table_name=str(args.table))
     if params or variants:
         out["router_params"], out["variants"] = params, variants
-    con.print(render_repeats(out, f"{args.table}: {args.repeats} random splits, "
+    print_table(con, render_repeats(out, f"{args.table}: {args.repeats} random splits, "
                                   f"~{int(np.mean(out['n_train']))} train / ~{int(np.mean(out['n_test']))} test each"))
-    for line in repeats_lines(out):
+    for line in repeats_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
         con.print(line)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        _write_json(args.json_out, out)
     if args.plot_out:
         from turnout.evaluation.plot import plot_repeats
 
@@ -291,19 +295,63 @@ def parse_router_params(items: list[str], routers: list[str], variants: dict[str
     return out
 
 
+def check_options(args: Any) -> None:
+    """Option values that would fail only after the work: refused (or their folders made) before any of it."""
+    from turnout.errors import DataError
+
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise DataError(f"--bootstrap {args.bootstrap} is negative", fix="give a count of resamples, or 0 for none")
+    if args.repeats < 1:
+        raise DataError(f"--repeats {args.repeats} is not a number of splits", fix="use 1 (one split) or more")
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot_out)):
+        if not path:
+            continue
+        target = Path(path)
+        if target.is_dir():
+            raise DataError(f"{flag} names a folder", file=str(target), fix="name a file in it, e.g. out/eval.json")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{flag}: cannot create the folder ({exc.strerror})", file=str(target.parent),
+                            fix="choose a writable path") from exc
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None, so the file is valid JSON (which has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _write_json(path: str, out: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(json_safe(out), indent=2, allow_nan=False))
+
+
 def _write_outputs(args: Any, out: dict[str, Any]) -> None:
     """``--json`` and ``--plot``."""
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        _write_json(args.json_out, out)
     if args.plot_out:
         from turnout.evaluation.plot import plot_eval
 
         plot_eval(out, args.plot_out)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """True when paths ``a`` and ``b`` name one existing file (or folder)."""
+    try:
+        return Path(a).resolve().samefile(Path(b).resolve())
+    except OSError:
+        return False
+
+
 def _run_artifacts(args: Any) -> int:
     """``turnout eval TABLE --artifact A.npz ...``: trained routers on all of TABLE (e.g. traffic logged since)."""
-    from turnout.cli._ui import console
+    from turnout.cli._ui import console, print_table
     from turnout.embed import create_embedder
     from turnout.errors import DataError
     from turnout.evaluation.loaders import load_table
@@ -317,20 +365,27 @@ def _run_artifacts(args: Any) -> int:
     if clashing:
         raise DataError(f"{', '.join(clashing)} cannot go with --artifact: an artifact is evaluated on every prompt "
                         "of TABLE, as trained", fix="drop them, or evaluate routers by name without --artifact")
-    table = load_table(args.table)
+    table = load_table(args.table, models_card=args.models_card)
     routers: dict[str, Any] = {}
     embeddings: dict[str, Any] = {}
+    trained_here: list[str] = []
     for path in args.artifact:
         router, meta = load_router(path)
         name = Path(path).stem if Path(path).stem not in routers else str(path)
+        if meta.get("table") and _same_file(meta["table"], args.table):
+            trained_here.append(name)
         emb = meta.get("embedder", "minilm")
         if emb not in embeddings:
             embeddings[emb] = create_embedder(emb, threads=os.cpu_count() or 1).embed(table.prompts)
         routers[name] = (router, embeddings[emb])
     out = eval_fitted(table, routers, table=str(args.table), bootstrap=_bootstrap(args), seed=args.seed)
+    if trained_here:
+        out.setdefault("notes", []).append(
+            f"{', '.join(trained_here)} was trained on this table: the prompts it was trained on are scored too, "
+            "so its figures are optimistic (evaluate on a held-out table, e.g. the test split saved apart)")
     con = console()
-    con.print(render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"))
-    for line in comparison_lines(out):
+    print_table(con, render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"))
+    for line in comparison_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
         con.print(line)
     if out.get("models_left_out"):
         con.print(f"left out (in the table, not routed by the artifacts): {', '.join(out['models_left_out'])}")

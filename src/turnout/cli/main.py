@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 from turnout import __version__
 from turnout.errors import TurnoutError
@@ -40,6 +43,28 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+
+
+@contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """Warnings that turnout itself raises (bad rows skipped, costs estimated) print as one line a user reads:
+    ``turnout eval: warning: ...``, not Python's file-and-source-line format. Others are left as they are."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if str(Path(filename).resolve()).startswith(_PACKAGE_DIR) and issubclass(category, UserWarning):
+            print(f"turnout {command}: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -48,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv else 2
     try:
-        return int(args.func(args) or 0)
+        with _plain_warnings(args.command):
+            return int(args.func(args) or 0)
     except TurnoutError as exc:
         print(f"turnout {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,18 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def check_targets(args: Any) -> None:
+    """``--target-cost`` / ``--target-share`` / ``--share-model`` values that cannot mean anything, refused up front."""
+    if args.target_cost is not None and not args.target_cost > 0:
+        raise DataError(f"--target-cost {args.target_cost} is not a positive mean cost per request in USD",
+                        fix="give e.g. --target-cost 0.002")
+    if args.target_share is not None and not 0 <= args.target_share <= 1:
+        raise DataError(f"--target-share {args.target_share} is not a share of prompts in [0, 1]",
+                        fix="give e.g. --target-share 0.2")
+    if args.share_model is not None and args.target_share is None:
+        raise DataError("--share-model only means something with --target-share", fix="add --target-share F")
+
+
 def parse_params(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -125,6 +137,7 @@ def run(args: Any) -> int:
     from turnout.routing.registry import create_router
 
     out = check_artifact_path(args.out)
+    check_targets(args)
     params = parse_params(args.param)
     candidates = _candidates(args, params)
     name = args.router
@@ -133,6 +146,9 @@ def run(args: Any) -> int:
         if getattr(router, "evaluation_only", False):
             raise RoutingError(f"router '{name}' reads ground truth at prediction time; it cannot be trained for serving")
     table = load_table(args.table, models_card=args.models_card)
+    if args.share_model is not None and args.share_model not in table.models:
+        raise DataError(f"--share-model {args.share_model} is not a model of the table", file=str(args.table),
+                        fix=f"choose one of: {', '.join(table.models)}")
     train, n_held = train_split(table, args.test_fraction, args.seed)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     X = np.asarray(emb.embed(train.prompts))

@@ -7,10 +7,12 @@ counts as 0 quality there (RouterBench: points are needed to cover the
 range; a router that cannot go that cheap earns nothing for it); right of its
 most expensive point the hull stays flat at its max (a router may always spend
 less than the budget). Points outside the range still shape the hull inside it.
-When every single model costs the same (``c_max == c_min``, e.g. one model, or a
-table without cost information priced alike) the range has no width and AIQ is
-the limit of that mean: the hull's quality at that cost (0 if the router
-cannot go that cheap).
+When every single model costs the same (``c_max == c_min`` up to rounding,
+:func:`same_cost`: e.g. one model, or a table without cost information priced
+alike) the range has no width and AIQ is the limit of that mean: the hull's
+quality at that cost (0 if the router cannot go that cheap). AIQ is kept
+within [0, the hull's best quality], which rounding in the integral could
+otherwise leave by 1e-16.
 """
 
 from __future__ import annotations
@@ -44,23 +46,37 @@ def hull_quality_at(hull: np.ndarray, cost: float) -> float:
     return float(np.interp(cost, hull[:, 0], hull[:, 1]))
 
 
+#: relative tolerance under which two mean costs are the same cost (means of equal prices differ by rounding)
+SAME_COST_RTOL = 1e-9
+
+
+def same_cost(c_min: float, c_max: float) -> bool:
+    """True when ``[c_min, c_max]`` has no width beyond floating-point rounding."""
+    return c_max - c_min <= SAME_COST_RTOL * max(abs(c_max), abs(c_min), 1e-300)
+
+
 def aiq(points: np.ndarray, c_min: float, c_max: float) -> float:
     """RouterBench's Average Improvement in Quality over ``[c_min, c_max]`` (see the module docstring)."""
     if c_max < c_min:
         raise ValueError("aiq needs c_max >= c_min")
     h = nondecreasing_hull(points)
-    if c_max - c_min <= 1e-12 * max(abs(c_max), 1e-300):
-        q = hull_quality_at(h, c_min)
+    if same_cost(c_min, c_max):
+        # every point within rounding of that one cost counts as being at it
+        q = hull_quality_at(h, c_max) if h[0, 0] <= c_max + SAME_COST_RTOL * abs(c_max) else float("nan")
         return 0.0 if np.isnan(q) else q
     xs = np.linspace(c_min, c_max, 2001)
     xs = np.unique(np.concatenate([xs, h[:, 0][(h[:, 0] > c_min) & (h[:, 0] < c_max)]]))
     ys = np.interp(xs, h[:, 0], h[:, 1])
     ys[xs < h[0, 0]] = 0.0
-    return float(np.trapezoid(ys, xs) / (c_max - c_min))
+    area = float(np.trapezoid(ys, xs) / (c_max - c_min))
+    return min(max(area, 0.0), float(h[:, 1].max()))
 
 
 def cost_fraction_to_match(points: np.ndarray, quality: float, cost: float) -> float | None:
-    """Least hull cost reaching ``quality``, as a fraction of ``cost``; None if the hull never reaches it."""
+    """Least hull cost reaching ``quality``, as a fraction of ``cost``; None if the hull never reaches it,
+    or when ``cost`` is 0 (a free model: no fraction of nothing means anything)."""
+    if not cost > 0:
+        return None
     h = nondecreasing_hull(points)
     if h[-1, 1] < quality - 1e-12:
         return None

@@ -43,7 +43,8 @@ def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
 def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:
     """Write a PNG of ``result`` (the ``turnout eval`` JSON dict) to ``out_png``; returns the path.
 
-    x is the mean cost per request in USD (log scale when the plotted costs span more than 20×),
+    x is the mean cost per request in USD (log scale when the plotted costs span more than 20×; symmetric
+    log, linear below the cheapest paid cost, when some model is free, so free models stay on the plot),
     y the mean quality. Each router's non-decreasing hull is a line (its raw λ points faint),
     single models are labelled points and the oracle is a star; the task-mean reference lines
     (when the result has ``references``) are dashed black.
@@ -87,7 +88,10 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
         xs.append(o["cost"])
     pos = [x for x in xs if x > 0]
     if pos and max(pos) / min(pos) > 20:
-        ax.set_xscale("log")
+        if any(x <= 0 for x in xs):  # free (local) models: log scale would drop them; linear near 0, log above
+            ax.set_xscale("symlog", linthresh=min(pos))
+        else:
+            ax.set_xscale("log")
     ax.margins(x=0.06)
     ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean quality")

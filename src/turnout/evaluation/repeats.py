@@ -159,6 +159,9 @@ def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only
         out["task_means_aiq"] = summary(line.tolist())
         for name in routers:
             out_routers[name]["aiq_vs_task_means"] = corrected_interval(aiq[name] - line, mean_train, mean_test)
+    notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))  # each once, in order
+    if notes:
+        out["notes"] = notes
     out["splits"] = results
     return out
 

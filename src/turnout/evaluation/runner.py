@@ -16,6 +16,7 @@ from turnout.evaluation.metrics import (
     cost_fraction_to_match,
     hull_quality_at,
     nondecreasing_hull,
+    same_cost,
     within_task_auc,
 )
 from turnout.evaluation.table import RoutingTable, oracle
@@ -221,9 +222,14 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     Shows a rich progress bar over the routers being fitted when ``progress`` is true.
     ``bootstrap`` resamples of the test prompts give each AIQ a 95% interval (0 turns it off).
     """
-    test, left_out = align_models(train, test)
+    train, unseen = drop_untrained_models(train)
+    test, left_out = align_models(train, test)  # the untrained models are now among the left out
     base = baselines(test)
-    out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed, n_train=len(train))
+    out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed, n_train=len(train),
+                                        estimated=train.cost_estimated)
+    if unseen:
+        out.setdefault("notes", []).append(f"left out, with no outcome on any training prompt (a router cannot learn "
+                                           f"them): {', '.join(unseen)}")
     refs = task_mean_references(train, test, base)
     ref_choices = {key: r.pop("_choices") for key, r in refs.items()}
     if refs:
@@ -251,8 +257,51 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     return out
 
 
+def drop_untrained_models(train: RoutingTable) -> tuple[RoutingTable, list[str]]:
+    """``train`` without the models that have no outcome on any of its prompts, and those models.
+
+    Such a column (a model that only has test rows under a split column) would
+    be scored by every router from nothing but its prior; it is left out, and
+    named, as a test model absent from training is. A table with no model left is an error.
+    """
+    seen = ~np.isnan(train.scores).all(axis=0)
+    if seen.all():
+        return train, []
+    if not seen.any():
+        raise DataError("no model has an outcome on any training prompt", file=train.source or None,
+                        fix="check the table's split column: every outcome is on a test prompt")
+    return (train.with_models([m for m, k in zip(train.models, seen) if k]),
+            [m for m, k in zip(train.models, seen) if not k])
+
+
+def result_notes(test: RoutingTable, base: dict[str, Any], estimated: bool = False) -> list[str]:
+    """What a reader of the figures should know about ``test`` (printed under the table, and in the JSON)."""
+    notes = []
+    n_models = len(base["single_models"])
+    if n_models < 2:
+        notes.append("the test prompts have outcomes of one model only: there is nothing to route, and every "
+                     "router makes the same choice")
+    elif same_cost(*base["_range"]):
+        notes.append(f"every model costs the same on average here ({base['_range'][0]:.4g}): the cost axis says "
+                     "nothing, so AIQ is each router's quality at that cost")
+    if len(test) < 30:
+        notes.append(f"only {len(test)} test prompt(s): every figure is very noisy")
+    coverage = (~np.isnan(test.scores)).mean(axis=0)
+    partial = [m for m, c in zip(test.models, coverage) if 0 < c < 1]
+    if partial:
+        notes.append(f"{len(partial)} of {len(test.models)} models lack outcomes on some test prompts (coverage "
+                     f"{coverage[coverage > 0].min():.0%} and up): a single model's quality and cost (and so the best "
+                     "single model and the single-model hull) are means over the prompts that model answered, while "
+                     "routers and the oracle are measured over every prompt")
+    if estimated or test.cost_estimated:
+        notes.append("some costs were estimated from prompt length × card prices (no cost_usd or token counts "
+                     "there): the cost axis is approximate")
+    return notes
+
+
 def _result_head(test: RoutingTable, base: dict[str, Any], left_out: list[str], table: str, bootstrap: int, seed: int,
-                 n_train: int | None = None) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+                 n_train: int | None = None,
+                 estimated: bool = False) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
     """A result's baselines, the bootstrap weights (None with ``bootstrap`` 0) and the single-model hull's resamples."""
     out: dict[str, Any] = {"table": table, **({"n_train": n_train} if n_train is not None else {}), "n_test": len(test),
                            "best_single": base["best_single"], "oracle": base["oracle"],
@@ -260,6 +309,9 @@ def _result_head(test: RoutingTable, base: dict[str, Any], left_out: list[str], 
                            "routers": {}}
     if left_out:
         out["models_left_out"] = left_out
+    notes = result_notes(test, base, estimated)
+    if notes:
+        out["notes"] = notes
     weights = bootstrap_weights(len(test), bootstrap, seed) if bootstrap else None
     single = single_models_aiq_resamples(test, weights) if weights is not None else None
     if single is not None:
@@ -388,12 +440,12 @@ def interval95(samples: Any) -> list[float] | None:
 
 
 def single_models_aiq_resamples(test: RoutingTable, weights: np.ndarray) -> np.ndarray:
-    """The single-model hull's AIQ on each resample (NaN where a resample leaves no cost range)."""
+    """The single-model hull's AIQ on each resample (NaN where a resample has no outcome at all)."""
     q, c = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
     out = np.full(weights.shape[0], np.nan)
     for b, (qb, cb) in enumerate(zip(q, c)):
         ok = np.isfinite(qb) & np.isfinite(cb)
-        if ok.sum() >= 2 and cb[ok].max() > cb[ok].min():
+        if ok.any():  # one cost for all (up to rounding): aiq takes the limit, as for the point estimate
             out[b] = aiq(np.c_[cb[ok], qb[ok]], cb[ok].min(), cb[ok].max())
     return out
 
@@ -413,9 +465,8 @@ def aiq_resamples(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) 
     out = np.full(weights.shape[0], np.nan)
     for b in range(weights.shape[0]):
         ok = np.isfinite(sc[b]) & np.isfinite(sq[b])
-        lo, hi = sc[b][ok].min(), sc[b][ok].max()
-        if hi > lo:
-            out[b] = aiq(np.c_[cc[b], qc[b]], lo, hi)
+        if ok.any():
+            out[b] = aiq(np.c_[cc[b], qc[b]], sc[b][ok].min(), sc[b][ok].max())
     return out
 
 

@@ -111,7 +111,12 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
             doc = json.loads(bytes(npz["__meta__"]).decode("utf-8"))
             state = _join(doc.pop("state"), npz)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise DataError(f"not a turnout router artifact ({exc})", file=str(path), fix="re-save it with save_router") from exc
+        # numpy's own messages (e.g. "...load it unsafely using allow_pickle=...") would mislead here: an artifact
+        # never holds pickled objects, and one that seems to is not an artifact
+        why = "no turnout metadata in it" if isinstance(exc, KeyError) else \
+            "not a .npz archive" if isinstance(exc, (zipfile.BadZipFile, ValueError)) else str(exc)
+        raise DataError(f"not a turnout router artifact ({why})", file=str(path),
+                        fix="pass a file written by 'turnout train' (or save_router)") from exc
     if doc.get("format") != FORMAT_VERSION:
         raise DataError(f"artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
                         file=str(path), fix="re-train the router with this turnout version")
