@@ -4,6 +4,7 @@ import pytest
 from turnout.errors import DataError
 from turnout.evaluation.crossval import choose_router, cross_validate, fold_indices
 from turnout.evaluation.table import RoutingTable
+from eval_tables import two_kinds
 
 
 def test_folds_partition_the_prompts_and_are_seeded():
@@ -39,17 +40,8 @@ def test_cross_validation_prefers_the_router_that_reads_the_prompt():
     assert choose_router({"a": {"aiq": 0.5}, "b": {"aiq": 0.5}}) == "a"  # ties: the first listed
 
 
-def _two_kinds(n: int = 160, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    kind = np.arange(n) % 2
-    X = np.c_[kind, 1 - kind, rng.normal(scale=0.3, size=(n, 6))].astype(np.float32)
-    S = np.c_[(kind == 0) & (rng.random(n) < 0.9), rng.random(n) < 0.8, rng.random(n) < 0.5].astype(float)
-    C = np.tile([1.0, 10.0, 0.5], (n, 1)) * rng.uniform(0.8, 1.2, size=(n, 1))
-    return RoutingTable([str(i) for i in range(n)], ["p"] * n, ["cheap", "big", "tiny"], S, C), X
-
-
 def test_an_ensemble_of_routers_fitted_in_the_same_fold_reuses_them_and_scores_the_same():
-    t, X = _two_kinds()
+    t, X = two_kinds()
     params = {"ensemble": {"members": ["knn", "bt", "profile"]}}
     together = cross_validate(t, X, ["knn", "bt", "profile", "ensemble"], folds=4, seed=0, router_params=params)
     alone = cross_validate(t, X, ["ensemble"], folds=4, seed=0, router_params=params)

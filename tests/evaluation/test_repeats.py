@@ -7,22 +7,11 @@ from turnout.errors import DataError
 from turnout.evaluation.repeats import corrected_interval, random_splits, run_repeated, summarise, summary, t975
 from turnout.evaluation.runner import run_eval
 from turnout.evaluation.splits import split_table
-from turnout.evaluation.table import RoutingTable
-
-
-def _two_kinds(n: int = 160, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
-    """Half the prompts are of a kind the cheap model solves; the features say which kind."""
-    rng = np.random.default_rng(seed)
-    kind = np.arange(n) % 2
-    X = np.c_[kind, 1 - kind, rng.normal(scale=0.3, size=(n, 6))].astype(np.float32)
-    S = np.c_[(kind == 0) & (rng.random(n) < 0.9), rng.random(n) < 0.8, rng.random(n) < 0.5].astype(float)
-    C = np.tile([1.0, 10.0, 0.5], (n, 1)) * rng.uniform(0.8, 1.2, size=(n, 1))
-    return RoutingTable([str(i) for i in range(n)], [f"prompt {i}" for i in range(n)], ["cheap", "big", "tiny"],
-                        S, C, tasks=["a" if k == 0 else "b" for k in kind]), X
+from eval_tables import two_kinds
 
 
 def test_random_splits_are_seeded_disjoint_and_the_first_is_evals_own_random_split():
-    t, _ = _two_kinds(40)
+    t, _ = two_kinds(40)
     a, b = random_splits(len(t), 3, 0.25, seed=7), random_splits(len(t), 3, 0.25, seed=7)
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
     for tr, te in a:
@@ -54,7 +43,7 @@ def test_summary_skips_missing_values_but_keeps_them_listed():
 
 
 def test_each_split_is_exactly_run_eval_on_that_split_and_the_summary_adds_up():
-    t, X = _two_kinds()
+    t, X = two_kinds()
     out = run_repeated(t, X, ["knn", "cheapest"], repeats=3, seed=5, progress=False)
     assert out["repeats"] == 3 and out["seeds"] == [5, 6, 7] and len(out["splits"]) == 3
     tr_rows, te_rows = random_splits(len(t), 3, 0.25, 5)[1]
@@ -77,7 +66,7 @@ def test_each_split_is_exactly_run_eval_on_that_split_and_the_summary_adds_up():
 
 
 def test_repeated_splits_drop_test_prompts_seen_in_train_unless_kept():
-    t, X = _two_kinds(80)
+    t, X = two_kinds(80)
     t.prompts = ["same text"] * 40 + [f"p{i}" for i in range(40)]  # half the prompts share one text
     out = run_repeated(t, X, ["knn"], repeats=2, progress=False)
     assert all(n < 20 for n in out["n_test"])
@@ -86,6 +75,6 @@ def test_repeated_splits_drop_test_prompts_seen_in_train_unless_kept():
 
 
 def test_embeddings_must_match_the_table():
-    t, X = _two_kinds(40)
+    t, X = two_kinds(40)
     with pytest.raises(DataError, match="embeddings for 40 prompts"):
         run_repeated(t, X[:10], ["knn"], repeats=2, progress=False)
