@@ -147,3 +147,46 @@ def test_installed_entry_point(tmp_path):
     bad = subprocess.run([str(exe), "data", "info", str(tmp_path / "nope.jsonl")], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and "nope.jsonl" in bad.stderr
+
+
+# --- robustness (audit) --------------------------------------------------------------------------------------
+
+def test_info_oracle_coverage_is_prompts_with_an_outcome(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "t.jsonl", make_rows())  # 5 of 6 cells filled, every prompt has an outcome
+    assert main(["data", "info", str(src), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["coverage"] == pytest.approx(5 / 6) and s["oracle"]["coverage"] == 1.0
+    assert main(["data", "info", str(src)]) == 0
+    oracle_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip("│┃| ").startswith("oracle"))
+    assert "100.0%" in oracle_line and "83.3%" not in oracle_line
+
+
+def test_convert_refuses_to_overwrite_its_input(tmp_path, capsys):
+    src = tmp_path / "t.parquet"
+    pd.DataFrame(make_rows()).to_parquet(src)
+    before = src.read_bytes()
+    assert main(["data", "convert", str(src), str(tmp_path / "." / "t.parquet")]) == 2
+    assert "the output is the input file" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+def test_convert_names_the_columns_it_does_not_carry(tmp_path, capsys):
+    rows = [{**r, "input_tokens": 10, "output_tokens": 5, "response": "ok"} for r in make_rows()]
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    assert main(["data", "convert", str(src), str(tmp_path / "o.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert "not carried" in out and "input_tokens, output_tokens, response" in out
+
+
+def test_convert_writes_missing_tasks_and_splits_back_as_missing(tmp_path, capsys):
+    rows = make_rows()
+    for r in rows[:2]:  # p0
+        r["task"], r["split"] = None, None
+    src = write_jsonl(tmp_path / "t.jsonl", rows)
+    assert main(["data", "convert", str(src), str(tmp_path / "o.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "turnout data: warning: " in err and "(no task)" in err and "(no split)=1" in err and "loaders.py" not in err
+    back = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    p0 = [r for r in back if r["prompt_id"] == "p0"]
+    assert p0 and all(r["task"] is None and r["split"] is None for r in p0)
+    assert {r["task"] for r in back if r["prompt_id"] != "p0"} == {"b"}

@@ -46,13 +46,13 @@ def run_info(args: Any) -> int:
 
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
     t = Table(title=f"{s['source']}: {s['prompts']} prompts × {s['models']} models"
-                    + (" (costs partly ESTIMATED from prompt length)" if s["cost_estimated"] else ""))
+                    + (" (costs partly ESTIMATED from assumed token counts)" if s["cost_estimated"] else ""))
     t.add_column("model", overflow="fold")
     for col in ("mean quality", "mean cost USD", "coverage"):
         t.add_column(col, justify="right", no_wrap=True)
     for m, v in s["per_model"].items():
         t.add_row(m, f(v["quality"]), f(v["cost"]), f"{v['coverage']:.1%}")
-    t.add_row("oracle", f(s["oracle"]["quality"]), f(s["oracle"]["cost"]), f"{s['coverage']:.1%}")
+    t.add_row("oracle", f(s["oracle"]["quality"]), f(s["oracle"]["cost"]), f"{s['oracle']['coverage']:.1%}")
     con = console()
     con.print(t)
     for key in ("splits", "tasks"):
@@ -73,6 +73,8 @@ def _out_kind(out: Path) -> str:
 
 def table_rows(table: Any) -> dict[str, list[Any]]:
     """Columns of the canonical long table: one row per observed (prompt, model) cell."""
+    from turnout.evaluation.loaders import NO_SPLIT, NO_TASK
+
     i, j = np.nonzero(~np.isnan(table.scores))
     cols: dict[str, list[Any]] = {
         "prompt_id": [table.prompt_ids[k] for k in i],
@@ -81,10 +83,11 @@ def table_rows(table: Any) -> dict[str, list[Any]]:
         "score": table.scores[i, j].astype(float).tolist(),
         "cost_usd": table.costs[i, j].astype(float).tolist(),
     }
+    # the loader's placeholders for a missing task / split are written back as missing (null)
     if table.tasks is not None:
-        cols["task"] = [table.tasks[k] for k in i]
+        cols["task"] = [None if table.tasks[k] == NO_TASK else table.tasks[k] for k in i]
     if table.split is not None:
-        cols["split"] = [table.split[k] for k in i]
+        cols["split"] = [None if table.split[k] == NO_SPLIT else table.split[k] for k in i]
     return cols
 
 
@@ -121,8 +124,17 @@ def run_convert(args: Any) -> int:
 
     out = Path(args.out)
     _out_kind(out)  # fail on a bad extension before loading a large table
-    table = load_table(args.src, models_card=args.models_card)
+    if out.exists() and out.resolve() == Path(args.src).resolve():
+        raise DataError("the output is the input file: converting would overwrite it", file=str(out),
+                        fix="name another output file")
+    unused: list[str] = []
+    table = load_table(args.src, models_card=args.models_card, unused=unused)
     n = write_table(table, out)
-    note = " (some costs were ESTIMATED from prompt length and are written as cost_usd)" if table.cost_estimated else ""
+    note = " (some costs were ESTIMATED from assumed token counts and are written as cost_usd)" if table.cost_estimated else ""
     print(f"wrote {n} rows ({len(table)} prompts × {len(table.models)} models) to {out}{note}")
+    if unused:
+        # a RoutingTable keeps only the canonical columns below; say what the output lacks rather than drop it silently
+        kept = ["prompt_id", "prompt", "model", "score", "cost_usd", *(["task"] if table.tasks is not None else []),
+                *(["split"] if table.split is not None else [])]
+        print(f"not carried (the output has only {', '.join(kept)}): {', '.join(dict.fromkeys(unused))}")
     return 0

@@ -76,7 +76,11 @@ class RoutingTable:
                             tasks=self.tasks, model_cards=dict(self.model_cards))
 
     def summary(self) -> dict[str, Any]:
-        """Per-model mean quality, mean cost and coverage, plus the oracle."""
+        """Per-model mean quality, mean cost and coverage, plus the oracle.
+
+        ``coverage`` is the share of (prompt, model) cells with an outcome; the oracle's is the
+        share of prompts with at least one (it picks among whatever models answered).
+        """
         obs = ~np.isnan(self.scores)
         per_model = {
             m: {"quality": float(np.nanmean(self.scores[:, j])) if obs[:, j].any() else None,
@@ -87,7 +91,8 @@ class RoutingTable:
         oq, oc = oracle(self.scores, self.costs)
         return {"source": self.source, "prompts": len(self), "models": len(self.models),
                 "cost_estimated": self.cost_estimated, "coverage": float(obs.mean()),
-                "oracle": {"quality": oq, "cost": oc}, "per_model": per_model,
+                "oracle": {"quality": oq, "cost": oc, "coverage": float(obs.any(axis=1).mean())},
+                "per_model": per_model,
                 "splits": _counts(self.split), "tasks": _counts(self.tasks)}
 
 
