@@ -407,3 +407,13 @@ def test_turnout_warnings_print_as_one_plain_line(tmp_path, capsys):
     assert main(["data", "info", str(src)]) == 0
     err = capsys.readouterr().err
     assert "turnout data: warning: " in err and "loaders.py" not in err
+
+
+def test_eval_variant_of_an_ensemble_takes_a_list_of_members(tmp_path):
+    train, test = _split_files(tmp_path)
+    out = tmp_path / "o.json"
+    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn,profile",
+                 "--variant", "pair=ensemble", "--param", "pair.members=knn,profile", "--bootstrap", "0",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["router_params"] == {"pair": {"members": ["knn", "profile"]}} and "pair" in res["routers"]

@@ -35,6 +35,7 @@ def make_table(path: Path, n: int = 60, *, split: bool = False) -> Path:
 def test_parse_params_types():
     assert parse_params(["k=40", "lr=0.01", "weighted=true", "metric=cosine", "off=False"]) == {
         "k": 40, "lr": 0.01, "weighted": True, "metric": "cosine", "off": False}
+    assert parse_params(["members=knn, profile", "weights=2,1"]) == {"members": ["knn", "profile"], "weights": [2, 1]}
 
 
 def test_train_writes_loadable_artifact(tmp_path, capsys):

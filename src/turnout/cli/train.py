@@ -46,7 +46,10 @@ def register(subparsers: Any) -> None:
 
 
 def parse_value(text: str) -> Any:
-    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, anything else stays a str."""
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"knn,mlp"`` -> ["knn", "mlp"] (a list, each item
+    parsed the same way: the ensemble's ``members`` and ``weights``), anything else stays a str."""
+    if "," in text:
+        return [parse_value(item.strip()) for item in text.split(",") if item.strip()]
     low = text.strip().lower()
     if low in ("true", "yes", "on"):
         return True
