@@ -294,8 +294,8 @@ def result_notes(test: RoutingTable, base: dict[str, Any], estimated: bool = Fal
                      "single model and the single-model hull) are means over the prompts that model answered, while "
                      "routers and the oracle are measured over every prompt")
     if estimated or test.cost_estimated:
-        notes.append("some costs were estimated from prompt length × card prices (no cost_usd or token counts "
-                     "there): the cost axis is approximate")
+        notes.append("some costs were estimated: card prices × token counts assumed from the prompt's length or a "
+                     "default answer length (no cost_usd or token counts there), so the cost axis is approximate")
     return notes
 
 
