@@ -36,6 +36,20 @@ async def test_smollm2_chat_complete_and_stream(llama_fleet):
     assert last.usage.prompt_tokens > 0
 
 
+async def test_concurrent_streams_are_queued_not_cut_off(llama_fleet):
+    """llama_cpp.server aborts a stream in progress when a new request comes, unless told not to."""
+    import asyncio
+
+    async with OpenAIBackend("smollm2", llama_fleet.smollm2.base_url) as b:
+        async def one() -> list:
+            return [c async for c in b.stream(QUESTION, model="smollm2")]
+
+        runs = await asyncio.gather(*(one() for _ in range(3)))
+    for chunks in runs:  # every stream ran to its end, none cut short by the next request
+        assert chunks and chunks[-1].finish_reason in ("stop", "length")
+        assert "".join(c.text for c in chunks).strip()
+
+
 async def test_gemma_base_model_through_completion_template(llama_fleet):
     async with OpenAIBackend("gemma", llama_fleet.gemma.base_url, completion_template=QA_TEMPLATE) as b:
         resp = await b.complete(QUESTION, model="gemma3-270m")

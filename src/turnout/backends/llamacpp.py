@@ -123,9 +123,11 @@ class LlamaCppServer:
 
     def command(self) -> list[str]:
         # our launcher runs llama_cpp.server after turning off ggml's AMX kernels where they crash
+        # --interrupt_requests False: llama_cpp.server by default aborts the stream in progress when another
+        # request arrives; a gateway in front of it must queue them (each request answered in full, in turn)
         cmd = [sys.executable, "-m", "turnout.backends._llama_child", "--model", str(self.model_path), "--host", self.host,
                "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_ctx", str(self.n_ctx),
-               "--verbose", "False"]
+               "--verbose", "False", "--interrupt_requests", "False"]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]
         return cmd + self.extra_args
