@@ -14,6 +14,7 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   └── NoCandidateError     every candidate was excluded by constraints
     ├── RequestError             the client's request is wrong (a 4xx, never a 500)
     │   ├── InvalidRequestError  malformed body, wrong types, missing messages
+    │   │   └── UpstreamRejectedError  every backend rejected the request itself (its 400s)
     │   ├── UnknownModelError    no route or model by that name
     │   └── PayloadTooLargeError body over the configured limit
     ├── AuthError
@@ -206,14 +207,25 @@ class BackendConnectionError(BackendError):
 
 
 class BackendStatusError(BackendError):
-    """The provider answered an HTTP error status."""
+    """The provider answered an HTTP error status.
+
+    ``request_fault``: the provider rejected the request itself (400, 413, 415, 422, or a
+    server that answers its own request validation with a 5xx, as llama.cpp's does): not
+    retried, not counted against the breaker, and when every backend says so the client
+    gets a 400 (:class:`UpstreamRejectedError`). ``param`` names the field the provider
+    rejected, when it says.
+    """
 
     kind = "upstream_status"
 
-    def __init__(self, message: str, *, backend: str, status: int, model: str | None = None, body: str | None = None) -> None:
+    def __init__(self, message: str, *, backend: str, status: int, model: str | None = None, body: str | None = None,
+                 request_fault: bool | None = None, param: str | None = None) -> None:
         self.status = status
         self.body = body
-        retryable = status in (408, 409, 425, 429) or status >= 500
+        self.request_fault = status in (400, 413, 415, 422) if request_fault is None else request_fault
+        self.param = param
+        self.detail = message
+        retryable = not self.request_fault and (status in (408, 409, 425, 429) or status >= 500)
         super().__init__(f"HTTP {status}: {message}", backend=backend, model=model, retryable=retryable)
 
 
@@ -241,6 +253,20 @@ class UnsupportedRequestError(BackendError):
 
     kind = "unsupported_request"
     retryable = False
+
+
+class UpstreamRejectedError(InvalidRequestError):
+    """Every backend tried rejected the request itself (see ``BackendStatusError.request_fault``):
+    the request's fault, so a 400 naming the provider's reason; ``errors`` holds each one's error."""
+
+    kind = "invalid_request_error"
+
+    def __init__(self, errors: Sequence[BackendStatusError]) -> None:
+        self.errors = list(errors)
+        reasons = list(dict.fromkeys(f"{e.backend}/{e.model}: {e.detail}" if e.model else f"{e.backend}: {e.detail}"
+                                     for e in self.errors))
+        super().__init__(f"the model provider rejected the request ({'; '.join(reasons)})",
+                         param=next((e.param for e in self.errors if e.param), None))
 
 
 class AllBackendsFailedError(TurnoutError):
@@ -279,5 +305,6 @@ __all__ = [
     "StateError",
     "TurnoutError",
     "UnknownModelError",
+    "UpstreamRejectedError",
     "UnsupportedRequestError",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import shutil
 import ssl
 import subprocess
@@ -241,3 +242,39 @@ async def test_a_proxy_in_the_environment_switches_the_backend_to_httpx(monkeypa
     await t.aclose()
     assert t.client.is_closed  # owned: the backend closes it
     assert isinstance(make_transport("http://127.0.0.1:8000/v1", {}, client=None, max_connections=4), NativeTransport)
+
+
+LLAMA_VALIDATION_500 = json.dumps({"error": {"message": (
+    "1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'seed'), 'msg': 'Input should be a valid integer, "
+    "unable to parse string as an integer', 'input': 'x'}\n\n  File \"/site-packages/llama_cpp/server/app.py\", "
+    "line 376, in create_chat_completion\n    POST /v1/chat/completions"), "type": "internal_server_error"}})
+
+
+class _Answer:
+    def __init__(self, status: int, body: str) -> None:
+        self.status, self.reason, self._body = status, "Internal Server Error", body.encode()
+
+    async def read(self) -> bytes:
+        return self._body
+
+
+async def test_a_server_answering_its_own_request_validation_with_a_500_is_the_requests_fault():
+    from turnout.backends._http import raise_for_status
+    from turnout.errors import BackendStatusError
+
+    with pytest.raises(BackendStatusError) as info:
+        await raise_for_status(_Answer(500, LLAMA_VALIDATION_500), "local", "smollm2")
+    err = info.value
+    assert err.request_fault and not err.retryable and err.param == "seed"
+    assert "Input should be a valid integer" in str(err) and "File " not in str(err) and "app.py" not in str(err)
+    with pytest.raises(BackendStatusError) as plain:  # an ordinary 500 stays the provider's trouble
+        await raise_for_status(_Answer(500, json.dumps({"error": {"message": "CUDA out of memory"}})), "x", "m")
+    assert plain.value.retryable and not plain.value.request_fault
+
+
+def test_provider_stack_traces_are_cut_from_error_messages():
+    from turnout.backends._http import error_message
+
+    raw = "boom\nTraceback (most recent call last):\n  File \"/srv/app.py\", line 3, in f\n    x()\nValueError"
+    assert error_message(raw) == "boom"
+    assert error_message(json.dumps({"error": {"message": "bad thing"}})) == "bad thing"

@@ -153,3 +153,24 @@ def test_from_config_gives_the_key_store_and_the_budgets_one_store_of_counters()
     shared = Gateway.from_config(resolve(parse_config({**data, "state": {"redis_url": "redis://127.0.0.1:1/0", "prefix": "x:"}})))
     assert isinstance(shared.state, RedisCounters) and shared.keys.counters is shared.state and shared.state.prefix == "x:"
     asyncio.run(shared.aclose())  # nothing connected yet: building reaches no Redis
+
+
+async def test_when_every_backend_rejects_the_request_itself_the_client_gets_a_400_and_no_breaker_moves() -> None:
+    from turnout.errors import UpstreamRejectedError
+    from turnout.server.errors import status_for
+
+    a = ScriptedBackend("a", Step(fault="status", status=400))
+    b = ScriptedBackend("b", Step(fault="status", status=422))
+    ta, tb = target("m1", a, attempts=3, fallbacks=["m2"], failures=1), target("m2", b, failures=1)
+    gw = Gateway({"m1": ta, "m2": tb})
+    with pytest.raises(UpstreamRejectedError) as info:
+        await gw.chat(ChatRequest("m1", MSG))
+    assert a.count == 1 and b.count == 1  # a refusal is not retried
+    assert status_for(info.value) == 400 and "rejected the request" in str(info.value)
+    assert ta.breaker.state == tb.breaker.state == "closed"  # the request's fault, not the provider's
+    # one provider refusing and another failing is still the fleet's failure (a 502)
+    c = ScriptedBackend("c", Step(fault="status", status=503))
+    gw2 = Gateway({"m1": target("m1", ScriptedBackend("a2", Step(fault="status", status=400)), fallbacks=["m2"]),
+                   "m2": target("m2", c, attempts=1)})
+    with pytest.raises(AllBackendsFailedError):
+        await gw2.chat(ChatRequest("m1", MSG))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -249,7 +250,32 @@ async def raise_for_status(resp: WireResponse, backend: str, model: str | None) 
     if resp.status < 400:
         return
     raw = (await resp.read())[:MAX_ERROR_BODY].decode("utf-8", "replace")
-    raise BackendStatusError(error_message(raw) or resp.reason, backend=backend, status=resp.status, model=model, body=raw)
+    message = error_message(raw) or resp.reason
+    param, reason = validation_error(message)
+    if reason is not None:  # the server validated the request and refused it (llama.cpp answers that with a 500)
+        raise BackendStatusError(reason, backend=backend, status=resp.status, model=model, body=raw,
+                                 request_fault=True, param=param)
+    raise BackendStatusError(message, backend=backend, status=resp.status, model=model, body=raw)
+
+
+#: a pydantic / FastAPI request validation report, as OpenAI-compatible Python servers send it
+_VALIDATION = re.compile(r"validation error.*?'loc': \(([^)]*)\).*?'msg': '([^']*)'", re.S)
+
+
+def validation_error(message: str) -> tuple[str | None, str | None]:
+    """(param, reason) when ``message`` is a request-validation report naming a body field, else (None, None).
+
+    ``"1 validation error: {'type': 'int_parsing', 'loc': ('body', 'seed'), 'msg': 'Input should be ...'}"``
+    gives ``("seed", "seed: Input should be ...")``.
+    """
+    m = _VALIDATION.search(message)
+    if not m:
+        return None, None
+    loc = [part.strip().strip("'\"") for part in m.group(1).split(",") if part.strip()]
+    if not loc or loc[0] != "body":
+        return None, None
+    param = ".".join(loc[1:]) or None
+    return param, f"{param}: {m.group(2)}" if param else m.group(2)
 
 
 async def fetch_body(transport: Transport, path: str, body: bytes, backend: str, model: str, timeouts: Timeouts) -> bytes:
@@ -287,18 +313,29 @@ async def open_stream(transport: Transport, path: str, body: bytes, backend: str
 
 
 def error_message(raw: str) -> str:
-    """The human message inside an OpenAI- or Anthropic-style error body, else the raw text."""
+    """The human message inside an OpenAI- or Anthropic-style error body, else the raw text.
+
+    Without the provider's stack trace (a server that puts one in its error message shows
+    its own files, which are no business of our clients) and cut to 300 characters; the
+    whole body stays on the error (``BackendStatusError.body``) for the server log.
+    """
     try:
         obj = json.loads(raw)
     except ValueError:
-        return raw.strip()[:300]
+        return _without_trace(raw)
     if isinstance(obj, dict):
         err = obj.get("error", obj)
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+            return _without_trace(err["message"])
         if isinstance(err, str):
-            return err
-    return raw.strip()[:300]
+            return _without_trace(err)
+    return _without_trace(raw)
+
+
+def _without_trace(text: str) -> str:
+    """``text`` up to a Python traceback (``Traceback (most recent call last)`` or ``File "...", line N``)."""
+    cut = re.search(r'Traceback \(most recent call last\)|^\s*File "[^"]+", line \d+', text, re.M)
+    return (text[: cut.start()] if cut else text).strip()[:300]
 
 
 def loads(data: str | bytes, backend: str, model: str | None, what: str) -> Any:

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.backends.base import Backend, Timeouts
-from turnout.errors import AllBackendsFailedError, BackendError, BackendUnavailableError, ModelNotAllowedError
+from turnout.errors import (
+    AllBackendsFailedError,
+    BackendError,
+    BackendStatusError,
+    BackendUnavailableError,
+    ModelNotAllowedError,
+    UpstreamRejectedError,
+)
 from turnout.gateway.reliability import Backoff, CircuitBreaker
 from turnout.gateway.routes import Price
 from turnout.types import Decision
@@ -185,8 +192,14 @@ class Chain:
         if self._current is not None:
             self._current.breaker.release()
 
-    def exhausted(self) -> AllBackendsFailedError:
-        """The error to raise when iteration ended without success: every attempt's error, in order."""
+    def exhausted(self) -> AllBackendsFailedError | UpstreamRejectedError:
+        """The error to raise when iteration ended without success: every attempt's error, in order.
+
+        When every attempt was refused for the request itself (a provider's 400 or validation
+        error), the request is at fault, not the fleet: an :class:`UpstreamRejectedError` (400).
+        """
+        if self.errors and all(isinstance(e, BackendStatusError) and e.request_fault for e in self.errors):
+            return UpstreamRejectedError([e for e in self.errors if isinstance(e, BackendStatusError)])
         return AllBackendsFailedError(self.errors, route=self._route)
 
 

@@ -25,7 +25,7 @@ is raised from the iterator, and the server ends the SSE stream with an
 OpenAI-format error event and ``data: [DONE]`` — never a silent truncation.
 Closing the session early (client disconnect) closes the upstream stream.
 
-An exhausted chain raises :class:`~turnout.errors.AllBackendsFailedError`
+An exhausted chain raises :class:`~turnout.errors.AllBackendsFailedError` (or, when every backend refused the request itself, :class:`~turnout.errors.UpstreamRejectedError`, a 400)
 carrying every attempt's error. Every request, success or failure, is counted
 in metrics and written to the request log.
 """
