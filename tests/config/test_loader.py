@@ -63,7 +63,7 @@ def test_valid_config_resolves(tmp_path: Path) -> None:
         (lambda d: d["keys"][0].update(key="raw-secret"), "keys[0].key", "key_env"),
         (lambda d: d["backends"]["openai"]["timeouts"] if False else d["backends"]["openai"].update(timeouts={"conect": 1}),
          "backends.openai.timeouts.conect", "did you mean 'connect'"),
-        (lambda d: d["models"]["gpt-4o"].update(context_window="big"), "models.gpt-4o.context_window", "right type"),
+        (lambda d: d["models"]["gpt-4o"].update(context_window="big"), "models.gpt-4o.context_window", "give a value of that type"),
         (lambda d: d["routes"]["auto"].update({"lambda": 1.0, "budget": {"target_cost_per_request": 0.01}}), "routes.auto", "docs/config.md"),
     ],
 )
@@ -138,3 +138,27 @@ def test_serve_exits_2_on_config_error_before_binding(tmp_path: Path) -> None:
                           cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     assert "routes.auto.fallbacks[0]" in proc.stderr and "did you mean 'gpt-4o'" in proc.stderr
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    p = tmp_path / "twice.yaml"
+    p.write_text("backends:\n  a: {protocol: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+                 "models:\n  ma: {backend: a}\nmodels:\n  mb: {backend: a}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env={})
+    assert "key 'models' appears twice" in str(info.value) and "line 5" in str(info.value) and "line 3" in str(info.value)
+
+
+def test_a_llamacpp_model_that_is_not_gguf_fails_before_any_child_starts(tmp_path: Path) -> None:
+    junk = tmp_path / "model.gguf"
+    junk.write_bytes(b"PK\x03\x04 not a model")
+    p = tmp_path / "local.yaml"
+    p.write_text(f"backends:\n  a: {{protocol: llamacpp, model: '{junk}'}}\nmodels:\n  ma: {{backend: a}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, env={})
+    assert info.value.key == "backends.a.model" and "GGUF" in str(info.value)
+
+
+def test_type_errors_do_not_repeat_the_message_as_the_fix(tmp_path: Path) -> None:
+    err = error_of(tmp_path, lambda d: d["models"]["gpt-4o"].update(context_window="big"))
+    assert "valid integer" in str(err) and "valid integer" not in (err.fix or "")

@@ -174,3 +174,20 @@ async def test_when_every_backend_rejects_the_request_itself_the_client_gets_a_4
                    "m2": target("m2", c, attempts=1)})
     with pytest.raises(AllBackendsFailedError):
         await gw2.chat(ChatRequest("m1", MSG))
+
+
+@pytest.mark.parametrize("params, key, needle", [
+    ({"quality": "high"}, "routes.auto.router", "quality={model: score"),
+    ({"quality": {"mx": 0.9}}, "routes.auto.candidates", "no prediction for any candidate (a, b; it scores: mx)"),
+])
+def test_route_mistakes_only_a_request_would_show_fail_at_start_up(params, key, needle) -> None:
+    from turnout.config import parse_config, resolve
+    from turnout.errors import ConfigError
+
+    data = {"server": {"request_log": None},
+            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "models": {"a": {"backend": "up"}, "b": {"backend": "up"}},
+            "routes": {"auto": {"router": {"type": "prior", "params": params}, "candidates": ["a", "b"]}}}
+    with pytest.raises(ConfigError) as info:
+        Gateway.from_config(resolve(parse_config(data)))
+    assert info.value.key == key and needle in str(info.value) and str(info.value).count("(fix:") == 1

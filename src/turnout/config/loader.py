@@ -69,6 +69,34 @@ def _fix_for(word: str, choices: Iterable[str], what: str) -> str:
     return f"use one of the {what}: {listing}"
 
 
+def _is_gguf(path: Path) -> bool:
+    """True when ``path`` starts with GGUF's magic bytes (caught here, a wrong file fails before any child starts)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice in one mapping (first at line {seen[key].line + 1}); "
+                            "the second would silently replace the first", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> TurnoutConfig:
     """Read, parse and resolve the YAML file at ``path``; raises :class:`ConfigError`."""
     p = Path(path)
@@ -78,7 +106,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Tu
             "config file not found", file=source, fix="pass an existing file to --config, or omit it to use the embedded default"
         )
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -151,8 +179,8 @@ def _translate(exc: ValidationError, source: str) -> ConfigError:
 
 
 def _generic_fix(kind: str, msg: str) -> str:
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        return f"give a value of the right type ({msg.lower()})"
+    if kind.endswith("_type") or kind.endswith("_parsing"):  # the message already says which type: do not repeat it
+        return "give a value of that type (see docs/config.md for this key)"
     return "see docs/config.md for this key"
 
 
@@ -216,6 +244,9 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
                     f"{where}.model",
                     f"did you mean '{guess}'?" if guess else f"use {' or '.join(BUILTIN_LOCAL_MODELS)}, or the path of a .gguf file",
                 )
+            if b.model not in BUILTIN_LOCAL_MODELS and not _is_gguf(_abs(b.model, base)):
+                raise err(f"'{b.model}' is not a GGUF model file (it does not start with the GGUF magic bytes)",
+                          f"{where}.model", "point at a .gguf file (llama.cpp's model format), or a built-in model")
         else:
             if b.model is not None or b.n_ctx is not None or b.n_threads is not None:
                 raise err("model, n_ctx and n_threads only apply to protocol: llamacpp", where, "remove them, or set protocol: llamacpp")

@@ -12,6 +12,7 @@ the shared counters (``state``) are built here and first reached (a PING) by
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,6 +23,8 @@ from turnout.gateway.offload import Offloader
 from turnout.gateway.pipeline import Gateway, ModelTarget
 from turnout.gateway.reliability import Backoff, CircuitBreaker
 from turnout.gateway.routes import Price, RouteRuntime
+
+log = logging.getLogger(__name__)
 
 
 def _local_model_path(model: str) -> str:
@@ -144,8 +147,25 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], count
         else:
             router = create_router(r.router.type, **r.router.params)
     except TurnoutError as exc:
-        raise ConfigError(str(exc), file=cfg.source, key=where, fix="see docs/config.md for this router's parameters") from exc
+        own_fix = getattr(exc, "fix", None)  # an artifact's DataError says its own fix: keep it, do not add a second
+        text = str(exc).removesuffix(f" (fix: {own_fix})") if own_fix else str(exc)
+        raise ConfigError(text, file=cfg.source, key=where,
+                          fix=own_fix or "see docs/config.md for this router's parameters") from exc
+    except (TypeError, ValueError, AttributeError) as exc:  # a parameter of the wrong shape the router did not check
+        raise ConfigError(f"invalid parameters {r.router.params}: {exc}", file=cfg.source, key=f"{where}.params",
+                          fix="see docs/routers.md for this router's parameters and their types") from exc
     cmap = r.candidate_map
+    scored = getattr(router, "models", None)
+    if scored is not None:
+        unscored = [c for c in cmap if c not in set(scored)]
+        if len(unscored) == len(cmap):  # every request to the route would fail: refuse to start
+            raise ConfigError(f"the router has no prediction for any candidate ({', '.join(unscored)}; it scores: "
+                              f"{', '.join(scored) or 'nothing'})", file=cfg.source, key=f"routes.{name}.candidates",
+                              fix="name candidates the router scores, map them to its names ({router_name: "
+                                  "fleet_model}), or give the router their quality")
+        if unscored:  # allowed (never chosen by the router), but rarely meant
+            log.warning("route %s: the router has no prediction for candidate(s) %s; they are never chosen",
+                        name, ", ".join(unscored))
     windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
     prices = {m: targets[m].price for m in cmap.values()}
     budget = _budget(cfg, name, meta, cmap, prices, windows, counters) if r.budget is not None else None

@@ -30,8 +30,10 @@ class PriorRouter(Router):
     name = "prior"
 
     def __init__(self, quality: dict[str, float], cost: dict[str, float] | None = None) -> None:
-        if not quality:
+        if not isinstance(quality, dict) or not quality:
             raise RoutingError("the prior router needs quality={model: score, ...} with at least one model")
+        if cost is not None and not isinstance(cost, dict):
+            raise RoutingError("the prior router's cost must be {model: USD per request, ...}")
         for model, q in quality.items():
             if not 0.0 <= float(q) <= 1.0:
                 raise RoutingError(f"prior router: quality of '{model}' is {q}; it must lie in [0, 1]")
