@@ -71,7 +71,7 @@ def test_budget_is_enforced_after_spend_reaches_it() -> None:
     store.check_budget(alice)
     store.record_spend(alice, 0.007)
     assert store.spent(alice) == pytest.approx(0.011)
-    with pytest.raises(BudgetExceededError, match=r"spent \$0\.0110 of its \$0\.0100 budget"):
+    with pytest.raises(BudgetExceededError, match=r"spent \$0\.011 of its \$0\.01 budget"):
         store.check_budget(alice)
     # another key's spend is separate; bob has no budget at all
     bob = store.authenticate("sk-bob")
@@ -103,3 +103,12 @@ def test_bad_specs_fail_with_the_key_and_a_fix(specs: list[KeySpec], key: str) -
         KeyStore(specs)
     assert info.value.key == key
     assert info.value.fix
+
+
+def test_a_tiny_budget_is_written_with_its_digits_not_as_zero() -> None:
+    store = KeyStore([KeySpec("tiny", hash_key("sk-tiny"), 0.00002, None)], InMemoryCounters())
+    tiny = store.authenticate("sk-tiny")
+    store.record_spend(tiny, 0.000031)
+    with pytest.raises(BudgetExceededError) as info:
+        store.check_budget(tiny)
+    assert "$3.1e-05 of its $2e-05 budget" in str(info.value) and "$0.0000" not in str(info.value)

@@ -160,7 +160,7 @@ class KeyStore:
         spent = self.spent(spec)
         if spent >= spec.budget_usd:
             raise BudgetExceededError(
-                f"key {spec.name!r} has spent ${spent:.4f} of its ${spec.budget_usd:.4f} budget "
+                f"key {spec.name!r} has spent ${spent:.6g} of its ${spec.budget_usd:.6g} budget "
                 "(raise budget_usd for this key in the config, or use another key)"
             )
 

@@ -178,6 +178,12 @@ class Gateway:
         if usable is not None:
             decision.reasons += [f"fallback {m} will be skipped: key {key.name!r} may not use it"
                                  for m in decision.fallbacks if m not in usable]
+        # a dry run says what the chain would meet: models whose circuit breaker is open now are skipped
+        for m in [decision.model, *decision.fallbacks]:
+            t = self.targets.get(m)
+            if t is not None and t.breaker.state == "open":
+                decision.reasons.append(f"{m} would be skipped now: its circuit breaker is open "
+                                        f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)")
         return decision
 
     def usable_models(self, key: Any | None) -> frozenset[str] | None:
