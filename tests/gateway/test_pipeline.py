@@ -193,3 +193,23 @@ def test_route_mistakes_only_a_request_would_show_fail_at_start_up(params, key, 
     with pytest.raises(ConfigError) as info:
         Gateway.from_config(resolve(parse_config(data)))
     assert info.value.key == key and needle in str(info.value) and str(info.value).count("(fix:") == 1
+
+
+async def test_start_warns_about_a_backend_that_refuses_connections(caplog) -> None:
+    import logging
+    import socket
+
+    from turnout.config import parse_config, resolve
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = {"server": {"request_log": None},
+            "backends": {"down": {"protocol": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}},
+            "models": {"a": {"backend": "down"}}}
+    gw = Gateway.from_config(resolve(parse_config(data)))
+    with caplog.at_level(logging.WARNING, logger="turnout.gateway.pipeline"):
+        await gw.start()
+    assert gw.ready and list(gw.unreachable) == ["down"]
+    assert any("backend down is not reachable now" in r.getMessage() for r in caplog.records)
+    await gw.aclose()

@@ -120,6 +120,8 @@ class Gateway:
         self.children: list[Any] = []
         #: True once :meth:`start` has brought every child up (the server's /readyz)
         self.ready = False
+        #: backends that refused a connection when :meth:`start` probed them: name -> reason (a warning, not fatal)
+        self.unreachable: dict[str, str] = {}
         self._usable: dict[str, frozenset[str]] = {}  # key name -> models it may be answered by
 
     async def start(self) -> None:
@@ -133,7 +135,35 @@ class Gateway:
         for rt in self.routes.values():
             # loading MiniLM takes ~0.5 s (seconds more for its one-time ONNX export): not on a request
             await self.offloader.run(rt.warm_up)
+        self.unreachable = await self._probe_backends()
+        for name, why in self.unreachable.items():
+            log.warning("backend %s is not reachable now (%s): its models will fail over to their fallbacks until "
+                        "it answers", name, why)
         self.ready = True
+
+    async def _probe_backends(self, timeout_s: float = 1.0) -> dict[str, str]:
+        """Backends (by name) whose host does not accept a TCP connection now, with the reason.
+
+        A start-up check only: a remote API may come and go, so this warns (log, /readyz)
+        rather than refusing to start; the breakers and fallbacks handle it per request.
+        """
+        from urllib.parse import urlsplit
+
+        backends = {t.backend.name: t.backend for t in self.targets.values()}
+
+        async def probe(url: str) -> str | None:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
+            except (OSError, asyncio.TimeoutError) as exc:
+                return "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or type(exc).__name__)
+            writer.close()
+            return None
+
+        urls = {name: b.base_url for name, b in backends.items() if isinstance(getattr(b, "base_url", None), str)}
+        found = await asyncio.gather(*(probe(u) for u in urls.values()))
+        return {name: why for name, why in zip(urls, found) if why is not None}
 
     async def call_state(self, owner: Any, fn: Callable[..., Any], /, *args: Any) -> Any:
         """``fn(*args)``, which uses ``owner.counters``: inline when those are in-process, else on the state pool."""
