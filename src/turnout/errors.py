@@ -16,7 +16,9 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   ├── InvalidRequestError  malformed body, wrong types, missing messages
     │   │   └── UpstreamRejectedError  every backend rejected the request itself (its 400s)
     │   ├── UnknownModelError    no route or model by that name
-    │   └── PayloadTooLargeError body over the configured limit
+    │   ├── PayloadTooLargeError body over the configured limit
+    │   ├── NotFoundError        no endpoint at that path, or no logged request with that id
+    │   └── MethodNotAllowedError the endpoint does not take that HTTP method
     ├── AuthError
     │   ├── AuthenticationError  missing or wrong API key
     │   ├── PermissionDeniedError the key may not use that model or route
@@ -136,6 +138,22 @@ class PayloadTooLargeError(RequestError):
     """The request body exceeds the configured limit."""
 
     kind = "payload_too_large"
+
+
+class NotFoundError(RequestError):
+    """No endpoint at that path, or no logged request with that id (``POST /v1/feedback``)."""
+
+    kind = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    """The endpoint exists but not for that HTTP method; ``allow`` lists the methods it takes."""
+
+    kind = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str = "") -> None:
+        self.allow = allow
+        super().__init__(message)
 
 
 class AuthError(TurnoutError):
@@ -297,7 +315,9 @@ __all__ = [
     "InvalidRequestError",
     "MissingDependency",
     "ModelNotAllowedError",
+    "MethodNotAllowedError",
     "NoCandidateError",
+    "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RequestError",

@@ -46,16 +46,23 @@ class ChatRequest:
     params: dict[str, Any] = field(default_factory=dict)
 
     def prompt_text(self) -> str:
-        """The text a router looks at: the user turns, latest last."""
+        """The text a router looks at: the user turns, latest last.
+
+        Never raises, whatever the messages hold: the server validates wire
+        requests, but a request built in code may carry anything, and the
+        request log calls this for every request it records. What is not text
+        (an image part, a malformed message or part) contributes nothing.
+        """
         parts: list[str] = []
         for m in self.messages:
-            if m.get("role") != "user":
+            if not isinstance(m, dict) or m.get("role") != "user":
                 continue
             content = m.get("content")
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):  # content parts: keep the text ones
-                parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+                parts.extend(p["text"] for p in content
+                             if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
         return "\n".join(parts)
 
 

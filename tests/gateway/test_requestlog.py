@@ -191,3 +191,78 @@ def test_export_parquet_loads_as_a_routing_table(tmp_path: Path) -> None:
 def test_export_rejects_unknown_suffix(tmp_path: Path) -> None:
     with RequestLog(tmp_path / "log.sqlite") as log, pytest.raises(DataError, match=r"\.jsonl, \.jsonl\.gz or \.parquet"):
         log.export_canonical(tmp_path / "out.csv")
+
+
+class _Opaque:
+    """Something neither JSON nor SQLite can store as it is."""
+
+    def __str__(self) -> str:
+        return "opaque"
+
+
+def test_an_entry_sqlite_cannot_take_as_it_is_costs_neither_its_batch_nor_itself(tmp_path: Path) -> None:
+    with RequestLog(tmp_path / "log.sqlite") as log:
+        good = [_entry(i) for i in range(5)]
+        odd = _entry(9, prompt=["not", "a", "string"], candidates=[{"model": "m0", "quality": _Opaque()}],
+                     budget={"target": _Opaque()}, latency_s="slow")
+        for e in (*good[:3], odd, *good[3:]):
+            log.record(e)
+        log.flush()
+        assert (log.written, log.write_errors) == (6, 0)
+        rows = {r.id: r for r in log.query(limit=None)}
+        assert set(rows) == {e.id for e in (*good, odd)}
+        got = rows[odd.id]
+        assert got.prompt == "['not', 'a', 'string']" and got.candidates == [{"model": "m0", "quality": "opaque"}]
+        assert got.budget == {"target": "opaque"} and got.latency_s is None
+        assert rows[good[0].id].prompt == good[0].prompt
+
+
+def test_an_entry_even_coercion_cannot_store_is_counted_and_the_rest_land(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with RequestLog(tmp_path / "log.sqlite") as log, caplog.at_level(logging.ERROR, logger="turnout.gateway.requestlog"):
+        broken = _entry(1, status=None)  # NOT NULL: no form of it can be stored
+        log.record(_entry(0))
+        log.record(broken)
+        log.set_feedback(broken.id, 0.5)
+        log.flush()
+        assert (log.written, log.write_errors) == (1, 1)
+        assert f"could not write request {broken.id!r}" in caplog.text
+        assert len(log.query(limit=None)) == 1
+        assert log.get(broken.id) is None
+
+
+def test_get_finds_a_request_just_recorded_with_its_score(tmp_path: Path) -> None:
+    with RequestLog(tmp_path / "log.sqlite", linger_s=5.0) as log:  # a long linger: get() must flush, not wait
+        e = _entry(1)
+        log.record(e)
+        got = log.get(e.id)
+        assert got is not None and (got.id, got.prompt, got.score) == (e.id, e.prompt, None)
+        log.set_feedback(e.id, 0.5)
+        log.flush()
+        assert log.get(e.id).score == 0.5
+        assert log.get("no-such-id") is None
+
+
+@pytest.mark.parametrize("content", [
+    [{"type": "text", "text": 5}],
+    [{"type": "text", "text": None}, {"type": "text", "text": "kept"}],
+    [{"type": "text", "text": ["a"]}],
+    ["a bare string part"],
+])
+async def test_a_request_with_odd_content_built_in_code_is_answered_and_logged(tmp_path: Path, content: list) -> None:
+    # the server rejects these at the wire; a request built in code can still carry them, and must be logged
+    from turnout.gateway import Gateway, ModelTarget
+    from turnout.testing.scripted import ScriptedBackend, Step
+    from turnout.types import ChatRequest
+
+    log = RequestLog(tmp_path / "log.sqlite")
+    gw = Gateway({"m": ModelTarget(name="m", backend=ScriptedBackend("up", Step(text="hi", prompt_tokens=1,
+                                                                                   completion_tokens=1)), upstream="m")},
+                 request_log=log)
+    req = ChatRequest(model="m", messages=[{"role": "user", "content": content}, "not a message"])  # type: ignore[list-item]
+    resp, _, _ = await gw.chat(req, request_id="odd-1")
+    assert resp.content == "hi"
+    await gw.aclose()
+    log.close()
+    with RequestLog(tmp_path / "log.sqlite") as reopened:
+        got = reopened.get("odd-1")
+    assert got is not None and got.status == "ok" and got.prompt == ("kept" if content[-1:] == [{"type": "text", "text": "kept"}] else "")

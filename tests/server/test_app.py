@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
 import openai
 import pytest
 
-from turnout.testing.scripted import Rule, Script, ScriptedServer, Step
+from turnout.gateway import Gateway, ModelTarget
+from turnout.gateway.routes import Price, RouteRuntime
+from turnout.routing.policy import Policy
+from turnout.testing.scripted import Rule, ScriptedBackend, Script, ScriptedServer, Step
 
-from server_helpers import fleet_config
+from server_helpers import Served, fleet_config
 
 MSG = [{"role": "user", "content": "hello there"}]
 
@@ -197,3 +202,158 @@ def test_client_disconnect_mid_stream_is_logged_as_cancelled(serve) -> None:
         assert 'status="cancelled"' in metrics
     finally:
         up.stop()
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"seed": "42"}, "seed"),
+        ({"stop": 5}, "stop"),
+        ({"tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 5}, "top_logprobs"),
+        ({"presence_penalty": 10}, "presence_penalty"),
+        ({"logit_bias": {"1": 500}}, "logit_bias"),
+        ({"user": 42}, "user"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": ["a"]}]}]}, "messages[0].content[0].text"),
+        ({"messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]}, "messages[0].content[0].type"),
+    ],
+)
+def test_a_wrong_typed_field_is_a_400_before_anything_is_routed_or_sent(serve, upstreams, tmp_path, fields, param) -> None:
+    a, _ = upstreams
+    srv = serve(fleet_config({"alpha": a.base_url}, request_log=str(tmp_path / "log.sqlite")))
+    before = a.count
+    for path, stream in (("/chat/completions", False), ("/chat/completions", True), ("/route", False)):
+        r = httpx.post(srv.base_url + path, json={"model": "auto", "messages": MSG, "stream": stream, **fields})
+        assert r.status_code == 400, (path, stream, r.text)
+        err = r.json()["error"]
+        assert (err["type"], err["param"]) == ("invalid_request_error", param), (path, stream, err)
+        assert len(r.headers["x-turnout-request-id"]) == 32
+    assert a.count == before, "a request that failed validation reached the upstream"
+    # the two rejected chat requests are logged like every chat request; the dry run logs nothing
+    log = srv.gateway.request_log
+    log.flush()
+    rows = log.query(limit=None)
+    assert sorted((r.status, r.error_kind, r.http_status) for r in rows) == [("error", "invalid_request_error", 400)] * 2
+
+
+class _BuggyRouter:
+    """A route's router with a bug: it raises something that is not a TurnoutError."""
+
+    name = "buggy"
+
+    def predict(self, X):
+        raise RuntimeError("a bug in a router")
+
+
+def test_the_route_dry_run_answers_a_bug_as_an_openai_500_with_the_turnout_headers(upstreams) -> None:
+    rt = RouteRuntime(name="auto", router=_BuggyRouter(), router_name="buggy", candidates={"m": "m"},  # type: ignore[arg-type]
+                      prices={"m": Price()}, policy=Policy())
+    gw = Gateway({"m": ModelTarget(name="m", backend=ScriptedBackend("up", Step(text="hi")), upstream="m")}, {"auto": rt})
+    with Served(gw) as srv:
+        for path in ("/route", "/chat/completions"):
+            r = httpx.post(srv.base_url + path, json={"model": "auto", "messages": MSG})
+            assert r.status_code == 500 and r.headers["content-type"] == "application/json", (path, r.text)
+            assert r.json()["error"]["type"] == "internal_error" and len(r.headers["x-turnout-request-id"]) == 32
+        # the connection survives the bug: the next request on it is answered
+        with httpx.Client(base_url=srv.base_url) as client:
+            assert client.post("/route", json={"model": "auto", "messages": MSG}).status_code == 500
+            assert client.post("/route", json={"model": "m", "messages": MSG}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("POST", "/v1/completions", 404, None),
+        ("POST", "/v1/embeddings", 404, None),
+        ("GET", "/nope", 404, None),
+        ("GET", "/v1/chat/completions", 405, "POST"),
+        ("PUT", "/v1/chat/completions", 405, "POST"),
+        ("POST", "/v1/models", 405, "GET"),
+        ("GET", "/v1/feedback", 405, "POST"),
+        ("DELETE", "/v1/route", 405, "POST"),
+    ],
+)
+def test_unknown_paths_and_wrong_methods_are_openai_errors_with_the_turnout_headers(serve, upstreams, method, path, status,
+                                                                                     allow) -> None:
+    a, _ = upstreams
+    srv = serve(fleet_config({"alpha": a.base_url}))
+    r = httpx.request(method, srv.root + path, json={"model": "alpha", "messages": MSG})
+    assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == ("not_found" if status == 404 else "method_not_allowed")
+    assert path in err["message"]
+    assert len(r.headers["x-turnout-request-id"]) == 32
+    assert r.headers["x-turnout-route"] == "-" and r.headers["x-turnout-model"] == "-"
+    if allow is not None:
+        assert allow in r.headers["allow"] and allow in err["message"]
+
+
+def test_models_retrieve_returns_one_model_and_404s_an_unknown_id(serve, upstreams) -> None:
+    a, b = upstreams
+    srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url}))
+    client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+    for name in ("auto", "alpha", "beta"):
+        m = client.models.retrieve(name)
+        assert (m.id, m.object) == (name, "model")
+    assert client.models.retrieve("auto").owned_by == "turnout"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("org/gpt-9")
+    assert err.value.body["type"] == "model_not_found" and "alpha" in err.value.body["message"]
+    r = httpx.get(srv.base_url + "/models/nope")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model" and len(r.headers["x-turnout-request-id"]) == 32
+
+
+def test_feedback_needs_the_key_and_scores_only_that_keys_requests(serve, upstreams, tmp_path, monkeypatch) -> None:
+    a, b = upstreams
+    monkeypatch.setenv("K_ALICE", "sk-alice")
+    monkeypatch.setenv("K_BOB", "sk-bob")
+    srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url}, request_log=str(tmp_path / "log.sqlite"),
+                             keys=[{"name": "alice", "key_env": "K_ALICE"}, {"name": "bob", "key_env": "K_BOB"}]))
+    alice, bob = {"authorization": "Bearer sk-alice"}, {"authorization": "Bearer sk-bob"}
+    answer = httpx.post(srv.base_url + "/chat/completions", headers=alice, json={"model": "alpha", "messages": MSG})
+    assert answer.status_code == 200
+    rid = answer.headers["x-turnout-request-id"]
+
+    def feedback(headers: dict[str, str], request_id: str = rid) -> httpx.Response:
+        return httpx.post(srv.base_url + "/feedback", headers=headers, json={"request_id": request_id, "score": 0.9})
+
+    for headers in ({}, {"authorization": "Bearer sk-wrong"}):
+        r = feedback(headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_api_key"
+    r = feedback(bob)  # bob may not score alice's request, nor learn that it exists
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found" and r.json()["error"]["param"] == "request_id"
+    assert feedback(alice).status_code == 200
+    log = srv.gateway.request_log
+    log.flush()
+    assert [(e.id, e.key_name, e.score) for e in log.query(limit=None)] == [(rid, "alice", 0.9)]
+
+
+def test_feedback_for_an_unknown_request_is_a_404_that_names_the_header_to_use(serve, upstreams, tmp_path) -> None:
+    a, _ = upstreams
+    srv = serve(fleet_config({"alpha": a.base_url}, request_log=str(tmp_path / "log.sqlite")))
+    client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="alpha", messages=MSG)
+    completion_id = raw.parse().id
+    assert completion_id.startswith("chatcmpl-")
+    for request_id in ("abc", completion_id):
+        r = httpx.post(srv.base_url + "/feedback", json={"request_id": request_id, "score": 1})
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert err["type"] == "not_found" and err["param"] == "request_id" and "x-turnout-request-id" in err["message"]
+    assert "'id' of a chat completion" in r.json()["error"]["message"]
+    too_long = httpx.post(srv.base_url + "/feedback", json={"request_id": "x" * 200, "score": 1})
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "request_id"
+    # the answer's own id is accepted straight after the answer (the row may still be queued for the disk)
+    ok = httpx.post(srv.base_url + "/feedback", json={"request_id": raw.headers["x-turnout-request-id"], "score": 1})
+    assert ok.status_code == 200 and ok.json() == {"request_id": raw.headers["x-turnout-request-id"], "score": 1.0, "stored": True}
+    log = srv.gateway.request_log
+    log.flush()
+    assert [e.score for e in log.query(limit=None)] == [1.0]
+    # nothing was stored for the unknown ids
+    with sqlite3.connect(tmp_path / "log.sqlite") as conn:
+        assert conn.execute("SELECT request_id FROM feedback").fetchall() == [(raw.headers["x-turnout-request-id"],)]

@@ -78,6 +78,7 @@ def test_disconnect_while_upstream_is_between_slow_chunks_cancels_it_at_once(ser
         log.flush()
         (row,) = log.query(limit=None)
         assert row.status == "cancelled" and row.model == "alpha"
+        assert row.http_status == 200  # the client had its status line (and a chunk) before it left
     finally:
         up.stop()
 
@@ -106,6 +107,7 @@ def test_a_client_that_hangs_up_on_a_non_streamed_request_cancels_the_upstream_c
         gw.request_log.flush()
         (row,) = gw.request_log.query(limit=None)
         assert (row.status, row.error_kind, row.model, row.fallbacks_tried) == ("cancelled", "client_disconnect", "alpha", [])
+        assert row.http_status is None, "nothing was sent to the client that left, so no status was"
         # the endpoint still answers whoever stays
         ok = httpx.post(srv.base_url + "/chat/completions", json={"model": "beta", "messages": MSG})
         assert ok.status_code == 200 and ok.headers["x-turnout-model"] == "beta"
@@ -211,5 +213,62 @@ def test_openai_client_streams_tool_calls_through_turnout_from_an_anthropic_upst
         assert chunks[-1].usage is not None
         whole = client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "weather?"}], tools=tools)
         assert whole.choices[0].message.tool_calls[0].function.name == "get_weather"
+    finally:
+        up.stop()
+
+
+def _sse(srv: Served, body: dict) -> list[dict]:
+    """The JSON events of one streamed answer (checked to end with [DONE])."""
+    import json
+
+    with httpx.stream("POST", srv.base_url + "/chat/completions", json=body, timeout=10) as r:
+        assert r.status_code == 200, r.read()
+        data = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
+def test_stream_usage_is_sent_only_when_asked_once_in_a_last_chunk_of_its_own(serve, monkeypatch, protocol: str) -> None:
+    from turnout.config import parse_config, resolve
+
+    up = ScriptedServer(Step(text="one two three", prompt_tokens=7, completion_tokens=3), protocol=protocol).start()
+    try:
+        monkeypatch.setenv("UP_KEY", "sk-up")
+        backend = ({"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "UP_KEY"} if protocol == "anthropic"
+                   else {"protocol": "openai", "base_url": up.base_url})
+        srv = serve(resolve(parse_config({"server": {"request_log": None}, "backends": {"up": backend},
+                                          "models": {"alpha": {"backend": "up", "upstream_model": "scripted"}}},
+                                         source="test.yaml")))
+        request = {"model": "alpha", "messages": MSG, "stream": True}
+        for options in (None, {}, {"include_usage": False}):
+            chunks = _sse(srv, request if options is None else {**request, "stream_options": options})
+            assert not any("usage" in c for c in chunks), "usage sent to a client that did not ask for it"
+            assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        chunks = _sse(srv, {**request, "stream_options": {"include_usage": True}})
+        with_usage = [c for c in chunks if "usage" in c]
+        assert with_usage == [chunks[-1]], "usage must come once, in the last chunk"
+        last = chunks[-1]
+        assert last["choices"] == [] and last["object"] == "chat.completion.chunk"
+        assert last["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        assert {c["id"] for c in chunks} == {last["id"]} and last["id"]
+        assert {c["model"] for c in chunks} == {last["model"]} and {c["created"] for c in chunks} == {last["created"]}
+        assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    finally:
+        up.stop()
+
+
+def test_a_stream_that_fails_after_its_first_chunk_is_logged_with_the_200_its_client_got(serve, tmp_path) -> None:
+    up = ScriptedServer(Step(text="w1 w2 w3 w4 w5 w6", fault="cut")).start()
+    try:
+        srv = serve(fleet_config({"alpha": up.base_url}, request_log=str(tmp_path / "log.sqlite")))
+        events = _sse(srv, {"model": "alpha", "messages": MSG, "stream": True})
+        assert events[-1]["error"]["type"] == "upstream_protocol"
+        bad = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG})
+        assert bad.status_code == 502  # the same failure before anything was sent: the client gets a 502
+        log = srv.gateway.request_log
+        log.flush()
+        rows = sorted((r.ttft_s is not None, r.status, r.error_kind, r.http_status) for r in log.query(limit=None))
+        assert rows == [(False, "error", "all_backends_failed", 502), (True, "error", "upstream_protocol", 200)]
     finally:
         up.stop()

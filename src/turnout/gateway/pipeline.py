@@ -99,7 +99,7 @@ class Gateway:
         request_log: _RequestLog | None = None,
         keys: Any | None = None,
         offloader: Offloader | None = None,
-        status_for: Callable[[BaseException | None], int] | None = None,
+        status_for: Callable[[BaseException | None], int | None] | None = None,
         state: Any | None = None,
         on_close: list[Callable[[], Any]] | None = None,
     ) -> None:

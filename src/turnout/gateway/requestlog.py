@@ -19,6 +19,11 @@ entry is dropped, counted in :attr:`RequestLog.dropped` and logged as a
 warning (the first drop, then at most every ``10 s`` with the running total):
 serving requests matters more than logging them, and a drop is never silent.
 An entry is on disk at most ``linger_s`` plus one write after it was recorded.
+An entry SQLite cannot take as it is (a field of an odd type) does not cost
+its batch: the batch is written again one entry at a time, the odd entry with
+every field made storable (:func:`_storable_row`). Only an entry even that
+cannot store, or a batch the file itself refuses (locked past the busy
+timeout, disk full), is lost, counted in :attr:`RequestLog.write_errors`.
 
 Schema (``SCHEMA_VERSION``)::
 
@@ -30,8 +35,13 @@ Schema (``SCHEMA_VERSION``)::
     schema_version(version INTEGER)
 
 ``lam`` is the λ the decision used and ``budget`` the route budget's state at
-that moment (null without one). Version 1 files (without those two columns)
-are migrated in place when opened.
+that moment (null without one). ``http_status`` is the status the client
+received (as the server reports it): ``200`` also for a stream that failed
+or was left after its first chunk (the failure is in ``status`` and
+``error_kind``), null for a request whose client hung up before anything was
+sent (``status`` ``cancelled``) and for a gateway used without the server.
+Version 1 files (without ``lam`` and ``budget``) are migrated in place when
+opened.
 
 ``seq`` is the insertion order (``--follow`` tails by it; ``ts``, the request
 start, is not monotonic in write order). Feedback is its own table so that it
@@ -180,6 +190,38 @@ def _row(e: LogEntry) -> tuple[Any, ...]:
         json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []), e.http_status,
         e.lam, None if e.budget is None else json.dumps(e.budget),
     )
+
+
+#: what an entry's own contents can raise on the way into SQLite (a type it cannot bind, a NOT NULL, JSON)
+_DATA_ERRORS = (TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError)
+#: the columns holding JSON text and those holding text, for :func:`_storable_row` (the others are numbers)
+_JSON_COLUMNS = frozenset({"candidates", "fallbacks_tried", "budget"})
+_TEXT_COLUMNS = frozenset({"id", "key_name", "route", "model", "status", "error_kind", "prompt", "response_text"})
+
+
+def _storable_row(e: LogEntry) -> tuple[Any, ...]:
+    """``_row(e)`` with every field coerced to what its column stores: for an entry ``_row`` could not write.
+
+    JSON columns serialise whatever they hold (``str()`` of what JSON cannot
+    express), text columns take ``str()`` of a non-string, numeric columns
+    keep numbers and drop anything else to null.
+    """
+    out: list[Any] = []
+    for column in _COLUMNS:
+        value = getattr(e, column)
+        if column in _JSON_COLUMNS:
+            empty = None if column == "budget" else "[]"
+            out.append(empty if value is None else json.dumps(value, default=_json_default))
+        elif column in _TEXT_COLUMNS:
+            out.append(value if value is None or isinstance(value, str) else str(value))
+        else:
+            out.append(value if isinstance(value, (int, float)) else None)
+    return tuple(out)
+
+
+def _json_default(value: Any) -> Any:
+    out = _jsonable(value)  # a dataclass as a dict; anything else JSON cannot express as its str()
+    return str(value) if out is value else out
 
 
 def prompt_id(prompt: str) -> str:
@@ -337,23 +379,57 @@ class RequestLog:
 
     def _write(self, conn: sqlite3.Connection, entries: list[LogEntry], feedback: list[tuple[Any, ...]]) -> None:
         try:
-            rows = [_row(e) for e in entries]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(_UPSERT, rows)
-                conn.executemany(_FEEDBACK, feedback)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except (sqlite3.Error, TypeError, ValueError) as exc:
-            # keep the writer alive: count and report the lost batch, go on with the next
+            self._commit(conn, [_row(e) for e in entries], feedback)
+        except _DATA_ERRORS as exc:
+            # one odd entry must not cost the whole batch: write them one at a time, each made storable
+            log.warning("request log %s: a batch of %d entries failed (%s); writing them one at a time",
+                        self.path, len(entries) + len(feedback), exc)
+            self._write_each(conn, entries, feedback)
+            return
+        except sqlite3.Error as exc:
+            # the file itself refused (locked past the busy timeout, disk full): one at a time would wait as long
+            # for each entry; keep the writer alive, count and report the lost batch, go on with the next
             with self._stats_lock:
                 self._write_errors += len(entries) + len(feedback)
             log.error("request log %s: could not write %d entries: %s", self.path, len(entries) + len(feedback), exc)
             return
         with self._stats_lock:
             self._written += len(entries)
+
+    def _write_each(self, conn: sqlite3.Connection, entries: list[LogEntry], feedback: list[tuple[Any, ...]]) -> None:
+        items: list[Any] = [*entries, *feedback]
+        written = lost = 0
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, LogEntry):
+                    self._commit(conn, [_storable_row(item)], [])
+                    written += 1
+                else:
+                    self._commit(conn, [], [item])
+            except _DATA_ERRORS as exc:
+                # keep the writer alive: count and report the lost entry, go on with the next
+                lost += 1
+                what = f"request {item.id!r}" if isinstance(item, LogEntry) else f"feedback for {item[0]!r}"
+                log.error("request log %s: could not write %s: %s", self.path, what, exc)
+            except sqlite3.Error as exc:  # the file refuses any write now: the rest would wait as long each
+                lost += len(items) - i
+                log.error("request log %s: could not write %d entries: %s", self.path, len(items) - i, exc)
+                break
+        with self._stats_lock:
+            self._written += written
+            self._write_errors += lost
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` and ``feedback`` in one transaction, or nothing."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_UPSERT, rows)
+            conn.executemany(_FEEDBACK, feedback)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def flush(self, timeout: float | None = 30.0) -> None:
         """Block until everything recorded before this call is on disk."""
@@ -388,10 +464,23 @@ class RequestLog:
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0.0 <= float(score) <= 1.0:
             raise InvalidRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
         if not request_id:
-            raise InvalidRequestError("feedback needs the request id (the 'id' of the chat completion)", param="request_id")
+            raise InvalidRequestError("feedback needs the request id (the x-turnout-request-id header of the answer)",
+                                      param="request_id")
         self._enqueue((request_id, float(score), time.time()))
 
     # -- reading --------------------------------------------------------------
+    def get(self, request_id: str) -> LogEntry | None:
+        """The logged request ``request_id`` (with its score), or None; what was recorded before is flushed first.
+
+        Blocking (a flush and a read): call it from async code through the
+        gateway's offload helper.
+        """
+        self.flush()
+        sql = (f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
+               "LEFT JOIN feedback f ON f.request_id = r.id WHERE r.id = ?")
+        rows = list(self._read(sql, [request_id]))
+        return self._entry(rows[0]) if rows else None
+
     def query(
         self,
         since: float | datetime | None = None,

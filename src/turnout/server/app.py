@@ -2,39 +2,63 @@
 
 Handlers parse and validate the wire format, call the gateway, and map errors
 through the one table in :mod:`turnout.server.errors`. Every response carries
-``x-turnout-request-id``, ``x-turnout-route`` and ``x-turnout-model``.
+``x-turnout-request-id``, ``x-turnout-route`` and ``x-turnout-model``: errors,
+a ``404`` for an unknown path and a ``405`` for a wrong method included, each
+an OpenAI-format body ``{"error": {"message", "type", "param", "code"}}``; a bug
+(any exception that is not a TurnoutError) is logged with its traceback and
+answered ``500`` in the same form, never a bare text page.
 
 ``POST /v1/chat/completions``, the hot path, is a raw ASGI endpoint
 (:mod:`turnout.server.chat`, which also implements the streaming commit rule);
 a small dispatcher sends it there before Starlette sees the request. Every
 other route (the dry run, feedback, models, health, metrics, the OpenAPI
 document) and the lifespan are Starlette's.
+
+``POST /v1/feedback`` authenticates like a chat request when keys are
+configured, and scores only a request in the request log made with the same
+key: any other id (unknown, another key's, a completion's ``chatcmpl-`` id,
+which turnout does not log) is a ``404``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from turnout.errors import InvalidRequestError, MissingDependency, PayloadTooLargeError, TurnoutError, UnknownModelError
+from turnout.errors import (
+    InvalidRequestError,
+    MethodNotAllowedError,
+    MissingDependency,
+    NotFoundError,
+    PayloadTooLargeError,
+    TurnoutError,
+    UnknownModelError,
+)
 from turnout.gateway.pipeline import Gateway
-from turnout.server.chat import ChatEndpoint, Receive, Scope, Send, api_key_of, new_request_id
+from turnout.server.chat import ChatEndpoint, Receive, Scope, Send, api_key_of, logged_status, new_request_id
 from turnout.server.errors import error_body, status_for
 from turnout.server.openapi import openapi_schema
 from turnout.server.wire import dumps, parse_chat, parse_feedback
 
 try:
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover
     raise MissingDependency("starlette", "server", "turnout serve") from exc
 
+log = logging.getLogger(__name__)
+
 JSON = "application/json"
 CHAT_PATH = "/v1/chat/completions"
+
+#: a Starlette handler given the request id its answer carries; it raises TurnoutErrors, :func:`_endpoint` answers them
+Handler = Callable[[Request, str], Awaitable[Response]]
 
 
 def _headers(rid: str, route: str = "-", model: str = "-") -> dict[str, str]:
@@ -46,11 +70,32 @@ def _json(body: Any, status: int, headers: dict[str, str]) -> Response:
 
 
 def _error(exc: BaseException, rid: str, route: str = "-", model: str = "-") -> Response:
-    return _json(error_body(exc), status_for(exc), _headers(rid, route, model))
+    headers = _headers(rid, route, model)
+    if isinstance(exc, MethodNotAllowedError) and exc.allow:
+        headers["allow"] = exc.allow
+    return _json(error_body(exc), status_for(exc), headers)
 
 
 def _api_key(request: Request) -> str | None:
     return api_key_of(request.scope["headers"])
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """The Starlette endpoint of ``handler``: a TurnoutError answered through the table, a bug as an OpenAI 500."""
+
+    async def endpoint(request: Request) -> Response:
+        rid = new_request_id()
+        try:
+            return await handler(request, rid)
+        except TurnoutError as exc:
+            return _error(exc, rid)
+        except ClientDisconnect:  # nobody reads this answer; not a bug worth a traceback
+            return _error(InvalidRequestError("the client disconnected before sending the whole body"), rid)
+        except Exception as exc:
+            log.exception("internal error answering request %s (%s %s)", rid, request.method, request.url.path)
+            return _error(exc, rid)
+
+    return endpoint
 
 
 class TurnoutApp:
@@ -74,7 +119,7 @@ class TurnoutApp:
 
 def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True) -> TurnoutApp:
     """The ASGI app. The lifespan starts the gateway's children and closes the gateway on shutdown."""
-    gateway.status_for = status_for
+    gateway.status_for = logged_status  # logged rows carry the status the client received
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -88,54 +133,61 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
             chunks.append(part)
         return b"".join(chunks)
 
-    async def route(request: Request) -> Response:
-        rid = new_request_id()
-        try:
-            req = parse_chat(await read_body(request))
-            spec = None
-            if gateway.keys is not None:
-                spec = gateway.keys.authenticate(_api_key(request))
-                gateway.keys.authorize(spec, req.model)
-            t0 = time.perf_counter()
-            decision = await gateway.route(req, key=spec)
-        except TurnoutError as exc:
-            return _error(exc, rid)
+    async def route(request: Request, rid: str) -> Response:
+        req = parse_chat(await read_body(request))
+        spec = None
+        if gateway.keys is not None:
+            spec = gateway.keys.authenticate(_api_key(request))
+            gateway.keys.authorize(spec, req.model)
+        t0 = time.perf_counter()
+        decision = await gateway.route(req, key=spec)
         body = decision.to_dict()
         body["decision_ms_wall"] = (time.perf_counter() - t0) * 1000.0
         return _json(body, 200, _headers(rid, decision.route, decision.model))
 
-    async def feedback(request: Request) -> Response:
-        rid = new_request_id()
-        try:
-            request_id, score = parse_feedback(await read_body(request))
-            if gateway.request_log is None:
-                raise InvalidRequestError("the request log is off (server.request_log: null); feedback cannot be stored")
-            gateway.request_log.set_feedback(request_id, score)
-        except TurnoutError as exc:
-            return _error(exc, rid)
+    async def feedback(request: Request, rid: str) -> Response:
+        request_id, score = parse_feedback(await read_body(request))
+        # the same checks, in the same order, as a chat request: the body, then the key
+        spec = gateway.keys.authenticate(_api_key(request)) if gateway.keys is not None else None
+        request_log: Any = gateway.request_log
+        if request_log is None:
+            raise InvalidRequestError("the request log is off (server.request_log: null); feedback cannot be stored")
+        entry = await gateway.offloader.run(request_log.get, request_id)  # disk I/O: off the loop
+        # another key's request is "not found" too: a key learns nothing about requests it did not make
+        if entry is None or (spec is not None and entry.key_name != spec.name):
+            raise NotFoundError(_no_such_request(request_id, None if spec is None else spec.name), param="request_id")
+        request_log.set_feedback(request_id, score)
         return _json({"request_id": request_id, "score": score, "stored": True}, 200, _headers(rid))
 
-    async def models(request: Request) -> Response:
-        return _json({"object": "list", "data": gateway.models()}, 200, _headers(new_request_id()))
+    async def models(request: Request, rid: str) -> Response:
+        return _json({"object": "list", "data": gateway.models()}, 200, _headers(rid))
 
-    async def healthz(request: Request) -> Response:
-        return _json({"status": "ok"}, 200, _headers(new_request_id()))
+    async def model(request: Request, rid: str) -> Response:
+        name = request.path_params["model_id"]
+        items = gateway.models()
+        for item in items:
+            if item["id"] == name:
+                return _json(item, 200, _headers(rid))
+        raise UnknownModelError(f"no route or model named {name!r}; available: {', '.join(i['id'] for i in items)}",
+                                param="model")
 
-    async def readyz(request: Request) -> Response:
+    async def healthz(request: Request, rid: str) -> Response:
+        return _json({"status": "ok"}, 200, _headers(rid))
+
+    async def readyz(request: Request, rid: str) -> Response:
         ok = gateway.ready
-        return _json({"ready": ok}, 200 if ok else 503, _headers(new_request_id()))
+        return _json({"ready": ok}, 200 if ok else 503, _headers(rid))
 
-    async def metrics(request: Request) -> Response:
-        rid = new_request_id()
+    async def metrics(request: Request, rid: str) -> Response:
         if gateway.metrics is None:
-            return _error(UnknownModelError("metrics are off (server.metrics: false)"), rid)
+            raise NotFoundError("metrics are off (server.metrics: false); set server.metrics: true to serve them")
         data, ctype = gateway.metrics.render()
         return Response(data, media_type=ctype, headers=_headers(rid))
 
     schema = dumps(openapi_schema())
 
-    async def openapi(request: Request) -> Response:
-        return Response(schema, media_type=JSON, headers=_headers(new_request_id()))
+    async def openapi(request: Request, rid: str) -> Response:
+        return Response(schema, media_type=JSON, headers=_headers(rid))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -149,21 +201,52 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
             await gateway.aclose()
 
     chat = ChatEndpoint(gateway, max_body_bytes=max_body_bytes)
-    starlette = Starlette(
-        routes=[
-            # the dispatcher answers POSTs before Starlette sees them; this route keeps 405 for other methods
-            Route(CHAT_PATH, chat, methods=["POST"]),
-            Route("/v1/route", route, methods=["POST"]),
-            Route("/v1/feedback", feedback, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/openapi.json", openapi, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+    routes = [
+        # the dispatcher answers POSTs before Starlette sees them; this route keeps 405 for other methods
+        Route(CHAT_PATH, chat, methods=["POST"]),
+        Route("/v1/route", _endpoint(route), methods=["POST"]),
+        Route("/v1/feedback", _endpoint(feedback), methods=["POST"]),
+        Route("/v1/models", _endpoint(models), methods=["GET"]),
+        # model ids may hold slashes (org/model), as in OpenAI's own
+        Route("/v1/models/{model_id:path}", _endpoint(model), methods=["GET"]),
+        Route("/healthz", _endpoint(healthz), methods=["GET"]),
+        Route("/readyz", _endpoint(readyz), methods=["GET"]),
+        Route("/metrics", _endpoint(metrics), methods=["GET"]),
+        Route("/openapi.json", _endpoint(openapi), methods=["GET"]),
+    ]
+    served = ", ".join(f"{m} {r.path.replace(':path', '')}" for r in routes for m in sorted((r.methods or set()) - {"HEAD"}))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's router raises these for a path no route matches and for a method a route does not take
+        assert isinstance(exc, HTTPException)
+        err: TurnoutError
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            err = MethodNotAllowedError(f"{where} is not allowed: this endpoint takes {allow}", allow=allow)
+        elif exc.status_code == 404:
+            err = NotFoundError(f"no endpoint {where}; turnout serves {served}")
+        else:  # pragma: no cover - no route of ours makes Starlette raise anything else
+            err = InvalidRequestError(f"{where}: {exc.detail}")
+        return _error(err, new_request_id())
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # the last resort behind _endpoint (a bug in Starlette's own machinery): Starlette re-raises the error
+        # after this answer, so the server logs its traceback
+        return _error(exc, new_request_id())
+
+    starlette = Starlette(routes=routes, lifespan=lifespan,
+                          exception_handlers={HTTPException: http_error, Exception: internal_error})
     return TurnoutApp(chat, starlette)
+
+
+def _no_such_request(request_id: str, key_name: str | None) -> str:
+    """Why feedback found no request to score, and which id to send instead."""
+    fix = "send the x-turnout-request-id header of the answer you are scoring as 'request_id'"
+    if request_id.startswith("chatcmpl-"):
+        return f"{request_id!r} is the 'id' of a chat completion, which turnout does not log: {fix}"
+    made = f" made with key {key_name!r}" if key_name is not None else ""
+    return f"no request {request_id!r}{made} in the request log: {fix}"
 
 
 __all__ = ["TurnoutApp", "create_app"]

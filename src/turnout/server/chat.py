@@ -12,7 +12,13 @@ and calls ``send`` directly and keeps everything the Starlette handler did:
   headers on every answer, errors included;
 * the streaming commit rule (the gateway returns a stream only once a model
   has produced its first chunk; a later failure ends the SSE stream with an
-  OpenAI error event and ``data: [DONE]``), ``stream_options.include_usage``;
+  OpenAI error event and ``data: [DONE]``);
+* usage in a stream as OpenAI sends it: only when the client asked
+  (``stream_options.include_usage``), once, in a last chunk of its own with
+  ``choices: []`` and the id of the other chunks;
+* the request log's ``http_status`` is the status the client received
+  (:func:`logged_status`): ``200`` for a stream that failed or was left after
+  its first chunk, none for a client that hung up before anything was sent;
 * a client that disconnects cancels the upstream request, mid-stream or while
   waiting for a whole (non-streamed) answer: the endpoint listens for
   ``http.disconnect`` meanwhile, because uvicorn (ASGI spec 2.3) silently
@@ -29,6 +35,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from turnout.errors import PayloadTooLargeError, TurnoutError
@@ -71,6 +78,39 @@ def api_key_of(headers: list[tuple[bytes, bytes]]) -> str | None:
     return x_api_key
 
 
+class _Exchange:
+    """What the client of one chat request has been sent so far, for its request-log row."""
+
+    __slots__ = ("hung_up", "sent")
+
+    def __init__(self) -> None:
+        self.sent: int | None = None  # the status of the response start, once it is sent
+        self.hung_up = False  # the client left before its answer
+
+
+#: the exchange of the chat request being served; the gateway logs (through :func:`logged_status`) in its context
+_EXCHANGE: ContextVar[_Exchange | None] = ContextVar("turnout_chat_exchange", default=None)
+
+
+def logged_status(exc: BaseException | None) -> int | None:
+    """The HTTP status the client of the request being logged received: the gateway's ``status_for``.
+
+    The gateway logs a request where it ends, knowing its error but not what
+    went out on the wire. A stream's status line goes out with its first
+    chunk: a failure or a hang-up after it is logged ``200``, what the client
+    got (the error is in the row's ``status`` and ``error_kind``). A client that
+    hung up before anything was sent received no status: None. Otherwise (and
+    outside a chat request) the status of the error table.
+    """
+    exchange = _EXCHANGE.get()
+    if exchange is not None:
+        if exchange.sent is not None:
+            return exchange.sent
+        if exchange.hung_up:
+            return None
+    return status_for(exc)
+
+
 class ChatEndpoint:
     """The ASGI callable for ``POST /v1/chat/completions`` over one :class:`Gateway`."""
 
@@ -79,13 +119,19 @@ class ChatEndpoint:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _Exchange()
+        token = _EXCHANGE.set(exchange)
+        try:
+            await self._serve(scope, receive, send, exchange)
+        finally:
+            _EXCHANGE.reset(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange) -> None:
         rid = new_request_id()
-        started = False
 
         async def respond(status: int, body: Any, route: str = "-", model: str = "-") -> None:
-            nonlocal started
             data = dumps(body)
-            started = True
+            exchange.sent = status
             await send({"type": "http.response.start", "status": status,
                         "headers": [_JSON, (b"content-length", b"%d" % len(data)), *turnout_headers(rid, route, model)]})
             await send({"type": "http.response.body", "body": data})
@@ -98,9 +144,12 @@ class ChatEndpoint:
                 await gw.record_rejected(rid, exc)
                 await respond(status_for(exc), error_body(exc))
                 return
+            except Exception as exc:  # a bug in the validation: logged like any request, then answered below
+                await gw.record_rejected(rid, exc)
+                raise
             key = api_key_of(scope["headers"])
             if not req.stream:
-                outcome = await self._complete(req, key, rid, receive)
+                outcome = await self._complete(req, key, rid, receive, exchange)
                 if outcome is None:
                     return  # the client hung up: the upstream call was cancelled (and logged as such); nobody to answer
                 if isinstance(outcome, TurnoutError):
@@ -115,18 +164,17 @@ class ChatEndpoint:
             except TurnoutError as exc:
                 await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model))
                 return
-            started = True
             await self._stream(session, bool((req.params.get("stream_options") or {}).get("include_usage")),
-                               receive, send, rid)
+                               receive, send, rid, exchange)
         except Exception as exc:  # a bug in turnout: say so in OpenAI form, with the traceback in the server log
             log.exception("internal error answering request %s", rid)
-            if not started:
+            if exchange.sent is None:
                 await respond(500, error_body(exc))
             else:
                 raise
 
-    async def _complete(self, req: ChatRequest, key: str | None, rid: str,
-                        receive: Receive) -> tuple[ChatResponse, Decision, list[Attempt]] | TurnoutError | None:
+    async def _complete(self, req: ChatRequest, key: str | None, rid: str, receive: Receive,
+                        exchange: _Exchange) -> tuple[ChatResponse, Decision, list[Attempt]] | TurnoutError | None:
         """The gateway's whole answer, or its TurnoutError; None when the client hung up first.
 
         A hang-up cancels the gateway call wherever it is (routing, the upstream
@@ -134,7 +182,7 @@ class ChatEndpoint:
         cancelled (``client_disconnect``), exactly as for a stream, and the
         cancellation is not a backend failure, so no fallback is tried.
         """
-        async with _CancelOnDisconnect(receive):
+        async with _CancelOnDisconnect(receive, exchange):
             try:
                 return await self.gateway.chat(req, api_key=key, request_id=rid)
             except TurnoutError as exc:
@@ -167,7 +215,9 @@ class ChatEndpoint:
             chunks.append(part)
         return b"".join(chunks)
 
-    async def _stream(self, session: StreamSession, include_usage: bool, receive: Receive, send: Send, rid: str) -> None:
+    async def _stream(self, session: StreamSession, include_usage: bool, receive: Receive, send: Send, rid: str,
+                      exchange: _Exchange) -> None:
+        exchange.sent = 200  # from here on the client has its status line, whatever happens to the stream
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_SSE, *turnout_headers(rid, session.decision.route, session.model)]})
 
@@ -223,10 +273,11 @@ class _CancelOnDisconnect:
     that much later.
     """
 
-    __slots__ = ("_receive", "_task", "_timer", "_watcher", "gone")
+    __slots__ = ("_exchange", "_receive", "_task", "_timer", "_watcher", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, exchange: _Exchange) -> None:
         self._receive = receive
+        self._exchange = exchange
         self._watcher: asyncio.Task[None] | None = None
         self.gone = False
 
@@ -243,6 +294,7 @@ class _CancelOnDisconnect:
     async def _watch(self) -> None:
         await _until_disconnect(self._receive)
         self.gone = True
+        self._exchange.hung_up = True  # before the cancellation: the gateway logs the request as it unwinds
         self._task.cancel()
 
     async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
@@ -261,19 +313,28 @@ def route_label(gateway: Gateway, model: str) -> str:
 
 
 async def sse_events(session: StreamSession, include_usage: bool) -> AsyncIterator[bytes]:
-    """The SSE byte frames of a committed stream, ending with ``data: [DONE]`` whatever happens."""
-    sent_usage = False
+    """The SSE byte frames of a committed stream, ending with ``data: [DONE]`` whatever happens.
+
+    Usage goes out as OpenAI sends it: only if the client asked
+    (``include_usage``), once, in a last chunk of its own with ``choices: []``
+    and the ``id``, ``created`` and ``model`` of the chunks before it. Backends
+    put usage on their finish chunk (the gateway needs it there), so it is
+    taken off the chunks that carry choices, and a usage-only chunk is not
+    forwarded: the usage sent is the one the gateway accounted
+    (``session.usage``).
+    """
+    last: dict[str, Any] | None = None
     try:
         async for chunk in session:
-            if chunk.usage is not None and not chunk.body.get("choices"):
-                # a usage-only chunk: the client gets it only if it asked (stream_options.include_usage)
-                if not include_usage:
-                    continue
-                sent_usage = True
-            yield b"data: " + dumps(chunk.body) + b"\n\n"
-        if include_usage and not sent_usage and session.usage is not None:
-            yield b"data: " + dumps({"id": session.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                                     "model": session.model, "choices": [], "usage": session.usage.to_dict()}) + b"\n\n"
+            body = chunk.body
+            if "usage" in body:
+                if not body.get("choices"):
+                    continue  # a usage-only chunk: its usage goes in the one usage chunk at the end
+                body = {k: v for k, v in body.items() if k != "usage"}  # a copy: the chunk is the backend's
+            last = body
+            yield b"data: " + dumps(body) + b"\n\n"
+        if include_usage and session.usage is not None:
+            yield b"data: " + dumps(_usage_chunk(last or {}, session)) + b"\n\n"
         yield b"data: [DONE]\n\n"
     except TurnoutError as exc:
         # committed stream failed mid-way: say so in-band, never truncate silently
@@ -283,4 +344,12 @@ async def sse_events(session: StreamSession, include_usage: bool) -> AsyncIterat
         await session.aclose()
 
 
-__all__ = ["ChatEndpoint", "api_key_of", "new_request_id", "route_label", "sse_events", "turnout_headers"]
+def _usage_chunk(last: dict[str, Any], session: StreamSession) -> dict[str, Any]:
+    """The final ``choices: []`` chunk carrying the stream's usage, in the stream's own id."""
+    assert session.usage is not None
+    return {"id": last.get("id") or f"chatcmpl-{session.request_id}", "object": "chat.completion.chunk",
+            "created": last.get("created") or int(time.time()), "model": last.get("model") or session.model,
+            "choices": [], "usage": session.usage.to_dict()}
+
+
+__all__ = ["ChatEndpoint", "api_key_of", "logged_status", "new_request_id", "route_label", "sse_events", "turnout_headers"]

@@ -16,7 +16,9 @@ from turnout.errors import (
     BackendError,
     BackendTimeoutError,
     BudgetExceededError,
+    MethodNotAllowedError,
     NoCandidateError,
+    NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestError,
@@ -25,9 +27,12 @@ from turnout.errors import (
     UnknownModelError,
 )
 
+
 STATUS_TABLE: list[tuple[type[BaseException], int]] = [
     (PayloadTooLargeError, 413),
     (UnknownModelError, 404),
+    (NotFoundError, 404),
+    (MethodNotAllowedError, 405),
     (RequestError, 400),
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
