@@ -13,7 +13,7 @@ from turnout.gateway.routes import Price, RouteRuntime
 from turnout.routing.policy import Policy
 from turnout.testing.scripted import Rule, ScriptedBackend, Script, ScriptedServer, Step
 
-from server_helpers import Served, fleet_config
+from server_helpers import Served, fleet_config, free_port
 
 MSG = [{"role": "user", "content": "hello there"}]
 
@@ -147,6 +147,16 @@ def test_route_dry_run_calls_no_model(serve, upstreams) -> None:
     assert {c["model"] for c in d["candidates"]} == {"alpha", "beta"}
     assert all({"quality", "cost", "utility", "excluded"} <= set(c) for c in d["candidates"])
     assert d["elapsed_ms"] >= 0 and d["fallbacks"] == ["beta"] and a.count + b.count == before
+
+
+def test_readyz_names_a_backend_that_refused_connections_at_start_up(serve_started, upstreams) -> None:
+    a, _ = upstreams
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    srv = serve_started(fleet_config({"alpha": a.base_url, "gone": down}))
+    r = httpx.get(srv.root + "/readyz")
+    assert r.status_code == 200 and r.json()["ready"] is True and list(r.json()["unreachable_backends"]) == ["b-gone"]
+    # its model fails over to the next in the chain meanwhile; the healthy one answers
+    assert httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG}).status_code == 200
 
 
 def test_health_ready_metrics_openapi(serve, upstreams) -> None:

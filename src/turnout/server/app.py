@@ -176,7 +176,10 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
 
     async def readyz(request: Request, rid: str) -> Response:
         ok = gateway.ready
-        return _json({"ready": ok}, 200 if ok else 503, _headers(rid))
+        body: dict[str, Any] = {"ready": ok}
+        if gateway.unreachable:  # ready all the same: those models fail over until their backend answers
+            body["unreachable_backends"] = dict(gateway.unreachable)
+        return _json(body, 200 if ok else 503, _headers(rid))
 
     async def metrics(request: Request, rid: str) -> Response:
         if gateway.metrics is None:
