@@ -274,17 +274,22 @@ class UnsupportedRequestError(BackendError):
 
 
 class UpstreamRejectedError(InvalidRequestError):
-    """Every backend tried rejected the request itself (see ``BackendStatusError.request_fault``):
-    the request's fault, so a 400 naming the provider's reason; ``errors`` holds each one's error."""
+    """Every backend tried refused the request itself: a provider rejected it (see
+    ``BackendStatusError.request_fault``) or it has no form in that backend's protocol
+    (:class:`UnsupportedRequestError`). The request's fault, so a 400 naming each reason;
+    ``errors`` holds each one's error."""
 
     kind = "invalid_request_error"
 
-    def __init__(self, errors: Sequence[BackendStatusError]) -> None:
+    def __init__(self, errors: Sequence[BackendError]) -> None:
         self.errors = list(errors)
-        reasons = list(dict.fromkeys(f"{e.backend}/{e.model}: {e.detail}" if e.model else f"{e.backend}: {e.detail}"
-                                     for e in self.errors))
-        super().__init__(f"the model provider rejected the request ({'; '.join(reasons)})",
-                         param=next((e.param for e in self.errors if e.param), None))
+
+        def reason(e: BackendError) -> str:
+            detail = getattr(e, "detail", None) or str(e).split("] ", 1)[-1]
+            return f"{e.backend}/{e.model}: {detail}" if e.model else f"{e.backend}: {detail}"
+
+        super().__init__(f"no model in the chain can take the request ({'; '.join(dict.fromkeys(map(reason, self.errors)))})",
+                         param=next((p for e in self.errors if (p := getattr(e, "param", None))), None))
 
 
 class AllBackendsFailedError(TurnoutError):

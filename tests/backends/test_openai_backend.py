@@ -265,3 +265,30 @@ async def test_concurrent_requests_share_a_bounded_keep_alive_pool(server):
         assert all(r.content == "Hello there, friend." for r in resps)
         pool = b._transport.pool
         assert 1 <= pool.open_connections <= 4 and pool.idle_connections == pool.open_connections
+
+
+async def test_a_completion_only_model_refuses_tools_instead_of_ignoring_them() -> None:
+    from turnout.errors import UnsupportedRequestError, UpstreamRejectedError
+    from turnout.gateway import Backoff, CircuitBreaker, Gateway, ModelTarget, Price
+
+    msgs = [{"role": "user", "content": "weather in Paris?"}]
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    with ScriptedServer(Step(text="sunny")) as up:
+        async with OpenAIBackend("base", up.base_url, completion_template=QA_TEMPLATE) as b:
+            with pytest.raises(UnsupportedRequestError, match="tools cannot be served by a completion-only model"):
+                await b.complete(ChatRequest("m", msgs, params={"tools": tools}), model="m")
+            with pytest.raises(UnsupportedRequestError, match="response_format"):
+                await b.complete(ChatRequest("m", msgs, params={"response_format": {"type": "json_object"}}), model="m")
+            assert up.count == 0  # nothing was sent
+            # what asks for nothing a completion cannot do is served as before
+            ok = await b.complete(ChatRequest("m", msgs, params={"tool_choice": "none",
+                                                                 "response_format": {"type": "text"}}), model="m")
+            assert ok.content and up.count == 1
+        # a chain of such models only: the request is the client's to change (a 400), not a 502
+        t = ModelTarget(name="m", backend=OpenAIBackend("base", up.base_url, completion_template=QA_TEMPLATE),
+                        upstream="m", price=Price(1.0, 1.0), fallbacks=[], timeouts=Timeouts(1.0, 1.0, 2.0),
+                        attempts=2, backoff=Backoff(0.001, 0.002), breaker=CircuitBreaker(3, 10.0))
+        gw = Gateway({"m": t})
+        with pytest.raises(UpstreamRejectedError, match="no model in the chain can take the request"):
+            await gw.chat(ChatRequest("m", msgs, params={"tools": tools}))
+        await gw.aclose()

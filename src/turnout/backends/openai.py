@@ -15,7 +15,10 @@ Completion-only models (base models without a chat template, such as the
 Gemma 3 270M base GGUF, which returns empty chats) are served by setting
 ``completion_template``: the chat is rendered into one prompt, sent to
 ``/v1/completions``, and the answer is translated back into
-``chat.completion`` / ``chat.completion.chunk`` form.
+``chat.completion`` / ``chat.completion.chunk`` form. Tools, a tool choice or a
+``response_format`` cannot be rendered into a prompt: such a request raises
+:class:`~turnout.errors.UnsupportedRequestError` (not sent; the chain tries the
+next model), never an answer that silently ignored them.
 
 Quirk absorbed elsewhere: llama.cpp's server answers an *unknown* model name
 with 200 and whatever model it has loaded, so a typo in the config is not
@@ -51,7 +54,7 @@ from turnout.backends._http import (
     translate,
 )
 from turnout.backends.base import Backend, Timeouts
-from turnout.errors import BackendProtocolError, BackendStatusError
+from turnout.errors import BackendProtocolError, BackendStatusError, UnsupportedRequestError
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 #: a plain question/answer frame that base models continue sensibly
@@ -61,6 +64,19 @@ QA_STOP = ("\nQuestion:", "\n\n\n")
 
 #: chat-only fields a /v1/completions endpoint would reject
 _CHAT_ONLY = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format", "functions", "function_call"})
+
+
+def _asks_for(field: str, value: Any) -> bool:
+    """Whether chat-only ``field`` = ``value`` asks for something a plain completion would not do."""
+    if value in (None, [], {}, False):
+        return False
+    if field == "tool_choice":
+        return value != "none"
+    if field == "response_format":
+        return not (isinstance(value, dict) and value.get("type") == "text")
+    if field == "parallel_tool_calls":
+        return False  # only means something with tools, which are checked themselves
+    return True
 
 
 def render_prompt(template: str, messages: list[dict[str, Any]]) -> str:
@@ -139,6 +155,11 @@ class OpenAIBackend(Backend):
         params = dict(request.params)
         params.pop("stream", None)
         if self.completion_template is not None:
+            asked = [k for k in _CHAT_ONLY if _asks_for(k, params.get(k))]
+            if asked:  # a completion prompt cannot carry them: say so (the chain tries another model), never drop them
+                raise UnsupportedRequestError(
+                    f"{', '.join(asked)} cannot be served by a completion-only model (its chat is rendered into one "
+                    "prompt)", backend=self.name, model=model)
             for k in _CHAT_ONLY:
                 params.pop(k, None)
             payload: dict[str, Any] = {

@@ -46,6 +46,7 @@ from turnout.errors import (
     BackendStatusError,
     BackendUnavailableError,
     ModelNotAllowedError,
+    UnsupportedRequestError,
     UpstreamRejectedError,
 )
 from turnout.gateway.reliability import Backoff, CircuitBreaker
@@ -196,10 +197,12 @@ class Chain:
         """The error to raise when iteration ended without success: every attempt's error, in order.
 
         When every attempt was refused for the request itself (a provider's 400 or validation
-        error), the request is at fault, not the fleet: an :class:`UpstreamRejectedError` (400).
+        error, or a request its protocol cannot express), the request is at fault, not the
+        fleet: an :class:`UpstreamRejectedError` (400).
         """
-        if self.errors and all(isinstance(e, BackendStatusError) and e.request_fault for e in self.errors):
-            return UpstreamRejectedError([e for e in self.errors if isinstance(e, BackendStatusError)])
+        if self.errors and all((isinstance(e, BackendStatusError) and e.request_fault)
+                               or isinstance(e, UnsupportedRequestError) for e in self.errors):
+            return UpstreamRejectedError(self.errors)
         return AllBackendsFailedError(self.errors, route=self._route)
 
 
