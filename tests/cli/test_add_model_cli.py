@@ -93,10 +93,35 @@ def test_added_model_is_priced_from_its_probe_costs(tmp_path, trained):
     assert c[0] < c[2] < c[1]  # 0.003 lies between the trained 0.001 and 0.01
 
 
+@pytest.mark.parametrize("price, between", [(0.03, False), (10.0, True)])
+def test_added_model_without_probe_costs_is_priced_from_its_card(tmp_path, trained, price, between):
+    """An artifact trained on measured costs knows no card prices: the card × the probes' estimated tokens it is."""
+    _, art, _ = trained
+    probe = tmp_path / "nocost.jsonl"
+    _write(probe, ({k: v for k, v in r.items() if k != "cost_usd"} for r in _rows(range(1000, 1040), ("coder",))))
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"coder": {"input_per_mtok": price, "output_per_mtok": price}}))
+    out = tmp_path / "o.npz"
+    assert main(["add-model", str(art), str(probe), "--model", "coder", "--models-card", str(card), "--out", str(out)]) == 0
+    router, meta = load_router(out)
+    c = router.predict(np.asarray(create_embedder("hashing").embed(["sql join query 7"]))).cost[0]
+    assert meta["added_models"][0]["cost_from"] == "card prices × estimated probe tokens"
+    # ~260 tokens a probe (256 assumed for the answer): $0.03/Mtok is far below the trained 0.001 per answer,
+    # $10/Mtok (about 0.0026) between 0.001 and 0.01
+    assert (c[0] < c[2] < c[1]) if between else (c[2] < c[0])
+
+
+def test_a_tiny_probe_set_is_warned_about(tmp_path, trained, capsys):
+    _, art, _ = trained
+    probe = _write(tmp_path / "p3.jsonl", _rows(range(1000, 1003), ("coder",)))
+    assert main(["add-model", str(art), str(probe), "--model", "coder", "--out", str(tmp_path / "o.npz")]) == 0
+    assert "only 3 probe prompt(s) for coder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "nope"], "models there: coder, big"),
     (["--model", "big"], "already routed"),
-    (["--model", "coder", "--as", "small"], "already routed"),
+    (["--model", "coder", "--as", "small"], "--as small is already routed"),
 ])
 def test_add_model_errors_name_the_fix(tmp_path, trained, argv, needle, capsys):
     _, art, probe = trained

@@ -191,3 +191,14 @@ def test_train_auto_without_torch_chooses_among_the_candidates_that_can_run(tmp_
     _, meta = load_router(out)
     assert set(meta["selection"]["candidates"]) == {"knn", "bt", "profile", "ensemble"}
     assert "not run: mlp, mf, graph" in capsys.readouterr().out
+
+
+def test_an_ensemble_of_one_named_member_is_a_list_of_one(tmp_path):
+    from turnout.routing.artifact import load_router
+
+    src = make_table(tmp_path / "t.jsonl")
+    out = tmp_path / "ens.npz"
+    assert main(["train", str(src), "--router", "ensemble", "--param", "members=knn", "--param", "weights=1",
+                 "--embedder", "hashing", "--out", str(out)]) == 0
+    router, _ = load_router(out)
+    assert router.member_names == ["knn"] and router.weights == [1.0]

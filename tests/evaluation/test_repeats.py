@@ -70,8 +70,9 @@ def test_repeated_splits_drop_test_prompts_seen_in_train_unless_kept():
     t.prompts = ["same text"] * 40 + [f"p{i}" for i in range(40)]  # half the prompts share one text
     out = run_repeated(t, X, ["knn"], repeats=2, progress=False)
     assert all(n < 20 for n in out["n_test"])
+    assert [n + d for n, d in zip(out["n_test"], out["test_prompts_seen_in_train_dropped"])] == [20, 20]
     kept = run_repeated(t, X, ["knn"], repeats=2, keep_seen=True, progress=False)
-    assert kept["n_test"] == [20, 20]
+    assert kept["n_test"] == [20, 20] and kept["test_prompts_seen_in_train_dropped"] == [0, 0]
 
 
 def test_embeddings_must_match_the_table():

@@ -46,3 +46,29 @@ def test_meta_must_be_json(tmp_path) -> None:  # noqa: ANN001
     data, _ = planted(n=40)
     with pytest.raises(DataError, match="JSON"):
         save_router(create_router("best-single").fit(data), tmp_path / "x.npz", meta={"bad": object()})
+
+
+def test_an_artifact_with_damaged_metadata_is_a_data_error_naming_the_file(tmp_path) -> None:  # noqa: ANN001
+    data, _ = planted(n=40)
+    good = save_router(create_router("profile").fit(data), tmp_path / "good.npz", meta={"embedder": "hashing"})
+    with np.load(good, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    doc = json.loads(bytes(arrays["__meta__"]).decode())
+
+    def write(name: str, new_doc: dict | None = None, drop: str | None = None, raw: bytes | None = None):
+        entries = {k: v for k, v in arrays.items() if k != drop}
+        if raw is not None or new_doc is not None:
+            entries["__meta__"] = np.frombuffer(raw if raw is not None else json.dumps(new_doc).encode(), dtype=np.uint8)
+        np.savez(tmp_path / name, **entries)
+        return tmp_path / name
+
+    cases = {
+        "no_meta.npz": (write("no_meta.npz", {k: v for k, v in doc.items() if k != "meta"}), "damaged"),
+        "bad_state.npz": (write("bad_state.npz", {**doc, "state": {"params": doc["state"]["params"]}}), "damaged"),
+        "bad_json.npz": (write("bad_json.npz", raw=b"{not json"), "not valid JSON"),
+        "no_router.npz": (write("no_router.npz", {**doc, "router": "nosuchrouter"}), "cannot be rebuilt"),
+    }
+    for name, (path, needle) in cases.items():
+        with pytest.raises(DataError) as info:
+            load_router(path)
+        assert needle in str(info.value) and name in str(info.value), name

@@ -17,11 +17,15 @@ their stored predictions into its own; the command prints how close that blend i
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 
 from turnout.errors import DataError, RoutingError
+
+#: fewer probe prompts than this get a warning: the new model's profile is then mostly a guess
+MIN_PROBES = 10
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +70,8 @@ def run(args: Any) -> int:
                            "from probes (train one with --router profile, or train again with the model's outcomes)")
     name = args.as_name or args.model
     if name in router.models:
-        raise RoutingError(f"model '{name}' is already routed by {args.artifact}; name it otherwise with --as")
+        raise RoutingError(f"--as {name} is already routed by {args.artifact}; choose another name" if args.as_name
+                           else f"model '{name}' is already routed by {args.artifact}; name it otherwise with --as")
     table = load_table(args.probe, models_card=args.models_card)
     if args.model not in table.models:
         raise DataError(f"model '{args.model}' has no outcome in the probe table", file=str(args.probe),
@@ -77,13 +82,24 @@ def run(args: Any) -> int:
         raise DataError(f"model '{args.model}' has no scored prompt in the probe table", file=str(args.probe))
     embedder = meta.get("embedder", "minilm")
     X = np.asarray(create_embedder(embedder).embed([table.prompts[i] for i in rows]))
-    costs = None if table.cost_estimated else table.costs[rows, j]
-    router.add_model(name, X, table.scores[rows, j], card=table.model_cards.get(args.model), costs_probe=costs)
+    card = table.model_cards.get(args.model)
+    known_prices = np.asarray(getattr(router, "prices", []), dtype=float)
+    if not table.cost_estimated:
+        costs, cost_from = table.costs[rows, j], "probe costs"
+    elif np.isfinite(known_prices).any():  # the artifact knows its models' card prices: price by their ratio
+        costs, cost_from = None, "card"
+    else:  # trained on measured costs: compare like with like, the card's price × the probes' estimated tokens
+        costs, cost_from = table.costs[rows, j], "card prices × estimated probe tokens"
+    if len(rows) < MIN_PROBES:
+        warnings.warn(f"only {len(rows)} probe prompt(s) for {args.model}: its profile is mostly the blend of the "
+                      f"trained models' it resembles, and its quality is uncertain (aim for {MIN_PROBES}–50)",
+                      UserWarning, stacklevel=2)
+    router.add_model(name, X, table.scores[rows, j], card=card, costs_probe=costs)
 
     new_meta = {k: v for k, v in meta.items() if k not in ARTIFACT_KEYS}
     new_meta["models"] = list(router.models)
     added = {"model": name, "from": args.model, "probe_table": str(args.probe), "n_probe": int(len(rows)),
-             "cost_from": "card" if costs is None else "probe costs"}
+             "cost_from": cost_from}
     calibration = new_meta.get("calibration")
     if isinstance(calibration, dict):
         col, residual, how = calibration_column(router, name, calibration)

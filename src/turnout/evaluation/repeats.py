@@ -99,6 +99,7 @@ def run_repeated(table: RoutingTable, X: np.ndarray, routers: list[str], *, repe
 
     def one(r: int, tr_rows: np.ndarray, te_rows: np.ndarray) -> None:
         train = table.subset(tr_rows)
+        drawn = len(te_rows)
         if not keep_seen:
             seen = set(train.prompts)
             te_rows = np.array([i for i in te_rows if table.prompts[i] not in seen], dtype=int)
@@ -108,6 +109,7 @@ def run_repeated(table: RoutingTable, X: np.ndarray, routers: list[str], *, repe
                        progress=False, router_params=router_params, bootstrap=bootstrap, seed=seed + r,
                        variants=variants)
         res["seed"] = seed + r
+        res["test_prompts_seen_in_train_dropped"] = drawn - len(te_rows)
         results.append(res)
 
     if progress:
@@ -147,7 +149,9 @@ def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only
         out_routers[name] = block
     out: dict[str, Any] = {
         "table": table_name, "repeats": len(results), "seeds": [r["seed"] for r in results],
-        "n_train": n_train, "n_test": n_test, "best_router": best,
+        "n_train": n_train, "n_test": n_test,
+        "test_prompts_seen_in_train_dropped": [int(r.get("test_prompts_seen_in_train_dropped", 0)) for r in results],
+        "best_router": best,
         "single_models_aiq": summary(hull.tolist()),
         "best_single_quality": summary([r["best_single"]["quality"] for r in results]),
         "oracle_quality": summary([r["oracle"]["quality"] for r in results]),

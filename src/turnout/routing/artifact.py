@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from turnout.errors import DataError
+from turnout.errors import DataError, RoutingError
 from turnout.routing.base import Router
 from turnout.routing.registry import router_class
 
@@ -108,18 +108,33 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
         raise DataError("router artifact not found", file=str(path), fix="train one with 'turnout train' or check the path")
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if "__meta__" not in npz.files:
+                raise DataError("not a turnout router artifact (no turnout metadata in it)", file=str(path),
+                                fix="pass a file written by 'turnout train' (or save_router)")
             doc = json.loads(bytes(npz["__meta__"]).decode("utf-8"))
             state = _join(doc.pop("state"), npz)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
         # numpy's own messages (e.g. "...load it unsafely using allow_pickle=...") would mislead here: an artifact
         # never holds pickled objects, and one that seems to is not an artifact
-        why = "no turnout metadata in it" if isinstance(exc, KeyError) else \
+        why = "its metadata is not valid JSON" if isinstance(exc, json.JSONDecodeError) else \
             "not a .npz archive" if isinstance(exc, (zipfile.BadZipFile, ValueError)) else str(exc)
         raise DataError(f"not a turnout router artifact ({why})", file=str(path),
                         fix="pass a file written by 'turnout train' (or save_router)") from exc
+    except (KeyError, TypeError, AttributeError) as exc:  # metadata or arrays missing or of the wrong shape
+        raise DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
+                        fix="train it again with 'turnout train'") from exc
     if doc.get("format") != FORMAT_VERSION:
         raise DataError(f"artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
                         file=str(path), fix="re-train the router with this turnout version")
-    router = router_class(doc["router"]).from_state(state)
-    meta = {**doc.pop("meta"), **doc}
+    try:
+        router = router_class(doc["router"]).from_state(state)
+        meta = {**doc.pop("meta"), **doc}
+    except RoutingError as exc:  # e.g. a router this turnout does not know
+        raise DataError(f"the artifact's router cannot be rebuilt: {exc}", file=str(path),
+                        fix="use the turnout version (and plugins) it was trained with, or train it again") from exc
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
+                        fix="train it again with 'turnout train'") from exc
     return router, meta

@@ -43,7 +43,10 @@ class EnsembleRouter(Router):
 
     name = "ensemble"
 
-    def __init__(self, members: list[str] | None = None, weights: list[float] | None = None) -> None:
+    def __init__(self, members: list[str] | str | None = None, weights: list[float] | float | None = None) -> None:
+        # one name or one weight (as ``--param members=knn`` gives) is a list of one, not a string of letters
+        members = [members] if isinstance(members, str) else members
+        weights = [weights] if isinstance(weights, (int, float)) else weights
         self.member_names = list(members or default_members())
         if "ensemble" in self.member_names or not self.member_names:
             raise RoutingError("an ensemble needs one or more member routers other than 'ensemble'")
