@@ -62,6 +62,28 @@ def test_missing_db_and_bad_since_tell_the_fix(tmp_path: Path, db: Path, capsys:
     assert "10m" in capsys.readouterr().err
 
 
+def test_an_empty_file_is_not_a_log_and_is_left_unchanged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    assert main(["logs", "--db", str(empty)]) == 2
+    assert "an empty file, not a request log" in capsys.readouterr().err and empty.stat().st_size == 0
+
+
+@pytest.mark.parametrize("argv", [["--limit", "-1"], ["--limit", "0"], ["--status", "bogus"]])
+def test_bad_limit_and_status_are_refused(db: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:  # argparse's own usage error
+        main(["logs", "--db", str(db), *argv])
+    assert info.value.code == 2 and argv[0] in capsys.readouterr().err
+
+
+def test_an_export_with_no_row_says_it_is_not_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "unscored.sqlite"
+    with RequestLog(path) as log:
+        log.record(LogEntry(id="x", route="auto", model="m", prompt="p", response_text="r"))
+    assert main(["logs", "export", "--db", str(path), str(tmp_path / "o.jsonl")]) == 0
+    assert "holds no row" in capsys.readouterr().err
+
+
 def test_parse_since() -> None:
     assert parse_since("10m", now=1000.0) == 400.0
     assert parse_since("2h", now=10_000.0) == 2800.0

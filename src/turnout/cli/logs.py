@@ -37,14 +37,15 @@ def parse_since(text: str, *, now: float | None = None) -> float:
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("logs", help="tail, filter and export the request log",
-                              description="Show the request log, newest first, or tail it with --follow.")
+                              description="Show the newest requests of the log (the last --limit, oldest of them first, like "
+                                          "tail), or tail it with --follow.")
     _add_db(p)
     p.add_argument("--since", help="only requests newer than this: 30s, 10m, 2h, 1d, or an ISO date/time")
     p.add_argument("--route", help="only this route")
     p.add_argument("--model", help="only this model")
-    p.add_argument("--status", help="only this status (ok, error)")
+    p.add_argument("--status", choices=STATUSES, help="only this status")
     p.add_argument("--key", help="only this API key name")
-    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many rows (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new requests as they are logged (Ctrl-C stops)")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
@@ -65,9 +66,24 @@ def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_REQUEST_LOG, help=f"request log file (default {DEFAULT_REQUEST_LOG})")
 
 
+#: the statuses the gateway writes (see turnout.gateway.requestlog)
+STATUSES = ("ok", "error", "cancelled")
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not a number of rows (1 or more)")
+    return n
+
+
 def _open(db: str) -> RequestLog:
-    if not Path(db).exists():
+    p = Path(db)
+    if not p.exists():
         raise TurnoutError(f"no request log at {db} (fix: pass --db PATH, the server's server.request_log setting)")
+    if p.is_file() and p.stat().st_size == 0:  # opening would write a schema into it: a read must change nothing
+        raise TurnoutError(f"{db} is an empty file, not a request log (fix: pass --db PATH, the server's "
+                           "server.request_log setting)")
     return RequestLog(db)
 
 
@@ -170,4 +186,7 @@ def _export(args: argparse.Namespace) -> int:
         + (" (use --include-unscored to keep them)" if summary.skipped_unscored else "")
         + f", {summary.skipped_errors} failed requests; merged {summary.merged_repeats} repeats"
     )
+    if not summary.rows:
+        console.print("warning: the export holds no row, so it is not a routing table turnout can read "
+                      "(score some requests with POST /v1/feedback, or pass --include-unscored)", style="yellow")
     return 0
