@@ -96,6 +96,31 @@ def test_target_share_limits_the_expensive_model(tmp_path):
     assert load_router(out)[1]["lambda"] > 0
 
 
+def test_target_share_names_the_default_model_and_reports_the_share(tmp_path, capsys):
+    src = make_table(tmp_path / "t.jsonl")
+    out = tmp_path / "knn.npz"
+    assert main(["train", str(src), "--router", "knn", "--embedder", "hashing", "--out", str(out),
+                 "--target-share", "0.2"]) == 0
+    target = load_router(out)[1]["target"]
+    assert target["share_model"] == "big" and 0 <= target["train_share"] <= 0.2  # the most expensive, resolved
+    assert "share to big" in capsys.readouterr().out
+
+
+def test_training_that_can_hardly_route_is_warned_about(tmp_path, capsys):
+    src = make_table(tmp_path / "t.jsonl")
+    lines = src.read_text().splitlines()
+    one = tmp_path / "one.jsonl"
+    one.write_text("\n".join(l for l in lines if '"big"' in l))
+    assert main(["train", str(one), "--router", "knn", "--embedder", "hashing", "--out", str(tmp_path / "a.npz")]) == 0
+    assert "nothing to route" in capsys.readouterr().err
+    assert main(["train", str(src), "--router", "auto", "--candidates", "knn,profile", "--cv-folds", "10",
+                 "--embedder", "hashing", "--out", str(tmp_path / "b.npz")]) == 0
+    assert "prompts per fold" in capsys.readouterr().err
+    assert main(["train", str(src), "--router", "knn", "--cv-folds", "3", "--embedder", "hashing",
+                 "--out", str(tmp_path / "c.npz")]) == 2
+    assert "--cv-folds needs --router auto" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv_tail, needle", [
     (["--router", "nosuch"], "nosuch"),
     (["--router", "knn", "--param", "bogus=1"], "bogus"),

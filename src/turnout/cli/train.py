@@ -18,6 +18,12 @@ import numpy as np
 from turnout.errors import DataError, RoutingError
 
 
+#: cross-validation folds of ``--router auto``
+CV_FOLDS = 4
+#: fewer training prompts per fold than this make fold AIQs jumpy (and their mean optimistic): warned about
+MIN_FOLD_PROMPTS = 30
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="fit a router and save the artifact a route points at")
     p.add_argument("table")
@@ -26,7 +32,8 @@ def register(subparsers: Any) -> None:
                         "cross-validated AIQ on the training prompts")
     p.add_argument("--candidates", help="with --router auto: comma-separated routers to choose among "
                                         "(default: knn,mlp,mf,bt,graph,profile,ensemble)")
-    p.add_argument("--cv-folds", type=int, default=4, help="with --router auto: cross-validation folds (default 4)")
+    p.add_argument("--cv-folds", type=int, default=CV_FOLDS,
+                   help=f"with --router auto: cross-validation folds (default {CV_FOLDS})")
     p.add_argument("--out", required=True, help="artifact path (.npz)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--models-card", help="models.json with per-model prices (default: beside the table)")
@@ -105,6 +112,22 @@ def train_split(table: Any, test_fraction: float, seed: int) -> tuple[Any, int]:
     return table.subset(np.sort(perm[k:])), k
 
 
+def _warn_about(train: Any, args: Any, auto: bool) -> None:
+    """Warnings for training data that can be fitted but hardly routes (the fit goes ahead)."""
+    import warnings
+
+    observed = [m for j, m in enumerate(train.models) if (~np.isnan(train.scores[:, j])).any()]
+    if len(observed) < 2:
+        warnings.warn(f"the training prompts have outcomes of {len(observed)} model(s): there is nothing to route",
+                      UserWarning, stacklevel=2)
+    if len(train) < 30:
+        warnings.warn(f"only {len(train)} training prompt(s): the router's predictions will be little better than "
+                      "each model's mean", UserWarning, stacklevel=2)
+    if auto and len(train) / max(args.cv_folds, 1) < MIN_FOLD_PROMPTS:
+        warnings.warn(f"--cv-folds {args.cv_folds} leaves about {len(train) // max(args.cv_folds, 1)} prompts per fold: "
+                      "fold AIQs jump and their mean is optimistic (use fewer folds)", UserWarning, stacklevel=2)
+
+
 def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
     """The routers ``--router auto`` chooses among (None for a named router), checked before any work."""
     from turnout.evaluation.crossval import AUTO_CANDIDATES
@@ -113,6 +136,8 @@ def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
     if args.router != "auto":
         if args.candidates:
             raise RoutingError("--candidates needs --router auto")
+        if args.cv_folds != CV_FOLDS:
+            raise RoutingError("--cv-folds needs --router auto (a named router is not cross-validated)")
         return None
     if params:
         raise RoutingError("--param needs a named router; --router auto uses each candidate's defaults")
@@ -153,6 +178,7 @@ def run(args: Any) -> int:
         raise DataError(f"--share-model {args.share_model} is not a model of the table", file=str(args.table),
                         fix=f"choose one of: {', '.join(table.models)}")
     train, n_held = train_split(table, args.test_fraction, args.seed)
+    _warn_about(train, args, candidates is not None)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     X = np.asarray(emb.embed(train.prompts))
     selection = None
@@ -184,7 +210,12 @@ def run(args: Any) -> int:
                                model=args.share_model)
         idx = choose(pred, lam)
         rows = np.arange(len(idx))
-        target = {"cost_usd": args.target_cost, "share": args.target_share, "share_model": args.share_model,
+        share_model = args.share_model
+        if args.target_share is not None and share_model is None:  # calibrate_lambda's default: most expensive
+            share_model = pred.models[int(np.argmax(np.nanmean(pred.cost, axis=0)))]
+        target = {"cost_usd": args.target_cost, "share": args.target_share, "share_model": share_model,
+                  **({"train_share": float(np.mean(np.asarray(pred.models)[idx] == share_model))}
+                     if share_model is not None else {}),
                   "train_mean_predicted_cost": float(pred.cost[rows, idx].mean()),
                   "train_mean_true_cost": float(np.nanmean(train.costs[rows, idx])),
                   "train_mean_true_quality": float(np.nanmean(train.scores[rows, idx]))}
@@ -211,5 +242,7 @@ def run(args: Any) -> int:
     if target is not None:
         msg += (f"\n  on training prompts: mean predicted cost {target['train_mean_predicted_cost']:.6g} USD, "
                 f"true cost {target['train_mean_true_cost']:.6g} USD, quality {target['train_mean_true_quality']:.4g}")
+        if "train_share" in target:
+            msg += f", share to {target['share_model']} {target['train_share']:.1%} (target ≤ {args.target_share:.1%})"
     print(msg)
     return 0
