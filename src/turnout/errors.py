@@ -203,6 +203,8 @@ class BackendError(TurnoutError):
     def __init__(self, message: str, *, backend: str, model: str | None = None, retryable: bool | None = None) -> None:
         self.backend = backend
         self.model = model
+        #: the message without the ``[backend/model]`` prefix
+        self.detail = message
         if retryable is not None:
             self.retryable = retryable
         super().__init__(f"[{backend}{'/' + model if model else ''}] {message}")
@@ -242,9 +244,9 @@ class BackendStatusError(BackendError):
         self.body = body
         self.request_fault = status in (400, 413, 415, 422) if request_fault is None else request_fault
         self.param = param
-        self.detail = message
         retryable = not self.request_fault and (status in (408, 409, 425, 429) or status >= 500)
         super().__init__(f"HTTP {status}: {message}", backend=backend, model=model, retryable=retryable)
+        self.detail = message  # the provider's reason, without the status
 
 
 class BackendProtocolError(BackendError):
@@ -285,8 +287,7 @@ class UpstreamRejectedError(InvalidRequestError):
         self.errors = list(errors)
 
         def reason(e: BackendError) -> str:
-            detail = getattr(e, "detail", None) or str(e).split("] ", 1)[-1]
-            return f"{e.backend}/{e.model}: {detail}" if e.model else f"{e.backend}: {detail}"
+            return f"{e.backend}/{e.model}: {e.detail}" if e.model else f"{e.backend}: {e.detail}"
 
         super().__init__(f"no model in the chain can take the request ({'; '.join(dict.fromkeys(map(reason, self.errors)))})",
                          param=next((p for e in self.errors if (p := getattr(e, "param", None))), None))

@@ -113,8 +113,6 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
                                 fix="pass a file written by 'turnout train' (or save_router)")
             doc = json.loads(bytes(npz["__meta__"]).decode("utf-8"))
             state = _join(doc.pop("state"), npz)
-    except DataError:
-        raise
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         # numpy's own messages (e.g. "...load it unsafely using allow_pickle=...") would mislead here: an artifact
         # never holds pickled objects, and one that seems to is not an artifact
@@ -123,8 +121,7 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
         raise DataError(f"not a turnout router artifact ({why})", file=str(path),
                         fix="pass a file written by 'turnout train' (or save_router)") from exc
     except (KeyError, TypeError, AttributeError) as exc:  # metadata or arrays missing or of the wrong shape
-        raise DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
-                        fix="train it again with 'turnout train'") from exc
+        raise _damaged(path, exc) from exc
     if doc.get("format") != FORMAT_VERSION:
         raise DataError(f"artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
                         file=str(path), fix="re-train the router with this turnout version")
@@ -135,6 +132,11 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
         raise DataError(f"the artifact's router cannot be rebuilt: {exc}", file=str(path),
                         fix="use the turnout version (and plugins) it was trained with, or train it again") from exc
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
-                        fix="train it again with 'turnout train'") from exc
+        raise _damaged(path, exc) from exc
     return router, meta
+
+
+def _damaged(path: Path, exc: BaseException) -> DataError:
+    """The error for an artifact that opens but lacks (or mangles) an entry ``load_router`` needs."""
+    return DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
+                     fix="train it again with 'turnout train'")
