@@ -92,10 +92,7 @@ def _card(path: Path, explicit: str | Path | None) -> dict[str, dict[str, Any]]:
         if explicit:
             raise DataError("models card not found", file=str(p), fix="pass an existing models.json")
         return {}
-    try:
-        raw = json.loads(p.read_text())
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise DataError(f"not valid JSON: {exc}", file=str(p), fix=f"write the models card as {CARD_SHAPE}") from exc
+    raw = _read_json(p, f"write the models card as {CARD_SHAPE}")
     return _check_card(raw, str(p), ("input_per_mtok", "output_per_mtok"), CARD_SHAPE)
 
 
@@ -512,18 +509,19 @@ def _routerbench(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | N
     return from_long(long, card, source=str(p), where=_Where(at, no_cost_fix=fix))
 
 
-def _read_json(f: Path) -> Any:
+def _read_json(f: Path, fix: str) -> Any:
+    """The JSON document in ``f``; a DataError naming the file and ``fix`` when it is not JSON."""
     try:
         return json.loads(f.read_text())
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise DataError(f"not valid JSON: {exc}", file=str(f), fix="give a JSON list of {question, scores}") from exc
+        raise DataError(f"not valid JSON: {exc}", file=str(f), fix=fix) from exc
 
 
 def _llmrouter(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | None) -> RoutingTable:
     pd = _pd()
     folder = p if p.is_dir() else p.parent
     files = [(folder / f"{s}.json", s) for s in ("train", "test")] if p.is_dir() else [(p, p.stem if p.stem in ("train", "test") else None)]
-    loaded = [(f, split, _read_json(f)) for f, split in files if f.exists()]
+    loaded = [(f, split, _read_json(f, "give a JSON list of {question, scores}")) for f, split in files if f.exists()]
     for f, _, items in loaded:
         if not isinstance(items, list):
             raise DataError(f"the file holds a JSON {_json_kind(items)}; expected a JSON list of LLMRouter items "
@@ -539,7 +537,8 @@ def _llmrouter(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | Non
                          where=_rows_of(str(f), lambda i: f" (item {i} of the JSON list, counting from 0)"))
     llm = folder / "default_llm.json"
     if not card and llm.exists():
-        raw = _check_card(_read_json(llm), str(llm), ("input_price", "output_price"), LLM_SHAPE)
+        raw = _check_card(_read_json(llm, f"write default_llm.json as {LLM_SHAPE}"), str(llm),
+                          ("input_price", "output_price"), LLM_SHAPE)
         card = {m: {"input_per_mtok": v.get("input_price"), "output_per_mtok": v.get("output_price"),
                     "params": v.get("size"), "description": v.get("feature")} for m, v in raw.items()}
     rows, origin = [], []  # origin: per long row, (file, item index, model)

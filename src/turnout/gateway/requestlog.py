@@ -86,6 +86,9 @@ _COLUMNS = (
     "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "ttft_s", "decision_ms", "fallbacks_tried",
     "http_status", "lam", "budget",
 )
+#: the rows read back as LogEntry objects (sequence number, the columns, the latest feedback score); filters follow
+_SELECT_ENTRIES = (f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
+                   "LEFT JOIN feedback f ON f.request_id = r.id")
 #: version -> the statements that bring a file of that version to the next one
 _MIGRATIONS = {
     1: ("ALTER TABLE requests ADD COLUMN lam REAL", "ALTER TABLE requests ADD COLUMN budget TEXT"),
@@ -476,8 +479,7 @@ class RequestLog:
         gateway's offload helper.
         """
         self.flush()
-        sql = (f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
-               "LEFT JOIN feedback f ON f.request_id = r.id WHERE r.id = ?")
+        sql = _SELECT_ENTRIES + " WHERE r.id = ?"
         rows = list(self._read(sql, [request_id]))
         return self._entry(rows[0]) if rows else None
 
@@ -510,8 +512,7 @@ class RequestLog:
             where.append("r.seq > ?")
             params.append(after_seq)
         sql = (
-            f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
-            "LEFT JOIN feedback f ON f.request_id = r.id"
+            _SELECT_ENTRIES
             + (" WHERE " + " AND ".join(where) if where else "")
             + (" ORDER BY r.seq ASC" if after_seq is not None else " ORDER BY r.ts DESC, r.seq DESC")
         )
