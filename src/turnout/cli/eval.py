@@ -117,7 +117,7 @@ def comparison_lines(out: dict[str, Any]) -> list[str]:
 
 
 def run(args: Any) -> int:
-    from turnout.cli._ui import console, print_table, runnable
+    from turnout.cli._ui import console, runnable
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.runner import run_eval
@@ -156,9 +156,7 @@ def run(args: Any) -> int:
         out["router_params"] = params
         out["variants"] = variants
     con = console()
-    print_table(con, render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"))
-    for line in comparison_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
-        con.print(line)
+    _report(con, render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"), comparison_lines(out), out)
     if dropped:
         con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
     if out.get("models_left_out"):
@@ -174,7 +172,7 @@ def _bootstrap(args: Any) -> int:
 
 def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params: dict[str, dict[str, Any]]) -> int:
     """``turnout eval TABLE --repeats N``: the routers on N random splits, summarised (evaluation.repeats)."""
-    from turnout.cli._ui import console, print_table
+    from turnout.cli._ui import console
     from turnout.embed import create_embedder
     from turnout.errors import DataError
     from turnout.evaluation.loaders import load_table
@@ -193,16 +191,11 @@ def _run_repeats(args: Any, routers: list[str], variants: dict[str, str], params
                        table_name=str(args.table))
     if params or variants:
         out["router_params"], out["variants"] = params, variants
-    print_table(con, render_repeats(out, f"{args.table}: {args.repeats} random splits, "
-                                  f"~{int(np.mean(out['n_train']))} train / ~{int(np.mean(out['n_test']))} test each"))
-    for line in repeats_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
-        con.print(line)
-    if args.json_out:
-        _write_json(args.json_out, out)
-    if args.plot_out:
-        from turnout.evaluation.plot import plot_repeats
+    _report(con, render_repeats(out, f"{args.table}: {args.repeats} random splits, ~{int(np.mean(out['n_train']))} "
+                                     f"train / ~{int(np.mean(out['n_test']))} test each"), repeats_lines(out), out)
+    from turnout.evaluation.plot import plot_repeats  # matplotlib itself is imported only to draw
 
-        plot_repeats(out, args.plot_out)
+    _write_outputs(args, out, plot_repeats)
     return 0
 
 
@@ -331,14 +324,23 @@ def _write_json(path: str, out: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(json_safe(out), indent=2, allow_nan=False))
 
 
-def _write_outputs(args: Any, out: dict[str, Any]) -> None:
-    """``--json`` and ``--plot``."""
+def _report(con: Any, table: Any, verdicts: list[str], out: dict[str, Any]) -> None:
+    """Print a result's table, the verdicts under it and its notes."""
+    from turnout.cli._ui import print_table
+
+    print_table(con, table)
+    for line in verdicts + [f"note: {n}" for n in out.get("notes", [])]:
+        con.print(line)
+
+
+def _write_outputs(args: Any, out: dict[str, Any], plot: Any = None) -> None:
+    """``--json`` and ``--plot`` (drawn by ``plot``, default :func:`~turnout.evaluation.plot.plot_eval`)."""
     if args.json_out:
         _write_json(args.json_out, out)
     if args.plot_out:
         from turnout.evaluation.plot import plot_eval
 
-        plot_eval(out, args.plot_out)
+        (plot or plot_eval)(out, args.plot_out)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -351,7 +353,7 @@ def _same_file(a: str, b: str) -> bool:
 
 def _run_artifacts(args: Any) -> int:
     """``turnout eval TABLE --artifact A.npz ...``: trained routers on all of TABLE (e.g. traffic logged since)."""
-    from turnout.cli._ui import console, print_table
+    from turnout.cli._ui import console
     from turnout.embed import create_embedder
     from turnout.errors import DataError
     from turnout.evaluation.loaders import load_table
@@ -384,9 +386,8 @@ def _run_artifacts(args: Any) -> int:
             f"{', '.join(trained_here)} was trained on this table: the prompts it was trained on are scored too, "
             "so its figures are optimistic (evaluate on a held-out table, e.g. the test split saved apart)")
     con = console()
-    print_table(con, render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"))
-    for line in comparison_lines(out) + [f"note: {n}" for n in out.get("notes", [])]:
-        con.print(line)
+    _report(con, render_table(out, f"{args.table}: {len(table)} prompts, {len(routers)} trained router(s)"),
+            comparison_lines(out), out)
     if out.get("models_left_out"):
         con.print(f"left out (in the table, not routed by the artifacts): {', '.join(out['models_left_out'])}")
     _write_outputs(args, out)
