@@ -99,6 +99,21 @@ class StreamChunk:
     usage: Usage | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million input and output tokens.
+
+    >>> Price(2.5, 10.0).cost(1000, 500)
+    0.0075
+    """
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
 @dataclass(slots=True)
 class Candidate:
     """One model the policy considered, with its scores and why it was excluded."""
@@ -110,13 +125,91 @@ class Candidate:
     excluded: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One structured reason of a decision: a short ``kind``, a human sentence, and the figures behind it.
+
+    ``kind`` is a fixed word a program can filter on (``policy``, ``excluded``, ``budget``, ``passthrough``,
+    ``fallback_skipped``, ``breaker_open``, ``rule``, ``guard``, ``cache``, ``redirect``, ``signal``, ``plan``);
+    ``detail`` is what a person reads; ``data`` holds the numbers and names as JSON values.
+
+    >>> Reason("excluded", "excluded big: not allowed", {"model": "big"}).detail
+    'excluded big: not allowed'
+    """
+
+    kind: str
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+#: plan kinds turnout's own executors serve; a plugin may register others
+PLAN_SINGLE = "single"
+PLAN_CASCADE = "cascade"
+PLAN_FANOUT = "fanout"
+
+
+@dataclass(slots=True)
+class PlanStep:
+    """One step of a plan: a model, the models tried after it on *failure*, and (cascades) its acceptance check.
+
+    ``accept`` names an acceptance signal (``turnout.routing.acceptance``) and ``threshold`` the confidence
+    under which the step's answer is rejected and the next step runs. Both are None for a single model or a
+    fan-out member, and for a cascade's last step (its answer is always kept).
+    """
+
+    model: str
+    fallbacks: list[str] = field(default_factory=list)
+    accept: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the gateway will call for one request.
+
+    * ``single``: ``steps[0]``'s model, then its fallbacks on error (today's chain);
+    * ``cascade``: the steps in order (cheap first); the next step runs only when the previous
+      answer's acceptance confidence is below its threshold; every call is paid for;
+    * ``fanout``: every step's model in parallel, one answer produced by ``aggregator``.
+
+    ``params`` carries kind-specific settings (a fan-out's vote rule, a cascade's ``max_calls``).
+    """
+
+    kind: str
+    steps: list[PlanStep]
+    aggregator: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def single(cls, model: str, fallbacks: list[str] | None = None) -> Plan:
+        """Today's plan: one model with its ordered fallbacks."""
+        return cls(PLAN_SINGLE, [PlanStep(model, list(fallbacks or []))])
+
+    @property
+    def models(self) -> list[str]:
+        """Every model the plan may call, each once, in order (fallbacks included)."""
+        seen: list[str] = []
+        for step in self.steps:
+            for m in (step.model, *step.fallbacks):
+                if m not in seen:
+                    seen.append(m)
+        return seen
+
+
 @dataclass(slots=True)
 class Decision:
-    """What the policy chose and why.
+    """What was decided for one request, and why.
 
-    ``model`` is the chosen model; ``fallbacks`` the ordered models to try after
-    it; ``candidates`` every model considered (excluded ones carry the reason);
-    ``lam`` the cost weight in force (utility = quality - lam * cost).
+    ``model`` is the first model the plan calls and ``fallbacks`` the ordered models tried after it on
+    error (for a ``single`` plan exactly ``plan.steps[0]``); ``candidates`` every model the router scored
+    (excluded ones carry the reason); ``lam`` the cost weight in force (utility = quality - lam * cost).
+    ``plan`` is what the gateway executes; ``signals`` the request signals that fed the decision;
+    ``rule`` the decision rule that matched, if any; ``propensity`` the probability the policy gave the
+    chosen action (1.0 for a deterministic choice: off-policy evaluation of logged traffic needs it);
+    ``reasons`` the structured explanation, in order.
     """
 
     route: str
@@ -126,11 +219,37 @@ class Decision:
     router: str
     fallbacks: list[str] = field(default_factory=list)
     budget: dict[str, Any] | None = None
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[Reason] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    plan: Plan | None = None
+    signals: dict[str, Any] = field(default_factory=dict)
+    rule: str | None = None
+    propensity: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.plan is None:
+            self.plan = Plan.single(self.model, self.fallbacks)
+
+    def reason(self, kind: str, detail: str, **data: Any) -> None:
+        """Append one structured reason."""
+        self.reasons.append(Reason(kind, detail, data))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-__all__ = ["Candidate", "ChatRequest", "ChatResponse", "Decision", "StreamChunk", "Usage"]
+__all__ = [
+    "PLAN_CASCADE",
+    "PLAN_FANOUT",
+    "PLAN_SINGLE",
+    "Candidate",
+    "ChatRequest",
+    "ChatResponse",
+    "Decision",
+    "Plan",
+    "PlanStep",
+    "Price",
+    "Reason",
+    "StreamChunk",
+    "Usage",
+]

@@ -18,9 +18,10 @@ from turnout.cli.main import main
 from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError, StateError
 from turnout.gateway import Gateway
-from turnout.gateway.budget import CalibrationSample, RouteBudget, calibration_sample
-from turnout.gateway.requestlog import RequestLog
-from turnout.gateway.routes import EXPECTED_OUTPUT_TOKENS, Price
+from turnout.gateway.budget import RouteBudget
+from turnout.gateway.requestlog import SCHEMA_VERSION, RequestLog
+from turnout.routing.calibration import EXPECTED_OUTPUT_TOKENS, CalibrationSample, calibration_sample
+from turnout.types import Price
 from turnout.routing.artifact import save_router
 from turnout.routing.base import TrainingData
 from turnout.routing.policy import choose
@@ -98,7 +99,7 @@ def test_a_cost_budget_sets_the_smallest_lambda_meeting_it_at_fleet_prices(tmp_p
     assert cheap != pytest.approx(lam)
     d = asyncio.run(gw.route(ChatRequest("auto", [{"role": "user", "content": "hello"}])))
     assert d.lam == lam and d.budget["target_cost_per_request"] == 0.004 and d.budget["lambda_calibrated"] == lam
-    assert any("calibrated on 200 training prompts at fleet prices" in r for r in d.reasons)
+    assert any("calibrated on 200 training prompts at fleet prices" in r.detail for r in d.reasons)
 
 
 def test_a_share_budget_caps_the_expensive_models_share_on_the_sample(tmp_path: Path) -> None:
@@ -109,20 +110,20 @@ def test_a_share_budget_caps_the_expensive_models_share_on_the_sample(tmp_path: 
     assert budget.describe()["target_share"] == {"frontier": 0.1}
 
 
-def test_overspending_tightens_lambda_and_it_never_loosens(tmp_path: Path) -> None:
+async def test_overspending_tightens_lambda_and_it_never_loosens(tmp_path: Path) -> None:
     gw = build(config(knn_artifact(tmp_path), {"target_cost_per_request": 0.004}))
     budget: RouteBudget = gw.routes["auto"].budget
     lam0 = budget.lam()
     for _ in range(budget.warmup - 1):
-        budget.observe("frontier", 0.012)  # answers run 3x the target
+        await budget.observe("frontier", 0.012)  # answers run 3x the target
     assert budget.lam() == lam0  # still warming up
-    budget.observe("frontier", 0.012)
+    await budget.observe("frontier", 0.012)
     tightened = budget.lam()
     d = budget.describe()
     assert tightened > lam0 and d["tightened"] and d["adjusted_target"] == pytest.approx(0.004 / 3)
     assert sample_cost_at(gw, tightened) <= 0.004 / 3 + 1e-12 or tightened == budget._grid[-1]
     for _ in range(200):
-        budget.observe("local", 0.00001)  # now far under target
+        await budget.observe("local", 0.00001)  # now far under target
     assert budget.lam() == tightened  # it only tightens
     assert d["requests"] == budget.warmup and budget.describe()["running_mean_cost"] < 0.004
 
@@ -184,7 +185,7 @@ def test_a_version_1_request_log_is_migrated_in_place(tmp_path: Path) -> None:
     with RequestLog(db) as log:
         (row,) = log.query(limit=None)
         assert row.id == "old" and row.lam is None and row.budget is None
-    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 # -- one route budget shared by several gateways through Redis (real redis-server, tests/conftest.py) --------------
@@ -228,7 +229,7 @@ async def test_spend_through_one_gateway_tightens_lambda_in_another_sharing_redi
     await b.aclose()
 
 
-def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_path: Path, redis_url: str) -> None:
+async def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_path: Path, redis_url: str) -> None:
     from turnout.state import RedisCounters
 
     gw = build(config(knn_artifact(tmp_path), {"target_share": {"frontier": 0.1}}))
@@ -237,21 +238,21 @@ def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_path: Pat
                                   counters=RedisCounters(redis_url, prefix=prefix)) for _ in range(2))
     lam0 = b.base_lambda
     for _ in range(10):
-        a.observe("frontier", 0.01)  # a alone: 10 of 10 to frontier, but still warming up
+        await a.observe("frontier", 0.01)  # a alone: 10 of 10 to frontier, but still warming up
     assert a.lam() == lam0
     for _ in range(10):
-        b.observe("local", 0.0001)  # b's first answer reads a's frontier answers back
+        await b.observe("local", 0.0001)  # b's first answer reads a's frontier answers back
     d = b.describe()
     assert d["requests"] == 20 and d["running_share"] == {"frontier": 0.5} and d["tightened"] and b.lam() > lam0
-    a.observe("frontier", 0.01)  # a's own write returns the shared totals at once
+    await a.observe("frontier", 0.01)  # a's own write returns the shared totals at once
     assert a.describe()["requests"] == 21 and a.describe()["running_share"]["frontier"] == pytest.approx(11 / 21)
     # b read back moments ago: a's new answer shows in b only once b's figures are refresh_s old
-    b.lam()
+    await b.refresh_if_stale()
     assert b.describe()["requests"] == 20
     time.sleep(0.35)
-    b.lam()
+    await b.refresh_if_stale()
     assert b.describe()["requests"] == 21
-    asyncio.run(gw.aclose())
+    await gw.aclose()
 
 
 async def test_redis_down_keeps_the_budget_figures_and_still_serves_the_answer(tmp_path: Path, private_redis) -> None:

@@ -44,13 +44,13 @@ def test_unknown_key_is_rejected() -> None:
         _store().authenticate("sk-mallory")
 
 
-def test_open_store_returns_anonymous() -> None:
+async def test_open_store_returns_anonymous() -> None:
     store = KeyStore([])
     assert store.open
     assert store.authenticate(None) is ANONYMOUS
     assert store.authenticate("anything") is ANONYMOUS
     store.authorize(ANONYMOUS, "any-model")
-    store.check_budget(ANONYMOUS)
+    await store.check_budget(ANONYMOUS)
 
 
 def test_authorize_names_the_allowed_models() -> None:
@@ -62,30 +62,30 @@ def test_authorize_names_the_allowed_models() -> None:
     store.authorize(store.authenticate("sk-bob"), "gpt-4")  # no allowed list: everything
 
 
-def test_budget_is_enforced_after_spend_reaches_it() -> None:
+async def test_budget_is_enforced_after_spend_reaches_it() -> None:
     counters = InMemoryCounters()
     store = _store(counters)
     alice = store.authenticate("sk-alice")
-    store.check_budget(alice)
-    assert store.record_spend(alice, 0.004) == pytest.approx(0.004)
-    store.check_budget(alice)
-    store.record_spend(alice, 0.007)
-    assert store.spent(alice) == pytest.approx(0.011)
+    await store.check_budget(alice)
+    assert await store.record_spend(alice, 0.004) == pytest.approx(0.004)
+    await store.check_budget(alice)
+    await store.record_spend(alice, 0.007)
+    assert await store.spent(alice) == pytest.approx(0.011)
     with pytest.raises(BudgetExceededError, match=r"spent \$0\.011 of its \$0\.01 budget"):
-        store.check_budget(alice)
+        await store.check_budget(alice)
     # another key's spend is separate; bob has no budget at all
     bob = store.authenticate("sk-bob")
-    store.record_spend(bob, 100.0)
-    store.check_budget(bob)
-    assert store.spent(alice) == pytest.approx(0.011)
+    await store.record_spend(bob, 100.0)
+    await store.check_budget(bob)
+    assert await store.spent(alice) == pytest.approx(0.011)
     # spend lives in the shared counters: a second store over them sees it
-    assert KeyStore(store.specs, counters).spent(alice) == pytest.approx(0.011)
+    assert await KeyStore(store.specs, counters).spent(alice) == pytest.approx(0.011)
 
 
-def test_negative_spend_is_a_bug() -> None:
+async def test_negative_spend_is_a_bug() -> None:
     store = _store()
     with pytest.raises(ValueError):
-        store.record_spend(store.specs[0], -1.0)
+        await store.record_spend(store.specs[0], -1.0)
 
 
 @pytest.mark.parametrize(
@@ -105,10 +105,10 @@ def test_bad_specs_fail_with_the_key_and_a_fix(specs: list[KeySpec], key: str) -
     assert info.value.fix
 
 
-def test_a_tiny_budget_is_written_with_its_digits_not_as_zero() -> None:
+async def test_a_tiny_budget_is_written_with_its_digits_not_as_zero() -> None:
     store = KeyStore([KeySpec("tiny", hash_key("sk-tiny"), 0.00002, None)], InMemoryCounters())
     tiny = store.authenticate("sk-tiny")
-    store.record_spend(tiny, 0.000031)
+    await store.record_spend(tiny, 0.000031)
     with pytest.raises(BudgetExceededError) as info:
-        store.check_budget(tiny)
+        await store.check_budget(tiny)
     assert "$3.1e-05 of its $2e-05 budget" in str(info.value) and "$0.0000" not in str(info.value)

@@ -84,7 +84,7 @@ async def test_breaker_opens_skips_then_half_open_probe() -> None:
     _, _, attempts = await gw.chat(ChatRequest("m1", MSG))
     assert a.count == 2 and attempts[0].error is not None and attempts[0].error.kind == "backend_unavailable"
     dry = await gw.route(ChatRequest("m1", MSG))  # the dry run says what the chain would meet
-    assert any("m1 would be skipped now: its circuit breaker is open" in r for r in dry.reasons)
+    assert any("m1 would be skipped now: its circuit breaker is open" in r.detail for r in dry.reasons)
     now[0] = 11.0  # cooldown over: exactly one probe goes through
     a.script.default = Step(text="healed")
     resp, _, _ = await gw.chat(ChatRequest("m1", MSG))

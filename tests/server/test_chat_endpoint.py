@@ -178,7 +178,7 @@ def test_a_fallback_outside_the_keys_allowed_list_is_skipped_and_listed_in_the_5
         assert [f["type"] for f in failures] == ["upstream_status", "upstream_status", "model_not_allowed"]
         assert "may not use 'beta'" in failures[-1]["message"]
         d = httpx.post(srv.base_url + "/route", headers=auth, json={"model": "alpha", "messages": MSG}).json()
-        assert d["fallbacks"] == ["beta"] and "fallback beta will be skipped: key 'alice' may not use it" in d["reasons"]
+        assert d["fallbacks"] == ["beta"] and "fallback beta will be skipped: key 'alice' may not use it" in [r["detail"] for r in d["reasons"]]
     finally:
         a.stop()
         b.stop()

@@ -13,7 +13,7 @@ from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 from turnout.gateway.metrics import Metrics
 from turnout.gateway.routes import Price
 from turnout.server.errors import status_for
-from turnout.state import RedisCounters
+from turnout.state import RedisCounters, Reservation
 from turnout.testing.scripted import ScriptedBackend, Step
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -66,14 +66,21 @@ def test_an_unreachable_redis_from_the_start_is_a_503_and_the_table_says_so() ->
 
 
 class _SpendNotRecorded:
-    """Counters whose reads work but whose writes fail: the store went away after the budget check."""
+    """A state store whose reads (and the admission hold) work but whose spend writes fail: it went away after the
+    budget check."""
 
     in_process = True
 
-    def get(self, key: str) -> float:
+    async def get(self, key: str) -> float:
         return 0.0
 
-    def incr(self, key: str, amount: float) -> float:
+    async def reserve(self, name: str, hold_id: str, amount: float, *, limit: float, ttl_s: float) -> Reservation:
+        return Reservation(True, 0.0, amount)
+
+    async def incr(self, key: str, amount: float) -> float:
+        raise StateError("redis://example:6379/0: connection refused (is redis-server running?)")
+
+    async def settle(self, name: str, hold_id: str, actual: float) -> float:
         raise StateError("redis://example:6379/0: connection refused (is redis-server running?)")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import uuid
 
 import pytest
@@ -18,67 +18,67 @@ def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:8]}:"
 
 
-def test_redis_counters_incr_and_get(redis_url: str, prefix: str) -> None:
+async def test_redis_counters_incr_and_get(redis_url: str, prefix: str) -> None:
     c = RedisCounters(redis_url, prefix=prefix)
     try:
-        c.ping()
+        await c.ping()
         assert isinstance(c, Counters)
-        assert c.get("x") == 0.0
-        assert c.incr("x", 0.125) == pytest.approx(0.125)
-        assert c.incr("x", 1.5) == pytest.approx(1.625)
-        assert RedisCounters(redis_url, prefix=prefix).get("x") == pytest.approx(1.625)
-        assert RedisCounters(redis_url, prefix=prefix + "other:").get("x") == 0.0
+        assert await c.get("x") == 0.0
+        assert await c.incr("x", 0.125) == pytest.approx(0.125)
+        assert await c.incr("x", 1.5) == pytest.approx(1.625)
+        same, other = RedisCounters(redis_url, prefix=prefix), RedisCounters(redis_url, prefix=prefix + "other:")
+        assert await same.get("x") == pytest.approx(1.625)
+        assert await other.get("x") == 0.0
+        assert await same.get_many(["x", "none"]) == [pytest.approx(1.625), 0.0]
+        await same.aclose()
+        await other.aclose()
     finally:
-        c.close()
+        await c.aclose()
 
 
-def test_redis_increments_from_many_clients_are_atomic(redis_url: str, prefix: str) -> None:
+async def test_redis_increments_from_many_clients_are_atomic(redis_url: str, prefix: str) -> None:
     clients = [RedisCounters(redis_url, prefix=prefix) for _ in range(4)]
 
-    def work(c: RedisCounters) -> None:
+    async def work(c: RedisCounters) -> None:
         for _ in range(250):
-            c.incr("n", 0.5)
+            await c.incr("n", 0.5)
 
-    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert clients[0].get("n") == pytest.approx(500.0)
+    await asyncio.gather(*(work(c) for c in clients))
+    assert await clients[0].get("n") == pytest.approx(500.0)
     for c in clients:
-        c.close()
+        await c.aclose()
 
 
-def test_two_keystores_sharing_redis_see_each_others_spend(redis_url: str, prefix: str) -> None:
+async def test_two_keystores_sharing_redis_see_each_others_spend(redis_url: str, prefix: str) -> None:
     # the scaled-out case: two gateway replicas, one budget
     spec = KeySpec("team", hash_key("sk-team"), budget_usd=1.0)
     a = KeyStore([spec], RedisCounters(redis_url, prefix=prefix))
     b = KeyStore([spec], RedisCounters(redis_url, prefix=prefix))
-    a.record_spend(a.authenticate("sk-team"), 0.6)
-    assert b.spent(spec) == pytest.approx(0.6)
-    b.check_budget(spec)  # 0.6 < 1.0
-    b.record_spend(spec, 0.5)
-    assert a.spent(spec) == pytest.approx(1.1)
+    await a.record_spend(a.authenticate("sk-team"), 0.6)
+    assert await b.spent(spec) == pytest.approx(0.6)
+    await b.check_budget(spec)  # 0.6 < 1.0
+    await b.record_spend(spec, 0.5)
+    assert await a.spent(spec) == pytest.approx(1.1)
     with pytest.raises(BudgetExceededError, match=r"\$1\.1 of its \$1 budget"):
-        a.check_budget(spec)
+        await a.check_budget(spec)
 
 
-def test_unreachable_redis_raises_a_state_error_naming_the_url() -> None:
+async def test_unreachable_redis_raises_a_state_error_naming_the_url() -> None:
     pytest.importorskip("redis")
     c = RedisCounters("redis://127.0.0.1:1/0", socket_timeout=0.5)
     with pytest.raises(StateError, match=r"redis://127\.0\.0\.1:1/0"):
-        c.ping()
+        await c.ping()
     with pytest.raises(StateError, match="increment"):
-        c.incr("x", 1.0)
+        await c.incr("x", 1.0)
     with pytest.raises(StateError, match="read 'x'.*is redis-server running"):
-        c.get("x")
+        await c.get("x")
 
 
-def test_messages_mask_the_password_of_the_url() -> None:
+async def test_messages_mask_the_password_of_the_url() -> None:
     pytest.importorskip("redis")
     c = RedisCounters("redis://app:s3cret@127.0.0.1:1/0", socket_timeout=0.5)
     with pytest.raises(StateError) as info:
-        c.get("x")
+        await c.get("x")
     assert "s3cret" not in str(info.value) and "redis://app:***@127.0.0.1:1/0" in str(info.value)
     assert "s3cret" not in repr(c) and c.url == "redis://app:s3cret@127.0.0.1:1/0"
     with pytest.raises(StateError, match="invalid Redis URL") as info:

@@ -158,7 +158,7 @@ def run(args: Any) -> int:
     from turnout.cli._ui import check_artifact_path
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
-    from turnout.gateway.budget import calibration_sample
+    from turnout.routing.calibration import calibration_sample
     from turnout.routing.artifact import save_router
     from turnout.routing.base import Prediction
     from turnout.routing.policy import calibrate_lambda, choose

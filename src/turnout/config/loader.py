@@ -31,6 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 from turnout.config.schema import TurnoutConfig
 from turnout.errors import ConfigError
+from turnout.backends.registry import backend_protocols
+from turnout.embed.registry import builtin_registry
 from turnout.routing.registry import router_names
 
 #: names a ``protocol: llamacpp`` backend may give as ``model`` instead of a GGUF path
@@ -224,8 +226,12 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
     if not cfg.models:
         raise err("no models are defined", "models", "add at least one model under 'models:'")
 
+    protocols = [*backend_protocols(), "llamacpp"]
     for name, b in cfg.backends.items():
         where = f"backends.{name}"
+        if b.protocol not in protocols:
+            raise err(f"unknown backend protocol '{b.protocol}'", f"{where}.protocol",
+                      _fix_for(b.protocol, protocols, "protocols (plugins register theirs)"))
         if b.api_key_env is not None and b.api_key_env not in env:
             raise err(
                 f"environment variable '{b.api_key_env}' is not set",
@@ -250,16 +256,33 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
         else:
             if b.model is not None or b.n_ctx is not None or b.n_threads is not None:
                 raise err("model, n_ctx and n_threads only apply to protocol: llamacpp", where, "remove them, or set protocol: llamacpp")
-            if b.protocol == "openai" and not b.base_url:
-                raise err("an openai backend needs a base_url", f"{where}.base_url", "add e.g. base_url: https://api.openai.com/v1")
+            if b.protocol == "openai" and not b.base_url and not _every_endpoint_has_url(cfg, name):
+                raise err("an openai backend needs a base_url", f"{where}.base_url",
+                          "add e.g. base_url: https://api.openai.com/v1 (or give each endpoint using it a base_url)")
             if b.protocol == "anthropic" and b.api_key_env is None:
                 raise err("an anthropic backend needs an API key", f"{where}.api_key_env", "add api_key_env: ANTHROPIC_API_KEY")
 
     for name, m in cfg.models.items():
         if name in cfg.routes:
             raise err(f"'{name}' is both a route and a model", f"models.{name}", "rename one of them: clients pick either by that name")
-        if m.backend not in cfg.backends:
+        if m.backend is not None and m.backend not in cfg.backends:
             raise err(f"unknown backend '{m.backend}'", f"models.{name}.backend", _fix_for(m.backend, cfg.backends, "backends"))
+        seen_endpoints: dict[tuple[str, str | None], int] = {}
+        for i, ep in enumerate(m.endpoints or []):
+            where = f"models.{name}.endpoints[{i}]"
+            if ep.backend not in cfg.backends:
+                raise err(f"unknown backend '{ep.backend}'", f"{where}.backend", _fix_for(ep.backend, cfg.backends, "backends"))
+            if ep.base_url is not None and cfg.backends[ep.backend].protocol == "llamacpp":
+                raise err("a llamacpp backend is started by turnout; its endpoint has no base_url", f"{where}.base_url",
+                          "remove base_url (each llamacpp backend is one replica: list several backends)")
+            if ep.base_url is not None and not ep.base_url.startswith(("http://", "https://")):
+                raise err(f"'{ep.base_url}' is not an http(s) URL", f"{where}.base_url", "write e.g. http://10.0.0.2:8000/v1")
+            pair = (ep.backend, ep.base_url)
+            if pair in seen_endpoints:
+                raise err(f"this endpoint repeats endpoints[{seen_endpoints[pair]}] (same backend and base_url)",
+                          where, "list each replica once; give replicas different base_urls")
+            seen_endpoints[pair] = i
+
         for i, fb in enumerate(m.fallbacks):
             _model_ref(cfg, fb, f"models.{name}.fallbacks[{i}]")
 
@@ -278,6 +301,11 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
             for m in r.budget.target_share:
                 if m not in r.candidate_map.values():
                     raise err(f"'{m}' is not a candidate of this route", f"{where}.budget.target_share.{m}", _fix_for(m, r.candidate_map.values(), "candidates"))
+        if r.embedder is not None:
+            embedders = builtin_registry().names()
+            if r.embedder not in embedders:
+                raise err(f"unknown embedder '{r.embedder}'", f"{where}.embedder",
+                          _fix_for(r.embedder, embedders, "embedders (plugins register theirs)"))
         router = r.router
         known = router_names()
         if router.type not in known:
@@ -316,6 +344,17 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
         if not st.redis_url.startswith(_REDIS_SCHEMES):
             raise err(f"'{st.redis_url}' is not a Redis URL", "state.redis_url", "write redis://HOST:6379/0 (or rediss://, unix://)")
 
+    for i, stage in enumerate(cfg.stages):
+        if not stage.type.strip():
+            raise err("a stage needs a type", f"stages[{i}].type",
+                      "name a registered stage type, an entry point, or 'package.module:Class'")
+
+    if cfg.state.path is not None:
+        parent = Path(cfg.state.path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise err(f"the folder of the state file ({parent}) does not exist", "state.path",
+                      "create the folder, or leave state.path out to keep the state in the request log's file")
+
     if cfg.server.request_log is not None:
         parent = Path(cfg.server.request_log).expanduser().resolve().parent
         if not parent.is_dir():
@@ -324,6 +363,12 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
     out = cfg.model_copy(update={"routes": routes})
     out._source = src
     return out
+
+
+def _every_endpoint_has_url(cfg: TurnoutConfig, backend: str) -> bool:
+    """Whether every endpoint that uses ``backend`` gives its own base_url (and at least one does)."""
+    uses = [ep for m in cfg.models.values() for ep in m.endpoint_list if ep.backend == backend]
+    return bool(uses) and all(ep.base_url for ep in uses)
 
 
 def _model_ref(cfg: TurnoutConfig, name: str, key: str) -> None:

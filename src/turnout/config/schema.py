@@ -12,8 +12,6 @@ variable (``api_key_env: OPENAI_API_KEY``) and the gateway reads it at start.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
@@ -31,8 +29,12 @@ class ServerSettings(_Strict):
     max_body_bytes: int = Field(1_048_576, gt=0)
     #: SQLite request log path; null turns the request log off
     request_log: str | None = "./turnout-requests.sqlite"
+    #: seconds the log writer gathers entries into one transaction: a crash loses at most this window's rows
+    request_log_linger_s: float = Field(0.1, ge=0, le=60)
     #: expose Prometheus metrics at GET /metrics
     metrics: bool = True
+    #: seconds a client may take to send a request's headers before the connection is closed (slowloris)
+    header_timeout_s: float = Field(10.0, gt=0)
 
 
 class TimeoutSettings(_Strict):
@@ -74,7 +76,8 @@ class BackendSettings(_Strict):
     ``/v1/completions`` prompt for completion-only models.
     """
 
-    protocol: Literal["openai", "anthropic", "llamacpp"]
+    #: a registered backend protocol (openai, anthropic, or a plugin's), or llamacpp
+    protocol: str
     base_url: str | None = None
     api_key_env: str | None = None
     completion_template: str | None = None
@@ -94,16 +97,56 @@ class PriceSettings(_Strict):
     output_per_mtok: float = Field(0.0, ge=0)
 
 
-class ModelSettings(_Strict):
-    """A model of the fleet: which backend serves it, under which upstream name, at what price."""
+class EndpointSettings(_Strict):
+    """One copy of a model: a backend (its protocol, credentials, timeouts) at a base URL, with a weight.
+
+    ``base_url`` overrides the backend's, so one backend entry can describe every replica of an engine.
+    """
 
     backend: str
+    base_url: str | None = None
+    weight: float = Field(1.0, gt=0)
+    #: a name for logs and metrics (default: the backend's name, or its name and base URL)
+    name: str | None = None
+    #: requests the engine runs at once (llama.cpp's server: 1); the balancers' TTFT estimate uses it
+    slots: int = Field(1, ge=1)
+
+
+class BalanceSettings(_Strict):
+    """How a model with several endpoints chooses one per try (see turnout.gateway.balance)."""
+
+    strategy: str = "least_loaded"
+    params: dict[str, object] = {}
+
+
+class ModelSettings(_Strict):
+    """A model of the fleet: which backend(s) serve it, under which upstream name, at what price.
+
+    Give ``backend`` (one endpoint) or ``endpoints`` (replicas, chosen by ``balance``).
+    """
+
+    backend: str | None = None
+    endpoints: list[EndpointSettings] | None = None
+    balance: BalanceSettings = BalanceSettings()
+    #: a model whose provider may see personal data (a PII guard may allow only these)
+    private: bool = False
     #: the name the provider knows it by; defaults to the fleet name
     upstream_model: str | None = None
     price: PriceSettings = PriceSettings()
     context_window: int | None = Field(None, gt=0)
     #: tried in order when this model fails and it was asked for by name
     fallbacks: list[str] = []
+
+    @model_validator(mode="after")
+    def _backend_or_endpoints(self) -> ModelSettings:
+        if (self.backend is None) == (not self.endpoints):
+            raise ValueError("give either backend (one endpoint) or endpoints (a non-empty list), not both")
+        return self
+
+    @property
+    def endpoint_list(self) -> list[EndpointSettings]:
+        """Every endpoint of the model (a lone ``backend`` is one endpoint)."""
+        return list(self.endpoints) if self.endpoints else [EndpointSettings(backend=self.backend or "")]
 
 
 class RouterSettings(_Strict):
@@ -135,7 +178,8 @@ class RouteSettings(_Strict):
     """
 
     router: RouterSettings
-    embedder: Literal["minilm", "hashing"] | None = None
+    #: a registered embedder (minilm, minilm-int8, minilm-static, hashing, or a plugin's)
+    embedder: str | None = None
     candidates: list[str] | dict[str, str]
     lam: float | None = Field(None, alias="lambda", ge=0)
     budget: BudgetSettings | None = None
@@ -175,22 +219,35 @@ class KeySettings(_Strict):
 
 
 class StateSettings(_Strict):
-    """Where the shared counters live: API keys' spend and route budgets' running figures.
+    """Where the shared state lives: API keys' spend and holds, route budgets' running figures.
 
-    Neither URL: in the process (one gateway). ``redis_url`` (no password in
-    it) or ``redis_url_env`` (the variable holding the URL, password and all):
-    in Redis, shared by every gateway replica pointed at it, under ``prefix``.
+    Neither URL: in the process (one gateway), persisted to SQLite so spend survives a restart
+    (``path``, default: the request log's own file; ``persist: false`` keeps it in memory only).
+    ``redis_url`` (no password in it) or ``redis_url_env`` (the variable holding the URL, password
+    and all): in Redis, shared by every gateway replica pointed at it, under ``prefix``.
     """
 
     redis_url: str | None = None
     redis_url_env: str | None = None
     prefix: str = Field("turnout:", min_length=1)
+    persist: bool = True
+    path: str | None = None
+    #: seconds between two writes of the SQLite state (a crash loses at most this window's spend)
+    flush_s: float = Field(0.5, gt=0, le=60)
 
     @model_validator(mode="after")
     def _one_url(self) -> StateSettings:
         if self.redis_url is not None and self.redis_url_env is not None:
             raise ValueError("give redis_url or redis_url_env, not both")
         return self
+
+
+class StageSettings(_Strict):
+    """One pipeline stage: a registered type name, an entry point, or ``package.module:Class``, with its params."""
+
+    type: str
+    name: str | None = None
+    params: dict[str, object] = {}
 
 
 class TurnoutConfig(_Strict):
@@ -202,6 +259,8 @@ class TurnoutConfig(_Strict):
     routes: dict[str, RouteSettings] = {}
     keys: list[KeySettings] | None = None
     state: StateSettings = StateSettings()
+    #: pipeline stages (signals, guards, cache, response plugins), in order within their phase
+    stages: list[StageSettings] = []
     # where this config came from (a path, or "<embedded default>"); set by the loader
     _source: str = PrivateAttr("<memory>")
 
@@ -213,8 +272,10 @@ class TurnoutConfig(_Strict):
 
 __all__ = [
     "BackendSettings",
+    "BalanceSettings",
     "BudgetSettings",
     "CooldownSettings",
+    "EndpointSettings",
     "KeySettings",
     "ModelSettings",
     "PriceSettings",
@@ -222,6 +283,7 @@ __all__ = [
     "RouteSettings",
     "RouterSettings",
     "ServerSettings",
+    "StageSettings",
     "StateSettings",
     "TimeoutSettings",
     "TurnoutConfig",

@@ -6,11 +6,11 @@ request in five to the most expensive model). Either way the policy needs λ,
 the quality points one USD is worth.
 
 **Start-up: calibrate on the fleet's prices.** ``turnout train`` stores a
-*calibration sample* in the router artifact (:func:`calibration_sample`): the
+*calibration sample* in the router artifact (:func:`turnout.routing.calibration.calibration_sample`): the
 router's predicted quality on up to :data:`CALIBRATION_PROMPTS` training
 prompts and each prompt's estimated token count. The gateway prices that
 sample exactly as it prices a live request — the fleet's prices, the prompt's
-tokens, :data:`~turnout.gateway.routes.EXPECTED_OUTPUT_TOKENS` of output — and
+tokens, :data:`~turnout.routing.calibration.EXPECTED_OUTPUT_TOKENS` of output — and
 finds the smallest λ whose choices meet the target on it
 (:func:`turnout.routing.policy.calibrate_lambda`). The training table's own
 prices never enter: a router trained on GPT-4 outcomes routes a fleet of other
@@ -25,29 +25,21 @@ the sample is calibrated against is lowered to ``target / r``, so λ rises
 until the actual spend comes back under target. It only tightens: λ never
 drops below the start-up value.
 
-**One route, many replicas.** The running totals live in a
-:class:`turnout.state.Counters` (the gateway's: in-process by default, Redis
-when ``state`` names one), under ``budget:<route>:requests``,
-``budget:<route>:spend_usd`` and ``budget:<route>:answers:<model>`` (models with
-a target share only). Every answer is written at once: one increment for the
-count, one for the spend, one for its model's share, and the increments
-return the new totals, so the answering replica steers on fresh figures. What
-the *other* replicas wrote is read back at most every ``refresh_s`` (0.5 s by
-default): a decision that finds its figures older than that reads the totals
-(two or three GETs, on the offload thread the decision already runs on), and
-so does an answer of a share-targeted route for the other models' shares.
-Replicas sharing a Redis therefore steer one route budget together, each a
-fraction of a second behind the others at most. Each derives λ from the shared
-totals itself, and each one's λ only tightens: a replica started later starts
-at the start-up λ and tightens at once for the overshoot it reads, while one
-that has watched the figures longer may hold a slightly tighter λ, set by a
-larger overshoot earlier on. In-process counters see every write as it is
-made and are never read back. Totals in Redis outlive restarts, like keys'
-spend: delete the ``budget:<route>:*`` keys to start a route's figures afresh.
-A read that fails keeps the figures read before (logged, tried again
-``refresh_s`` later); a write that fails raises
-:class:`~turnout.errors.StateError` to the caller (the gateway logs and counts
-it and still serves the answer).
+**One route, many replicas.** The running totals live in the gateway's
+:class:`turnout.state.StateStore` (in-process by default, Redis when ``state`` names one), under
+``budget:<route>:requests``, ``budget:<route>:spend_usd`` and ``budget:<route>:answers:<model>``
+(models with a target share only). Every answer is written at once (:meth:`RouteBudget.observe`, a
+coroutine on the event loop: one increment for the count, one for the spend, one for its model's
+share), and the increments return the new totals, so the answering replica steers on fresh figures.
+What the *other* replicas wrote is read back at most every ``refresh_s`` (0.5 s by default): the
+gateway awaits :meth:`RouteBudget.refresh` before a decision when its figures are older than that
+(one MGET). Deciding itself (:meth:`RouteBudget.lam`) never does I/O, so it can run on the offload
+threads. Replicas sharing a Redis therefore steer one route budget together, each a fraction of a
+second behind the others at most. Each derives λ from the shared totals itself, and each one's λ only
+tightens. Totals in Redis outlive restarts, like keys' spend: delete the ``budget:<route>:*`` keys to
+start a route's figures afresh. A read that fails keeps the figures read before (logged, tried again
+``refresh_s`` later); a write that fails raises :class:`~turnout.errors.StateError` to the caller
+(the gateway logs and counts it and still serves the answer).
 
 Every decision carries the λ in force and :meth:`RouteBudget.describe` (target,
 start-up λ, running mean, adjusted target), so the ``/v1/route`` dry run and
@@ -60,22 +52,19 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from turnout.errors import RoutingError, StateError
-from turnout.gateway.routes import EXPECTED_OUTPUT_TOKENS, Price
-from turnout.routing.base import Prediction, Router
-from turnout.routing.policy import calibrate_lambda, choose, estimate_tokens, lambda_grid
-from turnout.state.counters import Counters, InMemoryCounters
+from turnout.routing.base import Prediction
+from turnout.routing.policy import calibrate_lambda, choose, lambda_grid
+from turnout.state.base import StateStore
+from turnout.state.memory import InMemoryCounters
 
 log = logging.getLogger(__name__)
 
-#: at most this many training prompts are kept as the calibration sample (a few hundred KB of JSON)
-CALIBRATION_PROMPTS = 2000
 #: answers a route must have served before its running spend can tighten λ
 WARMUP_REQUESTS = 20
 #: λ values scanned when tightening (plus the start-up λ itself)
@@ -84,102 +73,28 @@ _GRID = 200
 REFRESH_S = 0.5
 
 
-def calibration_sample(router: Router, X: np.ndarray, prompts: Sequence[str], *, seed: int = 0,
-                       max_prompts: int = CALIBRATION_PROMPTS) -> dict[str, Any]:
-    """The JSON-able calibration sample ``turnout train`` stores in an artifact's metadata.
-
-    ``{"models", "quality" (rows of floats, null for no prediction), "prompt_tokens", "of",
-    "features"?}``: the router's predictions on a seeded sample of at most
-    ``max_prompts`` training prompts (embeddings ``X``), their token estimates,
-    and, for routers that keep them (:meth:`~turnout.routing.base.Router.cold_start_features`),
-    the features a model added later is scored from.
-    """
-    n = len(prompts)
-    idx = np.arange(n) if n <= max_prompts else np.sort(np.random.default_rng(seed).choice(n, max_prompts, replace=False))
-    pred = router.predict(np.asarray(X)[idx])
-    quality = [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in np.asarray(pred.quality, dtype=float)]
-    doc: dict[str, Any] = {"models": list(pred.models), "quality": quality,
-                           "prompt_tokens": [estimate_tokens(prompts[i]) for i in idx], "of": n}
-    features = router.cold_start_features(np.asarray(X)[idx])
-    if features is not None:  # lets a model added later get exact predictions here (turnout add-model)
-        doc["features"] = np.round(np.asarray(features, dtype=float), 6).tolist()
-    return doc
-
-
-@dataclass(frozen=True)
-class CalibrationSample:
-    """Predicted quality (prompts × artifact models) and prompt tokens, read back from an artifact."""
-
-    models: list[str]
-    quality: np.ndarray
-    prompt_tokens: np.ndarray
-    of: int
-
-    @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> CalibrationSample | None:
-        """The sample in an artifact's metadata, or None when the artifact has none (trained before it existed)."""
-        doc = meta.get("calibration")
-        if not isinstance(doc, dict):
-            return None
-        quality = np.array([[math.nan if v is None else float(v) for v in row] for row in doc["quality"]], dtype=float)
-        tokens = np.asarray(doc["prompt_tokens"], dtype=np.int64)
-        if quality.ndim != 2 or quality.shape != (len(tokens), len(doc["models"])) or not len(tokens):
-            raise RoutingError("the artifact's calibration sample is malformed (shapes disagree); re-train it")
-        return cls(list(doc["models"]), quality, tokens, int(doc.get("of", len(tokens))))
-
-    def priced(self, candidates: Mapping[str, str], prices: Mapping[str, Price],
-               context_windows: Mapping[str, int | None] | None = None) -> Prediction:
-        """The sample as a :class:`Prediction` over the route's *fleet* models, costed with the fleet's prices.
-
-        ``candidates`` maps artifact model names to fleet models, as in the
-        route's config; a candidate the artifact has no predictions for is
-        unavailable, as it is at serving time, and so is one whose context
-        window the prompt does not fit.
-        """
-        index = {m: i for i, m in enumerate(self.models)}
-        fleet = list(candidates.values())
-        n = len(self.prompt_tokens)
-        quality = np.full((n, len(fleet)), math.nan)
-        cost = np.empty((n, len(fleet)))
-        available = np.ones((n, len(fleet)), dtype=bool)
-        for j, (router_model, fleet_model) in enumerate(candidates.items()):
-            if router_model in index:
-                quality[:, j] = self.quality[:, index[router_model]]
-            p = prices[fleet_model]
-            cost[:, j] = (self.prompt_tokens * p.input_per_mtok + EXPECTED_OUTPUT_TOKENS * p.output_per_mtok) / 1e6
-            window = (context_windows or {}).get(fleet_model)
-            if window:
-                available[:, j] = self.prompt_tokens <= window
-        available &= ~np.isnan(quality)
-        # a prompt no candidate could answer (too long for every window) fails at serving time; it sets no price
-        keep = available.any(axis=1)
-        if not keep.any():
-            raise RoutingError("no calibration prompt has an available candidate (no predictions, or every context window too small)")
-        return Prediction(models=fleet, quality=quality[keep], cost=cost[keep], available=available[keep])
-
-
 class RouteBudget:
     """A route's target, the λ calibrated for it, and the running spend that tightens it. Thread-safe.
 
     Build it with :meth:`calibrate`. :meth:`lam` is read by every decision
-    (on the offload threads); :meth:`observe` is called once per answered
-    request of the route, with its actual cost (on the event loop when
-    ``counters`` are in-process, on the offload pool when they are shared).
+    (on the offload threads, no I/O); :meth:`observe` is awaited once per
+    answered request of the route, with its actual cost, on the event loop.
     ``counters`` hold the running totals under ``budget:<route>:...`` (default:
     a fresh in-memory one); budgets of one route on several gateways sharing a
-    Redis see each other's answers, read back at most every ``refresh_s``.
+    Redis see each other's answers, read back (:meth:`refresh`) at most every
+    ``refresh_s``.
 
     Example::
 
         budget = RouteBudget.calibrate(sample.priced(cands, prices), target_cost=0.002)
-        lam = budget.lam()                 # the start-up λ until the route overspends
-        budget.observe("gpt-4o", 0.0041)   # after each answer
-        budget.describe()                  # what decisions report
+        lam = budget.lam()                       # the start-up λ until the route overspends
+        await budget.observe("gpt-4o", 0.0041)   # after each answer
+        budget.describe()                        # what decisions report
     """
 
     def __init__(self, pred: Prediction, *, target_cost: float | None = None,
                  target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                 counters: Counters | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> None:
+                 counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> None:
         if (target_cost is None) == (not target_share):
             raise RoutingError("a budget needs exactly one of target_cost or target_share")
         self.pred = pred
@@ -198,7 +113,7 @@ class RouteBudget:
         self._lam = self.base_lambda
         self._adjust = 1.0
         self.route = route
-        self.counters: Counters = counters if counters is not None else InMemoryCounters()
+        self.counters: StateStore = counters if counters is not None else InMemoryCounters()
         self.refresh_s = refresh_s
         # in-process counters see every write as it is made: nothing to read back
         self._shared = not getattr(self.counters, "in_process", False)
@@ -212,7 +127,7 @@ class RouteBudget:
     @classmethod
     def calibrate(cls, pred: Prediction, *, target_cost: float | None = None,
                   target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                  counters: Counters | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> RouteBudget:
+                  counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> RouteBudget:
         """Calibrate λ on ``pred`` (the fleet-priced calibration sample); RoutingError when the target is unreachable."""
         return cls(pred, target_cost=target_cost, target_share=target_share, warmup=warmup,
                    counters=counters, route=route, refresh_s=refresh_s)
@@ -242,46 +157,50 @@ class RouteBudget:
 
     # -- run time -------------------------------------------------------------
     def lam(self) -> float:
-        """The λ in force now (with shared counters, first reading back the totals if they are older than ``refresh_s``)."""
-        if self._shared and self._stale():
-            self._read_back()
+        """The λ in force now (no I/O: the figures are the last written or read back)."""
         return self._lam
 
-    def observe(self, model: str, cost_usd: float) -> None:
+    def stale(self) -> bool:
+        """Whether the figures should be read back before the next decision (shared counters only)."""
+        return self._shared and time.monotonic() - self._read_at >= self.refresh_s
+
+    async def observe(self, model: str, cost_usd: float) -> None:
         """Account one answered request of the route (its fleet model and actual cost); may tighten λ.
 
-        Two or three increments of the counters; with shared ones, a network
-        round trip each (call it off the event loop). Raises
-        :class:`~turnout.errors.StateError` when they fail, leaving the totals
-        short of this answer (or of part of it).
+        Two or three increments of the counters (network round trips with shared ones). Raises
+        :class:`~turnout.errors.StateError` when they fail, leaving the totals short of this answer.
         """
         c, k = self.counters, self._key
-        requests = c.incr(k + "requests", 1.0)
-        spend = c.incr(k + "spend_usd", cost_usd)
-        counts = {model: c.incr(k + "answers:" + model, 1.0)} if model in self._counts else {}
-        if self._shared and self._counts and self._stale():
+        requests = await c.incr(k + "requests", 1.0)
+        spend = await c.incr(k + "spend_usd", cost_usd)
+        counts = {model: await c.incr(k + "answers:" + model, 1.0)} if model in self._counts else {}
+        others = [m for m in self._counts if m not in counts]
+        if self.stale() and others:
             # the other target models' answers, which other replicas may have added to
             self._read_at = time.monotonic()
-            counts = {m: counts[m] if m in counts else c.get(k + "answers:" + m) for m in self._counts}
+            counts.update(zip(others, await c.get_many([k + "answers:" + m for m in others])))
         self._apply(requests, spend, counts)
 
-    def _stale(self) -> bool:
-        return time.monotonic() - self._read_at >= self.refresh_s
+    async def refresh_if_stale(self) -> None:
+        """:meth:`refresh` when the figures are older than ``refresh_s`` (shared counters only): before a decision."""
+        if self.stale():
+            await self.refresh()
 
-    def _read_back(self) -> None:
-        # marked first, so that the decisions running meanwhile on other threads do not read too
+    async def refresh(self) -> None:
+        """Read back the totals every replica wrote (shared counters). A failure keeps the figures read before."""
+        # marked first, so that the decisions running meanwhile do not read too
         self._read_at = time.monotonic()
-        c, k = self.counters, self._key
+        k = self._key
+        keys = [k + "requests", k + "spend_usd", *(k + "answers:" + m for m in self._counts)]
         try:
-            requests, spend = c.get(k + "requests"), c.get(k + "spend_usd")
-            counts = {m: c.get(k + "answers:" + m) for m in self._counts}
+            values = await self.counters.get_many(keys)
         except StateError as exc:
             # a soft signal: decide on the figures read before rather than fail the request. The next try waits
             # refresh_s from now, not from the start of this one (a timeout may have taken seconds).
             self._read_at = time.monotonic()
             log.warning("route %r budget: keeping the running figures read before: %s", self.route, exc)
             return
-        self._apply(requests, spend, counts)
+        self._apply(values[0], values[1], dict(zip(self._counts, values[2:])))
 
     def _apply(self, requests: float, spend: float, counts: Mapping[str, float]) -> None:
         with self._lock:
@@ -340,4 +259,4 @@ class RouteBudget:
         return line
 
 
-__all__ = ["CALIBRATION_PROMPTS", "REFRESH_S", "WARMUP_REQUESTS", "CalibrationSample", "RouteBudget", "calibration_sample"]
+__all__ = ["REFRESH_S", "WARMUP_REQUESTS", "RouteBudget"]

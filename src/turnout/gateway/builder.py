@@ -1,28 +1,33 @@
 """Build a :class:`~turnout.gateway.pipeline.Gateway` from a resolved config.
 
-Every heavy part (backends, routers, embedders, metrics, request log, keys) is
-imported here, lazily, so that importing the gateway stays cheap. Errors that
-only show when a part is built (a router parameter it does not accept, an
-unreadable artifact) are re-raised as :class:`ConfigError` naming the key.
-``protocol: llamacpp`` backends are *described* here and started by
-:meth:`Gateway.start` (the server's lifespan), never at build time; likewise
-the shared counters (``state``) are built here and first reached (a PING) by
-:meth:`Gateway.start`.
+Every heavy part (backends, routers, embedders, metrics, request log, keys, stages) is imported here,
+lazily, so that importing the gateway stays cheap. Errors that only show when a part is built (a router
+parameter it does not accept, an unreadable artifact, a stage class that cannot be imported, a balancing
+strategy nobody registered) are re-raised as :class:`ConfigError` naming the key — all before a port is
+bound. ``protocol: llamacpp`` backends are *described* here and started by :meth:`Gateway.start` (the
+server's lifespan), never at build time; likewise the shared state is built here and first reached (a
+PING) by :meth:`Gateway.start`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from turnout.backends.base import Timeouts
-from turnout.config.schema import BackendSettings, TurnoutConfig
+from turnout.backends.base import Backend, Timeouts
+from turnout.config.schema import BackendSettings, EndpointSettings, ModelSettings, TurnoutConfig
 from turnout.errors import ConfigError, RoutingError, StateError, TurnoutError
+from turnout.gateway.balance import create_balancer
+from turnout.gateway.embeddings import EmbeddingService
+from turnout.gateway.endpoints import Endpoint, ModelTarget
 from turnout.gateway.offload import Offloader
-from turnout.gateway.pipeline import Gateway, ModelTarget
+from turnout.gateway.pipeline import Gateway
 from turnout.gateway.reliability import Backoff, CircuitBreaker
-from turnout.gateway.routes import Price, RouteRuntime
+from turnout.gateway.routes import RouteRuntime
+from turnout.gateway.stages import Stages, build_stage
+from turnout.types import Price
 
 log = logging.getLogger(__name__)
 
@@ -35,101 +40,154 @@ def _local_model_path(model: str) -> str:
     return model
 
 
-def _backend(name: str, b: BackendSettings, children: list[Any]) -> Any:
-    from turnout.backends.registry import create_backend
+class _Backends:
+    """One backend object (its own connection pool) per distinct (backend entry, base URL) of the config."""
 
-    api_key = os.environ[b.api_key_env] if b.api_key_env else None
-    if b.protocol == "llamacpp":
-        from turnout.backends.llamacpp import LlamaCppServer, free_port
+    def __init__(self, cfg: TurnoutConfig) -> None:
+        self.cfg = cfg
+        self.children: list[Any] = []
+        self._made: dict[tuple[str, str | None], Backend] = {}
 
-        # The port is fixed now so the backend knows its URL before the child starts (in the lifespan).
-        server = LlamaCppServer(_local_model_path(b.model or ""), port=free_port(), n_ctx=b.n_ctx or 2048, n_threads=b.n_threads or 1)
-        children.append(server)
-        return create_backend("openai", name, base_url=server.base_url, api_key=None, completion_template=b.completion_template)
-    if b.protocol == "openai":
-        return create_backend("openai", name, base_url=b.base_url, api_key=api_key, completion_template=b.completion_template)
-    return create_backend("anthropic", name, base_url=b.base_url, api_key=api_key)
+    def get(self, name: str, base_url: str | None = None) -> Backend:
+        key = (name, base_url)
+        if key not in self._made:
+            b = self.cfg.backends[name]
+            shown = name if base_url is None else f"{name}@{base_url}"
+            try:
+                self._made[key] = self._create(shown, b, base_url)
+            except TurnoutError as exc:
+                raise ConfigError(str(exc), file=self.cfg.source, key=f"backends.{name}",
+                                  fix="check this backend's settings") from exc
+        return self._made[key]
+
+    def _create(self, name: str, b: BackendSettings, base_url: str | None) -> Backend:
+        from turnout.backends.registry import create_backend
+
+        api_key = os.environ[b.api_key_env] if b.api_key_env else None
+        if b.protocol == "llamacpp":
+            from turnout.backends.llamacpp import LlamaCppServer, free_port
+
+            # the port is fixed now so the backend knows its URL before the child starts (in the lifespan)
+            server = LlamaCppServer(_local_model_path(b.model or ""), port=free_port(), n_ctx=b.n_ctx or 2048,
+                                    n_threads=b.n_threads or 1)
+            self.children.append(server)
+            return create_backend("openai", name, base_url=server.base_url, api_key=None,
+                                  completion_template=b.completion_template)
+        url = base_url or b.base_url
+        if b.protocol == "openai":
+            return create_backend("openai", name, base_url=url, api_key=api_key, completion_template=b.completion_template)
+        if b.protocol == "anthropic":
+            return create_backend("anthropic", name, base_url=url, api_key=api_key)
+        settings: dict[str, Any] = {"base_url": url} if url else {}
+        if api_key is not None:
+            settings["api_key"] = api_key
+        return create_backend(b.protocol, name, **settings)  # a plugin's protocol
 
 
-def _serving_embedder(name: str) -> Any:
-    """A route's embedder as the gateway serves it: one thread, a bounded in-memory cache, no disk.
-
-    Not the on-disk cache that ``turnout train`` and ``turnout eval`` share: on
-    the request path it cost a SQLite read and write transaction per new prompt
-    (plus an fsync at each WAL checkpoint), grew by every prompt ever served,
-    and kept their vectors in the user's home folder.
-    """
-    from turnout.embed import builtin_registry, create_embedder
-    from turnout.embed.cache import MemoryCachedEmbedder
-
-    inner = create_embedder(name, cache=False, progress=False, threads=1)
-    return MemoryCachedEmbedder(inner) if builtin_registry().get(name).worth_caching else inner
+def _endpoint_name(ep: EndpointSettings, m: ModelSettings) -> str:
+    if ep.name:
+        return ep.name
+    return ep.backend if ep.base_url is None else f"{ep.backend}@{ep.base_url}"
 
 
-def _counters(cfg: TurnoutConfig) -> Any:
-    """The shared counters of ``cfg.state``: in-process, or a RedisCounters (not connected yet)."""
+def _target(cfg: TurnoutConfig, name: str, m: ModelSettings, backends: _Backends) -> ModelTarget:
+    first = cfg.backends[m.endpoint_list[0].backend]
+    endpoints = []
+    for ep in m.endpoint_list:
+        b = cfg.backends[ep.backend]
+        endpoints.append(Endpoint(_endpoint_name(ep, m), backends.get(ep.backend, ep.base_url), weight=ep.weight,
+                                  slots=ep.slots,
+                                  breaker=CircuitBreaker(b.cooldown.failures, b.cooldown.seconds,
+                                                         probe_timeout_s=b.timeouts.total + 5.0)))
+    try:
+        balancer = create_balancer(m.balance.strategy, **m.balance.params)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).split(" (fix:")[0], file=cfg.source, key=f"models.{name}.balance",
+                          fix=exc.fix or "see docs/config.md for the strategies") from exc
+    t = first.timeouts
+    return ModelTarget(
+        name, upstream=m.upstream_model or name, endpoints=endpoints, balancer=balancer,
+        price=Price(m.price.input_per_mtok, m.price.output_per_mtok), context_window=m.context_window,
+        fallbacks=list(m.fallbacks), timeouts=Timeouts(t.connect, t.first_token, t.total),
+        attempts=first.retries.attempts, backoff=Backoff(first.retries.backoff_s, first.retries.max_backoff_s),
+        private=m.private,
+    )
+
+
+def _state(cfg: TurnoutConfig) -> Any:
+    """The state store of ``cfg.state``: Redis, a SQLite file (the request log's by default), or memory."""
     st = cfg.state
-    if st.redis_url is None and st.redis_url_env is None:
-        from turnout.state.counters import InMemoryCounters
+    if st.redis_url is not None or st.redis_url_env is not None:
+        from turnout.state.redis import RedisCounters
+
+        key = "state.redis_url" if st.redis_url is not None else "state.redis_url_env"
+        try:
+            return RedisCounters(st.redis_url or os.environ[st.redis_url_env or ""], prefix=st.prefix)
+        except StateError as exc:  # a malformed URL
+            raise ConfigError(str(exc), file=cfg.source, key=key,
+                              fix="use redis://HOST:PORT/DB, rediss://... or unix://PATH") from exc
+    path = st.path or (cfg.server.request_log if st.persist else None)
+    if path is None:
+        from turnout.state.memory import InMemoryCounters
 
         return InMemoryCounters()
-    from turnout.state.redis import RedisCounters
+    from turnout.state.sqlite import SqliteCounters
 
-    key = "state.redis_url" if st.redis_url is not None else "state.redis_url_env"
     try:
-        return RedisCounters(st.redis_url or os.environ[st.redis_url_env or ""], prefix=st.prefix)
-    except StateError as exc:  # a malformed URL
-        raise ConfigError(str(exc), file=cfg.source, key=key, fix="use redis://HOST:PORT/DB, rediss://... or unix://PATH") from exc
+        return SqliteCounters(Path(path).expanduser(), flush_s=st.flush_s)
+    except StateError as exc:
+        raise ConfigError(str(exc), file=cfg.source, key="state.path" if st.path else "server.request_log",
+                          fix="choose a writable path, or set state.persist: false") from exc
 
 
 def build_gateway(cfg: TurnoutConfig) -> Gateway:
-    """Every backend, model target, route, metrics, request log, key store and shared counters of ``cfg``."""
-    counters = _counters(cfg)
-    children: list[Any] = []
-    backends = {}
-    for name, b in cfg.backends.items():
-        try:
-            backends[name] = _backend(name, b, children)
-        except TurnoutError as exc:
-            raise ConfigError(str(exc), file=cfg.source, key=f"backends.{name}", fix="check this backend's settings") from exc
-    targets = {}
-    for name, m in cfg.models.items():
-        b = cfg.backends[m.backend]
-        targets[name] = ModelTarget(
-            name=name, backend=backends[m.backend], upstream=m.upstream_model or name,
-            price=Price(m.price.input_per_mtok, m.price.output_per_mtok), context_window=m.context_window,
-            fallbacks=list(m.fallbacks), timeouts=Timeouts(b.timeouts.connect, b.timeouts.first_token, b.timeouts.total),
-            attempts=b.retries.attempts, backoff=Backoff(b.retries.backoff_s, b.retries.max_backoff_s),
-            breaker=CircuitBreaker(b.cooldown.failures, b.cooldown.seconds),
-        )
-    routes = {name: _route(cfg, name, targets, counters) for name in cfg.routes}
+    """Every backend, model target, route, stage, metrics, request log, key store and the state of ``cfg``."""
+    state = _state(cfg)
+    backends = _Backends(cfg)
+    targets = {name: _target(cfg, name, m, backends) for name, m in cfg.models.items()}
+    offloader = Offloader()
+    embeddings = EmbeddingService(offloader)
+    routes = {name: _route(cfg, name, targets, state, embeddings) for name in cfg.routes}
+    stages = Stages([build_stage(s.type, s.params, name=s.name or s.type, where=f"stages[{i}]",
+                                 context={"embeddings": embeddings})
+                     for i, s in enumerate(cfg.stages)])
+    for st in stages.all:
+        name = getattr(st, "embedder", None)
+        if isinstance(name, str):
+            try:
+                embeddings.ensure(name)  # built (and warmed up) with the gateway, not on a request
+            except KeyError as exc:
+                raise ConfigError(f"stage {getattr(st, 'name', st)!r} names an unknown embedder {name!r}",
+                                  file=cfg.source, key="stages", fix=str(exc)) from exc
 
     metrics = None
+    request_log = None
+    on_close: list[Any] = []
+    if cfg.server.request_log is not None:
+        from turnout.gateway.requestlog import RequestLog
+
+        request_log = RequestLog(cfg.server.request_log, linger_s=cfg.server.request_log_linger_s)
+        on_close.append(request_log.close)
     if cfg.server.metrics:
         from turnout.gateway.metrics import Metrics
 
         metrics = Metrics()
-    request_log = None
-    on_close: list[Any] = [counters.close] if hasattr(counters, "close") else []
-    if cfg.server.request_log is not None:
-        from turnout.gateway.requestlog import RequestLog
-
-        request_log = RequestLog(cfg.server.request_log)
-        on_close.append(request_log.close)
+        metrics.watch(request_log, embeddings)
     keys = None
     if cfg.keys is not None:
         from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 
         keys = KeyStore([
             KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed) for k in cfg.keys
-        ], counters)
-    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=Offloader(),
-                 state=counters, on_close=on_close)
-    gw.children = children
+        ], state)
+    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=offloader,
+                 state=state, on_close=on_close, stages=stages, embeddings=embeddings)
+    gw.children = backends.children
     return gw
 
 
-def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], counters: Any) -> RouteRuntime:
+def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any,
+           embeddings: EmbeddingService) -> RouteRuntime:
     from turnout.routing.policy import Policy
     from turnout.routing.registry import create_router
 
@@ -168,18 +226,20 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], count
                         name, ", ".join(unscored))
     windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
     prices = {m: targets[m].price for m in cmap.values()}
-    budget = _budget(cfg, name, meta, cmap, prices, windows, counters) if r.budget is not None else None
-    embedder = _serving_embedder(r.embedder) if r.embedder is not None else None
+    budget = _budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
+    embedder = embeddings.ensure(r.embedder) if r.embedder is not None else None
     policy = Policy(lam=budget.base_lambda if budget is not None else (lam or 0.0), context_windows=windows)
     return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap, prices=prices,
-                        policy=policy, embedder=embedder, fallbacks=list(r.fallbacks), budget=budget)
+                        policy=policy, embedder=embedder, fallbacks=list(r.fallbacks), budget=budget,
+                        embedder_name=r.embedder)
 
 
 def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str, str], prices: dict[str, Price],
-            windows: dict[str, int | None], counters: Any) -> Any:
-    """The route's budget calibrated on its artifact's sample at the fleet's prices, its running figures in ``counters``
-    (see gateway/budget.py)."""
-    from turnout.gateway.budget import CalibrationSample, RouteBudget
+            windows: dict[str, int | None], state: Any) -> Any:
+    """The route's budget calibrated on its artifact's sample at the fleet's prices, its running figures in
+    ``state`` (see gateway/budget.py)."""
+    from turnout.gateway.budget import RouteBudget
+    from turnout.routing.calibration import CalibrationSample
 
     r = cfg.routes[name]
     assert r.budget is not None
@@ -195,7 +255,7 @@ def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str,
                     "or give 'lambda:' instead of 'budget:'",
             )
         return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=r.budget.target_cost_per_request,
-                                     target_share=r.budget.target_share, counters=counters, route=name)
+                                     target_share=r.budget.target_share, counters=state, route=name)
     except RoutingError as exc:
         raise ConfigError(f"the budget cannot be met: {exc}", file=cfg.source, key=key,
                           fix="raise the target, or add cheaper candidates") from exc

@@ -1,11 +1,14 @@
 """The fallback chain of one request: which model to try next, and what became of every try.
 
-Both ways of answering walk the same chain, ``[chosen model] + fallbacks``:
-:meth:`Gateway.chat` (one whole answer) and :meth:`Gateway.chat_stream` (a
-stream, up to its first chunk). They differ only in what *one try* does, so
-everything else lives here, once:
+Every model call of a plan walks a chain, ``[model] + fallbacks``, whether it
+wants one whole answer or a stream up to its first chunk (:mod:`turnout.gateway.calls`).
+The two differ only in what *one try* does, so everything else lives here, once:
 
-* the circuit breaker: a model whose breaker is open is skipped (recorded as a
+* endpoints: each try goes to one endpoint of the model, chosen by the model's
+  balancer among the healthy ones; a retry avoids the endpoints that already
+  failed this request while another is healthy;
+* circuit breakers, one per endpoint: a model every one of whose endpoints has
+  its breaker open is skipped (recorded as a
   :class:`~turnout.errors.BackendUnavailableError`);
 * authorisation: a model the API key may not use is skipped (recorded as a
   :class:`~turnout.errors.ModelNotAllowedError`), never silently called;
@@ -16,10 +19,10 @@ everything else lives here, once:
 
 Usage (the caller reports each try's outcome)::
 
-    chain = Chain(targets, decision, attempts, metrics=metrics)
+    chain = Chain(targets, ["m1", "m2"], attempts, metrics=metrics, route="auto")
     async for target in chain:            # sleeps the backoff before a retry
         try:
-            result = await one_try(target)
+            result = await one_try(target, chain.endpoint)
         except BackendError as exc:
             chain.failed(exc)             # then the next try, or the next model
             continue
@@ -35,11 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from turnout.backends.base import Backend, Timeouts
 from turnout.errors import (
     AllBackendsFailedError,
     BackendError,
@@ -49,39 +51,57 @@ from turnout.errors import (
     UnsupportedRequestError,
     UpstreamRejectedError,
 )
-from turnout.gateway.reliability import Backoff, CircuitBreaker
-from turnout.gateway.routes import Price
-from turnout.types import Decision
+from turnout.gateway.balance import BalanceKey
+from turnout.gateway.endpoints import Endpoint, ModelTarget
+from turnout.types import Decision, Usage
 
-
-@dataclass
-class ModelTarget:
-    """A fleet model at run time: its backend, upstream name, price and reliability settings."""
-
-    name: str
-    backend: Backend
-    upstream: str
-    price: Price = field(default_factory=Price)
-    context_window: int | None = None
-    fallbacks: list[str] = field(default_factory=list)
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    attempts: int = 2
-    backoff: Backoff = field(default_factory=Backoff)
-    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(5, 30.0))
+#: the balance key of a request that gives none (load decides alone)
+NO_KEY = BalanceKey((), 0)
 
 
 @dataclass(slots=True)
 class Attempt:
-    """One try of one model (or one model skipped): ``error`` is None on success."""
+    """One try of one model (or one model skipped): a call of the request, as the log shows it.
+
+    ``error`` is None on success. ``endpoint`` is the endpoint tried; ``role`` what the call was for
+    (``answer``, ``step`` of a cascade, ``member`` or ``aggregator`` of a fan-out); ``step`` its plan step;
+    ``accepted`` (cascades) whether its answer was kept; ``usage``/``cost_usd`` what it generated and
+    cost (a failed or rejected call is paid for too); ``ttft_s`` its time to first token when streamed.
+    """
 
     model: str
     backend: str
     elapsed_s: float
     error: BackendError | None = None
+    endpoint: str = ""
+    role: str = "answer"
+    step: int = 0
+    accepted: bool | None = None
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+    ttft_s: float | None = None
+    confidence: float | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``rejected`` (a cascade answer not kept), ``skipped`` (never sent) or ``error``."""
+        if self.error is None:
+            return "rejected" if self.accepted is False else "ok"
+        return "skipped" if isinstance(self.error, (BackendUnavailableError, ModelNotAllowedError)) else "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The call as a request-log child row."""
+        u = self.usage
+        return {"model": self.model, "backend": self.backend, "endpoint": self.endpoint, "role": self.role,
+                "step": self.step, "status": self.status, "error_kind": self.error.kind if self.error else None,
+                "error": str(self.error)[:500] if self.error else None, "accepted": self.accepted,
+                "prompt_tokens": u.prompt_tokens if u else 0, "completion_tokens": u.completion_tokens if u else 0,
+                "cost_usd": self.cost_usd, "latency_s": self.elapsed_s, "ttft_s": self.ttft_s,
+                "confidence": self.confidence}
 
 
 def chain_of(decision: Decision) -> list[str]:
@@ -94,28 +114,44 @@ def chain_of(decision: Decision) -> list[str]:
 
 
 class Chain:
-    """An async iterator of the model targets to try for one request, in order.
+    """An async iterator of the model targets to try for one model call, in order.
 
-    ``attempts`` (the request's list) receives one :class:`Attempt` per try or
-    skip. ``usable`` is the set of models the request's API key may use (None:
-    every model); ``key_name`` names the key in the skip message.
+    ``models`` is the chain (``[model] + fallbacks``; a :class:`Decision` gives its own chain). After
+    ``__anext__`` returns a target, :attr:`endpoint` is the endpoint chosen for that try (its breaker's
+    permission taken, its in-flight count raised until the try is reported). ``attempts`` (the request's
+    list) receives one :class:`Attempt` per try or skip, tagged with ``role`` and ``step``. ``usable`` is
+    the set of models the request's API key may use (None: every model); ``key_name`` names the key in
+    the skip message; ``balance_key`` is the request's prefix key for the balancers.
     """
 
-    def __init__(self, targets: Mapping[str, ModelTarget], decision: Decision, attempts: list[Attempt], *,
-                 metrics: Any | None = None, usable: Collection[str] | None = None, key_name: str | None = None) -> None:
+    def __init__(self, targets: Mapping[str, ModelTarget], models: Decision | Sequence[str], attempts: list[Attempt],
+                 *, metrics: Any | None = None, usable: Collection[str] | None = None, key_name: str | None = None,
+                 route: str | None = None, balance_key: BalanceKey = NO_KEY, role: str = "answer",
+                 step: int = 0) -> None:
         self._targets = targets
-        self._route = decision.route
-        self._models = chain_of(decision)
+        if isinstance(models, Decision):
+            self._route = models.route if route is None else route
+            self._models = chain_of(models)
+        else:
+            self._route = route or "-"
+            self._models = list(dict.fromkeys(models))
         self._attempts = attempts
         self._metrics = metrics
         self._usable = usable
         self._key_name = key_name
+        self._key = balance_key
+        self._role = role
+        self._step = step
         self.errors: list[BackendError] = []
         self._i = 0  # the model being tried
         self._n = 0  # tries of that model so far
         self._done_with_model = False
         self._current: ModelTarget | None = None
+        #: the endpoint of the current try
+        self.endpoint: Endpoint | None = None
+        self._failed: list[Endpoint] = []  # endpoints of the current model that failed this call
         self._t0 = 0.0
+        self._found_slot = False
 
     def __aiter__(self) -> Chain:
         return self
@@ -133,18 +169,24 @@ class Chain:
                 continue
             if self._n:
                 await asyncio.sleep(t.backoff.delay(self._n - 1))
-            if not t.breaker.allow():
-                self._skip(t, BackendUnavailableError("circuit breaker open; skipped", backend=t.backend.name,
-                                                      model=t.name, retryable=False))
+            ep = t.pick(self._key, self._failed)
+            if ep is None:
+                what = "circuit breaker open" if len(t.endpoints) == 1 else \
+                    f"circuit breakers of all {len(t.endpoints)} endpoints open"
+                self._skip(t, BackendUnavailableError(f"{what}; skipped", backend=t.backend.name, model=t.name,
+                                                      retryable=False))
                 continue
             self._n += 1
             self._current = t
+            self.endpoint = ep
+            self._found_slot = ep.in_flight < ep.slots
+            ep.in_flight += 1
             self._t0 = time.perf_counter()
             return t
         raise StopAsyncIteration
 
     def _skip(self, t: ModelTarget, err: BackendError) -> None:
-        self._attempts.append(Attempt(t.name, t.backend.name, 0.0, err))
+        self._attempts.append(Attempt(t.name, t.backend.name, 0.0, err, role=self._role, step=self._step))
         self.errors.append(err)
         self._done_with_model = True
 
@@ -160,38 +202,70 @@ class Chain:
         self._i += 1
         self._n = 0
         self._done_with_model = False
+        self._failed = []
 
     @property
     def elapsed_s(self) -> float:
         """Seconds since the current try started."""
         return time.perf_counter() - self._t0
 
-    def succeeded(self) -> None:
-        """The current try answered. (Recording breaker success is the caller's: a stream only
-        counts as a success once it has ended well.)"""
-        t = self._current
-        assert t is not None, "succeeded() before a try"
-        self._attempts.append(Attempt(t.name, t.backend.name, self.elapsed_s))
+    def _done(self, ttft_s: float | None = None) -> None:
+        """The current try's endpoint is free again; fold its timings into the endpoint's averages."""
+        ep = self.endpoint
+        if ep is not None:
+            ep.in_flight = max(0, ep.in_flight - 1)
+            ep.observe(ttft_s=ttft_s, service_s=self.elapsed_s, found_slot=self._found_slot)
 
-    def failed(self, err: BackendError) -> None:
+    def _record(self, err: BackendError | None, *, ttft_s: float | None = None) -> Attempt:
+        t = self._current
+        assert t is not None, "a try must be running"
+        a = Attempt(t.name, t.backend.name, self.elapsed_s, err, endpoint=self.endpoint.name if self.endpoint else "",
+                    role=self._role, step=self._step, ttft_s=ttft_s)
+        self._attempts.append(a)
+        return a
+
+    def succeeded(self, *, ttft_s: float | None = None, release: bool = True) -> Attempt:
+        """The current try answered: its :class:`Attempt` (the caller fills in usage and cost).
+
+        Recording breaker success is the caller's: a stream only counts as a success once it has ended
+        well. ``release=False`` keeps the endpoint's in-flight count up (a committed stream still runs;
+        :meth:`stream_ended` releases it).
+        """
+        if release:
+            self._done(ttft_s)
+        return self._record(None, ttft_s=ttft_s)
+
+    def stream_ended(self, ttft_s: float | None) -> None:
+        """A committed stream of the current try has ended (well or not): the endpoint is free again."""
+        self._done(ttft_s)
+
+    def failed(self, err: BackendError) -> Attempt:
         """The current try failed with ``err``: counted, breaker updated; the next ``__anext__`` decides what follows."""
         t = self._current
         assert t is not None, "failed() before a try"
+        ep = self.endpoint
         # Only provider trouble opens the breaker; a 400 is the request's fault.
-        if err.retryable:
-            t.breaker.record_failure()
-        else:
-            t.breaker.release()
+        if ep is not None:
+            if err.retryable:
+                ep.breaker.record_failure()
+                self._failed.append(ep)
+            else:
+                ep.breaker.release()
+        if not err.retryable:
             self._done_with_model = True
-        self._attempts.append(Attempt(t.name, t.backend.name, self.elapsed_s, err))
+        self._done()
+        a = self._record(err)
         self.errors.append(err)
         if self._metrics is not None:
             self._metrics.inc_error(err.kind)
+        return a
 
     def abandoned(self) -> None:
-        """The current try was cut short from outside (client gone): free its breaker probe slot."""
-        if self._current is not None:
-            self._current.breaker.release()
+        """The current try was cut short from outside (client gone): free its breaker probe slot and its endpoint."""
+        if self.endpoint is not None:
+            self.endpoint.breaker.release()
+            self._done()
+            self.endpoint = None
 
     def exhausted(self) -> AllBackendsFailedError | UpstreamRejectedError:
         """The error to raise when iteration ended without success: every attempt's error, in order.
@@ -206,4 +280,4 @@ class Chain:
         return AllBackendsFailedError(self.errors, route=self._route)
 
 
-__all__ = ["Attempt", "Chain", "ModelTarget", "chain_of"]
+__all__ = ["NO_KEY", "Attempt", "Chain", "ModelTarget", "chain_of"]

@@ -5,10 +5,16 @@ digest of a key (``turnout keys hash`` / :func:`hash_key` computes it), and a
 presented key is hashed and compared in constant time against every known
 digest, so neither the config file nor a timing side channel gives a key away.
 
-Spend is kept in a :class:`turnout.state.Counters` under ``spend:<key name>``:
-:class:`~turnout.state.InMemoryCounters` for one process, a shared
-:class:`~turnout.state.RedisCounters` when several gateway replicas must share
+Spend is kept in a :class:`turnout.state.StateStore` under ``spend:<key name>``:
+in the request log's SQLite file by default (it survives a restart), in memory
+when nothing is persisted, or in Redis when several gateway replicas must share
 one budget. (Renaming a key in the config therefore starts its spend at zero.)
+
+**Holds.** Before any model is called, the gateway *holds* the request's
+worst-case cost against its key (:meth:`KeyStore.hold`, atomic in the store) and
+*settles* it when the request ends, at what was really generated
+(:meth:`KeyStore.settle`): concurrent requests cannot all pass a check and then
+all spend, as a check-then-act would let them. See :mod:`turnout.state.base`.
 
 A :class:`KeyStore` with no specs is an *open* server: :meth:`KeyStore.authenticate`
 accepts any key, or none, and returns :data:`ANONYMOUS` (no budget, every model).
@@ -18,9 +24,10 @@ Example::
     store = KeyStore([KeySpec("alice", hash_key("sk-alice"), budget_usd=5.0, allowed=["auto"])])
     spec = store.authenticate("sk-alice")       # from "Authorization: Bearer sk-alice"
     store.authorize(spec, "auto")
-    store.check_budget(spec)
-    ...                                         # route, call the backend
-    store.record_spend(spec, 0.0012)
+    await store.check_budget(spec)
+    await store.hold(spec, request_id, 0.03)    # the worst case, once the plan is known
+    ...                                         # call the backend
+    await store.settle(spec, request_id, 0.0012)
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from turnout.errors import AuthenticationError, BudgetExceededError, ConfigError, PermissionDeniedError
-from turnout.state.counters import Counters, InMemoryCounters
+from turnout.state.base import StateStore, spend_key
+from turnout.state.memory import InMemoryCounters
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -68,14 +76,17 @@ ANONYMOUS = KeySpec(name="anonymous", sha256="", budget_usd=None, allowed=None)
 class KeyStore:
     """Authenticates raw keys, authorises models and enforces per-key USD budgets.
 
-    ``counters`` holds the spend (default: a fresh in-memory one). All methods
-    are synchronous; with :class:`~turnout.state.RedisCounters` the budget calls
-    do a network round trip, so async callers should offload them.
+    ``counters`` holds the spend (default: a fresh in-memory one).
+    :meth:`authenticate` and :meth:`authorize` do no I/O; the budget calls are
+    coroutines on the store (a network round trip with Redis).
     """
 
-    def __init__(self, specs: Iterable[KeySpec], counters: Counters | None = None) -> None:
+    #: seconds a hold outlives its request's start at most (a process that died with it in flight)
+    HOLD_TTL_S = 900.0
+
+    def __init__(self, specs: Iterable[KeySpec], counters: StateStore | None = None) -> None:
         self.specs: list[KeySpec] = list(specs)
-        self.counters: Counters = counters if counters is not None else InMemoryCounters()
+        self.counters: StateStore = counters if counters is not None else InMemoryCounters()
         self._validate()
         # digest bytes, compared with hmac.compare_digest; order kept for a fixed scan time
         self._digests = [(spec.sha256.encode("ascii"), spec) for spec in self.specs]
@@ -145,34 +156,54 @@ class KeyStore:
             f"key {spec.name!r} may not use {name!r}; it may use: {', '.join(spec.allowed)}"
         )
 
-    def spent(self, spec: KeySpec) -> float:
+    async def spent(self, spec: KeySpec) -> float:
         """USD recorded against ``spec`` so far (across every process sharing the counters)."""
-        return self.counters.get(self._spend_key(spec))
+        return await self.counters.get(spend_key(spec.name))
 
-    def check_budget(self, spec: KeySpec) -> None:
-        """Raise BudgetExceededError if ``spec`` has spent its whole budget.
+    def _exceeded(self, spec: KeySpec, spent: float) -> BudgetExceededError:
+        return BudgetExceededError(
+            f"key {spec.name!r} has spent ${spent:.6g} of its ${spec.budget_usd:.6g} budget "
+            "(raise budget_usd for this key in the config, or use another key)"
+        )
 
-        Checked before a request: the request that crosses the budget is
-        allowed to finish, the next one is refused.
+    async def check_budget(self, spec: KeySpec) -> None:
+        """Raise BudgetExceededError if ``spec`` has spent its whole budget (no hold is placed)."""
+        if spec.budget_usd is None:
+            return
+        spent = await self.spent(spec)
+        if spent >= spec.budget_usd:
+            raise self._exceeded(spec, spent)
+
+    async def hold(self, spec: KeySpec, hold_id: str, amount: float) -> None:
+        """Hold ``amount`` USD (the request's worst case) against ``spec``'s budget, or raise BudgetExceededError.
+
+        Placed only while the key's spend plus what requests in flight hold is under its budget, atomically in
+        the store; a key without a budget holds nothing. Every hold must be settled (:meth:`settle`).
         """
         if spec.budget_usd is None:
             return
-        spent = self.spent(spec)
-        if spent >= spec.budget_usd:
+        r = await self.counters.reserve(spec.name, hold_id, max(0.0, amount), limit=spec.budget_usd,
+                                        ttl_s=self.HOLD_TTL_S)
+        if not r.ok:
+            if r.spent >= spec.budget_usd:
+                raise self._exceeded(spec, r.spent)
             raise BudgetExceededError(
-                f"key {spec.name!r} has spent ${spent:.6g} of its ${spec.budget_usd:.6g} budget "
-                "(raise budget_usd for this key in the config, or use another key)"
-            )
+                f"key {spec.name!r} has spent ${r.spent:.6g} of its ${spec.budget_usd:.6g} budget and requests in "
+                f"flight hold the other ${r.held:.6g} (retry when they finish, or raise budget_usd for this key)")
 
-    def record_spend(self, spec: KeySpec, usd: float) -> float:
-        """Add ``usd`` to ``spec``'s spend and return the new total."""
+    async def settle(self, spec: KeySpec, hold_id: str, actual: float) -> float:
+        """Drop ``spec``'s hold ``hold_id`` and record ``actual`` USD spent; the new total."""
+        if actual < 0:
+            raise ValueError(f"spend must be >= 0, got {actual}")  # a caller bug, not a user error
+        if spec.budget_usd is None:
+            return await self.counters.incr(spend_key(spec.name), actual) if actual else await self.spent(spec)
+        return await self.counters.settle(spec.name, hold_id, actual)
+
+    async def record_spend(self, spec: KeySpec, usd: float) -> float:
+        """Add ``usd`` to ``spec``'s spend and return the new total (no hold involved)."""
         if usd < 0:
             raise ValueError(f"spend must be >= 0, got {usd}")  # a caller bug, not a user error
-        return self.counters.incr(self._spend_key(spec), usd)
-
-    @staticmethod
-    def _spend_key(spec: KeySpec) -> str:
-        return f"spend:{spec.name}"
+        return await self.counters.incr(spend_key(spec.name), usd)
 
     def __repr__(self) -> str:
         return f"KeyStore({len(self.specs)} keys, counters={self.counters!r})"

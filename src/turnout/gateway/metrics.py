@@ -12,6 +12,10 @@ Series (all names start with ``turnout_``)::
     cost_usd_total{route,model}                   counter
     fallbacks_total{route,from_model,to_model}    counter
     errors_total{kind}                            counter, kind = TurnoutError.kind
+    answered_by_total{route,source}               counter: answers no model made (cache, a guard's reply)
+    stage_outcomes_total{stage,outcome}           counter: a stage blocked, redirected or answered
+    request_log_dropped_total, request_log_write_errors_total   the request log's losses (read at scrape)
+    embedding_batches_total{embedder}, embedding_texts_total{embedder}   micro-batching (read at scrape)
     routing_decision_seconds{route}               histogram, buckets from 50 µs
     time_to_first_token_seconds{route,model}      histogram (streamed answers only)
     request_duration_seconds{route,model}         histogram
@@ -101,6 +105,14 @@ class Metrics:
             "turnout_request_duration_seconds", "Time from request to the last byte of the answer.",
             ("route", "model"), buckets=DURATION_BUCKETS, registry=r,
         )
+        self._answered_by = prom.Counter(
+            "turnout_answered_by_total", "Answers no model made, by route and source (cache, a guard's reply).",
+            ("route", "source"), registry=r,
+        )
+        self._stages = prom.Counter(
+            "turnout_stage_outcomes_total", "Pipeline stage outcomes: block, redirect, answer.",
+            ("stage", "outcome"), registry=r,
+        )
         # label tuple -> labelled child; see the module docstring for why
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._model_children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
@@ -181,9 +193,51 @@ class Metrics:
             child = self._error_children[kind] = self._errors.labels(kind)
         child.inc()
 
+    def inc_answered_by(self, route: str, source: str) -> None:
+        """Count one answer made without a model (``source``: cache, or the stage that answered)."""
+        self._answered_by.labels(route, source).inc()
+
+    def inc_stage(self, stage: str, outcome: str) -> None:
+        """Count one stage outcome (``block``, ``redirect`` or ``answer``)."""
+        self._stages.labels(stage, outcome).inc()
+
+    def watch(self, request_log: Any = None, embeddings: Any = None) -> None:
+        """Report the request log's losses and the embedders' batching, read when /metrics is scraped."""
+        self.registry.register(_Watched(self._prom, request_log, embeddings))
+
     def render(self) -> tuple[bytes, str]:
         """The registry in Prometheus text exposition format: ``(body, content_type)``."""
         return self._prom.generate_latest(self.registry), self._prom.CONTENT_TYPE_LATEST
+
+
+class _Watched:
+    """A collector of figures other parts keep (read at scrape time: nothing to update per request)."""
+
+    def __init__(self, prom: Any, request_log: Any, embeddings: Any) -> None:
+        self._prom = prom
+        self._log = request_log
+        self._emb = embeddings
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        from prometheus_client import core
+        if self._log is not None:
+            yield core.CounterMetricFamily("turnout_request_log_dropped", "Request-log entries dropped (queue full or "
+                                           "log closed).", value=getattr(self._log, "dropped", 0))
+            yield core.CounterMetricFamily("turnout_request_log_write_errors", "Request-log entries SQLite refused.",
+                                           value=getattr(self._log, "write_errors", 0))
+        if self._emb is not None:
+            batches = core.CounterMetricFamily("turnout_embedding_batches", "Embedding batches run, by embedder.",
+                                               labels=["embedder"])
+            texts = core.CounterMetricFamily("turnout_embedding_texts", "Texts embedded in batches, by embedder.",
+                                             labels=["embedder"])
+            for name, st in self._emb.stats().items():
+                batches.add_metric([name], st["batches"])
+                texts.add_metric([name], st["texts"])
+            yield batches
+            yield texts
 
 
 __all__ = ["DECISION_BUCKETS", "DURATION_BUCKETS", "TTFT_BUCKETS", "Metrics"]

@@ -1,33 +1,31 @@
-"""The HTTP-free gateway: authenticate, route, call the backend chain, account, log.
+"""The HTTP-free gateway: one request pipeline of typed stages over a :class:`RequestContext`.
 
-Flow of one request::
+Every chat request goes through the same fixed order (``docs/architecture.md`` draws it)::
 
-    key check -> route (embed + router + policy, offloaded; λ from the route's budget) or passthrough
-              -> chain = [chosen] + fallbacks (one iterator for both modes: gateway/chain.py)
-              -> per model: may the key use it?, breaker check, up to N tries with
-                 jittered backoff, connect / first-token / total timeouts
-              -> cost = usage x price -> key spend, route budget, metrics, request log
+    authenticate  key -> spec; may it use what it asked for; is its budget spent?
+    signals       stages that read the request and write ctx.signals (language, domain, keywords, ...)
+    guards        stages that may block it (typed error), or redirect it to another route or model set
+    cache         stages that may answer it without any model (a semantic cache hit)
+    decide        route: embedding (shared, batched) + router + policy -> Decision with its Plan;
+                  a model asked for by name: passthrough with its fallbacks
+    admit         the plan's worst-case cost is held against the key's budget
+    execute       the plan's executor makes the model calls (chain, retries, endpoints, breakers)
+    response      stages that transform or refuse the answer (a stream piece by piece)
+    account       every call paid for; key spend, route budget, metrics, request log (+ child rows), once
 
-**Shared state.** Key spend and route budgets' running figures live in
-:class:`turnout.state.Counters`. In-process ones are called inline; remote
-ones (Redis) are called on a small pool of their own, so a round trip never
-stalls the event loop nor queues behind routing work on the offload pool. A
-key-budget check that cannot reach them fails the request with
-:class:`~turnout.errors.StateError` (503); a route-budget write that fails
-after an answer is logged and counted, and the answer is still served.
+A stage that is not configured costs nothing: the configured ones are sorted into per-phase lists when the
+gateway is built (:class:`~turnout.gateway.stages.Stages`). The streaming commit rule, the accounting of
+streams cut or left by their client, and the plans' executors live in :mod:`~turnout.gateway.streaming`,
+:mod:`~turnout.gateway.accounting` and :mod:`~turnout.gateway.plans`.
 
-**Streaming commit rule.** :meth:`Gateway.chat_stream` returns only once a
-backend has produced its first chunk. Any failure *before* that (timeout,
-reset, 5xx, a stream cut before its first event, garbage) falls back to the
-next model transparently: the client has received nothing yet. Once the first
-chunk is handed out the stream is *committed* to that model: a later failure
-is raised from the iterator, and the server ends the SSE stream with an
-OpenAI-format error event and ``data: [DONE]`` — never a silent truncation.
-Closing the session early (client disconnect) closes the upstream stream.
+**Streaming commit rule.** :meth:`Gateway.chat_stream` returns only once a model has produced its first
+chunk (or a whole answer was chosen, as a cache hit or a cascade's accepted step). Any failure *before*
+that falls back to the next model transparently; after it the stream is committed and a later failure is
+raised from the iterator (the server ends the SSE stream with an error event and ``data: [DONE]``).
 
-An exhausted chain raises :class:`~turnout.errors.AllBackendsFailedError` (or, when every backend refused the request itself, :class:`~turnout.errors.UpstreamRejectedError`, a 400)
-carrying every attempt's error. Every request, success or failure, is counted
-in metrics and written to the request log.
+An exhausted chain raises :class:`~turnout.errors.AllBackendsFailedError` (or, when every backend refused
+the request itself, :class:`~turnout.errors.UpstreamRejectedError`, a 400) carrying every attempt's error.
+Every request, success or failure, is paid for, counted in metrics and written to the request log.
 """
 
 from __future__ import annotations
@@ -35,29 +33,26 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from turnout.errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendTimeoutError,
-    StateError,
-    TurnoutError,
-    UnknownModelError,
-)
-from turnout.gateway.chain import Attempt, Chain, ModelTarget
+from turnout.errors import UnknownModelError
+from turnout.gateway.accounting import Ledger
+from turnout.gateway.balance import BalanceKey, prefix_key
+from turnout.gateway.calls import ModelCaller, OpenStream
+from turnout.gateway.chain import Attempt
+from turnout.gateway.context import RequestContext
+from turnout.gateway.embeddings import EmbeddingService
+from turnout.gateway.endpoints import ModelTarget
 from turnout.gateway.offload import Offloader
+from turnout.gateway.plans import plan_executor
 from turnout.gateway.routes import RouteRuntime
-from turnout.routing.policy import estimate_tokens
-from turnout.types import ChatRequest, ChatResponse, Decision, StreamChunk, Usage
+from turnout.gateway.stages import Answer, Block, Redirect, Stages
+from turnout.gateway.streaming import StreamSession
+from turnout.types import ChatRequest, ChatResponse, Decision, Plan, StreamChunk
 
 log = logging.getLogger(__name__)
-
-#: threads for calls to remote counters (network waits, not CPU: more than the offload pool's two)
-STATE_THREADS = 8
 
 
 class _Metrics(Protocol):
@@ -66,6 +61,8 @@ class _Metrics(Protocol):
                         cost_usd: float = ...) -> None: ...
     def inc_fallback(self, route: str, from_model: str, to_model: str) -> None: ...
     def inc_error(self, kind: str) -> None: ...
+    def inc_answered_by(self, route: str, source: str) -> None: ...
+    def inc_stage(self, stage: str, outcome: str) -> None: ...
 
 
 class _RequestLog(Protocol):
@@ -73,19 +70,19 @@ class _RequestLog(Protocol):
 
 
 async def _maybe_await(value: Any) -> Any:
-    # The key store is synchronous in-process and may be asynchronous with Redis.
     return await value if inspect.isawaitable(value) else value
 
 
 class Gateway:
     """Routes and serves chat requests over a fleet; knows nothing about HTTP.
 
-    Build it with :meth:`from_config` (backends, routers, metrics, request log
-    and keys from ``turnout.yaml``) or directly from run-time parts in tests.
+    Build it with :func:`turnout.gateway.builder.build_gateway` (or :meth:`from_config`) from
+    ``turnout.yaml``, or directly from run-time parts in tests.
 
     Example::
 
-        gw = Gateway.from_config(load_config("turnout.yaml"))
+        gw = build_gateway(load_config("turnout.yaml"))
+        await gw.start()
         resp, decision, attempts = await gw.chat(ChatRequest("auto", [{"role": "user", "content": "hi"}]))
         await gw.aclose()
     """
@@ -102,6 +99,8 @@ class Gateway:
         status_for: Callable[[BaseException | None], int | None] | None = None,
         state: Any | None = None,
         on_close: list[Callable[[], Any]] | None = None,
+        stages: Stages | None = None,
+        embeddings: EmbeddingService | None = None,
     ) -> None:
         self.targets = dict(models)
         self.routes = dict(routes or {})
@@ -109,11 +108,16 @@ class Gateway:
         self.request_log = request_log
         self.keys = keys
         self.offloader = offloader or Offloader()
-        #: the shared counters the key store and route budgets were built with (from config); :meth:`start` pings them
+        #: the shared state store (key spend and holds, route budgets); :meth:`start` pings it
         self.state = state
-        self._state_pool: Offloader | None = None  # for remote counters, made on first use
         #: the server's error table, so that logged rows carry the HTTP status the client saw
         self.status_for = status_for
+        self.stages = stages or Stages()
+        self.embeddings = embeddings or EmbeddingService(self.offloader)
+        for rt in self.routes.values():
+            if rt.embedder is not None and rt.embedder_name is not None:
+                self.embeddings.add(rt.embedder_name, rt.embedder)
+        self.ledger = Ledger(self)
         self._on_close = list(on_close or [])
         self._closed = False
         #: processes the gateway owns (llama.cpp servers); started by :meth:`start`
@@ -123,18 +127,38 @@ class Gateway:
         #: backends that refused a connection when :meth:`start` probed them: name -> reason (a warning, not fatal)
         self.unreachable: dict[str, str] = {}
         self._usable: dict[str, frozenset[str]] = {}  # key name -> models it may be answered by
+        #: whether any model balances over several endpoints (then requests compute a prefix key)
+        self.balanced = any(len(t.endpoints) > 1 for t in self.targets.values())
 
-    async def start(self) -> None:
-        """Reach the shared counters, start owned child processes (llama.cpp servers), load the routes' embedders,
-        then report ready. Unreachable counters (Redis down) raise StateError here, before any port serves."""
-        ping = getattr(self.state, "ping", None)
-        if ping is not None:
-            await self.offloader.run(ping)
-        for child in self.children:
-            await child.astart()
+    @classmethod
+    def from_config(cls, cfg: Any) -> Gateway:
+        """Build every part named in a resolved :class:`~turnout.config.TurnoutConfig` (starts no process)."""
+        from turnout.gateway.builder import build_gateway
+
+        return build_gateway(cfg)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self, progress: Callable[[str], None] | None = None) -> None:
+        """Reach the shared state, start owned child processes, load the embedders, then report ready.
+
+        Unreachable shared state (Redis down) raises StateError here, before any port serves. ``progress``
+        is told of each step (``turnout serve`` prints them).
+        """
+        say = progress or (lambda _msg: None)
+        if self.state is not None:
+            say("shared state: " + repr(self.state))
+            await _maybe_await(self.state.ping())
         for rt in self.routes.values():
+            if rt.budget is not None:
+                await rt.budget.refresh()  # totals written before a restart (persisted) or by other replicas
+        for child in self.children:
+            say(f"starting {child}")
+            await child.astart()
+            say(f"ready: {child}")
+        if self.embeddings.names:
+            say(f"loading embedder(s): {', '.join(self.embeddings.names)}")
             # loading MiniLM takes ~0.5 s (seconds more for its one-time ONNX export): not on a request
-            await self.offloader.run(rt.warm_up)
+            await self.offloader.run(self.embeddings.warm_up)
         self.unreachable = await self._probe_backends()
         for name, why in self.unreachable.items():
             log.warning("backend %s is not reachable now (%s): its models will fail over to their fallbacks until "
@@ -144,12 +168,12 @@ class Gateway:
     async def _probe_backends(self, timeout_s: float = 1.0) -> dict[str, str]:
         """Backends (by name) whose host does not accept a TCP connection now, with the reason.
 
-        A start-up check only: a remote API may come and go, so this warns (log, /readyz)
-        rather than refusing to start; the breakers and fallbacks handle it per request.
+        A start-up check only: a remote API may come and go, so this warns (log, /readyz) rather than
+        refusing to start; the breakers and fallbacks handle it per request.
         """
         from urllib.parse import urlsplit
 
-        backends = {t.backend.name: t.backend for t in self.targets.values()}
+        backends = {e.backend.name: e.backend for t in self.targets.values() for e in t.endpoints}
 
         async def probe(url: str) -> str | None:
             parts = urlsplit(url)
@@ -165,64 +189,47 @@ class Gateway:
         found = await asyncio.gather(*(probe(u) for u in urls.values()))
         return {name: why for name, why in zip(urls, found) if why is not None}
 
-    async def call_state(self, owner: Any, fn: Callable[..., Any], /, *args: Any) -> Any:
-        """``fn(*args)``, which uses ``owner.counters``: inline when those are in-process, else on the state pool."""
-        if getattr(getattr(owner, "counters", None), "in_process", False):
-            return await _maybe_await(fn(*args))
-        if self._state_pool is None:
-            self._state_pool = Offloader(max_workers=STATE_THREADS, name="turnout-state")
-        return await _maybe_await(await self._state_pool.run(fn, *args))
+    async def aclose(self) -> None:
+        """Close every backend pool, the embedders, the offload pool and the owned resources. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        seen: set[int] = set()
+        for t in self.targets.values():
+            for e in t.endpoints:
+                if id(e.backend) not in seen:
+                    seen.add(id(e.backend))
+                    await e.backend.aclose()
+        await self.embeddings.aclose()
+        self.offloader.close()
+        for child in self.children:
+            await child.astop()
+        if self.state is not None and hasattr(self.state, "aclose"):
+            await _maybe_await(self.state.aclose())
+        for fn in self._on_close:
+            await _maybe_await(fn())
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> Gateway:
-        """Build every part named in a resolved :class:`~turnout.config.TurnoutConfig` (starts no process)."""
-        from turnout.gateway.builder import build_gateway
-
-        return build_gateway(cfg)
-
-    # ----------------------------------------------------------------- queries
-    def models(self) -> list[dict[str, Any]]:
-        """Routes and models, in OpenAI ``/v1/models`` item form (routes first)."""
-        items = [{"id": r, "object": "model", "created": 0, "owned_by": "turnout", "turnout": {"kind": "route", "candidates": list(rt.candidates.values())}} for r, rt in self.routes.items()]
-        items += [{"id": m, "object": "model", "created": 0, "owned_by": t.backend.name, "turnout": {"kind": "model", "context_window": t.context_window, "price": {"input_per_mtok": t.price.input_per_mtok, "output_per_mtok": t.price.output_per_mtok}}} for m, t in self.targets.items()]
-        return items
-
-    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None, key: Any | None = None) -> Decision:
-        """The decision for ``request`` without calling any model (a dry run).
-
-        With ``key`` (a :class:`~turnout.gateway.keys.KeySpec`), the reasons say
-        which fallbacks the chain would skip because the key may not use them.
-        """
-        name = request.model
-        if name in self.routes:
-            decision = await self.offloader.run(self.routes[name].decide, request, allowed)
-        elif name in self.targets:
-            t = self.targets[name]
-            decision = Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
-                                fallbacks=[m for m in t.fallbacks if m != name], reasons=[f"'{name}' was asked for by name"])
-        else:
-            raise UnknownModelError(
-                f"no route or model named '{name}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
-            )
+    # -------------------------------------------------------------------------------------- queries
+    def models(self, key: Any | None = None) -> list[dict[str, Any]]:
+        """Routes and models in OpenAI ``/v1/models`` item form (routes first); with ``key``, only what it may use."""
+        allowed = getattr(key, "allowed", None)
         usable = self.usable_models(key)
-        if usable is not None:
-            decision.reasons += [f"fallback {m} will be skipped: key {key.name!r} may not use it"
-                                 for m in decision.fallbacks if m not in usable]
-        # a dry run says what the chain would meet: models whose circuit breaker is open now are skipped
-        for m in [decision.model, *decision.fallbacks]:
-            t = self.targets.get(m)
-            if t is not None and t.breaker.state == "open":
-                decision.reasons.append(f"{m} would be skipped now: its circuit breaker is open "
-                                        f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)")
-        return decision
+        items = [{"id": r, "object": "model", "created": 0, "owned_by": "turnout",
+                  "turnout": {"kind": "route", "candidates": list(rt.candidates.values())}}
+                 for r, rt in self.routes.items() if allowed is None or r in allowed]
+        items += [{"id": m, "object": "model", "created": 0, "owned_by": t.backend.name,
+                   "turnout": {"kind": "model", "context_window": t.context_window,
+                               "price": {"input_per_mtok": t.price.input_per_mtok,
+                                         "output_per_mtok": t.price.output_per_mtok}}}
+                  for m, t in self.targets.items() if usable is None or m in usable]
+        return items
 
     def usable_models(self, key: Any | None) -> frozenset[str] | None:
         """The models an API key may be answered by (None: every model).
 
-        A key's ``allowed`` list names routes and models. It may be answered by
-        the models it names and by the candidates of the routes it names: asking
-        for a route means accepting whichever candidate the router picks. Any
-        other model, a fallback included, is skipped by the chain.
+        A key's ``allowed`` list names routes and models. It may be answered by the models it names and by
+        the candidates of the routes it names: asking for a route means accepting whichever candidate the
+        router picks. Any other model, a fallback included, is skipped by the chain.
         """
         allowed = getattr(key, "allowed", None)
         if allowed is None:
@@ -236,312 +243,321 @@ class Gateway:
             cached = self._usable[key.name] = frozenset(names)
         return cached
 
-    # ------------------------------------------------------------ non-streamed
-    async def chat(
-        self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None
-    ) -> tuple[ChatResponse, Decision, list[Attempt]]:
-        """Answer ``request`` through the fallback chain; raises a TurnoutError subclass on failure.
+    def usable_for(self, ctx: RequestContext) -> frozenset[str] | None:
+        """The models this request may be answered by: its key's, within a stage's restriction, plus a redirect's."""
+        usable = self.usable_models(ctx.key)
+        if ctx.target != ctx.request.model and usable is not None:
+            # an operator's redirect (a guard's) is sanctioned: its route's candidates, or its model, are usable
+            rt = self.routes.get(ctx.target)
+            usable = usable | frozenset(rt.candidates.values() if rt is not None else (ctx.target,))
+        if ctx.restrict is not None:
+            usable = ctx.restrict if usable is None else usable & ctx.restrict
+        return usable
 
-        Cancelling the call (the server does when the client hangs up) cancels
-        the backend call in flight and ends the chain there, with no retry and
-        no fallback; the request is logged and counted as ``cancelled``.
+    def balance_key(self, ctx: RequestContext) -> BalanceKey:
+        """The request's prefix key for the endpoint balancers (computed once per request)."""
+        if ctx.balance_key is None:
+            ctx.balance_key = prefix_key(ctx.request.messages, session_id=ctx.headers.get("x-session-id"))
+        return ctx.balance_key
+
+    def describe(self) -> dict[str, Any]:
+        """What this gateway serves: routes (router, candidates, plan), models (endpoints, price), stages."""
+        return {
+            "routes": {n: {"router": rt.router_name, "candidates": list(rt.candidates.values()),
+                           "embedder": rt.embedder_name, "budget": rt.budget is not None,
+                           "fallbacks": list(rt.fallbacks)} for n, rt in self.routes.items()},
+            "models": {n: t.describe() for n, t in self.targets.items()},
+            "stages": self.stages.names(),
+            "keys": len(getattr(self.keys, "specs", []) or []),
+            "request_log": str(getattr(self.request_log, "path", "")) or None,
+        }
+
+    # ----------------------------------------------------------------------------- the pipeline
+    def _context(self, request: ChatRequest, request_id: str | None, headers: Mapping[str, str] | None,
+                 *, dry_run: bool = False) -> RequestContext:
+        return RequestContext(request, request_id or uuid.uuid4().hex, headers=headers, embed=self.embeddings.embed,
+                              dry_run=dry_run)
+
+    async def _authenticate(self, ctx: RequestContext, api_key: str | None) -> None:
+        keys = self.keys
+        if keys is None:
+            return
+        ctx.key = await _maybe_await(keys.authenticate(api_key))
+        # asking for an allowed route accepts its candidates; other fallbacks the chain skips (usable_models)
+        await _maybe_await(keys.authorize(ctx.key, ctx.request.model))
+        if getattr(keys.counters, "in_process", False) and ctx.key.budget_usd is not None:
+            # a spent key is refused before any routing work; with shared state the hold (one round trip) decides
+            await keys.check_budget(ctx.key)
+
+    async def _request_stages(self, ctx: RequestContext) -> Answer | None:
+        """Signals, guards, cache: the first outcome of a phase acts (dry run: reported, not acted on)."""
+        for phase, stages in self.stages.request.items():
+            for st in stages:
+                outcome = await st.on_request(ctx)
+                if outcome is None:
+                    continue
+                name = getattr(st, "name", type(st).__name__)
+                if self.metrics is not None:
+                    self.metrics.inc_stage(name, type(outcome).__name__.lower())
+                if isinstance(outcome, Block):
+                    if ctx.dry_run:
+                        ctx.note("guard", f"{name} would refuse this request: {outcome.error}", stage=name,
+                                 error=outcome.error.kind)
+                        continue
+                    ctx.note("guard", f"{name} refused the request: {outcome.error}", stage=name)
+                    raise outcome.error
+                if isinstance(outcome, Redirect):
+                    self._redirect(ctx, name, outcome)
+                    break  # the rest of the phase saw the request before the redirect
+                if isinstance(outcome, Answer):
+                    ctx.note("cache" if phase == "cache" else "guard",
+                             f"{name} {'would answer' if ctx.dry_run else 'answered'} without a model"
+                             + (f": {outcome.reason}" if outcome.reason else ""), stage=name, source=outcome.source)
+                    if not ctx.dry_run:
+                        return outcome
+        return None
+
+    def _redirect(self, ctx: RequestContext, stage: str, r: Redirect) -> None:
+        if r.route is not None:
+            if r.route not in self.routes and r.route not in self.targets:
+                raise UnknownModelError(f"stage {stage!r} redirected the request to {r.route!r}, which is neither a "
+                                        f"route nor a model (fix the stage's config)", param="model")
+            ctx.note("redirect", f"{stage} redirected the request from {ctx.target!r} to {r.route!r}"
+                     + (f": {r.reason}" if r.reason else ""), stage=stage, to=r.route)
+            ctx.target = r.route
+        if r.models is not None:
+            ctx.restrict = frozenset(r.models) if ctx.restrict is None else ctx.restrict & frozenset(r.models)
+            ctx.note("redirect", f"{stage} restricted the request to {', '.join(sorted(ctx.restrict)) or 'no model'}"
+                     + (f": {r.reason}" if r.reason else ""), stage=stage, models=sorted(ctx.restrict))
+
+    async def _decide(self, ctx: RequestContext) -> Decision:
+        name = ctx.target
+        rt = self.routes.get(name)
+        if rt is not None:
+            vec = await ctx.embedding(rt.embedder_name) if rt.embedder_name is not None else None
+            if rt.budget is not None:
+                await rt.budget.refresh_if_stale()
+            allowed = ctx.restrict
+            decision = await self.offloader.run(_decide_with, rt, ctx.request, allowed, vec)
+        elif name in self.targets:
+            t = self.targets[name]
+            decision = Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
+                                fallbacks=[m for m in t.fallbacks if m != name])
+            decision.reason("passthrough", f"'{name}' was asked for by name", model=name)
+            if ctx.restrict is not None and name not in ctx.restrict:
+                decision.reason("redirect", f"'{name}' is not among the models a stage allowed; the chain skips it")
+        else:
+            raise UnknownModelError(
+                f"no route or model named '{_short(name)}'; available: {', '.join([*self.routes, *self.targets])}",
+                param="model")
+        decision.reasons[:0] = ctx.notes
+        decision.signals = ctx.signals
+        decision.rule = ctx.rule
+        ctx.decision = decision
+        ctx.model = decision.model  # until another model of the plan answers
+        return decision
+
+    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None, key: Any | None = None,
+                    headers: Mapping[str, str] | None = None) -> Decision:
+        """The decision for ``request`` without calling any model, holding or charging anything (a dry run).
+
+        The signal, guard and cache stages run and say what they *would* do (a block, an answer) in the
+        reasons; a redirect is followed. With ``key`` (a :class:`~turnout.gateway.keys.KeySpec`), the reasons
+        say which fallbacks the chain would skip because the key may not use them.
         """
-        rec = _Record(self, request, request_id)
-        try:
-            decision = await rec.begin(api_key)
-            resp, model = await self._complete_chain(request, decision, rec)
-            usage = resp.usage or Usage(estimate_tokens(request.prompt_text()), estimate_tokens(resp.content or ""))
-            rec.model = model
-            await rec.finish(usage, resp.content)
-            return resp, decision, rec.attempts
-        except BaseException as exc:
-            await rec.fail(exc)
-            raise
+        ctx = self._context(request, None, headers, dry_run=True)
+        ctx.key = key
+        if allowed is not None:
+            ctx.restrict = frozenset(allowed)
+        await self._request_stages(ctx)
+        decision = await self._decide(ctx)
+        usable = self.usable_for(ctx)
+        if usable is not None:
+            for m in decision.fallbacks:
+                if m not in usable:
+                    decision.reason("fallback_skipped", f"fallback {m} will be skipped: key "
+                                    f"{getattr(key, 'name', None)!r} may not use it", model=m)
+        # a dry run says what the chain would meet: models whose every endpoint's breaker is open are skipped
+        assert decision.plan is not None
+        for m in decision.plan.models:
+            t = self.targets.get(m)
+            if t is None:
+                continue
+            if t.state == "open":
+                decision.reason("breaker_open", f"{m} would be skipped now: its circuit breaker is open "
+                                f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)", model=m)
+            elif t.state == "half-open":
+                decision.reason("breaker_open", f"{m} is being probed after recent failures: one request at a time "
+                                "goes through until one succeeds", model=m)
+            for e in t.endpoints:
+                if len(t.endpoints) > 1 and e.breaker.state != "closed":
+                    decision.reason("breaker_open", f"{m}: endpoint {e.name} is out of rotation "
+                                    f"({e.breaker.state})", model=m, endpoint=e.name)
+        return decision
 
-    def _chain(self, decision: Decision, rec: _Record) -> Chain:
-        return Chain(self.targets, decision, rec.attempts, metrics=self.metrics,
-                     usable=self.usable_models(rec.key), key_name=getattr(rec.key, "name", None))
+    async def _prepare(self, ctx: RequestContext, api_key: str | None) -> Answer | None:
+        """Every phase before the model calls; an Answer when a stage answered instead."""
+        await self._authenticate(ctx, api_key)
+        if self.stages.request["signals"] or self.stages.request["guard"] or self.stages.request["cache"]:
+            answer = await self._request_stages(ctx)
+            if answer is not None:
+                self._answered_by_stage(ctx, answer)
+                return answer
+        await self._decide(ctx)
+        await self.ledger.admit(ctx)
+        return None
 
-    async def _complete_chain(self, request: ChatRequest, decision: Decision, rec: _Record) -> tuple[ChatResponse, str]:
-        chain = self._chain(decision, rec)
-        async for t in chain:
+    def _answered_by_stage(self, ctx: RequestContext, answer: Answer) -> None:
+        ctx.answered_by = answer.source
+        ctx.model = answer.model
+        ctx.response_text = answer.response.content
+        ctx.usage = answer.response.usage
+        ctx.response_headers.update(answer.headers or {})
+        ctx.decision = Decision(route=ctx.target, model=answer.model, candidates=[], lam=0.0, router=answer.source,
+                                reasons=list(ctx.notes), signals=ctx.signals, rule=ctx.rule,
+                                plan=Plan("answer", []))
+
+    def _respond(self, ctx: RequestContext, resp: ChatResponse) -> ChatResponse:
+        for st in self.stages.response:
+            resp = st.on_response(ctx, resp)
+        return resp
+
+    async def _completed(self, ctx: RequestContext, resp: ChatResponse | None) -> None:
+        if resp is None:
+            return
+        for hook in self.stages.complete:
             try:
-                async with asyncio.timeout(t.timeouts.total):
-                    resp = await t.backend.complete(request, model=t.upstream, timeouts=t.timeouts)
-            except TimeoutError:
-                chain.failed(BackendTimeoutError(f"no complete answer within {t.timeouts.total}s", backend=t.backend.name,
-                                                 model=t.name, phase="total"))
-            except BackendError as exc:
-                chain.failed(exc)
-            except BaseException:
-                chain.abandoned()
-                raise
-            else:
-                t.breaker.record_success()
-                chain.succeeded()
-                return resp, t.name
-        raise chain.exhausted()
+                await hook.on_complete(ctx, resp)
+            except Exception:  # a completion hook's failure is logged, never the client's
+                log.exception("request %s: completion hook %s failed", ctx.request_id, getattr(hook, "name", hook))
 
-    # ---------------------------------------------------------------- streamed
-    async def chat_stream(
-        self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None
-    ) -> StreamSession:
+    # ----------------------------------------------------------------------------- non-streamed
+    async def chat(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
+                   headers: Mapping[str, str] | None = None) -> tuple[ChatResponse, Decision, list[Attempt]]:
+        """Answer ``request``; raises a TurnoutError subclass on failure.
+
+        Cancelling the call (the server does when the client hangs up) cancels the backend call in flight
+        and ends the plan there, with no retry and no fallback; what was generated is paid for and the
+        request logged and counted as ``cancelled``.
+        """
+        resp, ctx = await self.serve_chat(request, api_key=api_key, request_id=request_id, headers=headers)
+        assert ctx.decision is not None
+        return resp, ctx.decision, ctx.attempts
+
+    async def serve_chat(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
+                         headers: Mapping[str, str] | None = None) -> tuple[ChatResponse, RequestContext]:
+        """:meth:`chat`, returning the request's context (model, response headers, attempts) with the answer."""
+        ctx = self._context(request, request_id, headers)
+        try:
+            answer = await self._prepare(ctx, api_key)
+            if answer is not None:
+                resp = answer.response
+            else:
+                assert ctx.decision is not None and ctx.decision.plan is not None
+                plan = ctx.decision.plan
+                resp = await plan_executor(plan.kind).complete(ModelCaller(self, ctx), plan)
+                ctx.usage = resp.usage
+                ctx.response_text = resp.content
+            resp = self._respond(ctx, resp)
+            ctx.response_text = resp.content
+        except BaseException as exc:
+            await self._fail(ctx, exc)
+            raise
+        await self._completed(ctx, resp if ctx.answered_by == "model" else None)
+        await self.ledger.finish(ctx, "ok")
+        return resp, ctx
+
+    async def _fail(self, ctx: RequestContext, exc: BaseException) -> None:
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            await self.ledger.finish(ctx, "cancelled", None)
+        else:
+            await self.ledger.finish(ctx, "error", exc)
+
+    # --------------------------------------------------------------------------------- streamed
+    async def chat_stream(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
+                          headers: Mapping[str, str] | None = None) -> StreamSession:
         """Open a stream: returns once a model has produced its first chunk (see the commit rule)."""
-        rec = _Record(self, request, request_id)
+        ctx = self._context(request, request_id, headers)
         try:
-            decision = await rec.begin(api_key)
-            return await self._open_stream(request, decision, rec)
+            answer = await self._prepare(ctx, api_key)
+            if answer is not None:
+                return self._replay_session(ctx, answer.response)
+            assert ctx.decision is not None and ctx.decision.plan is not None
+            plan = ctx.decision.plan
+            opened = await plan_executor(plan.kind).open_stream(ModelCaller(self, ctx), plan)
         except BaseException as exc:
-            await rec.fail(exc)
+            await self._fail(ctx, exc)
             raise
+        if isinstance(opened, OpenStream):
+            ctx.ttft_s = ctx.elapsed_s
+            return StreamSession(self, ctx, live=opened, finish=self._stream_finisher(ctx),
+                                 filters=self._filters(ctx))
+        try:
+            resp = self._respond(ctx, opened)  # a whole answer (a cascade's, a fan-out's): checked as a whole
+        except BaseException as exc:
+            await self._fail(ctx, exc)
+            raise
+        ctx.usage = resp.usage
+        return self._replay_session(ctx, resp)
 
-    async def _open_stream(self, request: ChatRequest, decision: Decision, rec: _Record) -> StreamSession:
-        chain = self._chain(decision, rec)
-        async for t in chain:
-            upstream = t.backend.stream(request, model=t.upstream, timeouts=t.timeouts).__aiter__()
-            try:
-                async with asyncio.timeout(t.timeouts.first_token):
-                    first = await upstream.__anext__()
-            except StopAsyncIteration:
-                err: BackendError = BackendProtocolError("the stream ended before its first event", backend=t.backend.name, model=t.name)
-            except TimeoutError:
-                err = BackendTimeoutError(f"no first token within {t.timeouts.first_token}s", backend=t.backend.name,
-                                          model=t.name, phase="first_token")
-            except BackendError as exc:
-                err = exc
-            except BaseException:
-                chain.abandoned()
-                await _close_quietly(upstream)
-                raise
-            else:
-                # committed: the breaker's verdict waits for the end of the stream (StreamSession)
-                chain.succeeded()
-                rec.model = t.name
-                rec.ttft_s = time.perf_counter() - rec.t0
-                return StreamSession(self, rec, t, upstream, first, decision)
-            await _close_quietly(upstream)
-            chain.failed(err)
-        raise chain.exhausted()
+    def _filters(self, ctx: RequestContext) -> list[Any]:
+        out = []
+        for st in self.stages.filters:
+            f = st.stream_filter(ctx)
+            if f is not None:
+                out.append(f)
+        return out
+
+    def _replay_session(self, ctx: RequestContext, resp: ChatResponse) -> StreamSession:
+        from turnout.cache.replay import replay_chunks
+
+        ctx.ttft_s = ctx.elapsed_s
+        body = resp.body if isinstance(resp.body, dict) else {}
+        chunks = [StreamChunk(body=c, text=_delta_text(c), finish_reason=_finish(c))
+                  for c in replay_chunks(body, id=f"chatcmpl-{ctx.request_id}")]
+        if chunks and resp.usage is not None:
+            chunks[-1].usage = resp.usage
+        ctx.response_text = resp.content
+        # a model's whole answer (a cascade's) was already checked by the response stages; a stage's own is final
+        return StreamSession(self, ctx, replay=chunks, finish=self._stream_finisher(ctx, resp), filters=[])
+
+    def _stream_finisher(self, ctx: RequestContext, whole: ChatResponse | None = None) -> Any:
+        async def finish(status: str, exc: BaseException | None, resp: ChatResponse | None) -> None:
+            if status == "ok" and ctx.answered_by == "model":
+                await self._completed(ctx, resp or whole)
+            await self.ledger.finish(ctx, status, exc if status == "error" else None)
+
+        return finish
 
     async def record_rejected(self, request_id: str, exc: BaseException, *, model: str = "", prompt: str = "") -> None:
         """Log a request the server refused before it reached the pipeline (bad JSON, too large)."""
-        rec = _Record(self, ChatRequest(model=model, messages=[]), request_id)
-        rec.prompt = prompt
-        await rec.fail(exc)
-
-    async def aclose(self) -> None:
-        """Close every backend pool, the offload pool and the owned resources (request log, children)."""
-        if self._closed:
-            return
-        self._closed = True
-        seen: set[int] = set()
-        for t in self.targets.values():
-            if id(t.backend) not in seen:
-                seen.add(id(t.backend))
-                await t.backend.aclose()
-        self.offloader.close()
-        if self._state_pool is not None:
-            self._state_pool.close()
-        for child in self.children:
-            await child.astop()
-        for fn in self._on_close:
-            await _maybe_await(fn())
+        ctx = self._context(ChatRequest(model=model, messages=[]), request_id, None)
+        await self.ledger.finish(ctx, "error", exc)
 
 
-class StreamSession:
-    """A committed stream: the decision, the model serving it, and its chunks.
-
-    Iterate it once. A failure after the first chunk is raised from the
-    iterator (the server turns it into an SSE error event); :meth:`aclose`
-    closes the upstream stream and records the request if it was cut short.
-    """
-
-    def __init__(self, gateway: Gateway, rec: _Record, target: ModelTarget, upstream: AsyncIterator[StreamChunk],
-                 first: StreamChunk, decision: Decision) -> None:
-        self.gateway = gateway
-        self.decision = decision
-        self.model = target.name
-        self.request_id = rec.request_id
-        self.attempts = rec.attempts
-        self._rec = rec
-        self._target = target
-        self._upstream = upstream
-        self._first: StreamChunk | None = first
-        self._done = False
-        self.usage: Usage | None = None
-
-    def __aiter__(self) -> AsyncIterator[StreamChunk]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[StreamChunk]:
-        rec, t = self._rec, self._target
-        texts: list[str] = []
-        pieces = 0
-        usage: Usage | None = None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + t.timeouts.total - (time.perf_counter() - rec.t0)
-        try:
-            chunk: StreamChunk | None = self._first
-            self._first = None
-            while chunk is not None:
-                if chunk.text:
-                    texts.append(chunk.text)
-                    pieces += 1
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        chunk = await self._upstream.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except TimeoutError:
-                    raise BackendTimeoutError(f"stream not finished within {t.timeouts.total}s", backend=t.backend.name, model=t.name, phase="total") from None
-        except BackendError as exc:
-            self._done = True
-            t.breaker.record_failure()
-            self.gateway.metrics and self.gateway.metrics.inc_error(exc.kind)
-            rec.response_text = "".join(texts)
-            await rec.fail(exc)
-            raise
-        except BaseException as exc:  # client gone (GeneratorExit / CancelledError): close upstream, log it
-            if not self._done:
-                self._done = True
-                await _close_quietly(self._upstream)
-                rec.response_text = "".join(texts)
-                await rec.fail(exc)
-            raise
-        t.breaker.record_success()
-        # llama.cpp sends no usage when streaming: one chunk is about one token.
-        self.usage = usage or Usage(estimate_tokens(rec.request.prompt_text()), pieces)
-        self._done = True
-        await rec.finish(self.usage, "".join(texts))
-
-    async def aclose(self) -> None:
-        """Stop early: close the upstream stream and log the request as cancelled. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        await _close_quietly(self._upstream)
-        await self._rec.fail(asyncio.CancelledError("client closed the stream"))
+def _decide_with(rt: RouteRuntime, request: ChatRequest, allowed: frozenset[str] | None, vec: Any) -> Decision:
+    return rt.decide(request, allowed, vector=vec)
 
 
-async def _close_quietly(it: AsyncIterator[StreamChunk]) -> None:
-    aclose = getattr(it, "aclose", None)
-    if aclose is None:
-        return
+def _delta_text(chunk: dict[str, Any]) -> str:
     try:
-        await aclose()
-    except BackendError:
-        # Closing a stream that already failed may re-raise its error; that error was already counted.
-        pass
+        text = chunk["choices"][0]["delta"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text if isinstance(text, str) else ""
 
 
-class _Record:
-    """Accounting of one request: timing, key, spend, metrics and the request-log row."""
-
-    def __init__(self, gw: Gateway, request: ChatRequest, request_id: str | None) -> None:
-        self.gw = gw
-        self.request = request
-        self.request_id = request_id or uuid.uuid4().hex
-        self.t0 = time.perf_counter()
-        self.ts = time.time()
-        self.key: Any = None
-        self.decision: Decision | None = None
-        self.model = ""
-        self.ttft_s: float | None = None
-        self.attempts: list[Attempt] = []
-        self.prompt: str | None = None
-        self.response_text: str | None = None
-        self._logged = False
-
-    async def begin(self, api_key: str | None) -> Decision:
-        gw = self.gw
-        if gw.keys is not None:
-            self.key = await _maybe_await(gw.keys.authenticate(api_key))
-            # Asking for an allowed route accepts its candidates; other fallbacks the chain skips (usable_models).
-            await _maybe_await(gw.keys.authorize(self.key, self.request.model))
-            await gw.call_state(gw.keys, gw.keys.check_budget, self.key)
-        self.decision = await gw.route(self.request)
-        self.model = self.decision.model
-        return self.decision
-
-    async def finish(self, usage: Usage, text: str | None) -> None:
-        target = self.gw.targets[self.model]
-        cost = target.price.cost(usage.prompt_tokens, usage.completion_tokens)
-        gw = self.gw
-        if self.key is not None and cost:
-            # a new request checks the key's budget first, and is refused (503) while the store is down
-            await self._count_after_answer(f"spend {cost:.6g} USD of key {self.key.name!r}", gw.keys,
-                                           gw.keys.record_spend, self.key, cost)
-        d = self.decision
-        if d is not None and d.router != "passthrough":
-            rt = gw.routes.get(d.route)
-            if rt is not None and rt.budget is not None:  # actual spend steers the route's λ
-                await self._count_after_answer(f"route {d.route!r} budget", rt.budget, rt.budget.observe,
-                                               self.model, cost)
-        self.response_text = text
-        self._write("ok", None, usage, cost)
-
-    async def _count_after_answer(self, what: str, owner: Any, fn: Callable[..., Any], *args: Any) -> None:
-        """``gw.call_state(owner, fn, *args)`` once the answer exists: a StateError is logged and counted, not raised.
-
-        The answer is paid for; losing it because a counter could not be written would lose the user's money
-        and work. Only the figure (a key's spend, a route's running totals) misses this answer.
-        """
-        gw = self.gw
-        try:
-            await gw.call_state(owner, fn, *args)
-        except StateError as exc:
-            log.warning("request %s: %s not updated: %s", self.request_id, what, exc)
-            if gw.metrics is not None:
-                gw.metrics.inc_error(exc.kind)
-
-    async def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-            self._write("cancelled", "client_disconnect", None, 0.0, exc=None)
-            return
-        kind = exc.kind if isinstance(exc, TurnoutError) else "internal_error"
-        if self.gw.metrics is not None:
-            self.gw.metrics.inc_error(kind)
-        self._write("error", kind, None, 0.0, exc=exc)
-
-    def _write(self, status: str, error_kind: str | None, usage: Usage | None, cost: float, exc: BaseException | None = None) -> None:
-        if self._logged:
-            return
-        self._logged = True
-        gw, d = self.gw, self.decision
-        latency = time.perf_counter() - self.t0
-        route = d.route if d else (self.request.model if self.request.model in gw.routes else "passthrough")
-        model = self.model or "-"
-        pt, ct = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        decision_s = d.elapsed_ms / 1000.0 if d and d.router != "passthrough" else None
-        if gw.metrics is not None:
-            gw.metrics.observe_request(route, model, status, latency, self.ttft_s, decision_s, pt, ct, cost)
-        if gw.request_log is None:
-            return
-        from turnout.gateway.requestlog import LogEntry  # only needed when a log is configured
-
-        http_status = gw.status_for(exc) if gw.status_for is not None else None
-        gw.request_log.record(LogEntry(
-            id=self.request_id, ts=self.ts, key_name=getattr(self.key, "name", None), route=route, model=model,
-            status=status, error_kind=error_kind,
-            candidates=[{"model": c.model, "quality": c.quality, "cost": c.cost, "utility": c.utility, "excluded": c.excluded} for c in (d.candidates if d else [])],
-            prompt=self.prompt if self.prompt is not None else self.request.prompt_text(),
-            response_text=self.response_text, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost,
-            latency_s=latency, ttft_s=self.ttft_s, decision_ms=d.elapsed_ms if d else None,
-            fallbacks_tried=_fallbacks_tried(self.attempts), http_status=http_status,
-            lam=d.lam if d is not None and d.router != "passthrough" else None, budget=d.budget if d is not None else None,
-        ))
+def _finish(chunk: dict[str, Any]) -> str | None:
+    try:
+        reason = chunk["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
 
 
-def _fallbacks_tried(attempts: list[Attempt]) -> list[str]:
-    """Models tried after the first one, in order, each once."""
-    seen: list[str] = []
-    for a in attempts:
-        if a.model not in seen:
-            seen.append(a.model)
-    return seen[1:]
+def _short(name: str, limit: int = 80) -> str:
+    """A client-supplied name cut for an error message (a 500 KB model name is not echoed back)."""
+    return name if len(name) <= limit else name[:limit] + f"... ({len(name)} characters)"
 
 
 __all__ = ["Attempt", "Gateway", "ModelTarget", "StreamSession"]

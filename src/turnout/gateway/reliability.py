@@ -5,6 +5,9 @@ A :class:`CircuitBreaker` guards one (backend, model) pair. It opens after
 the provider is unwell; a 400 is the request's fault and does not count),
 skips the pair for ``cooldown_s``, then lets exactly one probe through
 (half-open): success closes it, failure re-opens it for another cooldown.
+A probe that never reports back (its caller vanished between the call and the
+verdict) frees its slot after ``probe_timeout_s``, so a breaker can never stay
+half-open with no probe allowed: it would skip its endpoint until a restart.
 """
 
 from __future__ import annotations
@@ -25,13 +28,19 @@ class CircuitBreaker:
             ...  # call, then br.record_success() or br.record_failure()
     """
 
-    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic, *,
+                 probe_timeout_s: float = 300.0) -> None:
         self.failures = failures
         self.cooldown_s = cooldown_s
+        self.probe_timeout_s = probe_timeout_s
         self._clock = clock
         self._consecutive = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._probe_started = 0.0
+
+    def _probe_lost(self) -> bool:
+        return self._probing and self._clock() - self._probe_started >= self.probe_timeout_s
 
     @property
     def state(self) -> str:
@@ -46,9 +55,10 @@ class CircuitBreaker:
         """May a call go through now? In half-open state only one probe at a time."""
         if self._opened_at is None:
             return True
-        if self._probing or self._clock() - self._opened_at < self.cooldown_s:
+        if (self._probing and not self._probe_lost()) or self._clock() - self._opened_at < self.cooldown_s:
             return False
         self._probing = True
+        self._probe_started = self._clock()
         return True
 
     def record_success(self) -> None:

@@ -25,34 +25,19 @@ every field made storable (:func:`_storable_row`). Only an entry even that
 cannot store, or a batch the file itself refuses (locked past the busy
 timeout, disk full), is lost, counted in :attr:`RequestLog.write_errors`.
 
-Schema (``SCHEMA_VERSION``)::
+The schema, its migrations and the entry type are in :mod:`turnout.gateway.logschema`.
 
-    requests(seq INTEGER PRIMARY KEY, id TEXT UNIQUE, ts, key_name, route, model, status,
-             error_kind, candidates JSON, prompt, response_text, prompt_tokens,
-             completion_tokens, cost_usd, latency_s, ttft_s, decision_ms,
-             fallbacks_tried JSON, http_status, lam, budget JSON)
-    feedback(request_id TEXT PRIMARY KEY, score REAL, ts REAL)
-    schema_version(version INTEGER)
-
-``lam`` is the λ the decision used and ``budget`` the route budget's state at
-that moment (null without one). ``http_status`` is the status the client
-received (as the server reports it): ``200`` also for a stream that failed
-or was left after its first chunk (the failure is in ``status`` and
-``error_kind``), null for a request whose client hung up before anything was
-sent (``status`` ``cancelled``) and for a gateway used without the server.
-Version 1 files (without ``lam`` and ``budget``) are migrated in place when
-opened.
-
-``seq`` is the insertion order (``--follow`` tails by it; ``ts``, the request
-start, is not monotonic in write order). Feedback is its own table so that it
-may arrive before its request is written and a re-recorded request keeps it.
+**Durability window.** An entry is on disk at most ``linger_s`` (0.1 s by default;
+``server.request_log_linger_s``) plus one write after it was recorded: a ``kill -9``
+loses the entries of requests that finished within that window, and has no row at
+all for requests still in flight. A clean shutdown writes everything.
 
 Example::
 
     log = RequestLog("turnout-requests.sqlite")
     log.record(LogEntry(route="auto", model="qwen2.5-7b", status="ok", prompt="hi", response_text="hello"))
     log.flush()
-    log.set_feedback(entry.id, 1.0)
+    log.set_feedback(entry.id, 1.0, comment="right answer")
     log.export_canonical("traffic.parquet")
     log.close()
 """
@@ -60,113 +45,41 @@ Example::
 from __future__ import annotations
 
 import collections
-import dataclasses
-import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from turnout.errors import DataError, InvalidRequestError, TurnoutError
+from turnout.gateway.logexport import ExportSummary, export_canonical
+from turnout.gateway.logschema import (
+    CALL_COLUMNS,
+    COLUMNS,
+    DATA_ERRORS,
+    DEFAULT_REQUEST_LOG,
+    DELETE_CALLS,
+    FEEDBACK,
+    INSERT_CALL,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_CALLS,
+    SELECT_ENTRIES,
+    UPSERT,
+    LogEntry,
+    call_rows,
+    prompt_id,
+    row,
+    storable_row,
+)
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REQUEST_LOG = "turnout-requests.sqlite"
-SCHEMA_VERSION = 2
-
-_COLUMNS = (
-    "id", "ts", "key_name", "route", "model", "status", "error_kind", "candidates", "prompt", "response_text",
-    "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "ttft_s", "decision_ms", "fallbacks_tried",
-    "http_status", "lam", "budget",
-)
-#: the rows read back as LogEntry objects (sequence number, the columns, the latest feedback score); filters follow
-_SELECT_ENTRIES = (f"SELECT r.seq, {', '.join('r.' + c for c in _COLUMNS)}, f.score FROM requests r "
-                   "LEFT JOIN feedback f ON f.request_id = r.id")
-#: version -> the statements that bring a file of that version to the next one
-_MIGRATIONS = {
-    1: ("ALTER TABLE requests ADD COLUMN lam REAL", "ALTER TABLE requests ADD COLUMN budget TEXT"),
-}
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE, ts REAL NOT NULL, key_name TEXT, route TEXT, model TEXT, status TEXT NOT NULL,
-    error_kind TEXT, candidates TEXT, prompt TEXT, response_text TEXT, prompt_tokens INTEGER,
-    completion_tokens INTEGER, cost_usd REAL, latency_s REAL, ttft_s REAL, decision_ms REAL,
-    fallbacks_tried TEXT, http_status INTEGER, lam REAL, budget TEXT
-);
-CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
-CREATE INDEX IF NOT EXISTS requests_route_model ON requests (route, model);
-CREATE INDEX IF NOT EXISTS requests_key ON requests (key_name);
-CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, score REAL NOT NULL, ts REAL NOT NULL);
-"""
-# re-recording an id (e.g. a request logged again with its final status) updates it in place
-_UPSERT = (
-    f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
-)
-_FEEDBACK = (
-    "INSERT INTO feedback (request_id, score, ts) VALUES (?, ?, ?) "
-    "ON CONFLICT(request_id) DO UPDATE SET score = excluded.score, ts = excluded.ts"
-)
-
-
-@dataclass(slots=True)
-class LogEntry:
-    """One request as logged. ``id`` and ``ts`` (unix seconds) default to a fresh uuid and now.
-
-    ``status`` is ``ok`` or ``error`` (or another short word); ``candidates`` the
-    policy's candidates as dicts; ``fallbacks_tried`` the models tried before the
-    one that answered. ``score`` is filled in by :meth:`RequestLog.query` from
-    feedback and ignored by :meth:`RequestLog.record`. Do not mutate an entry
-    after recording it: the writer thread serialises it later.
-    """
-
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    ts: float = field(default_factory=time.time)
-    key_name: str | None = None
-    route: str | None = None
-    model: str | None = None
-    status: str = "ok"
-    error_kind: str | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    prompt: str | None = None
-    response_text: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cost_usd: float | None = None
-    latency_s: float | None = None
-    ttft_s: float | None = None
-    decision_ms: float | None = None
-    fallbacks_tried: list[str] = field(default_factory=list)
-    http_status: int | None = None
-    lam: float | None = None
-    budget: dict[str, Any] | None = None
-    score: float | None = None
-    seq: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field as a plain dict (JSON-ready: candidates are already dicts)."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ExportSummary:
-    """What :meth:`RequestLog.export_canonical` wrote and what it left out, and why."""
-
-    path: str
-    rows: int
-    prompts: int
-    skipped_unscored: int
-    skipped_errors: int
-    merged_repeats: int
 
 
 class _Flush:
@@ -179,57 +92,17 @@ class _Flush:
 _STOP = object()
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.I)
 
 
-def _row(e: LogEntry) -> tuple[Any, ...]:
-    return (
-        e.id, e.ts, e.key_name, e.route, e.model, e.status, e.error_kind,
-        json.dumps([_jsonable(c) for c in e.candidates or []]), e.prompt, e.response_text,
-        e.prompt_tokens, e.completion_tokens, e.cost_usd, e.latency_s, e.ttft_s, e.decision_ms,
-        json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []), e.http_status,
-        e.lam, None if e.budget is None else json.dumps(e.budget),
-    )
-
-
-#: what an entry's own contents can raise on the way into SQLite (a type it cannot bind, a NOT NULL, JSON)
-_DATA_ERRORS = (TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError)
-#: the columns holding JSON text and those holding text, for :func:`_storable_row` (the others are numbers)
-_JSON_COLUMNS = frozenset({"candidates", "fallbacks_tried", "budget"})
-_TEXT_COLUMNS = frozenset({"id", "key_name", "route", "model", "status", "error_kind", "prompt", "response_text"})
-
-
-def _storable_row(e: LogEntry) -> tuple[Any, ...]:
-    """``_row(e)`` with every field coerced to what its column stores: for an entry ``_row`` could not write.
-
-    JSON columns serialise whatever they hold (``str()`` of what JSON cannot
-    express), text columns take ``str()`` of a non-string, numeric columns
-    keep numbers and drop anything else to null.
-    """
-    out: list[Any] = []
-    for column in _COLUMNS:
-        value = getattr(e, column)
-        if column in _JSON_COLUMNS:
-            empty = None if column == "budget" else "[]"
-            out.append(empty if value is None else json.dumps(value, default=_json_default))
-        elif column in _TEXT_COLUMNS:
-            out.append(value if value is None or isinstance(value, str) else str(value))
-        else:
-            out.append(value if isinstance(value, (int, float)) else None)
-    return tuple(out)
-
-
-def _json_default(value: Any) -> Any:
-    out = _jsonable(value)  # a dataclass as a dict; anything else JSON cannot express as its str()
-    return str(value) if out is value else out
-
-
-def prompt_id(prompt: str) -> str:
-    """A stable id for a prompt text, so repeats of one prompt group together in exports."""
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+def _migrate(conn: sqlite3.Connection, statement: str) -> None:
+    """Run one migration statement; adding a column the table already has is a no-op (a half-migrated file)."""
+    m = _ADD_COLUMN.match(statement)
+    if m is not None:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({m.group(1)})")}
+        if m.group(2) in have:
+            return
+    conn.execute(statement)
 
 
 class RequestLog:
@@ -278,18 +151,18 @@ class RequestLog:
             if str(mode).lower() != "wal":
                 log.warning("request log %s: journal mode is %s, not WAL (readers may block the writer)", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes, fast
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             row = conn.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] in _MIGRATIONS:
+            elif row[0] in MIGRATIONS:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     # read again under the write lock: another process may have migrated it meanwhile
                     version = conn.execute("SELECT version FROM schema_version").fetchone()[0]
-                    while version in _MIGRATIONS:
-                        for statement in _MIGRATIONS[version]:
-                            conn.execute(statement)
+                    while version in MIGRATIONS:
+                        for statement in MIGRATIONS[version]:
+                            _migrate(conn, statement)
                         version += 1
                     conn.execute("UPDATE schema_version SET version = ?", (version,))
                     conn.execute("COMMIT")
@@ -382,8 +255,8 @@ class RequestLog:
 
     def _write(self, conn: sqlite3.Connection, entries: list[LogEntry], feedback: list[tuple[Any, ...]]) -> None:
         try:
-            self._commit(conn, [_row(e) for e in entries], feedback)
-        except _DATA_ERRORS as exc:
+            self._commit(conn, entries, [row(e) for e in entries], feedback)
+        except DATA_ERRORS as exc:
             # one odd entry must not cost the whole batch: write them one at a time, each made storable
             log.warning("request log %s: a batch of %d entries failed (%s); writing them one at a time",
                         self.path, len(entries) + len(feedback), exc)
@@ -405,11 +278,11 @@ class RequestLog:
         for i, item in enumerate(items):
             try:
                 if isinstance(item, LogEntry):
-                    self._commit(conn, [_storable_row(item)], [])
+                    self._commit(conn, [item], [storable_row(item)], [])
                     written += 1
                 else:
-                    self._commit(conn, [], [item])
-            except _DATA_ERRORS as exc:
+                    self._commit(conn, [], [], [item])
+            except DATA_ERRORS as exc:
                 # keep the writer alive: count and report the lost entry, go on with the next
                 lost += 1
                 what = f"request {item.id!r}" if isinstance(item, LogEntry) else f"feedback for {item[0]!r}"
@@ -423,12 +296,17 @@ class RequestLog:
             self._write_errors += lost
 
     @staticmethod
-    def _commit(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]) -> None:
-        """Write ``rows`` and ``feedback`` in one transaction, or nothing."""
+    def _commit(conn: sqlite3.Connection, entries: list[LogEntry], rows: list[tuple[Any, ...]],
+                feedback: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` (of ``entries``, with their calls) and ``feedback`` in one transaction, or nothing."""
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_UPSERT, rows)
-            conn.executemany(_FEEDBACK, feedback)
+            conn.executemany(UPSERT, rows)
+            calls = [c for e in entries for c in call_rows(e)]
+            if calls:
+                conn.executemany(DELETE_CALLS, [(e.id,) for e in entries if e.calls])
+                conn.executemany(INSERT_CALL, calls)
+            conn.executemany(FEEDBACK, feedback)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -458,8 +336,8 @@ class RequestLog:
         self.close()
 
     # -- feedback -------------------------------------------------------------
-    def set_feedback(self, request_id: str, score: float) -> None:
-        """Store a quality score in [0, 1] for a logged request (the latest score wins).
+    def set_feedback(self, request_id: str, score: float, comment: str | None = None) -> None:
+        """Store a quality score in [0, 1] (and an optional comment) for a logged request (the latest wins).
 
         Queued like a record, so it never blocks; it may arrive before its
         request is written. Raises InvalidRequestError for a score out of range.
@@ -469,7 +347,7 @@ class RequestLog:
         if not request_id:
             raise InvalidRequestError("feedback needs the request id (the x-turnout-request-id header of the answer)",
                                       param="request_id")
-        self._enqueue((request_id, float(score), time.time()))
+        self._enqueue((request_id, float(score), time.time(), comment))
 
     # -- reading --------------------------------------------------------------
     def get(self, request_id: str) -> LogEntry | None:
@@ -479,9 +357,9 @@ class RequestLog:
         gateway's offload helper.
         """
         self.flush()
-        sql = _SELECT_ENTRIES + " WHERE r.id = ?"
+        sql = SELECT_ENTRIES + " WHERE r.id = ?"
         rows = list(self._read(sql, [request_id]))
-        return self._entry(rows[0]) if rows else None
+        return self._with_calls([self._entry(rows[0])])[0] if rows else None
 
     def query(
         self,
@@ -512,14 +390,24 @@ class RequestLog:
             where.append("r.seq > ?")
             params.append(after_seq)
         sql = (
-            _SELECT_ENTRIES
+            SELECT_ENTRIES
             + (" WHERE " + " AND ".join(where) if where else "")
             + (" ORDER BY r.seq ASC" if after_seq is not None else " ORDER BY r.ts DESC, r.seq DESC")
         )
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [self._entry(row) for row in self._read(sql, params)]
+        return self._with_calls([self._entry(r) for r in self._read(sql, params)])
+
+    def _with_calls(self, entries: list[LogEntry]) -> list[LogEntry]:
+        """``entries`` with their model calls read back (one query for all of them)."""
+        by_id = {e.id: e for e in entries}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start:start + 500]
+            for request_id, *values in self._read(SELECT_CALLS.format(", ".join("?" * len(chunk))), chunk):
+                by_id[request_id].calls.append(dict(zip(CALL_COLUMNS, values)))
+        return entries
 
     def last_seq(self) -> int:
         """The sequence number of the last row written (0 when empty)."""
@@ -535,105 +423,26 @@ class RequestLog:
             conn.close()
 
     @staticmethod
-    def _entry(row: tuple[Any, ...]) -> LogEntry:
-        seq, *values, score = row
-        data = dict(zip(_COLUMNS, values))
+    def _entry(values: tuple[Any, ...]) -> LogEntry:
+        seq, *columns, score, comment = values
+        data = dict(zip(COLUMNS, columns))
         data["candidates"] = json.loads(data["candidates"] or "[]")
         data["fallbacks_tried"] = json.loads(data["fallbacks_tried"] or "[]")
         data["budget"] = json.loads(data["budget"]) if data["budget"] else None
-        return LogEntry(**data, score=score, seq=seq)
-
-    # -- export ---------------------------------------------------------------
-    def export_canonical(self, path: str | Path, *, include_unscored: bool = False) -> ExportSummary:
-        """Write logged traffic as a canonical routing table (``.jsonl``, ``.jsonl.gz`` or ``.parquet``).
-
-        One row per (prompt, model): ``prompt_id`` (a hash of the prompt
-        text), ``prompt``, ``model``, ``score`` (the feedback score),
-        ``cost_usd``, ``input_tokens``, ``output_tokens``, ``latency_s``,
-        ``response``. Only successful requests (status ``ok``) are exported.
-        A prompt sent to the same model several times becomes one row: scores,
-        costs, tokens and latencies are averaged, the latest response is kept.
-
-        ``score`` is required by the canonical format, so requests without
-        feedback are skipped and counted. ``include_unscored=True`` writes them
-        too, with ``score`` null: that file is a *labelling queue* (score it,
-        e.g. with a judge, then load it), not yet a valid routing table.
-        Queued records are flushed first.
-        """
-        self.flush()
-        out = Path(path)
-        name = out.name.lower()
-        if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz") or name.endswith(".parquet")):
-            raise DataError("unknown output format", file=str(out), fix="name the file .jsonl, .jsonl.gz or .parquet")
-        rows = self._read(
-            "SELECT r.status, r.prompt, r.model, f.score, r.cost_usd, r.prompt_tokens, r.completion_tokens, "
-            "r.latency_s, r.response_text FROM requests r LEFT JOIN feedback f ON f.request_id = r.id ORDER BY r.seq",
-            [],
-        )
-        groups: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-        skipped_unscored = skipped_errors = 0
-        for status, prompt, model, score, *rest in rows:
-            if status != "ok" or prompt is None or not model or model == "-":
-                skipped_errors += 1
-                continue
-            if score is None and not include_unscored:
-                skipped_unscored += 1
-                continue
-            groups.setdefault((prompt, model), []).append((score, *rest))
-        records = [_merge(prompt, model, items) for (prompt, model), items in groups.items()]
-        merged = sum(len(items) - 1 for items in groups.values())
-        _write_table(out, records)
-        return ExportSummary(
-            path=str(out), rows=len(records), prompts=len({r["prompt_id"] for r in records}),
-            skipped_unscored=skipped_unscored, skipped_errors=skipped_errors, merged_repeats=merged,
-        )
+        data["decision"] = json.loads(data["decision"]) if data["decision"] else None
+        return LogEntry(**data, score=score, comment=comment, seq=seq)
 
     def __repr__(self) -> str:
         return f"RequestLog({str(self.path)!r})"
 
+    def export_canonical(self, path: str | Path, *, include_unscored: bool = False) -> ExportSummary:
+        """Logged traffic as a canonical routing table (see :func:`turnout.gateway.logexport.export_canonical`);
+        queued records are flushed first."""
+        self.flush()
+        return export_canonical(self._read, path, include_unscored=include_unscored)
 
-def _mean(values: list[Any]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def _merge(prompt: str, model: str, items: list[tuple[Any, ...]]) -> dict[str, Any]:
-    scores, costs, tin, tout, lat, responses = zip(*items)
-    mean_in, mean_out = _mean(list(tin)), _mean(list(tout))
-    return {
-        "prompt_id": prompt_id(prompt),
-        "prompt": prompt,
-        "model": model,
-        "score": _mean(list(scores)),
-        "cost_usd": _mean(list(costs)),
-        "input_tokens": None if mean_in is None else round(mean_in),
-        "output_tokens": None if mean_out is None else round(mean_out),
-        "latency_s": _mean(list(lat)),
-        "response": next((r for r in reversed(responses) if r is not None), None),
-    }
-
-
-def _write_table(out: Path, records: list[dict[str, Any]]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.name.lower().endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        schema = pa.schema([
-            ("prompt_id", pa.string()), ("prompt", pa.string()), ("model", pa.string()), ("score", pa.float64()),
-            ("cost_usd", pa.float64()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
-            ("latency_s", pa.float64()), ("response", pa.string()),
-        ])
-        pq.write_table(pa.Table.from_pylist(records, schema=schema), out)
-        return
-    if out.name.lower().endswith(".gz"):
-        import gzip
-
-        with gzip.open(out, "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        return
-    with out.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    def __repr__(self) -> str:
+        return f"RequestLog({str(self.path)!r})"
 
 
 __all__ = ["DEFAULT_REQUEST_LOG", "SCHEMA_VERSION", "ExportSummary", "LogEntry", "RequestLog", "prompt_id"]

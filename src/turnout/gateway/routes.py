@@ -1,18 +1,20 @@
-"""A route at run time: embedder + router (scores) + policy (decides), all synchronous.
+"""A route at run time: router (scores) + policy (decides), synchronous and free of I/O.
 
-:meth:`RouteRuntime.decide` is CPU work (embedding, a router's forward pass)
-and is always called through the gateway's :class:`~turnout.gateway.offload.Offloader`,
-never on the event loop.
+:meth:`RouteRuntime.decide` is CPU work (a router's forward pass, the policy) and is called through the
+gateway's :class:`~turnout.gateway.offload.Offloader`, never on the event loop. The prompt's embedding is
+*not* computed here: the gateway's embedding service computes it once per request (the router, a domain
+guard and the semantic cache share it) and passes it in; a route built without that service (a test, a
+script) may still embed inline with its own ``embedder``.
 
-Costs come from the *fleet's* prices, not the router's: a router trained on
-other models predicts quality; what a fleet model costs is known from config
-(prompt tokens x input price + ``expected_output_tokens`` x output price).
+Costs come from the *fleet's* prices, not the router's: a router trained on other models predicts
+quality; what a fleet model costs is known from config (prompt tokens x input price +
+:data:`~turnout.routing.calibration.EXPECTED_OUTPUT_TOKENS` x output price).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,34 +22,24 @@ import numpy as np
 
 from turnout.embed.base import Embedder
 from turnout.routing.base import Router
-from turnout.routing.policy import Policy, estimate_tokens
-from turnout.types import ChatRequest, Decision
+from turnout.routing.calibration import EXPECTED_OUTPUT_TOKENS
+from turnout.routing.policy import Policy
+from turnout.tokens import estimate_tokens
+from turnout.types import ChatRequest, Decision, Plan, Price
 
 if TYPE_CHECKING:
     from turnout.gateway.budget import RouteBudget
-
-#: output length assumed when pricing a candidate before it answers
-EXPECTED_OUTPUT_TOKENS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """USD per million input and output tokens."""
-
-    input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
 @dataclass
 class RouteRuntime:
     """One configured route. ``candidates`` maps router model names to fleet model names.
 
-    ``budget`` (a :class:`~turnout.gateway.budget.RouteBudget`), when set,
-    supplies the λ of every decision instead of the policy's own, and its state
-    is reported in the decision.
+    ``budget`` (a :class:`~turnout.gateway.budget.RouteBudget`), when set, supplies the λ of every decision
+    instead of the policy's own, and its state is reported in the decision. ``embedder_name`` names the
+    gateway embedding service's embedder the router's features come from (``embedder`` is that embedder,
+    for warm-up and for deciding outside a gateway). ``plan`` turns the policy's decision into the plan the
+    gateway executes (default: the chosen model with its fallbacks); a cascade route sets it.
     """
 
     name: str
@@ -59,18 +51,35 @@ class RouteRuntime:
     embedder: Embedder | None = None
     fallbacks: list[str] = field(default_factory=list)
     budget: RouteBudget | None = None
+    embedder_name: str | None = None
+    plan: Callable[[Decision], Plan] | None = None
+
+    def __post_init__(self) -> None:
+        if self.embedder is not None and self.embedder_name is None:
+            # an embedder object handed in directly: served under a name of its own
+            self.embedder_name = f"route:{self.name}:{getattr(self.embedder, 'name', 'embedder')}"
 
     def warm_up(self) -> None:
         """Load the embedder's model now (blocking), so that the first request does not pay for it."""
         if self.embedder is not None:
             self.embedder.embed_one("turnout warm-up")
 
-    def decide(self, request: ChatRequest, allowed: Collection[str] | None = None) -> Decision:
-        """Score every candidate for ``request`` and let the policy choose (blocking)."""
+    def decide(self, request: ChatRequest, allowed: Collection[str] | None = None, *,
+               vector: np.ndarray | None = None) -> Decision:
+        """Score every candidate for ``request`` and let the policy choose (blocking).
+
+        ``vector`` is the prompt's embedding by this route's embedder; without it the route embeds
+        inline (when it has an embedder) or, for routers that need no features (prior, baselines),
+        passes one empty row.
+        """
         t0 = time.perf_counter()
         text = request.prompt_text()
-        # Routers without an embedder (prior, baselines) still need one row per prompt.
-        X = self.embedder.embed_one(text)[None, :] if self.embedder is not None else np.zeros((1, 1), dtype=np.float32)
+        if vector is not None:
+            X = np.asarray(vector)[None, :]
+        elif self.embedder is not None:
+            X = self.embedder.embed_one(text)[None, :]
+        else:
+            X = np.zeros((1, 1), dtype=np.float32)
         pred = self.router.predict(X)
         index = {m: i for i, m in enumerate(pred.models)}
         tokens = estimate_tokens(text)
@@ -86,10 +95,11 @@ class RouteRuntime:
             lam=budget.lam() if budget is not None else None, budget=budget.describe() if budget is not None else None,
         )
         if budget is not None:
-            decision.reasons.append(budget.reason())
+            decision.reason("budget", budget.reason(), **(decision.budget or {}))
         if self.fallbacks:
             # Configured fallbacks win over the policy's utility order: the operator knows the fleet.
             decision.fallbacks = [m for m in self.fallbacks if m != decision.model]
+        decision.plan = self.plan(decision) if self.plan is not None else Plan.single(decision.model, decision.fallbacks)
         decision.elapsed_ms = (time.perf_counter() - t0) * 1000.0
         return decision
 

@@ -25,15 +25,11 @@ import numpy as np
 
 from turnout.errors import NoCandidateError, RoutingError
 from turnout.routing.base import Prediction
-from turnout.types import Candidate, Decision
+from turnout.tokens import estimate_tokens
+from turnout.types import Candidate, Decision, Reason
 
 #: two utilities closer than this count as a tie (then the cheaper model wins)
 TIE_TOLERANCE = 1e-12
-
-
-def estimate_tokens(text: str) -> int:
-    """A rough token count (≈ 4 characters per token), used for context-window checks."""
-    return math.ceil(len(text) / 4)
 
 
 def _availability(pred: Prediction, allowed: np.ndarray | None) -> np.ndarray:
@@ -253,8 +249,11 @@ class Policy:
         chosen, rest = live[0], live[1:]
         if self.max_fallbacks is not None:
             rest = rest[: self.max_fallbacks]
-        reasons = [f"utility = quality - {lam_used:g} * cost; chose {chosen.model} (utility {chosen.utility:.4g})"]
-        reasons += [f"excluded {c.model}: {c.excluded}" for c in candidates if c.excluded]
+        reasons = [Reason("policy", f"utility = quality - {lam_used:g} * cost; chose {chosen.model} "
+                                    f"(utility {chosen.utility:.4g})",
+                          {"model": chosen.model, "utility": chosen.utility, "lambda": lam_used})]
+        reasons += [Reason("excluded", f"excluded {c.model}: {c.excluded}", {"model": c.model, "why": c.excluded})
+                    for c in candidates if c.excluded]
         return Decision(
             route=route,
             model=chosen.model,

@@ -11,32 +11,17 @@ ignore it); fields turnout does not know are forwarded unchecked.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from turnout.errors import InvalidRequestError
+from turnout.fastjson import DecodeError, dumps, loads
 from turnout.types import ChatRequest
 
-try:  # orjson is about 3x faster on the bodies we parse and write; optional (the 'server' extra)
-    import orjson
-
-    def loads(data: bytes) -> Any:
-        return orjson.loads(data)
-
-    def dumps(obj: Any) -> bytes:
-        return orjson.dumps(obj)
-
-    _DecodeError: type[Exception] = orjson.JSONDecodeError
-except ImportError:  # pragma: no cover - exercised when orjson is absent
-
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
-
-    _DecodeError = ValueError
+#: the deepest JSON nesting a body may have: what is parsed must also be writable upstream (orjson writes at most
+#: 255 levels), with room for the few levels the gateway wraps it in
+MAX_JSON_DEPTH = 128
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 #: content part types of the chat API (``refusal`` only in assistant turns); the backends translate these
@@ -184,14 +169,43 @@ CHECKS: dict[str, Check] = {
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or InvalidRequestError."""
+    """The body as a JSON object, or InvalidRequestError (malformed, not an object, or nested too deep)."""
     try:
         data = loads(body)
-    except (_DecodeError, UnicodeDecodeError, ValueError) as exc:
+    except (DecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(f"request body must be a JSON object, got {type(data).__name__}")
+    depth = json_depth(data, MAX_JSON_DEPTH)
+    if depth > MAX_JSON_DEPTH:
+        # parsed fine, but it could not be written to a backend (orjson stops at 255 levels): refuse it now
+        raise InvalidRequestError(f"request body is nested more than {MAX_JSON_DEPTH} levels deep; "
+                                  "no OpenAI field needs that (flatten the structure)")
     return data
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """The nesting depth of a parsed JSON value (a scalar is 0), counted up to ``limit + 1`` at most.
+
+    Iterative, so a hostile document cannot exhaust the Python stack; stops as soon as the limit is passed.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > limit:
+                return deepest
+        stack.extend((child, depth) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _check_parts(i: int, content: list[Any]) -> None:
@@ -247,10 +261,29 @@ def parse_chat(body: bytes) -> ChatRequest:
     return ChatRequest(model=model, messages=messages, stream=stream, params=data)
 
 
+#: the longest feedback comment kept (longer ones are refused, not cut: the client should know)
+MAX_COMMENT_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A validated ``POST /v1/feedback`` body."""
+
+    request_id: str
+    score: float
+    comment: str | None = None
+
+
 def parse_feedback(body: bytes) -> tuple[str, float]:
-    """``{"request_id": str, "score": number in [0, 1]}``."""
+    """``(request_id, score)`` of a feedback body (see :func:`parse_feedback_body`)."""
+    fb = parse_feedback_body(body)
+    return fb.request_id, fb.score
+
+
+def parse_feedback_body(body: bytes) -> Feedback:
+    """``{"request_id": str, "score": number in [0, 1], "comment"?: str}``."""
     data = parse_json(body)
-    rid, score = data.get("request_id"), data.get("score")
+    rid, score, comment = data.get("request_id"), data.get("score"), data.get("comment")
     if not isinstance(rid, str) or not rid:
         raise InvalidRequestError("'request_id' is required (the x-turnout-request-id header of an answer)", param="request_id")
     if len(rid) > MAX_REQUEST_ID:
@@ -258,8 +291,12 @@ def parse_feedback(body: bytes) -> tuple[str, float]:
                                   "(send the x-turnout-request-id header of an answer)", param="request_id")
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
         raise InvalidRequestError("'score' must be a number in [0, 1]", param="score")
-    return rid, float(score)
+    if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
+        raise InvalidRequestError(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters",
+                                  param="comment")
+    return Feedback(rid, float(score), comment)
 
 
-__all__ = ["CHECKS", "MAX_REQUEST_ID", "PART_TYPES", "RESPONSE_FORMATS", "ROLES", "TOOL_CHOICES", "dumps", "loads", "parse_chat",
-           "parse_feedback", "parse_json"]
+__all__ = ["CHECKS", "MAX_COMMENT_CHARS", "MAX_JSON_DEPTH", "MAX_REQUEST_ID", "PART_TYPES", "RESPONSE_FORMATS", "ROLES",
+           "TOOL_CHOICES", "Feedback", "dumps", "json_depth", "loads", "parse_chat", "parse_feedback", "parse_feedback_body",
+           "parse_json"]

@@ -1,10 +1,15 @@
-"""Shared state: counters that one process keeps in memory or many share in Redis.
+"""Shared state: counters and budget holds that one process keeps (in memory, or persisted to SQLite)
+or many share in Redis. See :mod:`turnout.state.base` for the seam.
 
-``RedisCounters`` lives in :mod:`turnout.state.redis`; it is re-exported here
-without importing the ``redis`` package (that happens when one is built).
+``RedisCounters`` is re-exported without importing the ``redis`` package (that happens when one is built).
 """
 
-from turnout.state.counters import Counters, InMemoryCounters
+from turnout.state.base import Reservation, StateStore
+from turnout.state.memory import InMemoryCounters
 from turnout.state.redis import RedisCounters
+from turnout.state.sqlite import SqliteCounters
 
-__all__ = ["Counters", "InMemoryCounters", "RedisCounters"]
+#: the seam's historical name
+Counters = StateStore
+
+__all__ = ["Counters", "InMemoryCounters", "RedisCounters", "Reservation", "SqliteCounters", "StateStore"]

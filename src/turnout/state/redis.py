@@ -1,30 +1,67 @@
-"""Counters in Redis, shared by every gateway replica.
+"""Counters and holds in Redis, shared by every gateway replica (``redis.asyncio``, on the event loop).
 
-``INCRBYFLOAT`` is atomic on the Redis server, so concurrent increments from
-any number of processes never lose an update. The ``redis`` package is an
-optional extra, imported only when a :class:`RedisCounters` is built.
+Every update is atomic on the server: ``INCRBYFLOAT`` for counters, one Lua script for a hold
+(expire the dead holds, sum the live ones, compare with the limit, add the new one) and one for a
+settlement (drop the hold, add the spend). Nothing is read in Python and written back, so any number
+of replicas can update one key's budget concurrently without losing an update or overspending.
+No thread pool is involved: the client is asyncio's own.
+
+Holds of budget ``name`` live in a hash ``holds:<name>`` (hold id -> amount) beside a sorted set
+``holds-exp:<name>`` (hold id by expiry time, from the server's clock), so a replica that died with
+requests in flight stops holding their money after ``ttl_s``.
 
 Every Redis failure (refused, timed out, reset, an error reply) is raised as
-:class:`turnout.errors.StateError` naming the URL, which the server answers
-with 503: the store is unavailable, the request itself is fine.
+:class:`turnout.errors.StateError` naming the URL (its password masked); the server answers it 503.
+The ``redis`` package is the optional ``redis`` extra, imported when a store is built.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from turnout.errors import MissingDependency, StateError
+from turnout.state.base import Reservation, holds_key, spend_key
+
+# KEYS: spend, holds hash, holds expiry zset. ARGV: hold id, amount, limit, ttl_s.
+# Returns {ok (0/1), spent (string), held (string)}.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+if #dead > 0 then
+  redis.call('HDEL', KEYS[2], unpack(dead))
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+end
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local held = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do held = held + tonumber(v) end
+local amount = tonumber(ARGV[2])
+if spent + held >= tonumber(ARGV[3]) then
+  return {0, tostring(spent), tostring(held)}
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
+return {1, tostring(spent), tostring(held + amount)}
+"""
+
+# KEYS: spend, holds hash, holds expiry zset. ARGV: hold id, actual. Returns the new spend (string).
+_SETTLE = """
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return redis.call('INCRBYFLOAT', KEYS[1], ARGV[2])
+"""
 
 
-def _redis() -> Any:
+def _redis_asyncio() -> Any:
     try:
-        import redis
+        import redis.asyncio as aredis
     except ImportError as exc:
-        raise MissingDependency("redis", "redis", "shared counters in Redis (RedisCounters)") from exc
-    return redis
+        raise MissingDependency("redis", "redis", "shared state in Redis (RedisCounters)") from exc
+    return aredis
 
 
-def _masked(url: str) -> str:
+def masked(url: str) -> str:
     """``url`` with the password of its user part replaced by ``***`` (messages reach clients and logs)."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
@@ -34,70 +71,106 @@ def _masked(url: str) -> str:
 
 
 class RedisCounters:
-    """:class:`turnout.state.Counters` stored in Redis under ``prefix + key``.
+    """:class:`~turnout.state.base.StateStore` in Redis under ``prefix + key``.
 
-    Building one does not connect; the first call (or :meth:`ping`, which a
-    server should call at start-up to fail early) does. Redis errors are
-    translated into :class:`turnout.errors.StateError` naming the URL.
-    Messages and ``repr`` show the URL with any password masked. Every call is
-    a network round trip (``in_process`` is False): the gateway makes them off
-    the event loop.
+    Building one does not connect; the first call (or :meth:`ping`, which the gateway calls at start-up
+    to fail early) does. ``socket_timeout`` bounds every round trip.
 
     Example::
 
-        counters = RedisCounters("redis://127.0.0.1:6379/0")
-        counters.ping()
-        counters.incr("spend:alice", 0.002)
+        store = RedisCounters("redis://127.0.0.1:6379/0")
+        await store.ping()
+        await store.incr("spend:alice", 0.002)
+        await store.aclose()
     """
 
-    #: every call leaves the process (see :mod:`turnout.state.counters`)
+    #: every call leaves the process
     in_process = False
 
     def __init__(self, url: str, *, prefix: str = "turnout:", socket_timeout: float = 2.0) -> None:
-        redis = _redis()
+        aredis = _redis_asyncio()
+        import redis as redis_sync
+
         self.url = url
         #: the URL as messages show it: the password, if any, masked
-        self.shown_url = _masked(url)
+        self.shown_url = masked(url)
         self.prefix = prefix
-        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError,)
+        self._errors: tuple[type[BaseException], ...] = (redis_sync.exceptions.RedisError, OSError)
         try:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-            )
+            self._client = aredis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                                 socket_connect_timeout=socket_timeout)
         except ValueError as exc:  # a malformed URL
             raise StateError(
                 f"invalid Redis URL {self.shown_url!r}: {exc} (fix: use redis://HOST:PORT/DB or rediss://...)"
             ) from exc
+        self._reserve = self._client.register_script(_RESERVE)
+        self._settle = self._client.register_script(_SETTLE)
 
     def _fail(self, what: str, exc: BaseException) -> StateError:
         return StateError(f"Redis at {self.shown_url} failed to {what}: {exc} (is redis-server running and reachable?)")
 
-    def ping(self) -> None:
+    def _hold_keys(self, name: str) -> list[str]:
+        p = self.prefix
+        return [p + spend_key(name), p + holds_key(name), p + "holds-exp:" + name]
+
+    async def ping(self) -> None:
         """Check the connection now; raise StateError naming the URL if Redis is unreachable."""
         try:
-            self._client.ping()
+            await self._client.ping()
         except self._errors as exc:
             raise self._fail("answer PING", exc) from exc
 
-    def incr(self, key: str, amount: float) -> float:
+    async def incr(self, key: str, amount: float) -> float:
         try:
-            return float(self._client.incrbyfloat(self.prefix + key, float(amount)))
+            return float(await self._client.incrbyfloat(self.prefix + key, float(amount)))
         except self._errors as exc:
             raise self._fail(f"increment {key!r}", exc) from exc
 
-    def get(self, key: str) -> float:
+    async def get(self, key: str) -> float:
         try:
-            value = self._client.get(self.prefix + key)
+            value = await self._client.get(self.prefix + key)
         except self._errors as exc:
             raise self._fail(f"read {key!r}", exc) from exc
         return 0.0 if value is None else float(value)
 
-    def close(self) -> None:
+    async def get_many(self, keys: Sequence[str]) -> list[float]:
+        if not keys:
+            return []
+        try:
+            values = await self._client.mget([self.prefix + k for k in keys])
+        except self._errors as exc:
+            raise self._fail(f"read {len(keys)} keys", exc) from exc
+        return [0.0 if v is None else float(v) for v in values]
+
+    async def reserve(self, name: str, hold_id: str, amount: float, *, limit: float, ttl_s: float) -> Reservation:
+        try:
+            ok, spent, held = await self._reserve(keys=self._hold_keys(name),
+                                                  args=[hold_id, repr(float(amount)), repr(float(limit)), repr(ttl_s)])
+        except self._errors as exc:
+            raise self._fail(f"hold {amount:.6g} USD against {name!r}", exc) from exc
+        return Reservation(bool(int(ok)), float(spent), float(held))
+
+    async def settle(self, name: str, hold_id: str, actual: float) -> float:
+        try:
+            return float(await self._settle(keys=self._hold_keys(name), args=[hold_id, repr(float(actual))]))
+        except self._errors as exc:
+            raise self._fail(f"settle {actual:.6g} USD of {name!r}", exc) from exc
+
+    async def held(self, name: str) -> float:
+        """USD held now against ``name`` by requests in flight on every replica (expired holds included
+        until the next reservation drops them)."""
+        try:
+            values = await self._client.hvals(self.prefix + holds_key(name))
+        except self._errors as exc:
+            raise self._fail(f"read the holds of {name!r}", exc) from exc
+        return sum(float(v) for v in values)
+
+    async def aclose(self) -> None:
         """Close the connection pool. Idempotent."""
-        self._client.close()
+        await self._client.aclose()
 
     def __repr__(self) -> str:
         return f"RedisCounters({self.shown_url!r}, prefix={self.prefix!r})"
 
 
-__all__ = ["RedisCounters"]
+__all__ = ["RedisCounters", "masked"]
