@@ -130,3 +130,42 @@ async def test_stream_faults(server, backend, step, error):
         async for _ in backend.stream(REQ, model="claude-x", timeouts=FAST):
             pass
     assert server.count == 1
+
+
+@pytest.mark.parametrize(("prompt_tokens", "completion_tokens"), [(-1000000, 4), (9, -3), (10**12, 4), (9, 10**10)])
+async def test_insane_token_counts_are_replaced_by_estimates(prompt_tokens, completion_tokens, caplog):
+    from turnout.backends._http import estimate_prompt_tokens, estimate_tokens
+
+    step = Step(text="It is four.", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+    with ScriptedServer(Script(step), protocol="anthropic") as srv:
+        async with AnthropicBackend("claude", srv.root_url, api_key="sk-ant") as b:
+            resp = await b.complete(REQ, model="claude-x")
+            chunks = [c async for c in b.stream(REQ, model="claude-x")]
+    want_prompt = prompt_tokens if prompt_tokens >= 0 and prompt_tokens <= 10**9 else estimate_prompt_tokens(REQ.messages)
+    want_completion = (completion_tokens if 0 <= completion_tokens <= 10**9 else estimate_tokens("It is four."))
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (want_prompt, want_completion)
+    assert resp.body["usage"]["prompt_tokens"] == want_prompt and resp.body["usage"]["completion_tokens"] == want_completion
+    final = chunks[-1]
+    assert final.usage is not None and final.usage.prompt_tokens == want_prompt
+    assert final.usage.completion_tokens == want_completion and final.body["usage"] == final.usage.to_dict()
+    assert sum("invalid token count" in r.getMessage() for r in caplog.records) == 1  # once per backend
+
+
+@pytest.mark.parametrize("content", ['[5]', '[{"type": "text", "text": 5}]', '"text"'])
+async def test_a_messages_answer_with_blocks_of_the_wrong_shape_is_a_protocol_error(content):
+    import asyncio
+
+    body = ('{"id": "m", "type": "message", "model": "c", "stop_reason": "end_turn", "content": ' + content
+            + ', "usage": {"input_tokens": 3, "output_tokens": 1}}').encode()
+
+    async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readuntil(b"\r\n\r\n")
+        await r.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await w.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with AnthropicBackend("claude", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", api_key="k") as b:
+        with pytest.raises(BackendProtocolError):
+            await b.complete(REQ, model="claude-x")
+    server.close()

@@ -43,3 +43,33 @@ def test_plugin_registration_is_per_registry():
     assert reg.names() == ["echo"]
     assert isinstance(reg.create("echo", "e", {"text": "yo"}), ScriptedBackend)
     assert "echo" not in backend_protocols()  # the default registry is untouched
+
+
+def _dist_with_entry_points(root, text: str) -> None:
+    """An installed distribution on ``root`` (a sys.path entry) declaring ``text`` as its entry_points.txt."""
+    info = root / "turnout_fake_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: turnout-fake-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(text)
+
+
+def test_installed_entry_points_register_backends_lazily(tmp_path, monkeypatch):
+    _dist_with_entry_points(tmp_path, "[turnout.backends]\n"
+                                      "fakeproto = turnout.testing.scripted:ScriptedBackend\n"
+                                      "openai = turnout.testing.scripted:ScriptedBackend\n"
+                                      "broken = turnout_no_such_module:Backend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = BackendRegistry({"openai": "turnout.backends.openai:OpenAIBackend"}, entry_point_group="turnout.backends")
+    assert {"fakeproto", "openai", "broken"} <= set(reg.names())
+    assert isinstance(reg.create("fakeproto", "f", {}), ScriptedBackend)
+    assert reg.get("openai") is OpenAIBackend  # a built-in keeps its name
+    with pytest.raises(ConfigError, match="'broken' .*cannot be loaded.*install the package"):
+        reg.get("broken")
+
+
+def test_the_fallback_serves_only_names_no_entry_point_gave(tmp_path, monkeypatch):
+    _dist_with_entry_points(tmp_path, "[turnout.test-group]\nscripted = turnout.backends.openai:OpenAIBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fallback = {"scripted": "turnout.testing.scripted:ScriptedBackend"}
+    assert BackendRegistry(entry_point_group="turnout.test-group", fallback=fallback).get("scripted") is OpenAIBackend
+    assert BackendRegistry(entry_point_group="turnout.no-group", fallback=fallback).get("scripted") is ScriptedBackend

@@ -10,12 +10,13 @@ import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
 
 import pytest
 
-from turnout.backends._client import ConnectTimeout, HTTPPool, ReadError, RemoteProtocolError
+from turnout.backends._client import ConnectTimeout, HTTPPool, IncompleteResponse, ReadError, RemoteProtocolError
 from turnout.backends._http import translate
-from turnout.errors import BackendConnectionError, BackendTimeoutError
+from turnout.errors import BackendConnectionError, BackendProtocolError, BackendTimeoutError
 from turnout.testing.scripted import ScriptedServer, Step
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -29,7 +30,7 @@ class RawServer:
         self.ssl_ctx = ssl_ctx
         self.connections = 0
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             self.connections += 1
             try:
@@ -167,15 +168,15 @@ async def test_chunked_gzip_and_sse_lines_are_decoded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reply", "error"),
+    ("reply", "error", "translated"),
     [
-        (b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nshort", RemoteProtocolError),
-        (b"SPDY/9 what\r\n\r\n", RemoteProtocolError),
-        (b"", ReadError),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\nshort", IncompleteResponse, BackendConnectionError),
+        (b"SPDY/9 what\r\n\r\n", RemoteProtocolError, BackendProtocolError),
+        (b"", ReadError, BackendConnectionError),
     ],
     ids=["body-cut-short", "not-http", "closed-without-answer"],
 )
-async def test_broken_answers_raise_and_translate_to_connection_errors(reply: bytes, error: type) -> None:
+async def test_broken_answers_raise_and_translate(reply: bytes, error: type, translated: type) -> None:
     async def broken(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await read_request(r)
         w.write(reply)
@@ -187,7 +188,7 @@ async def test_broken_answers_raise_and_translate_to_connection_errors(reply: by
             with pytest.raises(error):
                 resp = await pool.request("POST", "/", b"{}", b"", connect_timeout=1.0)
                 await resp.read()
-            with pytest.raises(BackendConnectionError), translate("b", "m"):
+            with pytest.raises(translated), translate("b", "m"):
                 resp = await pool.request("POST", "/", b"{}", b"", connect_timeout=1.0)
                 await resp.read()
             assert pool.open_connections == 0

@@ -120,11 +120,10 @@ def test_server_counts_each_attempt_and_logs_the_body():
 
 
 def test_server_latency_is_applied():
-    with ScriptedServer(Step(latency=0.15)) as srv:
-        with httpx.Client(base_url=srv.base_url) as c:
-            t0 = time.perf_counter()
-            c.post("/chat/completions", json={"model": "m", "messages": []})
-            assert time.perf_counter() - t0 >= 0.15
+    with ScriptedServer(Step(latency=0.15)) as srv, httpx.Client(base_url=srv.base_url) as c:
+        t0 = time.perf_counter()
+        c.post("/chat/completions", json={"model": "m", "messages": []})
+        assert time.perf_counter() - t0 >= 0.15
 
 
 def test_standalone_process_serves(tmp_path):

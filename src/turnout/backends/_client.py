@@ -4,23 +4,32 @@ Why not httpx: one non-streamed exchange through httpx → httpcore → h11 →
 anyio cost about 0.3 ms of CPU on the project's 2-core machine (a third of
 turnout's whole added latency; profiled with py-spy at concurrency 1). This
 client writes a request in one ``write`` and parses the answer with a few
-``bytes`` operations on asyncio streams: tens of microseconds.
+``bytes`` operations and regexes on asyncio streams: tens of microseconds.
 
-What it does: HTTP/1.1 over TCP or TLS to one origin; a bounded pool of
-keep-alive connections (idle ones reused newest first, callers beyond the
-bound wait first come, first served); ``Content-Length``, chunked and
-read-until-close bodies; gzip/deflate bodies should a server compress despite
+What it does: HTTP/1.1 over TCP or TLS to one origin, connecting with Happy
+Eyeballs (:mod:`turnout.backends._net`); a bounded pool of keep-alive
+connections (idle ones reused newest first, callers beyond the bound wait
+first come, first served); ``Content-Length``, chunked and read-until-close
+bodies; gzip/deflate bodies should a server compress despite
 ``accept-encoding: identity``. An idle connection the server has closed (its
 EOF has arrived) is never reused. A request is never sent twice: a POST that
 reached a paid provider may have been billed, so retrying is the gateway's
 decision, not the transport's (httpcore behaves the same way).
 
+What it refuses: anything h11 would refuse (the grammar lives in
+:mod:`turnout.backends._h1`), and anything over its :class:`Limits`: a head,
+a body read whole, a chunk, a stream line or a whole stream too large, checked
+*before* the bytes are buffered (a declared 2 GB ``Content-Length`` fails at
+the head; a gzip bomb fails once its output passes the limit, never inflating
+more than 64 KiB at a time). A :class:`Response` dropped without being read or
+closed gives its pool slot back when it is garbage-collected.
+
 What it does not do: HTTP/2, proxies, redirects, cookies. A caller who needs
 them passes its own ``httpx.AsyncClient`` to the backend instead
 (:class:`turnout.backends._http.HttpxTransport`).
 
-Errors are this module's own small tree (:class:`HTTPClientError`); the
-backends translate them into turnout's tree in one place
+Errors are :mod:`turnout.backends._h1`'s small tree (:class:`HTTPClientError`,
+re-exported here); the backends translate them into turnout's tree in one place
 (:func:`turnout.backends._http.translate`), as httpx maps httpcore's.
 
 Example::
@@ -35,64 +44,76 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
+import re
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-#: headers longer than this are not an LLM provider's answer
-MAX_HEAD_BYTES = 64 * 1024
-#: asyncio's StreamReader buffer limit (also the longest chunk-size or SSE line it will hold)
-_STREAM_LIMIT = 1024 * 1024
+from turnout.backends import _net
+from turnout.backends._h1 import (
+    ConnectError,
+    ConnectTimeout,
+    Head,
+    HTTPClientError,
+    IncompleteResponse,
+    InvalidURL,
+    Limits,
+    ReadError,
+    RemoteProtocolError,
+    ResponseTooLarge,
+    body_length,
+    bounded_lines,
+    chunk_size,
+    head_end,
+    normalise,
+    parse_fields,
+    parse_head,
+)
+
 #: write() buffers above this are drained before reading the answer (a large request body)
 _DRAIN_ABOVE = 256 * 1024
-
-
-class HTTPClientError(Exception):
-    """Base of this client's errors (translated into turnout's BackendError tree by the backends)."""
-
-
-class InvalidURL(HTTPClientError):
-    """The base URL is not ``http://`` or ``https://`` with a host."""
-
-
-class ConnectError(HTTPClientError):
-    """Could not open a connection: refused, unreachable, name resolution or TLS handshake failed."""
-
-
-class ConnectTimeout(HTTPClientError):
-    """No connection (or no free pool slot) within the connect timeout."""
-
-
-class ReadError(HTTPClientError):
-    """The connection broke while the request was written or the answer read."""
-
-
-class RemoteProtocolError(HTTPClientError):
-    """The server broke HTTP/1.1: a malformed status line or headers, or a body cut short."""
+#: the most one read takes from the socket, and the most one decompression step produces
+_PIECE = 64 * 1024
+_PATH = re.compile(r"[!-~]*")  # printable ASCII, no space: a path we can put on the request line as is
 
 
 class _Conn:
-    """One TCP (or TLS) connection and when it last went idle."""
+    """One TCP (or TLS) connection, its loop, and when it last went idle."""
 
-    __slots__ = ("reader", "writer", "idle_since")
+    __slots__ = ("idle_since", "loop", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.loop = asyncio.get_running_loop()
         self.idle_since = 0.0
 
     def usable(self, now: float, expiry: float) -> bool:
-        # A server that closed an idle connection has sent EOF, which the reader has seen.
-        return not (self.reader.at_eof() or self.writer.transport.is_closing() or now - self.idle_since > expiry)
+        # A server that closed an idle connection has sent EOF, which the reader has seen. One that sent
+        # bytes nobody asked for (more than its last answer framed) would have them read as the next
+        # answer's head: such a connection is not reused either (the buffer is asyncio's, see _unread).
+        return not (self.reader.at_eof() or self.writer.transport.is_closing() or now - self.idle_since > expiry
+                    or vars(self.reader)["_buffer"])
 
     def close(self) -> None:
         # abort, not close: a half-read answer must not be drained, and nothing is left to flush
         self.writer.transport.abort()
+
+
+def _unread(reader: asyncio.StreamReader, data: bytes) -> None:
+    """Put ``data`` back in front of ``reader``'s buffer.
+
+    asyncio has no public unread; its StreamReader has kept a ``bytearray``
+    ``_buffer`` since Python 3.4. Only a head with bare-LF line ends (a server
+    breaking the CRLF rule, which h11 tolerates) ends before the CRLF CRLF we
+    read up to, so only then does the body's start need to go back.
+    """
+    buffer: bytearray = vars(reader)["_buffer"]
+    buffer[:0] = data
 
 
 class HTTPPool:
@@ -101,21 +122,28 @@ class HTTPPool:
     The pool owns its connections; :meth:`aclose` closes them. Requests are
     made with :meth:`request`, which returns once the answer's status line and
     headers are in; read the body with the :class:`Response` methods, which
-    give the connection back when it is complete.
+    give the connection back when it is complete. ``limits`` bounds every answer.
     """
 
     def __init__(self, base_url: str, *, max_connections: int = 256, keepalive_expiry: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, limits: Limits | None = None) -> None:
         parts = urlsplit(base_url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidURL(f"{base_url!r} has a bad port: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidURL(f"{base_url!r} is not an http:// or https:// URL with a host")
+        if not _PATH.fullmatch(parts.path):
+            raise InvalidURL(f"the path of {base_url!r} has spaces, control or non-ASCII characters (percent-encode them)")
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.port = port or (443 if parts.scheme == "https" else 80)
         #: the path prefix of the base URL (e.g. "/v1"), without a trailing slash
         self.prefix = parts.path.rstrip("/")
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry
+        self.limits = limits or Limits()
         self._ssl: ssl.SSLContext | None = None
         if self.scheme == "https":
             self._ssl = ssl_context or default_ssl_context()
@@ -141,9 +169,8 @@ class HTTPPool:
     # -- connections -----------------------------------------------------------
     async def _connect(self) -> _Conn:
         try:
-            reader, writer = await asyncio.open_connection(
-                self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None,
-                limit=_STREAM_LIMIT)
+            # the reader's limit bounds the head (readuntil fails past it) and chunk-size and trailer lines
+            reader, writer = await _net.open_connection(self.host, self.port, ssl=self._ssl, limit=self.limits.head)
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS handshake with {self.host}:{self.port} failed: {exc}") from exc
         except OSError as exc:
@@ -217,8 +244,10 @@ class HTTPPool:
         """Send one request and return once the answer's head is in.
 
         ``path`` is appended to the base URL's path; ``headers`` is a block of
-        ``name: value\\r\\n`` lines (host, accept-encoding and content-length
-        are added here). Waiting for a free connection and connecting are
+        ``name: value\\r\\n`` lines, checked by the caller
+        (:func:`turnout.backends._h1.check_request_headers`); host,
+        accept-encoding and content-length (always ours, from ``len(body)``)
+        are added here. Waiting for a free connection and connecting are
         bounded by ``connect_timeout``; reading is the caller's to bound.
         """
         if self._closed:
@@ -254,28 +283,25 @@ class HTTPPool:
             except asyncio.IncompleteReadError as exc:
                 if not exc.partial:
                     raise ReadError(f"{self.host}:{self.port} closed the connection without answering") from None
-                raise RemoteProtocolError("the server closed the connection in the middle of the headers") from None
+                raw = exc.partial  # at EOF: a head with bare-LF line ends may still be complete
+                if head_end(raw) < 0:
+                    raise IncompleteResponse("the server closed the connection in the middle of the headers") from None
             except asyncio.LimitOverrunError:
-                raise RemoteProtocolError(f"response headers exceed {MAX_HEAD_BYTES} bytes") from None
-            if len(raw) > MAX_HEAD_BYTES:
-                raise RemoteProtocolError(f"response headers exceed {MAX_HEAD_BYTES} bytes")
-            lines = raw[:-4].decode("latin-1").split("\r\n")
-            version, _, rest = lines[0].partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-                raise RemoteProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
-            status = int(code)
-            if 100 <= status < 200 and status != 101:
-                continue  # 100 Continue and other interim answers: the real one follows
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep:
-                    raise RemoteProtocolError(f"malformed header line: {line[:80]!r}")
-                name = name.strip().lower()
-                value = value.strip()
-                headers[name] = f"{headers[name]}, {value}" if name in headers else value
-            return Response(self, conn, status, reason, headers, method, version == "HTTP/1.0")
+                raise ResponseTooLarge(f"response headers exceed {self.limits.head} bytes") from None
+            if len(raw) > self.limits.head:
+                raise ResponseTooLarge(f"response headers exceed {self.limits.head} bytes")
+            # Usually the head ends at the CRLF CRLF just read; with bare LFs it may end earlier (h11's rule)
+            if b"\n\n" in raw or raw.find(b"\n\r\n") != len(raw) - 3:
+                end = head_end(raw)
+                if end < len(raw):
+                    _unread(reader, raw[end:])
+                    raw = raw[:end]
+            head = parse_head(raw)
+            if head.status == 101:
+                raise RemoteProtocolError("101 Switching Protocols, though no upgrade was asked for")
+            if head.status >= 200:
+                return Response(self, conn, head, method)
+            # 100 Continue and other interim answers: the real one follows
 
     async def aclose(self) -> None:
         """Close every idle connection; busy ones close when their answer is done. Idempotent."""
@@ -294,99 +320,64 @@ class Response:
     """An answer whose head has arrived; the body is read with :meth:`read`, :meth:`iter_bytes` or :meth:`iter_lines`.
 
     Read the body to the end or call :meth:`aclose`: only a completely read
-    body of a keep-alive answer gives the connection back to the pool.
+    body of a keep-alive answer gives the connection back to the pool. A
+    response dropped without either is aborted when garbage-collected, and
+    its slot freed.
     """
 
-    def __init__(self, pool: HTTPPool, conn: _Conn, status: int, reason: str, headers: dict[str, str],
-                 method: str, http10: bool) -> None:
-        self.status = status
-        self.reason = reason
-        self.headers = headers
+    _conn: _Conn | None = None  # class default: __del__ of a half-built instance finds nothing to free
+
+    def __init__(self, pool: HTTPPool, conn: _Conn, head: Head, method: str) -> None:
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
         self._pool = pool
-        self._conn: _Conn | None = conn
-        te = headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        self._chunked = "chunked" in te
-        self._length: int | None = None
-        if method == "HEAD" or status in (204, 304):
-            self._length = 0
-        elif not self._chunked and length is not None:
-            if not length.isdigit():
-                raise RemoteProtocolError(f"bad content-length {length!r}")
-            self._length = int(length)
-        connection = headers.get("connection", "").lower()
-        self._keep_alive = ("close" not in connection and not (http10 and "keep-alive" not in connection)
+        self._limits = pool.limits
+        self._length = body_length(head, method)
+        self._chunked = self._length is None and "transfer-encoding" in head.headers
+        connection = head.headers.get("connection", "").lower()
+        self._keep_alive = ("close" not in connection and not (head.http10 and "keep-alive" not in connection)
                             and (self._chunked or self._length is not None))
-        enc = headers.get("content-encoding", "identity").lower()
+        enc = head.headers.get("content-encoding", "identity").lower()
+        self._decoder: zlib._Decompress | None = None
         if enc in ("gzip", "x-gzip", "deflate"):
-            # wbits 47: zlib or gzip header, detected automatically
-            self._decoder: zlib._Decompress | None = zlib.decompressobj(47)
-        elif enc in ("identity", ""):
-            self._decoder = None
-        else:
+            self._decoder = zlib.decompressobj(47)  # wbits 47: zlib or gzip header, detected automatically
+        elif enc not in ("identity", ""):
             raise RemoteProtocolError(f"unsupported content-encoding {enc!r} (we asked for identity)")
-        self._done = self._length == 0 and not self._chunked
+        self._done = self._length == 0
+        self._conn = conn  # last: from here on this response owns the connection
         if self._done:
             self._finish()
+
+    def __del__(self) -> None:
+        conn = self._conn
+        if conn is not None:  # dropped while holding its connection: abort it and free the slot, on the loop's thread
+            self._conn = None
+            try:
+                conn.loop.call_soon_threadsafe(self._pool._release, conn, False)
+            except RuntimeError:  # the loop is closed; nothing is left to free
+                pass
 
     def _finish(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             self._pool._release(conn, self._keep_alive)
 
-    async def _raw_pieces(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        if conn is None:
-            return
-        reader = conn.reader
-        with self._body_errors(lambda exc: "the server closed the connection in the middle of the body"):
-            if self._chunked:
-                while True:
-                    line = await reader.readuntil(b"\r\n")
-                    size_text = line.split(b";", 1)[0].strip()
-                    try:
-                        size = int(size_text, 16)
-                    except ValueError:
-                        raise RemoteProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-                    if size == 0:
-                        # trailers (rare) end with an empty line
-                        while await reader.readuntil(b"\r\n") != b"\r\n":
-                            pass
-                        break
-                    piece = await reader.readexactly(size + 2)
-                    yield piece[:-2]
-            elif self._length is not None:
-                left = self._length
-                while left:
-                    piece = await reader.read(min(left, 65536))
-                    if not piece:
-                        raise RemoteProtocolError(f"the body ended {left} bytes short of its content-length")
-                    left -= len(piece)
-                    yield piece
-            else:
-                while piece := await reader.read(65536):
-                    yield piece
-        self._done = True
-        self._finish()
-
     def _abandon(self) -> None:
         self._keep_alive = False
         self._finish()
 
     @contextmanager
-    def _body_errors(self, short: Callable[[asyncio.IncompleteReadError], str]) -> Iterator[None]:
-        """Map errors raised while reading the body to this module's tree; any error abandons the connection.
-
-        ``short(exc)`` words the message for a body that ended early (it depends on how it was read).
-        """
+    def _body_errors(self) -> Iterator[None]:
+        """Map errors raised while reading the body to this module's tree; any error abandons the connection."""
         try:
             yield
-        except asyncio.IncompleteReadError as exc:
+        except asyncio.IncompleteReadError:
             self._abandon()
-            raise RemoteProtocolError(short(exc)) from None
+            raise IncompleteResponse("the server closed the connection in the middle of the body") from None
         except asyncio.LimitOverrunError:
             self._abandon()
-            raise RemoteProtocolError("a chunk-size line is too long") from None
+            raise ResponseTooLarge(f"a chunk-size or trailer line exceeds {self._limits.head} bytes") from None
         except (ConnectionError, OSError) as exc:
             self._abandon()
             raise ReadError(f"the connection broke while reading the body: {exc}") from exc
@@ -394,46 +385,127 @@ class Response:
             self._abandon()
             raise
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives, decoded (gzip/deflate) when the server compressed it."""
-        async for piece in self._raw_pieces():
-            if self._decoder is not None:
-                try:
-                    piece = self._decoder.decompress(piece)
-                except zlib.error as exc:
-                    raise RemoteProtocolError(f"undecodable compressed body: {exc}") from exc
-            if piece:
+    async def _raw_pieces(self, budget: int) -> AsyncIterator[bytes]:
+        """The body as it arrives, undecoded, at most ``budget`` bytes (ResponseTooLarge past it)."""
+        conn = self._conn
+        if conn is None:
+            return
+        reader = conn.reader
+        total = 0
+        with self._body_errors():
+            if self._chunked:
+                while size := chunk_size(await reader.readuntil(b"\r\n"), self._limits):
+                    total += size
+                    if total > budget:
+                        raise ResponseTooLarge(f"the body exceeds {budget} bytes")
+                    if size <= _PIECE:
+                        piece = await reader.readexactly(size + 2)
+                        if piece[-2:] != b"\r\n":
+                            raise RemoteProtocolError("chunk data is not followed by CRLF (a chunk size that lies)")
+                        yield piece[:-2]
+                        continue
+                    while size:  # a large chunk is passed on as it arrives, never buffered whole
+                        piece = await reader.read(min(size, _PIECE))
+                        if not piece:
+                            raise IncompleteResponse("the server closed the connection in the middle of a chunk")
+                        size -= len(piece)
+                        yield piece
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise RemoteProtocolError("chunk data is not followed by CRLF (a chunk size that lies)")
+                await self._trailers(reader)
+            elif self._length is not None:
+                left = self._length
+                if left > budget:
+                    raise ResponseTooLarge(f"the body's content-length {left} exceeds {budget} bytes")
+                while left:
+                    piece = await reader.read(min(left, _PIECE))
+                    if not piece:
+                        raise IncompleteResponse(f"the body ended {left} bytes short of its content-length")
+                    left -= len(piece)
+                    yield piece
+            else:
+                while piece := await reader.read(_PIECE):
+                    total += len(piece)
+                    if total > budget:
+                        raise ResponseTooLarge(f"the body exceeds {budget} bytes")
+                    yield piece
+        self._done = True
+        self._finish()
+
+    async def _trailers(self, reader: asyncio.StreamReader) -> None:
+        """Read a chunked body's trailer fields to the blank line; validate them as h11 does, keep none."""
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = await reader.readuntil(b"\n")
+            size += len(line)
+            if size > self._limits.head:
+                raise ResponseTooLarge(f"the trailers exceed {self._limits.head} bytes")
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            if not line:
+                break
+            lines.append(line)
+        if lines:
+            normalise(parse_fields(lines))
+
+    async def iter_bytes(self, budget: int | None = None) -> AsyncIterator[bytes]:
+        """The body as it arrives, decoded (gzip/deflate) when the server compressed it.
+
+        At most ``budget`` bytes before and after decoding (default: the
+        limits' ``stream``); past it, ResponseTooLarge.
+        """
+        budget = self._limits.stream if budget is None else budget
+        decoder = self._decoder
+        if decoder is None:
+            async for piece in self._raw_pieces(budget):
                 yield piece
+            return
+        total = 0
+        async for piece in self._raw_pieces(budget):
+            try:
+                out = decoder.decompress(piece, _PIECE)
+                while True:  # never more than _PIECE inflated at once: a bomb stops at the budget
+                    total += len(out)
+                    if total > budget:
+                        self._abandon()
+                        raise ResponseTooLarge(f"the decompressed body exceeds {budget} bytes")
+                    if out:
+                        yield out
+                    if not decoder.unconsumed_tail:
+                        break
+                    out = decoder.decompress(decoder.unconsumed_tail, _PIECE)
+            except zlib.error as exc:
+                self._abandon()
+                raise RemoteProtocolError(f"undecodable compressed body: {exc}") from exc
 
     async def read(self) -> bytes:
-        """The whole body (then the connection goes back to the pool)."""
+        """The whole body, at most the limits' ``body`` bytes (then the connection goes back to the pool)."""
         if self._done and self._decoder is None:
             return b""
+        limit = self._limits.body
         if self._length is not None and self._decoder is None and self._conn is not None:
             # the common case, one call: no per-piece generator round trips
             conn, length = self._conn, self._length
-            with self._body_errors(
-                    lambda exc: f"the body ended {length - len(exc.partial)} bytes short of its content-length"):
-                data = await conn.reader.readexactly(length)
+            if length > limit:
+                self._abandon()
+                raise ResponseTooLarge(f"the body's content-length {length} exceeds {limit} bytes")
+            with self._body_errors():
+                try:
+                    data = await conn.reader.readexactly(length)
+                except asyncio.IncompleteReadError as exc:
+                    raise IncompleteResponse(
+                        f"the body ended {length - len(exc.partial)} bytes short of its content-length") from None
             self._done = True
             self._finish()
             return data
-        return b"".join([piece async for piece in self.iter_bytes()])
+        return b"".join([piece async for piece in self.iter_bytes(limit)])
 
-    async def iter_lines(self) -> AsyncIterator[str]:
-        """The body as UTF-8 text lines split on ``\\n`` (a ``\\r`` before it is dropped), without line ends."""
-        buf = ""
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        async for piece in self.iter_bytes():
-            buf += decoder.decode(piece)
-            if "\n" not in buf:
-                continue
-            *lines, buf = buf.split("\n")
-            for line in lines:
-                yield line[:-1] if line.endswith("\r") else line
-        buf += decoder.decode(b"", final=True)
-        if buf:
-            yield buf[:-1] if buf.endswith("\r") else buf
+    def iter_lines(self) -> AsyncIterator[str]:
+        """The body as UTF-8 text lines split on ``\\n`` (a ``\\r`` before it is dropped), without line ends.
+
+        A line longer than the limits' ``line`` raises ResponseTooLarge.
+        """
+        return bounded_lines(self.iter_bytes(), self._limits.line)
 
     async def aclose(self) -> None:
         """Give the connection back (if the body was read to the end) or close it. Idempotent."""
@@ -459,9 +531,12 @@ __all__ = [
     "ConnectTimeout",
     "HTTPClientError",
     "HTTPPool",
+    "IncompleteResponse",
     "InvalidURL",
+    "Limits",
     "ReadError",
     "RemoteProtocolError",
     "Response",
+    "ResponseTooLarge",
     "default_ssl_context",
 ]

@@ -14,15 +14,37 @@ Everything foreign that can go wrong on the wire is translated *here* into
 :mod:`turnout.errors` classes, in one context manager (:func:`translate`), the
 way httpx maps httpcore's errors in one place. Backends never let a transport
 exception escape.
+
+Both transports bound what an answer may make turnout hold (:class:`Limits`:
+32 MiB for a body read whole, 1 MiB for a stream line and for one server-sent
+event, by default), refuse request headers that would break the request on
+the wire (CR, LF, NUL: a ValueError naming the header when the transport is
+built), and read JSON strictly (``NaN``, ``Infinity`` and numbers beyond a
+double's range are not JSON: BackendProtocolError). A stream may also go quiet
+for at most ``Timeouts.idle`` seconds between two events.
+
+How wire trouble is classed (the gateway falls back on every one of them before
+the first byte reaches its client; after it, the stream ends with an error event):
+
+==============================================  ===========================================
+what happened                                   turnout error
+==============================================  ===========================================
+refused, reset, unreachable, TLS, body cut off  BackendConnectionError (retryable)
+no connection / first token / event / answer    BackendTimeoutError, ``phase`` connect /
+in time                                         first_token / idle / total (retryable)
+malformed head, length, chunk, gzip, JSON, SSE  BackendProtocolError (retryable)
+over a Limits bound                             BackendProtocolError (not retryable)
+==============================================  ===========================================
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +52,7 @@ from typing import Any, Protocol
 import httpx
 
 from turnout.backends import _client
+from turnout.backends._h1 import Limits, ResponseTooLarge, bounded_lines, check_request_headers
 from turnout.backends.base import Timeouts
 from turnout.errors import (
     BackendConnectionError,
@@ -38,6 +61,7 @@ from turnout.errors import (
     BackendStatusError,
     BackendTimeoutError,
 )
+from turnout.types import Usage
 
 try:  # orjson parses and writes the bodies several times faster; optional (the 'server' extra brings it)
     import orjson
@@ -54,10 +78,12 @@ except ImportError:  # pragma: no cover - exercised when orjson is absent
         """Compact JSON bytes of a request body."""
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    _fast_loads = json.loads
+    def _fast_loads(data: str | bytes) -> Any:
+        return json.loads(data)
 
 #: the most of an error body kept on a BackendStatusError (bodies can be whole HTML pages)
 MAX_ERROR_BODY = 4096
+_DEFAULT_LIMITS = Limits()
 
 
 class WireResponse(Protocol):
@@ -81,17 +107,20 @@ class Transport(Protocol):
 class NativeTransport:
     """turnout's own keep-alive pool (:class:`~turnout.backends._client.HTTPPool`) with fixed headers.
 
-    ``headers`` (credentials, API version, content type) are encoded once here,
-    not per request. The transport owns the pool; :meth:`aclose` closes it.
+    ``headers`` (credentials, API version, content type) are checked and
+    encoded once here, not per request: a value with CR, LF or NUL raises
+    ValueError naming the header. The transport owns the pool; :meth:`aclose`
+    closes it. ``limits`` bounds every answer.
     """
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256) -> None:
+    def __init__(self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256,
+                 limits: Limits | None = None) -> None:
+        self._headers = check_request_headers(headers)
         try:
-            self.pool = _client.HTTPPool(base_url, max_connections=max_connections)
+            self.pool = _client.HTTPPool(base_url, max_connections=max_connections, limits=limits)
         except _client.InvalidURL as exc:
             raise ValueError(f"bad base_url: {exc}") from None
-        block = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._headers = block.encode("latin-1")
+        self.limits = self.pool.limits
 
     async def send(self, method: str, path: str, body: bytes, *, connect_timeout: float) -> WireResponse:
         return await self.pool.request(method, path, body, self._headers, connect_timeout=connect_timeout)
@@ -101,18 +130,32 @@ class NativeTransport:
 
 
 class _HttpxResponse:
-    __slots__ = ("_resp", "status", "reason")
+    """An httpx answer read under the same Limits as the native client's."""
 
-    def __init__(self, resp: httpx.Response) -> None:
+    __slots__ = ("_limits", "_resp", "reason", "status")
+
+    def __init__(self, resp: httpx.Response, limits: Limits) -> None:
         self._resp = resp
+        self._limits = limits
         self.status = resp.status_code
         self.reason = resp.reason_phrase
 
+    async def _pieces(self, budget: int) -> AsyncIterator[bytes]:
+        declared = self._resp.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > budget:
+            raise ResponseTooLarge(f"the body's content-length {declared} exceeds {budget} bytes")
+        total = 0
+        async for piece in self._resp.aiter_bytes():
+            total += len(piece)
+            if total > budget:
+                raise ResponseTooLarge(f"the body exceeds {budget} bytes")
+            yield piece
+
     async def read(self) -> bytes:
-        return await self._resp.aread()
+        return b"".join([piece async for piece in self._pieces(self._limits.body)])
 
     def iter_lines(self) -> AsyncIterator[str]:
-        return self._resp.aiter_lines()
+        return bounded_lines(self._pieces(self._limits.stream), self._limits.line)
 
     async def aclose(self) -> None:
         await self._resp.aclose()
@@ -123,19 +166,23 @@ class HttpxTransport:
     or one made here when the environment says to use a proxy.
 
     A caller's client is *not* closed by :meth:`aclose` (``owned=False``): whoever created it closes it.
+    Headers and answers are checked and bounded as :class:`NativeTransport` does.
     """
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str], *, owned: bool = False) -> None:
+    def __init__(self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str], *, owned: bool = False,
+                 limits: Limits | None = None) -> None:
+        check_request_headers(headers)
         self.client = client
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
         self.owned = owned
+        self.limits = limits or Limits()
 
     async def send(self, method: str, path: str, body: bytes, *, connect_timeout: float) -> WireResponse:
         # read timeouts stay off: first-token and total deadlines are enforced around each read
         req = self.client.build_request(method, self.base_url + path, content=body, headers=self.headers,
                                         timeout=httpx.Timeout(None, connect=connect_timeout, pool=connect_timeout))
-        return _HttpxResponse(await self.client.send(req, stream=True))
+        return _HttpxResponse(await self.client.send(req, stream=True), self.limits)
 
     async def aclose(self) -> None:
         if self.owned:
@@ -155,49 +202,69 @@ def proxy_applies(base_url: str) -> bool:
 
 
 def make_transport(base_url: str, headers: Mapping[str, str], *, client: httpx.AsyncClient | None,
-                   max_connections: int) -> Transport:
+                   max_connections: int, limits: Limits | None = None) -> Transport:
     """The caller's httpx client when given; an owned httpx client when a proxy applies (the native
-    client speaks no proxy protocol); else a native keep-alive pool of ``max_connections``."""
+    client speaks no proxy protocol); else a native keep-alive pool of ``max_connections``.
+    Every one of them bounds its answers by ``limits`` (default :class:`Limits`)."""
     if client is not None:
-        return HttpxTransport(client, base_url, headers)
+        return HttpxTransport(client, base_url, headers, limits=limits)
     if proxy_applies(base_url):
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        return HttpxTransport(httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None), trust_env=True),
-                              base_url, headers, owned=True)
-    return NativeTransport(base_url, headers, max_connections=max_connections)
+        pool = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return HttpxTransport(httpx.AsyncClient(limits=pool, timeout=httpx.Timeout(None), trust_env=True),
+                              base_url, headers, owned=True, limits=limits)
+    return NativeTransport(base_url, headers, max_connections=max_connections, limits=limits)
 
 
 class Deadlines:
-    """The first-token and total deadlines of one attempt, on the loop's clock.
+    """The first-token, idle and total deadlines of one attempt, on the loop's clock.
 
     ``current`` is the first-token deadline until :meth:`got_first` is called,
-    then the total one. ``phase`` names which of them a timeout hit.
+    then the total one. :meth:`next_event` is a stream's deadline for its next
+    event: the first-token one until the first, then ``Timeouts.idle`` from now,
+    never past the total. ``phase`` names which of them a timeout hit.
     """
 
-    __slots__ = ("timeouts", "total", "first", "first_seen")
+    __slots__ = ("_idle_armed", "_loop", "first", "first_seen", "timeouts", "total")
 
     def __init__(self, timeouts: Timeouts) -> None:
-        now = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()
+        now = self._loop.time()
         self.timeouts = timeouts
         self.total = now + timeouts.total
         self.first = min(self.total, now + timeouts.first_token)
         self.first_seen = False
+        self._idle_armed = False  # whether the last deadline handed out was the idle one
 
     def got_first(self) -> None:
         self.first_seen = True
 
     @property
     def current(self) -> float:
+        self._idle_armed = False
         return self.total if self.first_seen else self.first
+
+    def next_event(self) -> float:
+        """The deadline for a stream's next event (read it just before waiting for that event)."""
+        if not self.first_seen:
+            self._idle_armed = False
+            return self.first
+        idle_at = self._loop.time() + self.timeouts.idle
+        self._idle_armed = idle_at < self.total
+        return idle_at if self._idle_armed else self.total
 
     @property
     def phase(self) -> str:
+        if self._idle_armed:
+            return "idle"
         if not self.first_seen and self.first < self.total:
             return "first_token"
         return "total"
 
     def limit(self) -> float:
-        return self.timeouts.total if self.phase == "total" else self.timeouts.first_token
+        phase = self.phase
+        if phase == "idle":
+            return self.timeouts.idle
+        return self.timeouts.total if phase == "total" else self.timeouts.first_token
 
 
 @contextmanager
@@ -210,20 +277,24 @@ def translate(backend: str, model: str | None, deadlines: Deadlines | None = Non
     except TimeoutError as e:  # asyncio.timeout_at expired (builtin TimeoutError on 3.11+)
         phase = deadlines.phase if deadlines else "total"
         limit = deadlines.limit() if deadlines else float("nan")
-        raise BackendTimeoutError(
-            f"no {'first token' if phase == 'first_token' else 'complete answer'} within {limit:g}s",
-            backend=backend,
-            model=model,
-            phase=phase,
-        ) from e
-    # -- the native client ----------------------------------------------------
+        message = (f"no stream event for {limit:g}s" if phase == "idle" else
+                   f"no {'first token' if phase == 'first_token' else 'complete answer'} within {limit:g}s")
+        raise BackendTimeoutError(message, backend=backend, model=model, phase=phase) from e
+    # -- the native client (and the limits both transports share) -------------
     except _client.ConnectTimeout as e:
         raise BackendTimeoutError(f"could not connect in time ({e})", backend=backend, model=model, phase="connect") from e
     except (_client.ConnectError, _client.ReadError) as e:
         raise BackendConnectionError(str(e), backend=backend, model=model) from e
-    except _client.RemoteProtocolError as e:
+    except _client.IncompleteResponse as e:
         # a body cut short is a broken connection to the caller: retryable, like httpx's RemoteProtocolError
-        raise BackendConnectionError(f"RemoteProtocolError: {e}", backend=backend, model=model) from e
+        raise BackendConnectionError(f"IncompleteResponse: {e}", backend=backend, model=model) from e
+    except _client.ResponseTooLarge as e:
+        # the same request would likely be answered the same way: move on to a fallback instead of retrying
+        raise BackendProtocolError(f"ResponseTooLarge: {e}", backend=backend, model=model, retryable=False) from e
+    except _client.RemoteProtocolError as e:
+        raise BackendProtocolError(f"RemoteProtocolError: {e}", backend=backend, model=model) from e
+    except _client.HTTPClientError as e:
+        raise BackendConnectionError(f"{type(e).__name__}: {e}", backend=backend, model=model) from e
     # -- a caller's httpx client ----------------------------------------------
     except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:
         raise BackendTimeoutError(
@@ -259,7 +330,7 @@ async def raise_for_status(resp: WireResponse, backend: str, model: str | None) 
 
 
 #: a pydantic / FastAPI request validation report, as OpenAI-compatible Python servers send it
-_VALIDATION = re.compile(r"validation error.*?'loc': \(([^)]*)\).*?'msg': '([^']*)'", re.S)
+_VALIDATION = re.compile(r"validation error.*?'loc': \(([^)]*)\).*?'msg': '([^']*)'", re.DOTALL)
 
 
 def validation_error(message: str) -> tuple[str | None, str | None]:
@@ -286,7 +357,7 @@ async def fetch_body(transport: Transport, path: str, body: bytes, backend: str,
         async with asyncio.timeout_at(dl.current):
             resp = await transport.send("POST", path, body, connect_timeout=timeouts.connect)
         try:
-            dl.got_first()
+            dl.got_first()  # the head is in: the body may take until the total deadline (no idle rule: one read)
             async with asyncio.timeout_at(dl.current):
                 await raise_for_status(resp, backend, model)
                 return await resp.read()
@@ -334,18 +405,34 @@ def error_message(raw: str) -> str:
 
 def _without_trace(text: str) -> str:
     """``text`` up to a Python traceback (``Traceback (most recent call last)`` or ``File "...", line N``)."""
-    cut = re.search(r'Traceback \(most recent call last\)|^\s*File "[^"]+", line \d+', text, re.M)
+    cut = re.search(r'Traceback \(most recent call last\)|^\s*File "[^"]+", line \d+', text, re.MULTILINE)
     return (text[: cut.start()] if cut else text).strip()[:300]
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:24]} is beyond a double's range")
+    return value
+
+
 def loads(data: str | bytes, backend: str, model: str | None, what: str) -> Any:
-    """Parse JSON (orjson when installed); raise BackendProtocolError naming what was being parsed."""
+    """Parse JSON strictly (orjson when installed); raise BackendProtocolError naming what was being parsed.
+
+    ``NaN``, ``Infinity`` and numbers beyond a double's range (``1e400``) are
+    refused, as orjson refuses them: they are not JSON, and an answer holding
+    one could not be passed on to the client as JSON either.
+    """
     try:
         return _fast_loads(data)
     except ValueError:
-        pass  # orjson is stricter (NaN, huge integers): let the standard parser decide and word the error
+        pass  # orjson also refuses integers beyond 64 bits: let the standard parser decide and word the error
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_not_json, parse_float=_finite)
     except ValueError as e:
         snippet = data[:120] if isinstance(data, str) else data[:120].decode("utf-8", "replace")
         raise BackendProtocolError(f"invalid JSON in {what}: {e} (got {snippet!r})", backend=backend, model=model) from e
@@ -359,21 +446,24 @@ class SSEEvent:
     data: str
 
 
-async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+async def iter_sse(lines: AsyncIterator[str], max_event: int = _DEFAULT_LIMITS.event) -> AsyncIterator[SSEEvent]:
     """Parse server-sent events (WHATWG rules) from decoded lines.
 
     Multi-line ``data:`` fields are joined with ``\\n``; ``:`` comment lines
     (keep-alives) and ``id:``/``retry:`` fields are skipped; a blank line
     dispatches. A last event not followed by a blank line is still dispatched:
     some servers close right after it, and dropping it would lose ``[DONE]``.
+    An event whose data grows past ``max_event`` characters raises
+    ResponseTooLarge (each line is bounded already; this bounds their sum).
     """
     event = ""
     data: list[str] = []
+    size = 0
     async for line in lines:
         if not line:
             if data:
                 yield SSEEvent(event or "message", "\n".join(data))
-            event, data = "", []
+            event, data, size = "", [], 0
             continue
         if line.startswith(":"):
             continue
@@ -381,12 +471,90 @@ async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
         if sep and value.startswith(" "):
             value = value[1:]
         if field == "data":
+            size += len(value) + 1
+            if size > max_event:
+                raise ResponseTooLarge(f"a server-sent event exceeds {max_event} characters")
             data.append(value)
         elif field == "event":
             event = value
         # id, retry and unknown fields are ignored, as the spec says
     if data:
         yield SSEEvent(event or "message", "\n".join(data))
+
+
+#: the most tokens one count of one answer may be; beyond it the provider's figure is not believed
+MAX_USAGE_TOKENS = 10**9
+
+log = logging.getLogger("turnout.backends")
+
+
+def token_count(value: Any) -> int | None:
+    """``value`` as a token count if it is a sane one, else None.
+
+    Sane: a non-negative integer up to :data:`MAX_USAGE_TOKENS` (an integral
+    float such as ``12.0`` too). Not: negative, huge, fractional, NaN, a
+    string (``"12"``), a boolean, null.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= MAX_USAGE_TOKENS else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_USAGE_TOKENS:
+        return int(value)
+    return None
+
+
+class UsageCheck:
+    """Checks the token counts a provider reports; one per backend, which it warns about once.
+
+    Policy (the gateway must be able to account every answer): a count that
+    is missing is estimated from the text, silently (llama.cpp sends none when
+    streaming); a count that is present but not sane (:func:`token_count`) is
+    replaced by the same estimate, and the first time a backend sends one a
+    warning is logged. The answer itself is kept: only its accounting was
+    broken. The caller rewrites the body's ``usage`` so the client sees the
+    numbers turnout accounted.
+    """
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.warned = False
+
+    def count(self, raw: Mapping[str, Any], keys: tuple[str, ...], estimate: Callable[[], int]) -> tuple[int, bool]:
+        """(the sum of ``raw``'s ``keys``, True) when every one present is sane and one at least is present;
+        else (``estimate()``, False), warning when a present one was not sane."""
+        total = 0
+        seen = False
+        for key in keys:
+            value = raw.get(key)
+            if value is None:
+                continue
+            n = token_count(value)
+            if n is None:
+                self._warn(key, value)
+                return estimate(), False
+            total += n
+            seen = True
+        return (total, True) if seen else (estimate(), False)
+
+    def usage(self, raw: Any, prompt: Callable[[], int], completion: Callable[[], int], *,
+              prompt_keys: tuple[str, ...] = ("prompt_tokens",),
+              completion_keys: tuple[str, ...] = ("completion_tokens",)) -> tuple[Usage, bool]:
+        """(usage, True) when ``raw`` reported sane counts for both sides; else (usage with the missing or
+        insane side estimated by ``prompt()`` / ``completion()``, False)."""
+        if not isinstance(raw, Mapping):
+            if raw is not None:
+                self._warn("usage", raw)
+            return Usage(prompt(), completion()), False
+        p, p_ok = self.count(raw, prompt_keys, prompt)
+        c, c_ok = self.count(raw, completion_keys, completion)
+        return Usage(p, c), p_ok and c_ok
+
+    def _warn(self, key: str, value: Any) -> None:
+        if not self.warned:
+            self.warned = True
+            log.warning("backend %s reported an invalid token count %s=%.40r; estimating it from the text instead "
+                        "(logged once per backend)", self.backend, key, value)
 
 
 def estimate_tokens(text: str) -> int:

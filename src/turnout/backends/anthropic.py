@@ -20,7 +20,9 @@ Answers are translated back into ``chat.completion`` form, and streams
 ``finish_reason`` and ``usage``. Errors map as for every backend: a 529
 ``overloaded_error`` or 429 is retryable, a 400 is not; an ``error`` event in
 the middle of a stream becomes a BackendStatusError with the status its type
-implies.
+implies. Token counts are validated as the openai backend does
+(:class:`~turnout.backends._http.UsageCheck`): an insane one is replaced by an
+estimate from the text, with one warning per backend.
 
 Example::
 
@@ -38,10 +40,14 @@ from typing import Any
 
 import httpx
 
+from turnout.backends._h1 import Limits
 from turnout.backends._http import (
     Deadlines,
+    UsageCheck,
     WireResponse,
     dumps,
+    estimate_prompt_tokens,
+    estimate_tokens,
     fetch_body,
     iter_sse,
     loads,
@@ -185,15 +191,21 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
     return body
 
 
-def _usage(u: Any) -> Usage:
-    u = u if isinstance(u, dict) else {}
-    # cached input is billed as input: count it in the prompt
-    prompt = sum(int(u.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-    return Usage(prompt, int(u.get("output_tokens") or 0))
+#: cached input is billed as input: counted in the prompt
+_PROMPT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_COMPLETION_KEYS = ("output_tokens",)
 
 
-def to_chat_completion(msg: dict[str, Any]) -> dict[str, Any]:
-    """Translate an Anthropic ``message`` into an OpenAI ``chat.completion`` body."""
+def _usage(u: Any, check: UsageCheck | None = None, prompt: int = 0, completion: int = 0) -> Usage:
+    """The usage an Anthropic ``usage`` object reports, insane or missing counts replaced by the estimates."""
+    check = check or UsageCheck("anthropic")
+    usage, _ = check.usage(u, lambda: prompt, lambda: completion,
+                           prompt_keys=_PROMPT_KEYS, completion_keys=_COMPLETION_KEYS)
+    return usage
+
+
+def to_chat_completion(msg: dict[str, Any], usage: Usage | None = None) -> dict[str, Any]:
+    """Translate an Anthropic ``message`` into an OpenAI ``chat.completion`` body (``usage`` when already checked)."""
     text = "".join(b.get("text", "") for b in msg["content"] if b.get("type") == "text")
     calls = [
         {"id": b.get("id", ""), "type": "function",
@@ -206,7 +218,7 @@ def to_chat_completion(msg: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": msg.get("id", ""), "object": "chat.completion", "created": int(time.time()), "model": msg.get("model", ""),
         "choices": [{"index": 0, "message": message, "finish_reason": _STOP_REASONS.get(msg.get("stop_reason") or "", "stop")}],
-        "usage": _usage(msg.get("usage")).to_dict(),
+        "usage": (usage or _usage(msg.get("usage"))).to_dict(),
     }
 
 
@@ -228,14 +240,18 @@ class AnthropicBackend(Backend):
         client: httpx.AsyncClient | None = None,
         max_connections: int = 256,
         timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self._usage = UsageCheck(name)
         hdrs = {"content-type": "application/json", "anthropic-version": API_VERSION, **(headers or {})}
         if api_key:
             hdrs["x-api-key"] = api_key
-        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections)
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections,
+                                         limits=self.limits)
 
     def _request(self, request: ChatRequest, model: str, stream: bool) -> bytes:
         try:
@@ -252,11 +268,18 @@ class AnthropicBackend(Backend):
         t = timeouts or self.timeouts
         raw = await fetch_body(self._transport, "/v1/messages", self._request(request, model, False), self.name, model, t)
         msg = loads(raw, self.name, model, "the response body")
-        if not isinstance(msg, dict) or not isinstance(msg.get("content"), list):
+        blocks = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
             raise BackendProtocolError(f"answer is not a Messages object (got {str(msg)[:160]!r})",
                                        backend=self.name, model=model)
-        body = to_chat_completion(msg)
-        return ChatResponse(body=body, usage=_usage(msg.get("usage")))
+        text = "".join(t for b in blocks if b.get("type") == "text" and isinstance(t := b.get("text"), str))
+        usage = _usage(msg.get("usage"), self._usage, estimate_prompt_tokens(request.messages), estimate_tokens(text))
+        try:
+            body = to_chat_completion(msg, usage)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # a block of the wrong shape
+            raise BackendProtocolError(f"malformed Messages answer ({e!r}): {str(msg)[:160]!r}",
+                                       backend=self.name, model=model) from e
+        return ChatResponse(body=body, usage=usage)
 
     async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         """Yield ``chat.completion.chunk`` s translated from Anthropic's stream events."""
@@ -264,13 +287,19 @@ class AnthropicBackend(Backend):
         dl = Deadlines(t)
         body = self._request(request, model, True)
         async with open_stream(self._transport, "/v1/messages", body, self.name, model, dl) as resp:
-            async for chunk in self._chunks(resp, model, dl):
+            async for chunk in self._chunks(resp, request, model, dl):
                 yield chunk
 
-    async def _chunks(self, resp: WireResponse, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
-        events = iter_sse(resp.iter_lines())
+    async def _chunks(self, resp: WireResponse, request: ChatRequest, model: str,
+                      dl: Deadlines) -> AsyncIterator[StreamChunk]:
+        events = iter_sse(resp.iter_lines(), self.limits.event)
         cid, upstream_model, created = "", model, int(time.time())
-        usage = Usage()
+        prompt_estimate = estimate_prompt_tokens(request.messages)
+        usage = Usage(prompt_estimate, 0)
+        n_text = 0  # characters of text streamed, for an output estimate
+
+        def output_estimate() -> int:
+            return (n_text + 3) // 4  # estimate_tokens: about 4 characters a token
         stop_reason: str | None = None
         tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
@@ -280,7 +309,7 @@ class AnthropicBackend(Backend):
 
         while True:
             with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
+                async with asyncio.timeout_at(dl.next_event()):
                     try:
                         ev = await anext(events)
                     except StopAsyncIteration:
@@ -288,14 +317,14 @@ class AnthropicBackend(Backend):
             obj = loads(ev.data, self.name, model, f"a '{ev.event}' stream event")
             kind = obj.get("type", ev.event) if isinstance(obj, dict) else None
             if kind == "error":
-                err = obj.get("error") or {}
-                raise BackendStatusError(err.get("message", "stream error"), backend=self.name, model=model,
-                                         status=_ERROR_STATUS.get(err.get("type", ""), 500), body=ev.data[:4096])
+                err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+                raise BackendStatusError(str(err.get("message", "stream error")), backend=self.name, model=model,
+                                         status=_ERROR_STATUS.get(str(err.get("type", "")), 500), body=ev.data[:4096])
             try:
                 if kind == "message_start":
                     msg = obj["message"]
                     cid, upstream_model = msg.get("id", ""), msg.get("model", model)
-                    usage = _usage(msg.get("usage"))
+                    usage = _usage(msg.get("usage"), self._usage, prompt_estimate, 0)
                     dl.got_first()
                     yield StreamChunk(body=chunk({"role": "assistant", "content": ""}))
                 elif kind == "content_block_start":
@@ -307,17 +336,21 @@ class AnthropicBackend(Backend):
                 elif kind == "content_block_delta":
                     delta = obj["delta"]
                     if delta.get("type") == "text_delta":
+                        if not isinstance(delta["text"], str):
+                            raise TypeError("text_delta.text is not a string")
+                        n_text += len(delta["text"])
                         yield StreamChunk(body=chunk({"content": delta["text"]}), text=delta["text"])
                     elif delta.get("type") == "input_json_delta":
                         idx = tool_index.get(obj["index"], 0)
                         yield StreamChunk(body=chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]}))
                 elif kind == "message_delta":
                     stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
-                    out = (obj.get("usage") or {}).get("output_tokens")
-                    if out is not None:
-                        usage = Usage(usage.prompt_tokens, int(out))
+                    raw = obj.get("usage") or {}
+                    if raw.get("output_tokens") is not None:
+                        out, _ = self._usage.count(raw, _COMPLETION_KEYS, output_estimate)
+                        usage = Usage(usage.prompt_tokens, out)
                 elif kind == "message_stop":
-                    finish = _STOP_REASONS.get(stop_reason or "", "stop")
+                    finish = _STOP_REASONS.get(stop_reason if isinstance(stop_reason, str) else "", "stop")
                     body = chunk({}, finish)
                     body["usage"] = usage.to_dict()
                     yield StreamChunk(body=body, finish_reason=finish, usage=usage)

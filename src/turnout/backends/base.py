@@ -26,17 +26,26 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 from turnout.types import ChatRequest, ChatResponse, StreamChunk
 
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """Seconds allowed to connect, to receive the first token, and for the whole answer."""
+    """Seconds allowed to connect, to receive the first token, for the whole answer, and between stream events.
+
+    ``idle`` bounds the silence between two events of a stream once the first
+    has arrived (a provider that stalls mid-answer fails after ``idle``
+    seconds, with ``phase="idle"``, instead of holding the client until
+    ``total``). It should be at most ``total``: a larger value never fires,
+    as the total deadline ends the stream first.
+    """
 
     connect: float = 5.0
     first_token: float = 30.0
     total: float = 120.0
+    idle: float = 60.0
 
 
 class Backend(ABC):
@@ -57,7 +66,7 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Release the connection pool. Idempotent."""
 
-    async def __aenter__(self) -> Backend:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

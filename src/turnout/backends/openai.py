@@ -11,6 +11,14 @@ anyway (llama.cpp's server does not), it counts the tokens itself. The count
 is approximate: one token per content event (exact for llama.cpp, which emits
 one token per event) and about four characters per token for the prompt.
 
+Usage is validated (:class:`~turnout.backends._http.UsageCheck`): a count that
+is negative, over 10**9, fractional, a string or a boolean is replaced by the
+same estimate, the body's ``usage`` is rewritten to the numbers turnout
+accounted, and the backend logs one warning the first time. A JSON body with
+``NaN`` or ``1e400`` is not JSON and raises BackendProtocolError; so do choices,
+deltas, contents or finish reasons of the wrong type. Events after ``[DONE]``
+are never read.
+
 Completion-only models (base models without a chat template, such as the
 Gemma 3 270M base GGUF, which returns empty chats) are served by setting
 ``completion_template``: the chat is rendered into one prompt, sent to
@@ -40,8 +48,10 @@ from typing import Any
 
 import httpx
 
+from turnout.backends._h1 import Limits
 from turnout.backends._http import (
     Deadlines,
+    UsageCheck,
     WireResponse,
     dumps,
     estimate_prompt_tokens,
@@ -55,7 +65,7 @@ from turnout.backends._http import (
 )
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError, UnsupportedRequestError
-from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
+from turnout.types import ChatRequest, ChatResponse, StreamChunk
 
 #: a plain question/answer frame that base models continue sensibly
 QA_TEMPLATE = "{system}{history}Question: {prompt}\nAnswer:"
@@ -71,12 +81,11 @@ def _asks_for(field: str, value: Any) -> bool:
     if value in (None, [], {}, False):
         return False
     if field == "tool_choice":
-        return value != "none"
+        return bool(value != "none")
     if field == "response_format":
         return not (isinstance(value, dict) and value.get("type") == "text")
-    if field == "parallel_tool_calls":
-        return False  # only means something with tools, which are checked themselves
-    return True
+    # parallel_tool_calls only means something with tools, which are checked themselves
+    return field != "parallel_tool_calls"
 
 
 def render_prompt(template: str, messages: list[dict[str, Any]]) -> str:
@@ -104,13 +113,16 @@ def render_prompt(template: str, messages: list[dict[str, Any]]) -> str:
     return template.format(system="".join(s + "\n\n" for s in system), history=history, prompt=prompt)
 
 
-def _usage(obj: Any) -> Usage | None:
-    if not isinstance(obj, dict):
-        return None
-    try:
-        return Usage(int(obj.get("prompt_tokens") or 0), int(obj.get("completion_tokens") or 0))
-    except (TypeError, ValueError):
-        return None
+def _text_of(content: Any) -> str | None:
+    """The text of a message's ``content``: a string, null, or (as some providers send) a list of text parts;
+    None for anything else."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return None
 
 
 class OpenAIBackend(Backend):
@@ -121,6 +133,7 @@ class OpenAIBackend(Backend):
     (turnout's own client, :mod:`turnout.backends._client`) unless ``client``
     (an ``httpx.AsyncClient``: proxies, HTTP/2, a mock transport) is given, in
     which case the caller keeps ownership and :meth:`aclose` leaves it open.
+    ``limits`` bounds what one answer may make it hold (:class:`Limits`).
     """
 
     protocol = "openai"
@@ -137,16 +150,20 @@ class OpenAIBackend(Backend):
         completion_stop: Sequence[str] = QA_STOP,
         max_connections: int = 256,
         timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.completion_template = completion_template
         self.completion_stop = list(completion_stop)
         self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self._usage = UsageCheck(name)
         hdrs = {"content-type": "application/json", **(headers or {})}
         if api_key:
             hdrs.setdefault("Authorization", f"Bearer {api_key}")
-        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections)
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections,
+                                         limits=self.limits)
 
     # -- request building ---------------------------------------------------
 
@@ -189,27 +206,33 @@ class OpenAIBackend(Backend):
         body = loads(raw, self.name, model, "the response body")
         if self.completion_template is not None:
             body = self._chat_from_completion(body, model)
-        self._check_chat(body, model)
-        usage = _usage(body.get("usage"))
-        if usage is None:
-            text = body["choices"][0]["message"].get("content") or ""
-            usage = Usage(estimate_prompt_tokens(request.messages), estimate_tokens(text))
-            body["usage"] = usage.to_dict()
+        text = self._check_chat(body, model)
+        raw_usage = body.get("usage")
+        usage, valid = self._usage.usage(raw_usage, lambda: estimate_prompt_tokens(request.messages),
+                                         lambda: estimate_tokens(text))
+        if not valid:  # the client sees the numbers turnout accounted (details the provider sent are kept)
+            body["usage"] = {**(raw_usage if isinstance(raw_usage, dict) else {}), **usage.to_dict()}
         return ChatResponse(body=body, usage=usage)
 
-    def _check_chat(self, body: Any, model: str) -> None:
+    def _check_chat(self, body: Any, model: str) -> str:
+        """The answer's text, once ``body`` is known to be a chat completion with a message whose content is text."""
         if isinstance(body, dict) and "error" in body and "choices" not in body:
             raise BackendStatusError(
                 str(body["error"]), backend=self.name, model=model, status=502, body=str(body)[:4096]
             )
         try:
-            ok = isinstance(body["choices"][0]["message"], dict)
+            message = body["choices"][0]["message"]
         except (KeyError, IndexError, TypeError):
-            ok = False
-        if not ok:
+            message = None
+        if not isinstance(body, dict) or not isinstance(message, dict):
             raise BackendProtocolError(
                 f"answer has no choices[0].message (got {str(body)[:160]!r})", backend=self.name, model=model
             )
+        text = _text_of(message.get("content"))
+        if text is None:
+            raise BackendProtocolError(f"choices[0].message.content is neither text nor null: "
+                                       f"{str(message.get('content'))[:80]!r}", backend=self.name, model=model)
+        return text
 
     def _chat_from_completion(self, body: Any, model: str) -> Any:
         try:
@@ -218,6 +241,8 @@ class OpenAIBackend(Backend):
         except (KeyError, IndexError, TypeError):
             if isinstance(body, dict) and "error" in body:
                 return body  # _check_chat reports it
+            text = None
+        if not isinstance(text, str):
             raise BackendProtocolError(
                 f"completion has no choices[0].text (got {str(body)[:160]!r})", backend=self.name, model=model
             ) from None
@@ -252,16 +277,16 @@ class OpenAIBackend(Backend):
     async def _chunks(
         self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines
     ) -> AsyncIterator[StreamChunk]:
-        events = iter_sse(resp.iter_lines())
+        events = iter_sse(resp.iter_lines(), self.limits.event)
         held: StreamChunk | None = None  # the finish chunk, held back until usage is known
-        usage: Usage | None = None
+        raw_usage: Any = None  # the last usage the provider reported
         n_events = 0
         done = False
         while True:
-            # Each read runs under the current deadline; the yield happens outside it,
-            # because a timeout scope must never span a yield of an async generator.
+            # Each read runs under the next event's deadline (first token, then idle, within total); the yield
+            # happens outside it, because a timeout scope must never span a yield of an async generator.
             with translate(self.name, model, dl):
-                async with asyncio.timeout_at(dl.current):
+                async with asyncio.timeout_at(dl.next_event()):
                     try:
                         ev = await anext(events)
                     except StopAsyncIteration:
@@ -287,15 +312,19 @@ class OpenAIBackend(Backend):
             choices = obj.get("choices")
             if not isinstance(choices, list):
                 raise BackendProtocolError(f"stream event has no choices list: {ev.data[:120]!r}", backend=self.name, model=model)
-            got = _usage(obj.get("usage"))
-            if got is not None:
-                usage = got
+            if obj.get("usage") is not None:
+                raw_usage = obj["usage"]
+                if choices:  # a per-chunk count (vLLM's continuous usage) is passed on only once checked, at the end
+                    del obj["usage"]
             if not choices:  # the usage-only chunk that include_usage adds at the end
                 continue
-            choice = choices[0] if isinstance(choices[0], dict) else {}
-            delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-            text = delta.get("content") or ""
-            finish = choice.get("finish_reason")
+            choice = choices[0] if isinstance(choices[0], dict) else None
+            delta = {} if choice is None else choice.get("delta") or {}
+            text = delta.get("content") or "" if isinstance(delta, dict) else None
+            finish = None if choice is None else choice.get("finish_reason")
+            if choice is None or not isinstance(text, str) or not isinstance(finish, str | None):
+                raise BackendProtocolError(f"stream event with a choice, delta, content or finish_reason of the wrong "
+                                           f"type: {ev.data[:120]!r}", backend=self.name, model=model)
             if text:
                 n_events += 1
             chunk = StreamChunk(body=obj, text=text, finish_reason=finish)
@@ -313,15 +342,14 @@ class OpenAIBackend(Backend):
                 backend=self.name,
                 model=model,
             )
-        if usage is None:
-            # No usage from the provider: one token per content event (llama.cpp
-            # sends one token per event), and the prompt estimated from its text.
-            prompt = (
-                estimate_tokens(render_prompt(self.completion_template, request.messages))
-                if self.completion_template is not None
-                else estimate_prompt_tokens(request.messages)
-            )
-            usage = Usage(prompt, n_events)
+        # Counts the provider did not send, or sent insane, are estimated: one token per content event
+        # (llama.cpp sends one token per event), and the prompt from its text.
+        template = self.completion_template
+        usage, _ = self._usage.usage(
+            raw_usage,
+            lambda: (estimate_tokens(render_prompt(template, request.messages)) if template is not None
+                     else estimate_prompt_tokens(request.messages)),
+            lambda: n_events)
         held.usage = usage
         held.body["usage"] = usage.to_dict()
         yield held

@@ -3,9 +3,17 @@
 A protocol name maps to a factory ``(name, **settings) -> Backend``. Built-ins
 are listed by ``"module:attribute"`` only and imported on first use, so
 importing :mod:`turnout.backends` imports neither ``anthropic``'s module nor
-the scripted fake (which lives in :mod:`turnout.testing`, a room the backends
-may not import statically). Third parties add theirs with
-:func:`register_backend`.
+anything else it does not need. Other packages declare theirs as entry points
+in the ``turnout.backends`` group, read the first time a name is looked up::
+
+    [project.entry-points."turnout.backends"]
+    mine = "my_package.backend:MyBackend"
+
+turnout's own scripted fake is declared that way too (it lives in
+:mod:`turnout.testing`, a room the backends may not import), with a fallback
+for an installation made before the entry point existed. Code registers a
+factory directly with :func:`register_backend`. When a name is declared twice,
+a registered factory wins over a built-in, a built-in over an entry point.
 
 Example::
 
@@ -15,9 +23,9 @@ Example::
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from turnout.backends.base import Backend
@@ -29,28 +37,62 @@ Factory = Callable[..., Backend]
 BUILTIN_BACKENDS: dict[str, str] = {
     "openai": "turnout.backends.openai:OpenAIBackend",
     "anthropic": "turnout.backends.anthropic:AnthropicBackend",
+}
+#: the entry-point group packages declare backend protocols in
+ENTRY_POINT_GROUP = "turnout.backends"
+#: used only while no entry point of that name is installed (turnout installed before it declared one)
+PRE_ENTRY_POINT_FALLBACK: dict[str, str] = {
     "scripted": "turnout.testing.scripted:ScriptedBackend",
 }
 
 
 class BackendRegistry:
-    """Maps protocol names to backend factories, resolving built-ins lazily."""
+    """Maps protocol names to backend factories, resolving built-ins and entry points lazily.
 
-    def __init__(self, lazy: dict[str, str] | None = None) -> None:
+    ``lazy`` maps names to ``"module:attribute"`` targets imported on first
+    use; ``entry_point_group`` (None: none) adds the installed entry points of
+    that group, read once, when a name is first looked up; ``fallback`` names
+    targets used only where no entry point gave that name.
+    """
+
+    def __init__(self, lazy: dict[str, str] | None = None, *, entry_point_group: str | None = None,
+                 fallback: dict[str, str] | None = None) -> None:
         self._factories: dict[str, Factory] = {}
         self._lazy = dict(lazy or {})
+        self._group = entry_point_group
+        self._fallback = dict(fallback or {})
+        self._discovered = False
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        if self._group is not None:
+            for ep in entry_points(group=self._group):
+                self._lazy.setdefault(ep.name, ep.value)  # a built-in keeps its name
+        for name, target in self._fallback.items():
+            self._lazy.setdefault(name, target)
 
     def register(self, protocol: str, factory: Factory) -> None:
         """Make ``factory`` creatable as ``protocol`` (replaces an earlier one of that name)."""
         self._factories[protocol] = factory
 
     def names(self) -> list[str]:
+        """Every protocol name this registry can create, sorted."""
+        self._discover()
         return sorted(set(self._factories) | set(self._lazy))
 
     def get(self, protocol: str) -> Factory:
-        if protocol not in self._factories and protocol in self._lazy:
-            module, _, attr = self._lazy[protocol].partition(":")
-            self._factories[protocol] = getattr(importlib.import_module(module), attr)
+        """The factory of ``protocol``, imported on first use; ConfigError names the choices or the import failure."""
+        if protocol not in self._factories:
+            self._discover()
+            if protocol in self._lazy:
+                target = self._lazy[protocol]
+                try:
+                    self._factories[protocol] = EntryPoint(protocol, target, self._group or "").load()
+                except (ImportError, AttributeError) as e:
+                    raise ConfigError(f"backend protocol '{protocol}' ({target}) cannot be loaded: {e}",
+                                      key="protocol", fix="install the package that provides it") from e
         try:
             return self._factories[protocol]
         except KeyError:
@@ -79,7 +121,8 @@ class BackendRegistry:
             raise ConfigError(f"backend '{name}' (protocol {protocol}): {e}", key=f"backends.{name}") from e
 
 
-DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS)
+DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS, entry_point_group=ENTRY_POINT_GROUP,
+                                   fallback=PRE_ENTRY_POINT_FALLBACK)
 
 
 def register_backend(protocol: str, factory: Factory) -> None:
@@ -97,4 +140,5 @@ def backend_protocols() -> list[str]:
     return DEFAULT_REGISTRY.names()
 
 
-__all__ = ["BUILTIN_BACKENDS", "BackendRegistry", "backend_protocols", "create_backend", "register_backend"]
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry", "backend_protocols", "create_backend",
+           "register_backend"]

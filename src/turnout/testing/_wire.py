@@ -1,8 +1,10 @@
 """What the scripted provider says on the wire: OpenAI and Anthropic bodies, stream events and errors.
 
 Shared by both faces of :mod:`turnout.testing.scripted` (the in-process
-backend builds the same bodies the wire server sends), and kept apart so that
-the fakes' behaviour (scripts, faults, timing) reads on its own.
+backend builds the same bodies the wire server sends) and by
+:mod:`turnout.testing.hostile`, and kept apart so that the fakes' behaviour
+(scripts, faults, timing) reads on its own. It imports the script model
+(:mod:`turnout.testing._script`), which imports nothing of the fakes.
 """
 
 from __future__ import annotations
@@ -11,13 +13,10 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from turnout.testing._script import Step
 from turnout.types import Usage
-
-if TYPE_CHECKING:
-    from turnout.testing.scripted import Step
-
 
 
 def chat_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
