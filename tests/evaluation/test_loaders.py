@@ -323,3 +323,29 @@ def test_unused_columns_are_reported(tmp_path):
     unused: list[str] = []
     load_table(_write(tmp_path, [{**ROW, "input_tokens": 3, "response": "hi"}]), unused=unused)
     assert unused == ["input_tokens", "response"]
+
+
+def test_canonical_responses_are_carried(tmp_path):
+    rows = [{**ROW, "response": "B"}, {**ROW, "model": "m2", "response": {"answer": 1}},
+            {**ROW, "prompt_id": "b", "prompt": "yo", "response": None}]
+    t = load_table(_write(tmp_path, rows))
+    assert t.responses is not None and t.responses.shape == (2, 2)
+    assert t.responses[0, 0] == "B" and t.responses[0, 1] == '{"answer": 1}'
+    assert t.responses[1, 0] is None and t.responses[1, 1] is None  # a null answer, and a missing cell
+    sub = t.subset([1, 0]).with_models(["m2", "m1", "m3"])
+    assert sub.responses[1, 0] == '{"answer": 1}' and sub.responses[1, 1] == "B" and sub.responses[1, 2] is None
+    assert load_table(_write(tmp_path, [ROW], name="plain.jsonl")).responses is None
+
+
+def test_routerbench_responses_are_unwrapped(tmp_path):
+    p = tmp_path / "arc_test.csv"
+    p.write_text('sample_id,prompt,m1,m1|total_cost,m1|model_response,m2,m2|total_cost,m2|model_response\n'
+                 's0,q,1,0.1,"[\'D\\n\']",0,0.2,plain text\n')
+    t = load_table(p)
+    assert list(t.responses[0]) == ["D\n", "plain text"]
+
+
+def test_routerbench_csvs_carry_every_answer(data_dir):
+    t = load_table(require(data_dir / "routerbench" / "arc_challenge_test.csv"))
+    there = t.responses[~np.isnan(t.scores)]  # every cell with an outcome has its answer, unwrapped
+    assert len(there) > 4000 and all(isinstance(r, str) and not r.startswith("['") for r in there)

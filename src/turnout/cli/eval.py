@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from turnout.cli import _cascades
 from turnout.evaluation.runner import BOOTSTRAP
 from turnout.evaluation.splits import drop_seen_prompts, split_table
 
@@ -50,6 +51,7 @@ def register(subparsers: Any) -> None:
                         "each is embedded with its own embedder")
     p.add_argument("--json", dest="json_out", help="write the result as JSON here (schema: docs/eval.md)")
     p.add_argument("--plot", dest="plot_out", help="write a cost/quality plot (PNG) here; needs matplotlib")
+    _cascades.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -124,6 +126,7 @@ def run(args: Any) -> int:
     from turnout.routing.registry import router_names
 
     check_options(args)
+    _cascades.check(args)
     if args.artifact:
         return _run_artifacts(args)
     routers = [r for r in (args.routers or DEFAULT_ROUTERS).split(",") if r]
@@ -149,14 +152,16 @@ def run(args: Any) -> int:
         test, dropped = drop_seen_prompts(train, test)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
     Xtr, Xte = emb.embed(train.prompts), emb.embed(test.prompts)
+    con = console()
+    cascades = _cascades.options(args, train, test, str(args.table), con)
     out = run_eval(train, test, Xtr, Xte, routers, table=str(args.table), bootstrap=_bootstrap(args), seed=args.seed,
-                   router_params=params, variants=variants)
+                   router_params=params, variants=variants, cascades=cascades)
     out["test_prompts_seen_in_train_dropped"] = dropped
     if params or variants:
         out["router_params"] = params
         out["variants"] = variants
-    con = console()
     _report(con, render_table(out, f"{args.table}: {len(train)} train / {len(test)} test"), comparison_lines(out), out)
+    _cascades.report(con, out)
     if dropped:
         con.print(f"dropped {dropped} test prompt(s) whose text is also in train (--keep-seen keeps them)")
     if out.get("models_left_out"):

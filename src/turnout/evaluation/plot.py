@@ -47,7 +47,8 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     log, linear below the cheapest paid cost, when some model is free, so free models stay on the plot),
     y the mean quality. Each router's non-decreasing hull is a line (its raw λ points faint),
     single models are labelled points and the oracle is a star; the task-mean reference lines
-    (when the result has ``references``) are dashed black.
+    (when the result has ``references``) are dashed black. Cascades and fan-outs (``cascades``,
+    on tables with answers) are dash-dotted, the router-built ones dashed and thicker.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 6.5), dpi=120)
@@ -72,6 +73,7 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
             name, ls = styles.get(key, (key, "--"))
             ax.plot(h[:, 0], h[:, 1], ls, color="black", lw=1.0, alpha=0.7, label=f"{name} (AIQ {r['aiq']:.3f})")
             xs.extend(pts[:, 0].tolist())
+    xs.extend(_plot_cascades(ax, plt, result.get("cascades") or {}))
     singles = result.get("single_models", {})
     best = (result.get("best_single") or {}).get("model")
     for m, v in singles.items():
@@ -101,6 +103,29 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(plt, fig, out_png)
+
+
+def _plot_cascades(ax: Any, plt: Any, cascades: dict[str, Any]) -> list[float]:
+    """Cascade and fan-out entries: dash-dotted hulls (router-built ones thicker), a lone fan-out as a diamond.
+
+    Returns the costs drawn, for the x scale.
+    """
+    xs: list[float] = []
+    cmap = plt.get_cmap("Dark2")
+    for i, (name, r) in enumerate(cascades.items()):
+        pts = np.asarray(r.get("curve") or [], dtype=float).reshape(-1, 2)
+        if not len(pts):
+            continue
+        color = cmap(i % cmap.N)
+        label = f"{name} (AIQ {r['aiq']:.3f})" if r.get("aiq") is not None else name
+        if len(pts) == 1:
+            ax.scatter(pts[:, 0], pts[:, 1], s=50, marker="D", color=color, zorder=5, label=label)
+        else:
+            h = nondecreasing_hull(pts)
+            ax.plot(h[:, 0], h[:, 1], "-." if "router" not in r else "--", color=color,
+                    lw=2.2 if "router" in r else 1.1, label=label)
+        xs.extend(pts[:, 0].tolist())
+    return xs
 
 
 def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | None = None) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from turnout.evaluation.metrics import (
 from turnout.evaluation.table import RoutingTable, oracle
 from turnout.routing.base import Prediction, Router, TrainingData
 from turnout.routing.policy import choose, lambda_grid
+
+if TYPE_CHECKING:
+    from turnout.evaluation.cascade_eval import CascadeOptions
 
 #: test-set resamples behind each AIQ's 95% interval
 BOOTSTRAP = 200
@@ -212,7 +215,8 @@ def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test:
 
 def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, routers: list[str], *,
              table: str = "", progress: bool = True, router_params: dict[str, dict[str, Any]] | None = None,
-             bootstrap: int = BOOTSTRAP, seed: int = 0, variants: dict[str, str] | None = None) -> dict[str, Any]:
+             bootstrap: int = BOOTSTRAP, seed: int = 0, variants: dict[str, str] | None = None,
+             cascades: CascadeOptions | None = None) -> dict[str, Any]:
     """The whole ``turnout eval`` result (see docs/eval.md) for ``routers`` on a train/test split.
 
     ``router_params`` maps a name in ``routers`` to its parameters; ``variants``
@@ -221,6 +225,9 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     kNNs paired on the same split).
     Shows a rich progress bar over the routers being fitted when ``progress`` is true.
     ``bootstrap`` resamples of the test prompts give each AIQ a 95% interval (0 turns it off).
+    With ``cascades``, and answer texts in both splits, cascades and fan-outs are simulated
+    beside the routers (:func:`turnout.evaluation.cascade_eval.evaluate_cascades`): the
+    result gains ``cascades``, ``best_cascade`` and ``acceptance``; the routers' figures are unchanged.
     """
     train, unseen = drop_untrained_models(train)
     test, left_out = align_models(train, test)  # the untrained models are now among the left out
@@ -254,7 +261,40 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
         _fit_all(routers, one, out)
     if single is not None:
         paired_comparisons(out, samples, single, evaluation_only, task_line)
+    if cascades is not None:
+        _add_cascades(out, train, test, Xtr, Xte, base, cascades, weights, single, samples, progress)
     return out
+
+
+def _add_cascades(out: dict[str, Any], train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray,
+                  base: dict[str, Any], options: CascadeOptions, weights: np.ndarray | None,
+                  single: np.ndarray | None, samples: dict[str, np.ndarray], progress: bool) -> None:
+    """Cascades and fan-outs beside the routers, paired with the best router on the same resamples."""
+    from turnout.evaluation.cascade_eval import evaluate_cascades
+
+    best = out.get("best_router")
+    if not progress:
+        extra = evaluate_cascades(train, test, Xtr, Xte, base, options=options, weights=weights, single=single,
+                                  best=samples.get(best) if best else None)
+    else:
+        with progress_bar() as bar:
+            task = bar.add_task("cascades and fan-outs", total=None)
+
+            def log(msg: str) -> None:
+                bar.update(task, description=msg, advance=1)
+                bar.console.log(msg)
+
+            extra = evaluate_cascades(train, test, Xtr, Xte, base, options=options, weights=weights, single=single,
+                                      best=samples.get(best) if best else None, log=log)
+            done = next(t.completed for t in bar.tasks if t.id == task)
+            bar.update(task, description="cascades and fan-outs simulated", total=done)
+    if extra.get("cascades"):
+        out["cascades"] = extra["cascades"]
+        out["best_cascade"] = max(extra["cascades"], key=lambda n: extra["cascades"][n]["aiq"])
+    if extra.get("acceptance"):
+        out["acceptance"] = extra["acceptance"]
+    if extra.get("notes"):
+        out.setdefault("notes", []).extend(extra["notes"])
 
 
 def drop_untrained_models(train: RoutingTable) -> tuple[RoutingTable, list[str]]:
@@ -459,8 +499,18 @@ def aiq_resamples(choices: np.ndarray, test: RoutingTable, weights: np.ndarray) 
     Resamples line up across routers (same ``weights``), so differences pair.
     """
     rows = np.arange(choices.shape[1])
-    qc = _resampled_means(test.scores[rows, choices].T, weights)  # b × L
-    cc = _resampled_means(test.costs[rows, choices].T, weights)
+    return outcome_aiq_resamples(test.scores[rows, choices], test.costs[rows, choices], test, weights)
+
+
+def outcome_aiq_resamples(scores: np.ndarray, costs: np.ndarray, test: RoutingTable, weights: np.ndarray) -> np.ndarray:
+    """The AIQ on each resample of a curve given per point the outcome of every test prompt (L × n scores, costs).
+
+    A cascade's or fan-out's outcome on a prompt is not one model's cell, so its
+    points come as outcomes; the cost range is still the single models' on each
+    resample, so these AIQs pair with the routers' (same ``weights``).
+    """
+    qc = _resampled_means(np.asarray(scores, dtype=float).T, weights)  # b × L
+    cc = _resampled_means(np.asarray(costs, dtype=float).T, weights)
     sq, sc = _resampled_means(test.scores, weights), _resampled_means(test.costs, weights)
     out = np.full(weights.shape[0], np.nan)
     for b in range(weights.shape[0]):

@@ -14,6 +14,10 @@ from turnout.routing.base import TrainingData
 class RoutingTable:
     """Per-prompt outcomes of many models. ``scores``/``costs`` are n × m, NaN where a cell is missing.
 
+    ``responses``, when the source carries answer texts (a canonical ``response`` column,
+    RouterBench's ``<model>|model_response``), is an n × m object array of ``str``, ``None``
+    where a cell has no answer text: cascades and fan-outs read it (:mod:`turnout.evaluation.cascade`).
+
     Example::
 
         table = load_table("../shared/data/routerbench/routerbench.parquet")
@@ -31,6 +35,8 @@ class RoutingTable:
     source: str = ""
     #: True when some cost was estimated from characters, not measured or counted
     cost_estimated: bool = False
+    #: n × m answer texts (object array: str, or None where there is none); None when the source has no responses
+    responses: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
@@ -38,11 +44,16 @@ class RoutingTable:
     def subset(self, indices: Any) -> RoutingTable:
         """A new table with only the prompts at ``indices`` (in that order)."""
         idx = np.asarray(indices, dtype=int)
-        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+
+        def pick(xs: list[str] | None) -> list[str] | None:
+            return None if xs is None else [xs[i] for i in idx]
+
         return RoutingTable(
-            prompt_ids=pick(self.prompt_ids), prompts=pick(self.prompts), models=list(self.models),
+            prompt_ids=[self.prompt_ids[i] for i in idx], prompts=[self.prompts[i] for i in idx],
+            models=list(self.models),
             scores=self.scores[idx], costs=self.costs[idx], tasks=pick(self.tasks), split=pick(self.split),
             model_cards=dict(self.model_cards), source=self.source, cost_estimated=self.cost_estimated,
+            responses=None if self.responses is None else self.responses[idx],
         )
 
     def with_models(self, models: list[str]) -> RoutingTable:
@@ -56,8 +67,8 @@ class RoutingTable:
         where = {m: j for j, m in enumerate(self.models)}
         n = len(self)
 
-        def take(M: np.ndarray) -> np.ndarray:
-            out = np.full((n, len(models)), np.nan)
+        def take(M: np.ndarray, missing: Any = np.nan) -> np.ndarray:
+            out = np.full((n, len(models)), missing, dtype=object if missing is None else float)
             for k, m in enumerate(models):
                 if m in where:
                     out[:, k] = M[:, where[m]]
@@ -68,6 +79,7 @@ class RoutingTable:
             scores=take(self.scores), costs=take(self.costs), tasks=self.tasks, split=self.split,
             model_cards={m: c for m, c in self.model_cards.items() if m in models}, source=self.source,
             cost_estimated=self.cost_estimated,
+            responses=None if self.responses is None else take(self.responses, None),
         )
 
     def to_training_data(self, X: np.ndarray) -> TrainingData:
