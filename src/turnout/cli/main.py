@@ -26,7 +26,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "add-model": ("turnout.cli.add_model", "add a model to a trained profile router from a few probe outcomes"),
     "serve": ("turnout.cli.serve", "run the OpenAI-compatible routing server"),
     "logs": ("turnout.cli.logs", "tail, filter and export the request log"),
+    "guards": ("turnout.cli.guards", "measure the guards (domain, jailbreak, pii, cache) on labelled data"),
+    "signals": ("turnout.cli.signals", "train the learned request signals (domain, jailbreak)"),
 }
+#: sub-commands with a module of their own, which then registers the whole command (``turnout eval offpolicy``)
+SUBCOMMANDS: dict[tuple[str, str], str] = {("eval", "offpolicy"): "turnout.cli.offpolicy"}
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -35,9 +39,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only import the module of the command actually asked for; list the others by name.
     wanted = next((a for a in argv if not a.startswith("-")), None)
+    nested = SUBCOMMANDS.get((argv[0], argv[1])) if len(argv) >= 2 else None
     for name, (module, help_text) in COMMANDS.items():
         if name == wanted:
-            importlib.import_module(module).register(sub)
+            importlib.import_module(nested if nested is not None and name == argv[0] else module).register(sub)
         else:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser

@@ -40,6 +40,7 @@ BUILTIN_MODULES: dict[str, str] = {
     "graph": "turnout.routing.graph",
     "profile": "turnout.routing.profile",
     "ensemble": "turnout.routing.ensemble",
+    "bandit": "turnout.routing.bandit",
 }
 
 R = TypeVar("R", bound=type[Router])
