@@ -84,6 +84,9 @@ class RequestContext:
         self.settled = False
         #: the prefix key the endpoint balancers place this request by (computed on first use)
         self.balance_key: Any = None
+        #: stages added for this request only (a matched decision rule's plugins); they run in their phase,
+        #: after the configured stages of that phase
+        self.plugins: list[Any] = []
         self._embed = embed
         self._vectors: dict[str, np.ndarray] = {}
         self._views: dict[str, str] = {}

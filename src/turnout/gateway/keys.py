@@ -152,8 +152,9 @@ class KeyStore:
         """Raise PermissionDeniedError unless ``spec`` may use the route or model ``name``."""
         if spec.allowed is None or name in spec.allowed:
             return
+        shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"  # never echo a payload
         raise PermissionDeniedError(
-            f"key {spec.name!r} may not use {name!r}; it may use: {', '.join(spec.allowed)}"
+            f"key {spec.name!r} may not use {shown!r}; it may use: {', '.join(spec.allowed)}"
         )
 
     async def spent(self, spec: KeySpec) -> float:

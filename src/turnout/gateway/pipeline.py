@@ -292,7 +292,7 @@ class Gateway:
     async def _request_stages(self, ctx: RequestContext) -> Answer | None:
         """Signals, guards, cache: the first outcome of a phase acts (dry run: reported, not acted on)."""
         for phase, stages in self.stages.request.items():
-            for st in stages:
+            for st in _with_plugins(stages, ctx, phase, "on_request"):
                 outcome = await st.on_request(ctx)
                 if outcome is None:
                     continue
@@ -398,7 +398,7 @@ class Gateway:
     async def _prepare(self, ctx: RequestContext, api_key: str | None) -> Answer | None:
         """Every phase before the model calls; an Answer when a stage answered instead."""
         await self._authenticate(ctx, api_key)
-        if self.stages.request["signals"] or self.stages.request["guard"] or self.stages.request["cache"]:
+        if self.stages.request["signals"] or self.stages.request["guard"] or self.stages.request["cache"] or ctx.plugins:
             answer = await self._request_stages(ctx)
             if answer is not None:
                 self._answered_by_stage(ctx, answer)
@@ -418,14 +418,14 @@ class Gateway:
                                 plan=Plan("answer", []))
 
     def _respond(self, ctx: RequestContext, resp: ChatResponse) -> ChatResponse:
-        for st in self.stages.response:
+        for st in _with_plugins(self.stages.response, ctx, "response", "on_response"):
             resp = st.on_response(ctx, resp)
         return resp
 
     async def _completed(self, ctx: RequestContext, resp: ChatResponse | None) -> None:
         if resp is None:
             return
-        for hook in self.stages.complete:
+        for hook in _with_plugins(self.stages.complete, ctx, None, "on_complete"):
             try:
                 await hook.on_complete(ctx, resp)
             except Exception:  # a completion hook's failure is logged, never the client's
@@ -502,7 +502,7 @@ class Gateway:
 
     def _filters(self, ctx: RequestContext) -> list[Any]:
         out = []
-        for st in self.stages.filters:
+        for st in _with_plugins(self.stages.filters, ctx, "response", "stream_filter"):
             f = st.stream_filter(ctx)
             if f is not None:
                 out.append(f)
@@ -533,6 +533,15 @@ class Gateway:
         """Log a request the server refused before it reached the pipeline (bad JSON, too large)."""
         ctx = self._context(ChatRequest(model=model, messages=[]), request_id, None)
         await self.ledger.finish(ctx, "error", exc)
+
+
+def _with_plugins(stages: list[Any], ctx: RequestContext, phase: str | None, hook: str) -> list[Any]:
+    """The configured ``stages`` of a phase, then this request's plugins of that phase that implement ``hook``."""
+    if not ctx.plugins:
+        return stages
+    extra = [p for p in ctx.plugins if (phase is None or getattr(p, "phase", None) == phase)
+             and callable(getattr(p, hook, None))]
+    return [*stages, *extra] if extra else stages
 
 
 def _decide_with(rt: RouteRuntime, request: ChatRequest, allowed: frozenset[str] | None, vec: Any) -> Decision:

@@ -38,7 +38,16 @@ from turnout.errors import (
     UnknownModelError,
 )
 from turnout.gateway.pipeline import Gateway
-from turnout.server.chat import ChatEndpoint, Receive, Scope, Send, api_key_of, logged_status, new_request_id
+from turnout.server.chat import (
+    ChatEndpoint,
+    Receive,
+    Scope,
+    Send,
+    api_key_of,
+    logged_status,
+    new_request_id,
+    request_metadata,
+)
 from turnout.server.errors import error_body, status_for
 from turnout.server.openapi import openapi_schema
 from turnout.server.wire import dumps, parse_chat, parse_feedback
@@ -140,7 +149,7 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
             spec = gateway.keys.authenticate(_api_key(request))
             gateway.keys.authorize(spec, req.model)
         t0 = time.perf_counter()
-        decision = await gateway.route(req, key=spec)
+        decision = await gateway.route(req, key=spec, headers=request_metadata(request.scope["headers"]))
         body = decision.to_dict()
         body["decision_ms_wall"] = (time.perf_counter() - t0) * 1000.0
         return _json(body, 200, _headers(rid, decision.route, decision.model))
@@ -159,16 +168,22 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         request_log.set_feedback(request_id, score)
         return _json({"request_id": request_id, "score": score, "stored": True}, 200, _headers(rid))
 
+    def listed(request: Request) -> list[dict[str, Any]]:
+        # with keys configured, the fleet (models, backends, prices) is shown only to a key, and only what it may use
+        spec = gateway.keys.authenticate(_api_key(request)) if gateway.keys is not None else None
+        return gateway.models(spec)
+
     async def models(request: Request, rid: str) -> Response:
-        return _json({"object": "list", "data": gateway.models()}, 200, _headers(rid))
+        return _json({"object": "list", "data": listed(request)}, 200, _headers(rid))
 
     async def model(request: Request, rid: str) -> Response:
         name = request.path_params["model_id"]
-        items = gateway.models()
+        items = listed(request)
         for item in items:
             if item["id"] == name:
                 return _json(item, 200, _headers(rid))
-        raise UnknownModelError(f"no route or model named {name!r}; available: {', '.join(i['id'] for i in items)}",
+        shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"
+        raise UnknownModelError(f"no route or model named {shown!r}; available: {', '.join(i['id'] for i in items)}",
                                 param="model")
 
     async def healthz(request: Request, rid: str) -> Response:

@@ -39,10 +39,11 @@ from contextvars import ContextVar
 from typing import Any
 
 from turnout.errors import PayloadTooLargeError, TurnoutError
-from turnout.gateway.pipeline import Attempt, Gateway, StreamSession
+from turnout.gateway.context import RequestContext
+from turnout.gateway.pipeline import Gateway, StreamSession
 from turnout.server.errors import error_body, status_for
 from turnout.server.wire import dumps, parse_chat
-from turnout.types import ChatRequest, ChatResponse, Decision
+from turnout.types import ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,48 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def turnout_headers(rid: str, route: str = "-", model: str = "-") -> list[tuple[bytes, bytes]]:
-    """The three ``x-turnout-*`` headers every answer carries."""
-    return [(b"x-turnout-request-id", rid.encode()), (b"x-turnout-route", route.encode("latin-1", "replace")),
-            (b"x-turnout-model", model.encode("latin-1", "replace"))]
+def turnout_headers(rid: str, route: str = "-", model: str = "-",
+                    extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+    """The three ``x-turnout-*`` headers every answer carries, then ``extra`` (what the pipeline's stages added)."""
+    out = [(b"x-turnout-request-id", rid.encode()), (b"x-turnout-route", route.encode("latin-1", "replace")),
+           (b"x-turnout-model", model.encode("latin-1", "replace"))]
+    if extra:
+        out += [(k.lower().encode("latin-1", "replace"), _header_value(v)) for k, v in extra.items()]
+    return out
+
+
+def _header_value(value: str) -> bytes:
+    # a stage's header value must not break the response: no control characters, bounded length
+    return "".join(c if c >= " " and c != "\x7f" else " " for c in str(value))[:1024].encode("latin-1", "replace")
+
+
+#: request headers handed to the pipeline as metadata (signals read tags, balancers the session id)
+_METADATA_PREFIX = b"x-"
+_NOT_METADATA = frozenset({b"x-api-key"})
+
+
+def request_metadata(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The ``x-*`` request headers (never the API key) as a dict of lower-case names, values cut to 1 KB."""
+    return {name.decode("latin-1"): value[:1024].decode("latin-1") for name, value in headers
+            if name.startswith(_METADATA_PREFIX) and name not in _NOT_METADATA}
+
+
+def answer_headers(ctx: Any) -> dict[str, str]:
+    """The response headers that explain how a request was served: its plan, rule and answer source, and
+    whatever its stages added."""
+    out: dict[str, str] = {}
+    d = ctx.decision
+    if d is not None and d.plan is not None and d.plan.kind not in ("single", "answer"):
+        out["x-turnout-plan"] = d.plan.kind
+        calls = [a for a in ctx.attempts if a.ok]
+        if calls:
+            out["x-turnout-calls"] = ",".join(f"{a.model}:{a.status}" for a in calls)
+    if ctx.rule:
+        out["x-turnout-rule"] = ctx.rule
+    if ctx.answered_by != "model":
+        out["x-turnout-answered-by"] = ctx.answered_by
+    out.update(ctx.response_headers)
+    return out
 
 
 def api_key_of(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -129,11 +168,13 @@ class ChatEndpoint:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange) -> None:
         rid = new_request_id()
 
-        async def respond(status: int, body: Any, route: str = "-", model: str = "-") -> None:
+        async def respond(status: int, body: Any, route: str = "-", model: str = "-",
+                          extra: dict[str, str] | None = None) -> None:
             data = dumps(body)
             exchange.sent = status
             await send({"type": "http.response.start", "status": status,
-                        "headers": [_JSON, (b"content-length", b"%d" % len(data)), *turnout_headers(rid, route, model)]})
+                        "headers": [_JSON, (b"content-length", b"%d" % len(data)),
+                                    *turnout_headers(rid, route, model, extra)]})
             await send({"type": "http.response.body", "body": data})
 
         gw = self.gateway
@@ -148,19 +189,20 @@ class ChatEndpoint:
                 await gw.record_rejected(rid, exc)
                 raise
             key = api_key_of(scope["headers"])
+            meta = request_metadata(scope["headers"])
             if not req.stream:
-                outcome = await self._complete(req, key, rid, receive, exchange)
+                outcome = await self._complete(req, key, rid, meta, receive, exchange)
                 if outcome is None:
                     return  # the client hung up: the upstream call was cancelled (and logged as such); nobody to answer
                 if isinstance(outcome, TurnoutError):
                     await respond(status_for(outcome), error_body(outcome), route=route_label(gw, req.model))
                     return
-                resp, decision, attempts = outcome
-                # the model that answered: the last attempt (the chosen one, or a fallback)
-                await respond(200, resp.body, decision.route, attempts[-1].model)
+                resp, ctx = outcome
+                assert ctx.decision is not None
+                await respond(200, resp.body, ctx.decision.route, ctx.model or "-", answer_headers(ctx))
                 return
             try:
-                session = await gw.chat_stream(req, api_key=key, request_id=rid)
+                session = await gw.chat_stream(req, api_key=key, request_id=rid, headers=meta)
             except TurnoutError as exc:
                 await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model))
                 return
@@ -173,8 +215,8 @@ class ChatEndpoint:
             else:
                 raise
 
-    async def _complete(self, req: ChatRequest, key: str | None, rid: str, receive: Receive,
-                        exchange: _Exchange) -> tuple[ChatResponse, Decision, list[Attempt]] | TurnoutError | None:
+    async def _complete(self, req: ChatRequest, key: str | None, rid: str, meta: dict[str, str], receive: Receive,
+                        exchange: _Exchange) -> tuple[ChatResponse, RequestContext] | TurnoutError | None:
         """The gateway's whole answer, or its TurnoutError; None when the client hung up first.
 
         A hang-up cancels the gateway call wherever it is (routing, the upstream
@@ -184,7 +226,7 @@ class ChatEndpoint:
         """
         async with _CancelOnDisconnect(receive, exchange):
             try:
-                return await self.gateway.chat(req, api_key=key, request_id=rid)
+                return await self.gateway.serve_chat(req, api_key=key, request_id=rid, headers=meta)
             except TurnoutError as exc:
                 return exc
         return None  # only reached when the hang-up's cancellation was absorbed
@@ -219,7 +261,8 @@ class ChatEndpoint:
                       exchange: _Exchange) -> None:
         exchange.sent = 200  # from here on the client has its status line, whatever happens to the stream
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_SSE, *turnout_headers(rid, session.decision.route, session.model)]})
+                    "headers": [*_SSE, *turnout_headers(rid, session.decision.route, session.model,
+                                                        answer_headers(session.ctx))]})
 
         async def pump() -> None:
             events = sse_events(session, include_usage)
@@ -352,4 +395,5 @@ def _usage_chunk(last: dict[str, Any], session: StreamSession) -> dict[str, Any]
             "choices": [], "usage": session.usage.to_dict()}
 
 
-__all__ = ["ChatEndpoint", "api_key_of", "logged_status", "new_request_id", "route_label", "sse_events", "turnout_headers"]
+__all__ = ["ChatEndpoint", "answer_headers", "api_key_of", "logged_status", "new_request_id", "request_metadata",
+           "route_label", "sse_events", "turnout_headers"]
