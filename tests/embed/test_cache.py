@@ -70,7 +70,7 @@ def test_threads_share_one_cache(tmp_path):
         try:
             for i in range(20):
                 emb.embed_one(TEXTS[(i + offset) % len(TEXTS)])
-        except BaseException as exc:  # collected and re-raised by the test below
+        except BaseException as exc:  # noqa: BLE001 - collected and re-raised by the test below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(k * 5,)) for k in range(4)]

@@ -12,7 +12,7 @@ from turnout.testing.hash_embedder import HashEmbedder
 
 
 def test_builtins_are_registered():
-    assert builtin_registry().names() == ["hashing", "minilm"]
+    assert builtin_registry().names() == ["hashing", "minilm", "minilm-int8", "minilm-static"]
 
 
 def test_plugin_embedder_goes_through_create_and_cache(tmp_path):
@@ -71,3 +71,22 @@ def test_length_sorted_batches_cap_the_padded_size():
         assert len(b) * max(len(texts[i]) for i in b) <= 2000 or len(b) == 1
     # the short texts still share one batch; the 1000-char ones go two at a time
     assert [len(b) for b in batches] == [5, 2, 1]
+
+
+def test_call_cost_split_pads_less_than_filling_greedily():
+    """Mixed short and long texts: the cheapest split pays a few calls instead of padding shorts to the longest."""
+    texts = ["x" * n for n in [10, 12, 11, 13, 200, 190, 15, 14, 210]]
+
+    def cost(batches: list[list[int]], call: int) -> int:
+        return sum(len(b) * max(len(texts[i]) for i in b) + call for b in batches)
+
+    greedy = list(length_sorted_batches(texts, 64, progress=False, label="t"))
+    split = list(length_sorted_batches(texts, 64, progress=False, label="t", call_cost_chars=40))
+    assert sorted(i for b in split for i in b) == list(range(len(texts)))  # every text exactly once
+    assert [sorted(len(texts[i]) for i in b) for b in split] == [[10, 11, 12, 13, 14, 15], [190, 200, 210]]
+    assert cost(split, 40) < cost(greedy, 40)
+    # a call dearer than any padding: one batch, as greedy; caps still hold
+    assert len(list(length_sorted_batches(texts, 64, progress=False, label="t", call_cost_chars=10**6))) == 1
+    capped = list(length_sorted_batches(texts, 4, progress=False, label="t", max_padded_chars=500,
+                                        call_cost_chars=10**6))
+    assert all(len(b) <= 4 and (len(b) == 1 or len(b) * max(len(texts[i]) for i in b) <= 500) for b in capped)

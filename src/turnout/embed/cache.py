@@ -219,6 +219,10 @@ class MemoryCachedEmbedder(Embedder):
                 self._lru.popitem(last=False)
         return vec
 
+    def lookup(self, text: str) -> np.ndarray | None:
+        """The cached (read-only) vector of ``text``, or None; never computes. Cheap enough for the event loop."""
+        return self._get(text_key(text))
+
     def embed_one(self, text: str) -> np.ndarray:
         key = text_key(text)
         vec = self._get(key)

@@ -7,6 +7,7 @@ process, so features are hashed with CRC-32 instead, which is stable and fast.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
@@ -62,7 +63,7 @@ class HashingEmbedder(Embedder):
     def _one(self, text: str) -> np.ndarray:
         words = _WORD.findall(text.lower())
         word_feats: Counter[str] = Counter(f"w:{w}" for w in words)
-        word_feats.update(f"b:{a} {b}" for a, b in zip(words, words[1:]))
+        word_feats.update(f"b:{a} {b}" for a, b in itertools.pairwise(words))
         char_feats: Counter[str] = Counter()
         for w in words:
             padded = f" {w} "  # word boundaries, like scikit-learn's char_wb

@@ -49,6 +49,12 @@ TAIL_TOKENS = 216
 #: so activation buffers stay small instead of growing with the batch (batch_size still caps short texts);
 #: (bench/embedding_speed.py, batch of 128 real prompts: 26 -> 50 texts/s, peak RSS 826 -> 283 MiB against batches of 64)
 MAX_PADDED_CHARS = 4 * 1024
+#: the fixed cost of one ONNX call, in padded characters, for splitting a batch of mixed lengths
+#: (``length_sorted_batches``): a batch is padded to its longest text, and 32 real short prompts
+#: (5-90 word pieces) cost 7.3 ms of CPU each in one padded call against 4.4 ms each alone; split
+#: where padding costs more than a call, 4.1-4.7 ms fp32 and 1.7-1.8 ms int8 (alone 1.8-2.0), and
+#: a fixed cost of 0-40 characters measured alike (bench/batching.py's prompts, a busy 2-core machine)
+CALL_COST_CHARS = 32
 #: the exported graph's file stem: the weights, not the clipping, decide what the ONNX file holds
 _ONNX_STEM = "minilm-l6-v2"
 _OPSET = 17
@@ -291,6 +297,22 @@ class MiniLMEmbedder(Embedder):
         )
         return np.asarray(vecs, dtype=np.float32)
 
+    def embed_token_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Run the ONNX graph on pre-tokenized rows (n × L int64 ids, no padding, [CLS]/[SEP] included).
+
+        Used to distil the static embedder (``embed.static``): every vocabulary
+        token, alone between [CLS] and [SEP], goes through the transformer once.
+        Returns the pooled, normalised (n, 384) float32 rows. ONNX runtime only.
+        """
+        self._ensure_loaded()
+        if self.runtime != "onnx":
+            raise TurnoutError(f"{self.name}: embed_token_ids needs the ONNX runtime, not {self.runtime}; "
+                               "install onnxruntime (pip install 'turnout[embed]')")
+        ids = np.asarray(ids, dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        (out,) = self._session.run(["embedding"], {k: v for k, v in feeds.items() if k in self._inputs})
+        return np.asarray(out, dtype=np.float32)
+
     def clip(self, text: str) -> str:
         """``text`` itself when it fits the model, else its head and tail joined by " ... "."""
         # cheap exit: a word piece covers at least one character
@@ -317,6 +339,6 @@ class MiniLMEmbedder(Embedder):
         texts = [self.clip(t) for t in texts]
         label = f"embedding with {self.name} ({self.runtime})"
         for idx in length_sorted_batches(texts, self._batch_size, progress=self.progress, label=label,
-                                         max_padded_chars=MAX_PADDED_CHARS):
+                                         max_padded_chars=MAX_PADDED_CHARS, call_cost_chars=CALL_COST_CHARS):
             out[idx] = self._embed_batch([texts[i] for i in idx])
         return out
