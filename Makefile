@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 # Tests and the embedded llama.cpp fleet share 2 cores: spinning OpenMP threads stall each other.
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
+# numpy's BLAS threads spin after a fit and slow one-row inference (MiniLM p50 3 ms -> 20 ms measured)
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install sysdeps run test test-fast lint bench clean
 

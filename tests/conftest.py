@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from turnout.backends._net import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 #: the shared data folder beside the checkout; TURNOUT_DATA overrides it
 DATA = Path(os.environ.get("TURNOUT_DATA", REPO.parent / "shared" / "data"))
@@ -31,12 +33,6 @@ def require(path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """A real redis-server on a free loopback port, no persistence; :meth:`stop` ends it (idempotent)."""
 
@@ -45,7 +41,7 @@ class RedisServer:
         if exe is None:
             pytest.skip("redis-server is not on PATH (install it: apt-get install -y redis-server)")
         pytest.importorskip("redis", reason="the redis package is not installed (pip install 'turnout[redis]')")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],

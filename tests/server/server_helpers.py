@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,15 +12,10 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
+from turnout.backends._net import free_port  # noqa: E402
 from turnout.config import parse_config, resolve  # noqa: E402
 from turnout.gateway import Gateway  # noqa: E402
 from turnout.server.app import create_app  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:

@@ -61,25 +61,14 @@ from turnout.errors import (
     BackendStatusError,
     BackendTimeoutError,
 )
+from turnout import fastjson
+from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 from turnout.types import Usage
 
-try:  # orjson parses and writes the bodies several times faster; optional (the 'server' extra brings it)
-    import orjson
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes of a request body."""
+    return fastjson.dumps(obj)
 
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON bytes of a request body."""
-        return orjson.dumps(obj)
-
-    def _fast_loads(data: str | bytes) -> Any:
-        return orjson.loads(data)
-except ImportError:  # pragma: no cover - exercised when orjson is absent
-
-    def dumps(obj: Any) -> bytes:
-        """Compact JSON bytes of a request body."""
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-    def _fast_loads(data: str | bytes) -> Any:
-        return json.loads(data)
 
 #: the most of an error body kept on a BackendStatusError (bodies can be whole HTML pages)
 MAX_ERROR_BODY = 4096
@@ -428,7 +417,7 @@ def loads(data: str | bytes, backend: str, model: str | None, what: str) -> Any:
     one could not be passed on to the client as JSON either.
     """
     try:
-        return _fast_loads(data)
+        return fastjson.loads(data)
     except ValueError:
         pass  # orjson also refuses integers beyond 64 bits: let the standard parser decide and word the error
     try:
@@ -557,21 +546,3 @@ class UsageCheck:
                         "(logged once per backend)", self.backend, key, value)
 
 
-def estimate_tokens(text: str) -> int:
-    """Approximate token count: about 4 characters per token for English BPE vocabularies.
-
-    Used only when a provider sends no usage (llama.cpp's server when streaming).
-    It is an estimate, within roughly ±30% of the real tokenizer on prose.
-    """
-    return math.ceil(len(text) / 4) if text else 0
-
-
-def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
-    """Approximate prompt tokens of a chat: text of every message plus ~4 tokens of framing each."""
-    total = 0
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, list):
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-        total += estimate_tokens(content or "") + 4
-    return total

@@ -222,6 +222,9 @@ class LlamaCppServer:
     async def astop(self, grace: float = 5.0) -> None:
         await asyncio.to_thread(self.stop, grace)
 
+    def __repr__(self) -> str:
+        return f"llama.cpp server for {self.model_path.name} at {self.base_url}"
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

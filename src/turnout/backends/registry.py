@@ -9,9 +9,9 @@ in the ``turnout.backends`` group, read the first time a name is looked up::
     [project.entry-points."turnout.backends"]
     mine = "my_package.backend:MyBackend"
 
-turnout's own scripted fake is declared that way too (it lives in
-:mod:`turnout.testing`, a room the backends may not import), with a fallback
-for an installation made before the entry point existed. Code registers a
+turnout's own scripted fake is declared that way too, in turnout's
+``pyproject.toml`` (it lives in :mod:`turnout.testing`, a room the backends may
+not import, so this module never names it). Code registers a
 factory directly with :func:`register_backend`. When a name is declared twice,
 a registered factory wins over a built-in, a built-in over an entry point.
 
@@ -40,12 +40,6 @@ BUILTIN_BACKENDS: dict[str, str] = {
 }
 #: the entry-point group packages declare backend protocols in
 ENTRY_POINT_GROUP = "turnout.backends"
-#: used only while no entry point of that name is installed (turnout installed before it declared one)
-PRE_ENTRY_POINT_FALLBACK: dict[str, str] = {
-    "scripted": "turnout.testing.scripted:ScriptedBackend",
-}
-
-
 class BackendRegistry:
     """Maps protocol names to backend factories, resolving built-ins and entry points lazily.
 
@@ -121,8 +115,7 @@ class BackendRegistry:
             raise ConfigError(f"backend '{name}' (protocol {protocol}): {e}", key=f"backends.{name}") from e
 
 
-DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS, entry_point_group=ENTRY_POINT_GROUP,
-                                   fallback=PRE_ENTRY_POINT_FALLBACK)
+DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS, entry_point_group=ENTRY_POINT_GROUP)
 
 
 def register_backend(protocol: str, factory: Factory) -> None:

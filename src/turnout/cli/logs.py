@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from turnout.errors import InvalidRequestError, TurnoutError
 from turnout.gateway.requestlog import DEFAULT_REQUEST_LOG, LogEntry, RequestLog
 
@@ -143,6 +145,17 @@ def _lam_cell(e: LogEntry) -> str:
     return f"{e.lam:.3g}" + ("*" if e.budget and e.budget.get("tightened") else "")
 
 
+#: C0 and C1 control characters (ESC starts terminal escape sequences), shown escaped instead of sent to the terminal
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))}
+_CONTROL[0x0A] = _CONTROL[0x0D] = _CONTROL[0x09] = " "
+
+
+def clean(value: object) -> Text:
+    """A logged value as inert terminal text: control characters escaped (no terminal injection from a prompt)
+    and never read as rich markup (a prompt holding "[red]" stays those characters)."""
+    return Text(str(value).translate(_CONTROL))
+
+
 def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool = True) -> None:
     if as_json:
         for e in entries:
@@ -158,12 +171,13 @@ def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool
         table.add_column(col, justify=just, no_wrap=True, overflow="ellipsis",
                          ratio=1 if col == "prompt" else None, min_width=12 if col == "prompt" else None)
     for e in entries:
-        status = e.status if e.status == "ok" else f"[red]{e.error_kind or e.status}[/red]"
+        status = clean(e.status) if e.status == "ok" else Text(str(e.error_kind or e.status).translate(_CONTROL),
+                                                               style="red")
         table.add_row(
-            datetime.fromtimestamp(e.ts).strftime("%H:%M:%S"), e.id[:8], e.key_name or "-", e.route or "-",
-            e.model or "-", status, f"{e.prompt_tokens or 0}+{e.completion_tokens or 0}",
+            datetime.fromtimestamp(e.ts).strftime("%H:%M:%S"), clean(e.id[:8]), clean(e.key_name or "-"),
+            clean(e.route or "-"), clean(e.model or "-"), status, f"{e.prompt_tokens or 0}+{e.completion_tokens or 0}",
             "-" if e.cost_usd is None else f"{e.cost_usd:.5f}", "-" if e.latency_s is None else f"{e.latency_s:.2f}",
-            _lam_cell(e), "-" if e.score is None else f"{e.score:.2f}", (e.prompt or "").replace("\n", " ")[:200],
+            _lam_cell(e), "-" if e.score is None else f"{e.score:.2f}", clean((e.prompt or "")[:200]),
         )
     if header and not entries:
         console.print("[dim]no matching requests[/dim]")

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from turnout.config.schema import TurnoutConfig
 from turnout.errors import ConfigError
 from turnout.backends.registry import backend_protocols
-from turnout.embed.registry import builtin_registry
+from turnout.embed.registry import default_registry
 from turnout.routing.registry import router_names
 
 #: names a ``protocol: llamacpp`` backend may give as ``model`` instead of a GGUF path
@@ -302,7 +302,7 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
                 if m not in r.candidate_map.values():
                     raise err(f"'{m}' is not a candidate of this route", f"{where}.budget.target_share.{m}", _fix_for(m, r.candidate_map.values(), "candidates"))
         if r.embedder is not None:
-            embedders = builtin_registry().names()
+            embedders = default_registry().names()
             if r.embedder not in embedders:
                 raise err(f"unknown embedder '{r.embedder}'", f"{where}.embedder",
                           _fix_for(r.embedder, embedders, "embedders (plugins register theirs)"))

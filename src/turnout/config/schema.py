@@ -38,16 +38,20 @@ class ServerSettings(_Strict):
 
 
 class TimeoutSettings(_Strict):
-    """Seconds allowed to connect, to the first token, and for the whole answer."""
+    """Seconds allowed to connect, to the first token, for the whole answer, and between two stream events."""
 
     connect: float = Field(5.0, gt=0)
     first_token: float = Field(30.0, gt=0)
     total: float = Field(120.0, gt=0)
+    #: silence allowed between two events of a stream after the first (default: 60 s, or total if shorter)
+    idle: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> TimeoutSettings:
         if self.first_token > self.total:
             raise ValueError(f"first_token ({self.first_token}) must not exceed total ({self.total})")
+        if self.idle is not None and self.idle > self.total:
+            raise ValueError(f"idle ({self.idle}) must not exceed total ({self.total}): it would never fire")
         return self
 
 

@@ -22,7 +22,7 @@ from turnout.embed.base import Embedder
 from turnout.embed.batching import BatchingEmbedder, BatchingStats
 from turnout.embed.cache import CachedEmbedder, MemoryCachedEmbedder, default_cache_dir
 from turnout.embed.hashing import HashingEmbedder
-from turnout.embed.registry import EmbedderRegistry, EmbedderSpec, builtin_registry
+from turnout.embed.registry import EmbedderRegistry, EmbedderSpec, builtin_registry, default_registry, register_embedder
 
 __all__ = [
     "BatchingEmbedder",
@@ -34,6 +34,8 @@ __all__ = [
     "HashingEmbedder",
     "MemoryCachedEmbedder",
     "builtin_registry",
+    "default_registry",
+    "register_embedder",
     "create_embedder",
     "default_cache_dir",
 ]
@@ -58,7 +60,7 @@ def create_embedder(
     batch jobs pass ``os.cpu_count()``. Raises ``KeyError`` naming the known embedders
     for an unknown ``name``.
     """
-    spec = (registry or builtin_registry()).get(name)
+    spec = (registry or default_registry()).get(name)
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if not (cache and spec.worth_caching):
         emb = spec.factory(root / "models", progress)

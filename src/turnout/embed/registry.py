@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 from turnout.embed.base import Embedder
+from turnout.plugins import EMBEDDERS, plugin_entry_points
 
 
 @dataclass(frozen=True)
@@ -88,3 +90,44 @@ def builtin_registry() -> EmbedderRegistry:
                                                "word-piece vectors distilled from all-MiniLM-L6-v2, 256-d, numpy"))
     reg.register("hashing", EmbedderSpec(_hashing, False, "hashed word and char n-grams, 4096-d, numpy only"))
     return reg
+
+
+_DEFAULT: EmbedderRegistry | None = None
+
+
+def default_registry() -> EmbedderRegistry:
+    """The registry ``create_embedder``, the gateway and config validation use: the built-ins, the embedders
+    installed under the ``turnout.embedders`` entry-point group, and those added with :func:`register_embedder`."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        reg = builtin_registry()
+        for name, ep in plugin_entry_points(EMBEDDERS).items():
+            if name not in reg.names():
+                reg.register(name, _PluginSpec(ep))
+        _DEFAULT = reg
+    return _DEFAULT
+
+
+def register_embedder(name: str, spec: EmbedderSpec) -> None:
+    """Make ``name`` usable wherever an embedder is named (a route's ``embedder``, ``--embedder``)."""
+    default_registry().register(name, spec)
+
+
+class _PluginSpec(EmbedderSpec):
+    """An installed plugin's embedder, loaded on first use: its entry point gives an EmbedderSpec or a factory."""
+
+    def __init__(self, ep: EntryPoint) -> None:
+        object.__setattr__(self, "_ep", ep)
+        object.__setattr__(self, "_loaded", None)
+        super().__init__(self._build, True, f"plugin {ep.value}")
+
+    def _spec(self) -> EmbedderSpec:
+        loaded = getattr(self, "_loaded")
+        if loaded is None:
+            target = getattr(self, "_ep").load()
+            loaded = target if isinstance(target, EmbedderSpec) else EmbedderSpec(target, True, str(target))
+            object.__setattr__(self, "_loaded", loaded)
+        return loaded
+
+    def _build(self, model_dir: Path, progress: bool) -> Embedder:
+        return self._spec().factory(model_dir, progress)

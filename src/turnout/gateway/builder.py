@@ -108,7 +108,7 @@ def _target(cfg: TurnoutConfig, name: str, m: ModelSettings, backends: _Backends
     return ModelTarget(
         name, upstream=m.upstream_model or name, endpoints=endpoints, balancer=balancer,
         price=Price(m.price.input_per_mtok, m.price.output_per_mtok), context_window=m.context_window,
-        fallbacks=list(m.fallbacks), timeouts=Timeouts(t.connect, t.first_token, t.total),
+        fallbacks=list(m.fallbacks), timeouts=Timeouts(t.connect, t.first_token, t.total, t.idle or min(60.0, t.total)),
         attempts=first.retries.attempts, backoff=Backoff(first.retries.backoff_s, first.retries.max_backoff_s),
         private=m.private,
     )

@@ -35,11 +35,12 @@ def serving_embedder(name: str) -> Embedder:
     SQLite read and write transaction per new prompt, grew by every prompt ever served, and kept the
     vectors in the user's home folder.
     """
-    from turnout.embed import builtin_registry, create_embedder
+    from turnout.embed import create_embedder
+    from turnout.embed.registry import default_registry
     from turnout.embed.cache import MemoryCachedEmbedder
 
     inner = create_embedder(name, cache=False, progress=False, threads=1)
-    return MemoryCachedEmbedder(inner) if builtin_registry().get(name).worth_caching else inner
+    return MemoryCachedEmbedder(inner) if default_registry().get(name).worth_caching else inner
 
 
 class EmbeddingService:

@@ -25,6 +25,7 @@ import inspect
 from typing import Any, TypeVar
 
 from turnout.errors import RoutingError
+from turnout.plugins import ROUTERS, plugin_entry_points
 from turnout.routing.base import Router
 
 #: built-in router name -> module that defines (and registers) it
@@ -53,9 +54,10 @@ class RouterRegistry:
     applications that want isolation can build their own.
     """
 
-    def __init__(self, lazy_modules: dict[str, str] | None = None) -> None:
+    def __init__(self, lazy_modules: dict[str, str] | None = None, *, entry_points: bool = False) -> None:
         self._classes: dict[str, type[Router]] = {}
         self._lazy = dict(lazy_modules or {})
+        self._entry_points = entry_points  # also offer the routers installed under the "turnout.routers" group
 
     def register(self, cls: R) -> R:
         """Class decorator: make ``cls`` creatable under ``cls.name``."""
@@ -69,13 +71,23 @@ class RouterRegistry:
         return cls
 
     def names(self) -> list[str]:
-        """Every known router name (built-in and registered), sorted; imports nothing."""
-        return sorted(set(self._lazy) | set(self._classes))
+        """Every known router name (built-in, registered and installed plugins), sorted; imports nothing."""
+        return sorted(set(self._lazy) | set(self._classes) | set(self._plugins()))
+
+    def _plugins(self) -> dict[str, Any]:
+        return plugin_entry_points(ROUTERS) if self._entry_points else {}
 
     def get(self, name: str) -> type[Router]:
-        """The class registered under ``name`` (importing its built-in module if needed)."""
+        """The class registered under ``name`` (importing its built-in module, or its plugin, if needed)."""
         if name not in self._classes and name in self._lazy:
             importlib.import_module(self._lazy[name])
+        if name not in self._classes and name in self._plugins():
+            try:
+                loaded = self._plugins()[name].load()
+            except Exception as exc:  # a third party's import failure: name the plugin
+                raise RoutingError(f"the plugin router '{name}' cannot be loaded: {exc}") from exc
+            if isinstance(loaded, type) and issubclass(loaded, Router) and name not in self._classes:
+                self._classes[name] = loaded  # a class; a module registers its own on import
         try:
             return self._classes[name]
         except KeyError:
@@ -101,7 +113,7 @@ class RouterRegistry:
             raise RoutingError(f"router '{name}': invalid parameters {params}: {exc}") from exc
 
 
-DEFAULT_REGISTRY = RouterRegistry(BUILTIN_MODULES)
+DEFAULT_REGISTRY = RouterRegistry(BUILTIN_MODULES, entry_points=True)
 
 
 def register_router(cls: R) -> R:

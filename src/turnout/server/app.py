@@ -126,8 +126,13 @@ class TurnoutApp:
             await self.starlette(scope, receive, send)
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True) -> TurnoutApp:
-    """The ASGI app. The lifespan starts the gateway's children and closes the gateway on shutdown."""
+def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True,
+               progress: Callable[[str], None] | None = None) -> TurnoutApp:
+    """The ASGI app. The lifespan starts the gateway's children and closes the gateway on shutdown.
+
+    ``progress`` is told of each start-up step (``turnout serve`` prints them); a step that fails is reported
+    in one line there before the server gives up.
+    """
     gateway.status_for = logged_status  # logged rows carry the status the client received
 
     async def read_body(request: Request) -> bytes:
@@ -210,7 +215,13 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if start_children:
-            await gateway.start()
+            try:
+                await gateway.start(progress)
+            except TurnoutError as exc:
+                if progress is not None:
+                    progress("start-up failed: " + " ".join(str(exc).split())[:300])
+                await gateway.aclose()
+                raise
         else:
             gateway.ready = True
         try:
