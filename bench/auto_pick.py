@@ -25,6 +25,7 @@ bench/results/auto_pick.json.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -64,6 +65,11 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
             "auto_minus_ensemble_sd": float((auto - ens).std(ddof=1)) if len(reps) > 1 else None,
             "per_router": {n: {"mean_aiq": float(np.mean([r["test_aiq"][n] for r in reps])),
                                "picked": picks.count(n), "best": bests.count(n)} for n in names}}
+
+
+def _counts(per_router: dict[str, dict[str, Any]], key: str) -> str:
+    """``"knn 3, mlp 1"``: how many times each router was ``key`` (picked, best), leaving out the zeros."""
+    return ", ".join(f"{n} {v[key]}" for n, v in per_router.items() if v[key])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 "auto − ensemble (sd)", "picked (times)", "best in hindsight (times)"):
         t.add_column(col, justify="left" if col in ("table", "picked (times)", "best in hindsight (times)") else "right")
     for name, r in results.items():
-        count = lambda key: ", ".join(f"{n} {v[key]}" for n, v in r["per_router"].items() if v[key])  # noqa: E731
+        count = functools.partial(_counts, r["per_router"])
         sd = r["auto_minus_ensemble_sd"]
         t.add_row(name, f"{r['auto_aiq']:.4f}", f"{r['ensemble_aiq']:.4f}", f"{r['hindsight_best_aiq']:.4f}",
                   f"{r['auto_regret']:.4f}", f"{r['ensemble_regret']:.4f}",

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = replay(X, stream, lam, seed, Xtr_all, params)
                 reward = run["quality"] - lam * run["cost"]
                 fixed = np.nanmean(stream.scores - lam * stream.costs, axis=0)
-                regret_fixed.append(np.cumsum(stream.scores[:, int(np.argmax(fixed))] - lam * stream.costs[:, int(np.argmax(fixed))] - reward))
+                best_fixed = int(np.argmax(fixed))
+                regret_fixed.append(np.cumsum(stream.scores[:, best_fixed] - lam * stream.costs[:, best_fixed] - reward))
                 off_reward = {}
                 for name, (Q, C) in cross.items():
                     idx = choose(Prediction(list(stream.models), Q, C, available=~np.isnan(stream.scores)), lam)
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                    "bandit_quality": mean("bandit_quality"),
                    "offline_quality": float(np.mean([max(v for v in s["offline_quality"].values() if v is not None)
                                                      for s in per_seed])),
-                   "mean_cost": mean("mean_cost"), "requests": n, "bandit_params": params or "defaults", "seeds": args.seeds, "offline_routers": offline,
+                   "mean_cost": mean("mean_cost"), "requests": n, "bandit_params": params or "defaults", "seeds": args.seeds,
+                   "offline_routers": offline,
                    "lambda": mean("lambda"), "goal_points": GOAL_POINTS,
                    "passed": bool(gaps) and float(np.mean(gaps)) <= GOAL_POINTS, "per_seed": per_seed}
         curves[ds] = {"fixed": np.mean(regret_fixed, axis=0), "offline": np.mean(regret_off, axis=0)}

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         series["static"].append(st["cost"])
         series["controller"].append(ct["cost"])
         series["lam"].append(ct["lam"])
-    doc = {"table": args.table, "traffic": args.traffic, "router": args.router, "controller_settings": gains or "defaults", "target": target, "lambda_static": lam0,
+    doc = {"table": args.table, "traffic": args.traffic, "router": args.router, "controller_settings": gains or "defaults",
+           "target": target, "lambda_static": lam0,
            "phases": {"first_half_mostly": light, "second_half_mostly": heavy, "task_cost_at_static_lambda": per_task},
            "requests": args.requests, "settle": args.settle, "seeds": args.seeds,
            "controller_settled_abs_dev_pct": max(max(r["controller_dev_pct"]) for r in runs),

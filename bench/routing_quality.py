@@ -82,10 +82,9 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
 
 
 def main(argv: list[str] | None = None) -> int:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
-
-    import numpy as np
 
     from turnout.cli.eval import DEFAULT_ROUTERS, comparison_lines, render_table
     from turnout.embed import create_embedder

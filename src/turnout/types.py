@@ -80,9 +80,10 @@ class ChatResponse:
     @property
     def content(self) -> str | None:
         try:
-            return self.body["choices"][0]["message"].get("content")
+            content: str | None = self.body["choices"][0]["message"].get("content")
         except (KeyError, IndexError, TypeError):
             return None
+        return content
 
 
 @dataclass(slots=True)

@@ -134,7 +134,7 @@ async def test_stream_faults(server, backend, step, error):
 
 @pytest.mark.parametrize(("prompt_tokens", "completion_tokens"), [(-1000000, 4), (9, -3), (10**12, 4), (9, 10**10)])
 async def test_insane_token_counts_are_replaced_by_estimates(prompt_tokens, completion_tokens, caplog):
-    from turnout.backends._http import estimate_prompt_tokens, estimate_tokens
+    from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 
     step = Step(text="It is four.", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
     with ScriptedServer(Script(step), protocol="anthropic") as srv:

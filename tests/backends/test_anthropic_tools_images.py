@@ -151,7 +151,8 @@ async def test_an_image_returned_by_a_tool_stays_in_the_tool_result(server, back
 def test_an_unusable_image_url_is_a_clear_request_error() -> None:
     from turnout.errors import InvalidRequestError
 
-    req = ChatRequest("auto", [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}])
+    image = {"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}
+    req = ChatRequest("auto", [{"role": "user", "content": [image]}])
     with pytest.raises(InvalidRequestError, match="base64"):
         to_messages_request(req, "claude-x")
 

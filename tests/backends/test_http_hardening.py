@@ -4,6 +4,7 @@ bounded line splitting, strict JSON, sane usage counts, the idle deadline, Conte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import socket
 import time
@@ -91,10 +92,8 @@ def black_hole() -> Iterator[tuple[str, int]]:
     for _ in range(4):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):  # a non-blocking connect is under way
             s.connect(("127.0.0.2", port))
-        except BlockingIOError:
-            pass
         fillers.append(s)
     time.sleep(0.1)
     yield "127.0.0.2", port

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +76,7 @@ async def test_server_stops_cleanly_without_orphans(tmp_path):
         assert proc is not None and srv.running
         pid = proc.pid
     assert proc.poll() is not None  # reaped
-    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     assert (tmp_path / "llama.log").exists()
     assert not srv.running
 

@@ -4,6 +4,7 @@ import pytest
 from turnout.errors import DataError
 from turnout.evaluation.crossval import choose_router, cross_validate, fold_indices
 from turnout.evaluation.table import RoutingTable
+
 from eval_tables import two_kinds
 
 

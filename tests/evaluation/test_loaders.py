@@ -311,9 +311,10 @@ def test_conflicting_duplicates_name_both_rows(tmp_path):
 
 def test_exact_duplicate_rows_are_dropped_with_a_warning(tmp_path):
     rows = [ROW, {**ROW, "model": "m2"}, ROW, {**ROW, "prompt_id": "b", "score": 7.0}]
-    with pytest.warns(DataWarning, match=r"1 row\(s\) repeat an earlier row .*row 2 .* repeats row 0"):
-        with pytest.raises(DataError, match=r"row 3, column 'score'.*\(line 4 of the file\)"):  # rows still named as in the file
-            load_table(_write(tmp_path, rows))
+    # the rows are still named as in the file
+    with (pytest.warns(DataWarning, match=r"1 row\(s\) repeat an earlier row .*row 2 .* repeats row 0"),
+          pytest.raises(DataError, match=r"row 3, column 'score'.*\(line 4 of the file\)")):
+        load_table(_write(tmp_path, rows))
     with pytest.warns(DataWarning, match="repeat an earlier row"):
         t = load_table(_write(tmp_path, rows[:3]))
     assert t.scores.shape == (1, 2)

@@ -7,6 +7,7 @@ from turnout.errors import DataError
 from turnout.evaluation.repeats import corrected_interval, random_splits, run_repeated, summarise, summary, t975
 from turnout.evaluation.runner import run_eval
 from turnout.evaluation.splits import split_table
+
 from eval_tables import two_kinds
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from turnout.errors import DataError
 from turnout.routing import create_router, load_router, save_router
+
 from routing_synthetic import planted
 
 

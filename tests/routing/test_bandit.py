@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from routing_synthetic import planted
 
 from turnout.errors import RoutingError
 from turnout.routing import TrainingData, create_router, load_router, save_router
 from turnout.routing.bandit import BanditRouter, best_arm_probabilities
+
+from routing_synthetic import planted
 
 
 def _cold(**params: object) -> BanditRouter:

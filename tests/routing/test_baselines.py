@@ -5,6 +5,7 @@ import pytest
 
 from turnout.errors import RoutingError
 from turnout.routing import TrainingData, choose, create_router, load_router, save_router
+
 from routing_synthetic import planted
 
 

@@ -10,6 +10,7 @@ import pytest
 from turnout.errors import RoutingError
 from turnout.evaluation.metrics import auc
 from turnout.routing import create_router
+
 from routing_synthetic import planted
 
 DATA_REL = Path("routerbench") / "routerbench.parquet"

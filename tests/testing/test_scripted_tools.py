@@ -22,7 +22,8 @@ def test_tool_calls_are_validated_and_json_lists_become_tuples() -> None:
 
 def test_openai_wire_face_streams_and_returns_tool_calls() -> None:
     with ScriptedServer(Step(text="", tool_calls=(CALL,))) as srv:
-        whole = httpx.post(srv.base_url + "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "q"}]}).json()
+        ask = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+        whole = httpx.post(srv.base_url + "/chat/completions", json=ask).json()
         choice = whole["choices"][0]
         assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
         assert choice["message"]["tool_calls"][0]["function"] == {"name": "lookup", "arguments": CALL["arguments"]}
@@ -40,5 +41,6 @@ async def test_in_process_backend_answers_with_the_same_tool_calls() -> None:
     resp = await b.complete(req, model="m")
     assert resp.body["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1"
     chunks = [c async for c in b.stream(req, model="m")]
-    args = "".join(tc["function"].get("arguments", "") for c in chunks for tc in c.body["choices"][0]["delta"].get("tool_calls", []))
+    deltas = [c.body["choices"][0]["delta"] for c in chunks]
+    args = "".join(tc["function"].get("arguments", "") for d in deltas for tc in d.get("tool_calls", []))
     assert args == CALL["arguments"] and chunks[-1].finish_reason == "tool_calls"

@@ -353,7 +353,8 @@ class Response:
         conn = self._conn
         if conn is not None:  # dropped while holding its connection: abort it and free the slot, on the loop's thread
             self._conn = None
-            try:
+            # not contextlib.suppress: at interpreter exit a finaliser may run after module globals are cleared
+            try:  # noqa: SIM105
                 conn.loop.call_soon_threadsafe(self._pool._release, conn, False)
             except RuntimeError:  # the loop is closed; nothing is left to free
                 pass

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from turnout import fastjson
 from turnout.backends import _client
 from turnout.backends._h1 import Limits, ResponseTooLarge, bounded_lines, check_request_headers
 from turnout.backends.base import Timeouts
@@ -61,9 +62,8 @@ from turnout.errors import (
     BackendStatusError,
     BackendTimeoutError,
 )
-from turnout import fastjson
-from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 from turnout.types import Usage
+
 
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes of a request body."""

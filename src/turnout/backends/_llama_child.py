@@ -61,7 +61,7 @@ def main() -> None:
         _disable_extra_bufts()
     from llama_cpp.server.__main__ import main as server_main
 
-    server_main()
+    server_main()  # type: ignore[no-untyped-call]  # llama_cpp's server entry point is not annotated
 
 
 if __name__ == "__main__":

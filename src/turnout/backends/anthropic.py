@@ -46,8 +46,6 @@ from turnout.backends._http import (
     UsageCheck,
     WireResponse,
     dumps,
-    estimate_prompt_tokens,
-    estimate_tokens,
     fetch_body,
     iter_sse,
     loads,
@@ -57,6 +55,7 @@ from turnout.backends._http import (
 )
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError, InvalidRequestError, UnsupportedRequestError
+from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 API_VERSION = "2023-06-01"
@@ -331,8 +330,9 @@ class AnthropicBackend(Backend):
                     block = obj["content_block"]
                     if block.get("type") == "tool_use":
                         idx = tool_index.setdefault(obj["index"], len(tool_index))
-                        yield StreamChunk(body=chunk({"tool_calls": [{"index": idx, "id": block.get("id", ""), "type": "function",
-                                                                      "function": {"name": block.get("name", ""), "arguments": ""}}]}))
+                        call = {"index": idx, "id": block.get("id", ""), "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""}}
+                        yield StreamChunk(body=chunk({"tool_calls": [call]}))
                 elif kind == "content_block_delta":
                     delta = obj["delta"]
                     if delta.get("type") == "text_delta":
@@ -342,7 +342,8 @@ class AnthropicBackend(Backend):
                         yield StreamChunk(body=chunk({"content": delta["text"]}), text=delta["text"])
                     elif delta.get("type") == "input_json_delta":
                         idx = tool_index.get(obj["index"], 0)
-                        yield StreamChunk(body=chunk({"tool_calls": [{"index": idx, "function": {"arguments": delta.get("partial_json", "")}}]}))
+                        piece = {"index": idx, "function": {"arguments": delta.get("partial_json", "")}}
+                        yield StreamChunk(body=chunk({"tool_calls": [piece]}))
                 elif kind == "message_delta":
                     stop_reason = (obj.get("delta") or {}).get("stop_reason") or stop_reason
                     raw = obj.get("usage") or {}

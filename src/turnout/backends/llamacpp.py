@@ -143,7 +143,7 @@ class LlamaCppServer:
         if self.log_path is None:
             self.log_path = cache_dir() / "logs" / f"llamacpp-{self.model_path.stem}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (the child writes to it until stop() closes it)
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         self.process = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,

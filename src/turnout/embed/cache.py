@@ -1,8 +1,8 @@
 """Embedding caches: on disk (one SQLite file per embedder name) for batch jobs, in memory for serving.
 
-:class:`CachedEmbedder` keeps vectors in SQLite, rows keyed by sha256(text). Why SQLite: ~10k-100k vectors of 1.5 KB each fit comfortably, lookups by key
-are indexed, WAL mode lets many processes read while one writes, and a crash
-mid-run leaves every committed chunk usable. Vectors are stored as raw
+:class:`CachedEmbedder` keeps vectors in SQLite, rows keyed by sha256(text). Why SQLite: ~10k-100k
+vectors of 1.5 KB each fit comfortably, lookups by key are indexed, WAL mode lets many processes
+read while one writes, and a crash mid-run leaves every committed chunk usable. Vectors are stored as raw
 float32 bytes; the embedder's name and dim are recorded and checked on open,
 so a file can never serve vectors of another shape (a ConfigError naming the
 file says so).

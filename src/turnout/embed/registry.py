@@ -116,15 +116,19 @@ def register_embedder(name: str, spec: EmbedderSpec) -> None:
 class _PluginSpec(EmbedderSpec):
     """An installed plugin's embedder, loaded on first use: its entry point gives an EmbedderSpec or a factory."""
 
+    # set through object.__setattr__: the base dataclass is frozen (declared here for the type checker only)
+    _ep: EntryPoint
+    _loaded: EmbedderSpec | None
+
     def __init__(self, ep: EntryPoint) -> None:
         object.__setattr__(self, "_ep", ep)
         object.__setattr__(self, "_loaded", None)
         super().__init__(self._build, True, f"plugin {ep.value}")
 
     def _spec(self) -> EmbedderSpec:
-        loaded = getattr(self, "_loaded")
+        loaded = self._loaded
         if loaded is None:
-            target = getattr(self, "_ep").load()
+            target = self._ep.load()
             loaded = target if isinstance(target, EmbedderSpec) else EmbedderSpec(target, True, str(target))
             object.__setattr__(self, "_loaded", loaded)
         return loaded

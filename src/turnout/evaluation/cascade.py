@@ -31,6 +31,8 @@ import numpy as np
 from turnout.errors import DataError
 from turnout.evaluation.table import RoutingTable
 from turnout.routing.acceptance import AcceptanceSignal, AnswerView, judge
+from turnout.routing.thresholds import escalates as _escalate
+from turnout.routing.thresholds import threshold_for_cost, threshold_for_share  # noqa: F401  (re-exported)
 from turnout.routing.verifier import EmbedFn, Verifier
 
 #: target escalation shares a fixed cascade's curve sweeps (calibrated on train)
@@ -119,12 +121,6 @@ class Outcome:
         return [float(self.cost.mean()), float(self.score.mean())]
 
 
-def _escalate(conf: np.ndarray, threshold: float) -> np.ndarray:
-    """Where a cascade escalates: below ``threshold``, or not judged (NaN)."""
-    esc: np.ndarray = np.isnan(conf) | (np.nan_to_num(conf, nan=-np.inf) < threshold)
-    return esc
-
-
 def cascade_outcome(table: RoutingTable, group: Sequence[int], strong: int | None, conf: np.ndarray, pick: np.ndarray,
                     threshold: float, rows: np.ndarray | None = None) -> Outcome:
     """The outcome of calling ``group``, keeping its answer when ``conf`` >= ``threshold``, else calling ``strong``.
@@ -140,43 +136,6 @@ def cascade_outcome(table: RoutingTable, group: Sequence[int], strong: int | Non
     esc = _escalate(conf, threshold)
     return Outcome(np.where(esc, table.scores[rows, strong], kept),
                    base + np.where(esc, table.costs[rows, strong], 0.0), esc)
-
-
-def threshold_for_share(conf: np.ndarray, share: float) -> float:
-    """The threshold under which ``share`` of these (training) confidences fall, so that share escalates.
-
-    Unjudged (NaN) confidences always escalate and count toward the share. 0 gives
-    ``-inf`` (never escalate a judged answer), 1 gives ``+inf`` (always escalate).
-    Ties: every confidence equal to the threshold is accepted, so the share reached
-    can be lower than asked when many answers share one confidence.
-    """
-    if not 0.0 <= share <= 1.0:
-        raise DataError(f"escalation share {share} not in [0, 1]", fix="give a share between 0 and 1")
-    if share >= 1.0:
-        return float("inf")
-    judged = np.sort(conf[~np.isnan(conf)])
-    need = share * len(conf) - (len(conf) - len(judged))  # escalations still to come from judged answers
-    if need <= 0 or not len(judged):
-        return float("-inf")
-    k = min(int(np.ceil(need)), len(judged))
-    return float(judged[k - 1]) + 1e-12  # strictly above the k-th lowest: those k escalate
-
-
-def threshold_for_cost(conf: np.ndarray, base_cost: np.ndarray, strong_cost: np.ndarray, target: float) -> float:
-    """The lowest threshold whose (training) mean cost stays at or under ``target`` USD per request.
-
-    ``base_cost`` is each prompt's cost of the group, ``strong_cost`` that of escalating.
-    When even never escalating costs more than ``target``, ``-inf`` (never escalate).
-    """
-    order = np.sort(np.unique(conf[~np.isnan(conf)]))
-    best = float("-inf")
-    for th in np.r_[order + 1e-12, np.inf]:
-        c = float((base_cost + np.where(_escalate(conf, th), strong_cost, 0.0)).mean())
-        if c <= target + 1e-15:
-            best = float(th)
-        else:
-            break
-    return best
 
 
 @dataclass(frozen=True)

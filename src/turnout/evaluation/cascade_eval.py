@@ -48,7 +48,6 @@ from turnout.evaluation.cascade import (
     member_confidence,
     short_name,
     sweep_cascade,
-    threshold_for_share,
 )
 from turnout.evaluation.fanout import fanout_label, masked, member_missing, vote, with_plans
 from turnout.evaluation.metrics import auc, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
@@ -63,6 +62,7 @@ from turnout.evaluation.runner import (
 from turnout.evaluation.table import RoutingTable
 from turnout.evaluation.verifier_data import OutOfFold, fit_verifier
 from turnout.routing.acceptance import AcceptanceSignal, create_signal
+from turnout.routing.thresholds import threshold_for_share
 from turnout.routing.verifier import EmbedFn, Verifier
 
 #: a cheap model costs at most this share of the strong model's mean training cost

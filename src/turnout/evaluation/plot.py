@@ -65,7 +65,8 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
         ax.plot(h[:, 0], h[:, 1], "-", color=color, lw=1.6, label=label, marker="." if len(h) < 30 else None)
         xs.extend(pts[:, 0].tolist())
     # evaluation-only reference lines (true task labels): dashed, so they never read as routers
-    styles = {"task_means": ("task means, true task (train)", "--"), "task_means_test": ("task means, true task (test: peeks)", ":")}
+    styles = {"task_means": ("task means, true task (train)", "--"),
+              "task_means_test": ("task means, true task (test: peeks)", ":")}
     for key, r in (result.get("references") or {}).items():
         pts = np.asarray(r.get("curve") or [], dtype=float).reshape(-1, 2)
         if len(pts):

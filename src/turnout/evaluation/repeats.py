@@ -140,7 +140,7 @@ def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only
     top = [max(ranked, key=lambda n: r["routers"][n]["aiq"]) for r in results] if ranked else []
     out_routers: dict[str, Any] = {}
     for name in routers:
-        block = {m: summary([r["routers"][name].get(m) for r in results]) for m in METRICS
+        block: dict[str, Any] = {m: summary([r["routers"][name].get(m) for r in results]) for m in METRICS
                  if any(r["routers"][name].get(m) is not None for r in results)}
         block["aiq_gain"] = corrected_interval(aiq[name] - hull, mean_train, mean_test)
         if best is not None and name != best:

@@ -469,7 +469,8 @@ def _resampled_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     num = weights @ np.where(obs, values, 0.0)
     den = weights @ obs.astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
+        means: np.ndarray = num / den
+    return means
 
 
 def interval95(samples: Any) -> list[float] | None:

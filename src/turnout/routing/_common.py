@@ -18,7 +18,8 @@ def l2_normalize(X: np.ndarray) -> np.ndarray:
     if X.ndim == 1:
         X = X[None, :]
     norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, 1e-12)
+    unit: np.ndarray = X / np.maximum(norms, 1e-12)
+    return unit
 
 
 def column_means(M: np.ndarray, default: float = UNINFORMED_QUALITY) -> np.ndarray:
@@ -123,13 +124,18 @@ def soft_assign(Xn: np.ndarray, centroids: np.ndarray, temperature: float) -> np
     logits = (Xn @ centroids.T) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     w = np.exp(logits)
-    return w / w.sum(axis=1, keepdims=True)
+    rows: np.ndarray = w / w.sum(axis=1, keepdims=True)
+    return rows
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+    """The logistic function, through tanh so that large ``|z|`` cannot overflow ``exp``."""
+    s: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return s
 
 
 def logit(p: np.ndarray, eps: float = 1e-3) -> np.ndarray:
+    """The inverse of :func:`sigmoid`, with ``p`` clipped to ``[eps, 1 - eps]`` so that 0 and 1 stay finite."""
     p = np.clip(p, eps, 1 - eps)
-    return np.log(p / (1 - p))
+    z: np.ndarray = np.log(p / (1 - p))
+    return z

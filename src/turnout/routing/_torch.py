@@ -14,7 +14,6 @@ import numpy as np
 
 from turnout.errors import MissingDependency
 
-
 #: what the torch routers declare as ``Router.requires``: the package and the extra that installs it
 REQUIRES = {"torch": "ml"}
 
@@ -86,7 +85,7 @@ def _train(torch: Any, module: Any, forward: Callable[[Any], Any], X: np.ndarray
     best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     bad = 0
     epoch = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, epochs + 1):  # noqa: B007  (the epochs run are returned after the loop)
         module.train()
         perm = tr_idx[rng.permutation(len(tr_idx))]
         for s in range(0, len(perm), batch_size):

@@ -92,8 +92,10 @@ def save_router(router: Router, path: str | Path, *, meta: dict[str, Any]) -> Pa
     except TypeError as exc:
         raise DataError(f"router metadata is not JSON-serialisable: {exc}", file=str(path)) from exc
     path = Path(path)
+    # every array key starts with 'state/', so none can be taken for one of savez's own keywords (allow_pickle)
+    members: dict[str, Any] = {"__meta__": np.frombuffer(blob, dtype=np.uint8), **arrays}
     with open(path, "wb") as fh:  # a file object: np.savez would otherwise append '.npz' to other suffixes
-        np.savez_compressed(fh, __meta__=np.frombuffer(blob, dtype=np.uint8), **arrays)
+        np.savez_compressed(fh, **members)
     return path
 
 

@@ -63,7 +63,8 @@ class TrainingData:
     @property
     def observed(self) -> np.ndarray:
         """Boolean mask of the cells that have an outcome."""
-        return ~np.isnan(self.scores)
+        mask: np.ndarray = ~np.isnan(self.scores)
+        return mask
 
 
 @dataclass

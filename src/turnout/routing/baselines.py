@@ -36,6 +36,7 @@ class _ConstantRouter(Router):
 
     def predict(self, X: np.ndarray) -> Prediction:
         require_fitted(self, "means")
+        assert self.cost_means is not None
         X = as_2d(X, None, self.name)
         cost = np.broadcast_to(self.cost_means, (X.shape[0], len(self.models))).copy()
         return Prediction(models=list(self.models), quality=self._quality(X), cost=cost)
@@ -93,6 +94,7 @@ class BestSingleRouter(_ConstantRouter):
     name = "best-single"
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
+        assert self.means is not None
         return np.broadcast_to(self.means, (X.shape[0], len(self.models))).copy()
 
 
@@ -107,6 +109,7 @@ class CheapestRouter(_ConstantRouter):
     name = "cheapest"
 
     def _quality(self, X: np.ndarray) -> np.ndarray:
+        assert self.cost_means is not None
         q = np.zeros((X.shape[0], len(self.models)))
         q[:, int(np.argmin(self.cost_means))] = 1.0
         return q

@@ -21,7 +21,7 @@ milliseconds and memory stays O(n · m) on tables of 100k prompts or 100 models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -29,6 +29,16 @@ from turnout.routing._common import logit, require_fitted, sigmoid
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
+
+
+class _Params(TypedDict):
+    """The constructor's arguments, kept as given (saved with the artifact, passed back on load)."""
+
+    gamma: float
+    prior: float
+    iters: int
+    batch: int
+    max_cells: int
 
 
 @register_router
@@ -42,7 +52,7 @@ class BTRouter(NeighbourCostRouter):
                  max_cells: int = 4_000_000) -> None:
         if max_cells < 1:
             raise ValueError("max_cells must be >= 1")
-        self.params = dict(gamma=gamma, prior=prior, iters=iters, batch=batch, max_cells=max_cells)
+        self.params = _Params(gamma=gamma, prior=prior, iters=iters, batch=batch, max_cells=max_cells)
         self.models: list[str] = []
         self.Xn: np.ndarray | None = None
         # n × m·m, kept only while n · m² <= max_cells: wins[i, a*m+b] = 1 if a beat b on prompt i (0.5 tie)
@@ -58,7 +68,7 @@ class BTRouter(NeighbourCostRouter):
         """k × m·m battle outcomes of score rows S (NaN = no outcome: no battle; the diagonal is 0)."""
         k, m = S.shape
         a, b = S[:, :, None], S[:, None, :]
-        wins = (a > b).astype(np.float32) + np.float32(0.5) * (a == b)  # comparisons with NaN are False
+        wins: np.ndarray = (a > b).astype(np.float32) + np.float32(0.5) * (a == b)  # comparisons with NaN are False
         wins[:, np.arange(m), np.arange(m)] = 0.0
         return wins.reshape(k, m * m)
 
@@ -66,7 +76,8 @@ class BTRouter(NeighbourCostRouter):
         """How many training prompts a prediction sums one by one (all of them while n · m² fits)."""
         assert self.scores is not None
         n, m = self.scores.shape
-        return max(1, min(n, self.params["max_cells"] // (m * m)))
+        count: int = max(1, min(n, self.params["max_cells"] // (m * m)))
+        return count
 
     def fit(self, data: TrainingData) -> BTRouter:
         self.models = list(data.models)
@@ -97,7 +108,8 @@ class BTRouter(NeighbourCostRouter):
         """Σ_i w_i · battles_i for each row of weights w (B × n): exactly, or top prompts + the mean for the rest."""
         assert self.scores is not None
         if self.wins is not None:
-            return w @ self.wins
+            exact: np.ndarray = w @ self.wins
+            return exact
         assert self.mean_wins is not None
         K = self._neighbours()
         out = np.empty((w.shape[0], self.mean_wins.shape[0]), dtype=np.float32)
@@ -109,9 +121,9 @@ class BTRouter(NeighbourCostRouter):
             if self._binary:
                 # 0/1 scores: a beats b (or ties, half) = o_a o_b (1 + s_a − s_b) / 2, three small products
                 near = self.scores[top[r]]
-                O, S = (~np.isnan(near)).astype(np.float32), np.nan_to_num(near)
-                Ow = O * wk[:, None]
-                Wk = 0.5 * (Ow.T @ O + (S * wk[:, None]).T @ O - Ow.T @ S)
+                Ob, S = (~np.isnan(near)).astype(np.float32), np.nan_to_num(near)  # o: observed, s: score
+                Ow = Ob * wk[:, None]
+                Wk = 0.5 * (Ow.T @ Ob + (S * wk[:, None]).T @ Ob - Ow.T @ S)
                 Wk[np.arange(m), np.arange(m)] = 0.0
                 out[r] = Wk.reshape(-1) + rest * self.mean_wins
             else:
@@ -143,7 +155,8 @@ class BTRouter(NeighbourCostRouter):
             theta += step
             if np.abs(step).max() < 1e-7:
                 break
-        return theta - theta.mean(axis=1, keepdims=True)
+        centred: np.ndarray = theta - theta.mean(axis=1, keepdims=True)
+        return centred
 
     def _width(self) -> int:
         assert self.Xn is not None

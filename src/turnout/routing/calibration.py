@@ -98,7 +98,8 @@ class CalibrationSample:
         # a prompt no candidate could answer (too long for every window) fails at serving time; it sets no price
         keep = available.any(axis=1)
         if not keep.any():
-            raise RoutingError("no calibration prompt has an available candidate (no predictions, or every context window too small)")
+            raise RoutingError("no calibration prompt has an available candidate "
+                               "(no predictions, or every context window too small)")
         return Prediction(models=fleet, quality=quality[keep], cost=cost[keep], available=available[keep])
 
 

@@ -21,7 +21,6 @@ import numpy as np
 from turnout.routing._common import as_2d, l2_normalize, mean_costs, require_fitted, top_k_similar
 from turnout.routing.base import Prediction, Router
 
-
 #: training prompts the neighbours are looked up among, at most (a seeded sample of bigger tables)
 MAX_PROMPTS = 8192
 
@@ -70,8 +69,8 @@ class NeighbourCost:
         obs = ~np.isnan(L)
         num = (np.where(obs, L, 0.0) * w[:, :, None]).sum(axis=1) + self.shrink * self.mean_log
         den = (obs * w[:, :, None]).sum(axis=1) + self.shrink
-        out = np.exp(num / den) - 1e-12
-        return np.maximum(out, 0.0)
+        out: np.ndarray = np.maximum(np.exp(num / den) - 1e-12, 0.0)
+        return out
 
     def get_state(self) -> dict[str, Any]:
         return {"k": self.k, "shrink": self.shrink, "max_prompts": self.max_prompts, "seed": self.seed,

@@ -21,17 +21,39 @@ No torch_geometric: the graph is small and dense.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from turnout.routing._common import (
-    column_means, kmeans, l2_normalize, logit, require_fitted, sigmoid, soft_assign,
+    column_means,
+    kmeans,
+    l2_normalize,
+    logit,
+    require_fitted,
+    sigmoid,
+    soft_assign,
 )
 from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
+
+
+class _Params(TypedDict):
+    """The constructor's arguments, kept as given (saved with the artifact, passed back on load)."""
+
+    dim: int
+    clusters: int
+    temperature: float
+    shrink: float
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    val_fraction: float
+    patience: int
+    seed: int
 
 
 @register_router
@@ -45,9 +67,9 @@ class GraphRouter(NeighbourCostRouter):
     def __init__(self, dim: int = 32, clusters: int = 16, temperature: float = 0.05, shrink: float = 5.0,
                  epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,
                  val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:
-        self.params = dict(dim=dim, clusters=clusters, temperature=temperature, shrink=shrink, epochs=epochs, lr=lr,
-                           weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
-                           patience=patience, seed=seed)
+        self.params = _Params(dim=dim, clusters=clusters, temperature=temperature, shrink=shrink, epochs=epochs,
+                              lr=lr, weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
+                              patience=patience, seed=seed)
         self.models: list[str] = []
         self.centroids: np.ndarray | None = None
         self.R: np.ndarray | None = None
@@ -78,7 +100,7 @@ class GraphRouter(NeighbourCostRouter):
         d, K, m, h = Xn.shape[1], A.shape[1], len(self.models), p["dim"]
         torch.manual_seed(p["seed"])
 
-        class _Edge(torch.nn.Module):
+        class _Edge(torch.nn.Module):  # type: ignore[misc,name-defined]  # torch is imported lazily (Any): no static base
             def __init__(self) -> None:
                 super().__init__()
                 self.P = torch.nn.Linear(d, h)

@@ -36,7 +36,8 @@ LOO_MAX_PROMPTS = 4000
 def _neighbour_weights(sims: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(sim / temperature) over each row's neighbours, scaled to sum to the neighbour count."""
     w = np.exp((sims - sims.max(axis=1, keepdims=True)) / temperature)
-    return w * (w.shape[1] / w.sum(axis=1, keepdims=True))
+    scaled: np.ndarray = w * (w.shape[1] / w.sum(axis=1, keepdims=True))
+    return scaled
 
 
 @register_router
@@ -114,11 +115,13 @@ class KNNRouter(Router):
         obs = ~np.isnan(V)
         num = np.einsum("nk,nkm->nm", w, np.where(obs, V, 0.0)) + self.shrink * prior
         den = np.einsum("nk,nkm->nm", w, obs.astype(np.float32)) + self.shrink
-        return num / den
+        out: np.ndarray = num / den
+        return out
 
     def predict(self, X: np.ndarray) -> Prediction:
         require_fitted(self, "Xn")
         assert self.Xn is not None and self.scores is not None and self.log_costs is not None
+        assert self.means is not None and self.mean_log_costs is not None
         Xn = l2_normalize(as_2d(X, self.Xn.shape[1], self.name))
         idx, sims = top_k_similar(Xn, self.Xn, self.k)
         w = _neighbour_weights(sims, self.temperature)

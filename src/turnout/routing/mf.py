@@ -9,7 +9,7 @@ BCE on per-model quality. torch to fit, numpy to predict.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -18,6 +18,19 @@ from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
+
+
+class _Params(TypedDict):
+    """The constructor's arguments, kept as given (saved with the artifact, passed back on load)."""
+
+    dim: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    val_fraction: float
+    patience: int
+    seed: int
 
 
 @register_router
@@ -30,8 +43,8 @@ class MFRouter(NeighbourCostRouter):
 
     def __init__(self, dim: int = 64, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4,
                  batch_size: int = 128, val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:
-        self.params = dict(dim=dim, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                           val_fraction=val_fraction, patience=patience, seed=seed)
+        self.params = _Params(dim=dim, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                              val_fraction=val_fraction, patience=patience, seed=seed)
         self.models: list[str] = []
         self.P: np.ndarray | None = None
         self.V: np.ndarray | None = None
@@ -47,7 +60,7 @@ class MFRouter(NeighbourCostRouter):
         d, m = X.shape[1], len(self.models)
         torch.manual_seed(p["seed"])
 
-        class _MF(torch.nn.Module):
+        class _MF(torch.nn.Module):  # type: ignore[misc,name-defined]  # torch is imported lazily (Any): no static base
             def __init__(self) -> None:
                 super().__init__()
                 self.P = torch.nn.Linear(d, p["dim"], bias=False)

@@ -9,7 +9,7 @@ numpy. Cost is predicted per prompt by :class:`~turnout.routing.cost.NeighbourCo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -18,6 +18,21 @@ from turnout.routing._torch import REQUIRES, import_torch, train_masked
 from turnout.routing.base import TrainingData
 from turnout.routing.cost import NeighbourCost, NeighbourCostRouter
 from turnout.routing.registry import register_router
+
+
+class _Params(TypedDict):
+    """The constructor's arguments, kept as given (saved with the artifact, passed back on load)."""
+
+    hidden: int
+    dropout: float
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    val_fraction: float
+    patience: int
+    members: int
+    seed: int
 
 
 @register_router
@@ -46,9 +61,9 @@ class MLPRouter(NeighbourCostRouter):
         members: int = 3,
         seed: int = 0,
     ) -> None:
-        self.params = dict(hidden=hidden, dropout=dropout, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                           batch_size=batch_size, val_fraction=val_fraction, patience=patience,
-                           members=members, seed=seed)
+        self.params = _Params(hidden=hidden, dropout=dropout, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                              batch_size=batch_size, val_fraction=val_fraction, patience=patience,
+                              members=members, seed=seed)
         self.models: list[str] = []
         self.weights: list[dict[str, np.ndarray]] | None = None
         self.cost_model: NeighbourCost | None = None
@@ -71,8 +86,8 @@ class MLPRouter(NeighbourCostRouter):
                          weight_decay=p["weight_decay"], batch_size=p["batch_size"],
                          val_fraction=p["val_fraction"], patience=p["patience"])
             lin = [layer for layer in net if isinstance(layer, torch.nn.Linear)]
-            self.weights.append({f"{k}{i}": getattr(l, k).detach().numpy().copy()
-                                 for i, l in enumerate(lin) for k in ("weight", "bias")})
+            self.weights.append({f"{k}{i}": getattr(layer, k).detach().numpy().copy()
+                                 for i, layer in enumerate(lin) for k in ("weight", "bias")})
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 

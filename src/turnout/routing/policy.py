@@ -61,7 +61,8 @@ def choose(pred: Prediction, lam: float, allowed: np.ndarray | None = None) -> n
     util = np.where(mask, pred.quality - lam * pred.cost, -np.inf)
     best = util.max(axis=1, keepdims=True)
     tied = mask & (util >= best - TIE_TOLERANCE)
-    return np.argmin(np.where(tied, pred.cost, np.inf), axis=1)
+    idx: np.ndarray = np.argmin(np.where(tied, pred.cost, np.inf), axis=1)
+    return idx
 
 
 def _breakpoints(pred: Prediction, allowed: np.ndarray | None) -> np.ndarray:
@@ -74,7 +75,8 @@ def _breakpoints(pred: Prediction, allowed: np.ndarray | None) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         lam = dq / dc
     ok = (dc > 0) & (dq > 0) & np.isfinite(lam)
-    return lam[ok]
+    flips: np.ndarray = lam[ok]
+    return flips
 
 
 def lambda_grid(pred: Prediction, n: int = 60, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -131,7 +133,10 @@ def calibrate_lambda(
             model_idx = pred.models.index(model)
         else:
             raise RoutingError(f"calibrate_lambda: unknown model '{model}'; known: {', '.join(pred.models)}")
-    ok = lambda lam: _metric(pred, lam, allowed, kind, model_idx) <= target + 1e-15  # noqa: E731
+
+    def ok(lam: float) -> bool:
+        return _metric(pred, lam, allowed, kind, model_idx) <= target + 1e-15
+
     if ok(0.0):
         return 0.0
     grid = lambda_grid(pred, n=200, allowed=allowed)
@@ -155,7 +160,7 @@ class Policy:
     """Decides one request: constraints, then utility ``quality - lam * cost``, then fallbacks.
 
     ``allowed`` restricts the fleet (None = every model); ``context_windows``
-    maps a model to its maximum prompt tokens; ``max_cost`` excludes models
+    maps a model to its maximum prompt tokens (None or absent: no limit); ``max_cost`` excludes models
     whose predicted cost exceeds it (USD per request). ``max_fallbacks`` caps
     the fallback list (None = every remaining candidate, best utility first).
 
@@ -172,7 +177,7 @@ class Policy:
         lam: float = 0.0,
         *,
         allowed: Collection[str] | None = None,
-        context_windows: Mapping[str, int] | None = None,
+        context_windows: Mapping[str, int | None] | None = None,
         max_cost: float | None = None,
         max_fallbacks: int | None = None,
     ) -> None:

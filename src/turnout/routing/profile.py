@@ -16,7 +16,7 @@ then updates that prior. A card's price sets the new model's relative cost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -50,6 +50,15 @@ def _simplex_lstsq(A: np.ndarray, y: np.ndarray, ridge: float, iters: int = 300)
     return w
 
 
+class _Params(TypedDict):
+    """The constructor's arguments, kept as given (saved with the artifact, passed back on load)."""
+
+    clusters: int
+    temperature: float
+    shrink: float
+    seed: int
+
+
 @register_router
 class ProfileRouter(NeighbourCostRouter):
     """Quality = capability mix · model profile; supports cold-start models via :meth:`add_model`.
@@ -63,7 +72,7 @@ class ProfileRouter(NeighbourCostRouter):
     fitted_attr = "profiles"
 
     def __init__(self, clusters: int = 24, temperature: float = 0.05, shrink: float = 5.0, seed: int = 0) -> None:
-        self.params = dict(clusters=clusters, temperature=temperature, shrink=shrink, seed=seed)
+        self.params = _Params(clusters=clusters, temperature=temperature, shrink=shrink, seed=seed)
         self.models: list[str] = []
         self.centroids: np.ndarray | None = None
         self.profiles: np.ndarray | None = None  # m × K, probability space
@@ -109,7 +118,8 @@ class ProfileRouter(NeighbourCostRouter):
 
     def _quality(self, Xn: np.ndarray) -> np.ndarray:
         assert self.profiles is not None
-        return self._assign(Xn) @ self.profiles.T
+        quality: np.ndarray = self._assign(Xn) @ self.profiles.T
+        return quality
 
     def add_model(
         self,
@@ -130,13 +140,14 @@ class ProfileRouter(NeighbourCostRouter):
         """
         require_fitted(self, "profiles")
         assert self.profiles is not None and self.cost_scale is not None and self.prices is not None
+        assert self.centroids is not None and self.ref_cost_cols is not None
         if name in self.models:
             raise RoutingError(f"model '{name}' is already routed by this profile router; pick another name")
         y = np.asarray(scores_probe, dtype=float).ravel()
         keep = ~np.isnan(y)
         if keep.sum() < 1:
             raise RoutingError(f"add_model('{name}') needs at least one probe prompt with a score")
-        Xn = l2_normalize(as_2d(X_probe, self.centroids.shape[1], self.name))[keep]  # type: ignore[union-attr]
+        Xn = l2_normalize(as_2d(X_probe, self.centroids.shape[1], self.name))[keep]
         y = y[keep]
         A = self._assign(Xn)
         known = A @ self.profiles.T  # probe × m: what each known model would score there
@@ -149,11 +160,11 @@ class ProfileRouter(NeighbourCostRouter):
         self.profiles = np.vstack([self.profiles, profile[None, :]])
         # relative cost: probe costs against the fleet's predicted cost, else the card's price ratio
         if costs_probe is not None:
-            fleet = self._cost(Xn)[:, : int(self.ref_cost_cols.sum())].mean(axis=1)  # type: ignore[union-attr]
+            fleet = self._cost(Xn)[:, : int(self.ref_cost_cols.sum())].mean(axis=1)
             scale = float(np.nanmean(np.asarray(costs_probe, dtype=float)[keep]) / max(fleet.mean(), 1e-15))
         else:
             price = _card_price(card)
-            known_prices = self.prices[: int(self.ref_cost_cols.sum())]  # type: ignore[union-attr]
+            known_prices = self.prices[: int(self.ref_cost_cols.sum())]
             scale = price / float(np.nanmean(known_prices)) if price is not None and np.isfinite(known_prices).any() else 1.0
         self.cost_scale = np.append(self.cost_scale, scale)
         self.prices = np.append(self.prices, _card_price(card) or np.nan)
@@ -173,7 +184,8 @@ class ProfileRouter(NeighbourCostRouter):
         F = np.asarray(features, dtype=float)
         if F.ndim != 2 or F.shape[1] != self.profiles.shape[1]:
             raise RoutingError(f"features have shape {F.shape}; this router has {self.profiles.shape[1]} capabilities")
-        return F @ self.profiles[self.models.index(name)]
+        quality: np.ndarray = F @ self.profiles[self.models.index(name)]
+        return quality
 
     def as_blend(self, name: str, of: list[str]) -> tuple[float, np.ndarray, float]:
         """``name``'s profile as an intercept plus a linear blend of the profiles of ``of``.

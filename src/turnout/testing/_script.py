@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from turnout.backends._http import estimate_prompt_tokens
+from turnout.tokens import estimate_prompt_tokens
 from turnout.types import ChatRequest, Usage
 
 FAULTS = frozenset({"status", "reset", "cut", "malformed", "hang"})

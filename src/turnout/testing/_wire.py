@@ -42,7 +42,8 @@ def tool_call_deltas(calls: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
     """OpenAI stream deltas for ``calls``: id and name first, then the arguments in pieces."""
     out: list[dict[str, Any]] = []
     for i, c in enumerate(calls):
-        out.append({"tool_calls": [{"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": ""}}]})
+        call = {"index": i, "id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": ""}}
+        out.append({"tool_calls": [call]})
         out += [{"tool_calls": [{"index": i, "function": {"arguments": piece}}]} for piece in pieces(c["arguments"])]
     return out
 
@@ -100,7 +101,9 @@ def openai_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: 
             yield f"data: {json.dumps(delta_body(cid, model, delta))}\n\n"
     yield chunk("", step.finish)
     if step.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
-        yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model, 'choices': [], 'usage': usage.to_dict()})}\n\n"
+        last = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
+                "usage": usage.to_dict()}
+        yield f"data: {json.dumps(last)}\n\n"
     yield "data: [DONE]\n\n"
 
 

@@ -7,11 +7,15 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from turnout.errors import DataError, MissingDependency
+
+if TYPE_CHECKING:  # pandas is imported when a table is read, not with turnout.evaluation
+    from pandas import DataFrame, Series
 
 
 class DataWarning(UserWarning):
@@ -32,7 +36,8 @@ LLM_SHAPE = '{model: {"input_price": number, "output_price": number, ...}}'
 WIDE_NAMES = {"prompt_id": "sample_id", "prompt": "prompt", "task": "eval_name"}
 
 
-def _pd():
+def _pd() -> ModuleType:
+    """The pandas module, imported on first use (a MissingDependency naming the extra without it)."""
     try:
         import pandas as pd
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -102,12 +107,13 @@ def _json_kind(x: Any) -> str:
 
 
 
-def _blank(values) -> np.ndarray:
+def _blank(values: Series) -> np.ndarray:
     """Where a Series is missing (null, NaN) or only whitespace."""
-    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+    blank: np.ndarray = (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
+    return blank
 
 
-def _numbers(df, col: str, where: _Where, fix: str) -> np.ndarray:
+def _numbers(df: DataFrame, col: str, where: _Where, fix: str) -> np.ndarray:
     """``df[col]`` as floats, NaN where missing; a value that is there but is not a number is a DataError."""
     pd = _pd()
     raw = df[col]
@@ -118,7 +124,8 @@ def _numbers(df, col: str, where: _Where, fix: str) -> np.ndarray:
     bad = np.flatnonzero((num.isna() & raw.notna()).to_numpy())
     if bad.size:
         raise where.error(f"{col} {raw.iloc[int(bad[0])]!r} is not a number", int(bad[0]), col, fix)
-    return num.to_numpy(dtype=float, na_value=np.nan)
+    values: np.ndarray = num.to_numpy(dtype=float, na_value=np.nan)
+    return values
 
 
 def _is_long(columns: Any) -> bool:

@@ -14,7 +14,7 @@ import warnings
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,17 +34,21 @@ from turnout.evaluation.loaders._common import (
 )
 from turnout.evaluation.table import RoutingTable
 
+if TYPE_CHECKING:  # pandas is imported when a table is read, not with turnout.evaluation
+    from pandas import DataFrame
+
 
 def _is_gzip(p: Path) -> bool:
     with open(p, "rb") as fh:
         return fh.read(2) == b"\x1f\x8b"
 
 
-def _read_long(p: Path):
+def _read_long(p: Path) -> DataFrame:
     pd = _pd()
     if p.name.lower().endswith(".parquet"):
         try:
-            return pd.read_parquet(p)
+            table: DataFrame = pd.read_parquet(p)
+            return table
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"cannot read: {exc}", file=str(p),
                             fix="give a Parquet file (e.g. written by DataFrame.to_parquet); name a JSONL table .jsonl") from exc
@@ -52,7 +56,7 @@ def _read_long(p: Path):
     if p.name.lower().endswith(".gz") and not gz:
         warnings.warn(f"{p}: named .gz but not gzip-compressed; read as plain JSONL", DataWarning, stacklevel=3)
     try:
-        df = pd.read_json(p, lines=True, compression="gzip" if gz else None)
+        df: DataFrame = pd.read_json(p, lines=True, compression="gzip" if gz else None)
     except (EOFError, OSError, zlib.error) as exc:  # a cut or corrupt gzip stream
         raise DataError(f"cannot read: {exc}", file=str(p),
                         fix="the gzip file is cut short or corrupt: copy or compress it again") from exc
@@ -86,7 +90,7 @@ def _canonical(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | Non
     return from_long(df, card, source=str(p), where=where, unused=unused)
 
 
-def from_long(df, card: dict[str, dict[str, Any]], *, source: str, where: _Where | None = None,
+def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, where: _Where | None = None,
               unused: list[str] | None = None) -> RoutingTable:
     """Build a table from a long DataFrame with the canonical columns.
 
@@ -127,12 +131,12 @@ def from_long(df, card: dict[str, dict[str, Any]], *, source: str, where: _Where
                       f"(first: {k}); the first row's text (and task, split) is used", DataWarning, stacklevel=3)
     dup = pd.DataFrame({"p": pid, "m": mod}).duplicated(keep="first").to_numpy()
     if dup.any():
-        r = int(np.flatnonzero(dup)[0])
-        f = int(np.flatnonzero((pid == pid[r]) & (mod == mod[r]))[0])
-        file, row, _, _ = where.at(r, None)
+        d = int(np.flatnonzero(dup)[0])
+        f = int(np.flatnonzero((pid == pid[d]) & (mod == mod[d]))[0])
+        file, row, _, _ = where.at(d, None)
         other = where.at(f, None)[0]
-        raise DataError(f"duplicate (prompt_id, model) = ({pid[r]}, {mod[r]}) in two rows that differ: "
-                        f"{where.text(f)}{'' if other == file else ' of ' + other} and {where.text(r)}",
+        raise DataError(f"duplicate (prompt_id, model) = ({pid[d]}, {mod[d]}) in two rows that differ: "
+                        f"{where.text(f)}{'' if other == file else ' of ' + other} and {where.text(d)}",
                         file=file, row=row, fix="keep one row per prompt and model")
     _, first = np.unique(pid, return_index=True)
     order = np.sort(first)  # keep file order of prompts
@@ -162,7 +166,7 @@ def from_long(df, card: dict[str, dict[str, Any]], *, source: str, where: _Where
                         source=source, cost_estimated=estimated, responses=_responses(df, r, c, (n, m)))
 
 
-def _responses(df, r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+def _responses(df: DataFrame, r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """The ``response`` column as an n × m object array (``None`` where a row has none), or None without any.
 
     An empty string stays an answer (the model said nothing); a JSON object or list (a structured
@@ -181,7 +185,7 @@ def _responses(df, r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.n
     return R
 
 
-def _drop_exact_repeats(df, where: _Where, source: str):
+def _drop_exact_repeats(df: DataFrame, where: _Where, source: str) -> tuple[DataFrame, _Where]:
     """``df`` without rows that repeat an earlier row in every column (said in a warning), and ``where`` for it."""
     pd = _pd()
     key = pd.DataFrame({"p": df["prompt_id"].astype(str), "m": df["model"].astype(str)})
@@ -198,7 +202,7 @@ def _drop_exact_repeats(df, where: _Where, source: str):
     return df.iloc[keep].reset_index(drop=True), dataclasses.replace(where, at=lambda i, c: at(int(keep[i]), c))
 
 
-def _priced(df, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.ndarray, models: np.ndarray,
+def _priced(df: DataFrame, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.ndarray, models: np.ndarray,
             where: _Where) -> tuple[np.ndarray, bool]:
     """``cost`` with each missing entry priced from the card, and whether any count was estimated.
 
@@ -206,7 +210,7 @@ def _priced(df, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.n
     tokens and :data:`DEFAULT_OUTPUT_TOKENS` output tokens (estimated).
     """
     idx = np.flatnonzero(np.isnan(cost))
-    counts = {}
+    counts: dict[str, np.ndarray] = {}
     for col in ("input_tokens", "output_tokens"):
         t = (_numbers(df, col, where, "give token counts as numbers") if col in df.columns
              else np.full(len(df), np.nan))[idx]
@@ -218,7 +222,10 @@ def _priced(df, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.n
     est_in, est_out = np.isnan(counts["input_tokens"]), np.isnan(counts["output_tokens"])
     n_in = np.where(est_in, [math.ceil(len(prompts[i]) / 4) for i in idx], counts["input_tokens"])
     n_out = np.where(est_out, DEFAULT_OUTPUT_TOKENS, counts["output_tokens"])
-    price = lambda key: np.array([card.get(models[i], {}).get(key) for i in idx], dtype=float)
+
+    def price(key: str) -> np.ndarray:
+        return np.array([card.get(models[i], {}).get(key) for i in idx], dtype=float)
+
     fill = (n_in * price("input_per_mtok") + n_out * price("output_per_mtok")) / 1e6
     if np.isnan(fill).any():
         i = int(idx[np.flatnonzero(np.isnan(fill))[0]])
@@ -228,7 +235,7 @@ def _priced(df, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.n
     return out, bool((est_in | est_out).any())
 
 
-def _labels(df, col: str, order: np.ndarray) -> list[str | None] | None:
+def _labels(df: DataFrame, col: str, order: np.ndarray) -> list[str | None] | None:
     """Per prompt (its first row) the value of ``col``, None where missing; None when there is no such column."""
     if col not in df.columns:
         return None
@@ -236,7 +243,7 @@ def _labels(df, col: str, order: np.ndarray) -> list[str | None] | None:
     return [None if b else str(v).strip() for v, b in zip(values, _blank(values))]
 
 
-def _tasks(df, order: np.ndarray, source: str) -> list[str] | None:
+def _tasks(df: DataFrame, order: np.ndarray, source: str) -> list[str] | None:
     tasks = _labels(df, "task", order)
     if tasks is None or all(t is None for t in tasks):
         return None
@@ -247,11 +254,11 @@ def _tasks(df, order: np.ndarray, source: str) -> list[str] | None:
     return [NO_TASK if t is None else t for t in tasks]
 
 
-def _splits(df, order: np.ndarray, source: str) -> list[str] | None:
-    split = _labels(df, "split", order)
-    if split is None or all(s is None for s in split):
+def _splits(df: DataFrame, order: np.ndarray, source: str) -> list[str] | None:
+    labels = _labels(df, "split", order)
+    if labels is None or all(s is None for s in labels):
         return None
-    split = [NO_SPLIT if s is None else s.lower() for s in split]  # TRAIN / Test are train / test
+    split = [NO_SPLIT if s is None else s.lower() for s in labels]  # TRAIN / Test are train / test
     other = Counter(s for s in split if s not in ("train", "test"))
     if other:
         warnings.warn(f"{source}: {sum(other.values())} of {len(split)} prompts have a split other than train/test: "

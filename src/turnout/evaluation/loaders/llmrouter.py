@@ -29,7 +29,8 @@ from turnout.evaluation.table import RoutingTable
 def _llmrouter(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | None) -> RoutingTable:
     pd = _pd()
     folder = p if p.is_dir() else p.parent
-    files = [(folder / f"{s}.json", s) for s in ("train", "test")] if p.is_dir() else [(p, p.stem if p.stem in ("train", "test") else None)]
+    files = ([(folder / f"{s}.json", s) for s in ("train", "test")] if p.is_dir()
+             else [(p, p.stem if p.stem in ("train", "test") else None)])
     loaded = [(f, split, _read_json(f, "give a JSON list of {question, scores}")) for f, split in files if f.exists()]
     for f, _, items in loaded:
         if not isinstance(items, list):

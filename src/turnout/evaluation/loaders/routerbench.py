@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from turnout.evaluation.loaders._common import (
 )
 from turnout.evaluation.loaders.canonical import from_long
 from turnout.evaluation.table import RoutingTable
+
+if TYPE_CHECKING:  # pandas is imported when a table is read, not with turnout.evaluation
+    from pandas import DataFrame
 
 
 def _csv_line(p: Path, k: int) -> int | None:
@@ -68,11 +72,12 @@ def _unwrap(cell: Any) -> str | None:
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             return text
         if isinstance(gens, list) and gens and all(isinstance(g, str) for g in gens):
-            return gens[0]
+            first: str = gens[0]
+            return first
     return text
 
 
-def _read_wide(f: Path):
+def _read_wide(f: Path) -> DataFrame:
     pd = _pd()
     if f.suffix.lower() in (".pkl", ".pickle"):
         try:
@@ -83,9 +88,10 @@ def _read_wide(f: Path):
         if not isinstance(df, pd.DataFrame):
             raise DataError(f"the pickle holds a {type(df).__name__}, not a pandas DataFrame", file=str(f),
                             fix="pickle the wide table with DataFrame.to_pickle")
-        return df
+        return cast("DataFrame", df)  # checked just above (pd is imported lazily, so untyped here)
     try:
-        return pd.read_csv(f)
+        table: DataFrame = pd.read_csv(f)
+        return table
     except pd.errors.EmptyDataError as exc:
         raise DataError("the file holds no columns", file=str(f), fix="write the header and rows into it") from exc
     except (ValueError, OSError) as exc:  # pandas' ParserError is a ValueError
@@ -100,7 +106,7 @@ def _routerbench(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | N
     for fi, f in enumerate(files):
         df = _read_wide(f)
         if not p.is_dir() and _is_long(df.columns):  # a canonical long table saved as CSV or pickle
-            return from_long(df, card, source=str(f), where=_rows_of(str(f), lambda i, f=f: _wide_note(f, i)),
+            return from_long(df, card, source=str(f), where=_rows_of(str(f), functools.partial(_wide_note, f)),
                              unused=unused)
         df.columns = cols = [str(c) for c in df.columns]
         stem = f.stem
