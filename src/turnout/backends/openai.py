@@ -23,7 +23,9 @@ Completion-only models (base models without a chat template, such as the
 Gemma 3 270M base GGUF, which returns empty chats) are served by setting
 ``completion_template``: the chat is rendered into one prompt, sent to
 ``/v1/completions``, and the answer is translated back into
-``chat.completion`` / ``chat.completion.chunk`` form. Tools, a tool choice or a
+``chat.completion`` / ``chat.completion.chunk`` form (log-probabilities too: chat's
+``logprobs: true, top_logprobs: k`` is sent as the completions API's ``logprobs: k``
+and the answer's per-token lists come back in chat form). Tools, a tool choice or a
 ``response_format`` cannot be rendered into a prompt: such a request raises
 :class:`~turnout.errors.UnsupportedRequestError` (not sent; the chain tries the
 next model), never an answer that silently ignored them.
@@ -54,8 +56,6 @@ from turnout.backends._http import (
     UsageCheck,
     WireResponse,
     dumps,
-    estimate_prompt_tokens,
-    estimate_tokens,
     fetch_body,
     iter_sse,
     loads,
@@ -65,6 +65,7 @@ from turnout.backends._http import (
 )
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError, UnsupportedRequestError
+from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 from turnout.types import ChatRequest, ChatResponse, StreamChunk
 
 #: a plain question/answer frame that base models continue sensibly
@@ -125,6 +126,38 @@ def _text_of(content: Any) -> str | None:
     return None
 
 
+def _asked_top(request: ChatRequest) -> int | None:
+    """How many alternatives per token the client asked for (``top_logprobs``), or None when it asked for no
+    log-probabilities at all."""
+    if request.params.get("logprobs") is not True:
+        return None
+    top = request.params.get("top_logprobs")
+    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
+
+
+def chat_logprobs(lp: Any, top: int | None) -> dict[str, Any] | None:
+    """A completion's ``logprobs`` (``tokens``, ``token_logprobs``, ``top_logprobs``: one dict per token) in chat
+    form: ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}]}``, with
+    at most ``top`` alternatives per token, best first. None when there is nothing well-formed to translate.
+    """
+    if not isinstance(lp, dict):
+        return None
+    tokens, logprobs, tops = lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(logprobs, list) or len(tokens) != len(logprobs):
+        return None
+    if not isinstance(tops, list) or len(tops) != len(tokens):
+        tops = [None] * len(tokens)
+    content = []
+    for token, logprob, alts in zip(tokens, logprobs, tops):
+        if not isinstance(token, str) or not isinstance(logprob, (int, float)) or isinstance(logprob, bool):
+            return None
+        ranked = sorted(((t, v) for t, v in alts.items() if isinstance(t, str) and isinstance(v, (int, float))),
+                        key=lambda tv: -tv[1]) if isinstance(alts, dict) else []
+        content.append({"token": token, "logprob": float(logprob), "bytes": None,
+                        "top_logprobs": [{"token": t, "logprob": float(v), "bytes": None} for t, v in ranked[:top or 0]]})
+    return {"content": content}
+
+
 class OpenAIBackend(Backend):
     """A provider endpoint speaking OpenAI's chat-completions protocol.
 
@@ -179,6 +212,10 @@ class OpenAIBackend(Backend):
                     "prompt)", backend=self.name, model=model)
             for k in _CHAT_ONLY:
                 params.pop(k, None)
+            # chat's logprobs (a flag) + top_logprobs (a count) are one count in the completions API
+            top = params.pop("top_logprobs", None)
+            if params.pop("logprobs", None) is True:
+                params["logprobs"] = max(top, 1) if isinstance(top, int) and not isinstance(top, bool) else 1
             payload: dict[str, Any] = {
                 "model": model,
                 "prompt": render_prompt(self.completion_template, request.messages),
@@ -205,7 +242,7 @@ class OpenAIBackend(Backend):
         raw = await fetch_body(self._transport, path, payload, self.name, model, t)
         body = loads(raw, self.name, model, "the response body")
         if self.completion_template is not None:
-            body = self._chat_from_completion(body, model)
+            body = self._chat_from_completion(body, model, _asked_top(request))
         text = self._check_chat(body, model)
         raw_usage = body.get("usage")
         usage, valid = self._usage.usage(raw_usage, lambda: estimate_prompt_tokens(request.messages),
@@ -234,7 +271,7 @@ class OpenAIBackend(Backend):
                                        f"{str(message.get('content'))[:80]!r}", backend=self.name, model=model)
         return text
 
-    def _chat_from_completion(self, body: Any, model: str) -> Any:
+    def _chat_from_completion(self, body: Any, model: str, top: int | None = None) -> Any:
         try:
             choice = body["choices"][0]
             text = choice["text"]
@@ -256,6 +293,7 @@ class OpenAIBackend(Backend):
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": choice.get("finish_reason") or "stop",
+                    **({"logprobs": chat_logprobs(choice.get("logprobs"), top)} if top is not None else {}),
                 }
             ],
             **({"usage": body["usage"]} if isinstance(body.get("usage"), dict) else {}),
@@ -308,7 +346,7 @@ class OpenAIBackend(Backend):
                     body=ev.data[:4096],
                 )
             if self.completion_template is not None:
-                obj = self._chunk_from_completion(obj, model)
+                obj = self._chunk_from_completion(obj, model, _asked_top(request))
             choices = obj.get("choices")
             if not isinstance(choices, list):
                 raise BackendProtocolError(f"stream event has no choices list: {ev.data[:120]!r}", backend=self.name, model=model)
@@ -354,15 +392,17 @@ class OpenAIBackend(Backend):
         held.body["usage"] = usage.to_dict()
         yield held
 
-    def _chunk_from_completion(self, obj: dict[str, Any], model: str) -> dict[str, Any]:
+    def _chunk_from_completion(self, obj: dict[str, Any], model: str, top: int | None = None) -> dict[str, Any]:
         choices = obj.get("choices")
         out_choices: list[dict[str, Any]] = []
         if isinstance(choices, list):
             for c in choices[:1]:
                 if not isinstance(c, dict) or not isinstance(c.get("text", ""), str):
-                    raise BackendProtocolError(f"completion chunk has no text: {str(obj)[:120]!r}", backend=self.name, model=model)
+                    raise BackendProtocolError(f"completion chunk has no text: {str(obj)[:120]!r}",
+                                               backend=self.name, model=model)
                 out_choices.append(
-                    {"index": 0, "delta": {"content": c.get("text") or ""}, "finish_reason": c.get("finish_reason")}
+                    {"index": 0, "delta": {"content": c.get("text") or ""}, "finish_reason": c.get("finish_reason"),
+                     **({"logprobs": chat_logprobs(c.get("logprobs"), top)} if top is not None else {})}
                 )
         else:
             return obj  # the caller reports the missing choices list
@@ -382,4 +422,4 @@ class OpenAIBackend(Backend):
         await self._transport.aclose()
 
 
-__all__ = ["QA_STOP", "QA_TEMPLATE", "OpenAIBackend", "render_prompt"]
+__all__ = ["QA_STOP", "QA_TEMPLATE", "OpenAIBackend", "chat_logprobs", "render_prompt"]

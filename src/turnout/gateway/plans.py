@@ -10,8 +10,9 @@ call. An executor implements two coroutines:
   acceptance check, a fan-out's vote), the chosen answer, which the gateway then streams like a live one.
 
 Either sets ``caller.ctx.model`` to the model whose answer the client gets. The server never sees plans:
-a new kind (the cascades and fan-outs of :mod:`turnout.gateway.cascade`) registers here and needs nothing
-else. Built-in: ``single`` (one model with its fallbacks: the chain of earlier versions).
+a new kind registers here and needs nothing else. Built-in: ``single`` (one model with its fallbacks: the
+chain of earlier versions), and, loaded on first use (:data:`BUILTIN_PLANS`), ``cascade``
+(:mod:`turnout.gateway.cascade`), ``fanout`` and ``rounds`` (:mod:`turnout.gateway.fanout`).
 
 Example (a plugin plan)::
 
@@ -24,6 +25,7 @@ Example (a plugin plan)::
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from turnout.errors import ConfigError
@@ -62,6 +64,10 @@ class SinglePlan:
 
 
 _EXECUTORS: dict[str, PlanExecutor] = {PLAN_SINGLE: SinglePlan()}
+#: turnout's other executors, imported on first use (a gateway without cascades never loads them)
+BUILTIN_PLANS: dict[str, str] = {"cascade": "turnout.gateway.cascade:CascadePlan",
+                                 "fanout": "turnout.gateway.fanout:FanoutPlan",
+                                 "rounds": "turnout.gateway.fanout:RoundsPlan"}
 
 
 def register_plan(executor: PlanExecutor) -> None:
@@ -72,14 +78,18 @@ def register_plan(executor: PlanExecutor) -> None:
 def plan_executor(kind: str) -> PlanExecutor:
     """The executor of plans of ``kind``; ConfigError naming the known kinds."""
     ex = _EXECUTORS.get(kind)
+    if ex is None and kind in BUILTIN_PLANS:
+        module, _, cls = BUILTIN_PLANS[kind].partition(":")
+        ex = _EXECUTORS[kind] = getattr(importlib.import_module(module), cls)()
     if ex is None:
         raise ConfigError(f"no executor for plans of kind {kind!r}", key="plan.kind",
-                          fix=f"use one of: {', '.join(sorted(_EXECUTORS))}")
+                          fix=f"use one of: {', '.join(plan_kinds())}")
     return ex
 
 
 def plan_kinds() -> list[str]:
-    return sorted(_EXECUTORS)
+    """Every plan kind an executor serves (registered or built in)."""
+    return sorted(set(_EXECUTORS) | set(BUILTIN_PLANS))
 
 
-__all__ = ["PlanExecutor", "SinglePlan", "plan_executor", "plan_kinds", "register_plan"]
+__all__ = ["BUILTIN_PLANS", "PlanExecutor", "SinglePlan", "plan_executor", "plan_kinds", "register_plan"]
