@@ -109,6 +109,21 @@ class RedisCounters:
     def _fail(self, what: str, exc: BaseException) -> StateError:
         return StateError(f"Redis at {self.shown_url} failed to {what}: {exc} (is redis-server running and reachable?)")
 
+    # -- what the other shared-state parts (rate windows, marks, the feedback index, the cache) build on ----------
+    @property
+    def client(self) -> Any:
+        """The ``redis.asyncio.Redis`` client (one connection pool, shared by every part built on this store)."""
+        return self._client
+
+    @property
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions a Redis call may raise (translate them with :meth:`failure`)."""
+        return self._errors
+
+    def failure(self, what: str, exc: BaseException) -> StateError:
+        """The :class:`~turnout.errors.StateError` for a failed call: names the URL (password masked) and ``what``."""
+        return self._fail(what, exc)
+
     def _hold_keys(self, name: str) -> list[str]:
         p = self.prefix
         return [p + spend_key(name), p + holds_key(name), p + "holds-exp:" + name]
