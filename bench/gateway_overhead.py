@@ -13,6 +13,18 @@ Setup (every server is its own process, on loopback):
   router artifact + the policy), and ``litellm`` (its proxy from
   ``.bench-venv``, created here on first run, started offline with
   ``LITELLM_LOCAL_MODEL_COST_MAP=True``);
+* the cost of shared state, side by side: ``turnout-keyed`` (an API key with a
+  USD budget and ``rpm``/``tpm`` limits, so every request holds, settles and
+  updates its rate windows, in process) and ``turnout-redis`` (the same key,
+  the state in a local ``redis-server``: three Lua round trips per request and
+  the feedback index written behind); then ``nginx-1`` and ``nginx-2``: one and
+  two such replicas behind Debian's nginx (``deploy/replicas.py``), sharing one
+  Redis, for throughput at concurrency 64 against one replica;
+* ``turnout-guards``: ``turnout`` plus the typical guard stages (a CLINC150
+  domain guard flagging out-of-scope prompts, the shipped jailbreak detector,
+  PII redaction, the semantic cache; every prompt is new, so every request pays
+  a cache miss, a lookup and a store), measured beside plain ``turnout`` in the
+  same run (``--only turnout,turnout-guards``);
 * the load generator is *this* process (httpx, asyncio, one keep-alive pool of
   ``concurrency`` connections): it runs beside the servers rather than inside
   them, so it does not take CPU from the server's event loop, but on a 2-core
@@ -27,7 +39,8 @@ turnout/LiteLLM ratios. Prints a rich table and writes
 ``bench/results/gateway_overhead.json``.
 
     OMP_WAIT_POLICY=PASSIVE python bench/gateway_overhead.py [--latency-ms 20] [--n1 200] [--n64 2000]
-        [--skip litellm,turnout-auto]
+        [--skip litellm,turnout-auto] [--only turnout-keyed,turnout-redis,nginx-1,nginx-2]
+        [--only turnout,turnout-guards --guards-embedder minilm|minilm-int8]
 """
 
 from __future__ import annotations
@@ -37,7 +50,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,12 +57,29 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own helper modules
+
+from _state_targets import (
+    BENCH_KEY,
+    bench_keys,
+    print_state_table,
+    replicas_behind_nginx,
+    state_comparisons,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -85,6 +114,15 @@ class Proc:
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.popen.returncode} while starting; see {self.log}")
+            if self.ready_url.startswith("tcp://"):  # a server that speaks no HTTP (redis): its port is enough
+                import socket
+
+                try:
+                    socket.create_connection(("127.0.0.1", int(self.ready_url.rsplit(":", 1)[1])), 0.5).close()
+                    return
+                except OSError:
+                    time.sleep(0.1)
+                    continue
             try:
                 if httpx.get(self.ready_url, timeout=1.0, headers={"Authorization": f"Bearer {LITELLM_KEY}"}).status_code < 500:
                     return
@@ -272,12 +310,14 @@ def router_artifact(tmp: Path) -> Path:
 
 
 # ---- turnout: the only part that depends on the server engineer's `turnout serve` ----
-def turnout_proc(tmp: Path, upstream: str, artifact: Path | None) -> tuple[Proc, str]:
+def turnout_proc(tmp: Path, upstream: str, artifact: Path | None, *, keyed: bool = False,
+                 redis_url: str | None = None, tag: str = "turnout",
+                 stages: list[dict[str, Any]] | None = None) -> tuple[Proc, str]:
     import yaml
 
     port = free_port()
     cfg: dict[str, object] = {
-        "server": {"host": "127.0.0.1", "port": port, "request_log": str(tmp / "requests.sqlite")},
+        "server": {"host": "127.0.0.1", "port": port, "request_log": str(tmp / f"requests-{tag}.sqlite")},
         "backends": {"up": {"protocol": "openai", "base_url": upstream, "retries": {"attempts": 1}}},
         "models": {
             "scripted": {"backend": "up"},
@@ -288,14 +328,58 @@ def turnout_proc(tmp: Path, upstream: str, artifact: Path | None) -> tuple[Proc,
     if artifact is not None:
         cfg["routes"] = {"auto": {"router": {"type": "knn", "artifact": str(artifact)}, "embedder": "minilm",
                                   "candidates": ["small", "large"], "lambda": 0.0}}
-    path = tmp / "turnout.yaml"
+    if keyed:
+        cfg["keys"] = bench_keys()
+    if redis_url is not None:
+        cfg["state"] = {"redis_url": redis_url}
+    if stages is not None:
+        cfg["stages"] = stages
+    path = tmp / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-c", "import sys; from turnout.cli.main import main; sys.exit(main())",
            "serve", "--config", str(path), "--port", str(port)]
     env = {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    return Proc("turnout", cmd, f"http://127.0.0.1:{port}/v1/models", env, tmp / "turnout.log"), f"http://127.0.0.1:{port}/v1"
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return (Proc(tag, cmd, f"http://127.0.0.1:{port}/readyz", env, tmp / f"{tag}.log"),
+            f"http://127.0.0.1:{port}/v1")
 # ---- end of the turnout-specific part ----
+
+
+def guard_stages(tmp: Path, embedder: str) -> list[dict[str, Any]]:
+    """The typical guard config (docs: language and keyword signals are not stages of this helper's yet).
+
+    The domain guard is fitted on CLINC150 (10 domains, 1,500 prototypes: the serving cost of a real
+    guard) when the shared data is there; it only flags, so that the bench's story prompts, out of scope for
+    CLINC's domains, still reach the upstream and the comparison with plain turnout stays like for like.
+    """
+    stages: list[dict[str, Any]] = [{"type": "jailbreak", "params": {"action": "block", "act_at": 0.9,
+                                                                     "embedder": embedder}}]
+    clinc = Path(os.environ.get("TURNOUT_DATA", REPO.parent / "shared" / "data")) / "clinc150" / "clinc150.jsonl"
+    if clinc.exists():
+        # fitted by the CLI in a process of its own: MiniLM's and numpy's threads must not stay in the load generator
+        art = tmp / "clinc-domains.npz"
+        subprocess.run([sys.executable, "-m", "turnout.cli.main", "signals", "train", "domain", str(clinc),
+                        "--embedder", embedder, "--out", str(art), "--quiet"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OPENBLAS_NUM_THREADS": "1"})
+        stages.append({"type": "domain_guard", "params": {"artifact": str(art), "action": "flag"}})
+    else:
+        console.print(f"[yellow]turnout-guards runs without its domain guard: {clinc} is missing (set TURNOUT_DATA)")
+    stages += [{"type": "pii", "params": {"action": "redact"}},
+               {"type": "cache", "params": {"ttl_s": 3600, "embedder": embedder}}]
+    return stages
+
+
+def redis_proc(tmp: Path) -> tuple[Proc, str]:
+    """A redis-server of the bench's own (no persistence), for the shared-state targets."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+    port = free_port()
+    return (Proc("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                           "--dir", str(tmp)], f"tcp://127.0.0.1:{port}", {}, tmp / "redis.log"),
+            f"redis://127.0.0.1:{port}/0")
 
 
 def ensure_litellm() -> Path:
@@ -332,10 +416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--n1", type=int, default=200, help="requests at concurrency 1")
     ap.add_argument("--n64", type=int, default=2000, help="requests at concurrency 64")
-    ap.add_argument("--skip", default="", help="comma-separated targets to skip: forwarder,turnout,turnout-auto,litellm")
+    ap.add_argument("--skip", default="", help="comma-separated targets to skip: forwarder,turnout,turnout-auto,litellm,"
+                                               "turnout-keyed,turnout-redis,nginx-1,nginx-2,turnout-guards")
+    ap.add_argument("--guards-embedder", default="minilm-int8", choices=["minilm", "minilm-int8"],
+                    help="the embedder the turnout-guards stages share (each has a shipped jailbreak detector); "
+                         "minilm-int8 is the embedded default's")
+    ap.add_argument("--only", default="", help="comma-separated targets to run (direct always runs: the baseline)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
     levels = [(1, args.n1), (64, args.n64)]
 
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
@@ -353,12 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         upstream.start(30)
         targets: list[tuple[str, str]] = [("direct", "scripted"), ("forwarder", "scripted"), ("turnout", "scripted"),
-                                          ("turnout-auto", "auto"), ("litellm", "scripted")]
+                                          ("turnout-auto", "auto"), ("litellm", "scripted"),
+                                          ("turnout-keyed", "scripted"), ("turnout-redis", "scripted"),
+                                          ("nginx-1", "smollm2"), ("nginx-2", "smollm2"),
+                                          ("turnout-guards", "scripted")]
         with progress:
             for name, model in targets:
-                if name in skip:
+                if name in skip or (only and name != "direct" and name not in only):
                     continue
                 proc: Proc | None = None
+                extra_procs: list[Any] = []
                 headers: dict[str, str] = {}
                 try:
                     if name == "direct":
@@ -369,6 +463,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     f"http://127.0.0.1:{fport}/v1/models", {}, tmp / "forwarder.log")
                         proc.start(30)
                         base = f"http://127.0.0.1:{fport}/v1"
+                    elif name in ("turnout-keyed", "turnout-redis"):
+                        redis_url = None
+                        if name == "turnout-redis":
+                            rproc, redis_url = redis_proc(tmp)
+                            rproc.start(15)
+                            extra_procs.append(rproc)
+                        proc, base = turnout_proc(tmp, upstream_url, None, keyed=True, redis_url=redis_url, tag=name)
+                        proc.start(120)
+                        headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+                    elif name.startswith("nginx-"):
+                        dep = replicas_behind_nginx(tmp, upstream_url, int(name.split("-")[1]))
+                        extra_procs.append(dep)
+                        dep.start()
+                        base = dep.url
+                        headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+                    elif name == "turnout-guards":
+                        proc, base = turnout_proc(tmp, upstream_url, None, tag=name, stages=guard_stages(tmp, args.guards_embedder))
+                        proc.start(120)
                     elif name.startswith("turnout"):
                         art = router_artifact(tmp) if name == "turnout-auto" else None
                         proc, base = turnout_proc(tmp, upstream_url, art)
@@ -388,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finally:
                     if proc is not None:
                         proc.stop()
+                    for p in reversed(extra_procs):
+                        p.stop()
     finally:
         upstream.stop()
 
@@ -399,6 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             if d and name != "direct":
                 r["added_p50_ms"] = r["p50_ms"] - d["p50_ms"]
                 r["added_p99_ms"] = r["p99_ms"] - d["p99_ms"]
+    state = state_comparisons(results)
+    guards: dict[str, float] = {}  # what the typical guard stages add over plain turnout, same run
+    if "turnout" in results and "turnout-guards" in results:
+        for lvl, g in results["turnout-guards"].items():
+            t = results["turnout"].get(lvl)
+            if t:
+                guards[f"guards - passthrough p50 ms {lvl}"] = g["p50_ms"] - t["p50_ms"]
+                guards[f"guards - passthrough p99 ms {lvl}"] = g["p99_ms"] - t["p99_ms"]
+                guards[f"guards / passthrough req/s {lvl}"] = g["rps"] / t["rps"]
     for tname in ("turnout", "turnout-auto"):
         if tname in results and "litellm" in results:
             for lvl in results[tname]:
@@ -428,6 +551,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in derived.items():
             rt.add_row(k, *(_fmt(v[c], 2) for c in ("added_p50", "added_p99", "rps", "rss")))
         console.print(rt)
+    print_state_table(console, state)
+    if guards:
+        gt = Table(title="typical guard stages (jailbreak, domain, PII, cache miss + store) against plain turnout")
+        gt.add_column("comparison")
+        gt.add_column("value", justify="right")
+        for k, v in guards.items():
+            gt.add_row(k, _fmt(v, 2))
+        console.print(gt)
     for name, why in notes.items():
         console.print(f"[yellow]{name} not measured: {why}")
 
@@ -438,9 +569,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"upstream_latency_ms": args.latency_ms, "levels": dict((f"c{c}", n) for c, n in levels),
                      "client": "httpx AsyncClient in the bench process, keep-alive pool = concurrency",
-                     "stream": False},
+                     "stream": False, "guards_embedder": args.guards_embedder,
+                     "load_average": os.getloadavg()},
         "results": results,
         "ratios": derived,
+        "state": state,
+        "guards": guards,
         "not_measured": notes,
     }, indent=2, default=float))
     console.print(f"wrote {args.out}")

@@ -18,11 +18,15 @@ one table mapping these classes to statuses (``turnout.server.errors``).
     │   ├── UnknownModelError    no route or model by that name
     │   ├── PayloadTooLargeError body over the configured limit
     │   ├── NotFoundError        no endpoint at that path, or no logged request with that id
-    │   └── MethodNotAllowedError the endpoint does not take that HTTP method
+    │   ├── MethodNotAllowedError the endpoint does not take that HTTP method
+    │   └── GuardBlockedError    a guard stage refused the request's content (jailbreak / injection)
+    │       ├── OutOfScopeError  it belongs to none of the domains the route serves
+    │       └── PiiBlockedError  it carries personal data the PII policy blocks (types and counts only)
     ├── AuthError
     │   ├── AuthenticationError  missing or wrong API key
     │   ├── PermissionDeniedError the key may not use that model or route
-    │   └── BudgetExceededError  the key's USD budget is spent
+    │   ├── BudgetExceededError  the key's USD budget is spent
+    │   └── RateLimitedError     the key's requests or tokens per minute are used up (carries retry_after)
     ├── StateError               shared state (counters in Redis) unreachable or failing (names the URL)
     ├── BackendError             one backend failed one attempt
     │   ├── BackendTimeoutError      connect / first-token / total timeout
@@ -67,6 +71,8 @@ class ConfigError(TurnoutError):
     kind = "config_error"
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None, fix: str | None = None) -> None:
+        #: the message alone, without file, key and fix (to re-raise it under a longer key path)
+        self.message = message
         self.file = file
         self.key = key
         self.fix = fix
@@ -156,6 +162,32 @@ class MethodNotAllowedError(RequestError):
         super().__init__(message)
 
 
+class GuardBlockedError(RequestError):
+    """A guard stage refused the request for what it says (a jailbreak or prompt-injection attempt).
+
+    A 400 the client should not retry unchanged; ``guard`` names the stage that refused it. The message
+    says why in words and never repeats the flagged content.
+    """
+
+    kind = "guard_blocked"
+
+    def __init__(self, message: str, *, guard: str, param: str | None = "messages") -> None:
+        self.guard = guard
+        super().__init__(message, param=param)
+
+
+class OutOfScopeError(GuardBlockedError):
+    """The request belongs to none of the domains its route declares (guarded routing)."""
+
+    kind = "out_of_scope"
+
+
+class PiiBlockedError(GuardBlockedError):
+    """The request carries personal data or secrets whose type the PII policy blocks (types and counts named)."""
+
+    kind = "pii_blocked"
+
+
 class AuthError(TurnoutError):
     """Base of authentication, authorisation and budget errors."""
 
@@ -178,6 +210,21 @@ class BudgetExceededError(AuthError):
     """The key's USD budget is spent."""
 
     kind = "insufficient_quota"
+
+
+class RateLimitedError(AuthError):
+    """The key has used up its requests (``rpm``) or tokens (``tpm``) per minute.
+
+    ``retry_after`` is the number of whole seconds after which the same request would be admitted (the
+    server sends it as the ``retry-after`` header); ``limit`` says which one (``rpm`` or ``tpm``).
+    """
+
+    kind = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, limit: str = "rpm") -> None:
+        self.retry_after = retry_after
+        self.limit = limit
+        super().__init__(message)
 
 
 class StateError(TurnoutError):
@@ -318,14 +365,18 @@ __all__ = [
     "BudgetExceededError",
     "ConfigError",
     "DataError",
+    "GuardBlockedError",
     "InvalidRequestError",
     "MissingDependency",
     "ModelNotAllowedError",
     "MethodNotAllowedError",
     "NoCandidateError",
     "NotFoundError",
+    "OutOfScopeError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PiiBlockedError",
+    "RateLimitedError",
     "RequestError",
     "RoutingError",
     "StateError",

@@ -19,6 +19,15 @@ from typing import Any
 from turnout.errors import MissingDependency
 
 
+def _reload_on_sighup(gateway: Any) -> None:
+    """SIGHUP re-reads the decisions file (validated before it replaces the rules; a bad one is logged and ignored)."""
+    import signal
+
+    reloadable = [st for st in gateway.stages.all if callable(getattr(st, "reload_soon", None))]
+    if reloadable and hasattr(signal, "SIGHUP"):  # uvicorn handles SIGINT and SIGTERM only
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: [st.reload_soon() for st in reloadable])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("serve", help="run the OpenAI-compatible routing server")
     p.add_argument("--config", help="turnout.yaml (default: the embedded two-model llama.cpp fleet)")
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         http: Any = header_timeout_protocol(cfg.server.header_timeout_s)
     else:
         http = "h11"  # no header-read timeout: put nginx in front (docs/deploy.md)
+    _reload_on_sighup(gateway)
     uvicorn.run(
         app,
         host=host,

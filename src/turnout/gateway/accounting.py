@@ -4,8 +4,9 @@
 case is *held* against its API key's budget (:meth:`turnout.gateway.keys.KeyStore.hold`): for each model
 the plan may call, its prompt tokens × input price + the most it may generate (``max_tokens``, else what
 is left of its context window, else :data:`DEFAULT_MAX_OUTPUT_TOKENS`) × output price; a single plan
-holds its dearest model, a cascade or fan-out the sum of its steps. A key whose budget is gone (or held
-by requests in flight) is refused there, before anything is spent.
+holds its dearest model, a cascade or fan-out the sum of its steps (and of its ``extra_calls``: a
+cascade's probes). A key whose budget is gone (or held by requests in flight) is refused there, before
+anything is spent.
 
 **Settlement** (:meth:`Ledger.finish`): what every model call generated is paid for — a whole answer, a
 cascade's rejected answers, the part of a stream that was generated before it failed or its client hung
@@ -31,7 +32,7 @@ from turnout.tokens import estimate_prompt_tokens
 from turnout.types import PLAN_SINGLE, Plan
 
 if TYPE_CHECKING:
-    from turnout.gateway.pipeline import Gateway
+    from turnout.gateway.parts import GatewayParts
 
 log = logging.getLogger(__name__)
 #: one line per finished request (``turnout serve`` prints it unless ``--quiet``)
@@ -57,7 +58,7 @@ def max_output_tokens(ctx: RequestContext, context_window: int | None, prompt_to
 class Ledger:
     """Holds, settles and records the requests of one gateway."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayParts) -> None:
         self.gw = gw
 
     # -- admission ------------------------------------------------------------------------
@@ -75,6 +76,8 @@ class Ledger:
         total = per_step[0] if plan.kind == PLAN_SINGLE else sum(per_step)
         if plan.aggregator and plan.aggregator in targets:
             total += dearest([plan.aggregator])
+        # calls a plan makes beside its steps (a cascade step's probes and extra samples)
+        total += sum(dearest([m]) for m in plan.params.get("extra_calls") or [] if isinstance(m, str))
         return total
 
     async def admit(self, ctx: RequestContext) -> None:
@@ -83,7 +86,19 @@ class Ledger:
         if gw.keys is None or key is None or d is None or d.plan is None or key.budget_usd is None:
             return
         amount = self.worst_case_usd(ctx, d.plan)
-        await gw.keys.hold(key, ctx.request_id, amount)
+        try:
+            await gw.keys.hold(key, ctx.request_id, amount)
+        except StateError as exc:
+            if gw.budgets_on_failure != "open":
+                raise StateError(f"{exc}; the budget of key {key.name!r} cannot be checked, so the request is "
+                                 "refused (state.on_failure.budgets: closed)") from exc
+            # fail open: served unheld (its spend is still recorded, if the store is back by then)
+            d.reason("budget", f"budget not checked (the state store failed; state.on_failure.budgets: open): {exc}")
+            log.warning("request %s: serving key %r without a budget hold (state.on_failure.budgets: open): %s",
+                        ctx.request_id, key.name, exc)
+            if gw.metrics is not None:
+                gw.metrics.inc_error(exc.kind)
+            return
         ctx.held_usd = amount if math.isfinite(amount) else 0.0
 
     # -- settlement -----------------------------------------------------------------------
@@ -104,6 +119,12 @@ class Ledger:
         if gw.keys is not None and ctx.key is not None and (cost or ctx.held_usd):
             await self._after_answer(ctx, f"spend {cost:.6g} USD of key {ctx.key.name!r}",
                                      gw.keys.settle(ctx.key, ctx.request_id, cost))
+        if gw.limiter is not None and gw.limiter.holding(ctx):
+            if gw.limiter.windows.in_process:
+                await gw.limiter.settle(ctx)  # no I/O, never suspends: nothing to shield from a hang-up
+            else:
+                await self._after_answer(ctx, f"tokens of key {getattr(ctx.key, 'name', None)!r}",
+                                         gw.limiter.settle(ctx))
         d = ctx.decision
         if (d is not None and d.router != "passthrough" and ctx.model in gw.targets
                 and (status == "ok" or cost > 0) and ctx.answered_by == "model"):
@@ -111,6 +132,24 @@ class Ledger:
             if rt is not None and rt.budget is not None:  # actual spend steers the route's λ
                 await self._after_answer(ctx, f"route {d.route!r} budget", rt.budget.observe(ctx.model, cost))
         self._write(ctx, status, kind, cost, exc)
+        if gw.feedback_index is not None and ctx.decision is not None:
+            self._index(ctx, status, cost)
+
+    def _index(self, ctx: RequestContext, status: str, cost: float) -> None:
+        """Queue the request for the shared feedback index (never awaits; see turnout.state.feedback_index)."""
+        from turnout.state.feedback_index import LoggedRequest
+
+        d = ctx.decision
+        assert d is not None
+        rt = self.gw.routes.get(d.route)
+        # a learning route may leave what it needs to learn on another replica (its decision's features)
+        peek = getattr(rt, "feedback_context", None)
+        self.gw.feedback_index.record(LoggedRequest(
+            id=ctx.request_id, key_name=getattr(ctx.key, "name", None), route=d.route, model=ctx.model or "-",
+            status=status, answered_by=ctx.answered_by, cost_usd=cost, ts=ctx.ts,
+            decision={"router": d.router, "propensity": d.propensity,
+                      "reasons": [{"kind": r.kind, "data": _jsonable(r.data)} for r in d.reasons if r.kind == d.router]},
+            context=_jsonable(peek(ctx.request_id)) if callable(peek) else None))
 
     async def _after_answer(self, ctx: RequestContext, what: str, call: Any) -> None:
         try:

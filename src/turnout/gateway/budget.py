@@ -44,6 +44,21 @@ start a route's figures afresh. A read that fails keeps the figures read before 
 Every decision carries the λ in force and :meth:`RouteBudget.describe` (target,
 start-up λ, running mean, adjusted target), so the ``/v1/route`` dry run and
 the request log show why a request was routed where it was.
+
+**Holding the target both ways: ``controller: pi``.** Tightening only ever raises λ: traffic that gets
+cheaper (shorter answers, easier prompts) leaves the route under its target for good, paying for
+quality it could have had. With ``controller="pi"`` the calibrated λ is only the start:
+:class:`~turnout.routing.controller.LambdaController` (PI on log λ over an exponentially weighted window
+of answers, with bounds and anti-windup) moves it up *and down* so the running figure holds the
+target while the mix drifts. A cost target has one controller fed each answer's actual cost; a share
+target has one per model, fed 1 when that model answered and 0 otherwise, and λ is the largest of
+theirs (each share is met from its own λ upwards, as at calibration). λ stays within
+``[λ0 / lambda_range, λ0 · lambda_range]`` (λ0 the calibrated λ; from 0 to the top of the calibration
+grid when λ0 is 0). The controllers run on this replica's answers (the totals in the state store
+are still written for ``describe``); replicas sharing a route each hold their own running mean at the
+target, so their sum holds it too. Their running figures are plain values
+(:meth:`RouteBudget.controller_state` / :meth:`RouteBudget.load_controller_state`), ready for a shared
+store. ``bench/budget_modes.py`` compares the two modes on drifting RouterBench traffic.
 """
 
 from __future__ import annotations
@@ -53,12 +68,14 @@ import math
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from turnout.errors import RoutingError, StateError
 from turnout.routing.base import Prediction
+from turnout.routing.controller import DEFAULT_RANGE, LambdaController
 from turnout.routing.policy import calibrate_lambda, choose, lambda_grid
 from turnout.state.base import StateStore
 from turnout.state.memory import InMemoryCounters
@@ -71,6 +88,32 @@ WARMUP_REQUESTS = 20
 _GRID = 200
 #: seconds a route budget's figures may lag what other replicas wrote to shared counters
 REFRESH_S = 0.5
+#: how the running spend steers λ: "tighten" (raise only) or "pi" (hold the target both ways)
+CONTROLLERS = ("tighten", "pi")
+DEFAULT_CONTROLLER = "tighten"
+
+
+@dataclass(frozen=True)
+class PIGains:
+    """The ``pi`` controller's settings (see :class:`~turnout.routing.controller.LambdaController`).
+
+    ``kp``/``ki``: log-λ steps per unit of log error (per answer, per window); ``window``: answers
+    averaged; ``lambda_range``: how far λ may move from its calibrated value, as a factor each way.
+    """
+
+    kp: float = 1.0
+    ki: float = 1.0
+    window: int = 200
+    lambda_range: float = DEFAULT_RANGE
+
+    @classmethod
+    def given(cls, *, kp: float | None = None, ki: float | None = None, window: int | None = None,
+              lambda_range: float | None = None) -> PIGains:
+        """The settings given (a config's), the defaults for the others."""
+        d = cls()
+        return cls(kp=d.kp if kp is None else kp, ki=d.ki if ki is None else ki,
+                   window=d.window if window is None else window,
+                   lambda_range=d.lambda_range if lambda_range is None else lambda_range)
 
 
 class RouteBudget:
@@ -94,7 +137,10 @@ class RouteBudget:
 
     def __init__(self, pred: Prediction, *, target_cost: float | None = None,
                  target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                 counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> None:
+                 counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S,
+                 controller: str = DEFAULT_CONTROLLER, gains: PIGains | None = None) -> None:
+        if controller not in CONTROLLERS:
+            raise RoutingError(f"budget controller must be one of {', '.join(CONTROLLERS)}, got {controller!r}")
         if (target_cost is None) == (not target_share):
             raise RoutingError("a budget needs exactly one of target_cost or target_share")
         self.pred = pred
@@ -123,14 +169,34 @@ class RouteBudget:
         self.requests = 0
         self.spend_usd = 0.0
         self._counts = dict.fromkeys(self.target_share, 0)
+        self.controller = controller
+        #: the PI controllers (controller="pi"): None -> the cost target's, a model -> its share target's
+        self._pi: dict[str | None, LambdaController] = self._controllers(gains or PIGains()) if controller == "pi" else {}
+
+    def _controllers(self, g: PIGains) -> dict[str | None, LambdaController]:
+        lam0 = self.base_lambda
+        if lam0 > 0:
+            lo, hi = lam0 / g.lambda_range, lam0 * g.lambda_range
+        else:  # the target is met at λ = 0: λ may rise up to where every sample prompt goes to its cheapest model
+            lo, hi = 0.0, max(float(self._grid[-1]), 1e-9)
+        made: dict[str | None, LambdaController] = {}
+        targets: dict[str | None, float] = {None: self.target_cost} if self.target_cost is not None else {}
+        targets.update(self.target_share)
+        for key, target in targets.items():
+            if target <= 0:
+                raise RoutingError(f"a pi controller needs a target share above 0 (got {key}: {target}); use "
+                                   "controller: tighten, or leave the model out of the candidates")
+            made[key] = LambdaController(target, lam0, lam_min=lo, lam_max=hi, kp=g.kp, ki=g.ki, window=g.window)
+        return made
 
     @classmethod
     def calibrate(cls, pred: Prediction, *, target_cost: float | None = None,
                   target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                  counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S) -> RouteBudget:
+                  counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S,
+                  controller: str = DEFAULT_CONTROLLER, gains: PIGains | None = None) -> RouteBudget:
         """Calibrate λ on ``pred`` (the fleet-priced calibration sample); RoutingError when the target is unreachable."""
         return cls(pred, target_cost=target_cost, target_share=target_share, warmup=warmup,
-                   counters=counters, route=route, refresh_s=refresh_s)
+                   counters=counters, route=route, refresh_s=refresh_s, controller=controller, gains=gains)
 
     # -- start-up -------------------------------------------------------------
     def _targets(self, adjust: float) -> list[float]:
@@ -169,7 +235,10 @@ class RouteBudget:
 
         Two or three increments of the counters (network round trips with shared ones). Raises
         :class:`~turnout.errors.StateError` when they fail, leaving the totals short of this answer.
+        With ``controller="pi"`` the answer first steers λ (local: a failing store does not stop it).
         """
+        if self._pi:
+            self._steer(model, cost_usd)
         c, k = self.counters, self._key
         requests = await c.incr(k + "requests", 1.0)
         spend = await c.incr(k + "spend_usd", cost_usd)
@@ -210,7 +279,7 @@ class RouteBudget:
             self.requests, self.spend_usd = n, spend
             for m, v in counts.items():
                 self._counts[m] = round(v)
-            if n < self.warmup:
+            if n < self.warmup or self._pi:  # the PI controllers steer λ themselves (:meth:`_steer`)
                 return
             over = self._overshoot()
             # the target the sample is aimed at only ever goes down (λ only up), in proportion to the overshoot;
@@ -218,6 +287,25 @@ class RouteBudget:
             if over > 1.0 and 1.0 / over < self._adjust * 0.99:
                 self._adjust = 1.0 / over
                 self._lam = self._lookup(self._targets(self._adjust))
+
+    def _steer(self, model: str, cost_usd: float) -> None:
+        """Feed one answer to the PI controllers; λ is the largest of theirs (every target met)."""
+        lams = [ctl.observe(cost_usd if key is None else float(model == key)) for key, ctl in self._pi.items()]
+        with self._lock:
+            self._lam = max(lams)
+
+    def controller_state(self) -> dict[str, Any]:
+        """The PI controllers' settings and running figures as JSON values (``{}`` in tighten mode)."""
+        return {"cost" if k is None else k: ctl.get_state() for k, ctl in self._pi.items()}
+
+    def load_controller_state(self, state: Mapping[str, Any]) -> None:
+        """Take up :meth:`controller_state`'s output (after a restart, or from another replica)."""
+        if set(state) != {"cost" if k is None else k for k in self._pi}:
+            raise RoutingError(f"route {self.route!r}: the controller state is for {sorted(state)}, this budget "
+                               f"controls {sorted('cost' if k is None else k for k in self._pi)}")
+        self._pi = {k: LambdaController.from_state(state["cost" if k is None else k]) for k in self._pi}
+        with self._lock:
+            self._lam = max(ctl.lam() for ctl in self._pi.values())
 
     def _overshoot(self) -> float:
         if self.target_cost is not None:
@@ -239,7 +327,9 @@ class RouteBudget:
             d.update({"lambda": self._lam, "lambda_calibrated": self.base_lambda,
                       "calibration_prompts": int(self.pred.quality.shape[0]), "requests": self.requests,
                       "running_mean_cost": self.spend_usd / self.requests if self.requests else None,
-                      "tightened": self._adjust < 1.0})
+                      "tightened": self._adjust < 1.0, "controller": self.controller})
+            if self._pi:
+                d["pi"] = {"cost" if k is None else k: ctl.describe() for k, ctl in self._pi.items()}
             if self.target_share:
                 d["running_share"] = {m: (self._counts.get(m, 0) / self.requests if self.requests else None)
                                       for m in self.target_share}
@@ -254,9 +344,13 @@ class RouteBudget:
         what = (f"mean cost ${self.target_cost:.6g}/request" if self.target_cost is not None
                 else ", ".join(f"{m} <= {t:.0%}" for m, t in self.target_share.items()))
         line = f"budget {what}: lambda {self.base_lambda:.6g} calibrated on {self.pred.quality.shape[0]} training prompts at fleet prices"
-        if lam != self.base_lambda:
+        if self._pi:
+            seen = max(ctl.describe()["observed"] for ctl in self._pi.values())
+            if lam != self.base_lambda:
+                line += f"; held at {lam:.6g} by the PI controller ({seen} answers observed)"
+        elif lam != self.base_lambda:
             line += f"; tightened to {lam:.6g} (running figures over target after {self.requests} answers)"
         return line
 
 
-__all__ = ["REFRESH_S", "WARMUP_REQUESTS", "RouteBudget"]
+__all__ = ["CONTROLLERS", "DEFAULT_CONTROLLER", "REFRESH_S", "WARMUP_REQUESTS", "PIGains", "RouteBudget"]

@@ -24,7 +24,8 @@ from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import Endpoint, ModelTarget
 from turnout.gateway.offload import Offloader
 from turnout.gateway.pipeline import Gateway
-from turnout.gateway.reliability import Backoff, CircuitBreaker
+from turnout.gateway.health import WatchedBreaker
+from turnout.gateway.reliability import Backoff
 from turnout.gateway.routes import RouteRuntime
 from turnout.gateway.stages import Stages, build_stage
 from turnout.types import Price
@@ -97,7 +98,7 @@ def _target(cfg: TurnoutConfig, name: str, m: ModelSettings, backends: _Backends
         b = cfg.backends[ep.backend]
         endpoints.append(Endpoint(_endpoint_name(ep, m), backends.get(ep.backend, ep.base_url), weight=ep.weight,
                                   slots=ep.slots,
-                                  breaker=CircuitBreaker(b.cooldown.failures, b.cooldown.seconds,
+                                  breaker=WatchedBreaker(b.cooldown.failures, b.cooldown.seconds,
                                                          probe_timeout_s=b.timeouts.total + 5.0)))
     try:
         balancer = create_balancer(m.balance.strategy, **m.balance.params)
@@ -148,9 +149,9 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
     offloader = Offloader()
     embeddings = EmbeddingService(offloader)
     routes = {name: _route(cfg, name, targets, state, embeddings) for name in cfg.routes}
-    stages = Stages([build_stage(s.type, s.params, name=s.name or s.type, where=f"stages[{i}]",
-                                 context={"embeddings": embeddings})
-                     for i, s in enumerate(cfg.stages)])
+    decision_stage = _decision_stage(cfg, embeddings, offloader, routes, targets)
+    configured = _stages(cfg, embeddings, offloader, state)
+    stages = Stages([*configured, decision_stage] if decision_stage is not None else configured)
     for st in stages.all:
         name = getattr(st, "embedder", None)
         if isinstance(name, str):
@@ -163,6 +164,8 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
     metrics = None
     request_log = None
     on_close: list[Any] = []
+    if decision_stage is not None:
+        on_close.append(decision_stage.aclose)  # its decisions-file watch
     if cfg.server.request_log is not None:
         from turnout.gateway.requestlog import RequestLog
 
@@ -178,12 +181,72 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
         from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 
         keys = KeyStore([
-            KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed) for k in cfg.keys
+            KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed,
+                    rpm=k.rpm, tpm=k.tpm, team=k.team, tags=tuple(k.tags)) for k in cfg.keys
         ], state)
+    limiter, health, feedback_index = _scale_out(cfg, targets, keys, state, metrics, request_log)
     gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=offloader,
-                 state=state, on_close=on_close, stages=stages, embeddings=embeddings)
+                 state=state, on_close=on_close, stages=stages, embeddings=embeddings, limiter=limiter,
+                 health=health, feedback_index=feedback_index, budgets_on_failure=cfg.state.on_failure.budgets)
     gw.children = backends.children
     return gw
+
+
+def stage_context(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offloader) -> dict[str, Any]:
+    """The shared parts a stage factory may ask for by parameter name (see ``stages.build_stage``).
+
+    ``gateway_config`` lets a stage check the routes and models it names, find models marked
+    ``private``, and resolve relative paths against the config file's folder; a decision's per-request
+    plugins should be built with the same context.
+    """
+    return {"embeddings": embeddings, "offloader": offloader, "gateway_config": cfg}
+
+
+def _decision_stage(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offloader, routes: dict[str, Any],
+                    targets: dict[str, ModelTarget]) -> Any:
+    """The stage of the config's signals and decision rules (gateway/signal_stage.py); None when it has neither."""
+    if not (cfg.signals or cfg.decisions or cfg.decisions_file):
+        return None
+    from turnout.gateway.signal_stage import build_decision_stage
+
+    return build_decision_stage(cfg, embeddings=embeddings, offloader=offloader, routes=list(routes),
+                                models=list(targets), context=stage_context(cfg, embeddings, offloader))
+
+
+def _stages(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offloader, state: Any = None) -> list[Any]:
+    # ``state``: the gateway's state store, for a stage that shares data through it (the cache, in Redis)
+    context = {**stage_context(cfg, embeddings, offloader), **({"state": state} if state is not None else {})}
+    out = []
+    for i, s in enumerate(cfg.stages):
+        try:
+            out.append(build_stage(s.type, s.params, name=s.name or s.type, where=f"stages[{i}]", context=context))
+        except ConfigError as exc:
+            if exc.file is not None:
+                raise
+            raise ConfigError(exc.message, file=cfg.source, key=exc.key, fix=exc.fix) from exc
+    return out
+
+
+def _scale_out(cfg: TurnoutConfig, targets: dict[str, ModelTarget], keys: Any, state: Any, metrics: Any,
+               request_log: Any) -> tuple[Any, Any, Any]:
+    """The parts replicas share through ``state``: per-key rate limits, endpoint health with its out-of-rotation
+    marks, and the feedback index (Redis only, and only with a request log to find the rows in)."""
+    import socket
+    import uuid
+
+    from turnout.gateway.health import HealthMonitor
+    from turnout.gateway.ratelimit import RateLimiter
+    from turnout.state.feedback_index import feedback_index_for
+    from turnout.state.marks import marks_for
+
+    # names this gateway in the marks and index entries it writes (two gateways of one process are two replicas)
+    replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    limiter = RateLimiter.for_keys(keys, on_failure=cfg.state.on_failure.rate_limits, metrics=metrics)
+    h = cfg.health
+    health = HealthMonitor(targets, marks_for(state), replica=replica, interval_s=h.interval_s, active=h.active,
+                           path=h.path, timeout_s=h.timeout_s, max_backoff_s=h.max_backoff_s)
+    index = feedback_index_for(state, replica=replica) if request_log is not None else None
+    return limiter, health, index
 
 
 def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any,
@@ -192,6 +255,13 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state
     from turnout.routing.registry import create_router
 
     r = cfg.routes[name]
+    if r.router.type == "bandit":  # learns online from feedback (gateway/bandit_route.py)
+        from turnout.gateway.bandit_route import build_bandit_route
+
+        return build_bandit_route(cfg, name, targets, state, embeddings, budget=_budget)
+    if r.bandit is not None:
+        raise ConfigError("'bandit' settings apply only to a route whose router is the bandit", file=cfg.source,
+                          key=f"routes.{name}.bandit", fix="set router: {type: bandit}, or remove 'bandit:'")
     where = f"routes.{name}.router"
     lam = r.lam
     meta: dict[str, Any] = {}
@@ -229,16 +299,21 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state
     budget = _budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
     embedder = embeddings.ensure(r.embedder) if r.embedder is not None else None
     policy = Policy(lam=budget.base_lambda if budget is not None else (lam or 0.0), context_windows=windows)
+    planner = None
+    if r.plan is not None:  # a cascade, fan-out or rounds plan: built (signals loaded, thresholds calibrated) now
+        from turnout.gateway.planners import build_planner
+
+        planner = build_planner(name, r.plan, source=cfg.source)
     return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap, prices=prices,
                         policy=policy, embedder=embedder, fallbacks=list(r.fallbacks), budget=budget,
-                        embedder_name=r.embedder)
+                        embedder_name=r.embedder, plan=planner)
 
 
 def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str, str], prices: dict[str, Price],
             windows: dict[str, int | None], state: Any) -> Any:
     """The route's budget calibrated on its artifact's sample at the fleet's prices, its running figures in
     ``state`` (see gateway/budget.py)."""
-    from turnout.gateway.budget import RouteBudget
+    from turnout.gateway.budget import PIGains, RouteBudget
     from turnout.routing.calibration import CalibrationSample
 
     r = cfg.routes[name]
@@ -254,8 +329,11 @@ def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str,
                 fix="train the artifact with 'turnout train' (it stores the sample) and set router.artifact, "
                     "or give 'lambda:' instead of 'budget:'",
             )
-        return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=r.budget.target_cost_per_request,
-                                     target_share=r.budget.target_share, counters=state, route=name)
+        b = r.budget
+        gains = PIGains.given(kp=b.kp, ki=b.ki, window=b.window, lambda_range=b.lambda_range)
+        return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=b.target_cost_per_request,
+                                     target_share=b.target_share, counters=state, route=name,
+                                     controller=b.controller, gains=gains)
     except RoutingError as exc:
         raise ConfigError(f"the budget cannot be met: {exc}", file=cfg.source, key=key,
                           fix="raise the target, or add cheaper candidates") from exc

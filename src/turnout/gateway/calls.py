@@ -31,7 +31,7 @@ from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
     from turnout.gateway.context import RequestContext
-    from turnout.gateway.pipeline import Gateway
+    from turnout.gateway.parts import GatewayParts
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class OpenStream:
 class ModelCaller:
     """Makes the model calls of one request's plan (see the module docstring)."""
 
-    def __init__(self, gw: Gateway, ctx: RequestContext) -> None:
+    def __init__(self, gw: GatewayParts, ctx: RequestContext) -> None:
         self.gw = gw
         self.ctx = ctx
 

@@ -31,6 +31,7 @@ from turnout.types import ChatRequest, Decision, Reason, Usage
 if TYPE_CHECKING:
     from turnout.gateway.chain import Attempt
     from turnout.gateway.keys import KeySpec
+    from turnout.gateway.routes import RouteOverrides
 
 #: embeds ``text`` with the named embedder (the gateway's shared embedding service)
 EmbedFn = Callable[[str, str], Awaitable[np.ndarray]]
@@ -87,6 +88,8 @@ class RequestContext:
         #: stages added for this request only (a matched decision rule's plugins); they run in their phase,
         #: after the configured stages of that phase
         self.plugins: list[Any] = []
+        #: how a matched decision rule changes the route's decision (its router, lambda, cost cap); None: unchanged
+        self.overrides: RouteOverrides | None = None
         self._embed = embed
         self._vectors: dict[str, np.ndarray] = {}
         self._views: dict[str, str] = {}
@@ -151,6 +154,24 @@ class RequestContext:
     def has_embedding(self, embedder: str) -> bool:
         """Whether the prompt was already embedded by ``embedder`` in this request."""
         return embedder in self._vectors
+
+    def replace_request(self, request: ChatRequest) -> None:
+        """Serve ``request`` from now on (a guard rewrote it, e.g. redacted PII before it leaves).
+
+        The text views and embeddings of the old request are dropped, so every later stage, the router and
+        the request log see the new one; ``target`` and ``restrict`` are kept.
+        """
+        self.request = request
+        self._views.clear()
+        self._vectors.clear()
+
+    def system_changed(self) -> None:
+        """The system messages were changed in place (a plugin set a system prompt): drop the views that show them.
+
+        The user turns are unchanged, so the prompt's embedding (the router's, the cache's) stays valid.
+        """
+        self._views.pop("system", None)
+        self._views.pop("conversation", None)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def note(self, kind: str, detail: str, **data: Any) -> None:

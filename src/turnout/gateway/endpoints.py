@@ -36,11 +36,13 @@ class Endpoint:
 
     ``in_flight`` counts tries sent and not finished; ``ewma_ttft_s`` and ``ewma_service_s`` are moving
     averages of time to first token and of the whole service time of tries that found a free slot
-    (the balancers' TTFT estimate uses them). ``healthy`` is False while the breaker is open.
+    (the balancers' TTFT estimate uses them). ``healthy`` is False while the breaker is open or the
+    endpoint is out of rotation (``out_of_rotation``: set by the health monitor, :mod:`turnout.gateway.health`,
+    when a probe failed or another replica marked it; requests only read it).
     """
 
     __slots__ = ("backend", "breaker", "ewma_prefill_tok_s", "ewma_service_s", "ewma_ttft_s", "in_flight", "name",
-                 "slots", "weight")
+                 "out_of_rotation", "slots", "weight")
 
     def __init__(self, name: str, backend: Backend, *, weight: float = 1.0, breaker: CircuitBreaker | None = None,
                  slots: int = 1) -> None:
@@ -53,11 +55,13 @@ class Endpoint:
         self.ewma_ttft_s: float | None = None
         self.ewma_prefill_tok_s: float | None = None
         self.ewma_service_s: float | None = None
+        self.out_of_rotation = False
 
     @property
     def healthy(self) -> bool:
-        """Not out of rotation: the breaker is closed, or half-open (a probe may go through)."""
-        return self.breaker.state != "open"
+        """In rotation: not held out by the health monitor, and the breaker is closed or half-open (a probe may go
+        through)."""
+        return not self.out_of_rotation and self.breaker.state != "open"
 
     def observe(self, *, ttft_s: float | None, service_s: float | None, found_slot: bool) -> None:
         """Fold one finished try into the moving averages (service time only when no queue was involved)."""
@@ -71,10 +75,12 @@ class Endpoint:
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models``, ``/readyz`` and the start-up summary say about this endpoint."""
         return {"name": self.name, "backend": self.backend.name, "base_url": getattr(self.backend, "base_url", None),
-                "weight": self.weight, "breaker": self.breaker.state, "in_flight": self.in_flight}
+                "weight": self.weight, "breaker": self.breaker.state, "in_flight": self.in_flight,
+                "in_rotation": self.healthy}
 
     def __repr__(self) -> str:
-        return f"Endpoint({self.name!r}, breaker={self.breaker.state}, in_flight={self.in_flight})"
+        out = ", out of rotation" if self.out_of_rotation else ""
+        return f"Endpoint({self.name!r}, breaker={self.breaker.state}{out}, in_flight={self.in_flight})"
 
 
 class ModelTarget:
@@ -132,8 +138,9 @@ class ModelTarget:
 
     @property
     def state(self) -> str:
-        """``closed`` if any endpoint serves, ``half-open`` if only probes would go through, else ``open``."""
-        states = {e.breaker.state for e in self.endpoints}
+        """``closed`` if any endpoint serves, ``half-open`` if only probes would go through, else ``open`` (an
+        endpoint out of rotation counts as open)."""
+        states = {"open" if e.out_of_rotation else e.breaker.state for e in self.endpoints}
         return "closed" if "closed" in states else ("half-open" if "half-open" in states else "open")
 
     def pick(self, key: BalanceKey, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:

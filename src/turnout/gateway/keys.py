@@ -60,13 +60,19 @@ class KeySpec:
 
     ``budget_usd`` None means unlimited; ``allowed`` None means every model and
     route, otherwise the names (routes such as ``auto`` or concrete models) the
-    key may ask for.
+    key may ask for. ``rpm`` / ``tpm`` bound the requests / tokens the key may use
+    in any 60-second window (None: no bound; see :mod:`turnout.gateway.ratelimit`).
     """
 
     name: str
     sha256: str
     budget_usd: float | None = None
     allowed: list[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    #: the key's team and tags (decision rules read them through a ``key`` signal)
+    team: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 #: what an open server (a KeyStore with no specs) authenticates every caller as
@@ -112,6 +118,12 @@ class KeyStore:
             if spec.budget_usd is not None and not spec.budget_usd >= 0:
                 raise ConfigError(f"key {spec.name!r}: budget_usd must be >= 0", key=f"{where}.budget_usd",
                                   fix="set a non-negative USD amount, or leave it out for no budget")
+            for limit in ("rpm", "tpm"):
+                value = getattr(spec, limit)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ConfigError(f"key {spec.name!r}: {limit} must be a whole number >= 1, got {value!r}",
+                                      key=f"{where}.{limit}", fix=f"set {limit} to a positive integer, or leave it "
+                                      "out for no limit")
             if spec.allowed is not None and not spec.allowed:
                 raise ConfigError(f"key {spec.name!r}: allowed is an empty list, so the key could use nothing",
                                   key=f"{where}.allowed", fix="list the routes/models it may use, or leave it out for all")

@@ -45,8 +45,10 @@ from turnout.gateway.chain import Attempt
 from turnout.gateway.context import RequestContext
 from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import ModelTarget
+from turnout.gateway.feedback import FeedbackResult, OnlineLearning
 from turnout.gateway.offload import Offloader
 from turnout.gateway.plans import plan_executor
+from turnout.gateway.ratelimit import RateLimiter
 from turnout.gateway.routes import RouteRuntime
 from turnout.gateway.stages import Answer, Block, Redirect, Stages
 from turnout.gateway.streaming import StreamSession
@@ -101,6 +103,10 @@ class Gateway:
         on_close: list[Callable[[], Any]] | None = None,
         stages: Stages | None = None,
         embeddings: EmbeddingService | None = None,
+        limiter: RateLimiter | None = None,
+        health: Any | None = None,
+        feedback_index: Any | None = None,
+        budgets_on_failure: str = "closed",
     ) -> None:
         self.targets = dict(models)
         self.routes = dict(routes or {})
@@ -117,7 +123,17 @@ class Gateway:
         for rt in self.routes.values():
             if rt.embedder is not None and rt.embedder_name is not None:
                 self.embeddings.add(rt.embedder_name, rt.embedder)
+        #: per-key requests/tokens per minute (gateway/ratelimit.py); by default over the keys' own state store
+        self.limiter = limiter if limiter is not None else RateLimiter.for_keys(keys, metrics=metrics)
+        #: endpoint probes and shared out-of-rotation marks (gateway/health.py): started by start(), stopped by aclose()
+        self.health = health
+        #: request id -> key, route, decision, shared by replicas (state/feedback_index.py); None in one process
+        self.feedback_index = feedback_index
+        #: a budget hold the state store cannot place: "closed" refuses the request (503), "open" serves it unheld
+        self.budgets_on_failure = budgets_on_failure
         self.ledger = Ledger(self)
+        #: routes that learn from feedback (bandit routes): the feedback path, their state's savers
+        self.learning = OnlineLearning(self)
         self._on_close = list(on_close or [])
         self._closed = False
         #: processes the gateway owns (llama.cpp servers); started by :meth:`start`
@@ -151,6 +167,7 @@ class Gateway:
         for rt in self.routes.values():
             if rt.budget is not None:
                 await rt.budget.refresh()  # totals written before a restart (persisted) or by other replicas
+        await self.learning.start()  # savers of the learned state (loaded from its file when the route was built)
         for child in self.children:
             say(f"starting {child}")
             await child.astart()
@@ -163,6 +180,13 @@ class Gateway:
         for name, why in self.unreachable.items():
             log.warning("backend %s is not reachable now (%s): its models will fail over to their fallbacks until "
                         "it answers", name, why)
+        if self.health is not None:
+            say(f"health: {self.health!r}")
+            await self.health.start()
+        for st in self.stages.all:  # a stage that watches something in the background (a decisions file) starts it
+            start = getattr(st, "start", None)
+            if callable(start):
+                await _maybe_await(start())
         self.ready = True
 
     async def _probe_backends(self, timeout_s: float = 1.0) -> dict[str, str]:
@@ -194,6 +218,11 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        if self.health is not None:
+            await self.health.aclose()  # before the backends and the state it probes and writes marks to
+        if self.feedback_index is not None:
+            await self.feedback_index.aclose()  # its last entries go out before the state's connection closes
+        await self.learning.aclose()  # the last save of the learned state, while the offload pool still runs
         seen: set[int] = set()
         for t in self.targets.values():
             for e in t.endpoints:
@@ -288,6 +317,8 @@ class Gateway:
         if getattr(keys.counters, "in_process", False) and ctx.key.budget_usd is not None:
             # a spent key is refused before any routing work; with shared state the hold (one round trip) decides
             await keys.check_budget(ctx.key)
+        if self.limiter is not None:
+            await self.limiter.admit(ctx)  # rpm/tpm: one atomic window update, only for a key that has a limit
 
     async def _request_stages(self, ctx: RequestContext) -> Answer | None:
         """Signals, guards, cache: the first outcome of a phase acts (dry run: reported, not acted on)."""
@@ -337,8 +368,12 @@ class Gateway:
             vec = await ctx.embedding(rt.embedder_name) if rt.embedder_name is not None else None
             if rt.budget is not None:
                 await rt.budget.refresh_if_stale()
+            if ctx.overrides is not None:
+                rt = rt.overridden(ctx.overrides)  # a matched decision rule's router, lambda or cost cap
             allowed = ctx.restrict
             decision = await self.offloader.run(_decide_with, rt, ctx.request, allowed, vec)
+            if not ctx.dry_run:
+                self.learning.decided(ctx, rt, decision, vec)  # a learning route keeps the context for feedback
         elif name in self.targets:
             t = self.targets[name]
             decision = Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
@@ -356,6 +391,14 @@ class Gateway:
         ctx.decision = decision
         ctx.model = decision.model  # until another model of the plan answers
         return decision
+
+    async def feedback(self, request_id: str, score: float, comment: str | None = None, key: Any | None = None
+                       ) -> FeedbackResult:
+        """Store a score for a logged request and let its route learn from it (see :mod:`~turnout.gateway.feedback`).
+
+        ``key``: the authenticated key's spec; only its own requests can be scored (NotFoundError otherwise).
+        """
+        return await self.learning.feedback(request_id, score, comment, key)
 
     async def route(self, request: ChatRequest, *, allowed: list[str] | None = None, key: Any | None = None,
                     headers: Mapping[str, str] | None = None) -> Decision:
@@ -390,9 +433,10 @@ class Gateway:
                 decision.reason("breaker_open", f"{m} is being probed after recent failures: one request at a time "
                                 "goes through until one succeeds", model=m)
             for e in t.endpoints:
-                if len(t.endpoints) > 1 and e.breaker.state != "closed":
-                    decision.reason("breaker_open", f"{m}: endpoint {e.name} is out of rotation "
-                                    f"({e.breaker.state})", model=m, endpoint=e.name)
+                if len(t.endpoints) > 1 and (e.breaker.state != "closed" or e.out_of_rotation):
+                    why = "held out by the health monitor" if e.out_of_rotation else e.breaker.state
+                    decision.reason("breaker_open", f"{m}: endpoint {e.name} is out of rotation ({why})", model=m,
+                                    endpoint=e.name)
         return decision
 
     async def _prepare(self, ctx: RequestContext, api_key: str | None) -> Answer | None:
@@ -457,8 +501,8 @@ class Gateway:
                 plan = ctx.decision.plan
                 resp = await plan_executor(plan.kind).complete(ModelCaller(self, ctx), plan)
                 ctx.usage = resp.usage
-                ctx.response_text = resp.content
-            resp = self._respond(ctx, resp)
+                # a stage's own answer is final (as when streamed): a cached one was transformed when it was stored
+                resp = self._respond(ctx, resp)
             ctx.response_text = resp.content
         except BaseException as exc:
             await self._fail(ctx, exc)
@@ -490,8 +534,12 @@ class Gateway:
             raise
         if isinstance(opened, OpenStream):
             ctx.ttft_s = ctx.elapsed_s
-            return StreamSession(self, ctx, live=opened, finish=self._stream_finisher(ctx),
-                                 filters=self._filters(ctx))
+            try:
+                filters = self._filters(ctx)
+            except Exception as exc:  # a response stage's bug: the upstream stream is open, close and pay for it
+                await StreamSession(self, ctx, live=opened, finish=self._stream_finisher(ctx)).fail(exc)
+                raise
+            return StreamSession(self, ctx, live=opened, finish=self._stream_finisher(ctx), filters=filters)
         try:
             resp = self._respond(ctx, opened)  # a whole answer (a cascade's, a fan-out's): checked as a whole
         except BaseException as exc:

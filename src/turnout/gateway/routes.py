@@ -13,6 +13,7 @@ quality; what a fleet model costs is known from config (prompt tokens x input pr
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,21 @@ from turnout.types import ChatRequest, Decision, Plan, Price
 
 if TYPE_CHECKING:
     from turnout.gateway.budget import RouteBudget
+
+
+@dataclass(frozen=True, slots=True)
+class RouteOverrides:
+    """Per-request changes a matched decision rule makes to how a route decides (None: the route's own).
+
+    ``router`` scores the candidates instead of the route's router (named ``router_name``); ``lam`` is the
+    cost weight (it replaces a route budget's for this request); ``max_cost`` excludes candidates predicted
+    to cost more than that many USD.
+    """
+
+    router: Router | None = None
+    router_name: str | None = None
+    lam: float | None = None
+    max_cost: float | None = None
 
 
 @dataclass
@@ -103,5 +119,27 @@ class RouteRuntime:
         decision.elapsed_ms = (time.perf_counter() - t0) * 1000.0
         return decision
 
+    def overridden(self, o: RouteOverrides) -> RouteRuntime:
+        """A shallow copy of this route that decides with ``o``'s router, λ and cost cap (one request's view).
 
-__all__ = ["EXPECTED_OUTPUT_TOKENS", "Price", "RouteRuntime"]
+        Shared state (the budget's counters, a bandit's statistics) stays shared; only what ``o`` names is
+        replaced. A router that scores the fleet's own model names is mapped to them.
+        """
+        rt = copy.copy(self)
+        if o.router is not None:
+            rt.router = o.router
+            rt.router_name = o.router_name or type(o.router).__name__
+            scored = set(getattr(o.router, "models", None) or ())
+            if scored and not set(self.candidates) & scored and set(self.candidates.values()) & scored:
+                rt.candidates = {m: m for m in self.candidates.values()}
+        if o.lam is not None or o.max_cost is not None:
+            rt.policy = copy.copy(self.policy)
+            if o.lam is not None:
+                rt.policy.lam = float(o.lam)
+                rt.budget = None  # the rule's λ, not the budget's, for this request (its spend is still counted)
+            if o.max_cost is not None:
+                rt.policy.max_cost = float(o.max_cost)
+        return rt
+
+
+__all__ = ["EXPECTED_OUTPUT_TOKENS", "Price", "RouteOverrides", "RouteRuntime"]

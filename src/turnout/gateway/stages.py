@@ -178,7 +178,15 @@ class Stages:
 
 # ------------------------------------------------------------------------------------------------- registry
 #: built-in stage types, "module:attribute", imported on first use (like the backends' registry)
-BUILTIN_STAGES: dict[str, str] = {}
+BUILTIN_STAGES: dict[str, str] = {
+    "domain_guard": "turnout.gateway.guard_stages:DomainGuardStage",
+    "jailbreak": "turnout.gateway.guard_stages:JailbreakStage",
+    "pii": "turnout.gateway.pii_stage:PiiStage",
+    "cache": "turnout.gateway.cache_stage:CacheStage",
+    "system_prompt": "turnout.gateway.plugins:SystemPromptStage",
+    "set_params": "turnout.gateway.plugins:SetParamsStage",
+    "add_headers": "turnout.gateway.plugins:AddHeadersStage",
+}
 
 
 def register_stage(name: str, target: str | Callable[..., Any]) -> None:
@@ -257,6 +265,10 @@ def build_stage(type_name: str, params: Mapping[str, Any], *, name: str | None =
                               fix=f"its parameters are: {', '.join(accepted) or '(none)'}")
     try:
         stage = factory(**kwargs)
+    except ConfigError as exc:
+        # a stage names the parameter at fault relative to itself ("params.threshold"): put it under this stage
+        key = f"{where}.{exc.key}" if exc.key else where
+        raise ConfigError(exc.message, file=exc.file, key=key, fix=exc.fix or "check the stage's params") from exc
     except TurnoutError as exc:
         raise ConfigError(str(exc), key=where, fix=getattr(exc, "fix", None) or "check the stage's params") from exc
     except (TypeError, ValueError) as exc:
@@ -267,6 +279,10 @@ def build_stage(type_name: str, params: Mapping[str, Any], *, name: str | None =
             stage.name = name
         except AttributeError:
             pass
+    try:
+        Stages([stage])  # its phase and hooks checked here, where the error can name the stage's own key
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=where, fix=exc.fix) from exc
     return stage
 
 

@@ -30,7 +30,7 @@ from turnout.gateway.stages import StreamFilter
 from turnout.types import ChatResponse, Decision, StreamChunk, Usage
 
 if TYPE_CHECKING:
-    from turnout.gateway.pipeline import Gateway
+    from turnout.gateway.parts import GatewayParts
 
 #: called once when the stream is over: (status, error or None, the assembled answer or None)
 Finish = Callable[[str, BaseException | None, ChatResponse | None], Coroutine[Any, Any, None]]
@@ -69,7 +69,7 @@ class StreamSession:
     ``headers`` the response headers the stages added.
     """
 
-    def __init__(self, gateway: Gateway, ctx: RequestContext, *, live: OpenStream | None = None,
+    def __init__(self, gateway: GatewayParts, ctx: RequestContext, *, live: OpenStream | None = None,
                  replay: list[StreamChunk] | None = None, finish: Finish, filters: list[StreamFilter] | None = None) -> None:
         assert (live is None) != (replay is None), "a session streams a live answer or replays one"
         self.gateway = gateway
@@ -85,7 +85,10 @@ class StreamSession:
         self._finish = finish
         self._filters = filters or []
         self._done = False
-        self._texts: list[str] = []
+        self._texts: list[str] = []  # the text the client was sent (filtered): what the log and the hooks keep
+        # content events the upstream sent (unfiltered; one is about one token), counted as they arrive: the first
+        # was generated before the commit, so it is paid for even when the client leaves before reading it
+        self._pieces = 1 if live is not None and live.first.text else 0
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self._iterate()
@@ -97,23 +100,28 @@ class StreamSession:
         for f in self._filters:
             text = f.feed(text) if text else text
         if chunk.finish_reason:  # the end: what the filters held back goes out with the finish chunk
-            for i, f in enumerate(self._filters):
-                rest = f.flush()
-                for g in self._filters[i + 1:]:
-                    rest = g.feed(rest) if rest else rest
-                text += rest
+            text += self._flush()
         return chunk if text == chunk.text else _with_text(chunk, text)
+
+    def _flush(self) -> str:
+        """What the filters held back, each one's rest passed through the filters after it ("" when nothing is)."""
+        text = ""
+        for i, f in enumerate(self._filters):
+            rest = f.flush()
+            for g in self._filters[i + 1:]:
+                rest = g.feed(rest) if rest else rest
+            text += rest
+        return text
 
     async def _iterate(self) -> AsyncIterator[StreamChunk]:
         if self._replay is not None:
-            async for chunk in self._replayed():
-                yield chunk
+            async for replayed in self._replayed():
+                yield replayed
             return
         live = self._live
         assert live is not None
         ctx, t = self.ctx, live.target
         texts = self._texts
-        pieces = 0
         usage: Usage | None = None
         last_body: dict[str, Any] | None = None
         finish_reason: str | None = None
@@ -121,31 +129,45 @@ class StreamSession:
         try:
             chunk: StreamChunk | None = live.first
             while chunk is not None:
-                if chunk.text:
-                    texts.append(chunk.text)
-                    pieces += 1
                 if chunk.usage is not None:
                     usage = chunk.usage
                 if chunk.finish_reason:
                     finish_reason = chunk.finish_reason
                 last_body = chunk.body
-                yield self._filter(chunk)
+                out = self._filter(chunk)
+                if out.text:
+                    texts.append(out.text)
+                yield out
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await live.upstream.__anext__()
+                    if chunk.text:
+                        self._pieces += 1
                 except StopAsyncIteration:
                     chunk = None
                 except TimeoutError:
                     raise BackendTimeoutError(f"stream not finished within {t.timeouts.total}s",
                                               backend=live.endpoint.backend.name, model=t.name, phase="total") from None
+            rest = self._flush() if self._filters else ""
+            if rest:  # held back since the finish chunk, or the stream had none: it still goes out
+                texts.append(rest)
+                yield StreamChunk(body=_rest_body(last_body, rest, t.name), text=rest)
         except BackendError as exc:
             # committed, then failed upstream: the breaker counts it; what was generated is paid for
             self._done = True
             live.endpoint.breaker.record_failure()
             live.attempt.error = exc
-            self._charge(pieces, usage)
+            self._charge(usage)
             if self.gateway.metrics is not None:
                 self.gateway.metrics.inc_error(exc.kind)
+            ctx.response_text = "".join(texts)
+            await self._finish("error", exc, None)
+            raise
+        except Exception as exc:  # a bug (a response filter's, say), not a hang-up: an error, paid for and logged
+            self._done = True
+            live.endpoint.breaker.release()  # not the endpoint's failure
+            await close_quietly(live.upstream)
+            self._charge(usage)
             ctx.response_text = "".join(texts)
             await self._finish("error", exc, None)
             raise
@@ -154,18 +176,18 @@ class StreamSession:
                 self._done = True
                 live.endpoint.breaker.release()  # neither success nor failure: a half-open probe must not stay taken
                 await close_quietly(live.upstream)
-                self._charge(pieces, usage)
+                self._charge(usage)
                 ctx.response_text = "".join(texts)
                 await self._finish("cancelled", exc, None)
             raise
         self._done = True
         live.endpoint.breaker.record_success()
-        self.usage = self._charge(pieces, usage)
+        self.usage = self._charge(usage)
         text = "".join(texts)
         ctx.response_text = text
         await self._finish("ok", None, assembled(text, last_body, finish_reason, self.usage, t.name))
 
-    def _charge(self, pieces: int, usage: Usage | None) -> Usage:
+    def _charge(self, usage: Usage | None) -> Usage:
         """Pay for what the live stream generated and free its endpoint."""
         live = self._live
         assert live is not None
@@ -173,7 +195,7 @@ class StreamSession:
         # llama.cpp sends no usage when streaming: one content event is about one token
         got = sane_usage(usage, self.ctx.request, None)
         if usage is None or got is not usage:
-            got = Usage(got.prompt_tokens, pieces)
+            got = Usage(got.prompt_tokens, self._pieces)
         price_attempt(live.attempt, live.target, got)
         self.ctx.usage = got
         return got
@@ -182,9 +204,10 @@ class StreamSession:
         assert self._replay is not None
         try:
             for chunk in self._replay:
-                if chunk.text:
-                    self._texts.append(chunk.text)
-                yield self._filter(chunk)
+                out = self._filter(chunk)
+                if out.text:
+                    self._texts.append(out.text)
+                yield out
         except BaseException as exc:
             if not self._done:
                 self._done = True
@@ -196,16 +219,31 @@ class StreamSession:
 
     async def aclose(self) -> None:
         """Stop early: close the upstream stream, pay for what was generated, log as cancelled. Idempotent."""
+        await self._end("cancelled", asyncio.CancelledError("client closed the stream"))
+
+    async def fail(self, exc: Exception) -> None:
+        """End the stream before it was read because of a bug (``exc``, a stage's): close the upstream stream, pay
+        for what was generated, log the request as an error. Idempotent."""
+        await self._end("error", exc)
+
+    async def _end(self, status: str, exc: BaseException) -> None:
         if self._done:
             return
         self._done = True
-        exc = asyncio.CancelledError("client closed the stream")
         if self._live is not None:
-            self._live.endpoint.breaker.release()
+            self._live.endpoint.breaker.release()  # neither the endpoint's success nor its failure
             await close_quietly(self._live.upstream)
-            self._charge(sum(1 for t in self._texts if t), None)
+            self._charge(None)
             self.ctx.response_text = "".join(self._texts)
-        await self._finish("cancelled", exc, None)
+        await self._finish(status, exc, None)
+
+
+def _rest_body(last: dict[str, Any] | None, text: str, model: str) -> dict[str, Any]:
+    """A content chunk carrying ``text``, in the id of the stream's last chunk."""
+    last = last or {}
+    return {"id": last.get("id") or "chatcmpl-stream", "object": "chat.completion.chunk",
+            "created": last.get("created") or int(time.time()), "model": last.get("model") or model,
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
 
 
 def _answered_decision(ctx: RequestContext) -> Decision:

@@ -17,7 +17,9 @@ document) and the lifespan are Starlette's.
 ``POST /v1/feedback`` authenticates like a chat request when keys are
 configured, and scores only a request in the request log made with the same
 key: any other id (unknown, another key's, a completion's ``chatcmpl-`` id,
-which turnout does not log) is a ``404``.
+which turnout does not log) is a ``404``. The gateway stores the score (and
+comment) and, when a bandit route decided the request, learns from it
+(:mod:`turnout.gateway.feedback`); the answer says whether it did.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from turnout.server.chat import (
 )
 from turnout.server.errors import error_body, status_for
 from turnout.server.openapi import openapi_schema
-from turnout.server.wire import dumps, parse_chat, parse_feedback
+from turnout.server.wire import dumps, parse_chat, parse_feedback_body
 
 try:
     from starlette.applications import Starlette
@@ -160,18 +162,12 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         return _json(body, 200, _headers(rid, decision.route, decision.model))
 
     async def feedback(request: Request, rid: str) -> Response:
-        request_id, score = parse_feedback(await read_body(request))
-        # the same checks, in the same order, as a chat request: the body, then the key
+        fb = parse_feedback_body(await read_body(request))
+        # the same checks, in the same order, as a chat request: the body, then the key; the gateway then finds
+        # the key's own logged request (404 otherwise), stores the score and lets a learning route learn from it
         spec = gateway.keys.authenticate(_api_key(request)) if gateway.keys is not None else None
-        request_log: Any = gateway.request_log
-        if request_log is None:
-            raise InvalidRequestError("the request log is off (server.request_log: null); feedback cannot be stored")
-        entry = await gateway.offloader.run(request_log.get, request_id)  # disk I/O: off the loop
-        # another key's request is "not found" too: a key learns nothing about requests it did not make
-        if entry is None or (spec is not None and entry.key_name != spec.name):
-            raise NotFoundError(_no_such_request(request_id, None if spec is None else spec.name), param="request_id")
-        request_log.set_feedback(request_id, score)
-        return _json({"request_id": request_id, "score": score, "stored": True}, 200, _headers(rid))
+        result = await gateway.feedback(fb.request_id, fb.score, fb.comment, key=spec)
+        return _json(result.to_dict(), 200, _headers(rid))
 
     def listed(request: Request) -> list[dict[str, Any]]:
         # with keys configured, the fleet (models, backends, prices) is shown only to a key, and only what it may use
@@ -267,15 +263,6 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
     starlette = Starlette(routes=routes, lifespan=lifespan,
                           exception_handlers={HTTPException: http_error, Exception: internal_error})
     return TurnoutApp(chat, starlette)
-
-
-def _no_such_request(request_id: str, key_name: str | None) -> str:
-    """Why feedback found no request to score, and which id to send instead."""
-    fix = "send the x-turnout-request-id header of the answer you are scoring as 'request_id'"
-    if request_id.startswith("chatcmpl-"):
-        return f"{request_id!r} is the 'id' of a chat completion, which turnout does not log: {fix}"
-    made = f" made with key {key_name!r}" if key_name is not None else ""
-    return f"no request {request_id!r}{made} in the request log: {fix}"
 
 
 __all__ = ["TurnoutApp", "create_app"]

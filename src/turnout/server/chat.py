@@ -41,7 +41,7 @@ from typing import Any
 from turnout.errors import PayloadTooLargeError, TurnoutError
 from turnout.gateway.context import RequestContext
 from turnout.gateway.pipeline import Gateway, StreamSession
-from turnout.server.errors import error_body, status_for
+from turnout.server.errors import error_body, error_headers, status_for
 from turnout.server.wire import dumps, parse_chat
 from turnout.types import ChatRequest, ChatResponse
 
@@ -195,7 +195,8 @@ class ChatEndpoint:
                 if outcome is None:
                     return  # the client hung up: the upstream call was cancelled (and logged as such); nobody to answer
                 if isinstance(outcome, TurnoutError):
-                    await respond(status_for(outcome), error_body(outcome), route=route_label(gw, req.model))
+                    await respond(status_for(outcome), error_body(outcome), route=route_label(gw, req.model),
+                                  extra=error_headers(outcome))
                     return
                 resp, ctx = outcome
                 assert ctx.decision is not None
@@ -204,7 +205,8 @@ class ChatEndpoint:
             try:
                 session = await gw.chat_stream(req, api_key=key, request_id=rid, headers=meta)
             except TurnoutError as exc:
-                await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model))
+                await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model),
+                              extra=error_headers(exc))
                 return
             await self._stream(session, bool((req.params.get("stream_options") or {}).get("include_usage")),
                                receive, send, rid, exchange)
@@ -381,6 +383,10 @@ async def sse_events(session: StreamSession, include_usage: bool) -> AsyncIterat
         yield b"data: [DONE]\n\n"
     except TurnoutError as exc:
         # committed stream failed mid-way: say so in-band, never truncate silently
+        yield b"data: " + dumps(error_body(exc)) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except Exception as exc:  # a bug after the commit (a response filter's, say): the status line is out, say it in-band
+        log.exception("internal error in the committed stream of request %s", session.request_id)
         yield b"data: " + dumps(error_body(exc)) + b"\n\n"
         yield b"data: [DONE]\n\n"
     finally:

@@ -8,6 +8,7 @@ ever means a bug in turnout.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from turnout.errors import (
@@ -21,6 +22,7 @@ from turnout.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RateLimitedError,
     RequestError,
     StateError,
     TurnoutError,
@@ -36,6 +38,8 @@ STATUS_TABLE: list[tuple[type[BaseException], int]] = [
     (RequestError, 400),
     (AuthenticationError, 401),
     (PermissionDeniedError, 403),
+    # a key's requests or tokens per minute used up: the answer says when to retry (error_headers)
+    (RateLimitedError, 429),
     (BudgetExceededError, 429),
     # every candidate excluded by the request's own size or the key's allowed list
     (NoCandidateError, 400),
@@ -73,4 +77,12 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     return {"error": err}
 
 
-__all__ = ["STATUS_TABLE", "error_body", "status_for"]
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """Headers an error's answer carries besides turnout's own: ``retry-after`` (whole seconds, at least 1) for a
+    rate-limited key, as OpenAI's API and its clients' retry logic expect."""
+    if isinstance(exc, RateLimitedError):
+        return {"retry-after": str(max(1, math.ceil(exc.retry_after)))}
+    return {}
+
+
+__all__ = ["STATUS_TABLE", "error_body", "error_headers", "status_for"]
