@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # numpy's BLAS threads spin after a fit and slow one-row inference (MiniLM p50 3 ms -> 20 ms measured)
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install sysdeps run test test-fast lint bench clean
+.PHONY: install sysdeps run test test-fast lint bench clean replicas
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,17 +24,29 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/turnout serve
 
-# Redis backs the scaled-out shared-state tests; the fixtures start their own server on loopback.
+# Redis and nginx back the scaled-out tests and the replicas recipe; the fixtures start their own servers on loopback.
 sysdeps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get install -y -q redis-server >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1)) \
-	      || echo "warning: could not install redis-server; the Redis tests will be skipped"; \
-	  else echo "note: redis-server not found and not root; the Redis tests will be skipped"; fi; }
+	@for pkg in redis-server nginx; do \
+	  command -v $$pkg >/dev/null 2>&1 || [ -x /usr/sbin/$$pkg ] || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      (apt-get install -y -q $$pkg >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$pkg >/dev/null 2>&1)) \
+	        || echo "warning: could not install $$pkg; the tests that need it will be skipped"; \
+	    else echo "note: $$pkg not found and not root; the tests that need it will be skipped"; fi; }; \
+	done
 
-test: install sysdeps
+# ruff (lint and format), mypy (strict on the core rooms: pyproject.toml), the import contracts
+lint: install
+	$(VENV)/bin/ruff check src tests bench deploy
+	$(VENV)/bin/ruff format --check src tests bench deploy
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+test: install sysdeps lint
 	$(PY) -m pytest -q
+
+# N turnout replicas behind nginx sharing one redis-server, in front of two llama.cpp replicas (docs/deploy.md)
+replicas: install sysdeps
+	$(PY) deploy/replicas.py $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

@@ -63,10 +63,18 @@ def load_costs(path: Path | None) -> Costs:
     """Costs from ``bench/llamacpp_costs.py``'s JSON; without it, LOCAL-COMPONENTS.md's figures (260 / 95 tok/s)."""
     if path is not None and path.exists():
         doc = json.loads(path.read_text())
-        return Costs(float(doc["prefill_tok_s"]), float(doc["decode_tok_s"]), float(doc.get("prefill_overhead_s", 0.0)),
-                     source=f"measured: {path.name} ({doc.get('model', '?')}, {doc.get('threads', '?')} thread(s))")
-    return Costs(FALLBACK_COSTS["prefill_tok_s"], FALLBACK_COSTS["decode_tok_s"], FALLBACK_COSTS["prefill_overhead_s"],
-                 source="fallback: LOCAL-COMPONENTS.md SmolLM2 figures (prefill 260, decode 95 tok/s)")
+        return Costs(
+            float(doc["prefill_tok_s"]),
+            float(doc["decode_tok_s"]),
+            float(doc.get("prefill_overhead_s", 0.0)),
+            source=f"measured: {path.name} ({doc.get('model', '?')}, {doc.get('threads', '?')} thread(s))",
+        )
+    return Costs(
+        FALLBACK_COSTS["prefill_tok_s"],
+        FALLBACK_COSTS["decode_tok_s"],
+        FALLBACK_COSTS["prefill_overhead_s"],
+        source="fallback: LOCAL-COMPONENTS.md SmolLM2 figures (prefill 260, decode 95 tok/s)",
+    )
 
 
 @dataclass(frozen=True)
@@ -74,26 +82,26 @@ class TraceSpec:
     """The shape of a synthetic trace (token counts are simulated tokens; 4 characters each in the text)."""
 
     sessions: int = 1500
-    chat_frac: float = 0.55          # multi-turn conversations
-    template_frac: float = 0.25      # single turn on a shared system prompt; the rest are unique prompts
-    system_prompts: int = 6          # the shared pool, Zipf-popular
+    chat_frac: float = 0.55  # multi-turn conversations
+    template_frac: float = 0.25  # single turn on a shared system prompt; the rest are unique prompts
+    system_prompts: int = 6  # the shared pool, Zipf-popular
     system_tokens: tuple[int, int] = (300, 1200)
     shared_system_frac: float = 0.7  # chats using a pooled system prompt (else a short unique one)
-    mean_turns: float = 4.0          # geometric, at least 2 for a chat
+    mean_turns: float = 4.0  # geometric, at least 2 for a chat
     max_turns: int = 10
     user_tokens_median: int = 60
-    document_frac: float = 0.3       # chats whose first user message is a pasted document
+    document_frac: float = 0.3  # chats whose first user message is a pasted document
     document_tokens_median: int = 500
     unique_tokens_median: int = 400
     output_tokens: tuple[int, int] = (40, 200)
     think_s_mean: float = 8.0
-    session_id_frac: float = 0.5     # chats whose client sends x-session-id
+    session_id_frac: float = 0.5  # chats whose client sends x-session-id
 
 
 @dataclass
 class TraceRequest:
-    session_u: float         # session start at unit session rate
-    offset_s: float          # seconds after the session start
+    session_u: float  # session start at unit session rate
+    offset_s: float  # seconds after the session start
     key: BalanceKey
     prompt_tokens: int
     output_tokens: int
@@ -109,12 +117,17 @@ class Trace:
     block_tokens: int
 
     def mean_cold_service_s(self, costs: Costs) -> float:
-        return float(np.mean([costs.prefill_overhead_s + r.prompt_tokens / costs.prefill_tok_s
-                              + r.output_tokens / costs.decode_tok_s for r in self.requests]))
+        return float(
+            np.mean(
+                [
+                    costs.prefill_overhead_s + r.prompt_tokens / costs.prefill_tok_s + r.output_tokens / costs.decode_tok_s
+                    for r in self.requests
+                ]
+            )
+        )
 
     def cold_ttft_quantile(self, costs: Costs, q: float) -> float:
-        return float(np.quantile([costs.prefill_overhead_s + r.prompt_tokens / costs.prefill_tok_s
-                                  for r in self.requests], q))
+        return float(np.quantile([costs.prefill_overhead_s + r.prompt_tokens / costs.prefill_tok_s for r in self.requests], q))
 
 
 def _lognormal(rng: random.Random, median: int, sigma: float = 0.6, lo: int = 4, hi: int = 4000) -> int:
@@ -159,7 +172,7 @@ def build_trace(spec: TraceSpec, *, seed: int, block_tokens: int = 16, costs: Co
         t_u += rng.expovariate(1.0)
         x = rng.random()
         kind = "chat" if x < spec.chat_frac else "template" if x < spec.chat_frac + spec.template_frac else "unique"
-        segments: list[tuple[int, int]] = []   # (uid, tokens) of the prompt so far
+        segments: list[tuple[int, int]] = []  # (uid, tokens) of the prompt so far
         messages: list[dict[str, str]] = []
         if kind == "unique":
             turns = 1
@@ -191,12 +204,25 @@ def build_trace(spec: TraceSpec, *, seed: int, block_tokens: int = 16, costs: Co
             msgs = [{"role": m["role"], "content": content(*seg)} for m, seg in zip(messages, segments)]
             key = prefix_key(msgs, session_id=session_id)
             prompt_tokens = sum(n for _, n in segments)
-            requests.append(TraceRequest(
-                t_u, offset, key, prompt_tokens, n_out, _engine_blocks(segments, block_tokens),
-                _engine_blocks([*segments, answer], block_tokens), kind))
+            requests.append(
+                TraceRequest(
+                    t_u,
+                    offset,
+                    key,
+                    prompt_tokens,
+                    n_out,
+                    _engine_blocks(segments, block_tokens),
+                    _engine_blocks([*segments, answer], block_tokens),
+                    kind,
+                )
+            )
             # the user reads the answer (zero-load response time) and thinks before the next turn
-            offset += (costs.prefill_overhead_s + prompt_tokens / costs.prefill_tok_s + n_out / costs.decode_tok_s
-                       + rng.expovariate(1.0 / spec.think_s_mean))
+            offset += (
+                costs.prefill_overhead_s
+                + prompt_tokens / costs.prefill_tok_s
+                + n_out / costs.decode_tok_s
+                + rng.expovariate(1.0 / spec.think_s_mean)
+            )
             segments.append(answer)
             messages.append({"role": "assistant", "content": ""})
     return Trace(requests, spec.sessions, block_tokens)
@@ -209,7 +235,7 @@ class SimConfig:
     replicas: int = 8
     slots: int = 1
     cache_tokens: int = 16384
-    warmup_frac: float = 0.2   # requests of sessions started in the first 20% of the span are not measured
+    warmup_frac: float = 0.2  # requests of sessions started in the first 20% of the span are not measured
     ewma_alpha: float = 0.2
 
 
@@ -227,9 +253,16 @@ class RunStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rate_rps": self.rate_rps, "requests": self.requests, "hit_rate": self.hit_rate,
-                "ttft_mean_s": self.ttft_mean_s, "ttft_p50_s": self.ttft_p50_s, "ttft_p99_s": self.ttft_p99_s,
-                "imbalance": self.imbalance, **({"reasons": self.reasons} if self.reasons else {})}
+        return {
+            "rate_rps": self.rate_rps,
+            "requests": self.requests,
+            "hit_rate": self.hit_rate,
+            "ttft_mean_s": self.ttft_mean_s,
+            "ttft_p50_s": self.ttft_p50_s,
+            "ttft_p99_s": self.ttft_p99_s,
+            "imbalance": self.imbalance,
+            **({"reasons": self.reasons} if self.reasons else {}),
+        }
 
 
 class _Replica:
@@ -263,8 +296,7 @@ def simulate(trace: Trace, rate_rps: float, balancer: Balancer, cfg: SimConfig, 
     span_end = max(r.session_u for r in reqs) / session_rate
     measured = [r.session_u / session_rate >= cfg.warmup_frac * span_end for r in reqs]
 
-    views = [EndpointView(f"replica-{j}", slots=cfg.slots, ewma_prefill_tok_s=costs.prefill_tok_s)
-             for j in range(cfg.replicas)]
+    views = [EndpointView(f"replica-{j}", slots=cfg.slots, ewma_prefill_tok_s=costs.prefill_tok_s) for j in range(cfg.replicas)]
     reps = [_Replica(v) for v in views]
     where = {id(v): j for j, v in enumerate(views)}
     balancer.on_change(views)
@@ -341,13 +373,21 @@ def simulate(trace: Trace, rate_rps: float, balancer: Balancer, cfg: SimConfig, 
 
     sample = np.array([ttft[i] for i in range(n) if measured[i]])
     mean_busy = float(np.mean(busy))
-    return RunStats(rate_rps, int(sample.size), cached_tok / prompt_tok if prompt_tok else 0.0,
-                    float(sample.mean()), float(np.quantile(sample, 0.5)), float(np.quantile(sample, 0.99)),
-                    max(busy) / mean_busy if mean_busy > 0 else 1.0, dict(reasons))
+    return RunStats(
+        rate_rps,
+        int(sample.size),
+        cached_tok / prompt_tok if prompt_tok else 0.0,
+        float(sample.mean()),
+        float(np.quantile(sample, 0.5)),
+        float(np.quantile(sample, 0.99)),
+        max(busy) / mean_busy if mean_busy > 0 else 1.0,
+        dict(reasons),
+    )
 
 
-def find_capacity(run: Callable[[float], RunStats], grid: Sequence[float], slo_s: float, *,
-                  bisect_steps: int = 5) -> tuple[float, list[RunStats]]:
+def find_capacity(
+    run: Callable[[float], RunStats], grid: Sequence[float], slo_s: float, *, bisect_steps: int = 5
+) -> tuple[float, list[RunStats]]:
     """The highest rate whose p99 TTFT stays within ``slo_s``: a sweep of ``grid`` (ascending), then bisection
     between the last rate that passed (with every lower one passing) and the first that failed.
 

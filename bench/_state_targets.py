@@ -24,8 +24,15 @@ BENCH_KEY = "sk-bench-state"
 
 def bench_keys() -> list[dict[str, object]]:
     """The ``keys`` section of the state targets' configs: one key, a budget and limits never reached."""
-    return [{"name": "bench", "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest(), "budget_usd": 1e9,
-             "rpm": 10**9, "tpm": 10**12}]
+    return [
+        {
+            "name": "bench",
+            "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
+            "budget_usd": 1e9,
+            "rpm": 10**9,
+            "tpm": 10**12,
+        }
+    ]
 
 
 def replicas_behind_nginx(tmp: Path, upstream: str, n: int) -> Any:
@@ -35,8 +42,13 @@ def replicas_behind_nginx(tmp: Path, upstream: str, n: int) -> Any:
     mod = importlib.util.module_from_spec(spec)
     sys.modules["deploy_replicas"] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
-    return mod.Deployment(replicas=n, engines="scripted", upstreams=[upstream], workdir=tmp / f"nginx-{n}",
-                          extra={"keys": bench_keys(), "health": {"interval_s": 5.0, "active": False}})
+    return mod.Deployment(
+        replicas=n,
+        engines="scripted",
+        upstreams=[upstream],
+        workdir=tmp / f"nginx-{n}",
+        extra={"keys": bench_keys(), "health": {"interval_s": 5.0, "active": False}},
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -71,10 +71,46 @@ console = Console(width=160)
 LONG_HIT = 64
 _HIT = re.compile(r"Llama\.generate: (\d+) prefix-match hit, remaining (\d+) prompt tokens to eval")
 _WORDS = [
-    "river", "mountain", "policy", "ledger", "harvest", "engine", "quarterly", "invoice", "garden", "protocol",
-    "signal", "archive", "velvet", "compass", "lantern", "meadow", "copper", "orbit", "canyon", "summit", "harbor",
-    "beacon", "timber", "quartz", "falcon", "glacier", "prairie", "saddle", "thunder", "willow", "ember", "marble",
-    "cobalt", "nectar", "pillar", "voyage", "fabric", "anchor", "cinder", "tundra",
+    "river",
+    "mountain",
+    "policy",
+    "ledger",
+    "harvest",
+    "engine",
+    "quarterly",
+    "invoice",
+    "garden",
+    "protocol",
+    "signal",
+    "archive",
+    "velvet",
+    "compass",
+    "lantern",
+    "meadow",
+    "copper",
+    "orbit",
+    "canyon",
+    "summit",
+    "harbor",
+    "beacon",
+    "timber",
+    "quartz",
+    "falcon",
+    "glacier",
+    "prairie",
+    "saddle",
+    "thunder",
+    "willow",
+    "ember",
+    "marble",
+    "cobalt",
+    "nectar",
+    "pillar",
+    "voyage",
+    "fabric",
+    "anchor",
+    "cinder",
+    "tundra",
 ]
 BALANCE_PARAMS: dict[str, dict[str, Any]] = {
     "dualmap": {"slo_s": 8.0, "prefill_tok_s": 150.0, "index_blocks": 32},
@@ -90,21 +126,33 @@ def make_trace(prefixes: int, requests: int, prefix_words: int, seed: int) -> li
         systems.append(f"Reference document {p}. Answer questions about it in one short sentence.\n" + " ".join(words))
     order = [i % prefixes for i in range(requests)]
     rng.shuffle(order)
-    return [[{"role": "system", "content": systems[p]},
-             {"role": "user", "content": f"Question {i}: which word comes after '{rng.choice(_WORDS)}'?"}]
-            for i, p in enumerate(order)]
+    return [
+        [
+            {"role": "system", "content": systems[p]},
+            {"role": "user", "content": f"Question {i}: which word comes after '{rng.choice(_WORDS)}'?"},
+        ]
+        for i, p in enumerate(order)
+    ]
 
 
 def gateway_config(strategy: str, urls: list[str]) -> Any:
     data = {
         "server": {"request_log": None, "metrics": False},
-        "backends": {"llama": {"protocol": "openai", "base_url": urls[0],
-                               "timeouts": {"connect": 5, "first_token": 300, "total": 600},
-                               "retries": {"attempts": 1}}},
-        "models": {"smollm2": {"endpoints": [{"backend": "llama", "base_url": u, "name": f"engine-{j}", "slots": 1}
-                                             for j, u in enumerate(urls)],
-                               "balance": {"strategy": strategy, "params": BALANCE_PARAMS.get(strategy, {})},
-                               "context_window": 2048}},
+        "backends": {
+            "llama": {
+                "protocol": "openai",
+                "base_url": urls[0],
+                "timeouts": {"connect": 5, "first_token": 300, "total": 600},
+                "retries": {"attempts": 1},
+            }
+        },
+        "models": {
+            "smollm2": {
+                "endpoints": [{"backend": "llama", "base_url": u, "name": f"engine-{j}", "slots": 1} for j, u in enumerate(urls)],
+                "balance": {"strategy": strategy, "params": BALANCE_PARAMS.get(strategy, {})},
+                "context_window": 2048,
+            }
+        },
     }
     return resolve(parse_config(data, source="affinity_live"))
 
@@ -115,8 +163,9 @@ def cached_tokens(log: Path) -> tuple[int, int, list[int]]:
     return sum(hits), len(hits), hits
 
 
-async def replay(gw: Any, trace: list[list[dict[str, str]]], concurrency: int, max_tokens: int,
-                 progress: Progress, label: str) -> list[dict[str, Any]]:
+async def replay(
+    gw: Any, trace: list[list[dict[str, str]]], concurrency: int, max_tokens: int, progress: Progress, label: str
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{} for _ in trace]
     todo = iter(range(len(trace)))
     task = progress.add_task(label, total=len(trace))
@@ -139,14 +188,17 @@ async def replay(gw: Any, trace: list[list[dict[str, str]]], concurrency: int, m
     return out
 
 
-async def run_strategy(strategy: str, trace: list[list[dict[str, str]]], args: argparse.Namespace, tmp: Path,
-                       progress: Progress) -> dict[str, Any]:
+async def run_strategy(
+    strategy: str, trace: list[list[dict[str, str]]], args: argparse.Namespace, tmp: Path, progress: Progress
+) -> dict[str, Any]:
     gguf = default_fleet_models()["smollm2"]
     extra = ["--verbose", "True"]
     if args.ram_cache_mb > 0:  # llama-cpp-python's prompt cache: KV states of several prefixes kept in RAM
         extra += ["--cache", "True", "--cache_type", "ram", "--cache_size", str(args.ram_cache_mb << 20)]
-    engines = [LlamaCppServer(gguf, n_threads=1, n_ctx=args.n_ctx, extra_args=extra,
-                              log_path=tmp / f"{strategy}-engine-{j}.log") for j in range(2)]
+    engines = [
+        LlamaCppServer(gguf, n_threads=1, n_ctx=args.n_ctx, extra_args=extra, log_path=tmp / f"{strategy}-engine-{j}.log")
+        for j in range(2)
+    ]
     for e in engines:
         e.launch()
     try:
@@ -191,9 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ram-cache-mb", type=int, default=0,
-                    help="give each engine llama-cpp-python's RAM prompt cache of this size (0: the KV of the last "
-                         "prompt only, the server's default)")
+    ap.add_argument(
+        "--ram-cache-mb",
+        type=int,
+        default=0,
+        help="give each engine llama-cpp-python's RAM prompt cache of this size (0: the KV of the last "
+        "prompt only, the server's default)",
+    )
     ap.add_argument("--strategies", default="dualmap,least_loaded")
     ap.add_argument("--json", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -201,42 +257,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace = make_trace(args.prefixes, args.requests, args.prefix_words, args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="turnout-affinity-"))
     results = []
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     with progress:
         for strategy in [s.strip() for s in args.strategies.split(",") if s.strip()]:
             results.append(asyncio.run(run_strategy(strategy, trace, args, tmp, progress)))
 
     prompt_chars = sum(len(m["content"]) for conv in trace for m in conv)
-    table = Table(title=f"Two llama.cpp engines (SmolLM2, 1 thread each) behind turnout: {args.requests} requests, "
-                        f"{args.prefixes} shared prefixes of ~{args.prefix_words} words, concurrency {args.concurrency}")
-    for col in ("strategy", "TTFT p50 s", "TTFT p90 s", "TTFT mean s", "wall s", "per engine",
-                "cached tokens (llama.cpp)", f"hits >= {LONG_HIT} tokens"):
+    table = Table(
+        title=f"Two llama.cpp engines (SmolLM2, 1 thread each) behind turnout: {args.requests} requests, "
+        f"{args.prefixes} shared prefixes of ~{args.prefix_words} words, concurrency {args.concurrency}"
+    )
+    for col in (
+        "strategy",
+        "TTFT p50 s",
+        "TTFT p90 s",
+        "TTFT mean s",
+        "wall s",
+        "per engine",
+        "cached tokens (llama.cpp)",
+        f"hits >= {LONG_HIT} tokens",
+    ):
         table.add_column(col, justify="left" if col in ("strategy", "per engine") else "right")
     for r in results:
-        table.add_row(r["strategy"], f"{r['ttft_p50_s']:.2f}", f"{r['ttft_p90_s']:.2f}", f"{r['ttft_mean_s']:.2f}",
-                      f"{r['wall_s']:.1f}", " ".join(f"{k}:{v}" for k, v in sorted(r["per_engine"].items())),
-                      str(r["llamacpp_cached_tokens"]), f"{r['llamacpp_long_hits']}/{r['requests']}")
+        table.add_row(
+            r["strategy"],
+            f"{r['ttft_p50_s']:.2f}",
+            f"{r['ttft_p90_s']:.2f}",
+            f"{r['ttft_mean_s']:.2f}",
+            f"{r['wall_s']:.1f}",
+            " ".join(f"{k}:{v}" for k, v in sorted(r["per_engine"].items())),
+            str(r["llamacpp_cached_tokens"]),
+            f"{r['llamacpp_long_hits']}/{r['requests']}",
+        )
     console.print(table)
     by = {r["strategy"]: r for r in results}
     ratios = {}
     if "dualmap" in by and "least_loaded" in by:
         d, ll = by["dualmap"], by["least_loaded"]
-        ratios = {"ttft_p50 least_loaded/dualmap": ll["ttft_p50_s"] / d["ttft_p50_s"],
-                  "ttft_mean least_loaded/dualmap": ll["ttft_mean_s"] / d["ttft_mean_s"],
-                  "cached tokens dualmap - least_loaded": d["llamacpp_cached_tokens"] - ll["llamacpp_cached_tokens"]}
+        ratios = {
+            "ttft_p50 least_loaded/dualmap": ll["ttft_p50_s"] / d["ttft_p50_s"],
+            "ttft_mean least_loaded/dualmap": ll["ttft_mean_s"] / d["ttft_mean_s"],
+            "cached tokens dualmap - least_loaded": d["llamacpp_cached_tokens"] - ll["llamacpp_cached_tokens"],
+        }
         console.print(ratios)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "bench": "affinity_live",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_avg": os.getloadavg()},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        | {"balance_params": BALANCE_PARAMS, "prompt_chars": prompt_chars},
-        "results": results,
-        "ratios": ratios,
-    }, indent=1))
+    args.json.write_text(
+        json.dumps(
+            {
+                "bench": "affinity_live",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "load_avg": os.getloadavg(),
+                },
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+                | {"balance_params": BALANCE_PARAMS, "prompt_chars": prompt_chars},
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=1,
+        )
+    )
     console.print(f"wrote {args.json}")
     return 0
 

@@ -38,9 +38,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("TURNOUT_DATA", HERE.parent.parent / "shared" / "data"))
-DEFAULT_TABLES = {"routerbench": DATA / "routerbench" / "routerbench.parquet",
-                  "dcrouter": DATA / "dcrouter" / "dcrouter.parquet",
-                  "routellm-gsm8k": DATA / "routellm-gsm8k" / "gsm8k.jsonl"}
+DEFAULT_TABLES = {
+    "routerbench": DATA / "routerbench" / "routerbench.parquet",
+    "dcrouter": DATA / "dcrouter" / "dcrouter.parquet",
+    "routellm-gsm8k": DATA / "routellm-gsm8k" / "gsm8k.jsonl",
+}
 
 
 def inner_split(n: int, rep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,13 +60,20 @@ def summarise(reps: list[dict[str, Any]]) -> dict[str, Any]:
     names = list(reps[0]["test_aiq"])
     picks = [r["pick"] for r in reps]
     bests = [max(r["test_aiq"], key=r["test_aiq"].get) for r in reps]
-    return {"reps": len(reps), "auto_aiq": float(auto.mean()), "ensemble_aiq": float(ens.mean()),
-            "hindsight_best_aiq": float(best.mean()), "auto_regret": float((best - auto).mean()),
-            "ensemble_regret": float((best - ens).mean()),
-            "auto_minus_ensemble": float((auto - ens).mean()),
-            "auto_minus_ensemble_sd": float((auto - ens).std(ddof=1)) if len(reps) > 1 else None,
-            "per_router": {n: {"mean_aiq": float(np.mean([r["test_aiq"][n] for r in reps])),
-                               "picked": picks.count(n), "best": bests.count(n)} for n in names}}
+    return {
+        "reps": len(reps),
+        "auto_aiq": float(auto.mean()),
+        "ensemble_aiq": float(ens.mean()),
+        "hindsight_best_aiq": float(best.mean()),
+        "auto_regret": float((best - auto).mean()),
+        "ensemble_regret": float((best - ens).mean()),
+        "auto_minus_ensemble": float((auto - ens).mean()),
+        "auto_minus_ensemble_sd": float((auto - ens).std(ddof=1)) if len(reps) > 1 else None,
+        "per_router": {
+            n: {"mean_aiq": float(np.mean([r["test_aiq"][n] for r in reps])), "picked": picks.count(n), "best": bests.count(n)}
+            for n in names
+        },
+    }
 
 
 def _counts(per_router: dict[str, dict[str, Any]], key: str) -> str:
@@ -84,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     from turnout.evaluation.splits import split_table
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--table", action="append", default=[], metavar="NAME=PATH",
-                    help="a routing table (repeatable); default: the shared RouterBench, DCRouter and GSM8K tables")
+    ap.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a routing table (repeatable); default: the shared RouterBench, DCRouter and GSM8K tables",
+    )
     ap.add_argument("--reps", type=int, default=8)
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--candidates", default=",".join(AUTO_CANDIDATES))
@@ -113,28 +127,60 @@ def main(argv: list[str] | None = None) -> int:
             itr, ite = train.subset(tr), train.subset(te)
             cv = cross_validate(itr, X[tr], cands, folds=args.folds, seed=rep)
             out = run_eval(itr, ite, X[tr], X[te], cands, progress=False, bootstrap=0)
-            reps.append({"rep": rep, "pick": choose_router(cv), "cv_aiq": {n: cv[n]["aiq"] for n in cands},
-                         "test_aiq": {n: out["routers"][n]["aiq"] for n in cands}})
-        results[name] = {"table": str(path), "n_train": len(train), "seconds": time.perf_counter() - t0,
-                         **summarise(reps), "repetitions": reps}
+            reps.append(
+                {
+                    "rep": rep,
+                    "pick": choose_router(cv),
+                    "cv_aiq": {n: cv[n]["aiq"] for n in cands},
+                    "test_aiq": {n: out["routers"][n]["aiq"] for n in cands},
+                }
+            )
+        results[name] = {
+            "table": str(path),
+            "n_train": len(train),
+            "seconds": time.perf_counter() - t0,
+            **summarise(reps),
+            "repetitions": reps,
+        }
 
     t = Table(title=f"turnout train --router auto: inner-test AIQ over {args.reps} inner splits of each train set")
-    for col in ("table", "auto pick", "always ensemble", "hindsight best", "auto regret", "ensemble regret",
-                "auto − ensemble (sd)", "picked (times)", "best in hindsight (times)"):
+    for col in (
+        "table",
+        "auto pick",
+        "always ensemble",
+        "hindsight best",
+        "auto regret",
+        "ensemble regret",
+        "auto − ensemble (sd)",
+        "picked (times)",
+        "best in hindsight (times)",
+    ):
         t.add_column(col, justify="left" if col in ("table", "picked (times)", "best in hindsight (times)") else "right")
     for name, r in results.items():
         count = functools.partial(_counts, r["per_router"])
         sd = r["auto_minus_ensemble_sd"]
-        t.add_row(name, f"{r['auto_aiq']:.4f}", f"{r['ensemble_aiq']:.4f}", f"{r['hindsight_best_aiq']:.4f}",
-                  f"{r['auto_regret']:.4f}", f"{r['ensemble_regret']:.4f}",
-                  f"{r['auto_minus_ensemble']:+.4f}" + ("" if sd is None else f" ({sd:.4f})"),
-                  count("picked"), count("best"))
+        t.add_row(
+            name,
+            f"{r['auto_aiq']:.4f}",
+            f"{r['ensemble_aiq']:.4f}",
+            f"{r['hindsight_best_aiq']:.4f}",
+            f"{r['auto_regret']:.4f}",
+            f"{r['ensemble_regret']:.4f}",
+            f"{r['auto_minus_ensemble']:+.4f}" + ("" if sd is None else f" ({sd:.4f})"),
+            count("picked"),
+            count("best"),
+        )
     console.print(t)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"reps": args.reps, "folds": args.folds, "candidates": cands, "embedder": args.embedder,
-           "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
-           "tables": results}
+    doc = {
+        "reps": args.reps,
+        "folds": args.folds,
+        "candidates": cands,
+        "embedder": args.embedder,
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
+        "tables": results,
+    }
     (out_dir / "auto_pick.json").write_text(json.dumps(doc, indent=2))
     console.print(f"wrote {out_dir / 'auto_pick.json'}")
     return 0

@@ -61,8 +61,9 @@ def crossfit_predictions(name: str, X: np.ndarray, table: Any, folds: int, seed:
     return Q, C
 
 
-def replay(X: np.ndarray, table: Any, lam: float, seed: int, Xproj: np.ndarray,
-           params: dict[str, Any] | None = None) -> dict[str, Any]:
+def replay(
+    X: np.ndarray, table: Any, lam: float, seed: int, Xproj: np.ndarray, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One online pass of a cold-start bandit over ``table``'s prompts in order; returns what it did."""
     from turnout.routing.bandit import BanditRouter
 
@@ -79,8 +80,15 @@ def replay(X: np.ndarray, table: Any, lam: float, seed: int, Xproj: np.ndarray,
         arms[t], probs[t], explored[t] = c.arm, c.propensity, c.explored
     elapsed = time.perf_counter() - t0
     rows = np.arange(n)
-    return {"bandit": bandit, "arms": arms, "quality": table.scores[rows, arms], "cost": table.costs[rows, arms],
-            "propensity": probs, "explored": explored, "ms_per_request": 1000 * elapsed / n}
+    return {
+        "bandit": bandit,
+        "arms": arms,
+        "quality": table.scores[rows, arms],
+        "cost": table.costs[rows, arms],
+        "propensity": probs,
+        "explored": explored,
+        "ms_per_request": 1000 * elapsed / n,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     ap.add_argument("--json", default=str(HERE / "results" / "bandit_replay.json"))
     ap.add_argument("--plot", default=str(HERE / "results" / "bandit_regret.png"))
-    ap.add_argument("--param", action="append", default=[], metavar="K=V",
-                    help="a BanditRouter setting other than its default, repeatable (e.g. max_explore=0.2)")
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a BanditRouter setting other than its default, repeatable (e.g. max_explore=0.2)",
+    )
     args = ap.parse_args(argv)
     from turnout.cli.train import parse_params
 
@@ -156,48 +169,93 @@ def main(argv: list[str] | None = None) -> int:
                     q = hull_quality_at(nondecreasing_hull(curve), b_c)
                     offline_q[name] = None if np.isnan(q) else float(q)
                 valid = [v for v in offline_q.values() if v is not None]
-                per_seed.append({
-                    "seed": seed, "lambda": lam, "bandit_quality": b_q, "mean_cost": b_c, "offline_quality": offline_q,
-                    "gap_points": (max(valid) - b_q) * 100 if valid else None,
-                    "online": {"bandit_quality": float(run["quality"].mean()), "bandit_cost": float(run["cost"].mean()),
-                               "offline_quality": {k: float(np.mean(stream.scores[np.arange(n), choose(
-                                   Prediction(list(stream.models), *cross[k], available=~np.isnan(stream.scores)), lam)]))
-                                   for k in offline},
-                               "explored_share": float(run["explored"].mean()),
-                               "min_propensity": float(run["propensity"].min()),
-                               "regret_vs_best_fixed": float(regret_fixed[-1][-1]),
-                               "regret_vs_offline": float(regret_off[-1][-1]), "offline_for_regret": best_off},
-                    "ms_per_request": run["ms_per_request"]})
+                per_seed.append(
+                    {
+                        "seed": seed,
+                        "lambda": lam,
+                        "bandit_quality": b_q,
+                        "mean_cost": b_c,
+                        "offline_quality": offline_q,
+                        "gap_points": (max(valid) - b_q) * 100 if valid else None,
+                        "online": {
+                            "bandit_quality": float(run["quality"].mean()),
+                            "bandit_cost": float(run["cost"].mean()),
+                            "offline_quality": {
+                                k: float(
+                                    np.mean(
+                                        stream.scores[
+                                            np.arange(n),
+                                            choose(
+                                                Prediction(list(stream.models), *cross[k], available=~np.isnan(stream.scores)),
+                                                lam,
+                                            ),
+                                        ]
+                                    )
+                                )
+                                for k in offline
+                            },
+                            "explored_share": float(run["explored"].mean()),
+                            "min_propensity": float(run["propensity"].min()),
+                            "regret_vs_best_fixed": float(regret_fixed[-1][-1]),
+                            "regret_vs_offline": float(regret_off[-1][-1]),
+                            "offline_for_regret": best_off,
+                        },
+                        "ms_per_request": run["ms_per_request"],
+                    }
+                )
                 bar.advance(task)
         gaps = [s["gap_points"] for s in per_seed if s["gap_points"] is not None]
+
         def mean(key: str, runs: list[dict[str, Any]] = per_seed) -> float:
             return float(np.mean([s[key] for s in runs]))
 
-        out[ds] = {"gap_points_at_2000": float(np.mean(gaps)) if gaps else None,
-                   "gap_points_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
-                   "bandit_quality": mean("bandit_quality"),
-                   "offline_quality": float(np.mean([max(v for v in s["offline_quality"].values() if v is not None)
-                                                     for s in per_seed])),
-                   "mean_cost": mean("mean_cost"), "requests": n, "bandit_params": params or "defaults", "seeds": args.seeds,
-                   "offline_routers": offline,
-                   "lambda": mean("lambda"), "goal_points": GOAL_POINTS,
-                   "passed": bool(gaps) and float(np.mean(gaps)) <= GOAL_POINTS, "per_seed": per_seed}
+        out[ds] = {
+            "gap_points_at_2000": float(np.mean(gaps)) if gaps else None,
+            "gap_points_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
+            "bandit_quality": mean("bandit_quality"),
+            "offline_quality": float(np.mean([max(v for v in s["offline_quality"].values() if v is not None) for s in per_seed])),
+            "mean_cost": mean("mean_cost"),
+            "requests": n,
+            "bandit_params": params or "defaults",
+            "seeds": args.seeds,
+            "offline_routers": offline,
+            "lambda": mean("lambda"),
+            "goal_points": GOAL_POINTS,
+            "passed": bool(gaps) and float(np.mean(gaps)) <= GOAL_POINTS,
+            "per_seed": per_seed,
+        }
         curves[ds] = {"fixed": np.mean(regret_fixed, axis=0), "offline": np.mean(regret_off, axis=0)}
 
     t = Table(title=f"bandit replay: {args.requests} requests, {args.seeds} seeds, test-split quality at equal cost")
-    for col in ("table", "λ", "bandit quality", "offline quality (best of " + ",".join(offline) + ")", "mean cost $",
-                "gap (points)", "goal ≤ 2", "online q bandit / offline", "explored", "regret vs fixed / offline"):
+    for col in (
+        "table",
+        "λ",
+        "bandit quality",
+        "offline quality (best of " + ",".join(offline) + ")",
+        "mean cost $",
+        "gap (points)",
+        "goal ≤ 2",
+        "online q bandit / offline",
+        "explored",
+        "regret vs fixed / offline",
+    ):
         t.add_column(col)
     for ds, r in out.items():
         on = r["per_seed"]
         oq = np.mean([max(s["online"]["offline_quality"].values()) for s in on])
-        t.add_row(ds, f"{r['lambda']:.4g}", f"{r['bandit_quality']:.4f}", f"{r['offline_quality']:.4f}",
-                  f"{r['mean_cost']:.3g}", f"{r['gap_points_at_2000']:.2f} ± {r['gap_points_sd'] or 0:.2f}",
-                  "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]",
-                  f"{np.mean([s['online']['bandit_quality'] for s in on]):.4f} / {oq:.4f}",
-                  f"{np.mean([s['online']['explored_share'] for s in on]):.1%}",
-                  f"{np.mean([s['online']['regret_vs_best_fixed'] for s in on]):.1f} / "
-                  f"{np.mean([s['online']['regret_vs_offline'] for s in on]):.1f}")
+        t.add_row(
+            ds,
+            f"{r['lambda']:.4g}",
+            f"{r['bandit_quality']:.4f}",
+            f"{r['offline_quality']:.4f}",
+            f"{r['mean_cost']:.3g}",
+            f"{r['gap_points_at_2000']:.2f} ± {r['gap_points_sd'] or 0:.2f}",
+            "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]",
+            f"{np.mean([s['online']['bandit_quality'] for s in on]):.4f} / {oq:.4f}",
+            f"{np.mean([s['online']['explored_share'] for s in on]):.1%}",
+            f"{np.mean([s['online']['regret_vs_best_fixed'] for s in on]):.1f} / "
+            f"{np.mean([s['online']['regret_vs_offline'] for s in on]):.1f}",
+        )
     console.print(t)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

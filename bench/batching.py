@@ -58,10 +58,16 @@ def load_short_prompts(n: int, max_chars: int) -> tuple[list[str], str]:
         if len(short) >= n:
             return short[:n], f"{table} (prompts <= {max_chars} chars)"
         # not enough distinct ones: number the repeats, so that every prompt is still new to the model
-        return [f"{short[i % len(short)]} ({i // len(short)})" if i >= len(short) else short[i] for i in range(n)], \
-            f"{table} (prompts <= {max_chars} chars, repeats numbered)"
-    base = ["What is 2+2?", "Write a haiku about the sea.", "Explain the difference between TCP and UDP.",
-            "Translate 'where is the station' into German.", "Who wrote Pride and Prejudice?"]
+        return [
+            f"{short[i % len(short)]} ({i // len(short)})" if i >= len(short) else short[i] for i in range(n)
+        ], f"{table} (prompts <= {max_chars} chars, repeats numbered)"
+    base = [
+        "What is 2+2?",
+        "Write a haiku about the sea.",
+        "Explain the difference between TCP and UDP.",
+        "Translate 'where is the station' into German.",
+        "Who wrote Pride and Prejudice?",
+    ]
     return [f"{base[i % len(base)]} (variant {i})" for i in range(n)], "built-in sentences"
 
 
@@ -81,8 +87,16 @@ async def _drive(embed: Any, prompts: list[str], concurrency: int) -> tuple[list
     return lat, time.perf_counter() - t0
 
 
-def worker(name: str, prompts: list[str], concurrency: int, warmup: int, max_batches: list[int], max_wait_ms: float,
-           in_flights: list[int], lone_n: int) -> dict[str, Any]:
+def worker(
+    name: str,
+    prompts: list[str],
+    concurrency: int,
+    warmup: int,
+    max_batches: list[int],
+    max_wait_ms: float,
+    in_flights: list[int],
+    lone_n: int,
+) -> dict[str, Any]:
     """One embedder: alone and batched (each setting) at full concurrency, then both at concurrency 1, interleaved."""
     sys.path.insert(0, str(REPO / "src"))
     from turnout.embed import BatchingEmbedder, create_embedder
@@ -112,14 +126,16 @@ def worker(name: str, prompts: list[str], concurrency: int, warmup: int, max_bat
             cpu0 = time.process_time()
             lat, wall = await _drive(embed, texts, concurrency)
             cpu = time.process_time() - cpu0
-            loaded[label] = {"n": len(lat), "per_s": round(len(lat) / wall, 1),
-                             "p50_ms": round(float(np.percentile(lat, 50)), 3),
-                             "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                             "cpu_ms_per_embedding": round(cpu * 1000 / len(lat), 3),
-                             "mean_batch": round(batcher.stats.mean_batch, 2) if batcher is not None else 1.0}
+            loaded[label] = {
+                "n": len(lat),
+                "per_s": round(len(lat) / wall, 1),
+                "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                "cpu_ms_per_embedding": round(cpu * 1000 / len(lat), 3),
+                "mean_batch": round(batcher.stats.mean_batch, 2) if batcher is not None else 1.0,
+            }
         # concurrency 1: alone and the first batched setting take turns, so machine load drifts hit both alike
-        lone_batcher = BatchingEmbedder(emb, pool, max_batch=max_batches[0], max_wait_ms=max_wait_ms,
-                                        max_in_flight=in_flights[0])
+        lone_batcher = BatchingEmbedder(emb, pool, max_batch=max_batches[0], max_wait_ms=max_wait_ms, max_in_flight=in_flights[0])
         lone_lat: dict[str, list[float]] = {"alone": [], "batched": []}
         lone_cpu = {"alone": 0.0, "batched": 0.0}
         for i, text in enumerate(prompts[:lone_n]):
@@ -129,9 +145,15 @@ def worker(name: str, prompts: list[str], concurrency: int, warmup: int, max_bat
             await call(f"{text} [lone]")
             lone_lat[mode].append((time.perf_counter() - t) * 1000)
             lone_cpu[mode] += time.process_time() - c
-        lone = {m: {"n": len(v), "p50_ms": round(float(np.percentile(v, 50)), 3),
-                    "p99_ms": round(float(np.percentile(v, 99)), 3),
-                    "cpu_ms_per_embedding": round(lone_cpu[m] * 1000 / len(v), 3)} for m, v in lone_lat.items()}
+        lone = {
+            m: {
+                "n": len(v),
+                "p50_ms": round(float(np.percentile(v, 50)), 3),
+                "p99_ms": round(float(np.percentile(v, 99)), 3),
+                "cpu_ms_per_embedding": round(lone_cpu[m] * 1000 / len(v), 3),
+            }
+            for m, v in lone_lat.items()
+        }
         return {"loaded": loaded, "lone": lone}
 
     out = asyncio.run(run())
@@ -159,8 +181,11 @@ def main() -> None:
     in_flights = [int(v) for v in args.in_flight.split(",") if v]
     if args.worker:
         prompts = json.loads(args.prompts_file.read_text())
-        print(json.dumps(worker(args.worker, prompts, args.concurrency, args.warmup, max_batches,
-                                args.max_wait_ms, in_flights, args.lone)))
+        print(
+            json.dumps(
+                worker(args.worker, prompts, args.concurrency, args.warmup, max_batches, args.max_wait_ms, in_flights, args.lone)
+            )
+        )
         return
 
     from rich.console import Console
@@ -170,18 +195,39 @@ def main() -> None:
     console = Console(width=150)
     prompts, source = load_short_prompts(args.requests, args.max_chars)
     rows: list[dict[str, Any]] = []
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "OPENBLAS_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console, transient=True) as bar:
         pfile = Path(tmp) / "prompts.json"
         pfile.write_text(json.dumps(prompts))
         task = bar.add_task("simulating", total=len(args.embedders))
         for variant in args.embedders:
             bar.update(task, description=f"{variant}: {args.concurrency} callers, {len(prompts)} prompts")
-            cmd = [sys.executable, __file__, "--worker", variant, "--prompts-file", str(pfile),
-                   "--concurrency", str(args.concurrency), "--warmup", str(args.warmup),
-                   "--max-batch", args.max_batch, "--max-wait-ms", str(args.max_wait_ms),
-                   "--in-flight", args.in_flight, "--lone", str(args.lone)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--prompts-file",
+                str(pfile),
+                "--concurrency",
+                str(args.concurrency),
+                "--warmup",
+                str(args.warmup),
+                "--max-batch",
+                args.max_batch,
+                "--max-wait-ms",
+                str(args.max_wait_ms),
+                "--in-flight",
+                args.in_flight,
+                "--lone",
+                str(args.lone),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # a failure is reported
             if proc.returncode != 0:
                 console.print(f"[red]{variant} failed[/red]:\n{proc.stderr[-2000:]}")
@@ -190,33 +236,61 @@ def main() -> None:
             bar.advance(task)
 
     mean_chars = sum(len(p) for p in prompts) / len(prompts)
-    table = Table(title=f"Embed stage under load: {args.concurrency} asyncio callers over a 2-thread pool, "
-                        f"{len(prompts)} distinct prompts (mean {mean_chars:.0f} chars) from {source}; "
-                        f"max_wait {args.max_wait_ms} ms; bN xK: max_batch N, K batches in flight")
+    table = Table(
+        title=f"Embed stage under load: {args.concurrency} asyncio callers over a 2-thread pool, "
+        f"{len(prompts)} distinct prompts (mean {mean_chars:.0f} chars) from {source}; "
+        f"max_wait {args.max_wait_ms} ms; bN xK: max_batch N, K batches in flight"
+    )
     for col in ("embedder", "mode", "emb/s", "p50 ms", "p99 ms", "CPU ms/emb", "mean batch"):
         table.add_column(col, justify="left" if col in ("embedder", "mode") else "right")
     for r in rows:
         for label, ld in r["loaded"].items():
-            table.add_row(r["embedder"], label, f"{ld['per_s']:.0f}", f"{ld['p50_ms']:.2f}", f"{ld['p99_ms']:.2f}",
-                          f"{ld['cpu_ms_per_embedding']:.3f}", f"{ld['mean_batch']:.1f}")
+            table.add_row(
+                r["embedder"],
+                label,
+                f"{ld['per_s']:.0f}",
+                f"{ld['p50_ms']:.2f}",
+                f"{ld['p99_ms']:.2f}",
+                f"{ld['cpu_ms_per_embedding']:.3f}",
+                f"{ld['mean_batch']:.1f}",
+            )
     console.print(table)
     lone = Table(title=f"Concurrency 1: alone vs batched (b{max_batches[0]} x{in_flights[0]}), calls interleaved")
-    for col in ("embedder", "alone p50 ms", "batched p50 ms", "alone p99 ms", "batched p99 ms", "alone CPU ms",
-                "batched CPU ms"):
+    for col in ("embedder", "alone p50 ms", "batched p50 ms", "alone p99 ms", "batched p99 ms", "alone CPU ms", "batched CPU ms"):
         lone.add_column(col, justify="left" if col == "embedder" else "right")
     for r in rows:
         a, b = r["lone"]["alone"], r["lone"]["batched"]
-        lone.add_row(r["embedder"], f"{a['p50_ms']:.3f}", f"{b['p50_ms']:.3f}", f"{a['p99_ms']:.3f}",
-                     f"{b['p99_ms']:.3f}", f"{a['cpu_ms_per_embedding']:.3f}", f"{b['cpu_ms_per_embedding']:.3f}")
+        lone.add_row(
+            r["embedder"],
+            f"{a['p50_ms']:.3f}",
+            f"{b['p50_ms']:.3f}",
+            f"{a['p99_ms']:.3f}",
+            f"{b['p99_ms']:.3f}",
+            f"{a['cpu_ms_per_embedding']:.3f}",
+            f"{b['cpu_ms_per_embedding']:.3f}",
+        )
     console.print(lone)
-    console.print("CPU ms/emb: the process's CPU time (all threads) per embedding; at 600 req/s two cores leave "
-                  "3.3 ms of CPU per request for everything, of which the embed stage should take at most ~1 ms.")
-    out = {"prompts": len(prompts), "source": source, "mean_chars": round(mean_chars, 1),
-           "concurrency": args.concurrency, "max_batch": max_batches, "max_wait_ms": args.max_wait_ms,
-           "in_flight": in_flights, "results": rows,
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                       "load_avg_at_end": os.getloadavg()},
-           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    console.print(
+        "CPU ms/emb: the process's CPU time (all threads) per embedding; at 600 req/s two cores leave "
+        "3.3 ms of CPU per request for everything, of which the embed stage should take at most ~1 ms."
+    )
+    out = {
+        "prompts": len(prompts),
+        "source": source,
+        "mean_chars": round(mean_chars, 1),
+        "concurrency": args.concurrency,
+        "max_batch": max_batches,
+        "max_wait_ms": args.max_wait_ms,
+        "in_flight": in_flights,
+        "results": rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {args.json}")

@@ -55,8 +55,9 @@ def stream_rows(tasks: np.ndarray, heavy: str, light: str, n: int, rng: np.rando
     return np.array(rows), np.array(phase)
 
 
-def replay(pred: Any, table: Any, rows: np.ndarray, lam0: float, target: float, controlled: bool,
-           gains: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+def replay(
+    pred: Any, table: Any, rows: np.ndarray, lam0: float, target: float, controlled: bool, gains: dict[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """Serve ``rows`` in order at a fixed λ or under the controller; the chosen models' true costs and scores."""
     from turnout.routing import Prediction, choose
     from turnout.routing.controller import LambdaController
@@ -144,40 +145,69 @@ def main(argv: list[str] | None = None) -> int:
         rows, phase = stream_rows(tasks, heavy, light, args.requests, np.random.default_rng(seed))
         st = replay(pred, traffic, rows, lam0, target, controlled=False)
         ct = replay(pred, traffic, rows, lam0, target, controlled=True, gains=gains)
-        runs.append({"seed": seed, "static_dev_pct": settled_dev(st["cost"], phase, target, args.settle),
-                     "controller_dev_pct": settled_dev(ct["cost"], phase, target, args.settle),
-                     "static_windows_within_goal": windows_within(st["cost"], phase, target, args.settle),
-                     "controller_windows_within_goal": windows_within(ct["cost"], phase, target, args.settle),
-                     "static_quality": float(st["score"].mean()), "controller_quality": float(ct["score"].mean()),
-                     "static_mean_cost": float(st["cost"].mean()), "controller_mean_cost": float(ct["cost"].mean()),
-                     "controller_lambda_end_of_phase": [float(ct["lam"][phase == p][-1]) for p in (0, 1)]})
+        runs.append(
+            {
+                "seed": seed,
+                "static_dev_pct": settled_dev(st["cost"], phase, target, args.settle),
+                "controller_dev_pct": settled_dev(ct["cost"], phase, target, args.settle),
+                "static_windows_within_goal": windows_within(st["cost"], phase, target, args.settle),
+                "controller_windows_within_goal": windows_within(ct["cost"], phase, target, args.settle),
+                "static_quality": float(st["score"].mean()),
+                "controller_quality": float(ct["score"].mean()),
+                "static_mean_cost": float(st["cost"].mean()),
+                "controller_mean_cost": float(ct["cost"].mean()),
+                "controller_lambda_end_of_phase": [float(ct["lam"][phase == p][-1]) for p in (0, 1)],
+            }
+        )
         series["static"].append(st["cost"])
         series["controller"].append(ct["cost"])
         series["lam"].append(ct["lam"])
-    doc = {"table": args.table, "traffic": args.traffic, "router": args.router, "controller_settings": gains or "defaults",
-           "target": target, "lambda_static": lam0,
-           "phases": {"first_half_mostly": light, "second_half_mostly": heavy, "task_cost_at_static_lambda": per_task},
-           "requests": args.requests, "settle": args.settle, "seeds": args.seeds,
-           "controller_settled_abs_dev_pct": max(max(r["controller_dev_pct"]) for r in runs),
-           "static_settled_abs_dev_pct": max(max(r["static_dev_pct"]) for r in runs),
-           "controller_quality": float(np.mean([r["controller_quality"] for r in runs])),
-           "static_quality": float(np.mean([r["static_quality"] for r in runs])),
-           "controller_windows_within_goal": float(np.mean([r["controller_windows_within_goal"] for r in runs])),
-           "static_windows_within_goal": float(np.mean([r["static_windows_within_goal"] for r in runs])),
-           "goal_pct": GOAL_PCT, "runs": runs}
+    doc = {
+        "table": args.table,
+        "traffic": args.traffic,
+        "router": args.router,
+        "controller_settings": gains or "defaults",
+        "target": target,
+        "lambda_static": lam0,
+        "phases": {"first_half_mostly": light, "second_half_mostly": heavy, "task_cost_at_static_lambda": per_task},
+        "requests": args.requests,
+        "settle": args.settle,
+        "seeds": args.seeds,
+        "controller_settled_abs_dev_pct": max(max(r["controller_dev_pct"]) for r in runs),
+        "static_settled_abs_dev_pct": max(max(r["static_dev_pct"]) for r in runs),
+        "controller_quality": float(np.mean([r["controller_quality"] for r in runs])),
+        "static_quality": float(np.mean([r["static_quality"] for r in runs])),
+        "controller_windows_within_goal": float(np.mean([r["controller_windows_within_goal"] for r in runs])),
+        "static_windows_within_goal": float(np.mean([r["static_windows_within_goal"] for r in runs])),
+        "goal_pct": GOAL_PCT,
+        "runs": runs,
+    }
     doc["passed"] = doc["controller_settled_abs_dev_pct"] <= GOAL_PCT
     t = Table(title=f"budget under drift ({args.traffic} traffic; {light} → {heavy}); target ${target:.6g}/request")
-    for col in ("policy", "worst settled |spend/target − 1|", "per phase (mean of seeds)",
-                f"settled {PLOT_WINDOW}-request windows within ±{GOAL_PCT:.0f}%", "mean quality", "mean cost $"):
+    for col in (
+        "policy",
+        "worst settled |spend/target − 1|",
+        "per phase (mean of seeds)",
+        f"settled {PLOT_WINDOW}-request windows within ±{GOAL_PCT:.0f}%",
+        "mean quality",
+        "mean cost $",
+    ):
         t.add_column(col)
     for who in ("static", "controller"):
         ph = np.mean([r[f"{who}_dev_pct"] for r in runs], axis=0)
-        t.add_row(who, f"{doc[f'{who}_settled_abs_dev_pct']:.1f}%", " / ".join(f"{v:.1f}%" for v in ph),
-                  f"{doc[f'{who}_windows_within_goal']:.0%}",
-                  f"{doc[f'{who}_quality']:.4f}", f"{np.mean([r[f'{who}_mean_cost'] for r in runs]):.6g}")
+        t.add_row(
+            who,
+            f"{doc[f'{who}_settled_abs_dev_pct']:.1f}%",
+            " / ".join(f"{v:.1f}%" for v in ph),
+            f"{doc[f'{who}_windows_within_goal']:.0%}",
+            f"{doc[f'{who}_quality']:.4f}",
+            f"{np.mean([r[f'{who}_mean_cost'] for r in runs]):.6g}",
+        )
     console.print(t)
-    console.print(f"goal: controller within ±{GOAL_PCT:.0f}% after settling: "
-                  + ("[green]PASS[/green]" if doc["passed"] else "[red]FAIL[/red]"))
+    console.print(
+        f"goal: controller within ±{GOAL_PCT:.0f}% after settling: "
+        + ("[green]PASS[/green]" if doc["passed"] else "[red]FAIL[/red]")
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))
     console.print(f"wrote {args.json}")
@@ -198,15 +228,23 @@ def _plot(series: dict[str, list[np.ndarray]], target: float, doc: dict[str, Any
     for who, colour in (("static", "tab:red"), ("controller", "tab:blue")):
         for k, c in enumerate(series[who]):
             ma = np.convolve(c, kernel, mode="valid")
-            ax.plot(np.arange(PLOT_WINDOW, len(c) + 1), ma, color=colour, alpha=0.9 if k == 0 else 0.25, lw=1,
-                    label=f"{who} λ" if k == 0 else None)
+            ax.plot(
+                np.arange(PLOT_WINDOW, len(c) + 1),
+                ma,
+                color=colour,
+                alpha=0.9 if k == 0 else 0.25,
+                lw=1,
+                label=f"{who} λ" if k == 0 else None,
+            )
     n = len(series["static"][0])
     ax.axhline(target, color="black", lw=1, label="target")
     ax.axhspan(target * (1 - GOAL_PCT / 100), target * (1 + GOAL_PCT / 100), color="grey", alpha=0.15, label="±5%")
     ax.axvline(n // 2, color="grey", ls="--", lw=1)
     ax.set_ylabel(f"mean cost per request ({PLOT_WINDOW}-request window), USD")
-    ax.set_title(f"{doc['phases']['first_half_mostly']} → {doc['phases']['second_half_mostly']} half-way; "
-                 f"{doc['seeds']} seeds (first dark)")
+    ax.set_title(
+        f"{doc['phases']['first_half_mostly']} → {doc['phases']['second_half_mostly']} half-way; "
+        f"{doc['seeds']} seeds (first dark)"
+    )
     ax.legend(fontsize=8)
     for k, lam in enumerate(series["lam"]):
         ax2.plot(lam, color="tab:blue", alpha=0.9 if k == 0 else 0.25, lw=1)

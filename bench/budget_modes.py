@@ -44,8 +44,9 @@ from budget_drift import DATA, GOAL_PCT, stream_rows
 MODES = ("static", "tighten", "pi")
 
 
-async def replay(pred: Any, calib: Any, costs: np.ndarray, scores: np.ndarray, rows: np.ndarray, scale: np.ndarray,
-                 target: float, mode: str) -> dict[str, np.ndarray]:
+async def replay(
+    pred: Any, calib: Any, costs: np.ndarray, scores: np.ndarray, rows: np.ndarray, scale: np.ndarray, target: float, mode: str
+) -> dict[str, np.ndarray]:
     """Serve ``rows`` in order under ``mode``: each decision at the budget's λ, each answer observed at its true cost."""
     from turnout.gateway.budget import RouteBudget
     from turnout.routing import Prediction, choose
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ptr = only_observed(router.predict(Xtr), train)
     rng0 = np.random.default_rng(0)
     keep = np.sort(rng0.choice(len(train), size=min(2000, len(train)), replace=False))  # the artifact's sample
-    calib = Prediction(ptr.models, ptr.quality[keep], ptr.cost[keep],
-                       available=None if ptr.available is None else ptr.available[keep])
+    calib = Prediction(
+        ptr.models, ptr.quality[keep], ptr.cost[keep], available=None if ptr.available is None else ptr.available[keep]
+    )
     best = int(np.nanargmax(np.nanmean(train.scores, axis=0)))
     target = args.target_share * float(np.nanmean(train.costs[:, best]))
     lam0 = calibrate_lambda(calib, target_cost=target)
@@ -132,43 +134,83 @@ def main(argv: list[str] | None = None) -> int:
             reach.append([spend[1] / target, spend[0] / target])
         for mode in MODES:
             out = asyncio.run(replay(pred, calib, costs, scores, rows, scale, target, mode))
-            runs.append({"drift": drift, "seed": seed, "mode": mode,
-                         "dev_pct": signed_dev(out["cost"], phase, target, args.settle),
-                         "quality": float(out["score"].mean()), "mean_cost": float(out["cost"].mean()),
-                         "reachable_spend_over_target": reach,
-                         "lambda_end_of_phase": [float(out["lam"][phase == p][-1]) for p in (0, 1)]})
+            runs.append(
+                {
+                    "drift": drift,
+                    "seed": seed,
+                    "mode": mode,
+                    "dev_pct": signed_dev(out["cost"], phase, target, args.settle),
+                    "quality": float(out["score"].mean()),
+                    "mean_cost": float(out["cost"].mean()),
+                    "reachable_spend_over_target": reach,
+                    "lambda_end_of_phase": [float(out["lam"][phase == p][-1]) for p in (0, 1)],
+                }
+            )
     summary: dict[str, Any] = {}
-    t = Table(title=f"route budget modes under drift; target ${target:.6g}/request, λ0 {lam0:.4g} "
-                    f"(mix: {light} → {heavy}; length: ×{args.short} → ×{args.long})")
-    for col in ("drift", "mode", "worst settled |dev|", "settled dev per half (mean of seeds)", "worst overspend",
-                "mean quality", "mean cost $"):
+    t = Table(
+        title=f"route budget modes under drift; target ${target:.6g}/request, λ0 {lam0:.4g} "
+        f"(mix: {light} → {heavy}; length: ×{args.short} → ×{args.long})"
+    )
+    for col in (
+        "drift",
+        "mode",
+        "worst settled |dev|",
+        "settled dev per half (mean of seeds)",
+        "worst overspend",
+        "mean quality",
+        "mean cost $",
+    ):
         t.add_column(col)
     for drift in ("mix", "length"):
         for mode in MODES:
             rs = [r for r in runs if r["drift"] == drift and r["mode"] == mode]
             devs = np.array([r["dev_pct"] for r in rs])
             reach = np.array([r["reachable_spend_over_target"] for r in rs])
-            s = {"worst_abs_dev_pct": float(np.abs(devs).max()), "mean_dev_pct": devs.mean(axis=0).tolist(),
-                 "reachable_pct_per_half": [[float((reach[:, p, 0].max() - 1) * 100), float((reach[:, p, 1].min() - 1) * 100)]
-                                            for p in (0, 1)],
-                 "worst_overspend_pct": float(max(0.0, devs.max())),
-                 "quality": float(np.mean([r["quality"] for r in rs])),
-                 "mean_cost": float(np.mean([r["mean_cost"] for r in rs]))}
+            s = {
+                "worst_abs_dev_pct": float(np.abs(devs).max()),
+                "mean_dev_pct": devs.mean(axis=0).tolist(),
+                "reachable_pct_per_half": [
+                    [float((reach[:, p, 0].max() - 1) * 100), float((reach[:, p, 1].min() - 1) * 100)] for p in (0, 1)
+                ],
+                "worst_overspend_pct": float(max(0.0, devs.max())),
+                "quality": float(np.mean([r["quality"] for r in rs])),
+                "mean_cost": float(np.mean([r["mean_cost"] for r in rs])),
+            }
             summary[f"{drift}/{mode}"] = s
-            t.add_row(drift, mode, f"{s['worst_abs_dev_pct']:.1f}%", " / ".join(f"{v:+.1f}%" for v in s["mean_dev_pct"]),
-                      f"{s['worst_overspend_pct']:.1f}%", f"{s['quality']:.4f}", f"{s['mean_cost']:.6g}")
+            t.add_row(
+                drift,
+                mode,
+                f"{s['worst_abs_dev_pct']:.1f}%",
+                " / ".join(f"{v:+.1f}%" for v in s["mean_dev_pct"]),
+                f"{s['worst_overspend_pct']:.1f}%",
+                f"{s['quality']:.4f}",
+                f"{s['mean_cost']:.6g}",
+            )
     console.print(t)
     for drift in ("mix", "length"):
         rr = summary[f"{drift}/pi"]["reachable_pct_per_half"]
-        console.print(f"{drift}: spend reachable within λ0/100..λ0·100, per half (worst seed): "
-                      + " / ".join(f"{lo:+.1f}% .. {hi:+.1f}%" for lo, hi in rr))
+        console.print(
+            f"{drift}: spend reachable within λ0/100..λ0·100, per half (worst seed): "
+            + " / ".join(f"{lo:+.1f}% .. {hi:+.1f}%" for lo, hi in rr)
+        )
     holds = {m: all(summary[f"{d}/{m}"]["worst_abs_dev_pct"] <= GOAL_PCT for d in ("mix", "length")) for m in MODES}
     candidates = [m for m in ("tighten", "pi") if holds[m]] or ["tighten", "pi"]
     choice = min(candidates, key=lambda m: max(summary[f"{d}/{m}"]["worst_overspend_pct"] for d in ("mix", "length")))
     console.print(f"holds ±{GOAL_PCT:.0f}% on both drifts: {holds}; suggested default: [bold]{choice}[/bold]")
-    doc = {"table": args.table, "target": target, "lambda_start": lam0, "requests": args.requests,
-           "settle": args.settle, "seeds": args.seeds, "phases": {"mix": [light, heavy], "length": [args.short, args.long]},
-           "goal_pct": GOAL_PCT, "summary": summary, "holds_target": holds, "suggested_default": choice, "runs": runs}
+    doc = {
+        "table": args.table,
+        "target": target,
+        "lambda_start": lam0,
+        "requests": args.requests,
+        "settle": args.settle,
+        "seeds": args.seeds,
+        "phases": {"mix": [light, heavy], "length": [args.short, args.long]},
+        "goal_pct": GOAL_PCT,
+        "summary": summary,
+        "holds_target": holds,
+        "suggested_default": choice,
+        "runs": runs,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))
     console.print(f"wrote {args.json}")

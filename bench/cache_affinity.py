@@ -135,16 +135,24 @@ def ring_remap(n: int = 8, keys: int = 20000, seed: int = 0) -> dict[str, float]
     one0, pair0 = mapping(base)
     one_add, pair_add = mapping([*base, EndpointView(f"ep-{n}")])
     one_rm, pair_rm = mapping(base[1:])
+
     def frac(a: list[Any], b: list[Any]) -> float:
         return float(sum(x != y for x, y in zip(a, b)) / keys)
 
     def lost(a: list[frozenset[str]], b: list[frozenset[str]]) -> float:  # neither old candidate is a new one
         return sum(not (x & y) for x, y in zip(a, b)) / keys
 
-    return {"endpoints": n, "add_ring_moved": frac(one0, one_add), "add_pair_changed": frac(pair0, pair_add),
-            "add_pair_lost": lost(pair0, pair_add), "remove_ring_moved": frac(one0, one_rm),
-            "remove_pair_changed": frac(pair0, pair_rm), "remove_pair_lost": lost(pair0, pair_rm),
-            "ideal_add": 1 / (n + 1), "ideal_remove": 1 / n}
+    return {
+        "endpoints": n,
+        "add_ring_moved": frac(one0, one_add),
+        "add_pair_changed": frac(pair0, pair_add),
+        "add_pair_lost": lost(pair0, pair_add),
+        "remove_ring_moved": frac(one0, one_rm),
+        "remove_pair_changed": frac(pair0, pair_rm),
+        "remove_pair_lost": lost(pair0, pair_rm),
+        "ideal_add": 1 / (n + 1),
+        "ideal_remove": 1 / n,
+    }
 
 
 def plot(path: Path, sweeps: dict[str, list[dict[str, Any]]], slo_s: float, capacity: dict[str, float]) -> None:
@@ -195,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=8)
     ap.add_argument("--slots", type=int, default=1, help="concurrent requests per replica (llama.cpp's server: 1)")
     ap.add_argument("--cache-tokens", type=int, default=16384, help="prefix-cache capacity per replica, in tokens")
-    ap.add_argument("--slo-s", type=float, default=None, help="TTFT SLO in seconds (default: --slo-factor x the cold "
-                    "prefill time of the trace's p99 prompt)")
+    ap.add_argument(
+        "--slo-s",
+        type=float,
+        default=None,
+        help="TTFT SLO in seconds (default: --slo-factor x the cold prefill time of the trace's p99 prompt)",
+    )
     ap.add_argument("--slo-factor", type=float, default=1.0)
     ap.add_argument("--strategies", default=",".join(balancer_names()))
     ap.add_argument("--calibration", type=Path, default=CALIBRATION)
@@ -213,8 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         strategies.insert(0, "least_loaded")  # the reference of every ratio
 
     costs = sim.load_costs(args.calibration)
-    console.print(f"costs: prefill {costs.prefill_tok_s:.0f} tok/s, decode {costs.decode_tok_s:.1f} tok/s, "
-                  f"overhead {costs.prefill_overhead_s * 1000:.0f} ms ({costs.source})")
+    console.print(
+        f"costs: prefill {costs.prefill_tok_s:.0f} tok/s, decode {costs.decode_tok_s:.1f} tok/s, "
+        f"overhead {costs.prefill_overhead_s * 1000:.0f} ms ({costs.source})"
+    )
     spec = sim.TraceSpec(sessions=args.sessions)
     t0 = time.perf_counter()
     trace = sim.build_trace(spec, seed=args.seed, costs=costs)
@@ -223,16 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     slo_s = args.slo_s if args.slo_s is not None else args.slo_factor * trace.cold_ttft_quantile(costs, 0.99)
     # the grid starts well below the no-cache capacity and climbs by 25%; the sweep stops at the first failure
     base = cfg.replicas * cfg.slots / trace.mean_cold_service_s(costs)
-    grid = [base * 0.1 * 1.25 ** i for i in range(30)]
-    console.print(f"trace: {len(trace.requests)} requests in {args.sessions} sessions (seed {args.seed}, built in "
-                  f"{build_s:.1f}s); {cfg.replicas} replicas x {cfg.slots} slot(s), cache {cfg.cache_tokens} tokens; "
-                  f"SLO p99 TTFT <= {slo_s:.1f}s")
+    grid = [base * 0.1 * 1.25**i for i in range(30)]
+    console.print(
+        f"trace: {len(trace.requests)} requests in {args.sessions} sessions (seed {args.seed}, built in "
+        f"{build_s:.1f}s); {cfg.replicas} replicas x {cfg.slots} slot(s), cache {cfg.cache_tokens} tokens; "
+        f"SLO p99 TTFT <= {slo_s:.1f}s"
+    )
 
     capacity: dict[str, float] = {}
     sweeps: dict[str, list[dict[str, Any]]] = {}
     t_sim = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
         task = progress.add_task("capacity search", total=len(strategies) * 20)
 
         def runner(name: str) -> Any:
@@ -241,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 st = sim.simulate(trace, rate, b, cfg, costs)
                 progress.advance(task)
                 return st
+
             return run
 
         for name in strategies:
@@ -259,50 +277,97 @@ def main(argv: list[str] | None = None) -> int:
 
     ll = capacity["least_loaded"]
     doc: dict[str, Any] = {
-        "strategies": {name: {"capacity_rps": capacity[name],
-                              "capacity_vs_least_loaded": capacity[name] / ll if ll > 0 else None,
-                              "hit_rate": at_ref[name].hit_rate, "ttft_mean_s": at_ref[name].ttft_mean_s,
-                              "ttft_p50_s": at_ref[name].ttft_p50_s, "ttft_p99_s": at_ref[name].ttft_p99_s,
-                              "imbalance": at_ref[name].imbalance, "at_rate_rps": ref_rate,
-                              **({"reasons": at_ref[name].reasons} if at_ref[name].reasons else {}),
-                              "choose_us": choose_us.get(name)} for name in strategies},
-        "slo_s": slo_s, "slo_rule": f"{args.slo_factor} x cold prefill of the p99 prompt" if args.slo_s is None else "given",
+        "strategies": {
+            name: {
+                "capacity_rps": capacity[name],
+                "capacity_vs_least_loaded": capacity[name] / ll if ll > 0 else None,
+                "hit_rate": at_ref[name].hit_rate,
+                "ttft_mean_s": at_ref[name].ttft_mean_s,
+                "ttft_p50_s": at_ref[name].ttft_p50_s,
+                "ttft_p99_s": at_ref[name].ttft_p99_s,
+                "imbalance": at_ref[name].imbalance,
+                "at_rate_rps": ref_rate,
+                **({"reasons": at_ref[name].reasons} if at_ref[name].reasons else {}),
+                "choose_us": choose_us.get(name),
+            }
+            for name in strategies
+        },
+        "slo_s": slo_s,
+        "slo_rule": f"{args.slo_factor} x cold prefill of the p99 prompt" if args.slo_s is None else "given",
         "reference_rate": "least_loaded's capacity (every strategy's hit rate, TTFT and imbalance are measured there)",
-        "costs": {"prefill_tok_s": costs.prefill_tok_s, "decode_tok_s": costs.decode_tok_s,
-                  "prefill_overhead_s": costs.prefill_overhead_s, "source": costs.source},
-        "fleet": {"replicas": cfg.replicas, "slots": cfg.slots, "cache_tokens": cfg.cache_tokens,
-                  "block_tokens": trace.block_tokens, "warmup_frac": cfg.warmup_frac},
+        "costs": {
+            "prefill_tok_s": costs.prefill_tok_s,
+            "decode_tok_s": costs.decode_tok_s,
+            "prefill_overhead_s": costs.prefill_overhead_s,
+            "source": costs.source,
+        },
+        "fleet": {
+            "replicas": cfg.replicas,
+            "slots": cfg.slots,
+            "cache_tokens": cfg.cache_tokens,
+            "block_tokens": trace.block_tokens,
+            "warmup_frac": cfg.warmup_frac,
+        },
         "trace": {"seed": args.seed, "requests": len(trace.requests), **{k: v for k, v in vars(spec).items()}},
-        "prefix_key": pk_us, "ring_remap": remap, "sweeps": sweeps,
-        "run": {"simulation_s": sim_s, "cpus": os.cpu_count(), "platform": platform.platform(),
-                "note": "timings (choose_us, prefix_key) from a shared 2-core machine: noisy"},
+        "prefix_key": pk_us,
+        "ring_remap": remap,
+        "sweeps": sweeps,
+        "run": {
+            "simulation_s": sim_s,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "timings (choose_us, prefix_key) from a shared 2-core machine: noisy",
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2, default=list) + "\n")
     plot(args.plot, sweeps, slo_s, capacity)
 
-    t = Table(title=f"cache affinity: capacity at p99 TTFT <= {slo_s:.1f}s; other columns at {ref_rate:.3f} rps "
-                    "(least_loaded's capacity)")
-    for col in ("strategy", "capacity rps", "x least_loaded", "hit rate", "TTFT mean s", "TTFT p99 s", "imbalance",
-                "choose µs"):
+    t = Table(
+        title=f"cache affinity: capacity at p99 TTFT <= {slo_s:.1f}s; other columns at {ref_rate:.3f} rps "
+        "(least_loaded's capacity)"
+    )
+    for col in ("strategy", "capacity rps", "x least_loaded", "hit rate", "TTFT mean s", "TTFT p99 s", "imbalance", "choose µs"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     for name in sorted(strategies, key=lambda s: -capacity[s]):
         s = doc["strategies"][name]
         ratio = s["capacity_vs_least_loaded"]
-        t.add_row(name, f"{s['capacity_rps']:.3f}", "n/a" if ratio is None else f"{ratio:.2f}x", f"{s['hit_rate']:.1%}",
-                  f"{s['ttft_mean_s']:.2f}", f"{s['ttft_p99_s']:.2f}", f"{s['imbalance']:.2f}", f"{s['choose_us']:.1f}")
+        t.add_row(
+            name,
+            f"{s['capacity_rps']:.3f}",
+            "n/a" if ratio is None else f"{ratio:.2f}x",
+            f"{s['hit_rate']:.1%}",
+            f"{s['ttft_mean_s']:.2f}",
+            f"{s['ttft_p99_s']:.2f}",
+            f"{s['imbalance']:.2f}",
+            f"{s['choose_us']:.1f}",
+        )
     console.print(t)
     r = Table(title="hash ring: share of keys remapped when one endpoint joins / leaves")
-    for col in ("change", "ring (consistent_hash)", "dualmap pair: one changed", "dualmap pair: both changed",
-                "ideal for one ring"):
+    for col in (
+        "change",
+        "ring (consistent_hash)",
+        "dualmap pair: one changed",
+        "dualmap pair: both changed",
+        "ideal for one ring",
+    ):
         r.add_column(col, justify="right")
-    for label, tag, ideal in ((f"{remap['endpoints']} -> {remap['endpoints'] + 1}", "add", "ideal_add"),
-                              (f"{remap['endpoints']} -> {remap['endpoints'] - 1}", "remove", "ideal_remove")):
-        r.add_row(label, f"{remap[tag + '_ring_moved']:.1%}", f"{remap[tag + '_pair_changed']:.1%}",
-                  f"{remap[tag + '_pair_lost']:.2%}", f"{remap[ideal]:.1%}")
+    for label, tag, ideal in (
+        (f"{remap['endpoints']} -> {remap['endpoints'] + 1}", "add", "ideal_add"),
+        (f"{remap['endpoints']} -> {remap['endpoints'] - 1}", "remove", "ideal_remove"),
+    ):
+        r.add_row(
+            label,
+            f"{remap[tag + '_ring_moved']:.1%}",
+            f"{remap[tag + '_pair_changed']:.1%}",
+            f"{remap[tag + '_pair_lost']:.2%}",
+            f"{remap[ideal]:.1%}",
+        )
     console.print(r)
-    console.print(f"prefix_key: {pk_us['short_us']:.1f} µs for {pk_us['short_chars']} chars, {pk_us['long_us']:.1f} µs "
-                  f"for {pk_us['long_chars']} chars ({pk_us['long_blocks']} blocks); simulation {sim_s:.0f}s")
+    console.print(
+        f"prefix_key: {pk_us['short_us']:.1f} µs for {pk_us['short_chars']} chars, {pk_us['long_us']:.1f} µs "
+        f"for {pk_us['long_chars']} chars ({pk_us['long_blocks']} blocks); simulation {sim_s:.0f}s"
+    )
     missing = [n for n in REQUIRED if n not in strategies]
     if missing:
         console.print(f"[yellow]note: the JSON lacks {', '.join(missing)} (not in --strategies)[/yellow]")

@@ -35,9 +35,35 @@ from turnout.cache import ContextFingerprint, InMemoryCacheStore, SemanticCache
 from turnout.types import ChatRequest
 
 DIM = 384
-WORDS = ["dose", "pain", "fever", "child", "adult", "night", "morning", "week", "tablet", "safe", "take", "side",
-         "effect", "blood", "pressure", "sugar", "sleep", "headache", "stomach", "allergy", "rash", "cough", "cold",
-         "flu", "vaccine", "pregnancy", "alcohol"]
+WORDS = [
+    "dose",
+    "pain",
+    "fever",
+    "child",
+    "adult",
+    "night",
+    "morning",
+    "week",
+    "tablet",
+    "safe",
+    "take",
+    "side",
+    "effect",
+    "blood",
+    "pressure",
+    "sugar",
+    "sleep",
+    "headache",
+    "stomach",
+    "allergy",
+    "rash",
+    "cough",
+    "cold",
+    "flu",
+    "vaccine",
+    "pregnancy",
+    "alcohol",
+]
 
 
 def question(rng: np.random.Generator) -> str:
@@ -47,9 +73,14 @@ def question(rng: np.random.Generator) -> str:
 
 def answer(rng: np.random.Generator) -> dict[str, Any]:
     text = " ".join(rng.choice(WORDS, size=160))  # about 1 KB of content
-    return {"id": "chatcmpl-x", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 200, "total_tokens": 220}}
+    return {
+        "id": "chatcmpl-x",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 200, "total_tokens": 220},
+    }
 
 
 def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -58,8 +89,11 @@ def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def request(context: int, text: str) -> ChatRequest:
-    return ChatRequest("auto", [{"role": "system", "content": f"You are assistant number {context}."},
-                                {"role": "user", "content": text}], params={"temperature": 0})
+    return ChatRequest(
+        "auto",
+        [{"role": "system", "content": f"You are assistant number {context}."}, {"role": "user", "content": text}],
+        params={"temperature": 0},
+    )
 
 
 async def run(size: int, contexts: int, queries: int, seed: int = 0) -> dict[str, Any]:
@@ -98,10 +132,17 @@ async def run(size: int, contexts: int, queries: int, seed: int = 0) -> dict[str
         result = await cache.lookup(fp, vec)
         lat.append((time.perf_counter() - t0) * 1e3)
         hits += result.hit is not None
-    return {"entries": size, "contexts": contexts, "bucket_size": size // contexts,
-            "lookup_p50_ms": statistics.median(lat), "lookup_p99_ms": float(np.percentile(lat, 99)),
-            "hit_share": hits / queries, "store_us_per_entry": store_s / size * 1e6,
-            "memory_mb": mem_mb, "kb_per_entry": mem_mb * 1024 / size}
+    return {
+        "entries": size,
+        "contexts": contexts,
+        "bucket_size": size // contexts,
+        "lookup_p50_ms": statistics.median(lat),
+        "lookup_p99_ms": float(np.percentile(lat, 99)),
+        "hit_share": hits / queries,
+        "store_us_per_entry": store_s / size * 1e6,
+        "memory_mb": mem_mb,
+        "kb_per_entry": mem_mb * 1024 / size,
+    }
 
 
 def main() -> None:
@@ -121,14 +162,21 @@ def main() -> None:
     for col in ("entries", "contexts", "bucket", "p50 ms", "p99 ms", "hits", "store µs/entry", "MB", "KB/entry"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["entries"]), str(r["contexts"]), str(r["bucket_size"]), f"{r['lookup_p50_ms']:.3f}",
-                      f"{r['lookup_p99_ms']:.3f}", f"{r['hit_share']:.0%}", f"{r['store_us_per_entry']:.1f}",
-                      f"{r['memory_mb']:.1f}", f"{r['kb_per_entry']:.2f}")
+        table.add_row(
+            str(r["entries"]),
+            str(r["contexts"]),
+            str(r["bucket_size"]),
+            f"{r['lookup_p50_ms']:.3f}",
+            f"{r['lookup_p99_ms']:.3f}",
+            f"{r['hit_share']:.0%}",
+            f"{r['store_us_per_entry']:.1f}",
+            f"{r['memory_mb']:.1f}",
+            f"{r['kb_per_entry']:.2f}",
+        )
     Console().print(table)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(), "rows": rows},
-                              indent=2))
+    out.write_text(json.dumps({"machine": platform.platform(), "python": platform.python_version(), "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -47,19 +47,70 @@ SIGNALS = ("logprob_mean", "logprob_min", "margin")
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 console = Console()
 
-CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
-            "Russia": "Moscow", "China": "Beijing", "Egypt": "Cairo", "England": "London", "Greece": "Athens",
-            "Portugal": "Lisbon", "Austria": "Vienna", "Ireland": "Dublin", "Norway": "Oslo", "Sweden": "Stockholm",
-            "Poland": "Warsaw", "Hungary": "Budapest", "Canada": "Ottawa", "Australia": "Canberra",
-            "Kenya": "Nairobi", "Peru": "Lima", "Cuba": "Havana", "Thailand": "Bangkok", "Denmark": "Copenhagen",
-            "Finland": "Helsinki", "Belgium": "Brussels", "Turkey": "Ankara", "Argentina": "Buenos Aires",
-            "South Korea": "Seoul", "Vietnam": "Hanoi"}
-OPPOSITES = {"hot": "cold", "up": "down", "big": "small", "fast": "slow", "happy": "sad", "light": "dark",
-             "open": "closed", "early": "late", "full": "empty", "wet": "dry", "old": "young", "hard": "soft",
-             "rich": "poor", "strong": "weak", "high": "low", "left": "right", "day": "night", "win": "lose",
-             "push": "pull", "black": "white", "in": "out", "thick": "thin", "loud": "quiet", "first": "last",
-             "true": "false", "buy": "sell", "north": "south", "inside": "outside", "before": "after",
-             "always": "never"}
+CAPITALS = {
+    "France": "Paris",
+    "Japan": "Tokyo",
+    "Italy": "Rome",
+    "Germany": "Berlin",
+    "Spain": "Madrid",
+    "Russia": "Moscow",
+    "China": "Beijing",
+    "Egypt": "Cairo",
+    "England": "London",
+    "Greece": "Athens",
+    "Portugal": "Lisbon",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Norway": "Oslo",
+    "Sweden": "Stockholm",
+    "Poland": "Warsaw",
+    "Hungary": "Budapest",
+    "Canada": "Ottawa",
+    "Australia": "Canberra",
+    "Kenya": "Nairobi",
+    "Peru": "Lima",
+    "Cuba": "Havana",
+    "Thailand": "Bangkok",
+    "Denmark": "Copenhagen",
+    "Finland": "Helsinki",
+    "Belgium": "Brussels",
+    "Turkey": "Ankara",
+    "Argentina": "Buenos Aires",
+    "South Korea": "Seoul",
+    "Vietnam": "Hanoi",
+}
+OPPOSITES = {
+    "hot": "cold",
+    "up": "down",
+    "big": "small",
+    "fast": "slow",
+    "happy": "sad",
+    "light": "dark",
+    "open": "closed",
+    "early": "late",
+    "full": "empty",
+    "wet": "dry",
+    "old": "young",
+    "hard": "soft",
+    "rich": "poor",
+    "strong": "weak",
+    "high": "low",
+    "left": "right",
+    "day": "night",
+    "win": "lose",
+    "push": "pull",
+    "black": "white",
+    "in": "out",
+    "thick": "thin",
+    "loud": "quiet",
+    "first": "last",
+    "true": "false",
+    "buy": "sell",
+    "north": "south",
+    "inside": "outside",
+    "before": "after",
+    "always": "never",
+}
 
 
 def prompts(seed: int = 7) -> list[dict[str, Any]]:
@@ -70,11 +121,11 @@ def prompts(seed: int = 7) -> list[dict[str, Any]]:
         a, b = rng.randint(1, 30), rng.randint(1, 30)
         out.append({"id": f"sum{i}", "family": "sum", "prompt": f"What is {a} + {b}?", "answer": str(a + b)})
     for country, city in CAPITALS.items():
-        out.append({"id": f"cap-{country}", "family": "capital", "prompt": f"What is the capital of {country}?",
-                    "answer": city})
+        out.append({"id": f"cap-{country}", "family": "capital", "prompt": f"What is the capital of {country}?", "answer": city})
     for word, opposite in OPPOSITES.items():
-        out.append({"id": f"opp-{word}", "family": "opposite", "prompt": f"What is the opposite of '{word}'?",
-                    "answer": opposite})
+        out.append(
+            {"id": f"opp-{word}", "family": "opposite", "prompt": f"What is the opposite of '{word}'?", "answer": opposite}
+        )
     for family in ("sum", "capital", "opposite"):
         rows = [r for r in out if r["family"] == family]
         rng.shuffle(rows)
@@ -120,26 +171,38 @@ async def collect(items: list[dict[str, Any]], max_tokens: int) -> tuple[list[di
     records: list[dict[str, Any]] = []
     await gw.start()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
             task = bar.add_task("asking both models", total=len(items) * len(models))
             for item in items:
                 for m in models:  # one at a time: the two children share 2 cores
-                    req = ChatRequest(model=m, messages=[{"role": "user", "content": item["prompt"]}],
-                                      params={"max_tokens": max_tokens, "temperature": 0.0, "logprobs": True,
-                                              "top_logprobs": 2})
+                    req = ChatRequest(
+                        model=m,
+                        messages=[{"role": "user", "content": item["prompt"]}],
+                        params={"max_tokens": max_tokens, "temperature": 0.0, "logprobs": True, "top_logprobs": 2},
+                    )
                     t0 = time.perf_counter()
                     resp, _, attempts = await gw.chat(req)
                     wall = time.perf_counter() - t0
                     text = resp.content or ""
                     lps, margins = read_logprobs(resp.body)
-                    view = AnswerView(prompt=item["prompt"], answer=text, model=m, token_logprobs=lps,
-                                      top2_margins=margins)
+                    view = AnswerView(prompt=item["prompt"], answer=text, model=m, token_logprobs=lps, top2_margins=margins)
                     conf = {s: judge(sig, view) for s, sig in signals.items()}
-                    records.append({"id": item["id"], "family": item["family"], "split": item["split"], "model": m,
-                                    "answer": text, "right": is_right(item, text), "confidence": conf,
-                                    "cost_usd": sum(a.cost_usd for a in attempts), "latency_s": wall,
-                                    "tokens": len(lps or [])})
+                    records.append(
+                        {
+                            "id": item["id"],
+                            "family": item["family"],
+                            "split": item["split"],
+                            "model": m,
+                            "answer": text,
+                            "right": is_right(item, text),
+                            "confidence": conf,
+                            "cost_usd": sum(a.cost_usd for a in attempts),
+                            "latency_s": wall,
+                            "tokens": len(lps or []),
+                        }
+                    )
                     bar.advance(task)
     finally:
         await gw.aclose()
@@ -155,17 +218,25 @@ def analyse(records: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
     split = np.array([by[(i, models[0])]["split"] for i in ids])
     right = {m: np.array([by[(i, m)]["right"] for i in ids]) for m in models}
     cost = {m: np.array([by[(i, m)]["cost_usd"] for i in ids]) for m in models}
-    conf = {(m, s): np.array([np.nan if (c := by[(i, m)]["confidence"][s]) is None else c for i in ids])
-            for m in models for s in SIGNALS}
-    out: dict[str, Any] = {"n": {sp: int((split == sp).sum()) for sp in ("train", "test")}, "single": {}, "auc": {},
-                           "cascades": []}
+    conf = {
+        (m, s): np.array([np.nan if (c := by[(i, m)]["confidence"][s]) is None else c for i in ids])
+        for m in models
+        for s in SIGNALS
+    }
+    out: dict[str, Any] = {
+        "n": {sp: int((split == sp).sum()) for sp in ("train", "test")},
+        "single": {},
+        "auc": {},
+        "cascades": [],
+    }
     for m in models:
-        out["single"][m] = {sp: {"accuracy": float(right[m][split == sp].mean()),
-                                 "mean_cost": float(cost[m][split == sp].mean())} for sp in ("train", "test")}
+        out["single"][m] = {
+            sp: {"accuracy": float(right[m][split == sp].mean()), "mean_cost": float(cost[m][split == sp].mean())}
+            for sp in ("train", "test")
+        }
         out["single"][m]["mean_latency_s"] = float(np.mean([by[(i, m)]["latency_s"] for i in ids]))
         for s in SIGNALS:
-            out["auc"][f"{m}/{s}"] = {sp: auc(conf[(m, s)][split == sp], right[m][split == sp])
-                                     for sp in ("train", "test")}
+            out["auc"][f"{m}/{s}"] = {sp: auc(conf[(m, s)][split == sp], right[m][split == sp]) for sp in ("train", "test")}
     for first, second in ((models[0], models[1]), (models[1], models[0])):
         for s in SIGNALS:
             tr = split == "train"
@@ -174,11 +245,22 @@ def analyse(records: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
                 esc = escalates(conf[(first, s)], th)
                 ok = np.where(esc, right[second], right[first])
                 c = cost[first] + np.where(esc, cost[second], 0.0)
-                out["cascades"].append({
-                    "order": f"{first}->{second}", "signal": s, "share_target": share,
-                    "threshold": None if not np.isfinite(th) else th,
-                    **{sp: {"accuracy": float(ok[split == sp].mean()), "mean_cost": float(c[split == sp].mean()),
-                            "escalated": float(esc[split == sp].mean())} for sp in ("train", "test")}})
+                out["cascades"].append(
+                    {
+                        "order": f"{first}->{second}",
+                        "signal": s,
+                        "share_target": share,
+                        "threshold": None if not np.isfinite(th) else th,
+                        **{
+                            sp: {
+                                "accuracy": float(ok[split == sp].mean()),
+                                "mean_cost": float(c[split == sp].mean()),
+                                "escalated": float(esc[split == sp].mean()),
+                            }
+                            for sp in ("train", "test")
+                        },
+                    }
+                )
     # chosen on train only: the best training accuracy; on a tie, less escalation (cheaper)
     best = max(out["cascades"], key=lambda e: (round(e["train"]["accuracy"], 9), -e["share_target"]))
     out["chosen"] = best
@@ -190,8 +272,13 @@ def report(res: dict[str, Any]) -> None:
     for col in ("model", "train acc", "test acc", "test mean cost (USD)", "mean latency s"):
         t.add_column(col)
     for m, v in res["single"].items():
-        t.add_row(m, f"{v['train']['accuracy']:.3f}", f"{v['test']['accuracy']:.3f}", f"{v['test']['mean_cost']:.3g}",
-                  f"{v['mean_latency_s']:.2f}")
+        t.add_row(
+            m,
+            f"{v['train']['accuracy']:.3f}",
+            f"{v['test']['accuracy']:.3f}",
+            f"{v['test']['mean_cost']:.3g}",
+            f"{v['mean_latency_s']:.2f}",
+        )
     console.print(t)
     t = Table(title="AUC of each signal for 'this model's answer is right'")
     for col in ("model/signal", "train", "test"):
@@ -204,14 +291,23 @@ def report(res: dict[str, Any]) -> None:
         t.add_column(col)
     for e in res["cascades"]:
         if e["share_target"] in (0.0, 0.2, 0.3, 0.5, 0.7, 1.0):
-            t.add_row(e["order"], e["signal"], f"{e['share_target']:.1f}",
-                      "-" if e["threshold"] is None else f"{e['threshold']:.3f}", f"{e['train']['accuracy']:.3f}",
-                      f"{e['test']['accuracy']:.3f}", f"{e['test']['mean_cost']:.3g}", f"{e['test']['escalated']:.2f}")
+            t.add_row(
+                e["order"],
+                e["signal"],
+                f"{e['share_target']:.1f}",
+                "-" if e["threshold"] is None else f"{e['threshold']:.3f}",
+                f"{e['train']['accuracy']:.3f}",
+                f"{e['test']['accuracy']:.3f}",
+                f"{e['test']['mean_cost']:.3g}",
+                f"{e['test']['escalated']:.2f}",
+            )
     console.print(t)
     c = res["chosen"]
-    console.print(f"chosen on train: {c['order']} by {c['signal']} at share {c['share_target']} (threshold "
-                  f"{c['threshold']}): test accuracy {c['test']['accuracy']:.3f}, cost {c['test']['mean_cost']:.3g}, "
-                  f"escalated {c['test']['escalated']:.2f}")
+    console.print(
+        f"chosen on train: {c['order']} by {c['signal']} at share {c['share_target']} (threshold "
+        f"{c['threshold']}): test accuracy {c['test']['accuracy']:.3f}, cost {c['test']['mean_cost']:.3g}, "
+        f"escalated {c['test']['escalated']:.2f}"
+    )
 
 
 def write_sample(records: list[dict[str, Any]], path: Path) -> None:
@@ -219,9 +315,20 @@ def write_sample(records: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:
         for r in records:
-            fh.writelines(json.dumps({"prompt_id": r["id"], "model": r["model"], "signal": s,
-                                     "confidence": r["confidence"][s], "cost_usd": r["cost_usd"],
-                                     "split": r["split"]}) + "\n" for s in SIGNALS)
+            fh.writelines(
+                json.dumps(
+                    {
+                        "prompt_id": r["id"],
+                        "model": r["model"],
+                        "signal": s,
+                        "confidence": r["confidence"][s],
+                        "cost_usd": r["cost_usd"],
+                        "split": r["split"],
+                    }
+                )
+                + "\n"
+                for s in SIGNALS
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,14 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     items = prompts()
     if args.limit:
-        items = [r for f in ("sum", "capital", "opposite") for r in [x for x in items if x["family"] == f][:args.limit]]
+        items = [r for f in ("sum", "capital", "opposite") for r in [x for x in items if x["family"] == f][: args.limit]]
     t0 = time.perf_counter()
     records, meta = asyncio.run(collect(items, args.max_tokens))
     res = analyse(records, meta["models"])
     report(res)
-    res.update(meta=meta, max_tokens=args.max_tokens, wall_s=time.perf_counter() - t0, records=records,
-               command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-               machine="2-core VM shared with other agents; timings are noisy")
+    res.update(
+        meta=meta,
+        max_tokens=args.max_tokens,
+        wall_s=time.perf_counter() - t0,
+        records=records,
+        command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        machine="2-core VM shared with other agents; timings are noisy",
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=1))
     if args.sample is not None:

@@ -42,8 +42,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cascade_ttft.json"
 console = Console()
 QUESTIONS = ("What is the capital of {}?", "Name a city in {}.", "What language is spoken in {}?")
-PLACES = ("France", "Japan", "Italy", "Spain", "Egypt", "Peru", "Kenya", "Norway", "Canada", "Greece", "Chile",
-          "India")
+PLACES = ("France", "Japan", "Italy", "Spain", "Egypt", "Peru", "Kenya", "Norway", "Canada", "Greece", "Chile", "India")
 
 
 def config(threshold_first: float | None) -> tuple[dict[str, Any], str, str]:
@@ -76,9 +75,14 @@ async def measure(n: int, max_tokens: int) -> dict[str, Any]:
 
     data, first, second = config(None)
     gw = Gateway.from_config(resolve(parse_config(data, source="<bench>")))
-    targets = {f"{first} live": first, f"{second} live": second, "cascade kept at step 0": "bench-kept",
-               "cascade escalated, buffer": "bench-escalate-buffer",
-               "cascade escalated, live_last": "bench-escalate-live", "cascade default": "cascade"}
+    targets = {
+        f"{first} live": first,
+        f"{second} live": second,
+        "cascade kept at step 0": "bench-kept",
+        "cascade escalated, buffer": "bench-escalate-buffer",
+        "cascade escalated, live_last": "bench-escalate-live",
+        "cascade default": "cascade",
+    }
     prompts = [QUESTIONS[i % len(QUESTIONS)].format(PLACES[i % len(PLACES)]) for i in range(n)]
     out: dict[str, Any] = {"first": first, "second": second, "configs": {}}
     await gw.start()
@@ -86,8 +90,9 @@ async def measure(n: int, max_tokens: int) -> dict[str, Any]:
         # one warm-up request per model: the first request after start-up pays for loading and caches
         for m in (first, second):
             await gw.chat(ChatRequest(model=m, messages=[{"role": "user", "content": "Hi"}], params={"max_tokens": 4}))
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
             task = bar.add_task("streaming", total=n * len(targets))
             ttft: dict[str, list[float]] = {label: [] for label in targets}
             total: dict[str, list[float]] = {label: [] for label in targets}
@@ -96,8 +101,12 @@ async def measure(n: int, max_tokens: int) -> dict[str, Any]:
             # spells then fall on every configuration alike instead of on whichever ran during them
             for p in prompts:
                 for label, model in targets.items():
-                    req = ChatRequest(model=model, messages=[{"role": "user", "content": p}], stream=True,
-                                      params={"max_tokens": max_tokens, "temperature": 0.0})
+                    req = ChatRequest(
+                        model=model,
+                        messages=[{"role": "user", "content": p}],
+                        stream=True,
+                        params={"max_tokens": max_tokens, "temperature": 0.0},
+                    )
                     t0 = time.perf_counter()
                     session = await gw.chat_stream(req)
                     first_at = None
@@ -110,10 +119,16 @@ async def measure(n: int, max_tokens: int) -> dict[str, Any]:
                     bar.advance(task)
             for label, model in targets.items():
                 t, e = ttft[label], total[label]
-                out["configs"][label] = {"model": model, "ttft_p50_s": statistics.median(t),
-                                         "ttft_mean_s": statistics.fmean(t), "total_p50_s": statistics.median(e),
-                                         "total_mean_s": statistics.fmean(e), "escalated": escalated[label] / n,
-                                         "ttft_s": t, "total_s": e}
+                out["configs"][label] = {
+                    "model": model,
+                    "ttft_p50_s": statistics.median(t),
+                    "ttft_mean_s": statistics.fmean(t),
+                    "total_p50_s": statistics.median(e),
+                    "total_mean_s": statistics.fmean(e),
+                    "escalated": escalated[label] / n,
+                    "ttft_s": t,
+                    "total_s": e,
+                }
     finally:
         await gw.aclose()
     return out
@@ -131,12 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     for col in ("configuration", "TTFT p50 s", "TTFT mean s", "end p50 s", "end mean s", "escalated"):
         t.add_column(col)
     for label, v in res["configs"].items():
-        t.add_row(label, f"{v['ttft_p50_s']:.3f}", f"{v['ttft_mean_s']:.3f}", f"{v['total_p50_s']:.3f}",
-                  f"{v['total_mean_s']:.3f}", f"{v['escalated']:.2f}")
+        t.add_row(
+            label,
+            f"{v['ttft_p50_s']:.3f}",
+            f"{v['ttft_mean_s']:.3f}",
+            f"{v['total_p50_s']:.3f}",
+            f"{v['total_mean_s']:.3f}",
+            f"{v['escalated']:.2f}",
+        )
     console.print(t)
-    res.update(n=args.n, max_tokens=args.max_tokens,
-               command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-               machine="2-core VM shared with other agents; timings are noisy")
+    res.update(
+        n=args.n,
+        max_tokens=args.max_tokens,
+        command=" ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        machine="2-core VM shared with other agents; timings are noisy",
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=1))
     console.print(f"wrote {args.json}")

@@ -98,8 +98,13 @@ def evaluate_table(path: Path, embedders: list[str], routers: list[str], bootstr
     test, _ = align_models(train, test)
     base = baselines(test)
     weights = bootstrap_weights(len(test), bootstrap, 0) if bootstrap else None
-    res: dict[str, Any] = {"table": str(path), "n_train": len(train), "n_test": len(test),
-                           "test_prompts_seen_in_train_dropped": dropped, "embedders": {}}
+    res: dict[str, Any] = {
+        "table": str(path),
+        "n_train": len(train),
+        "n_test": len(test),
+        "test_prompts_seen_in_train_dropped": dropped,
+        "embedders": {},
+    }
     samples: dict[tuple[str, str], np.ndarray] = {}
     vectors: dict[str, np.ndarray] = {}
     reference_routers: dict[str, Any] = {}
@@ -117,8 +122,13 @@ def evaluate_table(path: Path, embedders: list[str], routers: list[str], bootstr
         fit_s = time.perf_counter() - t0
         if label == REFERENCE:
             reference_routers = fitted
-        block: dict[str, Any] = {"embedder": emb.name, "dim": emb.dim, "embed_s": round(embed_s, 2),
-                                 "fit_s": round(fit_s, 2), "routers": {}}
+        block: dict[str, Any] = {
+            "embedder": emb.name,
+            "dim": emb.dim,
+            "embed_s": round(embed_s, 2),
+            "fit_s": round(fit_s, 2),
+            "routers": {},
+        }
         for name, router in fitted.items():
             r = evaluate_router(router, None, test, None, Xte, fit_s=0.0)
             block["routers"][name] = {"aiq": curve_metrics(r["curve"], base)["aiq"]}
@@ -218,8 +228,10 @@ def main() -> None:
     labels = [SEED_FLOOR, *embedders]
     first = results[0]["embedders"]
     served = [e for e in embedders if "served_delta" in next(iter(first[e]["routers"].values()))]
-    table = Table(title=f"AIQ per router and embedder (Δ against {REFERENCE}; paired 95% CI over "
-                        f"{args.bootstrap} test resamples; tolerance ±{args.tolerance})")
+    table = Table(
+        title=f"AIQ per router and embedder (Δ against {REFERENCE}; paired 95% CI over "
+        f"{args.bootstrap} test resamples; tolerance ±{args.tolerance})"
+    )
     table.add_column("table")
     table.add_column("router")
     table.add_column(REFERENCE, justify="right")
@@ -242,19 +254,33 @@ def main() -> None:
     for label in [*embedders, *(f"{e}@served" for e in served)]:
         v = verdict[label]
         state = "[green]passes[/green]" if v["passes"] else "[red]fails[/red]"
-        console.print(f"{label}: {state} (largest |ΔAIQ| {v['max_abs_delta']:.4f} at {v['worst']}"
-                      + (f"; over {args.tolerance}: {', '.join(v['over'])}" if v["over"] else "")
-                      + f"; largest loss {v['largest_loss']:+.4f}: "
-                      + ("no router loses more than the tolerance" if v["passes_no_loss"] else "a router loses more")
-                      + ")")
+        console.print(
+            f"{label}: {state} (largest |ΔAIQ| {v['max_abs_delta']:.4f} at {v['worst']}"
+            + (f"; over {args.tolerance}: {', '.join(v['over'])}" if v["over"] else "")
+            + f"; largest loss {v['largest_loss']:+.4f}: "
+            + ("no router loses more than the tolerance" if v["passes_no_loss"] else "a router loses more")
+            + ")"
+        )
     floor = verdict[SEED_FLOOR]
-    console.print(f"noise floor (MiniLM, routers refitted with seed 1): largest |ΔAIQ| {floor['max_abs_delta']:.4f} "
-                  f"at {floor['worst']}")
-    out = {"tolerance": args.tolerance, "bootstrap": args.bootstrap, "reference": REFERENCE, "routers": routers,
-           "results": results, "verdicts": verdict, "total_s": round(time.perf_counter() - t_start, 1),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                       "load_avg_at_end": os.getloadavg()},
-           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    console.print(
+        f"noise floor (MiniLM, routers refitted with seed 1): largest |ΔAIQ| {floor['max_abs_delta']:.4f} at {floor['worst']}"
+    )
+    out = {
+        "tolerance": args.tolerance,
+        "bootstrap": args.bootstrap,
+        "reference": REFERENCE,
+        "routers": routers,
+        "results": results,
+        "verdicts": verdict,
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     console.print(f"wrote {args.json}")

@@ -64,8 +64,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(variant: str, prompts_file: Path, out_vecs: Path, batch: int, threads: int,
-           batch_sizes: list[int]) -> dict:
+def worker(variant: str, prompts_file: Path, out_vecs: Path, batch: int, threads: int, batch_sizes: list[int]) -> dict:
     files = json.loads(prompts_file.read_text())
     prompts, short = files["prompts"], files["short"]
     sys.path.insert(0, str(REPO / "src"))
@@ -156,9 +155,22 @@ def main() -> None:
         for variant in args.variants:
             bar.update(task, description=f"benchmarking {variant}")
             vec_files[variant] = Path(tmp) / f"{variant}.npy"
-            cmd = [sys.executable, __file__, "--worker", variant, "--prompts-file", str(pfile),
-                   "--vecs-file", str(vec_files[variant]), "--batch", str(args.batch), "--threads", str(args.threads),
-                   "--batch-sizes", args.batch_sizes]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                variant,
+                "--prompts-file",
+                str(pfile),
+                "--vecs-file",
+                str(vec_files[variant]),
+                "--batch",
+                str(args.batch),
+                "--threads",
+                str(args.threads),
+                "--batch-sizes",
+                args.batch_sizes,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)  # a failure is reported
             if proc.returncode != 0:
                 console.print(f"[red]{variant} failed[/red]:\n{proc.stderr[-2000:]}")
@@ -180,12 +192,21 @@ def main() -> None:
     for col in ("variant", "name", "dim", "load s", "p50 ms", "p95 ms", f"batch {args.batch} texts/s", "peak RSS MiB"):
         table.add_column(col, justify="left" if col in ("variant", "name") else "right")
     for r in rows:
-        table.add_row(r["variant"], r["name"], str(r["dim"]), f"{r['load_s']:.2f}", f"{r['p50_ms']:.2f}",
-                      f"{r['p95_ms']:.2f}", f"{r['batch_texts_per_s']:.0f}", f"{r['peak_rss_mb']:.0f}")
+        table.add_row(
+            r["variant"],
+            r["name"],
+            str(r["dim"]),
+            f"{r['load_s']:.2f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['batch_texts_per_s']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+        )
     console.print(table)
     sizes = args.batch_sizes.split(",")
-    short_table = Table(title=f"Short prompts: texts/s by batch size ({len(short)} prompts from {short_source}, "
-                              f"{args.threads} thread(s))")
+    short_table = Table(
+        title=f"Short prompts: texts/s by batch size ({len(short)} prompts from {short_source}, {args.threads} thread(s))"
+    )
     short_table.add_column("variant")
     for size in sizes:
         short_table.add_column(f"batch {size}", justify="right")
@@ -195,10 +216,17 @@ def main() -> None:
     for v, a in agreement.items():
         console.print(f"{v} vs minilm-onnx cosine over {a['n']} prompts: min {a['min']}, mean {a['mean']}")
     result = {
-        "prompts": len(prompts), "source": source, "threads": args.threads, "batch": args.batch,
-        "short_prompts": len(short), "short_source": short_source, "batch_sizes": [int(s) for s in sizes],
+        "prompts": len(prompts),
+        "source": source,
+        "threads": args.threads,
+        "batch": args.batch,
+        "short_prompts": len(short),
+        "short_source": short_source,
+        "batch_sizes": [int(s) for s in sizes],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "load_avg_at_end": os.getloadavg(), "results": rows, "cosine_to_minilm_onnx": agreement,
+        "load_avg_at_end": os.getloadavg(),
+        "results": rows,
+        "cosine_to_minilm_onnx": agreement,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

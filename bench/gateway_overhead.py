@@ -73,6 +73,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own helper modules
 
+import contextlib
+
 from _state_targets import (
     BENCH_KEY,
     bench_keys,
@@ -107,9 +109,14 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float) -> None:
-        logf = open(self.log, "wb") if self.log else subprocess.DEVNULL
-        self.popen = subprocess.Popen(self.cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **self.env})
+        logf = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115 (kept open for the child's life)
+        self.popen = subprocess.Popen(
+            self.cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **self.env},
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -138,10 +145,8 @@ class Proc:
             return 0.0
         total = 0
         pids = [self.popen.pid]
-        try:
+        with contextlib.suppress(OSError):
             pids += [int(p) for p in Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()]
-        except OSError:
-            pass
         for pid in pids:
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -189,7 +194,9 @@ class RawConnection:
         assert self.reader is not None
         self.writer.write(
             f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\n{self.extra}\r\n".encode() + body)
+            f"content-length: {len(body)}\r\n{self.extra}\r\n".encode()
+            + body
+        )
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         status = int(head[0].split(" ", 2)[1])
         hdrs = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
@@ -215,8 +222,17 @@ class RawConnection:
             self.writer.close()
 
 
-async def run_load(url: str, model: str, n: int, conc: int, progress: Progress, label: str,
-                   watch: Proc | None, headers: dict[str, str], run_tag: str = "") -> dict[str, float]:
+async def run_load(
+    url: str,
+    model: str,
+    n: int,
+    conc: int,
+    progress: Progress,
+    label: str,
+    watch: Proc | None,
+    headers: dict[str, str],
+    run_tag: str = "",
+) -> dict[str, float]:
     latencies: list[float] = []
     errors: list[str] = []
     peak_rss = 0.0
@@ -225,9 +241,20 @@ async def run_load(url: str, model: str, n: int, conc: int, progress: Progress, 
     for c in conns:
         free.put_nowait(c)
     if True:  # one block for symmetry with the connection cleanup below
+
         async def one(i: int) -> None:
-            body = json.dumps({"model": model, "max_tokens": 16, "messages": [
-                {"role": "user", "content": f"Bench prompt {i} ({label}, run {run_tag}): summarise story number {i} in one line."}]}).encode()
+            body = json.dumps(
+                {
+                    "model": model,
+                    "max_tokens": 16,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": f"Bench prompt {i} ({label}, run {run_tag}): summarise story number {i} in one line.",
+                        }
+                    ],
+                }
+            ).encode()
             conn = await free.get()
             t0 = time.perf_counter()
             try:
@@ -310,9 +337,16 @@ def router_artifact(tmp: Path) -> Path:
 
 
 # ---- turnout: the only part that depends on the server engineer's `turnout serve` ----
-def turnout_proc(tmp: Path, upstream: str, artifact: Path | None, *, keyed: bool = False,
-                 redis_url: str | None = None, tag: str = "turnout",
-                 stages: list[dict[str, Any]] | None = None) -> tuple[Proc, str]:
+def turnout_proc(
+    tmp: Path,
+    upstream: str,
+    artifact: Path | None,
+    *,
+    keyed: bool = False,
+    redis_url: str | None = None,
+    tag: str = "turnout",
+    stages: list[dict[str, Any]] | None = None,
+) -> tuple[Proc, str]:
     import yaml
 
     port = free_port()
@@ -326,8 +360,14 @@ def turnout_proc(tmp: Path, upstream: str, artifact: Path | None, *, keyed: bool
         },
     }
     if artifact is not None:
-        cfg["routes"] = {"auto": {"router": {"type": "knn", "artifact": str(artifact)}, "embedder": "minilm",
-                                  "candidates": ["small", "large"], "lambda": 0.0}}
+        cfg["routes"] = {
+            "auto": {
+                "router": {"type": "knn", "artifact": str(artifact)},
+                "embedder": "minilm",
+                "candidates": ["small", "large"],
+                "lambda": 0.0,
+            }
+        }
     if keyed:
         cfg["keys"] = bench_keys()
     if redis_url is not None:
@@ -336,12 +376,25 @@ def turnout_proc(tmp: Path, upstream: str, artifact: Path | None, *, keyed: bool
         cfg["stages"] = stages
     path = tmp / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-c", "import sys; from turnout.cli.main import main; sys.exit(main())",
-           "serve", "--config", str(path), "--port", str(port)]
-    env = {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    return (Proc(tag, cmd, f"http://127.0.0.1:{port}/readyz", env, tmp / f"{tag}.log"),
-            f"http://127.0.0.1:{port}/v1")
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from turnout.cli.main import main; sys.exit(main())",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+    ]
+    env = {
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    return (Proc(tag, cmd, f"http://127.0.0.1:{port}/readyz", env, tmp / f"{tag}.log"), f"http://127.0.0.1:{port}/v1")
+
+
 # ---- end of the turnout-specific part ----
 
 
@@ -352,20 +405,37 @@ def guard_stages(tmp: Path, embedder: str) -> list[dict[str, Any]]:
     guard) when the shared data is there; it only flags, so that the bench's story prompts, out of scope for
     CLINC's domains, still reach the upstream and the comparison with plain turnout stays like for like.
     """
-    stages: list[dict[str, Any]] = [{"type": "jailbreak", "params": {"action": "block", "act_at": 0.9,
-                                                                     "embedder": embedder}}]
+    stages: list[dict[str, Any]] = [{"type": "jailbreak", "params": {"action": "block", "act_at": 0.9, "embedder": embedder}}]
     clinc = Path(os.environ.get("TURNOUT_DATA", REPO.parent / "shared" / "data")) / "clinc150" / "clinc150.jsonl"
     if clinc.exists():
         # fitted by the CLI in a process of its own: MiniLM's and numpy's threads must not stay in the load generator
         art = tmp / "clinc-domains.npz"
-        subprocess.run([sys.executable, "-m", "turnout.cli.main", "signals", "train", "domain", str(clinc),
-                        "--embedder", embedder, "--out", str(art), "--quiet"], check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OPENBLAS_NUM_THREADS": "1"})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "turnout.cli.main",
+                "signals",
+                "train",
+                "domain",
+                str(clinc),
+                "--embedder",
+                embedder,
+                "--out",
+                str(art),
+                "--quiet",
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src"), "OPENBLAS_NUM_THREADS": "1"},
+        )
         stages.append({"type": "domain_guard", "params": {"artifact": str(art), "action": "flag"}})
     else:
         console.print(f"[yellow]turnout-guards runs without its domain guard: {clinc} is missing (set TURNOUT_DATA)")
-    stages += [{"type": "pii", "params": {"action": "redact"}},
-               {"type": "cache", "params": {"ttl_s": 3600, "embedder": embedder}}]
+    stages += [
+        {"type": "pii", "params": {"action": "redact"}},
+        {"type": "cache", "params": {"ttl_s": 3600, "embedder": embedder}},
+    ]
     return stages
 
 
@@ -377,9 +447,16 @@ def redis_proc(tmp: Path) -> tuple[Proc, str]:
     if exe is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
     port = free_port()
-    return (Proc("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                           "--dir", str(tmp)], f"tcp://127.0.0.1:{port}", {}, tmp / "redis.log"),
-            f"redis://127.0.0.1:{port}/0")
+    return (
+        Proc(
+            "redis",
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+            f"tcp://127.0.0.1:{port}",
+            {},
+            tmp / "redis.log",
+        ),
+        f"redis://127.0.0.1:{port}/0",
+    )
 
 
 def ensure_litellm() -> Path:
@@ -397,15 +474,18 @@ def litellm_proc(tmp: Path, upstream: str) -> tuple[Proc, str]:
 
     port = free_port()
     cfg = {
-        "model_list": [{"model_name": "scripted",
-                        "litellm_params": {"model": "openai/scripted", "api_base": upstream, "api_key": "unused"}}],
+        "model_list": [
+            {"model_name": "scripted", "litellm_params": {"model": "openai/scripted", "api_base": upstream, "api_key": "unused"}}
+        ],
         "litellm_settings": {"drop_params": True},
     }
     path = tmp / "litellm.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [str(ensure_litellm()), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOG": "ERROR"}
-    return Proc("litellm", cmd, f"http://127.0.0.1:{port}/health/liveliness", env, tmp / "litellm.log"), f"http://127.0.0.1:{port}/v1"
+    return Proc(
+        "litellm", cmd, f"http://127.0.0.1:{port}/health/liveliness", env, tmp / "litellm.log"
+    ), f"http://127.0.0.1:{port}/v1"
 
 
 # ---------------------------------------------------------------------------
@@ -416,11 +496,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--n1", type=int, default=200, help="requests at concurrency 1")
     ap.add_argument("--n64", type=int, default=2000, help="requests at concurrency 64")
-    ap.add_argument("--skip", default="", help="comma-separated targets to skip: forwarder,turnout,turnout-auto,litellm,"
-                                               "turnout-keyed,turnout-redis,nginx-1,nginx-2,turnout-guards")
-    ap.add_argument("--guards-embedder", default="minilm-int8", choices=["minilm", "minilm-int8"],
-                    help="the embedder the turnout-guards stages share (each has a shipped jailbreak detector); "
-                         "minilm-int8 is the embedded default's")
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated targets to skip: forwarder,turnout,turnout-auto,litellm,"
+        "turnout-keyed,turnout-redis,nginx-1,nginx-2,turnout-guards",
+    )
+    ap.add_argument(
+        "--guards-embedder",
+        default="minilm-int8",
+        choices=["minilm", "minilm-int8"],
+        help="the embedder the turnout-guards stages share (each has a shipped jailbreak detector); "
+        "minilm-int8 is the embedded default's",
+    )
     ap.add_argument("--only", default="", help="comma-separated targets to run (direct always runs: the baseline)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -431,22 +519,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="turnout-bench-"))
     run_tag = os.urandom(4).hex()  # makes every prompt of this run new to any cache
     up_port = free_port()
-    upstream = Proc("scripted", [sys.executable, "-m", "turnout.testing.scripted", "--port", str(up_port),
-                                 "--latency-ms", str(args.latency_ms)],
-                    f"http://127.0.0.1:{up_port}/v1/models",
-                    {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}, tmp / "scripted.log")
+    upstream = Proc(
+        "scripted",
+        [sys.executable, "-m", "turnout.testing.scripted", "--port", str(up_port), "--latency-ms", str(args.latency_ms)],
+        f"http://127.0.0.1:{up_port}/v1/models",
+        {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        tmp / "scripted.log",
+    )
     upstream_url = f"http://127.0.0.1:{up_port}/v1"
     results: dict[str, dict[str, dict[str, float]]] = {}
     notes: dict[str, str] = {}
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
     try:
         upstream.start(30)
-        targets: list[tuple[str, str]] = [("direct", "scripted"), ("forwarder", "scripted"), ("turnout", "scripted"),
-                                          ("turnout-auto", "auto"), ("litellm", "scripted"),
-                                          ("turnout-keyed", "scripted"), ("turnout-redis", "scripted"),
-                                          ("nginx-1", "smollm2"), ("nginx-2", "smollm2"),
-                                          ("turnout-guards", "scripted")]
+        targets: list[tuple[str, str]] = [
+            ("direct", "scripted"),
+            ("forwarder", "scripted"),
+            ("turnout", "scripted"),
+            ("turnout-auto", "auto"),
+            ("litellm", "scripted"),
+            ("turnout-keyed", "scripted"),
+            ("turnout-redis", "scripted"),
+            ("nginx-1", "smollm2"),
+            ("nginx-2", "smollm2"),
+            ("turnout-guards", "scripted"),
+        ]
         with progress:
             for name, model in targets:
                 if name in skip or (only and name != "direct" and name not in only):
@@ -459,8 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         base = upstream_url
                     elif name == "forwarder":
                         fport = free_port()
-                        proc = Proc("forwarder", [sys.executable, str(HERE / "_forwarder.py"), str(fport), str(up_port)],
-                                    f"http://127.0.0.1:{fport}/v1/models", {}, tmp / "forwarder.log")
+                        proc = Proc(
+                            "forwarder",
+                            [sys.executable, str(HERE / "_forwarder.py"), str(fport), str(up_port)],
+                            f"http://127.0.0.1:{fport}/v1/models",
+                            {},
+                            tmp / "forwarder.log",
+                        )
                         proc.start(30)
                         base = f"http://127.0.0.1:{fport}/v1"
                     elif name in ("turnout-keyed", "turnout-redis"):
@@ -479,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         base = dep.url
                         headers = {"Authorization": f"Bearer {BENCH_KEY}"}
                     elif name == "turnout-guards":
-                        proc, base = turnout_proc(tmp, upstream_url, None, tag=name, stages=guard_stages(tmp, args.guards_embedder))
+                        proc, base = turnout_proc(
+                            tmp, upstream_url, None, tag=name, stages=guard_stages(tmp, args.guards_embedder)
+                        )
                         proc.start(120)
                     elif name.startswith("turnout"):
                         art = router_artifact(tmp) if name == "turnout-auto" else None
@@ -491,9 +595,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         headers = {"Authorization": f"Bearer {LITELLM_KEY}"}
                     results[name] = {}
                     for conc, n in levels:
-                        results[name][f"c{conc}"] = asyncio.run(run_load(
-                            base + "/chat/completions", model, n, conc, progress, f"{name} c={conc}",
-                            proc if conc == 64 else None, headers, run_tag))
+                        results[name][f"c{conc}"] = asyncio.run(
+                            run_load(
+                                base + "/chat/completions",
+                                model,
+                                n,
+                                conc,
+                                progress,
+                                f"{name} c={conc}",
+                                proc if conc == 64 else None,
+                                headers,
+                                run_tag,
+                            )
+                        )
                 except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                     notes[name] = str(e)
                     console.print(f"[red]{name}: {e}")
@@ -540,9 +654,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         table.add_column(col, justify="right" if col != "target" else "left", no_wrap=col == "target")
     for name, per in results.items():
         for lvl, r in per.items():
-            table.add_row(name, lvl[1:], f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                          _fmt(r.get("added_p50_ms")), _fmt(r.get("added_p99_ms")), f"{r['rps']:.0f}",
-                          str(r["errors"]), _fmt(r.get("peak_rss_mb"), 0))
+            table.add_row(
+                name,
+                lvl[1:],
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                _fmt(r.get("added_p50_ms")),
+                _fmt(r.get("added_p99_ms")),
+                f"{r['rps']:.0f}",
+                str(r["errors"]),
+                _fmt(r.get("peak_rss_mb"), 0),
+            )
     console.print(table)
     if derived:
         rt = Table(title="turnout / LiteLLM (lower is better for added latency and RSS, higher for req/s)")
@@ -563,20 +685,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[yellow]{name} not measured: {why}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "bench": "gateway_overhead",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"upstream_latency_ms": args.latency_ms, "levels": dict((f"c{c}", n) for c, n in levels),
-                     "client": "httpx AsyncClient in the bench process, keep-alive pool = concurrency",
-                     "stream": False, "guards_embedder": args.guards_embedder,
-                     "load_average": os.getloadavg()},
-        "results": results,
-        "ratios": derived,
-        "state": state,
-        "guards": guards,
-        "not_measured": notes,
-    }, indent=2, default=float))
+    args.out.write_text(
+        json.dumps(
+            {
+                "bench": "gateway_overhead",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                "settings": {
+                    "upstream_latency_ms": args.latency_ms,
+                    "levels": dict((f"c{c}", n) for c, n in levels),
+                    "client": "httpx AsyncClient in the bench process, keep-alive pool = concurrency",
+                    "stream": False,
+                    "guards_embedder": args.guards_embedder,
+                    "load_average": os.getloadavg(),
+                },
+                "results": results,
+                "ratios": derived,
+                "state": state,
+                "guards": guards,
+                "not_measured": notes,
+            },
+            indent=2,
+            default=float,
+        )
+    )
     console.print(f"wrote {args.out}")
     return 0 if not notes else 1
 

@@ -34,8 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 #: the figures the summary shows for each kind (the JSON has the whole report)
 QUALITY = {
-    "domain": ("domain_accuracy", "in_scope_accuracy", "oos_recall", "oos_precision", "overall_accuracy",
-               "balanced_accuracy"),
+    "domain": ("domain_accuracy", "in_scope_accuracy", "oos_recall", "oos_precision", "overall_accuracy", "balanced_accuracy"),
     "jailbreak": ("detection_rate", "false_positive_rate", "auc"),
     "pii": ("micro_f1_structured", "micro_precision_structured", "micro_recall_structured"),
     "cache": ("threshold", "hit_rate", "false_hit_rate"),
@@ -51,9 +50,21 @@ def runs(domain_embedders: list[str]) -> list[tuple[str, str, str, str | None, d
     out: list[tuple[str, str, str, str | None, dict[str, Any], list[Path]]] = []
     for e in domain_embedders:
         out.append(("domain", e, str(clinc), None, {"embedder": e}, [clinc]))
-    out.append(("jailbreak", "minilm", str(jb / "dev.jsonl"), str(jb / "train.jsonl"),
-                {"embedder": "minilm", "benign": [str(clinc), str(dc)], "wild": [str(clinc), str(dc), str(mqp)],
-                 "probes": str(PROBES)}, [jb / "dev.jsonl", jb / "train.jsonl", clinc, dc, mqp]))
+    out.append(
+        (
+            "jailbreak",
+            "minilm",
+            str(jb / "dev.jsonl"),
+            str(jb / "train.jsonl"),
+            {
+                "embedder": "minilm",
+                "benign": [str(clinc), str(dc)],
+                "wild": [str(clinc), str(dc), str(mqp)],
+                "probes": str(PROBES),
+            },
+            [jb / "dev.jsonl", jb / "train.jsonl", clinc, dc, mqp],
+        )
+    )
     out.append(("pii", "default", str(DATA / "guards" / "pii" / "pii.jsonl"), None, {}, [DATA / "guards" / "pii"]))
     out.append(("cache", "minilm", str(mqp), None, {"embedder": "minilm"}, [mqp]))
     return out
@@ -83,8 +94,11 @@ def main() -> int:
 
     con = console()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                           "load_avg_start": os.getloadavg()}, "runs": {}, "skipped": {}}
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+        "runs": {},
+        "skipped": {},
+    }
     for kind, variant, test, train, opts, needs in runs([e for e in args.domain_embedders.split(",") if e]):
         if kind not in kinds:
             continue
@@ -123,13 +137,17 @@ def main() -> int:
         kind = key.split("/")[0]
         q = ", ".join(f"{k} {rep[k]:.3f}" for k in QUALITY.get(kind, ()) if isinstance(rep.get(k), (int, float)))
         p50, p99 = latency_of(rep)
-        t.add_row(key, q, f"{p50:.2f}" if p50 is not None else "", f"{p99:.2f}" if p99 is not None else "",
-                  f"{rep['bench_wall_s']:.0f}")
+        t.add_row(
+            key, q, f"{p50:.2f}" if p50 is not None else "", f"{p99:.2f}" if p99 is not None else "", f"{rep['bench_wall_s']:.0f}"
+        )
     print_table(con, t)
     paired = results.get("domain_paired_latency")
     if paired:
-        con.print("domain guard, round-robin latency (same load for each embedder): " + ", ".join(
-            f"{e} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms" for e, v in paired.items()), markup=False)
+        con.print(
+            "domain guard, round-robin latency (same load for each embedder): "
+            + ", ".join(f"{e} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms" for e, v in paired.items()),
+            markup=False,
+        )
     jb = results["runs"].get("jailbreak/minilm")
     if jb:
         _jailbreak_tables(con, jb)
@@ -170,8 +188,7 @@ def paired_domain_latency(embedders: list[str], samples: int) -> dict[str, Any]:
             start = time.perf_counter()
             clf.predict(live.embed_one(t))
             ms[e].append((time.perf_counter() - start) * 1000)
-    return {e: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)), "n": len(v)}
-            for e, v in ms.items()}
+    return {e: {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99)), "n": len(v)} for e, v in ms.items()}
 
 
 def _jailbreak_tables(con: Any, rep: dict[str, Any]) -> None:
@@ -184,8 +201,13 @@ def _jailbreak_tables(con: Any, rep: dict[str, Any]) -> None:
     for c in ("source", "n", "detection (trained on)", "detection (held out)", "FPR (held out)"):
         t.add_column(c, justify="right")
     for s, r in rep.get("held_out_sources", {}).items():
-        t.add_row(s, str(r["n_test_attacks"]), f"{r['detection_trained_on']:.3f}", f"{r['detection_held_out']:.3f}",
-                  f"{r['false_positive_rate_held_out']:.3f}")
+        t.add_row(
+            s,
+            str(r["n_test_attacks"]),
+            f"{r['detection_trained_on']:.3f}",
+            f"{r['detection_held_out']:.3f}",
+            f"{r['false_positive_rate_held_out']:.3f}",
+        )
     print_table(con, t)
     t = Table(title="jailbreak: by length band (characters)")
     for c in ("band", "attacks", "detected", "benign", "flagged"):
@@ -204,8 +226,11 @@ def _jailbreak_tables(con: Any, rep: dict[str, Any]) -> None:
         print_table(con, t)
     wild = rep.get("wild_benign")
     if wild:
-        con.print("jailbreak: false positives on unseen benign prompts: " + ", ".join(
-            f"{k} {v['false_positive_rate']:.3f} (n={v['n']})" for k, v in wild.items()), markup=False)
+        con.print(
+            "jailbreak: false positives on unseen benign prompts: "
+            + ", ".join(f"{k} {v['false_positive_rate']:.3f} (n={v['n']})" for k, v in wild.items()),
+            markup=False,
+        )
 
 
 def _pct(v: float | None) -> str:

@@ -47,9 +47,16 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "http_client.json"
 console = Console()
 HEADERS = {"content-type": "application/json", "authorization": "Bearer sk-bench"}
-BODY = json.dumps({"model": "scripted", "temperature": 0.2, "messages": [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "Name three colours of the rainbow, please, and nothing else."}]}).encode()
+BODY = json.dumps(
+    {
+        "model": "scripted",
+        "temperature": 0.2,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Name three colours of the rainbow, please, and nothing else."},
+        ],
+    }
+).encode()
 
 
 class _AiohttpResponse:
@@ -83,8 +90,9 @@ class _AiohttpResponse:
 class AiohttpTransport:
     """turnout's Transport seam over an aiohttp ClientSession (one pool of ``max_connections``)."""
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256, limits: Limits | None = None
+    ) -> None:
         import aiohttp
 
         check_request_headers(headers)
@@ -94,12 +102,13 @@ class AiohttpTransport:
         self._aiohttp = aiohttp
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=None),
-            auto_decompress=True, skip_auto_headers=("User-Agent",))
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
 
     async def send(self, method: str, path: str, body: bytes, *, connect_timeout: float) -> WireResponse:
         timeout = self._aiohttp.ClientTimeout(total=None, connect=connect_timeout)
-        resp = await self.session.request(method, self.base_url + path, data=body, headers=self.headers,
-                                          timeout=timeout)
+        resp = await self.session.request(method, self.base_url + path, data=body, headers=self.headers, timeout=timeout)
         return _AiohttpResponse(resp, self.limits)
 
     async def aclose(self) -> None:
@@ -112,8 +121,7 @@ def make_client(kind: str, base_url: str, concurrency: int) -> Transport:
     if kind == "aiohttp":
         return AiohttpTransport(base_url, HEADERS, max_connections=concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return HttpxTransport(httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None)), base_url, HEADERS,
-                          owned=True)
+    return HttpxTransport(httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None)), base_url, HEADERS, owned=True)
 
 
 async def run_one(kind: str, base_url: str, concurrency: int, n: int, advance: Callable[[int], None]) -> dict[str, Any]:
@@ -154,8 +162,11 @@ async def run_one(kind: str, base_url: str, concurrency: int, n: int, advance: C
 
 
 def start_upstream() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "turnout.testing.scripted", "--port", "0", "--text",
-                             "red, orange, yellow"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "turnout.testing.scripted", "--port", "0", "--text", "red, orange, yellow"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "listening on " not in line:
@@ -167,9 +178,14 @@ def start_upstream() -> tuple[subprocess.Popen[str], str]:
 def summarise(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
     lat = np.array([x for r in runs for x in r["latencies"]]) * 1e6
     cpu = sum(r["cpu_s"] for r in runs) / (n * len(runs)) * 1e6
-    return {"p50_us": float(np.percentile(lat, 50)), "p99_us": float(np.percentile(lat, 99)), "cpu_us": cpu,
-            "rps": n * len(runs) / sum(r["wall_s"] for r in runs), "errors": sum(r["errors"] for r in runs),
-            "round_p50_us": [float(np.percentile(np.array(r["latencies"]) * 1e6, 50)) for r in runs]}
+    return {
+        "p50_us": float(np.percentile(lat, 50)),
+        "p99_us": float(np.percentile(lat, 99)),
+        "cpu_us": cpu,
+        "rps": n * len(runs) / sum(r["wall_s"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "round_p50_us": [float(np.percentile(np.array(r["latencies"]) * 1e6, 50)) for r in runs],
+    }
 
 
 async def bench(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
@@ -177,8 +193,9 @@ async def bench(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
     kinds = args.clients.split(",")
     raw: dict[str, dict[int, list[dict[str, Any]]]] = {k: {c: [] for c, _ in plan} for k in kinds}
     total = sum(n for _, n in plan) * len(kinds) * args.rounds
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
         task = progress.add_task("round trips", total=total)
         for rnd in range(args.rounds):
             for c, n in plan:
@@ -194,8 +211,16 @@ def report(results: dict[str, Any]) -> str:
         table.add_column(col, justify="left" if col == "client" else "right")
     for kind, by_c in results.items():
         for c, r in by_c.items():
-            table.add_row(kind, c, f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['cpu_us']:.0f}", f"{r['rps']:.0f}",
-                          str(r["errors"]), " / ".join(f"{x:.0f}" for x in r["round_p50_us"]))
+            table.add_row(
+                kind,
+                c,
+                f"{r['p50_us']:.0f}",
+                f"{r['p99_us']:.0f}",
+                f"{r['cpu_us']:.0f}",
+                f"{r['rps']:.0f}",
+                str(r["errors"]),
+                " / ".join(f"{x:.0f}" for x in r["round_p50_us"]),
+            )
     console.print(table)
     if "native" in results and "aiohttp" in results and "1" in results["native"]:
         nat, aio = results["native"], results["aiohttp"]
@@ -203,8 +228,10 @@ def report(results: dict[str, Any]) -> str:
         rule = "within" if gap <= 100 else "not within"
         line = f"aiohttp - native, median round p50 at concurrency 1: {gap:+.0f} µs ({rule} the issue's 0.1 ms rule)"
         if "64" in nat and "64" in aio:
-            line += (f"; at concurrency 64: {aio['64']['rps']:.0f} vs {nat['64']['rps']:.0f} req/s, "
-                     f"{aio['64']['cpu_us']:.0f} vs {nat['64']['cpu_us']:.0f} µs CPU per request")
+            line += (
+                f"; at concurrency 64: {aio['64']['rps']:.0f} vs {nat['64']['rps']:.0f} req/s, "
+                f"{aio['64']['cpu_us']:.0f} vs {nat['64']['cpu_us']:.0f} µs CPU per request"
+            )
         console.print(line)
         return line
     return ""
@@ -216,8 +243,12 @@ def main() -> None:
     p.add_argument("--n64", type=int, default=6000, help="requests per round at concurrency 64 (0 skips)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", default="native,aiohttp,httpx")
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                   help="the client's event loop (turnout serve runs on uvloop when it is installed)")
+    p.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the client's event loop (turnout serve runs on uvloop when it is installed)",
+    )
     p.add_argument("--json", type=Path, default=RESULTS)
     args = p.parse_args()
     proc, base_url = start_upstream()
@@ -240,13 +271,25 @@ def main() -> None:
     except ImportError:
         pass
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "bench": "http_client", "loop": args.loop, "rounds": args.rounds, "n1": args.n1, "n64": args.n64,
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs (shared while measured)",
-        "versions": versions, "decision": decision, "results": results,
-        "median_round_p50_us": {k: {c: statistics.median(r["round_p50_us"]) for c, r in v.items()}
-                                for k, v in results.items()},
-    }, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {
+                "bench": "http_client",
+                "loop": args.loop,
+                "rounds": args.rounds,
+                "n1": args.n1,
+                "n64": args.n64,
+                "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs (shared while measured)",
+                "versions": versions,
+                "decision": decision,
+                "results": results,
+                "median_round_p50_us": {
+                    k: {c: statistics.median(r["round_p50_us"]) for c, r in v.items()} for k, v in results.items()
+                },
+            },
+            indent=2,
+        )
+    )
     console.print(f"wrote {args.json}")
 
 

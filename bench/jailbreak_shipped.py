@@ -63,20 +63,34 @@ def _fit(train: Path, benign: Sequence[Path], provenance: dict[str, Any], embedd
 
     emb = create_embedder(embedder)  # the disk cache makes reruns cheap
     rows = [r for r in read_examples(train) if r.split in (None, "train")]
-    return JailbreakDetector.fit([r.text for r in rows], [str(r.label) for r in rows], emb, embedder_name=embedder,
-                                 sources=[r.source for r in rows], extra_benign=read_texts(list(benign)),
-                                 provenance=provenance)
+    return JailbreakDetector.fit(
+        [r.text for r in rows],
+        [str(r.label) for r in rows],
+        emb,
+        embedder_name=embedder,
+        sources=[r.source for r in rows],
+        extra_benign=read_texts(list(benign)),
+        provenance=provenance,
+    )
 
 
 def _evaluate(artifact: Path, data: Path, embedder: str) -> dict[str, Any]:
     from turnout.evaluation.guards import evaluate_jailbreak
 
-    wild = [data / "clinc150" / "clinc150.jsonl", data / "dcrouter" / "dcrouter.parquet",
-            data / "guards" / "cache_pairs" / "mqp.jsonl"]
+    wild = [
+        data / "clinc150" / "clinc150.jsonl",
+        data / "dcrouter" / "dcrouter.parquet",
+        data / "guards" / "cache_pairs" / "mqp.jsonl",
+    ]
     probes = HERE / "probes" / "jailbreak_probes.jsonl"
-    return evaluate_jailbreak(str(data / "guards" / "jailbreak" / "dev.jsonl"), artifact=str(artifact), embedder=embedder,
-                              wild=[str(w) for w in wild if w.exists()],
-                              probes=str(probes) if probes.exists() else None, latency_samples=200)
+    return evaluate_jailbreak(
+        str(data / "guards" / "jailbreak" / "dev.jsonl"),
+        artifact=str(artifact),
+        embedder=embedder,
+        wild=[str(w) for w in wild if w.exists()],
+        probes=str(probes) if probes.exists() else None,
+        latency_samples=200,
+    )
 
 
 def _tiers(artifact: Path, data: Path, levels: Sequence[float], embedder: str) -> dict[str, Any]:
@@ -93,8 +107,11 @@ def _tiers(artifact: Path, data: Path, levels: Sequence[float], embedder: str) -
     texts = [r.text for r in dev]
     y = np.array([r.label == "attack" for r in dev])
     dev_scores = np.array([v.score for v in det.score_batch(texts, emb.embed(texts))])
-    wild = {"clinc150 val": [data / "clinc150" / "clinc150.jsonl"], "dcrouter test": [data / "dcrouter" / "dcrouter.parquet"],
-            "mqp": [data / "guards" / "cache_pairs" / "mqp.jsonl"]}
+    wild = {
+        "clinc150 val": [data / "clinc150" / "clinc150.jsonl"],
+        "dcrouter test": [data / "dcrouter" / "dcrouter.parquet"],
+        "mqp": [data / "guards" / "cache_pairs" / "mqp.jsonl"],
+    }
     wild_scores = {}
     for name, paths in wild.items():
         if all(p.exists() for p in paths):
@@ -102,9 +119,11 @@ def _tiers(artifact: Path, data: Path, levels: Sequence[float], embedder: str) -
             wild_scores[name] = np.array([v.score for v in det.score_batch(w, emb.embed(w))])
     out = {}
     for level in levels:
-        out[f"{level:.4f}"] = {"dev_detection": float(np.mean(dev_scores[y] >= level)),
-                               "dev_fpr": float(np.mean(dev_scores[~y] >= level)),
-                               **{f"fpr {k}": float(np.mean(v >= level)) for k, v in wild_scores.items()}}
+        out[f"{level:.4f}"] = {
+            "dev_detection": float(np.mean(dev_scores[y] >= level)),
+            "dev_fpr": float(np.mean(dev_scores[~y] >= level)),
+            **{f"fpr {k}": float(np.mean(v >= level)) for k, v in wild_scores.items()},
+        }
     return out
 
 
@@ -117,22 +136,36 @@ def _row(name: str, rep: dict[str, Any]) -> list[str]:
 
     wild = rep.get("wild_benign", {})
     probes = rep.get("probes") or {}
-    return [name, f"{rep['detection_rate']:.3f}", f"{rep['false_positive_rate']:.3f}", f"{rep['auc']:.3f}",
-            rate("gandalf", "attack"), rate("mosscap", "attack"), rate("llm-warden", "attack"),
-            " / ".join(f"{w['false_positive_rate']:.3f}" for w in wild.values()) or "—",
-            f"{probes.get('detection_rate', float('nan')):.2f} / {probes.get('false_positive_rate', float('nan')):.2f}",
-            f"{rep['threshold']:.3f}"]
+    return [
+        name,
+        f"{rep['detection_rate']:.3f}",
+        f"{rep['false_positive_rate']:.3f}",
+        f"{rep['auc']:.3f}",
+        rate("gandalf", "attack"),
+        rate("mosscap", "attack"),
+        rate("llm-warden", "attack"),
+        " / ".join(f"{w['false_positive_rate']:.3f}" for w in wild.values()) or "—",
+        f"{probes.get('detection_rate', float('nan')):.2f} / {probes.get('false_positive_rate', float('nan')):.2f}",
+        f"{rep['threshold']:.3f}",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("TURNOUT_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--embedder", default="minilm", help="minilm (the default stage's) or minilm-int8")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="where the shipped artifact is written (default: the package's data/jailbreak-EMBEDDER.npz)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the shipped artifact is written (default: the package's data/jailbreak-EMBEDDER.npz)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="default: bench/results/jailbreak_shipped_EMBEDDER.json")
-    ap.add_argument("--compare-full", action="store_true",
-                    help="also fit on every training row (unlicensed ones included; never shipped) and measure it")
+    ap.add_argument(
+        "--compare-full",
+        action="store_true",
+        help="also fit on every training row (unlicensed ones included; never shipped) and measure it",
+    )
     args = ap.parse_args(argv)
     args.out = args.out or DATA_DIR / f"jailbreak-{args.embedder}.npz"
     args.json = args.json or Path(str(RESULTS).format(embedder=args.embedder))
@@ -149,39 +182,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="turnout-jb-") as tmp:
         licensed, n = _licensed_rows(train, Path(tmp))
         t0 = time.perf_counter()
-        det = _fit(licensed, benign, {
-            "train": f"guards/jailbreak/train.jsonl, rows with source in {list(LICENSED_SOURCES)} ({n} rows)",
-            "benign": ["clinc150/clinc150.jsonl (train rows)", "dcrouter/dcrouter.parquet (train prompts)"],
-            "licences": {"llm-warden": "MIT (jackhhao/llm-warden)",
-                         "clinc150": "CC BY 3.0 (clinc/oos-eval: Larson et al., 2019)",
-                         "dcrouter": "MIT (ulab-uiuc/LLMRouter)"},
-            "left_out": "Lakera Gandalf and Mosscap rows (via Parapet-Tech/parapet): no stated licence",
-            "built_by": "bench/jailbreak_shipped.py"}, args.embedder)
+        det = _fit(
+            licensed,
+            benign,
+            {
+                "train": f"guards/jailbreak/train.jsonl, rows with source in {list(LICENSED_SOURCES)} ({n} rows)",
+                "benign": ["clinc150/clinc150.jsonl (train rows)", "dcrouter/dcrouter.parquet (train prompts)"],
+                "licences": {
+                    "llm-warden": "MIT (jackhhao/llm-warden)",
+                    "clinc150": "CC BY 3.0 (clinc/oos-eval: Larson et al., 2019)",
+                    "dcrouter": "MIT (ulab-uiuc/LLMRouter)",
+                },
+                "left_out": "Lakera Gandalf and Mosscap rows (via Parapet-Tech/parapet): no stated licence",
+                "built_by": "bench/jailbreak_shipped.py",
+            },
+            args.embedder,
+        )
         fit_s = time.perf_counter() - t0
         args.out.parent.mkdir(parents=True, exist_ok=True)
         det.save(args.out)
-        console.print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB; fitted in {fit_s:.0f} s; "
-                      f"threshold {det.threshold:.4f})")
+        console.print(
+            f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB; fitted in {fit_s:.0f} s; threshold {det.threshold:.4f})"
+        )
         reports["shipped (llm-warden + benign)"] = _evaluate(args.out, data, args.embedder) | {"fit_s": fit_s}
         # the jailbreak stage may act only from a higher score (act_at) and flag the rest: both tiers measured
         tiers = _tiers(args.out, data, [det.threshold, ACT_AT], args.embedder)
         if args.compare_full:
-            full = _fit(train, benign, {"train": "guards/jailbreak/train.jsonl (every row; not shippable)"},
-                        args.embedder)
+            full = _fit(train, benign, {"train": "guards/jailbreak/train.jsonl (every row; not shippable)"}, args.embedder)
             path = Path(tmp) / "full.npz"
             full.save(path)
             reports["every training row (not shipped)"] = _evaluate(path, data, args.embedder)
 
-    table = Table(title=f"Jailbreak detector ({args.embedder}) on guards/jailbreak/dev.jsonl (thresholds chosen on "
-                        "training rows only)")
-    for col in ("detector", "det.", "FPR", "AUC", "gandalf", "mosscap", "llm-warden",
-                "unseen benign FPR", "probes det./FPR", "thr."):
+    table = Table(
+        title=f"Jailbreak detector ({args.embedder}) on guards/jailbreak/dev.jsonl (thresholds chosen on training rows only)"
+    )
+    for col in (
+        "detector",
+        "det.",
+        "FPR",
+        "AUC",
+        "gandalf",
+        "mosscap",
+        "llm-warden",
+        "unseen benign FPR",
+        "probes det./FPR",
+        "thr.",
+    ):
         table.add_column(col, justify="left" if col == "detector" else "right")
     for name, rep in reports.items():
         table.add_row(*_row(name, rep))
     console.print(table)
-    console.print("gandalf / mosscap / llm-warden: detection per attack source; unseen benign FPR: CLINC150 val / "
-                  "dcrouter test / medical question pairs (never fitted)")
+    console.print(
+        "gandalf / mosscap / llm-warden: detection per attack source; unseen benign FPR: CLINC150 val / "
+        "dcrouter test / medical question pairs (never fitted)"
+    )
     tt = Table(title="Shipped detector: acting only from a score (act_at) — dev and unseen benign prompts")
     first = next(iter(tiers.values()))
     for col in ("score >=", *first):
@@ -190,8 +244,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         tt.add_row(level, *(f"{v:.3f}" for v in row.values()))
     console.print(tt)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"bench": "jailbreak_shipped", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "artifact": str(args.out), "reports": reports, "tiers": tiers}, indent=2, default=str) + "\n")
+    args.json.write_text(
+        json.dumps(
+            {
+                "bench": "jailbreak_shipped",
+                "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "artifact": str(args.out),
+                "reports": reports,
+                "tiers": tiers,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     console.print(f"wrote {args.json}")
     return 0
 

@@ -50,9 +50,34 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "llamacpp_costs.json"
 #: SmolLM2's end-of-sequence token id (banned in the decode run so every answer is exactly N tokens)
 SMOLLM2_EOS = 2
-_WORDS = ("river", "stone", "cloud", "maple", "orbit", "lantern", "copper", "meadow", "signal", "harbor", "pencil",
-          "tunnel", "garden", "violet", "engine", "silver", "candle", "forest", "marble", "window", "rocket", "pepper",
-          "island", "summer", "basket", "planet")
+_WORDS = (
+    "river",
+    "stone",
+    "cloud",
+    "maple",
+    "orbit",
+    "lantern",
+    "copper",
+    "meadow",
+    "signal",
+    "harbor",
+    "pencil",
+    "tunnel",
+    "garden",
+    "violet",
+    "engine",
+    "silver",
+    "candle",
+    "forest",
+    "marble",
+    "window",
+    "rocket",
+    "pepper",
+    "island",
+    "summer",
+    "basket",
+    "planet",
+)
 
 
 def _text(n_words: int, rng: random.Random) -> str:
@@ -86,8 +111,9 @@ def fit_prefill(points: list[tuple[int, float]]) -> tuple[float, float]:
     return float(max(intercept, 0.0)), float(1.0 / slope)
 
 
-def measure(base_url: str, *, lengths: list[int], reps: int, cached_lengths: list[int], decode_tokens: int,
-            seed: int) -> dict[str, Any]:
+def measure(
+    base_url: str, *, lengths: list[int], reps: int, cached_lengths: list[int], decode_tokens: int, seed: int
+) -> dict[str, Any]:
     rng = random.Random(seed)
     out: dict[str, Any] = {}
     with httpx.Client(base_url=base_url, timeout=600.0) as client:
@@ -100,8 +126,11 @@ def measure(base_url: str, *, lengths: list[int], reps: int, cached_lengths: lis
                 fields |= set(body)
                 points.append((int(body["usage"]["prompt_tokens"]), wall))
         overhead, tok_s = fit_prefill(points)
-        out["prefill"] = {"tok_s": tok_s, "overhead_s": overhead,
-                          "points": [{"prompt_tokens": n, "wall_s": w} for n, w in points]}
+        out["prefill"] = {
+            "tok_s": tok_s,
+            "overhead_s": overhead,
+            "points": [{"prompt_tokens": n, "wall_s": w} for n, w in points],
+        }
         out["response_fields"] = sorted(fields)
 
         cached = []
@@ -109,16 +138,25 @@ def measure(base_url: str, *, lengths: list[int], reps: int, cached_lengths: lis
             prefix, other = _text(n_words, rng), _text(n_words, rng)
             suffix = " " + " ".join(rng.choice(_WORDS) for _ in range(24))
             cold_p, body_p = _complete(client, prefix)
-            warm, body_w = _complete(client, prefix + suffix)      # the slot still holds `prefix`
-            repeat, _ = _complete(client, prefix + suffix)         # the exact same prompt again
-            cold, _ = _complete(client, other + suffix)            # same length, nothing shared
+            warm, body_w = _complete(client, prefix + suffix)  # the slot still holds `prefix`
+            repeat, _ = _complete(client, prefix + suffix)  # the exact same prompt again
+            cold, _ = _complete(client, other + suffix)  # same length, nothing shared
             n_total = int(body_w["usage"]["prompt_tokens"])
             n_prefix = int(body_p["usage"]["prompt_tokens"])
-            cached.append({"prefix_tokens": n_prefix, "prompt_tokens": n_total, "cold_prefix_s": cold_p,
-                           "cold_s": cold, "warm_s": warm, "repeat_s": repeat, "saved_s": cold - warm,
-                           "saved_fraction": (cold - warm) / cold if cold > 0 else 0.0,
-                           # tokens the fitted line says were evaluated in the warm request
-                           "warm_evaluated_tokens_est": max(0.0, (warm - overhead) * tok_s)})
+            cached.append(
+                {
+                    "prefix_tokens": n_prefix,
+                    "prompt_tokens": n_total,
+                    "cold_prefix_s": cold_p,
+                    "cold_s": cold,
+                    "warm_s": warm,
+                    "repeat_s": repeat,
+                    "saved_s": cold - warm,
+                    "saved_fraction": (cold - warm) / cold if cold > 0 else 0.0,
+                    # tokens the fitted line says were evaluated in the warm request
+                    "warm_evaluated_tokens_est": max(0.0, (warm - overhead) * tok_s),
+                }
+            )
         out["cached_prefix"] = cached
 
         decode = []
@@ -127,9 +165,17 @@ def measure(base_url: str, *, lengths: list[int], reps: int, cached_lengths: lis
             first = last = None
             chunks = 0
             t0 = time.perf_counter()
-            with client.stream("POST", "/completions", json={
-                    "prompt": prompt, "max_tokens": decode_tokens, "temperature": 0.0, "stream": True,
-                    "logit_bias": {str(SMOLLM2_EOS): -100.0}}) as r:
+            with client.stream(
+                "POST",
+                "/completions",
+                json={
+                    "prompt": prompt,
+                    "max_tokens": decode_tokens,
+                    "temperature": 0.0,
+                    "stream": True,
+                    "logit_bias": {str(SMOLLM2_EOS): -100.0},
+                },
+            ) as r:
                 r.raise_for_status()
                 for line in r.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
@@ -141,8 +187,9 @@ def measure(base_url: str, *, lengths: list[int], reps: int, cached_lengths: lis
                     chunks += 1
             if first is None or last is None or chunks < 2:
                 raise RuntimeError("the decode stream returned fewer than two chunks")
-            decode.append({"chunks": chunks, "ttft_s": first - t0, "decode_s": last - first,
-                           "tok_s": (chunks - 1) / (last - first)})
+            decode.append(
+                {"chunks": chunks, "ttft_s": first - t0, "decode_s": last - first, "tok_s": (chunks - 1) / (last - first)}
+            )
         out["decode"] = {"tok_s": statistics.median(d["tok_s"] for d in decode), "runs": decode}
     return out
 
@@ -170,19 +217,35 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with LlamaCppServer(model, n_threads=args.threads, n_ctx=args.n_ctx) as srv:
         console.print(f"llama.cpp server for {model.name} ready in {time.perf_counter() - t0:.1f}s at {srv.base_url}")
-        res = measure(srv.base_url, lengths=[int(v) for v in args.lengths.split(",")], reps=args.reps,
-                      cached_lengths=[int(v) for v in args.cached_lengths.split(",")],
-                      decode_tokens=args.decode_tokens, seed=args.seed)
+        res = measure(
+            srv.base_url,
+            lengths=[int(v) for v in args.lengths.split(",")],
+            reps=args.reps,
+            cached_lengths=[int(v) for v in args.cached_lengths.split(",")],
+            decode_tokens=args.decode_tokens,
+            seed=args.seed,
+        )
     try:
         load = os.getloadavg()
     except OSError:
         load = (float("nan"),) * 3
-    doc = {"model": model.name, "engine": "llama_cpp.server (llama-cpp-python)", "threads": args.threads,
-           "n_ctx": args.n_ctx, "prefill_tok_s": res["prefill"]["tok_s"],
-           "prefill_overhead_s": res["prefill"]["overhead_s"], "decode_tok_s": res["decode"]["tok_s"],
-           **res, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                              "loadavg_at_end": list(load),
-                              "note": "shared machine: other processes were running; figures are noisy"}}
+    doc = {
+        "model": model.name,
+        "engine": "llama_cpp.server (llama-cpp-python)",
+        "threads": args.threads,
+        "n_ctx": args.n_ctx,
+        "prefill_tok_s": res["prefill"]["tok_s"],
+        "prefill_overhead_s": res["prefill"]["overhead_s"],
+        "decode_tok_s": res["decode"]["tok_s"],
+        **res,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "loadavg_at_end": list(load),
+            "note": "shared machine: other processes were running; figures are noisy",
+        },
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -193,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_row("prefill overhead (fit)", f"{doc['prefill_overhead_s'] * 1000:.0f} ms")
     t.add_row("decode tok/s (median)", f"{doc['decode_tok_s']:.1f}")
     for c in res["cached_prefix"]:
-        t.add_row(f"{c['prompt_tokens']} tok: cold / prefix cached / repeat",
-                  f"{c['cold_s']:.2f} / {c['warm_s']:.2f} / {c['repeat_s']:.2f} s ({c['saved_fraction']:.0%} saved)")
+        t.add_row(
+            f"{c['prompt_tokens']} tok: cold / prefix cached / repeat",
+            f"{c['cold_s']:.2f} / {c['warm_s']:.2f} / {c['repeat_s']:.2f} s ({c['saved_fraction']:.0%} saved)",
+        )
     t.add_row("response fields", ", ".join(res["response_fields"]))
     console.print(t)
     console.print(f"wrote {args.json}")

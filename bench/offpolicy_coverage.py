@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                             vals[mode][what][k].append((e.value, e.ci[0], e.ci[1], truth))
                     bar.advance(task)
         per_table[ds] = {
-            "n_prompts": len(test), "truth": {"quality": truth_q, "cost": truth_c},
+            "n_prompts": len(test),
+            "truth": {"quality": truth_q, "cost": truth_c},
             "logging": {k: v for k, v in policies["logging"].items() if k != "probs"},
             "target": {k: v for k, v in policies["target"].items() if k != "probs"},
             "min_logging_propensity": float(log_p[log_p > 0].min()),
@@ -124,9 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             for k in EST:
                 pooled[m][k] += vals[m]["quality"][k]
     head = summarise(pooled["same"], 0.0)
-    doc: dict[str, Any] = {"simulations": args.simulations, "tables": per_table, "coverage": head["coverage"],
-                           "mean_abs_error": head["mean_abs_error"], "goal_coverage": GOAL,
-                           "passed": all(v >= GOAL for v in head["coverage"].values())}
+    doc: dict[str, Any] = {
+        "simulations": args.simulations,
+        "tables": per_table,
+        "coverage": head["coverage"],
+        "mean_abs_error": head["mean_abs_error"],
+        "goal_coverage": GOAL,
+        "passed": all(v >= GOAL for v in head["coverage"].values()),
+    }
     if args.resample:
         doc["resampled"] = summarise(pooled["resampled"], 0.0)
     t = Table(title=f"off-policy estimates: 95% interval coverage over {args.simulations} simulated logs per table")
@@ -137,11 +143,23 @@ def main(argv: list[str] | None = None) -> int:
             s = r[what]
             tr = r["truth"]["cost" if what == "cost" else "quality"]
             for k in EST:
-                t.add_row(ds, what, f"{tr:.5g}", k.upper(), f"{s['coverage'][k]:.0%}", f"{s['mean_abs_error'][k]:.3g}",
-                          f"{s['bias'][k]:+.2g} ± {s['bias_se'][k]:.2g}", f"{s['mean_ci_width'][k]:.3g}")
+                t.add_row(
+                    ds,
+                    what,
+                    f"{tr:.5g}",
+                    k.upper(),
+                    f"{s['coverage'][k]:.0%}",
+                    f"{s['mean_abs_error'][k]:.3g}",
+                    f"{s['bias'][k]:+.2g} ± {s['bias_se'][k]:.2g}",
+                    f"{s['mean_ci_width'][k]:.3g}",
+                )
     console.print(t)
-    console.print("quality coverage over every table: " + ", ".join(f"{k.upper()} {v:.1%}" for k, v in doc["coverage"].items())
-                  + f"; goal >= {GOAL:.0%}: " + ("[green]PASS[/green]" if doc["passed"] else "[red]FAIL[/red]"))
+    console.print(
+        "quality coverage over every table: "
+        + ", ".join(f"{k.upper()} {v:.1%}" for k, v in doc["coverage"].items())
+        + f"; goal >= {GOAL:.0%}: "
+        + ("[green]PASS[/green]" if doc["passed"] else "[red]FAIL[/red]")
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))
     console.print(f"wrote {args.json}")

@@ -121,7 +121,10 @@ def run_presidio(python: str, rows: list[Any], tmp: Path) -> tuple[list[Predicti
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run(
         [python, str(Path(__file__).resolve()), "--worker", str(texts_file)],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     raw = json.loads(proc.stdout.strip().splitlines()[-1])
     return [_resolve_overlaps([(t, a, b) for t, a, b in spans]) for spans, _ in raw], [ms for _, ms in raw]
@@ -140,15 +143,18 @@ def run_stream(rows: list[Any], piece: int) -> dict[str, Any]:
         out = []
         for i in range(0, len(row.text), piece):
             t0 = time.perf_counter()
-            out.append(streamer.feed(row.text[i:i + piece]))
+            out.append(streamer.feed(row.text[i : i + piece]))
             per_piece.append((time.perf_counter() - t0) * 1000)
             held_max = max(held_max, streamer.held)
         out.append(streamer.flush())
         if "".join(out) != redact(row.text, detector.find(row.text))[0]:
             mismatches += 1
     return {
-        "piece_chars": piece, "pieces": len(per_piece), "feed_p50_ms": round(statistics.median(per_piece), 4),
-        "feed_p99_ms": round(sorted(per_piece)[int(0.99 * len(per_piece))], 4), "held_max_chars": held_max,
+        "piece_chars": piece,
+        "pieces": len(per_piece),
+        "feed_p50_ms": round(statistics.median(per_piece), 4),
+        "feed_p99_ms": round(sorted(per_piece)[int(0.99 * len(per_piece))], 4),
+        "held_max_chars": held_max,
         "mismatches_vs_whole_text": mismatches,
     }
 
@@ -172,14 +178,20 @@ def main() -> None:
     rows, _ = load_pii_rows(args.data)
     parts = template_split(rows)
     held_out = [r for r in rows if parts[template_family(r.template)] == "test"]
-    results: dict[str, Any] = {"data": args.data, "machine": platform.platform(), "python": platform.python_version(),
-                               "rows": {"test": len(held_out), "all": len(rows)}, "variants": {}}
+    results: dict[str, Any] = {
+        "data": args.data,
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "rows": {"test": len(held_out), "all": len(rows)},
+        "variants": {},
+    }
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     for split, subset in (("test", held_out), ("all", rows)):
         preds, times = run_turnout(subset, None)
         results["variants"].setdefault("turnout (default types)", {})[split] = score(subset, preds, times)
-        preds, times = run_turnout(subset, ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET",
-                                            "PERSON", "ADDRESS", "LOCATION"])
+        preds, times = run_turnout(
+            subset, ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "PERSON", "ADDRESS", "LOCATION"]
+        )
         results["variants"].setdefault("turnout (+ persons, addresses, places)", {})[split] = score(subset, preds, times)
         if args.presidio_python:
             preds, times = run_presidio(args.presidio_python, subset, tmp)
@@ -192,13 +204,21 @@ def main() -> None:
     for name, by_split in results["variants"].items():
         for split, r in by_split.items():
             f1 = [r["per_type"][t]["f1"] for t in ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS")]
-            table.add_row(name, split, f"{r['micro_f1_structured']:.3f}",
-                          *("-" if v is None else f"{v:.3f}" for v in f1), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}")
+            table.add_row(
+                name,
+                split,
+                f"{r['micro_f1_structured']:.3f}",
+                *("-" if v is None else f"{v:.3f}" for v in f1),
+                f"{r['p50_ms']:.3f}",
+                f"{r['p99_ms']:.3f}",
+            )
     console = Console() if sys.stdout.isatty() else Console(width=150)  # a log file gets the whole table
     console.print(table)
     s = results["stream"]
-    console.print(f"stream ({s['piece_chars']}-char pieces): feed p50 {s['feed_p50_ms']} ms, p99 {s['feed_p99_ms']} ms, "
-                  f"held at most {s['held_max_chars']} chars, {s['mismatches_vs_whole_text']} mismatches")
+    console.print(
+        f"stream ({s['piece_chars']}-char pieces): feed p50 {s['feed_p50_ms']} ms, p99 {s['feed_p99_ms']} ms, "
+        f"held at most {s['held_max_chars']} chars, {s['mismatches_vs_whole_text']} mismatches"
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     console.print(f"wrote {args.json}")

@@ -48,8 +48,7 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
 
     if "routerbench" in results:
         n, v = best("routerbench", "aiq")
-        rows.append(("routerbench AIQ ≥ 0.88 (best router)", f"{f(v)} ({n}{ci('routerbench', n)})",
-                     v is not None and v >= 0.88))
+        rows.append(("routerbench AIQ ≥ 0.88 (best router)", f"{f(v)} ({n}{ci('routerbench', n)})", v is not None and v >= 0.88))
         n, v = best("routerbench", "cost_fraction_to_match_best", lower=True)
         bs = results["routerbench"]["best_single"]["model"]
         rows.append((f"routerbench {bs} quality at ≤ 50% of its cost", f"{f(v)} ({n})", v is not None and v <= 0.5))
@@ -57,8 +56,7 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
         rows += [("routerbench AIQ ≥ 0.88", "not run", None), ("routerbench best-single quality at ≤ 50% cost", "not run", None)]
     if "dcrouter" in results:
         n, v = best("dcrouter", "aiq")
-        rows.append(("dcrouter AIQ ≥ 0.62 (best router)", f"{f(v)} ({n}{ci('dcrouter', n)})",
-                     v is not None and v >= 0.62))
+        rows.append(("dcrouter AIQ ≥ 0.62 (best router)", f"{f(v)} ({n}{ci('dcrouter', n)})", v is not None and v >= 0.62))
         n, v = best("dcrouter", "max_quality")
         rows.append(("dcrouter max quality ≥ 0.64 (best router)", f"{f(v)} ({n})", v is not None and v >= 0.64))
     else:
@@ -67,9 +65,13 @@ def _goals(results: dict[str, dict[str, Any]], total_s: float) -> list[tuple[str
         c = res.get("cv_choice")
         if c:  # reported, not a goal: the router a user gets from `turnout train --router auto`
             cf = c["test_cost_fraction_to_match_best"]
-            rows.append((f"{ds}: router chosen on train by {c['folds']}-fold CV (the honest pick)",
-                         f"{c['router']}: AIQ {f(c['test_aiq'])}, max q {f(c['test_max_quality'])}, cost frac {f(cf)}",
-                         None))
+            rows.append(
+                (
+                    f"{ds}: router chosen on train by {c['folds']}-fold CV (the honest pick)",
+                    f"{c['router']}: AIQ {f(c['test_aiq'])}, max q {f(c['test_max_quality'])}, cost frac {f(cf)}",
+                    None,
+                )
+            )
     rows.append(("total fit+eval of all routers < 120 s", f"{total_s:.1f} s", total_s < 120 if results else None))
     for ds, res in results.items():
         for name in FAST_ROUTERS:
@@ -101,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--cv-folds", type=int, default=4,
-                    help="also choose a router by k-fold CV on train only (as `turnout train --router auto`) and "
-                         "report its test figures: the honest pick, not the best on test (0 = skip)")
+    ap.add_argument(
+        "--cv-folds",
+        type=int,
+        default=4,
+        help="also choose a router by k-fold CV on train only (as `turnout train --router auto`) and "
+        "report its test figures: the honest pick, not the best on test (0 = skip)",
+    )
     args = ap.parse_args(argv)
 
     # wide enough for the metric columns even when stdout is a file (rich would fall back to 80)
@@ -128,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         t3 = time.perf_counter()
         results[ds] = res
         timings[ds] = {"load_s": t1 - t0, "embed_s": t2 - t1, "fit_eval_s": t3 - t2}
-        console.print(render_table(res, f"{ds}: {len(train)} train / {len(test)} test, {len(table.models)} models, "
-                                        f"{args.embedder} embeddings"))
+        console.print(
+            render_table(
+                res, f"{ds}: {len(train)} train / {len(test)} test, {len(table.models)} models, {args.embedder} embeddings"
+            )
+        )
         for line in comparison_lines(res):
             console.print(f"  {line}")
         console.print(f"  load {t1 - t0:.1f} s, embed {t2 - t1:.1f} s, fit+eval {t3 - t2:.1f} s")
@@ -142,12 +151,20 @@ def main(argv: list[str] | None = None) -> int:
             pick = choose_router(cv)
             timings[ds]["cv_s"] = time.perf_counter() - t4
             r = res["routers"][pick]
-            res["cv_choice"] = {"router": pick, "folds": args.cv_folds, "scores": cv, "test_aiq": r["aiq"],
-                                "test_aiq_ci": r.get("aiq_ci"), "test_max_quality": r["max_quality"],
-                                "test_cost_fraction_to_match_best": r["cost_fraction_to_match_best"]}
-            console.print(f"  chosen on train by {args.cv_folds}-fold CV: {pick} (CV AIQ {cv[pick]['aiq']:.4f}); "
-                          f"on test: AIQ {r['aiq']:.4f}, max q {r['max_quality']:.4f}; "
-                          f"CV took {timings[ds]['cv_s']:.0f} s")
+            res["cv_choice"] = {
+                "router": pick,
+                "folds": args.cv_folds,
+                "scores": cv,
+                "test_aiq": r["aiq"],
+                "test_aiq_ci": r.get("aiq_ci"),
+                "test_max_quality": r["max_quality"],
+                "test_cost_fraction_to_match_best": r["cost_fraction_to_match_best"],
+            }
+            console.print(
+                f"  chosen on train by {args.cv_folds}-fold CV: {pick} (CV AIQ {cv[pick]['aiq']:.4f}); "
+                f"on test: AIQ {r['aiq']:.4f}, max q {r['max_quality']:.4f}; "
+                f"CV took {timings[ds]['cv_s']:.0f} s"
+            )
         if not args.no_plot:
             try:
                 from turnout.evaluation.plot import plot_eval
@@ -166,10 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         g.add_row(goal, measured, "—" if ok is None else ("[green]PASS[/green]" if ok else "[red]FAIL[/red]"))
     console.print(g)
 
-    doc = {"embedder": args.embedder, "routers": routers, "seed": args.seed, "test_fraction": args.test_fraction,
-           "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
-           "timings": timings, "total_fit_eval_s": total,
-           "goals": [{"goal": a, "measured": b, "passed": c} for a, b, c in goals], "datasets": results}
+    doc = {
+        "embedder": args.embedder,
+        "routers": routers,
+        "seed": args.seed,
+        "test_fraction": args.test_fraction,
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
+        "timings": timings,
+        "total_fit_eval_s": total,
+        "goals": [{"goal": a, "measured": b, "passed": c} for a, b, c in goals],
+        "datasets": results,
+    }
     (out_dir / "routing_quality.json").write_text(json.dumps(doc, indent=2))
     console.print(f"wrote {out_dir / 'routing_quality.json'}")
     return 0

@@ -55,8 +55,13 @@ def one(router: str, n: int, m: int) -> dict[str, Any]:
     from turnout.routing import Prediction, TrainingData, choose, create_router
 
     d = synthetic(n, m)
-    data = TrainingData(X=d["X"][:n], scores=d["S"][:n], costs=d["C"][:n], models=[f"m{j}" for j in range(m)],
-                        tasks=[f"t{x}" for x in d["tasks"][:n]])
+    data = TrainingData(
+        X=d["X"][:n],
+        scores=d["S"][:n],
+        costs=d["C"][:n],
+        models=[f"m{j}" for j in range(m)],
+        tasks=[f"t{x}" for x in d["tasks"][:n]],
+    )
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     r = create_router(router)
     t0 = time.perf_counter()
@@ -73,11 +78,18 @@ def one(router: str, n: int, m: int) -> dict[str, Any]:
     q = r.predict(Xh).quality
     batch_s = time.perf_counter() - t
     obs = ~np.isnan(Sh)
-    return {"router": router, "n": n, "m": m, "fit_s": fit_s, "p50_ms": float(np.median(lat)),
-            "p95_ms": float(np.percentile(lat, 95)), "batch_per_s": HELD_OUT / batch_s,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_fit_mb": base_rss / 1024,
-            "brier": float(((q - np.nan_to_num(Sh)) ** 2)[obs].mean())}
+    return {
+        "router": router,
+        "n": n,
+        "m": m,
+        "fit_s": fit_s,
+        "p50_ms": float(np.median(lat)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "batch_per_s": HELD_OUT / batch_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_fit_mb": base_rss / 1024,
+        "brier": float(((q - np.nan_to_num(Sh)) ** 2)[obs].mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         for n, m in sizes:
             for router in routers:
                 bar.update(task, description=f"{router} on {n}×{m}")
-                res = subprocess.run([sys.executable, __file__, "--one", f"{router}:{n}:{m}"], capture_output=True,
-                                     text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                res = subprocess.run(
+                    [sys.executable, __file__, "--one", f"{router}:{n}:{m}"],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+                )
                 if res.returncode != 0:
                     con.print(f"[red]{router} on {n}×{m} failed[/red]\n{res.stderr[-2000:]}")
                     rows.append({"router": router, "n": n, "m": m, "error": res.stderr[-500:]})
@@ -123,14 +139,30 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             t.add_row(r["router"], f"{r['n']}×{r['m']}", "failed", "", "", "", "", "")
             continue
-        t.add_row(r["router"], f"{r['n']}×{r['m']}", f"{r['fit_s']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}",
-                  f"{r['batch_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['brier']:.4f}")
+        t.add_row(
+            r["router"],
+            f"{r['n']}×{r['m']}",
+            f"{r['fit_s']:.1f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['batch_per_s']:,.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['brier']:.4f}",
+        )
     con.print(t)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "dim": DIM, "held_out": HELD_OUT,
-                               "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                                           "cpus": os.cpu_count()}}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "dim": DIM,
+                "held_out": HELD_OUT,
+                "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
+            },
+            indent=2,
+        )
+    )
     con.print(f"wrote {out}")
     return 1 if any("error" in r for r in rows) else 0
 

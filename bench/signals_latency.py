@@ -40,14 +40,39 @@ sys.path.insert(0, str(REPO / "src"))
 DATA = Path(os.environ.get("TURNOUT_DATA", REPO.parent / "shared" / "data"))
 
 SIGNALS: dict[str, dict[str, Any]] = {
-    "kw": {"type": "keywords", "params": {"sets": {
-        "code": ["python", "javascript", "typescript", "java", "c++", "rust", "golang", "sql", "function", "bug",
-                 "stack trace", "compile", "exception", "regex", "api"],
-        "math": ["prove", "integral", "derivative", "equation", "theorem", "probability", "matrix", "solve for"],
-        "legal": ["contract", "lawsuit", "liability", "gdpr", "copyright", "attorney", "court"],
-        "medical": ["diagnosis", "symptom", "dosage", "prescription", "disease", "treatment"]}}},
-    "rx": {"type": "regex", "params": {"patterns": {"ticket": r"\b[A-Z]{2,5}-\d{3,}\b", "url": r"https?://\S+",
-                                                    "version": r"\bv?\d+\.\d+(\.\d+)?\b"}}},
+    "kw": {
+        "type": "keywords",
+        "params": {
+            "sets": {
+                "code": [
+                    "python",
+                    "javascript",
+                    "typescript",
+                    "java",
+                    "c++",
+                    "rust",
+                    "golang",
+                    "sql",
+                    "function",
+                    "bug",
+                    "stack trace",
+                    "compile",
+                    "exception",
+                    "regex",
+                    "api",
+                ],
+                "math": ["prove", "integral", "derivative", "equation", "theorem", "probability", "matrix", "solve for"],
+                "legal": ["contract", "lawsuit", "liability", "gdpr", "copyright", "attorney", "court"],
+                "medical": ["diagnosis", "symptom", "dosage", "prescription", "disease", "treatment"],
+            }
+        },
+    },
+    "rx": {
+        "type": "regex",
+        "params": {
+            "patterns": {"ticket": r"\b[A-Z]{2,5}-\d{3,}\b", "url": r"https?://\S+", "version": r"\bv?\d+\.\d+(\.\d+)?\b"}
+        },
+    },
     "tok": {"type": "tokens", "params": {}},
     "conv": {"type": "conversation", "params": {}},
     "req": {"type": "request", "params": {}},
@@ -58,28 +83,59 @@ SIGNALS: dict[str, dict[str, Any]] = {
     "pii": {"type": "pii", "params": {}},
     "domain": {"type": "domain", "params": {"examples": "", "embedder": "minilm"}},
     "jb": {"type": "jailbreak", "params": {"embedder": "minilm"}},
-    "near": {"type": "similarity", "params": {"embedder": "minilm", "threshold": 0.6, "sets": {
-        "refund": ["where is my refund", "i want my money back", "refund my last order", "how do i get a refund"],
-        "password": ["i forgot my password", "reset my password", "i cannot log in to my account"],
-        "human": ["let me talk to a human", "connect me to an agent", "i want to speak to a person"]}}},
-    "hard": {"type": "score", "params": {"inputs": {"st.code": 0.3, "st.math": 0.3, "tok": 0.0005},
-                                         "bands": {"easy": 0.3, "medium": 0.6, "hard": None}}},
+    "near": {
+        "type": "similarity",
+        "params": {
+            "embedder": "minilm",
+            "threshold": 0.6,
+            "sets": {
+                "refund": ["where is my refund", "i want my money back", "refund my last order", "how do i get a refund"],
+                "password": ["i forgot my password", "reset my password", "i cannot log in to my account"],
+                "human": ["let me talk to a human", "connect me to an agent", "i want to speak to a person"],
+            },
+        },
+    },
+    "hard": {
+        "type": "score",
+        "params": {
+            "inputs": {"st.code": 0.3, "st.math": 0.3, "tok": 0.0005},
+            "bands": {"easy": 0.3, "medium": 0.6, "hard": None},
+        },
+    },
 }
 TYPICAL = ["lang", "kw", "domain"]
 DECISIONS = [
     {"name": "code", "priority": 60, "when": {"signal": "kw.code", "is": True}, "use": {"route": "auto"}},
-    {"name": "math", "priority": 50, "when": {"all": [{"signal": "kw.math", "is": True}, {"signal": "lang", "eq": "en"}]},
-     "use": {"lambda": 0}},
-    {"name": "eu-languages", "priority": 40, "when": {"signal": "lang", "in": ["fr", "de", "es", "it"]},
-     "use": {"route": "auto"}},
-    {"name": "banking", "priority": 30, "when": {"all": [{"signal": "domain", "eq": "banking"},
-                                                        {"signal": "domain.probability", "gte": 0.6}]},
-     "use": {"route": "auto"}},
-    {"name": "legal-or-medical", "priority": 20, "when": {"any": [{"signal": "kw.legal", "is": True},
-                                                                 {"signal": "kw.medical", "is": True}]},
-     "use": {"route": "auto"}},
-    {"name": "off-topic", "priority": 10, "when": {"not": {"signal": "domain", "in": ["banking", "travel"]}},
-     "use": {"lambda": 100}},
+    {
+        "name": "math",
+        "priority": 50,
+        "when": {"all": [{"signal": "kw.math", "is": True}, {"signal": "lang", "eq": "en"}]},
+        "use": {"lambda": 0},
+    },
+    {
+        "name": "eu-languages",
+        "priority": 40,
+        "when": {"signal": "lang", "in": ["fr", "de", "es", "it"]},
+        "use": {"route": "auto"},
+    },
+    {
+        "name": "banking",
+        "priority": 30,
+        "when": {"all": [{"signal": "domain", "eq": "banking"}, {"signal": "domain.probability", "gte": 0.6}]},
+        "use": {"route": "auto"},
+    },
+    {
+        "name": "legal-or-medical",
+        "priority": 20,
+        "when": {"any": [{"signal": "kw.legal", "is": True}, {"signal": "kw.medical", "is": True}]},
+        "use": {"route": "auto"},
+    },
+    {
+        "name": "off-topic",
+        "priority": 10,
+        "when": {"not": {"signal": "domain", "in": ["banking", "travel"]}},
+        "use": {"lambda": 100},
+    },
 ]
 
 
@@ -90,8 +146,11 @@ def prompts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     dc = pq.read_table(DATA / "dcrouter" / "dcrouter.parquet", columns=["prompt_id", "prompt", "split"]).to_pylist()
     dc_test = sorted({r["prompt_id"]: r["prompt"] for r in dc if r["split"] == "test"}.values())
-    clinc = [json.loads(x)["text"] for x in (DATA / "clinc150" / "clinc150.jsonl").read_text().splitlines()
-             if x.strip() and json.loads(x).get("split") == "val"]
+    clinc = [
+        json.loads(x)["text"]
+        for x in (DATA / "clinc150" / "clinc150.jsonl").read_text().splitlines()
+        if x.strip() and json.loads(x).get("split") == "val"
+    ]
     jb = [json.loads(x)["text"] for x in (DATA / "guards" / "jailbreak" / "dev.jsonl").read_text().splitlines() if x]
     k = n // 3
     return rng.sample(dc_test, min(k, len(dc_test))) + rng.sample(clinc, k) + rng.sample(jb, n - 2 * k)
@@ -128,8 +187,12 @@ class ReadyView:
 
 def stats(ms: list[float]) -> dict[str, float]:
     s = sorted(ms)
-    return {"p50_ms": round(statistics.median(s), 4), "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 4),
-            "mean_ms": round(statistics.fmean(s), 4), "max_ms": round(s[-1], 4)}
+    return {
+        "p50_ms": round(statistics.median(s), 4),
+        "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 4),
+        "mean_ms": round(statistics.fmean(s), 4),
+        "max_ms": round(s[-1], 4),
+    }
 
 
 async def time_each(views: list[Any], fn: Callable[[Any], Any], repeats: int) -> list[float]:
@@ -159,17 +222,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     emb.embed_one("warm up")
     build = BuildContext(embedder=lambda name: emb)
     key = SimpleNamespace(name="alice", team="research", tags=("beta",))
-    views = [StaticView.of(t, key=key, headers={"x-turnout-tags": "beta,mobile", "x-tier": "gold"},
-                           embedders={"minilm": emb}) for t in texts]
+    views = [
+        StaticView.of(t, key=key, headers={"x-turnout-tags": "beta,mobile", "x-tier": "gold"}, embedders={"minilm": emb})
+        for t in texts
+    ]
     t0 = time.perf_counter()
     vecs = emb.embed(texts)
     batch_ms = (time.perf_counter() - t0) * 1000
     ready = [ReadyView(v, vec) for v, vec in zip(views, vecs)]
 
     lengths = sorted(len(t) for t in texts)
-    results: dict[str, Any] = {"prompts": len(texts),
-                               "chars": {"p50": lengths[len(lengths) // 2], "max": lengths[-1], "min": lengths[0]},
-                               "repeats": args.repeats, "signals": {}, "startup_ms": {}}
+    results: dict[str, Any] = {
+        "prompts": len(texts),
+        "chars": {"p50": lengths[len(lengths) // 2], "max": lengths[-1], "min": lengths[0]},
+        "repeats": args.repeats,
+        "signals": {},
+        "startup_ms": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ex = Path(tmp) / "domains.jsonl"
         results["domain_examples"] = domain_examples(ex, args.per_domain, args.seed)
@@ -208,13 +277,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     found_all = [await typical.extract(v, plan) for v in ready]
     results["typical"] = {
-        "signals": TYPICAL, "decisions": len(DECISIONS), "conflicts": [c.message for c in ds.conflicts],
+        "signals": TYPICAL,
+        "decisions": len(DECISIONS),
+        "conflicts": [c.message for c in ds.conflicts],
         "rules_only": stats(await time_each(found_all, lambda f: ds.evaluate(f.values, "auto"), args.repeats)),
         "signals_and_rules_embedding_ready": stats(await time_each(ready, stage, args.repeats)),
-        "signals_and_rules_with_embedding": stats(await time_each(
-            [StaticView.of(t, embedders={"minilm": emb}) for t in texts], stage, 1)),
-        "matched": {d["name"]: sum(1 for f in found_all if ds.evaluate(f.values, "auto").matched is not None
-                                   and ds.evaluate(f.values, "auto").matched.name == d["name"]) for d in DECISIONS},
+        "signals_and_rules_with_embedding": stats(
+            await time_each([StaticView.of(t, embedders={"minilm": emb}) for t in texts], stage, 1)
+        ),
+        "matched": {
+            d["name"]: sum(
+                1
+                for f in found_all
+                if ds.evaluate(f.values, "auto").matched is not None and ds.evaluate(f.values, "auto").matched.name == d["name"]
+            )
+            for d in DECISIONS
+        },
     }
     return results
 
@@ -234,22 +312,33 @@ def main() -> None:
     from rich.table import Table
 
     results = asyncio.run(run(args))
-    results.update(machine=platform.platform(), python=platform.python_version(), cpus=os.cpu_count(),
-                   load_avg_at_end=os.getloadavg(),
-                   env={k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")})
-    table = Table(title=f"signal latency per request ({results['prompts']} real prompts; learned: on a ready "
-                        "embedding)")
+    results.update(
+        machine=platform.platform(),
+        python=platform.python_version(),
+        cpus=os.cpu_count(),
+        load_avg_at_end=os.getloadavg(),
+        env={k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS")},
+    )
+    table = Table(title=f"signal latency per request ({results['prompts']} real prompts; learned: on a ready embedding)")
     for col in ("signal", "type", "runs", "p50 ms", "p99 ms", "max ms", "start-up ms"):
         table.add_column(col, justify="left" if col in ("signal", "type", "runs") else "right")
     for name, r in results["signals"].items():
-        table.add_row(name, r["type"], "inline" if r["inline"] else "awaited", f"{r['p50_ms']:.4f}",
-                      f"{r['p99_ms']:.4f}", f"{r['max_ms']:.3f}", str(results["startup_ms"].get(name, "")))
+        table.add_row(
+            name,
+            r["type"],
+            "inline" if r["inline"] else "awaited",
+            f"{r['p50_ms']:.4f}",
+            f"{r['p99_ms']:.4f}",
+            f"{r['max_ms']:.3f}",
+            str(results["startup_ms"].get(name, "")),
+        )
     t = results["typical"]
-    for label, key in (("rules only (6 decisions)", "rules_only"),
-                       ("lang+kw+domain + rules, embedding ready", "signals_and_rules_embedding_ready"),
-                       ("lang+kw+domain + rules, embedding computed", "signals_and_rules_with_embedding")):
-        table.add_row(label, "typical", "", f"{t[key]['p50_ms']:.4f}", f"{t[key]['p99_ms']:.4f}",
-                      f"{t[key]['max_ms']:.3f}", "")
+    for label, key in (
+        ("rules only (6 decisions)", "rules_only"),
+        ("lang+kw+domain + rules, embedding ready", "signals_and_rules_embedding_ready"),
+        ("lang+kw+domain + rules, embedding computed", "signals_and_rules_with_embedding"),
+    ):
+        table.add_row(label, "typical", "", f"{t[key]['p50_ms']:.4f}", f"{t[key]['p99_ms']:.4f}", f"{t[key]['max_ms']:.3f}", "")
     console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(table)
     console.print(f"load average at the end: {results['load_avg_at_end']} (a shared machine: rerun on a quiet one)")

@@ -98,8 +98,14 @@ class Child:
 
     def launch(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **self.env}, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds (only this child's own process group)."""
@@ -121,25 +127,41 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
 
-def replica_config(i: int, port: int, workdir: Path, engines: list[str], redis_url: str, *, balance: str,
-                   upstream_model: str, extra: dict[str, Any] | None,
-                   price: tuple[float, float] = (0.5, 1.5)) -> dict[str, Any]:
+def replica_config(
+    i: int,
+    port: int,
+    workdir: Path,
+    engines: list[str],
+    redis_url: str,
+    *,
+    balance: str,
+    upstream_model: str,
+    extra: dict[str, Any] | None,
+    price: tuple[float, float] = (0.5, 1.5),
+) -> dict[str, Any]:
     """The config of replica ``i``: one model over every engine, the shared Redis, its own port and log."""
     cfg: dict[str, Any] = {
-        "server": {"host": "127.0.0.1", "port": port, "request_log": str(workdir / f"replica-{i}.sqlite"),
-                   "metrics": True},
-        "backends": {"engine": {"protocol": "openai", "base_url": engines[0],
-                                "timeouts": {"connect": 2, "first_token": 60, "total": 120},
-                                "retries": {"attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.2},
-                                "cooldown": {"failures": 3, "seconds": 10}}},
-        "models": {"smollm2": {
-            "endpoints": [{"backend": "engine", "base_url": url, "name": f"engine-{j}", "slots": 1}
-                          for j, url in enumerate(engines)],
-            "balance": {"strategy": balance},
-            "upstream_model": upstream_model,
-            "price": {"input_per_mtok": price[0], "output_per_mtok": price[1]},
-            "context_window": 2048,
-        }},
+        "server": {"host": "127.0.0.1", "port": port, "request_log": str(workdir / f"replica-{i}.sqlite"), "metrics": True},
+        "backends": {
+            "engine": {
+                "protocol": "openai",
+                "base_url": engines[0],
+                "timeouts": {"connect": 2, "first_token": 60, "total": 120},
+                "retries": {"attempts": 2, "backoff_s": 0.05, "max_backoff_s": 0.2},
+                "cooldown": {"failures": 3, "seconds": 10},
+            }
+        },
+        "models": {
+            "smollm2": {
+                "endpoints": [
+                    {"backend": "engine", "base_url": url, "name": f"engine-{j}", "slots": 1} for j, url in enumerate(engines)
+                ],
+                "balance": {"strategy": balance},
+                "upstream_model": upstream_model,
+                "price": {"input_per_mtok": price[0], "output_per_mtok": price[1]},
+                "context_window": 2048,
+            }
+        },
         "state": {"redis_url": redis_url},
         "health": {"interval_s": 1.0, "active": True},
     }
@@ -156,7 +178,8 @@ class Deployment:
 
     ``engines`` is ``llamacpp`` or ``scripted`` (then ``scripted_latency_ms`` before each answer), or
     ``upstreams`` names engines already running (their OpenAI base URLs; none is started); ``price`` is the
-    model's (USD per million input and output tokens); ``extra`` is merged into every replica's config (``keys``, ``health``, ``state.on_failure``...).
+    model's (USD per million input and output tokens); ``extra`` is merged into every replica's config
+    (``keys``, ``health``, ``state.on_failure``...).
     Use as a context manager; :meth:`stop` is idempotent and stops only what this object started.
 
     Example::
@@ -165,10 +188,22 @@ class Deployment:
             openai.OpenAI(base_url=d.url, api_key="...").chat.completions.create(model="smollm2", ...)
     """
 
-    def __init__(self, *, replicas: int = 3, engines: str = "llamacpp", engine_count: int = 2, port: int | None = None,
-                 workdir: str | Path | None = None, balance: str = "dualmap", extra: dict[str, Any] | None = None,
-                 scripted_latency_ms: float = 20.0, python: str = sys.executable, n_ctx: int = 2048,
-                 price: tuple[float, float] = (0.5, 1.5), upstreams: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        replicas: int = 3,
+        engines: str = "llamacpp",
+        engine_count: int = 2,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        balance: str = "dualmap",
+        extra: dict[str, Any] | None = None,
+        scripted_latency_ms: float = 20.0,
+        python: str = sys.executable,
+        n_ctx: int = 2048,
+        price: tuple[float, float] = (0.5, 1.5),
+        upstreams: Sequence[str] | None = None,
+    ) -> None:
         if engines not in ("llamacpp", "scripted"):
             raise ValueError(f"engines must be 'llamacpp' or 'scripted', not {engines!r}")
         if replicas < 1 or engine_count < 1:
@@ -190,8 +225,12 @@ class Deployment:
         self.engines: list[Child] = []
         self.turnouts: list[Child] = []
         self.nginx: Child | None = None
-        self._env = {"PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                     "OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self._env = {
+            "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "OPENBLAS_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
 
     # -- what it serves ------------------------------------------------------------------------------
     @property
@@ -249,9 +288,12 @@ class Deployment:
         if exe is None:
             raise RuntimeError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
         port = free_port()
-        self.redis = Child("redis-server", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                            "--appendonly", "no", "--dir", str(self.workdir)],
-                           port, self.workdir / "redis.log")
+        self.redis = Child(
+            "redis-server",
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            port,
+            self.workdir / "redis.log",
+        )
         self.redis.launch()
         _wait("redis-server", lambda: _port_open(port), self.redis.proc, 15, self.redis.log)
 
@@ -261,11 +303,31 @@ class Deployment:
         for j in range(self.engine_count):
             port = free_port()
             if self.engine_kind == "scripted":
-                cmd = [self.python, "-m", "turnout.testing.scripted", "--port", str(port),
-                       "--latency-ms", str(self.scripted_latency_ms)]
+                cmd = [
+                    self.python,
+                    "-m",
+                    "turnout.testing.scripted",
+                    "--port",
+                    str(port),
+                    "--latency-ms",
+                    str(self.scripted_latency_ms),
+                ]
             else:
-                cmd = [self.python, "-m", "turnout.backends._llama_child", "--model", str(self._gguf()),
-                       "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", str(self.n_ctx)]
+                cmd = [
+                    self.python,
+                    "-m",
+                    "turnout.backends._llama_child",
+                    "--model",
+                    str(self._gguf()),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--n_threads",
+                    "1",
+                    "--n_ctx",
+                    str(self.n_ctx),
+                ]
             child = Child(f"engine-{j}", cmd, port, self.workdir / f"engine-{j}.log", self._env)
             child.launch()
             self.engines.append(child)
@@ -284,12 +346,30 @@ class Deployment:
         upstream = "scripted" if self.engine_kind == "scripted" else "smollm2"
         for i in range(self.replicas):
             port = free_port()
-            cfg = replica_config(i, port, self.workdir, self.engine_urls, self.redis_url, balance=self.balance,
-                                 upstream_model=upstream, extra=self.extra, price=self.price)
+            cfg = replica_config(
+                i,
+                port,
+                self.workdir,
+                self.engine_urls,
+                self.redis_url,
+                balance=self.balance,
+                upstream_model=upstream,
+                extra=self.extra,
+                price=self.price,
+            )
             path = self.workdir / f"replica-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-            cmd = [self.python, "-c", "import sys; from turnout.cli.main import main; sys.exit(main())",
-                   "serve", "--config", str(path), "--port", str(port), "--quiet"]
+            cmd = [
+                self.python,
+                "-c",
+                "import sys; from turnout.cli.main import main; sys.exit(main())",
+                "serve",
+                "--config",
+                str(path),
+                "--port",
+                str(port),
+                "--quiet",
+            ]
             child = Child(f"turnout-{i}", cmd, port, self.workdir / f"replica-{i}.log", self._env)
             child.launch()
             self.turnouts.append(child)
@@ -305,7 +385,8 @@ class Deployment:
         tmp.chmod(0o777)
         servers = "\n".join(f"        server 127.0.0.1:{c.port} max_fails=1 fail_timeout=2s;" for c in self.turnouts)
         text = string.Template(TEMPLATE.read_text()).safe_substitute(
-            workdir=str(self.workdir), servers=servers, listen=f"127.0.0.1:{self.port}", max_body="8m")
+            workdir=str(self.workdir), servers=servers, listen=f"127.0.0.1:{self.port}", max_body="8m"
+        )
         left = [p for p in ("${workdir}", "${servers}", "${listen}", "${max_body}") if p in text]
         if left:
             raise RuntimeError(f"the nginx template still holds {left} after rendering")
@@ -318,8 +399,12 @@ class Deployment:
         if exe is None:
             raise RuntimeError("nginx is not installed (Debian: apt-get install -y nginx)")
         conf = self.render_nginx()
-        self.nginx = Child("nginx", [exe, "-p", str(self.workdir), "-c", str(conf), "-e",
-                                     str(self.workdir / "nginx-error.log")], self.port, self.workdir / "nginx.log")
+        self.nginx = Child(
+            "nginx",
+            [exe, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.workdir / "nginx-error.log")],
+            self.port,
+            self.workdir / "nginx.log",
+        )
         self.nginx.launch()
         _wait("nginx", lambda: _port_open(self.port), self.nginx.proc, 15, self.workdir / "nginx-error.log")
 
@@ -344,8 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import yaml
 
         extra = yaml.safe_load(Path(args.extra).read_text())
-    d = Deployment(replicas=args.replicas, engines=args.engines, port=args.port, workdir=args.workdir,
-                   balance=args.balance, extra=extra)
+    d = Deployment(
+        replicas=args.replicas, engines=args.engines, port=args.port, workdir=args.workdir, balance=args.balance, extra=extra
+    )
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -355,8 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         d.start(say=lambda msg: print(msg, flush=True))
-        print(f"\nready: OpenAI base URL {d.url} (model 'smollm2'); logs and configs in {d.workdir}; Ctrl-C stops",
-              flush=True)
+        print(f"\nready: OpenAI base URL {d.url} (model 'smollm2'); logs and configs in {d.workdir}; Ctrl-C stops", flush=True)
         while not stop and all(c.alive for c in [d.redis, *d.engines, *d.turnouts, d.nginx] if c is not None):
             time.sleep(0.5)
         dead = [c.name for c in [d.redis, *d.engines, *d.turnouts, d.nginx] if c is not None and not c.alive]

@@ -26,50 +26,160 @@ REPO = Path(__file__).resolve().parents[1]
 SURFACE: dict[str, list[str]] = {
     "turnout": ["__version__"],
     "turnout.types": [
-        "Candidate", "ChatRequest", "ChatResponse", "Decision", "PLAN_CASCADE", "PLAN_FANOUT", "PLAN_SINGLE", "Plan",
-        "PlanStep", "Price", "Reason", "StreamChunk", "Usage",
+        "Candidate",
+        "ChatRequest",
+        "ChatResponse",
+        "Decision",
+        "PLAN_CASCADE",
+        "PLAN_FANOUT",
+        "PLAN_SINGLE",
+        "Plan",
+        "PlanStep",
+        "Price",
+        "Reason",
+        "StreamChunk",
+        "Usage",
     ],
     "turnout.errors": [
-        "AllBackendsFailedError", "AuthError", "AuthenticationError", "BackendConnectionError", "BackendError",
-        "BackendProtocolError", "BackendStatusError", "BackendTimeoutError", "BackendUnavailableError",
-        "BudgetExceededError", "ConfigError", "DataError", "GuardBlockedError", "InvalidRequestError",
-        "MethodNotAllowedError", "MissingDependency", "ModelNotAllowedError", "NoCandidateError", "NotFoundError",
-        "OutOfScopeError", "PayloadTooLargeError", "PermissionDeniedError", "PiiBlockedError", "RateLimitedError",
-        "RequestError", "RoutingError", "StateError", "TurnoutError", "UnknownModelError", "UnsupportedRequestError",
+        "AllBackendsFailedError",
+        "AuthError",
+        "AuthenticationError",
+        "BackendConnectionError",
+        "BackendError",
+        "BackendProtocolError",
+        "BackendStatusError",
+        "BackendTimeoutError",
+        "BackendUnavailableError",
+        "BudgetExceededError",
+        "ConfigError",
+        "DataError",
+        "GuardBlockedError",
+        "InvalidRequestError",
+        "MethodNotAllowedError",
+        "MissingDependency",
+        "ModelNotAllowedError",
+        "NoCandidateError",
+        "NotFoundError",
+        "OutOfScopeError",
+        "PayloadTooLargeError",
+        "PermissionDeniedError",
+        "PiiBlockedError",
+        "RateLimitedError",
+        "RequestError",
+        "RoutingError",
+        "StateError",
+        "TurnoutError",
+        "UnknownModelError",
+        "UnsupportedRequestError",
         "UpstreamRejectedError",
     ],
-    "turnout.tokens": ["CHARS_PER_TOKEN", "MESSAGE_OVERHEAD_TOKENS", "estimate_prompt_tokens", "estimate_tokens",
-                       "message_text"],
+    "turnout.tokens": ["CHARS_PER_TOKEN", "MESSAGE_OVERHEAD_TOKENS", "estimate_prompt_tokens", "estimate_tokens", "message_text"],
     "turnout.fastjson": ["DecodeError", "MAX_WRITE_DEPTH", "dumps", "loads"],
     "turnout.plugins": ["BACKENDS", "EMBEDDERS", "ROUTERS", "STAGES", "plugin_entry_points"],
     "turnout.routing": [
-        "Policy", "Prediction", "Router", "TrainingData", "calibrate_lambda", "choose", "create_router",
-        "estimate_tokens", "lambda_grid", "load_router", "register_router", "router_class", "router_names",
+        "Policy",
+        "Prediction",
+        "Router",
+        "TrainingData",
+        "calibrate_lambda",
+        "choose",
+        "create_router",
+        "estimate_tokens",
+        "lambda_grid",
+        "load_router",
+        "register_router",
+        "router_class",
+        "router_names",
         "save_router",
     ],
     "turnout.embed": [
-        "BatchingEmbedder", "BatchingStats", "CachedEmbedder", "Embedder", "EmbedderRegistry", "EmbedderSpec",
-        "HashingEmbedder", "MemoryCachedEmbedder", "builtin_registry", "create_embedder", "default_cache_dir",
-        "default_registry", "register_embedder",
+        "BatchingEmbedder",
+        "BatchingStats",
+        "CachedEmbedder",
+        "Embedder",
+        "EmbedderRegistry",
+        "EmbedderSpec",
+        "HashingEmbedder",
+        "MemoryCachedEmbedder",
+        "builtin_registry",
+        "create_embedder",
+        "default_cache_dir",
+        "default_registry",
+        "register_embedder",
     ],
-    "turnout.backends": ["AnthropicBackend", "Backend", "OpenAIBackend", "Timeouts", "backend_protocols",
-                         "create_backend", "register_backend"],
-    "turnout.evaluation": ["RoutingTable", "aiq", "apgr_cpt", "cost_fraction_to_match", "load_table",
-                           "nondecreasing_hull"],
-    "turnout.testing": ["HashEmbedder", "HostileServer", "Rule", "Script", "ScriptedBackend", "ScriptedServer",
-                        "StaticRouter", "Step"],
-    "turnout.config": ["BackendSettings", "KeySettings", "ModelSettings", "RouteSettings", "ServerSettings",
-                       "TurnoutConfig", "default_config", "load_config", "parse_config", "resolve"],
+    "turnout.backends": [
+        "AnthropicBackend",
+        "Backend",
+        "OpenAIBackend",
+        "Timeouts",
+        "backend_protocols",
+        "create_backend",
+        "register_backend",
+    ],
+    "turnout.evaluation": ["RoutingTable", "aiq", "apgr_cpt", "cost_fraction_to_match", "load_table", "nondecreasing_hull"],
+    "turnout.testing": [
+        "HashEmbedder",
+        "HostileServer",
+        "Rule",
+        "Script",
+        "ScriptedBackend",
+        "ScriptedServer",
+        "StaticRouter",
+        "Step",
+    ],
+    "turnout.config": [
+        "BackendSettings",
+        "KeySettings",
+        "ModelSettings",
+        "RouteSettings",
+        "ServerSettings",
+        "TurnoutConfig",
+        "default_config",
+        "load_config",
+        "parse_config",
+        "resolve",
+    ],
     "turnout.gateway": [
-        "Answer", "Attempt", "Backoff", "Block", "CircuitBreaker", "Endpoint", "Gateway", "ModelTarget", "Offloader",
-        "PlanExecutor", "Price", "Redirect", "RequestContext", "RouteRuntime", "Stages", "StreamSession",
-        "register_plan", "register_stage",
+        "Answer",
+        "Attempt",
+        "Backoff",
+        "Block",
+        "CircuitBreaker",
+        "Endpoint",
+        "Gateway",
+        "ModelTarget",
+        "Offloader",
+        "PlanExecutor",
+        "Price",
+        "Redirect",
+        "RequestContext",
+        "RouteRuntime",
+        "Stages",
+        "StreamSession",
+        "register_plan",
+        "register_stage",
     ],
     "turnout.signals": [],
     "turnout.cache": [
-        "Blocked", "CHECKS", "CacheEntry", "CacheHit", "CachePolicy", "CacheSettings", "CacheStore",
-        "ContextFingerprint", "DEFAULT_THRESHOLD", "GuardVerdict", "HARMLESS_PARAMS", "InMemoryCacheStore",
-        "LookalikeGuard", "LookupResult", "SemanticCache", "StoreOutcome", "assemble_body", "build_cache", "normalise",
+        "Blocked",
+        "CHECKS",
+        "CacheEntry",
+        "CacheHit",
+        "CachePolicy",
+        "CacheSettings",
+        "CacheStore",
+        "ContextFingerprint",
+        "DEFAULT_THRESHOLD",
+        "GuardVerdict",
+        "HARMLESS_PARAMS",
+        "InMemoryCacheStore",
+        "LookalikeGuard",
+        "LookupResult",
+        "SemanticCache",
+        "StoreOutcome",
+        "assemble_body",
+        "build_cache",
+        "normalise",
         "replay_chunks",
     ],
     "turnout.state": ["Counters", "InMemoryCounters", "RedisCounters", "Reservation", "SqliteCounters", "StateStore"],
@@ -84,14 +194,23 @@ FOREIGN_OK = {
 
 #: what the optional extras install (and pandas/pyarrow, read only when a table is): no room may import them
 HEAVY = (
-    "torch", "sklearn",  # ml
-    "onnxruntime", "onnx", "sentence_transformers", "transformers", "tokenizers",  # embed
-    "starlette", "uvicorn", "prometheus_client",  # server
+    "torch",
+    "sklearn",  # ml
+    "onnxruntime",
+    "onnx",
+    "sentence_transformers",
+    "transformers",
+    "tokenizers",  # embed
+    "starlette",
+    "uvicorn",
+    "prometheus_client",  # server
     "llama_cpp",  # local
     "redis",  # redis
     "names",  # guards
     "matplotlib",  # plot
-    "pandas", "pyarrow", "scipy",
+    "pandas",
+    "pyarrow",
+    "scipy",
 )
 
 #: run in a fresh interpreter: import one room, print which heavy packages got imported and from which turnout line
@@ -122,8 +241,9 @@ def test_every_room_is_listed() -> None:
     packages = {f"turnout.{p.parent.name}" for p in root.glob("*/__init__.py")}
     modules = {f"turnout.{p.stem}" for p in root.glob("*.py") if not p.stem.startswith("_")}
     found = {"turnout"} | packages | modules
-    assert found == set(SURFACE), f"rooms without a SURFACE entry: {sorted(found - set(SURFACE))}; " \
-                                  f"entries without a room: {sorted(set(SURFACE) - found)}"
+    assert found == set(SURFACE), (
+        f"rooms without a SURFACE entry: {sorted(found - set(SURFACE))}; entries without a room: {sorted(set(SURFACE) - found)}"
+    )
 
 
 @pytest.mark.parametrize("room", sorted(SURFACE))
@@ -133,7 +253,8 @@ def test_room_exports_exactly_the_listed_names(room: str) -> None:
     assert len(exported) == len(set(exported)), f"{room}.__all__ repeats a name"
     added, removed = sorted(set(exported) - set(SURFACE[room])), sorted(set(SURFACE[room]) - set(exported))
     assert not added and not removed, (
-        f"{room}.__all__ changed: added {added}, removed {removed}; if that is intended, update SURFACE in {__file__}")
+        f"{room}.__all__ changed: added {added}, removed {removed}; if that is intended, update SURFACE in {__file__}"
+    )
 
 
 @pytest.mark.parametrize("room", sorted(SURFACE))
@@ -148,29 +269,35 @@ def test_every_exported_name_imports_and_is_documented(room: str) -> None:
             defined_in = obj.__module__ or ""
             if (room, name) not in FOREIGN_OK:
                 assert defined_in == "turnout" or defined_in.startswith("turnout."), (
-                    f"{room}.{name} is {defined_in}'s: a third-party name re-exported by accident?")
+                    f"{room}.{name} is {defined_in}'s: a third-party name re-exported by accident?"
+                )
             assert inspect.getdoc(obj), f"{room}.{name} has no docstring"
 
 
 def test_version_matches_the_installed_distribution() -> None:
     assert turnout.__version__ == importlib.metadata.version("turnout"), (
-        "turnout.__version__ and pyproject.toml's version differ: change both")
+        "turnout.__version__ and pyproject.toml's version differ: change both"
+    )
 
 
 @pytest.mark.parametrize("room", sorted(SURFACE))
 def test_importing_a_room_pulls_in_no_optional_heavy_dependency(room: str) -> None:
-    proc = subprocess.run([sys.executable, "-c", _PROBE, room, ",".join(HEAVY)], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, room, ",".join(HEAVY)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     pulled = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert pulled == {}, (f"importing {room} imported {', '.join(pulled)} (first asked for at: {pulled}); "
-                          "import it inside the function that needs it")
+    assert pulled == {}, (
+        f"importing {room} imported {', '.join(pulled)} (first asked for at: {pulled}); "
+        "import it inside the function that needs it"
+    )
 
 
 def test_the_probe_sees_a_heavy_import() -> None:
     """The subprocess probe itself works: a module that does import numpy is reported, with the importing line."""
-    proc = subprocess.run([sys.executable, "-c", _PROBE, "turnout.routing", "numpy"], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, "turnout.routing", "numpy"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     pulled = json.loads(proc.stdout.strip().splitlines()[-1])
     assert list(pulled) == ["numpy"]

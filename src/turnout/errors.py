@@ -60,8 +60,7 @@ class MissingDependency(TurnoutError, ImportError):
         self.package = package
         self.extra = extra
         super().__init__(
-            f"{feature} needs the '{package}' package, which is not installed. "
-            f"Install it with: pip install 'turnout[{extra}]'"
+            f"{feature} needs the '{package}' package, which is not installed. Install it with: pip install 'turnout[{extra}]'"
         )
 
 
@@ -285,8 +284,17 @@ class BackendStatusError(BackendError):
 
     kind = "upstream_status"
 
-    def __init__(self, message: str, *, backend: str, status: int, model: str | None = None, body: str | None = None,
-                 request_fault: bool | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str,
+        status: int,
+        model: str | None = None,
+        body: str | None = None,
+        request_fault: bool | None = None,
+        param: str | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.request_fault = status in (400, 413, 415, 422) if request_fault is None else request_fault
@@ -336,8 +344,10 @@ class UpstreamRejectedError(InvalidRequestError):
         def reason(e: BackendError) -> str:
             return f"{e.backend}/{e.model}: {e.detail}" if e.model else f"{e.backend}: {e.detail}"
 
-        super().__init__(f"no model in the chain can take the request ({'; '.join(dict.fromkeys(map(reason, self.errors)))})",
-                         param=next((p for e in self.errors if (p := getattr(e, "param", None))), None))
+        super().__init__(
+            f"no model in the chain can take the request ({'; '.join(dict.fromkeys(map(reason, self.errors)))})",
+            param=next((p for e in self.errors if (p := getattr(e, "param", None))), None),
+        )
 
 
 class AllBackendsFailedError(TurnoutError):

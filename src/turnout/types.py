@@ -61,8 +61,11 @@ class ChatRequest:
             if isinstance(content, str):
                 parts.append(content)
             elif isinstance(content, list):  # content parts: keep the text ones
-                parts.extend(p["text"] for p in content
-                             if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+                parts.extend(
+                    p["text"]
+                    for p in content
+                    if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                )
         return "\n".join(parts)
 
 

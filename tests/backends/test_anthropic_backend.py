@@ -43,13 +43,21 @@ def test_request_translation_covers_system_roles_stop_and_tools():
             {"role": "developer", "content": "B"},
             {"role": "user", "content": "weather in Oslo?"},
             {"role": "user", "content": [{"type": "text", "text": "and Bergen"}]},
-            {"role": "assistant", "content": None,
-             "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "wx", "arguments": '{"city": "Oslo"}'}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "t1", "type": "function", "function": {"name": "wx", "arguments": '{"city": "Oslo"}'}}],
+            },
             {"role": "tool", "tool_call_id": "t1", "content": "rain"},
         ],
-        params={"stop": ["X", "Y"], "max_completion_tokens": 77, "n": 2, "user": "u1",
-                "tools": [{"type": "function", "function": {"name": "wx", "parameters": {"type": "object"}}}],
-                "tool_choice": {"type": "function", "function": {"name": "wx"}}},
+        params={
+            "stop": ["X", "Y"],
+            "max_completion_tokens": 77,
+            "n": 2,
+            "user": "u1",
+            "tools": [{"type": "function", "function": {"name": "wx", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "wx"}},
+        },
     )
     body = to_messages_request(req, "claude-x")
     assert body["system"] == "A\n\nB"
@@ -67,10 +75,18 @@ def test_request_translation_covers_system_roles_stop_and_tools():
 
 
 def test_response_translation_text_tools_and_stop_reason():
-    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
-           "content": [{"type": "text", "text": "Checking."},
-                       {"type": "tool_use", "id": "t9", "name": "wx", "input": {"city": "Oslo"}}],
-           "stop_reason": "tool_use", "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 3}}
+    msg = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [
+            {"type": "text", "text": "Checking."},
+            {"type": "tool_use", "id": "t9", "name": "wx", "input": {"city": "Oslo"}},
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 3},
+    }
     out = to_chat_completion(msg)
     choice = out["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -103,9 +119,7 @@ async def test_stream_translates_events_to_chunks_with_usage_last(server, backen
     assert server.requests[-1].body["stream"] is True
 
 
-@pytest.mark.parametrize(
-    ("status", "retryable"), [(529, True), (429, True), (500, True), (400, False), (401, False)]
-)
+@pytest.mark.parametrize(("status", "retryable"), [(529, True), (429, True), (500, True), (400, False), (401, False)])
 async def test_status_errors_keep_retryable_flag(server, backend, status, retryable):
     server.script.queue.append(Step(fault="status", status=status))
     with pytest.raises(BackendStatusError) as info:
@@ -142,7 +156,7 @@ async def test_insane_token_counts_are_replaced_by_estimates(prompt_tokens, comp
             resp = await b.complete(REQ, model="claude-x")
             chunks = [c async for c in b.stream(REQ, model="claude-x")]
     want_prompt = prompt_tokens if prompt_tokens >= 0 and prompt_tokens <= 10**9 else estimate_prompt_tokens(REQ.messages)
-    want_completion = (completion_tokens if 0 <= completion_tokens <= 10**9 else estimate_tokens("It is four."))
+    want_completion = completion_tokens if 0 <= completion_tokens <= 10**9 else estimate_tokens("It is four.")
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (want_prompt, want_completion)
     assert resp.body["usage"]["prompt_tokens"] == want_prompt and resp.body["usage"]["completion_tokens"] == want_completion
     final = chunks[-1]
@@ -151,12 +165,15 @@ async def test_insane_token_counts_are_replaced_by_estimates(prompt_tokens, comp
     assert sum("invalid token count" in r.getMessage() for r in caplog.records) == 1  # once per backend
 
 
-@pytest.mark.parametrize("content", ['[5]', '[{"type": "text", "text": 5}]', '"text"'])
+@pytest.mark.parametrize("content", ["[5]", '[{"type": "text", "text": 5}]', '"text"'])
 async def test_a_messages_answer_with_blocks_of_the_wrong_shape_is_a_protocol_error(content):
     import asyncio
 
-    body = ('{"id": "m", "type": "message", "model": "c", "stop_reason": "end_turn", "content": ' + content
-            + ', "usage": {"input_tokens": 3, "output_tokens": 1}}').encode()
+    body = (
+        '{"id": "m", "type": "message", "model": "c", "stop_reason": "end_turn", "content": '
+        + content
+        + ', "usage": {"input_tokens": 3, "output_tokens": 1}}'
+    ).encode()
 
     async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         head = await r.readuntil(b"\r\n\r\n")

@@ -16,9 +16,17 @@ CALLS = (
     {"id": "toolu_01", "name": "get_weather", "arguments": json.dumps({"city": "Oslo", "unit": "celsius"})},
     {"id": "toolu_02", "name": "get_time", "arguments": json.dumps({"tz": "Europe/Oslo"})},
 )
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather now",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
-         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather now",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
 
@@ -79,7 +87,9 @@ async def test_whole_answer_with_tool_calls(server, backend) -> None:
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Let me check."
     calls = choice["message"]["tool_calls"]
     assert [(c["id"], c["type"], c["function"]["name"]) for c in calls] == [
-        ("toolu_01", "function", "get_weather"), ("toolu_02", "function", "get_time")]
+        ("toolu_01", "function", "get_weather"),
+        ("toolu_02", "function", "get_time"),
+    ]
     assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}
     assert server.requests[-1].body["tool_choice"] == {"type": "any"}
 
@@ -87,8 +97,13 @@ async def test_whole_answer_with_tool_calls(server, backend) -> None:
 async def test_the_tool_round_trip_is_sent_back_as_tool_use_and_tool_result(server, backend) -> None:
     messages = [
         {"role": "user", "content": "weather in Oslo?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "toolu_01", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "toolu_01", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "toolu_01", "content": "rain, 7 C"},
     ]
     server.script.queue.append(Step(text="It rains."))
@@ -104,8 +119,11 @@ async def test_parallel_tool_calls_false_is_passed_on(server, backend) -> None:
     req = ChatRequest("auto", [{"role": "user", "content": "x"}], params={"tools": TOOLS, "parallel_tool_calls": False})
     await backend.complete(req, model="claude-x", timeouts=FAST)
     assert server.requests[-1].body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
-    req = ChatRequest("auto", [{"role": "user", "content": "x"}],
-                      params={"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False})
+    req = ChatRequest(
+        "auto",
+        [{"role": "user", "content": "x"}],
+        params={"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False},
+    )
     await backend.complete(req, model="claude-x", timeouts=FAST)
     assert server.requests[-1].body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
 
@@ -133,19 +151,34 @@ async def test_an_image_returned_by_a_tool_stays_in_the_tool_result(server, back
     server.script.queue.append(Step(text="A chart."))
     messages = [
         {"role": "user", "content": "plot it"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "toolu_09", "type": "function", "function": {"name": "plot", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "toolu_09", "content": [
-            {"type": "text", "text": "here is the chart"},
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "toolu_09", "type": "function", "function": {"name": "plot", "arguments": "{}"}}],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "toolu_09",
+            "content": [
+                {"type": "text", "text": "here is the chart"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+            ],
+        },
     ]
     await backend.complete(ChatRequest("auto", messages), model="claude-x", timeouts=FAST)
     sent = server.requests[-1].body["messages"]
     # an empty assistant text is not sent as an empty block (Anthropic rejects those)
     assert sent[1]["content"] == [{"type": "tool_use", "id": "toolu_09", "name": "plot", "input": {}}]
-    assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": "toolu_09", "content": [
-        {"type": "text", "text": "here is the chart"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}]
+    assert sent[2]["content"] == [
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_09",
+            "content": [
+                {"type": "text", "text": "here is the chart"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+            ],
+        }
+    ]
 
 
 def test_an_unusable_image_url_is_a_clear_request_error() -> None:

@@ -54,10 +54,13 @@ def _dist_with_entry_points(root, text: str) -> None:
 
 
 def test_installed_entry_points_register_backends_lazily(tmp_path, monkeypatch):
-    _dist_with_entry_points(tmp_path, "[turnout.backends]\n"
-                                      "fakeproto = turnout.testing.scripted:ScriptedBackend\n"
-                                      "openai = turnout.testing.scripted:ScriptedBackend\n"
-                                      "broken = turnout_no_such_module:Backend\n")
+    _dist_with_entry_points(
+        tmp_path,
+        "[turnout.backends]\n"
+        "fakeproto = turnout.testing.scripted:ScriptedBackend\n"
+        "openai = turnout.testing.scripted:ScriptedBackend\n"
+        "broken = turnout_no_such_module:Backend\n",
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = BackendRegistry({"openai": "turnout.backends.openai:OpenAIBackend"}, entry_point_group="turnout.backends")
     assert {"fakeproto", "openai", "broken"} <= set(reg.names())

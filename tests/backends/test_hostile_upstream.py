@@ -94,10 +94,12 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("cue", "stream", "error", "retryable"), FAILURES,
-                         ids=[f"{c}-{'stream' if s else 'complete'}" for c, s, *_ in FAILURES])
-async def test_every_oddity_is_a_typed_backend_error(hostile: HostileServer, cue: str, stream: bool,
-                                                     error: type[BackendError], retryable: bool) -> None:
+@pytest.mark.parametrize(
+    ("cue", "stream", "error", "retryable"), FAILURES, ids=[f"{c}-{'stream' if s else 'complete'}" for c, s, *_ in FAILURES]
+)
+async def test_every_oddity_is_a_typed_backend_error(
+    hostile: HostileServer, cue: str, stream: bool, error: type[BackendError], retryable: bool
+) -> None:
     async with OpenAIBackend("evil", hostile.base_url, timeouts=PATIENT) as backend:
         with pytest.raises(error) as info:
             await call(backend, cue, stream)
@@ -105,11 +107,18 @@ async def test_every_oddity_is_a_typed_backend_error(hostile: HostileServer, cue
     assert info.value.backend == "evil" and info.value.model == cue
 
 
-@pytest.mark.parametrize(("cue", "stream", "phase"), [
-    ("stall", True, "idle"), ("slow-drip", True, "idle"), ("stall", False, "total"), ("slow-drip", False, "total"),
-])
-async def test_a_silent_or_dripping_upstream_times_out_in_the_right_phase(hostile: HostileServer, cue: str,
-                                                                          stream: bool, phase: str) -> None:
+@pytest.mark.parametrize(
+    ("cue", "stream", "phase"),
+    [
+        ("stall", True, "idle"),
+        ("slow-drip", True, "idle"),
+        ("stall", False, "total"),
+        ("slow-drip", False, "total"),
+    ],
+)
+async def test_a_silent_or_dripping_upstream_times_out_in_the_right_phase(
+    hostile: HostileServer, cue: str, stream: bool, phase: str
+) -> None:
     async with OpenAIBackend("evil", hostile.base_url, timeouts=HASTY) as backend:
         started = time.monotonic()
         with pytest.raises(BackendTimeoutError) as info:
@@ -140,16 +149,20 @@ async def _peak(backend: OpenAIBackend, cue: str, stream: bool) -> tuple[BaseExc
     return error, peak
 
 
-@pytest.mark.parametrize(("cue", "stream", "bound"), [
-    ("oversized-declared", False, 8 * MiB),  # a 2 GiB Content-Length is refused at the head
-    ("oversized-declared", True, 8 * MiB),
-    ("huge-chunk", True, 8 * MiB),            # a 0x7fffffff-byte chunk is refused at its size line
-    ("endless-line", True, 8 * MiB),          # a line stops at 1 MiB
-    ("oversized-actual", False, 40 * MiB),    # 2 GiB offered, 32 MiB read
-    ("gzip-bomb", False, 40 * MiB),           # 1 GiB in 1 MB of gzip, 32 MiB inflated
-])
-async def test_memory_stays_bounded_while_gigabytes_are_offered(hostile: HostileServer, cue: str, stream: bool,
-                                                                bound: int) -> None:
+@pytest.mark.parametrize(
+    ("cue", "stream", "bound"),
+    [
+        ("oversized-declared", False, 8 * MiB),  # a 2 GiB Content-Length is refused at the head
+        ("oversized-declared", True, 8 * MiB),
+        ("huge-chunk", True, 8 * MiB),  # a 0x7fffffff-byte chunk is refused at its size line
+        ("endless-line", True, 8 * MiB),  # a line stops at 1 MiB
+        ("oversized-actual", False, 40 * MiB),  # 2 GiB offered, 32 MiB read
+        ("gzip-bomb", False, 40 * MiB),  # 1 GiB in 1 MB of gzip, 32 MiB inflated
+    ],
+)
+async def test_memory_stays_bounded_while_gigabytes_are_offered(
+    hostile: HostileServer, cue: str, stream: bool, bound: int
+) -> None:
     async with OpenAIBackend("evil", hostile.base_url, timeouts=PATIENT) as backend:
         error, peak = await _peak(backend, cue, stream)
     assert isinstance(error, BackendProtocolError) and "ResponseTooLarge" in str(error)
@@ -177,8 +190,9 @@ async def test_an_endless_line_costs_bounded_cpu(hostile: HostileServer) -> None
 
 
 @pytest.mark.parametrize("cue", ["usage-negative", "usage-too-big", "usage-string", "usage-bool"])
-async def test_invalid_usage_is_replaced_by_the_estimate_and_rewritten(hostile: HostileServer, cue: str,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_invalid_usage_is_replaced_by_the_estimate_and_rewritten(
+    hostile: HostileServer, cue: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="turnout.backends")
     async with OpenAIBackend("evil", hostile.base_url, timeouts=PATIENT) as backend:
         body = await call(backend, cue, False)
@@ -221,6 +235,16 @@ async def test_a_plain_answer_without_finish_reason_is_accepted(hostile: Hostile
 
 
 def test_every_cue_of_the_server_is_exercised_here() -> None:
-    covered = {c for c, *_ in FAILURES} | {"stall", "slow-drip", "endless-events", "usage-negative", "usage-too-big",
-                                           "usage-string", "usage-bool", "events-after-done", "ok", "truncated-body"}
+    covered = {c for c, *_ in FAILURES} | {
+        "stall",
+        "slow-drip",
+        "endless-events",
+        "usage-negative",
+        "usage-too-big",
+        "usage-string",
+        "usage-bool",
+        "events-after-done",
+        "ok",
+        "truncated-body",
+    }
     assert set(HostileServer().cues) <= covered

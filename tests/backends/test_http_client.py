@@ -63,8 +63,13 @@ async def test_sequential_requests_reuse_one_keep_alive_connection() -> None:
         pool = HTTPPool(srv.base_url)
         try:
             for _ in range(5):
-                resp = await pool.request("POST", "/chat/completions", b'{"model": "m", "messages": []}',
-                                          b"content-type: application/json\r\n", connect_timeout=1.0)
+                resp = await pool.request(
+                    "POST",
+                    "/chat/completions",
+                    b'{"model": "m", "messages": []}',
+                    b"content-type: application/json\r\n",
+                    connect_timeout=1.0,
+                )
                 assert resp.status == 200 and b"hi" in await resp.read()
             assert pool.open_connections == 1 and pool.idle_connections == 1 and srv.count == 5
         finally:
@@ -142,7 +147,7 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
 
 
 async def test_chunked_gzip_and_sse_lines_are_decoded() -> None:
-    text = b"data: {\"a\": 1}\r\n\r\ndata: [DONE]\n\n"
+    text = b'data: {"a": 1}\r\n\r\ndata: [DONE]\n\n'
     packed = gzip.compress(text)
 
     async def chunked(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -150,7 +155,7 @@ async def test_chunked_gzip_and_sse_lines_are_decoded() -> None:
             await read_request(r)
             w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-encoding: gzip\r\n\r\n")
             for i in range(0, len(packed), 7):  # awkward chunk boundaries
-                part = packed[i:i + 7]
+                part = packed[i : i + 7]
                 w.write(b"%x\r\n%s\r\n" % (len(part), part))
                 await w.drain()
             w.write(b"0\r\n\r\n")
@@ -198,9 +203,28 @@ async def test_broken_answers_raise_and_translate(reply: bytes, error: type, tra
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -245,10 +269,19 @@ async def test_a_proxy_in_the_environment_switches_the_backend_to_httpx(monkeypa
     assert isinstance(make_transport("http://127.0.0.1:8000/v1", {}, client=None, max_connections=4), NativeTransport)
 
 
-LLAMA_VALIDATION_500 = json.dumps({"error": {"message": (
-    "1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'seed'), 'msg': 'Input should be a valid integer, "
-    "unable to parse string as an integer', 'input': 'x'}\n\n  File \"/site-packages/llama_cpp/server/app.py\", "
-    "line 376, in create_chat_completion\n    POST /v1/chat/completions"), "type": "internal_server_error"}})
+LLAMA_VALIDATION_500 = json.dumps(
+    {
+        "error": {
+            "message": (
+                "1 validation error:\n  {'type': 'int_parsing', 'loc': ('body', 'seed'), "
+                "'msg': 'Input should be a valid integer, unable to parse string as an integer', 'input': 'x'}\n\n"
+                '  File "/site-packages/llama_cpp/server/app.py", '
+                "line 376, in create_chat_completion\n    POST /v1/chat/completions"
+            ),
+            "type": "internal_server_error",
+        }
+    }
+)
 
 
 class _Answer:
@@ -276,6 +309,6 @@ async def test_a_server_answering_its_own_request_validation_with_a_500_is_the_r
 def test_provider_stack_traces_are_cut_from_error_messages():
     from turnout.backends._http import error_message
 
-    raw = "boom\nTraceback (most recent call last):\n  File \"/srv/app.py\", line 3, in f\n    x()\nValueError"
+    raw = 'boom\nTraceback (most recent call last):\n  File "/srv/app.py", line 3, in f\n    x()\nValueError'
     assert error_message(raw) == "boom"
     assert error_message(json.dumps({"error": {"message": "bad thing"}})) == "bad thing"

@@ -64,6 +64,7 @@ def h11_parse(data: bytes) -> Parsed | h11.RemoteProtocolError:
 
 async def native_parse(data: bytes) -> Parsed | HTTPClientError:
     """What turnout's client makes of ``data``, served from a raw socket that closes after sending it."""
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.readuntil(b"\r\n\r\n")
@@ -94,7 +95,7 @@ async def native_parse(data: bytes) -> Parsed | HTTPClientError:
 # -- responses ------------------------------------------------------------------------------------------------
 
 NAMES = ["content-type", "x-request-id", "X-Mixed-Case", "server", "cache-control", "x-empty", "set-cookie"]
-VALUES = st.text(st.sampled_from("abc XYZ019-_=;,/\t\"\x01\x7f\xe9"), max_size=12)
+VALUES = st.text(st.sampled_from('abc XYZ019-_=;,/\t"\x01\x7f\xe9'), max_size=12)
 
 
 @st.composite
@@ -108,8 +109,16 @@ def responses(draw: st.DrawFn) -> bytes:
     fields = [(draw(st.sampled_from(NAMES)), draw(VALUES).strip(" \t")) for _ in range(draw(st.integers(0, 4)))]
     if framing == "length":
         n = str(len(body))
-        fields += draw(st.sampled_from([[("Content-Length", n)], [("content-length", n), ("Content-Length", n)],
-                                        [("content-length", f"{n}, {n}")], [("content-length", "00" + n)]]))
+        fields += draw(
+            st.sampled_from(
+                [
+                    [("Content-Length", n)],
+                    [("content-length", n), ("Content-Length", n)],
+                    [("content-length", f"{n}, {n}")],
+                    [("content-length", "00" + n)],
+                ]
+            )
+        )
     elif framing == "chunked":
         fields.append(("Transfer-Encoding", draw(st.sampled_from(["chunked", "Chunked", "CHUNKED"]))))
     fields = draw(st.permutations(fields))
@@ -134,8 +143,8 @@ def responses(draw: st.DrawFn) -> bytes:
 
 
 HEAD_MUTATIONS = [
-    (rb"\r\n", b"\n"),                                   # bare LF line ends (h11 accepts them)
-    (rb"(?m)^(x-request-id:)", rb"\1\r\n folded"),        # obsolete line folding
+    (rb"\r\n", b"\n"),  # bare LF line ends (h11 accepts them)
+    (rb"(?m)^(x-request-id:)", rb"\1\r\n folded"),  # obsolete line folding
     (rb"(?i)content-length: ?(\d+)", rb"Content-Length: -\1"),
     (rb"(?i)content-length: ?(\d+)", rb"content-length: \1\r\ncontent-length: 1\1"),
     (rb"(?i)content-length: ?(\d+)", b"content-length: \xb2"),
@@ -143,7 +152,7 @@ HEAD_MUTATIONS = [
     (rb"(?i)transfer-encoding: ?(\w+)", rb"Transfer-Encoding: gzip, \1"),
     (rb"(?i)transfer-encoding: ?(\w+)", rb"Transfer-Encoding: \1\r\nTransfer-Encoding: \1"),
     (rb"(?i)transfer-encoding: ?(\w+)", rb"Transfer-Encoding: identity"),
-    (rb"(?m)^([0-9a-fA-F]+)(\r\n)", rb"-\1\2"),           # chunk sizes int(x, 16) accepts and HTTP does not
+    (rb"(?m)^([0-9a-fA-F]+)(\r\n)", rb"-\1\2"),  # chunk sizes int(x, 16) accepts and HTTP does not
     (rb"(?m)^([0-9a-fA-F]+)(\r\n)", rb"0x\1\2"),
     (rb"(?m)^([0-9a-fA-F]+)(\r\n)", rb"\1_0\2"),
     (rb"(?m)^([0-9a-fA-F]+)(\r\n)", rb" \1\2"),
@@ -173,9 +182,9 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif kind == "insert":
             data = data[:at] + bytes([draw(st.sampled_from(INTERESTING))]) + data[at:]
         elif kind == "delete":
-            data = data[:at] + data[at + 1:]
+            data = data[:at] + data[at + 1 :]
         else:
-            data = data[:at] + bytes([draw(st.sampled_from(INTERESTING))]) + data[at + 1:]
+            data = data[:at] + bytes([draw(st.sampled_from(INTERESTING))]) + data[at + 1 :]
     return data
 
 
@@ -229,5 +238,4 @@ def test_known_disagreements_with_int_and_isdigit_are_refused() -> None:
 def test_a_bare_lf_head_hands_the_body_bytes_back() -> None:
     # The head ends at "\n\n", before the CRLF CRLF the client reads up to, which lies inside the body.
     data = b"HTTP/1.1 200 OK\ncontent-length: 9\n\nab\r\n\r\ncde"
-    assert asyncio.run(native_parse(data)) == h11_parse(data) == Parsed(200, "OK", {"content-length": "9"},
-                                                                        b"ab\r\n\r\ncde")
+    assert asyncio.run(native_parse(data)) == h11_parse(data) == Parsed(200, "OK", {"content-length": "9"}, b"ab\r\n\r\ncde")

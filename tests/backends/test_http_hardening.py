@@ -51,8 +51,7 @@ def test_surrounding_whitespace_and_non_latin1_values_are_refused_and_good_ones_
     for bad in (" " + SECRET, SECRET + "\t", "k\u20ac"):
         with pytest.raises(ValueError, match="'x-key'"):
             check_request_headers({"x-key": bad})
-    assert check_request_headers({"a": "b\tc", "B-2": "\u00e9"}) == (
-        b"a: b\tc\r\nB-2: \xe9\r\n")
+    assert check_request_headers({"a": "b\tc", "B-2": "\u00e9"}) == (b"a: b\tc\r\nB-2: \xe9\r\n")
 
 
 def test_a_base_url_path_that_cannot_go_on_the_request_line_is_refused() -> None:
@@ -103,7 +102,8 @@ def black_hole() -> Iterator[tuple[str, int]]:
 
 
 async def test_a_host_whose_first_address_is_dead_falls_back_to_the_next_fast(
-        black_hole: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    black_hole: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     dead, port = black_hole
 
     async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -117,8 +117,10 @@ async def test_a_host_whose_first_address_is_dead_falls_back_to_the_next_fast(
     async def resolve(host: str, p: int, **kw: object) -> list[tuple[object, ...]]:
         # what a dual-stack name resolves to when its first address (IPv6, say) black-holes connections
         assert host == "dual.example"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (dead, p)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p))]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (dead, p)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)),
+        ]
 
     monkeypatch.setattr(loop, "getaddrinfo", resolve)
     pool = HTTPPool(f"http://dual.example:{port}")
@@ -188,10 +190,25 @@ def test_big_integers_are_still_json() -> None:
     assert n == pytest.approx(1.2345678901234568e29) and token_count(n) is None
 
 
-@pytest.mark.parametrize(("value", "count"), [
-    (0, 0), (12, 12), (12.0, 12), (10**9, 10**9), (10**9 + 1, None), (-1, None), (-1000000, None), (1.5, None),
-    (float("nan"), None), (float("inf"), None), ("12", None), (True, None), (None, None), ([1], None),
-])
+@pytest.mark.parametrize(
+    ("value", "count"),
+    [
+        (0, 0),
+        (12, 12),
+        (12.0, 12),
+        (10**9, 10**9),
+        (10**9 + 1, None),
+        (-1, None),
+        (-1000000, None),
+        (1.5, None),
+        (float("nan"), None),
+        (float("inf"), None),
+        ("12", None),
+        (True, None),
+        (None, None),
+        ([1], None),
+    ],
+)
 def test_token_counts_are_sane_or_none(value: object, count: int | None) -> None:
     assert token_count(value) == count
 

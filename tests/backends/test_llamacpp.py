@@ -42,6 +42,7 @@ async def test_concurrent_streams_are_queued_not_cut_off(llama_fleet):
     import asyncio
 
     async with OpenAIBackend("smollm2", llama_fleet.smollm2.base_url) as b:
+
         async def one() -> list:
             return [c async for c in b.stream(QUESTION, model="smollm2")]
 

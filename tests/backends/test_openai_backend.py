@@ -193,7 +193,7 @@ async def test_error_event_mid_stream_is_status_error():
 
 async def test_sse_parser_handles_multiline_comments_and_crlf():
     async def lines():
-        for line in [": keep-alive", "event: delta", "data: {\"a\":", "data: 1}", "", "id: 3", "data:[DONE]"]:
+        for line in [": keep-alive", "event: delta", 'data: {"a":', "data: 1}", "", "id: 3", "data:[DONE]"]:
             yield line
 
     events = [e async for e in iter_sse(lines())]
@@ -281,13 +281,22 @@ async def test_a_completion_only_model_refuses_tools_instead_of_ignoring_them() 
                 await b.complete(ChatRequest("m", msgs, params={"response_format": {"type": "json_object"}}), model="m")
             assert up.count == 0  # nothing was sent
             # what asks for nothing a completion cannot do is served as before
-            ok = await b.complete(ChatRequest("m", msgs, params={"tool_choice": "none",
-                                                                 "response_format": {"type": "text"}}), model="m")
+            ok = await b.complete(
+                ChatRequest("m", msgs, params={"tool_choice": "none", "response_format": {"type": "text"}}), model="m"
+            )
             assert ok.content and up.count == 1
         # a chain of such models only: the request is the client's to change (a 400), not a 502
-        t = ModelTarget(name="m", backend=OpenAIBackend("base", up.base_url, completion_template=QA_TEMPLATE),
-                        upstream="m", price=Price(1.0, 1.0), fallbacks=[], timeouts=Timeouts(1.0, 1.0, 2.0),
-                        attempts=2, backoff=Backoff(0.001, 0.002), breaker=CircuitBreaker(3, 10.0))
+        t = ModelTarget(
+            name="m",
+            backend=OpenAIBackend("base", up.base_url, completion_template=QA_TEMPLATE),
+            upstream="m",
+            price=Price(1.0, 1.0),
+            fallbacks=[],
+            timeouts=Timeouts(1.0, 1.0, 2.0),
+            attempts=2,
+            backoff=Backoff(0.001, 0.002),
+            breaker=CircuitBreaker(3, 10.0),
+        )
         gw = Gateway({"m": t})
         with pytest.raises(UpstreamRejectedError, match="no model in the chain can take the request"):
             await gw.chat(ChatRequest("m", msgs, params={"tools": tools}))

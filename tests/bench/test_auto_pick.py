@@ -19,8 +19,10 @@ def auto_pick():
 
 
 def test_summary_regrets_are_against_the_hindsight_best(auto_pick):
-    reps = [{"pick": "knn", "test_aiq": {"knn": 0.80, "mlp": 0.82, "ensemble": 0.81}},
-            {"pick": "ensemble", "test_aiq": {"knn": 0.70, "mlp": 0.69, "ensemble": 0.74}}]
+    reps = [
+        {"pick": "knn", "test_aiq": {"knn": 0.80, "mlp": 0.82, "ensemble": 0.81}},
+        {"pick": "ensemble", "test_aiq": {"knn": 0.70, "mlp": 0.69, "ensemble": 0.74}},
+    ]
     s = auto_pick.summarise(reps)
     assert np.isclose(s["auto_aiq"], 0.77) and np.isclose(s["ensemble_aiq"], 0.775)
     assert np.isclose(s["hindsight_best_aiq"], 0.78)
@@ -47,12 +49,37 @@ def test_end_to_end_on_a_small_table_uses_train_rows_only(auto_pick, tmp_path):
         # every test row is scored 0 by both models: a bench that read them would see AIQ pulled down
         for m, c, p in (("small", 0.001, 0.9 - 0.8 * hard), ("big", 0.01, 0.95)):
             score = 0.0 if split == "test" else float(rng.random() < p)
-            rows.append({"prompt_id": str(i), "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
-                         "model": m, "score": score, "cost_usd": c, "split": split})
+            rows.append(
+                {
+                    "prompt_id": str(i),
+                    "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
+                    "model": m,
+                    "score": score,
+                    "cost_usd": c,
+                    "split": split,
+                }
+            )
     src = tmp_path / "t.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
-    assert auto_pick.main(["--table", f"toy={src}", "--reps", "2", "--folds", "2", "--candidates", "knn,bt,ensemble",
-                           "--embedder", "hashing", "--out", str(tmp_path)]) == 0
+    assert (
+        auto_pick.main(
+            [
+                "--table",
+                f"toy={src}",
+                "--reps",
+                "2",
+                "--folds",
+                "2",
+                "--candidates",
+                "knn,bt,ensemble",
+                "--embedder",
+                "hashing",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     doc = json.loads((tmp_path / "auto_pick.json").read_text())
     r = doc["tables"]["toy"]
     assert r["n_train"] == 72 and r["reps"] == 2 and len(r["repetitions"]) == 2

@@ -77,9 +77,11 @@ def test_threshold_rule_takes_the_lowest_safe_threshold_from_which_on_all_are_sa
 
 def test_perturbations_change_what_is_asked() -> None:
     p = perturb("Can I take 5mg of melatonin for 3 days?")
-    assert p == {"number": "Can I take 6mg of melatonin for 3 days?",
-                 "negation": "Can I not take 5mg of melatonin for 3 days?",
-                 "unit": "Can I take 5g of melatonin for 3 days?"}
+    assert p == {
+        "number": "Can I take 6mg of melatonin for 3 days?",
+        "negation": "Can I not take 5mg of melatonin for 3 days?",
+        "unit": "Can I take 5g of melatonin for 3 days?",
+    }
     assert perturb("I can't sleep at the end of the day") == {}  # nothing to change: no number, aux negated
     assert perturb("Is 38.5 a fever?")["number"] == "Is 77 a fever?"
 
@@ -95,8 +97,9 @@ def test_evaluate_on_a_real_slice(data_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot needs the 'plot' extra")
     path = small_slice(data_dir, tmp_path, 160)
     png = tmp_path / "curve.png"
-    r = evaluate_cache(str(path), embedder="hashing", plot=str(png), latency_samples=10, progress=False,
-                       cache_dir=str(tmp_path / "emb"))
+    r = evaluate_cache(
+        str(path), embedder="hashing", plot=str(png), latency_samples=10, progress=False, cache_dir=str(tmp_path / "emb")
+    )
     assert {"threshold", "hit_rate", "false_hit_rate"} <= set(r)
     assert r["split"]["dev_pairs"] + r["split"]["test_pairs"] == 320
     assert r["counts"]["duplicates"] == r["counts"]["lookalikes"] == r["split"]["test_groups"]
@@ -125,10 +128,12 @@ def test_train_file_is_dev_and_overlapping_groups_are_dropped(data_dir: Path, tm
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     train = write(tmp_path / "train.jsonl", rows[:80])
     test = write(tmp_path / "test.jsonl", rows[60:])
-    r = evaluate_cache(str(test), str(train), embedder="hashing", latency_samples=0, progress=False,
-                       cache_dir=str(tmp_path / "emb"))
+    r = evaluate_cache(
+        str(test), str(train), embedder="hashing", latency_samples=0, progress=False, cache_dir=str(tmp_path / "emb")
+    )
     assert r["split"]["dropped_overlap_groups"] == 10
     assert r["split"]["dev_pairs"] == 60 and r["split"]["test_pairs"] == 60
     with pytest.raises(DataError, match="dev part has no"):
-        evaluate_cache(str(test), str(test), embedder="hashing", latency_samples=0, progress=False,
-                       cache_dir=str(tmp_path / "emb"))
+        evaluate_cache(
+            str(test), str(test), embedder="hashing", latency_samples=0, progress=False, cache_dir=str(tmp_path / "emb")
+        )

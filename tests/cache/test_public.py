@@ -15,7 +15,9 @@ def test_exported_members_resolve() -> None:
 
 
 def test_import_does_no_heavy_work() -> None:
-    code = ("import sys, turnout.cache; "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'sentence_transformers', 'redis') if m in sys.modules))")
+    code = (
+        "import sys, turnout.cache; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'sentence_transformers', 'redis') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

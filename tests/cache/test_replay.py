@@ -18,11 +18,15 @@ TEXTS = [
 
 
 def completion(content: str | None, **message: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-abc", "object": "chat.completion", "created": 1700000000, "model": "m",
-            "system_fingerprint": "fp_1",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+    return {
+        "id": "chatcmpl-abc",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
 
 
 def joined(chunks: list[dict[str, Any]]) -> str:
@@ -40,22 +44,30 @@ def test_concatenated_content_is_the_cached_content(text: str, size: int) -> Non
     assert last["choices"][0] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
     assert last["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-abc" and c["model"] == "m"
-               and c["system_fingerprint"] == "fp_1" for c in chunks)
+    assert all(
+        c["object"] == "chat.completion.chunk"
+        and c["id"] == "chatcmpl-abc"
+        and c["model"] == "m"
+        and c["system_fingerprint"] == "fp_1"
+        for c in chunks
+    )
     assert assemble_body(chunks)["choices"][0]["message"] == {"role": "assistant", "content": text}
 
 
 def test_pieces_break_after_spaces_and_ids_can_be_fresh() -> None:
-    chunks = replay_chunks(completion("the quick brown fox jumps over the lazy dog"), chunk_chars=12, id="chatcmpl-new",
-                           created=5)
+    chunks = replay_chunks(
+        completion("the quick brown fox jumps over the lazy dog"), chunk_chars=12, id="chatcmpl-new", created=5
+    )
     pieces = [c["choices"][0]["delta"]["content"] for c in chunks[1:-1]]
     assert pieces == ["the quick ", "brown fox ", "jumps over ", "the lazy dog"]
     assert {c["id"] for c in chunks} == {"chatcmpl-new"} and {c["created"] for c in chunks} == {5}
 
 
 def test_tool_calls_and_refusals_round_trip() -> None:
-    calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}},
-             {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}}]
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}},
+    ]
     body = completion(None, tool_calls=calls)
     body["choices"][0]["finish_reason"] = "tool_calls"
     chunks = replay_chunks(body)
@@ -71,21 +83,41 @@ def test_assemble_a_live_stream_with_fragmented_tool_arguments() -> None:
     stream = [
         {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": None}]},
         {**head, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": None}]},
-        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c", "type": "function",
-                                                                      "function": {"name": "f", "arguments": ""}}]},
-                              "finish_reason": None}]},
-        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\""}}]},
-                              "finish_reason": None}]},
-        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]},
-                              "finish_reason": None}]},
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [{"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]
+                    },
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a"'}}]}, "finish_reason": None}
+            ],
+        },
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}, "finish_reason": None}
+            ],
+        },
         {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
         {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
     ]
     body = assemble_body(stream)
     assert body["id"] == "chatcmpl-live" and body["object"] == "chat.completion" and body["created"] == 9
     assert body["choices"][0]["finish_reason"] == "tool_calls"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hello", "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Hello",
+        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}],
+    }
     assert body["usage"]["total_tokens"] == 3
 
 

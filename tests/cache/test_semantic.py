@@ -26,8 +26,9 @@ EMB = HashEmbedder(dim=256)
 
 
 def fp(text: str, *, tenant: str = "alice", **params: Any) -> ContextFingerprint:
-    req = ChatRequest("auto", [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}],
-                      params=params)
+    req = ChatRequest(
+        "auto", [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": text}], params=params
+    )
     return ContextFingerprint.of(req, tenant=tenant)
 
 
@@ -36,10 +37,14 @@ def vec(text: str) -> np.ndarray:
 
 
 def body(content: str, *, finish: str = "stop", **message: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": "small-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message},
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "small-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, **message}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }
 
 
 def sim(a: str, b: str) -> float:
@@ -56,8 +61,11 @@ async def test_exact_hit_needs_no_vector_and_costs_nothing_to_find() -> None:
     result = await cache.lookup(fp("  How do I reset my account password on the website? "))
     assert result.hit is not None
     assert result.hit.kind == "exact" and result.hit.similarity == 1.0 and result.hit.question == Q
-    assert result.hit.model == "small-model" and result.hit.usage == {"prompt_tokens": 12, "completion_tokens": 3,
-                                                                       "total_tokens": 15}
+    assert result.hit.model == "small-model" and result.hit.usage == {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": 15,
+    }
     assert result.log_fields() == {"cache": "hit-exact", "cache_similarity": 1.0, "cache_age_s": 0.0}
 
 
@@ -119,15 +127,39 @@ async def test_a_blocked_nearest_does_not_hide_a_true_duplicate_behind_it() -> N
 async def test_what_is_stored() -> None:
     cache = SemanticCache(InMemoryCacheStore(), threshold=0.9)
     assert not (await cache.store(fp("a?"), vec("a?"), body("cut", finish="length"))).stored
-    outcome = await cache.store(fp("b?"), vec("b?"), body(None, tool_calls=[{"id": "c", "type": "function",  # type: ignore[arg-type]
-                                                                              "function": {"name": "f", "arguments": "{}"}}]))
+    outcome = await cache.store(
+        fp("b?"),
+        vec("b?"),
+        body(
+            None,
+            tool_calls=[
+                {
+                    "id": "c",
+                    "type": "function",  # type: ignore[arg-type]
+                    "function": {"name": "f", "arguments": "{}"},
+                }
+            ],
+        ),
+    )
     assert not outcome.stored and outcome.reason is not None and "tool calls" in outcome.reason
     assert not (await cache.store(fp("c?"), vec("c?"), {"choices": [{}, {}]})).stored
     assert (await cache.lookup(fp("a?"), vec("a?"))).hit is None
-    tools_ok = SemanticCache(InMemoryCacheStore(), threshold=0.9,
-                             policy=CachePolicy(cache_tool_calls=True, finish_reasons=frozenset({"stop", "tool_calls"})))
-    call = body(None, finish="tool_calls", tool_calls=[{"id": "c", "type": "function",  # type: ignore[arg-type]
-                                                        "function": {"name": "f", "arguments": "{}"}}])
+    tools_ok = SemanticCache(
+        InMemoryCacheStore(),
+        threshold=0.9,
+        policy=CachePolicy(cache_tool_calls=True, finish_reasons=frozenset({"stop", "tool_calls"})),
+    )
+    call = body(
+        None,
+        finish="tool_calls",
+        tool_calls=[
+            {
+                "id": "c",
+                "type": "function",  # type: ignore[arg-type]
+                "function": {"name": "f", "arguments": "{}"},
+            }
+        ],
+    )
     assert (await tools_ok.store(fp("b?"), vec("b?"), call)).stored
 
 
@@ -136,8 +168,10 @@ def test_policy_request_rules() -> None:
     msgs = [{"role": "user", "content": "hi"}]
     assert policy.request_reason(ChatRequest("auto", msgs)) is None  # no temperature given: cacheable
     assert policy.request_reason(ChatRequest("auto", msgs, params={"temperature": 0.7})) is None
-    assert policy.request_reason(ChatRequest("auto", msgs, params={"temperature": 1.5})) == \
-        "temperature 1.5 is above the cache bound 1"
+    assert (
+        policy.request_reason(ChatRequest("auto", msgs, params={"temperature": 1.5}))
+        == "temperature 1.5 is above the cache bound 1"
+    )
     assert policy.request_reason(ChatRequest("auto", msgs, params={"n": 3})) == "n=3 asks for several answers"
     greedy = CachePolicy(max_temperature=0)
     assert greedy.request_reason(ChatRequest("auto", msgs, params={"temperature": 0.2})) is not None
@@ -161,8 +195,9 @@ async def test_hit_body_is_a_private_copy_with_a_fresh_id_and_streams_exactly() 
     again = (await cache.lookup(fp(Q))).hit
     assert again is not None and again.answer["choices"][0]["message"]["content"].startswith("Click")
     chunks = replay_chunks(again.response_body(id="chatcmpl-s"), chunk_chars=8)
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == again.answer["choices"][0][
-        "message"]["content"]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == again.answer["choices"][0]["message"]["content"]
+    )
 
 
 async def test_age_comes_from_the_store_clock() -> None:
@@ -178,9 +213,10 @@ async def test_age_comes_from_the_store_clock() -> None:
 
 async def test_empty_text_hits_only_exactly_and_bad_vectors_match_nothing() -> None:
     cache = SemanticCache(InMemoryCacheStore(), threshold=-1.0)
-    tool_turn = ContextFingerprint.of(ChatRequest("auto", [{"role": "user", "content": "q"},
-                                                           {"role": "tool", "tool_call_id": "1", "content": "r"}]),
-                                      tenant="alice")
+    tool_turn = ContextFingerprint.of(
+        ChatRequest("auto", [{"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "1", "content": "r"}]),
+        tenant="alice",
+    )
     await cache.store(tool_turn, vec("anything"), body("done"))
     assert (await cache.lookup(tool_turn, vec("anything"))).hit is not None  # exact
     await cache.store(fp(Q), vec(Q), body("x"))
@@ -211,8 +247,15 @@ async def test_build_cache_from_settings() -> None:
 
 
 def test_settings_from_yaml_params() -> None:
-    s = CacheSettings.from_params({"threshold": 0.9, "ttl_s": None, "guard": ["numbers", "negation"],
-                                   "finish_reasons": ["stop", "length"], "max_entries": 50})
+    s = CacheSettings.from_params(
+        {
+            "threshold": 0.9,
+            "ttl_s": None,
+            "guard": ["numbers", "negation"],
+            "finish_reasons": ["stop", "length"],
+            "max_entries": 50,
+        }
+    )
     assert s.guard == ("numbers", "negation") and s.ttl_s is None and s.finish_reasons == ("stop", "length")
     assert build_cache(s).policy.finish_reasons == frozenset({"stop", "length"})
     with pytest.raises(ConfigError, match=r"stages.cache.params.*unknown cache setting\(s\) treshold.*threshold"):

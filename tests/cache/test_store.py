@@ -165,6 +165,7 @@ def test_safe_to_share_between_threads() -> None:
                 await store.put(f"tenant{t % 2}", "ctx", f"{t}-{i}", "q", unit(i, dim=8), BODY)
                 await store.nearest(f"tenant{t % 2}", "ctx", unit(i + 1, dim=8), k=3, min_similarity=0.0)
                 await store.get(f"tenant{t % 2}", "ctx", f"{t}-{i - 1}")
+
         try:
             asyncio.run(run())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread's assertion

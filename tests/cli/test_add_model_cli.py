@@ -25,8 +25,13 @@ def _rows(ids, models):
     for i in ids:
         t = i % len(TOPICS)
         for m in models:
-            yield {"prompt_id": str(i), "prompt": f"{TOPICS[t]} {i}", "model": m,
-                   "score": float(rng.random() < p_right[m][t]), "cost_usd": price[m]}
+            yield {
+                "prompt_id": str(i),
+                "prompt": f"{TOPICS[t]} {i}",
+                "model": m,
+                "score": float(rng.random() < p_right[m][t]),
+                "cost_usd": price[m],
+            }
 
 
 def _write(path: Path, rows) -> Path:
@@ -118,11 +123,14 @@ def test_a_tiny_probe_set_is_warned_about(tmp_path, trained, capsys):
     assert "only 3 probe prompt(s) for coder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--model", "nope"], "models there: coder, big"),
-    (["--model", "big"], "already routed"),
-    (["--model", "coder", "--as", "small"], "--as small is already routed"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model", "nope"], "models there: coder, big"),
+        (["--model", "big"], "already routed"),
+        (["--model", "coder", "--as", "small"], "--as small is already routed"),
+    ],
+)
 def test_add_model_errors_name_the_fix(tmp_path, trained, argv, needle, capsys):
     _, art, probe = trained
     out = tmp_path / "o.npz"
@@ -151,13 +159,20 @@ def test_a_route_serves_the_added_model_under_a_budget(tmp_path, trained, monkey
     assert main(["add-model", str(art), str(probe), "--model", "coder", "--out", str(out)]) == 0
     price = lambda i, o: {"input_per_mtok": i, "output_per_mtok": o}  # noqa: E731
     cfg = {
-        "backends": {"openai": {"protocol": "openai", "base_url": "https://api.openai.com/v1",
-                                "api_key_env": "OPENAI_API_KEY"}},
-        "models": {"s": {"backend": "openai", "price": price(1, 4)}, "b": {"backend": "openai", "price": price(30, 60)},
-                   "c": {"backend": "openai", "price": price(3, 12)}},
-        "routes": {"auto": {"router": {"type": "profile", "artifact": str(out)}, "embedder": "hashing",
-                            "candidates": {"small": "s", "big": "b", "coder": "c"},
-                            "budget": {"target_cost_per_request": 0.004}}},
+        "backends": {"openai": {"protocol": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"}},
+        "models": {
+            "s": {"backend": "openai", "price": price(1, 4)},
+            "b": {"backend": "openai", "price": price(30, 60)},
+            "c": {"backend": "openai", "price": price(3, 12)},
+        },
+        "routes": {
+            "auto": {
+                "router": {"type": "profile", "artifact": str(out)},
+                "embedder": "hashing",
+                "candidates": {"small": "s", "big": "b", "coder": "c"},
+                "budget": {"target_cost_per_request": 0.004},
+            }
+        },
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")

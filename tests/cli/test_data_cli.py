@@ -22,7 +22,15 @@ def make_rows() -> list[dict]:
     return [
         {"prompt_id": "p0", "prompt": "hello", "model": "small", "score": 0.0, "cost_usd": 0.001, "task": "a", "split": "train"},
         {"prompt_id": "p0", "prompt": "hello", "model": "big", "score": 1.0, "cost_usd": 0.010, "task": "a", "split": "train"},
-        {"prompt_id": "p1", "prompt": "prove it", "model": "small", "score": 1.0, "cost_usd": 0.002, "task": "b", "split": "train"},
+        {
+            "prompt_id": "p1",
+            "prompt": "prove it",
+            "model": "small",
+            "score": 1.0,
+            "cost_usd": 0.002,
+            "task": "b",
+            "split": "train",
+        },
         {"prompt_id": "p1", "prompt": "prove it", "model": "big", "score": 1.0, "cost_usd": 0.020, "task": "b", "split": "train"},
         {"prompt_id": "p2", "prompt": "sum 2+2", "model": "small", "score": 0.5, "cost_usd": 0.003, "task": "b", "split": "test"},
     ]
@@ -87,8 +95,9 @@ def test_convert_round_trip(tmp_path, capsys, mid):
 def test_convert_llmrouter_json_to_canonical(tmp_path):
     folder = tmp_path / "llm"
     folder.mkdir()
-    (folder / "train.json").write_text(json.dumps([{"question": "q0", "scores": {"a": 1.0, "b": 0.0}},
-                                                   {"question": "q1", "scores": {"a": 0.0, "b": 1.0}}]))
+    (folder / "train.json").write_text(
+        json.dumps([{"question": "q0", "scores": {"a": 1.0, "b": 0.0}}, {"question": "q1", "scores": {"a": 0.0, "b": 1.0}}])
+    )
     (folder / "models.json").write_text(json.dumps({m: {"input_per_mtok": 1, "output_per_mtok": 1} for m in "ab"}))
     out = tmp_path / "c.jsonl"
     assert main(["data", "convert", str(folder / "train.json"), str(out)]) == 0
@@ -140,16 +149,17 @@ def test_installed_entry_point(tmp_path):
         pytest.skip(f"{exe} is absent (turnout is not installed in the repo's .venv)")
     src = write_jsonl(tmp_path / "t.jsonl", make_rows())
     env = {**os.environ, "COLUMNS": "200"}
-    res = subprocess.run([str(exe), "data", "info", str(src), "--json"], capture_output=True, text=True,
-                         timeout=120, env=env)
+    res = subprocess.run([str(exe), "data", "info", str(src), "--json"], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["per_model"]["big"]["cost"] == pytest.approx(0.015)
-    bad = subprocess.run([str(exe), "data", "info", str(tmp_path / "nope.jsonl")], capture_output=True, text=True,
-                         timeout=120, env=env)
+    bad = subprocess.run(
+        [str(exe), "data", "info", str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=120, env=env
+    )
     assert bad.returncode == 2 and "nope.jsonl" in bad.stderr
 
 
 # --- robustness (audit) --------------------------------------------------------------------------------------
+
 
 def test_info_oracle_coverage_is_prompts_with_an_outcome(tmp_path, capsys):
     src = write_jsonl(tmp_path / "t.jsonl", make_rows())  # 5 of 6 cells filled, every prompt has an outcome

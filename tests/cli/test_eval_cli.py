@@ -15,8 +15,13 @@ def _write_table(tmp_path, n=120, split=False):
     for i in range(n):
         hard = i % 2
         for m, c, p in (("small", 0.001, 0.9 - 0.8 * hard), ("big", 0.01, 0.95)):
-            r = {"prompt_id": str(i), "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
-                 "model": m, "score": float(rng.random() < p), "cost_usd": c}
+            r = {
+                "prompt_id": str(i),
+                "prompt": ("hard math proof " if hard else "easy hello ") + str(i),
+                "model": m,
+                "score": float(rng.random() < p),
+                "cost_usd": c,
+            }
             if split:
                 r["split"] = "test" if i % 4 == 0 else "train"
             rows.append(r)
@@ -38,8 +43,15 @@ def test_eval_on_generated_table(tmp_path):
     assert r["apgr"] is None or -1 <= r["apgr"] <= 2
     for key in ("table", "n_train", "n_test", "best_single", "oracle", "single_models_aiq", "single_models", "routers"):
         assert key in res
-    for key in ("aiq", "max_quality", "quality_at_best_single_cost", "cost_fraction_to_match_best", "curve",
-                "fit_s", "decision_ms_p50"):
+    for key in (
+        "aiq",
+        "max_quality",
+        "quality_at_best_single_cost",
+        "cost_fraction_to_match_best",
+        "curve",
+        "fit_s",
+        "decision_ms_p50",
+    ):
         assert key in r
 
 
@@ -47,8 +59,23 @@ def test_eval_writes_plot_and_runs_baselines(tmp_path):
     pytest.importorskip("matplotlib")
     src = _write_table(tmp_path)
     out, png = tmp_path / "o.json", tmp_path / "o.png"
-    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "random,best-single,cheapest,knn",
-                 "--json", str(out), "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "random,best-single,cheapest,knn",
+                "--json",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert set(res["routers"]) == {"random", "best-single", "cheapest", "knn"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,9 +131,25 @@ def test_eval_table_is_not_cut_when_piped(tmp_path):
 
     src = _write_table(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    p = subprocess.run([sys.executable, "-m", "turnout.cli.main", "eval", str(src), "--embedder", "hashing",
-                        "--routers", "knn,mlp", "--bootstrap", "20"], capture_output=True, text=True, env=env,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "turnout.cli.main",
+            "eval",
+            str(src),
+            "--embedder",
+            "hashing",
+            "--routers",
+            "knn,mlp",
+            "--bootstrap",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     rows = [ln for ln in p.stdout.splitlines() if ln.startswith("│ knn")]
     assert rows and "…" not in rows[0]
@@ -126,14 +169,49 @@ def test_eval_with_test_file_drops_seen_prompts_and_matches_models_by_name(tmp_p
     tst = tmp_path / "test.jsonl"
     tst.write_text("\n".join(json.dumps(r) for r in test_rows))
     out = tmp_path / "o.json"
-    assert main(["eval", str(src), "--test", str(tst), "--embedder", "hashing", "--routers", "best-single",
-                 "--bootstrap", "0", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                "--test",
+                str(tst),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "best-single",
+                "--bootstrap",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["n_test"] == 20 and res["test_prompts_seen_in_train_dropped"] == 1
     # best-single on test is "big" whichever order the file listed the models in
     assert res["best_single"]["model"] == "big" and "models_left_out" not in res
-    assert main(["eval", str(src), "--test", str(tst), "--embedder", "hashing", "--routers", "best-single",
-                 "--bootstrap", "0", "--keep-seen", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                "--test",
+                str(tst),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "best-single",
+                "--bootstrap",
+                "0",
+                "--keep-seen",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["n_test"] == 21 and res["test_prompts_seen_in_train_dropped"] == 0
 
@@ -195,8 +273,25 @@ def test_eval_of_a_trained_artifact_matches_fitting_the_same_router_in_eval(tmp_
     assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
     fitted, direct = tmp_path / "a.json", tmp_path / "d.json"
     assert main(["eval", str(test), "--artifact", str(art), "--bootstrap", "0", "--json", str(fitted)]) == 0
-    assert main(["eval", str(train), "--test", str(test), "--routers", "knn", "--embedder", "hashing",
-                 "--bootstrap", "0", "--json", str(direct)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(train),
+                "--test",
+                str(test),
+                "--routers",
+                "knn",
+                "--embedder",
+                "hashing",
+                "--bootstrap",
+                "0",
+                "--json",
+                str(direct),
+            ]
+        )
+        == 0
+    )
     a, d = json.loads(fitted.read_text()), json.loads(direct.read_text())
     assert a["n_test"] == d["n_test"] == 32 and "n_train" not in a
     assert a["routers"]["knn"]["aiq"] == d["routers"]["knn"]["aiq"]
@@ -207,11 +302,22 @@ def test_eval_of_a_trained_artifact_matches_fitting_the_same_router_in_eval(tmp_
 def test_eval_compares_several_artifacts_paired(tmp_path, capsys):
     train, test = _split_files(tmp_path)
     for name in ("knn", "profile", "cheapest"):
-        assert main(["train", str(train), "--router", name, "--embedder", "hashing",
-                     "--out", str(tmp_path / f"{name}.npz")]) == 0
+        assert main(["train", str(train), "--router", name, "--embedder", "hashing", "--out", str(tmp_path / f"{name}.npz")]) == 0
     out = tmp_path / "o.json"
-    assert main(["eval", str(test), *sum((["--artifact", str(tmp_path / f"{n}.npz")] for n in ("knn", "profile", "cheapest")), []),
-                 "--bootstrap", "50", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(test),
+                *sum((["--artifact", str(tmp_path / f"{n}.npz")] for n in ("knn", "profile", "cheapest")), []),
+                "--bootstrap",
+                "50",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert set(res["routers"]) == {"knn", "profile", "cheapest"} and res["best_router"] in ("knn", "profile")
     assert res["routers"]["cheapest"]["aiq_vs_best_ci"][1] < 0  # one model for every prompt is far behind
@@ -229,7 +335,7 @@ def test_eval_artifact_refuses_flags_that_only_mean_something_when_fitting(tmp_p
 def test_eval_artifacts_of_different_models_are_refused(tmp_path, capsys):
     train, test = _split_files(tmp_path)
     small_only = tmp_path / "small.jsonl"
-    small_only.write_text("\n".join(l for l in train.read_text().splitlines() if '"small"' in l))
+    small_only.write_text("\n".join(line for line in train.read_text().splitlines() if '"small"' in line))
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(a)]) == 0
     assert main(["train", str(small_only), "--router", "knn", "--embedder", "hashing", "--out", str(b)]) == 0
@@ -263,8 +369,25 @@ def test_eval_variants_and_params_compare_settings_of_one_router_paired(tmp_path
     train, test = _split_files(tmp_path)
     both, k3 = tmp_path / "both.json", tmp_path / "k3.json"
     common = [str(train), "--test", str(test), "--embedder", "hashing", "--bootstrap", "50"]
-    assert main(["eval", *common, "--routers", "knn", "--variant", "knn3=knn", "--param", "knn3.k=3",
-                 "--param", "knn.k=40", "--json", str(both)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--routers",
+                "knn",
+                "--variant",
+                "knn3=knn",
+                "--param",
+                "knn3.k=3",
+                "--param",
+                "knn.k=40",
+                "--json",
+                str(both),
+            ]
+        )
+        == 0
+    )
     assert main(["eval", *common, "--routers", "knn", "--param", "knn.k=3", "--json", str(k3)]) == 0
     res, alone = json.loads(both.read_text()), json.loads(k3.read_text())
     assert list(res["routers"]) == ["knn", "knn3"]
@@ -276,14 +399,17 @@ def test_eval_variants_and_params_compare_settings_of_one_router_paired(tmp_path
     assert len(res["routers"][other]["aiq_vs_best_ci"]) == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--param", "knn.kk=3"], "has no parameter(s) kk"),
-    (["--param", "mlp.k=3"], "mlp is not in this run"),
-    (["--param", "k=3"], "is not ROUTER.KEY=VALUE"),
-    (["--variant", "knn=knn"], "already a router's name"),
-    (["--variant", "x=nope"], "unknown router nope"),
-    (["--variant", "x"], "is not LABEL=ROUTER"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--param", "knn.kk=3"], "has no parameter(s) kk"),
+        (["--param", "mlp.k=3"], "mlp is not in this run"),
+        (["--param", "k=3"], "is not ROUTER.KEY=VALUE"),
+        (["--variant", "knn=knn"], "already a router's name"),
+        (["--variant", "x=nope"], "unknown router nope"),
+        (["--variant", "x"], "is not LABEL=ROUTER"),
+    ],
+)
 def test_eval_bad_params_and_variants_fail_before_any_work(tmp_path, capsys, extra, message):
     train, test = _split_files(tmp_path)
     assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn", *extra]) != 0
@@ -293,8 +419,27 @@ def test_eval_bad_params_and_variants_fail_before_any_work(tmp_path, capsys, ext
 def test_eval_repeats_summarises_random_splits_and_plots_them(tmp_path, capsys):
     src = _write_table(tmp_path, n=80, split=True)
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn,cheapest", "--repeats", "3",
-                 "--seed", "2", "--json", str(out), "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "knn,cheapest",
+                "--repeats",
+                "3",
+                "--seed",
+                "2",
+                "--json",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["repeats"] == 3 and res["seeds"] == [2, 3, 4] and set(res["routers"]) == {"knn", "cheapest"}
     assert res["n_test"] == [20, 20, 20]  # random splits of 80 prompts: the split column (20 test rows) is not used
@@ -307,8 +452,7 @@ def test_eval_repeats_summarises_random_splits_and_plots_them(tmp_path, capsys):
 
 def test_eval_repeats_refuses_a_separate_test_table_and_artifacts(tmp_path, capsys):
     train, test = _split_files(tmp_path)
-    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn",
-                 "--repeats", "3"]) != 0
+    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn", "--repeats", "3"]) != 0
     assert "cannot go with --test" in capsys.readouterr().err
     art = tmp_path / "knn.npz"
     assert main(["train", str(train), "--router", "knn", "--embedder", "hashing", "--out", str(art)]) == 0
@@ -318,8 +462,13 @@ def test_eval_repeats_refuses_a_separate_test_table_and_artifacts(tmp_path, caps
 
 def test_eval_json_is_valid_json_when_metrics_are_undefined(tmp_path):
     src = tmp_path / "free.jsonl"  # every model free: no cost fraction means anything
-    src.write_text("\n".join(json.dumps({"prompt_id": str(i), "prompt": f"q {i}", "model": m, "score": float((i + j) % 2),
-                                         "cost_usd": 0.0}) for i in range(40) for j, m in enumerate(("a", "b"))))
+    src.write_text(
+        "\n".join(
+            json.dumps({"prompt_id": str(i), "prompt": f"q {i}", "model": m, "score": float((i + j) % 2), "cost_usd": 0.0})
+            for i in range(40)
+            for j, m in enumerate(("a", "b"))
+        )
+    )
     out = tmp_path / "deep" / "er" / "o.json"  # folders are made, before any work
     assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(out)]) == 0
 
@@ -331,10 +480,13 @@ def test_eval_json_is_valid_json_when_metrics_are_undefined(tmp_path):
     assert any("costs the same" in n for n in res["notes"])
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--bootstrap", "-5"], "--bootstrap -5 is negative"),
-    (["--repeats", "0"], "--repeats 0 is not a number of splits"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bootstrap", "-5"], "--bootstrap -5 is negative"),
+        (["--repeats", "0"], "--repeats 0 is not a number of splits"),
+    ],
+)
 def test_eval_bad_counts_fail_before_any_work(tmp_path, capsys, extra, message):
     src = _write_table(tmp_path, n=20)
     assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", *extra]) != 0
@@ -352,15 +504,46 @@ def test_eval_json_into_a_path_that_cannot_be_a_folder_fails_before_fitting(tmp_
 
 def test_eval_reads_prices_from_a_models_card_given_on_the_command_line(tmp_path, capsys):
     src = tmp_path / "t.jsonl"
-    src.write_text("\n".join(json.dumps({"prompt_id": str(i), "prompt": f"question {i} " + "w " * (i % 7), "model": m,
-                                         "score": float(i % 3 != 0 or m == "big")})
-                             for i in range(60) for m in ("small", "big")))
+    src.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "prompt_id": str(i),
+                    "prompt": f"question {i} " + "w " * (i % 7),
+                    "model": m,
+                    "score": float(i % 3 != 0 or m == "big"),
+                }
+            )
+            for i in range(60)
+            for m in ("small", "big")
+        )
+    )
     card = tmp_path / "elsewhere.json"
-    card.write_text(json.dumps({"small": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
-                                "big": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}}))
+    card.write_text(
+        json.dumps(
+            {"small": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}, "big": {"input_per_mtok": 10.0, "output_per_mtok": 30.0}}
+        )
+    )
     out = tmp_path / "o.json"
-    assert main(["eval", str(src), "--models-card", str(card), "--embedder", "hashing", "--routers", "knn",
-                 "--bootstrap", "0", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                "--models-card",
+                str(card),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "knn",
+                "--bootstrap",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["single_models"]["big"]["cost"] > 50 * res["single_models"]["small"]["cost"] > 0
     assert any("estimated" in n for n in res["notes"])
@@ -398,10 +581,15 @@ def test_tables_are_printed_whole_on_a_narrow_terminal():
 
 
 def test_turnout_warnings_print_as_one_plain_line(tmp_path, capsys):
-    rows = [{"prompt_id": "1", "prompt": "one text", "model": "a", "score": 1.0, "cost_usd": 1.0},
-            {"prompt_id": "1", "prompt": "another text", "model": "b", "score": 0.0, "cost_usd": 2.0}]
-    rows += [{"prompt_id": str(i), "prompt": f"p{i}", "model": m, "score": 1.0, "cost_usd": 1.0}
-             for i in range(2, 6) for m in ("a", "b")]
+    rows = [
+        {"prompt_id": "1", "prompt": "one text", "model": "a", "score": 1.0, "cost_usd": 1.0},
+        {"prompt_id": "1", "prompt": "another text", "model": "b", "score": 0.0, "cost_usd": 2.0},
+    ]
+    rows += [
+        {"prompt_id": str(i), "prompt": f"p{i}", "model": m, "score": 1.0, "cost_usd": 1.0}
+        for i in range(2, 6)
+        for m in ("a", "b")
+    ]
     src = tmp_path / "t.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     assert main(["data", "info", str(src)]) == 0
@@ -412,8 +600,28 @@ def test_turnout_warnings_print_as_one_plain_line(tmp_path, capsys):
 def test_eval_variant_of_an_ensemble_takes_a_list_of_members(tmp_path):
     train, test = _split_files(tmp_path)
     out = tmp_path / "o.json"
-    assert main(["eval", str(train), "--test", str(test), "--embedder", "hashing", "--routers", "knn,profile",
-                 "--variant", "pair=ensemble", "--param", "pair.members=knn,profile", "--bootstrap", "0",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(train),
+                "--test",
+                str(test),
+                "--embedder",
+                "hashing",
+                "--routers",
+                "knn,profile",
+                "--variant",
+                "pair=ensemble",
+                "--param",
+                "pair.members=knn,profile",
+                "--bootstrap",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["router_params"] == {"pair": {"members": ["knn", "profile"]}} and "pair" in res["routers"]

@@ -20,12 +20,42 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "log.sqlite"
     now = time.time()
     with RequestLog(path) as log:
-        log.record(LogEntry(id="old-1", ts=now - 3600, key_name="alice", route="auto", model="small",
-                            prompt="an old question", response_text="old", cost_usd=0.001))
-        log.record(LogEntry(id="new-ok", ts=now - 5, key_name="bob", route="auto", model="big",
-                            prompt="What is 2+2?", response_text="4", cost_usd=0.02))
-        log.record(LogEntry(id="new-err", ts=now - 2, key_name="bob", route="auto", model="big", status="error",
-                            error_kind="timeout", prompt="Boom"))
+        log.record(
+            LogEntry(
+                id="old-1",
+                ts=now - 3600,
+                key_name="alice",
+                route="auto",
+                model="small",
+                prompt="an old question",
+                response_text="old",
+                cost_usd=0.001,
+            )
+        )
+        log.record(
+            LogEntry(
+                id="new-ok",
+                ts=now - 5,
+                key_name="bob",
+                route="auto",
+                model="big",
+                prompt="What is 2+2?",
+                response_text="4",
+                cost_usd=0.02,
+            )
+        )
+        log.record(
+            LogEntry(
+                id="new-err",
+                ts=now - 2,
+                key_name="bob",
+                route="auto",
+                model="big",
+                status="error",
+                error_kind="timeout",
+                prompt="Boom",
+            )
+        )
         log.set_feedback("new-ok", 1.0)
     return path
 
@@ -143,7 +173,10 @@ def test_follow_through_the_real_command(db: Path) -> None:
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "turnout.cli.main", "logs", "--db", str(db), "--json", "--follow", "--limit", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     watchdog = threading.Timer(30.0, proc.kill)  # a hang fails the test instead of blocking the suite
     watchdog.start()

@@ -34,8 +34,10 @@ def artifact(tmp_path: Path) -> Path:
 
 
 def _candidates(quality: tuple[float, float]) -> list[dict[str, object]]:
-    return [{"model": m, "quality": q, "cost": c, "utility": q - 10 * c, "excluded": None}
-            for m, q, c in zip(MODELS, quality, (0.01, 0.001))]
+    return [
+        {"model": m, "quality": q, "cost": c, "utility": q - 10 * c, "excluded": None}
+        for m, q, c in zip(MODELS, quality, (0.01, 0.001))
+    ]
 
 
 @pytest.fixture
@@ -44,15 +46,36 @@ def log(tmp_path: Path) -> Path:
     path = tmp_path / "requests.sqlite"
     with RequestLog(path) as rl:
         for i in range(40):
-            rl.record(LogEntry(id=f"r{i}", route="auto", model="small", prompt=_prompt(100 + i), response_text="ok",
-                               candidates=_candidates((0.5, 0.6)), cost_usd=0.001, lam=10.0))
+            rl.record(
+                LogEntry(
+                    id=f"r{i}",
+                    route="auto",
+                    model="small",
+                    prompt=_prompt(100 + i),
+                    response_text="ok",
+                    candidates=_candidates((0.5, 0.6)),
+                    cost_usd=0.001,
+                    lam=10.0,
+                )
+            )
             rl.set_feedback(f"r{i}", 0.0 if i % 2 == 0 else 1.0)
         # rows that cannot be used, one per reason
         rl.record(LogEntry(id="err", route="auto", model="small", status="error", prompt="x", candidates=_candidates((0.5, 0.6))))
-        rl.record(LogEntry(id="fb", route="auto", model="big", prompt="y", candidates=_candidates((0.5, 0.6)),
-                           fallbacks_tried=["small"], cost_usd=0.01))
+        rl.record(
+            LogEntry(
+                id="fb",
+                route="auto",
+                model="big",
+                prompt="y",
+                candidates=_candidates((0.5, 0.6)),
+                fallbacks_tried=["small"],
+                cost_usd=0.01,
+            )
+        )
         rl.set_feedback("fb", 1.0)
-        rl.record(LogEntry(id="nofb", route="auto", model="small", prompt="z", candidates=_candidates((0.5, 0.6)), cost_usd=0.001))
+        rl.record(
+            LogEntry(id="nofb", route="auto", model="small", prompt="z", candidates=_candidates((0.5, 0.6)), cost_usd=0.001)
+        )
         rl.record(LogEntry(id="byname", route="small", model="small", prompt="w", cost_usd=0.001))
         rl.set_feedback("byname", 1.0)
     return path
@@ -61,8 +84,12 @@ def log(tmp_path: Path) -> Path:
 def test_logged_decisions_reads_the_log_and_counts_what_it_skips(log: Path) -> None:
     d = logged_decisions(log, assume_deterministic=True)
     assert len(d) == 40 and d.total == 44 and d.arms == MODELS
-    assert d.skipped == {"not answered (error)": 1, "answered by a fallback": 1, "no feedback": 1,
-                         "not routed (no candidates)": 1}
+    assert d.skipped == {
+        "not answered (error)": 1,
+        "answered by a fallback": 1,
+        "no feedback": 1,
+        "not routed (no candidates)": 1,
+    }
     assert (d.actions == 1).all() and (d.propensity == 1.0).all() and d.score.mean() == 0.5
     assert d.available.all() and np.allclose(d.predicted_cost, [0.01, 0.001])
     # today's log has no propensity column: without the assumption every usable row lacks one
@@ -79,8 +106,9 @@ def test_a_router_that_agrees_with_the_log_gets_the_logged_figures(log: Path, ar
         assert doc["estimates"]["cost"][k]["value"] == pytest.approx(0.001)
 
 
-def test_cli_estimates_an_artifact_on_the_log(log: Path, artifact: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_estimates_an_artifact_on_the_log(
+    log: Path, artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out" / "offpolicy.json"
     rc = main(["eval", "offpolicy", str(log), "--router", str(artifact), "--assume-deterministic", "--json", str(out)])
     assert rc == 0
@@ -95,8 +123,9 @@ def test_cli_estimates_an_artifact_on_the_log(log: Path, artifact: Path, tmp_pat
     assert "SNIPS" in text and "deterministic" in text
 
 
-def test_cli_evaluates_a_route_of_a_config_without_its_api_keys(log: Path, artifact: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_evaluates_a_route_of_a_config_without_its_api_keys(
+    log: Path, artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("OFFPOLICY_TEST_KEY", raising=False)
     cfg = tmp_path / "turnout.yaml"
     cfg.write_text(f"""
@@ -114,8 +143,23 @@ routes:
 """)
     # λ huge: the route always takes the cheapest candidate, exactly what the log did
     out = tmp_path / "route.json"
-    assert main(["eval", "offpolicy", str(log), "--router", "auto", "--config", str(cfg), "--assume-deterministic",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "offpolicy",
+                str(log),
+                "--router",
+                "auto",
+                "--config",
+                str(cfg),
+                "--assume-deterministic",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["router"] == "route auto" and doc["agreement"] == 1.0
     assert doc["estimates"]["quality"]["dr"]["value"] == pytest.approx(0.5)
@@ -147,8 +191,9 @@ def test_a_budget_route_is_evaluated_at_its_start_up_lambda(log: Path, tmp_path:
     X = create_embedder("hashing").embed(prompts)
     S = np.array([[1.0, 0.0] if i % 2 == 0 else [1.0, 1.0] for i in range(60)])
     router = create_router("knn").fit(TrainingData(X=X, scores=S, costs=np.tile([0.01, 0.001], (60, 1)), models=MODELS))
-    art = save_router(router, tmp_path / "budget.npz", meta={"embedder": "hashing",
-                                                              "calibration": calibration_sample(router, X, prompts)})
+    art = save_router(
+        router, tmp_path / "budget.npz", meta={"embedder": "hashing", "calibration": calibration_sample(router, X, prompts)}
+    )
     cfg = tmp_path / "turnout.yaml"
     cfg.write_text(f"""
 backends:
@@ -164,8 +209,23 @@ routes:
     budget: {{target_share: {{big: 0.5}}}}
 """)
     out = tmp_path / "budget.json"
-    assert main(["eval", "offpolicy", str(log), "--router", "auto", "--config", str(cfg), "--assume-deterministic",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "offpolicy",
+                str(log),
+                "--router",
+                "auto",
+                "--config",
+                str(cfg),
+                "--assume-deterministic",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["lambda"] > 0  # calibrated so that at most half the calibration prompts go to 'big'
     assert doc["target_share"]["big"] <= 0.6
@@ -197,12 +257,30 @@ def test_a_randomised_log_gives_unbiased_estimates_of_another_router(artifact: P
             big = bool(rng.random() < p_big)
             # 'big' solves everything, 'small' only the haiku (odd i)
             score = 1.0 if big or i % 2 else 0.0
-            rl.record(LogEntry(id=f"q{i}", route="auto", model="big" if big else "small", prompt=_prompt(1000 + i),
-                               candidates=_candidates((0.5, 0.6)), cost_usd=0.01 if big else 0.001,
-                               propensity=p_big if big else 1 - p_big))
+            rl.record(
+                LogEntry(
+                    id=f"q{i}",
+                    route="auto",
+                    model="big" if big else "small",
+                    prompt=_prompt(1000 + i),
+                    candidates=_candidates((0.5, 0.6)),
+                    cost_usd=0.01 if big else 0.001,
+                    propensity=p_big if big else 1 - p_big,
+                )
+            )
             rl.set_feedback(f"q{i}", score)
-        rl.record(LogEntry(id="cached", route="auto", model="small", prompt="c", candidates=_candidates((0.5, 0.6)),
-                           cost_usd=0.0, propensity=1.0, answered_by="cache"))
+        rl.record(
+            LogEntry(
+                id="cached",
+                route="auto",
+                model="small",
+                prompt="c",
+                candidates=_candidates((0.5, 0.6)),
+                cost_usd=0.0,
+                propensity=1.0,
+                answered_by="cache",
+            )
+        )
         rl.set_feedback("cached", 1.0)
     out = tmp_path / "random.json"
     assert main(["eval", "offpolicy", str(path), "--router", str(artifact), "--json", str(out)]) == 0

@@ -13,17 +13,23 @@ import pytest
 import yaml
 
 from turnout.config import default_config, load_config
-from turnout.config.default import DEFAULT
 from turnout.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
 BASE: dict[str, Any] = {
     "backends": {"openai": {"protocol": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"}},
-    "models": {"gpt-4o-mini": {"backend": "openai", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
-               "gpt-4o": {"backend": "openai", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}}},
-    "routes": {"auto": {"router": {"type": "prior", "params": {"quality": {"gpt-4o-mini": 0.7, "gpt-4o": 0.9}}},
-                        "candidates": ["gpt-4o-mini", "gpt-4o"], "fallbacks": ["gpt-4o-mini", "gpt-4o"]}},
+    "models": {
+        "gpt-4o-mini": {"backend": "openai", "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
+        "gpt-4o": {"backend": "openai", "price": {"input_per_mtok": 2.5, "output_per_mtok": 10}},
+    },
+    "routes": {
+        "auto": {
+            "router": {"type": "prior", "params": {"quality": {"gpt-4o-mini": 0.7, "gpt-4o": 0.9}}},
+            "candidates": ["gpt-4o-mini", "gpt-4o"],
+            "fallbacks": ["gpt-4o-mini", "gpt-4o"],
+        }
+    },
     "keys": [{"name": "team-a", "key_env": "TEAM_A_KEY", "budget_usd": 5, "allowed": ["auto"]}],
 }
 ENV = {"OPENAI_API_KEY": "sk-test", "TEAM_A_KEY": "tk-test"}
@@ -53,7 +59,11 @@ def test_valid_config_resolves(tmp_path: Path) -> None:
     ("mutate", "key", "fix"),
     [
         (lambda d: d["routes"]["auto"].update(fallbaks=[]), "routes.auto.fallbaks", "did you mean 'fallbacks'"),
-        (lambda d: d["routes"]["auto"].update(fallbacks=["gpt-4o-mini", "gpt4o"]), "routes.auto.fallbacks[1]", "did you mean 'gpt-4o'"),
+        (
+            lambda d: d["routes"]["auto"].update(fallbacks=["gpt-4o-mini", "gpt4o"]),
+            "routes.auto.fallbacks[1]",
+            "did you mean 'gpt-4o'",
+        ),
         (lambda d: d["models"]["gpt-4o"].update(backend="opnai"), "models.gpt-4o.backend", "did you mean 'openai'"),
         (lambda d: d["backends"]["openai"].update(protocol="openia"), "backends.openai.protocol", "did you mean 'openai'"),
         (lambda d: d["keys"][0].update(allowed=["autoo"]), "keys[0].allowed[0]", "did you mean 'auto'"),
@@ -61,10 +71,21 @@ def test_valid_config_resolves(tmp_path: Path) -> None:
         (lambda d: d["routes"]["auto"]["router"].update(artifact="missing.npz"), "routes.auto.router.artifact", "turnout train"),
         (lambda d: d["backends"]["openai"].update(api_key="sk-live-123"), "backends.openai.api_key", "api_key_env"),
         (lambda d: d["keys"][0].update(key="raw-secret"), "keys[0].key", "key_env"),
-        (lambda d: d["backends"]["openai"]["timeouts"] if False else d["backends"]["openai"].update(timeouts={"conect": 1}),
-         "backends.openai.timeouts.conect", "did you mean 'connect'"),
-        (lambda d: d["models"]["gpt-4o"].update(context_window="big"), "models.gpt-4o.context_window", "give a value of that type"),
-        (lambda d: d["routes"]["auto"].update({"lambda": 1.0, "budget": {"target_cost_per_request": 0.01}}), "routes.auto", "docs/config.md"),
+        (
+            lambda d: d["backends"]["openai"]["timeouts"] if False else d["backends"]["openai"].update(timeouts={"conect": 1}),
+            "backends.openai.timeouts.conect",
+            "did you mean 'connect'",
+        ),
+        (
+            lambda d: d["models"]["gpt-4o"].update(context_window="big"),
+            "models.gpt-4o.context_window",
+            "give a value of that type",
+        ),
+        (
+            lambda d: d["routes"]["auto"].update({"lambda": 1.0, "budget": {"target_cost_per_request": 0.01}}),
+            "routes.auto",
+            "docs/config.md",
+        ),
     ],
 )
 def test_mistakes_name_file_key_and_fix(tmp_path: Path, mutate: Any, key: str, fix: str) -> None:
@@ -91,8 +112,13 @@ def test_state_names_redis_without_writing_its_password(tmp_path: Path) -> None:
     assert err.key == "state.redis_url" and "redis://" in (err.fix or "")
     err = error_of(tmp_path, lambda d: d.update(state={"redis_url_env": "TURNOUT_REDIS"}))
     assert err.key == "state.redis_url_env" and "export TURNOUT_REDIS" in (err.fix or "")
-    assert load_config(write(tmp_path, {**BASE, "state": {"redis_url_env": "TURNOUT_REDIS"}}),
-                       env={**ENV, "TURNOUT_REDIS": "redis://:pw@cache/0"}).state.redis_url_env == "TURNOUT_REDIS"
+    assert (
+        load_config(
+            write(tmp_path, {**BASE, "state": {"redis_url_env": "TURNOUT_REDIS"}}),
+            env={**ENV, "TURNOUT_REDIS": "redis://:pw@cache/0"},
+        ).state.redis_url_env
+        == "TURNOUT_REDIS"
+    )
     err = error_of(tmp_path, lambda d: d.update(state={"redis_url": "redis://a/0", "redis_url_env": "R"}))
     assert err.key == "state" and "not both" in str(err)
     err = error_of(tmp_path, lambda d: d.update(state={"redis": "redis://a/0"}))
@@ -133,17 +159,24 @@ def test_serve_exits_2_on_config_error_before_binding(tmp_path: Path) -> None:
     data = copy.deepcopy(BASE)
     data["routes"]["auto"]["fallbacks"] = ["gtp-4o"]
     p = write(tmp_path, data)
-    proc = subprocess.run([sys.executable, "-m", "turnout.cli.main", "serve", "--config", str(p), "--port", "1"],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "OPENAI_API_KEY": "x", "TEAM_A_KEY": "y"},
-                          cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "turnout.cli.main", "serve", "--config", str(p), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OPENAI_API_KEY": "x", "TEAM_A_KEY": "y"},
+        cwd=REPO,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "routes.auto.fallbacks[0]" in proc.stderr and "did you mean 'gpt-4o'" in proc.stderr
 
 
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
     p = tmp_path / "twice.yaml"
-    p.write_text("backends:\n  a: {protocol: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
-                 "models:\n  ma: {backend: a}\nmodels:\n  mb: {backend: a}\n")
+    p.write_text(
+        "backends:\n  a: {protocol: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "models:\n  ma: {backend: a}\nmodels:\n  mb: {backend: a}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(p, env={})
     assert "key 'models' appears twice" in str(info.value) and "line 5" in str(info.value) and "line 3" in str(info.value)

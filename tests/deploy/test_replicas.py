@@ -59,25 +59,35 @@ def _needs(*exes: str) -> None:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     _needs("redis-server", "nginx")
-    keys = [{"name": "budgeted", "key_sha256": hash_key("sk-budgeted"), "budget_usd": BUDGET},
-            {"name": "limited", "key_sha256": hash_key("sk-limited"), "rpm": RPM},
-            {"name": "free", "key_sha256": hash_key("sk-free")}]
-    d = replicas.Deployment(replicas=3, engines="scripted", workdir=tmp_path_factory.mktemp("replicas"), price=PRICE,
-                            extra={"keys": keys, "health": {"interval_s": INTERVAL_S, "active": False}})
+    keys = [
+        {"name": "budgeted", "key_sha256": hash_key("sk-budgeted"), "budget_usd": BUDGET},
+        {"name": "limited", "key_sha256": hash_key("sk-limited"), "rpm": RPM},
+        {"name": "free", "key_sha256": hash_key("sk-free")},
+    ]
+    d = replicas.Deployment(
+        replicas=3,
+        engines="scripted",
+        workdir=tmp_path_factory.mktemp("replicas"),
+        price=PRICE,
+        extra={"keys": keys, "health": {"interval_s": INTERVAL_S, "active": False}},
+    )
     with d:
         yield d
 
 
 def _body(i: int, tag: str) -> dict[str, Any]:
-    return {"model": "smollm2", "max_tokens": 8,
-            "messages": [{"role": "user", "content": f"{tag} request {i}: summarise story {i} in one line."}]}
+    return {
+        "model": "smollm2",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": f"{tag} request {i}: summarise story {i} in one line."}],
+    }
 
 
 async def _fire(url: str, key: str, n: int, concurrency: int, tag: str) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers={"Authorization": f"Bearer {key}"}) as client:
+
         async def one(i: int) -> httpx.Response:
             async with sem:
                 return await client.post("/chat/completions", json=_body(i, tag))
@@ -107,8 +117,10 @@ def test_budget_and_rpm_hold_across_three_replicas(deployment: Any) -> None:
     assert refused and all(r.json()["error"]["type"] == "insufficient_quota" for r in refused)
     spent, one = _spend(d, "budgeted"), max(_cost(r) for r in ok)
     assert spent == pytest.approx(sum(_cost(r) for r in ok), rel=1e-6)  # every answer paid for, once
-    print(f"\nbudget ${BUDGET}: spent ${spent:.6f} over {len(ok)} answers (one costs <= ${one:.6f}); "
-          f"overshoot ${max(0.0, spent - BUDGET):.6f}")
+    print(
+        f"\nbudget ${BUDGET}: spent ${spent:.6f} over {len(ok)} answers (one costs <= ${one:.6f}); "
+        f"overshoot ${max(0.0, spent - BUDGET):.6f}"
+    )
     assert spent <= BUDGET + 3 * one  # the goal: at most one in-flight request per replica over
     assert spent <= BUDGET + one  # what the holds give: at most the one request admitted last
     assert spent >= BUDGET - one  # and the budget was used, not refused early
@@ -123,8 +135,7 @@ def test_budget_and_rpm_hold_across_three_replicas(deployment: Any) -> None:
     limited = [r for r in rs if r.status_code == 429]
     print(f"rpm {RPM}: {len(ok)} admitted, {len(limited)} refused in {took:.1f} s")
     assert took < 55 and len(ok) == RPM  # exact: the window is one atomic log in Redis
-    assert all(r.json()["error"]["type"] == "rate_limit_exceeded" and 1 <= int(r.headers["retry-after"]) <= 60
-               for r in limited)
+    assert all(r.json()["error"]["type"] == "rate_limit_exceeded" and 1 <= int(r.headers["retry-after"]) <= 60 for r in limited)
     served_by = {r.headers["x-turnout-request-id"] for r in ok}
     assert len(served_by) == RPM
 
@@ -147,13 +158,17 @@ def test_feedback_sent_to_any_replica_scores_the_request(deployment: Any) -> Non
     assert len(set(loggers.values())) >= 2  # nginx spread them: some replicas score requests they did not log
     for rid in ids:
         for i, url in enumerate(d.replica_urls):
-            r = httpx.post(url + "/feedback", json={"request_id": rid, "score": 0.25 * (i + 1)},
-                           headers={"Authorization": "Bearer sk-free"})
+            r = httpx.post(
+                url + "/feedback", json={"request_id": rid, "score": 0.25 * (i + 1)}, headers={"Authorization": "Bearer sk-free"}
+            )
             assert r.status_code == 200, (i, loggers[rid], r.text)
             assert r.json()["stored"] is True and r.json()["request_id"] == rid
         # another key may not score it, on any replica
-        other = httpx.post(d.replica_urls[loggers[rid]] + "/feedback", json={"request_id": rid, "score": 1.0},
-                           headers={"Authorization": "Bearer sk-limited"})
+        other = httpx.post(
+            d.replica_urls[loggers[rid]] + "/feedback",
+            json={"request_id": rid, "score": 1.0},
+            headers={"Authorization": "Bearer sk-limited"},
+        )
         assert other.status_code == 404
     import redis
 
@@ -176,8 +191,9 @@ def test_an_endpoint_one_replica_takes_out_is_skipped_by_the_others_within_one_i
     first = d.replica_urls[0]
     opened_at = None
     for i in range(200):  # requests to replica 0 only, until its breaker for engine-1 opens
-        r = httpx.post(first + "/chat/completions", json=_body(i, "rotation"), headers={"Authorization": "Bearer sk-free"},
-                       timeout=30)
+        r = httpx.post(
+            first + "/chat/completions", json=_body(i, "rotation"), headers={"Authorization": "Bearer sk-free"}, timeout=30
+        )
         assert r.status_code == 200, r.text  # the failed tries fell back to engine-0
         if _out_of_rotation(first, "engine-1"):
             opened_at = time.monotonic()
@@ -196,14 +212,21 @@ def test_an_endpoint_one_replica_takes_out_is_skipped_by_the_others_within_one_i
     since = time.time()
     for i in (1, 2):
         for j in range(10):
-            r = httpx.post(d.replica_urls[i] + "/chat/completions", json=_body(100 + j, f"after-{i}"),
-                           headers={"Authorization": "Bearer sk-free"}, timeout=30)
+            r = httpx.post(
+                d.replica_urls[i] + "/chat/completions",
+                json=_body(100 + j, f"after-{i}"),
+                headers={"Authorization": "Bearer sk-free"},
+                timeout=30,
+            )
             assert r.status_code == 200
     time.sleep(0.5)
     for i in (1, 2):
         with sqlite3.connect(d.request_log(i)) as conn:
-            tries = conn.execute("SELECT c.endpoint, count(*) FROM calls c JOIN requests q ON q.id = c.request_id "
-                                 "WHERE q.ts >= ? GROUP BY c.endpoint", (since,)).fetchall()
+            tries = conn.execute(
+                "SELECT c.endpoint, count(*) FROM calls c JOIN requests q ON q.id = c.request_id "
+                "WHERE q.ts >= ? GROUP BY c.endpoint",
+                (since,),
+            ).fetchall()
         assert dict(tries) == {"engine-0": 10}, (i, tries)
 
 
@@ -214,12 +237,17 @@ def test_two_llamacpp_engines_behind_two_replicas_and_nginx(tmp_path: Path) -> N
     openai = pytest.importorskip("openai")
     with replicas.Deployment(replicas=2, engines="llamacpp", workdir=tmp_path) as d:
         client = openai.OpenAI(base_url=d.url, api_key="unused", max_retries=0)
-        r = client.chat.completions.create(model="smollm2", max_tokens=8,
-                                           messages=[{"role": "user", "content": "Name a colour."}])
+        r = client.chat.completions.create(
+            model="smollm2", max_tokens=8, messages=[{"role": "user", "content": "Name a colour."}]
+        )
         assert r.choices[0].message.content and r.usage is not None and r.usage.completion_tokens > 0
-        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model="smollm2", max_tokens=8, stream=True, messages=[{"role": "user", "content": "Name a fruit."}])
-            if c.choices)
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="smollm2", max_tokens=8, stream=True, messages=[{"role": "user", "content": "Name a fruit."}]
+            )
+            if c.choices
+        )
         assert text.strip()
         for url in d.replica_urls:  # both replicas up, sharing the one Redis
             assert httpx.get(url.removesuffix("/v1") + "/readyz").json()["ready"] is True

@@ -256,8 +256,14 @@ async def test_real_minilm_rows_match_embedding_alone(pool: ThreadPoolExecutor) 
     from turnout.embed import create_embedder
 
     model = create_embedder("minilm-int8", cache=False, progress=False)
-    texts = ["Hi", "What is 2+2?", "Explain the difference between TCP and UDP in two sentences, with an example.",
-             "def add(a, b):\n    return a + b", "Translate 'good morning' into Spanish.", "x " * 150]
+    texts = [
+        "Hi",
+        "What is 2+2?",
+        "Explain the difference between TCP and UDP in two sentences, with an example.",
+        "def add(a, b):\n    return a + b",
+        "Translate 'good morning' into Spanish.",
+        "x " * 150,
+    ]
     rows = await BatchingEmbedder(model, pool).embed_many(texts)
     alone = np.stack([model.embed_one(t) for t in texts])
     assert np.min(np.sum(rows * alone, axis=1)) > 0.9999

@@ -87,6 +87,5 @@ def test_call_cost_split_pads_less_than_filling_greedily():
     assert cost(split, 40) < cost(greedy, 40)
     # a call dearer than any padding: one batch, as greedy; caps still hold
     assert len(list(length_sorted_batches(texts, 64, progress=False, label="t", call_cost_chars=10**6))) == 1
-    capped = list(length_sorted_batches(texts, 4, progress=False, label="t", max_padded_chars=500,
-                                        call_cost_chars=10**6))
+    capped = list(length_sorted_batches(texts, 4, progress=False, label="t", max_padded_chars=500, call_cost_chars=10**6))
     assert all(len(b) <= 4 and (len(b) == 1 or len(b) * max(len(texts[i]) for i in b) <= 500) for b in capped)

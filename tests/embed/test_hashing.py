@@ -30,7 +30,10 @@ def test_deterministic_across_processes():
     )
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={**__import__("os").environ, "PYTHONHASHSEED": seed},
         ).stdout.strip()
         for seed in ("1", "2")

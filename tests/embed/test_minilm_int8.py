@@ -104,6 +104,7 @@ def test_runs_offline_without_torch(int8: MiniLMInt8Embedder, models_dir: Path) 
         "print(e.runtime, 'torch' in sys.modules, v.shape[0])\n"
     )
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True, check=True,
-                         env=env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     assert out == ["onnx", "False", "384"]

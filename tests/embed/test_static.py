@@ -125,8 +125,9 @@ def test_runs_offline_on_numpy_alone(static: StaticEmbedder, models_dir: Path) -
         "print('torch' in sys.modules, 'onnxruntime' in sys.modules, v.shape[0])\n"
     )
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    out = subprocess.run([sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True, check=True,
-                         env=env).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(models_dir)], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
     assert out == ["False", "False", "256"]
 
 

@@ -18,8 +18,14 @@ def two_kinds(n: int = 160, seed: int = 0) -> tuple[RoutingTable, np.ndarray]:
     X = np.c_[kind, 1 - kind, rng.normal(scale=0.3, size=(n, 6))].astype(np.float32)
     S = np.c_[(kind == 0) & (rng.random(n) < 0.9), rng.random(n) < 0.8, rng.random(n) < 0.5].astype(float)
     C = np.tile([1.0, 10.0, 0.5], (n, 1)) * rng.uniform(0.8, 1.2, size=(n, 1))
-    return RoutingTable([str(i) for i in range(n)], [f"prompt {i}" for i in range(n)], ["cheap", "big", "tiny"],
-                        S, C, tasks=["a" if k == 0 else "b" for k in kind]), X
+    return RoutingTable(
+        [str(i) for i in range(n)],
+        [f"prompt {i}" for i in range(n)],
+        ["cheap", "big", "tiny"],
+        S,
+        C,
+        tasks=["a" if k == 0 else "b" for k in kind],
+    ), X
 
 
 def answered(n: int = 400, seed: int = 0, split: bool = True) -> tuple[RoutingTable, np.ndarray]:
@@ -42,6 +48,12 @@ def answered(n: int = 400, seed: int = 0, split: bool = True) -> tuple[RoutingTa
     C = np.tile([1.0, 1.0, 10.0], (n, 1))
     prompts = [f"Question {i}: which one?\nA) first\nB) second\nAnswer:" for i in range(n)]
     X = rng.normal(size=(n, 8)).astype(np.float32)
-    return RoutingTable([str(i) for i in range(n)], prompts, models, S, C,
-                        split=(["train"] * (n // 2) + ["test"] * (n - n // 2)) if split else None,
-                        responses=R), X
+    return RoutingTable(
+        [str(i) for i in range(n)],
+        prompts,
+        models,
+        S,
+        C,
+        split=(["train"] * (n // 2) + ["test"] * (n - n // 2)) if split else None,
+        responses=R,
+    ), X

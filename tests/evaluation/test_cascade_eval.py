@@ -26,22 +26,37 @@ def _routers_only(out):
 def result():
     table, X = answered(600, seed=0)
     train, test = split_table(table)
-    Xtr, Xte = X[: len(train)], X[len(train):]
+    Xtr, Xte = X[: len(train)], X[len(train) :]
     plain = run_eval(train, test, Xtr, Xte, ["best-single", "knn"], progress=False, bootstrap=50)
-    full = run_eval(train, test, Xtr, Xte, ["best-single", "knn"], progress=False, bootstrap=50,
-                    cascades=CascadeOptions(router="knn"))
+    full = run_eval(
+        train, test, Xtr, Xte, ["best-single", "knn"], progress=False, bootstrap=50, cascades=CascadeOptions(router="knn")
+    )
     return plain, full, train, test
 
 
 def test_entries_are_there_with_the_routers_metrics_and_pairing(result):
     _, out, _, _ = result
     names = set(out["cascades"])
-    assert {"cascade-verifier-cheap+probe->strong", "cascade-agreement-cheap+probe->strong",
-            "cascade-verifier-cheap->strong", "cascade-choice-cheap->strong", "fanout-vote-cheap+probe"} <= names
+    assert {
+        "cascade-verifier-cheap+probe->strong",
+        "cascade-agreement-cheap+probe->strong",
+        "cascade-verifier-cheap->strong",
+        "cascade-choice-cheap->strong",
+        "fanout-vote-cheap+probe",
+    } <= names
     assert "cascade-knn" in names and all(n.startswith(("cascade-", "fanout-")) for n in names)
     for e in out["cascades"].values():
-        for key in ("aiq", "max_quality", "quality_at_best_single_cost", "cost_fraction_to_match_best", "curve",
-                    "aiq_ci", "aiq_gain_ci", "aiq_vs_best_ci", "kind"):
+        for key in (
+            "aiq",
+            "max_quality",
+            "quality_at_best_single_cost",
+            "cost_fraction_to_match_best",
+            "curve",
+            "aiq_ci",
+            "aiq_gain_ci",
+            "aiq_vs_best_ci",
+            "kind",
+        ):
             assert key in e
         assert e["aiq_ci"][0] <= e["aiq"] + 1e-9 and e["aiq"] - 1e-9 <= e["aiq_ci"][1] + 0.05
     assert out["best_cascade"] in names
@@ -109,10 +124,19 @@ def test_strong_and_cheap_models_are_chosen_on_train():
 
 
 def _write(tmp_path, table, name="t.jsonl"):
-    rows = [{"prompt_id": table.prompt_ids[i], "prompt": table.prompts[i], "model": m,
-             "score": float(table.scores[i, j]), "cost_usd": float(table.costs[i, j]),
-             "response": table.responses[i, j], "split": table.split[i]}
-            for i in range(len(table)) for j, m in enumerate(table.models)]
+    rows = [
+        {
+            "prompt_id": table.prompt_ids[i],
+            "prompt": table.prompts[i],
+            "model": m,
+            "score": float(table.scores[i, j]),
+            "cost_usd": float(table.costs[i, j]),
+            "response": table.responses[i, j],
+            "split": table.split[i],
+        }
+        for i in range(len(table))
+        for j, m in enumerate(table.models)
+    ]
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
@@ -122,8 +146,18 @@ def test_cli_eval_adds_cascades_saves_and_reuses_the_verifier(tmp_path):
     table, _ = answered(300, seed=7)
     src = _write(tmp_path, table)
     out, ver = tmp_path / "o.json", tmp_path / "v.npz"
-    base = ["eval", str(src), "--embedder", "hashing", "--routers", "best-single,knn", "--bootstrap", "20",
-            "--cascade-router", "knn"]
+    base = [
+        "eval",
+        str(src),
+        "--embedder",
+        "hashing",
+        "--routers",
+        "best-single,knn",
+        "--bootstrap",
+        "20",
+        "--cascade-router",
+        "knn",
+    ]
     assert main([*base, "--json", str(out), "--save-verifier", str(ver)]) == 0
     res = json.loads(out.read_text())
     assert "cascade-agreement-cheap+probe->strong" in res["cascades"] and "cascade-knn" in res["cascades"]
@@ -131,11 +165,12 @@ def test_cli_eval_adds_cascades_saves_and_reuses_the_verifier(tmp_path):
     out2 = tmp_path / "o2.json"
     assert main([*base, "--json", str(out2), "--verifier", str(ver)]) == 0
     res2 = json.loads(out2.read_text())
-    assert res2["cascades"]["cascade-verifier-cheap+probe->strong"]["curve"] \
-        == res["cascades"]["cascade-verifier-cheap+probe->strong"]["curve"]  # the same verifier judges the same
+    assert (
+        res2["cascades"]["cascade-verifier-cheap+probe->strong"]["curve"]
+        == res["cascades"]["cascade-verifier-cheap+probe->strong"]["curve"]
+    )  # the same verifier judges the same
     out3 = tmp_path / "o3.json"
-    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(out3),
-                 "--cascades", "off"]) == 0
+    assert main(["eval", str(src), "--embedder", "hashing", "--routers", "knn", "--json", str(out3), "--cascades", "off"]) == 0
     assert "cascades" not in json.loads(out3.read_text())
 
 
@@ -163,8 +198,16 @@ def test_missing_cells_are_no_candidates_and_are_said():
     table.scores[::7, 1] = np.nan  # the probe did not answer every seventh prompt
     table.responses[::7, 1] = None
     train, test = split_table(table)
-    out = run_eval(train, test, X[: len(train)], X[len(train):], ["knn"], progress=False, bootstrap=20,
-                   cascades=CascadeOptions(router="knn"))
+    out = run_eval(
+        train,
+        test,
+        X[: len(train)],
+        X[len(train) :],
+        ["knn"],
+        progress=False,
+        bootstrap=20,
+        cascades=CascadeOptions(router="knn"),
+    )
     assert any("lack an outcome" in n for n in out["notes"])
     e = out["cascades"]["cascade-agreement-cheap+probe->strong"]
     assert np.isfinite(np.array(e["curve"])).all()

@@ -48,20 +48,21 @@ def test_an_ensemble_of_routers_fitted_in_the_same_fold_reuses_them_and_scores_t
     alone = cross_validate(t, X, ["ensemble"], folds=4, seed=0, router_params=params)
     assert np.allclose(together["ensemble"]["aiq_folds"], alone["ensemble"]["aiq_folds"], atol=1e-12)
     # a member with its own parameters is not the ensemble's member: the ensemble fits its own
-    tuned = cross_validate(t, X, ["knn", "bt", "profile", "ensemble"], folds=4, seed=0,
-                           router_params={**params, "knn": {"k": 3}})
+    tuned = cross_validate(t, X, ["knn", "bt", "profile", "ensemble"], folds=4, seed=0, router_params={**params, "knn": {"k": 3}})
     assert np.allclose(tuned["ensemble"]["aiq_folds"], alone["ensemble"]["aiq_folds"], atol=1e-12)
 
 
 def test_tied_with_pairs_the_folds():
     from turnout.evaluation.crossval import tied_with
 
-    cv = {"a": {"aiq_folds": [0.80, 0.70, 0.90, 0.60]},
-          # always 0.01 below a: a small gap, but the same on every fold, so the folds do tell them apart
-          "steady": {"aiq_folds": [0.79, 0.69, 0.89, 0.59]},
-          # 0.01 below a on average, by +0.03 / -0.05 swings: the folds cannot tell
-          "noisy": {"aiq_folds": [0.83, 0.65, 0.93, 0.55]},
-          "far": {"aiq_folds": [0.50, 0.40, 0.60, 0.30]}}
+    cv = {
+        "a": {"aiq_folds": [0.80, 0.70, 0.90, 0.60]},
+        # always 0.01 below a: a small gap, but the same on every fold, so the folds do tell them apart
+        "steady": {"aiq_folds": [0.79, 0.69, 0.89, 0.59]},
+        # 0.01 below a on average, by +0.03 / -0.05 swings: the folds cannot tell
+        "noisy": {"aiq_folds": [0.83, 0.65, 0.93, 0.55]},
+        "far": {"aiq_folds": [0.50, 0.40, 0.60, 0.30]},
+    }
     assert tied_with(cv, "a") == ["noisy"]
     # steady sits well inside a's spread across folds (0.60-0.90) and is still not tied: the folds pair
     # z = 0 ties nothing: every candidate differs from a on average

@@ -31,16 +31,19 @@ def test_estimated_cost_from_card(tmp_path):
     assert t.cost_estimated and t.costs[0, 0] == pytest.approx((100 * 1 + 256 * 2) / 1e6)
 
 
-@pytest.mark.parametrize("rows,needle", [
-    ([{k: v for k, v in ROW.items() if k != "score"}], "column 'score'"),
-    ([{**ROW, "score": 1.5}], "outside [0, 1]"),
-    ([ROW, {**ROW, "score": 0.0}], "duplicate"),
-    ([{**ROW, "prompt": None}], "row 0, column 'prompt': empty prompt"),
-    ([ROW, {**ROW, "prompt_id": "b", "prompt": "  "}], "row 1, column 'prompt': empty prompt"),
-    ([{**ROW, "model": ""}], "column 'model': empty model"),
-    ([ROW, {**ROW, "prompt_id": "b", "score": None}], "row 1, column 'score': missing score"),
-    ([ROW, {**ROW, "model": "m2", "cost_usd": -0.5}], "row 1, column 'cost_usd': cost -0.5"),
-])
+@pytest.mark.parametrize(
+    "rows,needle",
+    [
+        ([{k: v for k, v in ROW.items() if k != "score"}], "column 'score'"),
+        ([{**ROW, "score": 1.5}], "outside [0, 1]"),
+        ([ROW, {**ROW, "score": 0.0}], "duplicate"),
+        ([{**ROW, "prompt": None}], "row 0, column 'prompt': empty prompt"),
+        ([ROW, {**ROW, "prompt_id": "b", "prompt": "  "}], "row 1, column 'prompt': empty prompt"),
+        ([{**ROW, "model": ""}], "column 'model': empty model"),
+        ([ROW, {**ROW, "prompt_id": "b", "score": None}], "row 1, column 'score': missing score"),
+        ([ROW, {**ROW, "model": "m2", "cost_usd": -0.5}], "row 1, column 'cost_usd': cost -0.5"),
+    ],
+)
 def test_errors(tmp_path, rows, needle):
     with pytest.raises(DataError, match="t.jsonl") as e:
         load_table(_write(tmp_path, rows))
@@ -98,8 +101,11 @@ def _parquet(tmp_path, rows, name="t.parquet", card=None):
 
 def _rows(n=3, **extra):
     """n prompts × models m1, m2, with costs."""
-    return [{"prompt_id": f"p{i}", "prompt": "x" * 40, "model": m, "score": float((i + j) % 2),
-             "cost_usd": 0.01 * (j + 1), **extra} for i in range(n) for j, m in enumerate(("m1", "m2"))]
+    return [
+        {"prompt_id": f"p{i}", "prompt": "x" * 40, "model": m, "score": float((i + j) % 2), "cost_usd": 0.01 * (j + 1), **extra}
+        for i in range(n)
+        for j, m in enumerate(("m1", "m2"))
+    ]
 
 
 def test_missing_cost_in_some_rows_is_priced_per_row_from_the_card(tmp_path):
@@ -137,11 +143,14 @@ def test_non_numeric_score_names_row_and_column(tmp_path):
         load_table(_write(tmp_path, [ROW, {**ROW, "model": "m2", "score": "correct"}]))
 
 
-@pytest.mark.parametrize("card,needle", [
-    ({"m1": {"input_per_mtok": "0.2", "output_per_mtok": "0.4"}}, "input_per_mtok is '0.2', not a non-negative number"),
-    ([{"model": "m1", "input_per_mtok": 0.2, "output_per_mtok": 0.4}], "this one is a JSON list"),
-    ({"m1": 0.2}, "model 'm1' maps to a JSON number"),
-])
+@pytest.mark.parametrize(
+    "card,needle",
+    [
+        ({"m1": {"input_per_mtok": "0.2", "output_per_mtok": "0.4"}}, "input_per_mtok is '0.2', not a non-negative number"),
+        ([{"model": "m1", "input_per_mtok": 0.2, "output_per_mtok": 0.4}], "this one is a JSON list"),
+        ({"m1": 0.2}, "model 'm1' maps to a JSON number"),
+    ],
+)
 def test_malformed_models_card_names_the_card_and_its_shape(tmp_path, card, needle):
     (tmp_path / "models.json").write_text(json.dumps(card))
     with pytest.raises(DataError, match="models.json") as e:
@@ -162,13 +171,18 @@ def test_truncated_or_corrupt_files_are_data_errors(tmp_path):
 
     gz = tmp_path / "t.jsonl.gz"
     gz.write_bytes(gzip.compress(("\n".join(json.dumps({**ROW, "prompt_id": str(i)}) for i in range(500))).encode()))
-    wide = pd.DataFrame({"sample_id": ["s0", "s1"], "prompt": ["a", "b\nwith a newline"], "m1": [1.0, 0.0],
-                         "m1|total_cost": [0.1, 0.2]})
+    wide = pd.DataFrame(
+        {"sample_id": ["s0", "s1"], "prompt": ["a", "b\nwith a newline"], "m1": [1.0, 0.0], "m1|total_cost": [0.1, 0.2]}
+    )
     wide.to_pickle(tmp_path / "t.pkl")
     (tmp_path / "t.csv").write_text('sample_id,prompt,m1,m1|total_cost\ns0,"a prompt that never clo')
     (tmp_path / "bad.parquet").write_text("not parquet at all")
-    cases = {_cut(gz): "cut short or corrupt", _cut(tmp_path / "t.pkl"): "save it again with DataFrame.to_pickle",
-             tmp_path / "t.csv": "export it again", tmp_path / "bad.parquet": "give a Parquet file"}
+    cases = {
+        _cut(gz): "cut short or corrupt",
+        _cut(tmp_path / "t.pkl"): "save it again with DataFrame.to_pickle",
+        tmp_path / "t.csv": "export it again",
+        tmp_path / "bad.parquet": "give a Parquet file",
+    }
     for path, fix in cases.items():
         with pytest.raises(DataError, match="cannot read: ") as e:
             load_table(path)
@@ -215,8 +229,9 @@ def _llm_folder(tmp_path, items, card=True):
     folder.mkdir()
     (folder / "train.json").write_text(json.dumps(items))
     if card:
-        (folder / "default_llm.json").write_text(json.dumps({m: {"input_price": 1.0, "output_price": 1.0, "size": "7B"}
-                                                             for m in ("a", "b")}))
+        (folder / "default_llm.json").write_text(
+            json.dumps({m: {"input_price": 1.0, "output_price": 1.0, "size": "7B"} for m in ("a", "b")})
+        )
     return folder
 
 
@@ -228,8 +243,11 @@ def test_llmrouter_without_query_files_has_no_tasks(tmp_path):
 def test_llmrouter_errors_name_item_and_model(tmp_path):
     items = [{"question": f"q{i}", "scores": {"a": 1.0, "b": 0.0}} for i in range(4)]
     items[3]["scores"]["b"] = None
-    with pytest.raises(DataError, match=r"train.json, row 3: missing score \(item 3 of the JSON list counting from 0, "
-                                        r"model 'b'\)"):
+    with pytest.raises(
+        DataError,
+        match=r"train.json, row 3: missing score \(item 3 of the JSON list counting from 0, "
+        r"model 'b'\)",
+    ):
         load_table(_llm_folder(tmp_path, items))
 
 
@@ -246,8 +264,11 @@ def test_wide_csv_errors_name_data_row_line_and_model_column(tmp_path):
     p = tmp_path / "w.csv"
     # data row 1 holds a newline inside its prompt, so data row 2 starts on line 5
     p.write_text(WIDE_HEADER + 's0,a,1,0,0.1,0.2\ns1,"two\nlines",1,0,0.1,0.2\ns2,c,1,1.5,0.1,0.2\n')
-    with pytest.raises(DataError, match=r"w.csv, row 2, column 'm2': score 1.5 outside \[0, 1\] "
-                                        r"\(data row 2 counting from 0, line 5 of the file\)"):
+    with pytest.raises(
+        DataError,
+        match=r"w.csv, row 2, column 'm2': score 1.5 outside \[0, 1\] "
+        r"\(data row 2 counting from 0, line 5 of the file\)",
+    ):
         load_table(p)
 
 
@@ -304,16 +325,21 @@ def test_json_object_is_not_a_table(tmp_path):
 
 def test_conflicting_duplicates_name_both_rows(tmp_path):
     rows = [ROW, {**ROW, "model": "m2"}, {**ROW, "score": 0.0}]
-    with pytest.raises(DataError, match=r"row 2: duplicate \(prompt_id, model\) = \(a, m1\) in two rows that differ: "
-                                        r"row 0 \(line 1 of the file\) and row 2 \(line 3 of the file\)"):
+    with pytest.raises(
+        DataError,
+        match=r"row 2: duplicate \(prompt_id, model\) = \(a, m1\) in two rows that differ: "
+        r"row 0 \(line 1 of the file\) and row 2 \(line 3 of the file\)",
+    ):
         load_table(_write(tmp_path, rows))
 
 
 def test_exact_duplicate_rows_are_dropped_with_a_warning(tmp_path):
     rows = [ROW, {**ROW, "model": "m2"}, ROW, {**ROW, "prompt_id": "b", "score": 7.0}]
     # the rows are still named as in the file
-    with (pytest.warns(DataWarning, match=r"1 row\(s\) repeat an earlier row .*row 2 .* repeats row 0"),
-          pytest.raises(DataError, match=r"row 3, column 'score'.*\(line 4 of the file\)")):
+    with (
+        pytest.warns(DataWarning, match=r"1 row\(s\) repeat an earlier row .*row 2 .* repeats row 0"),
+        pytest.raises(DataError, match=r"row 3, column 'score'.*\(line 4 of the file\)"),
+    ):
         load_table(_write(tmp_path, rows))
     with pytest.warns(DataWarning, match="repeat an earlier row"):
         t = load_table(_write(tmp_path, rows[:3]))
@@ -327,8 +353,11 @@ def test_unused_columns_are_reported(tmp_path):
 
 
 def test_canonical_responses_are_carried(tmp_path):
-    rows = [{**ROW, "response": "B"}, {**ROW, "model": "m2", "response": {"answer": 1}},
-            {**ROW, "prompt_id": "b", "prompt": "yo", "response": None}]
+    rows = [
+        {**ROW, "response": "B"},
+        {**ROW, "model": "m2", "response": {"answer": 1}},
+        {**ROW, "prompt_id": "b", "prompt": "yo", "response": None},
+    ]
     t = load_table(_write(tmp_path, rows))
     assert t.responses is not None and t.responses.shape == (2, 2)
     assert t.responses[0, 0] == "B" and t.responses[0, 1] == '{"answer": 1}'
@@ -340,8 +369,10 @@ def test_canonical_responses_are_carried(tmp_path):
 
 def test_routerbench_responses_are_unwrapped(tmp_path):
     p = tmp_path / "arc_test.csv"
-    p.write_text('sample_id,prompt,m1,m1|total_cost,m1|model_response,m2,m2|total_cost,m2|model_response\n'
-                 's0,q,1,0.1,"[\'D\\n\']",0,0.2,plain text\n')
+    p.write_text(
+        "sample_id,prompt,m1,m1|total_cost,m1|model_response,m2,m2|total_cost,m2|model_response\n"
+        "s0,q,1,0.1,\"['D\\n']\",0,0.2,plain text\n"
+    )
     t = load_table(p)
     assert list(t.responses[0]) == ["D\n", "plain text"]
 

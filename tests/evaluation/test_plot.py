@@ -5,7 +5,9 @@ import pytest
 from turnout.errors import MissingDependency
 
 RESULT = {
-    "table": "t.jsonl", "n_train": 90, "n_test": 30,
+    "table": "t.jsonl",
+    "n_train": 90,
+    "n_test": 30,
     "best_single": {"model": "big", "quality": 0.9, "cost": 0.01},
     "oracle": {"quality": 0.97, "cost": 0.004},
     "single_models_aiq": 0.7,

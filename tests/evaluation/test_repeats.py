@@ -48,8 +48,7 @@ def test_each_split_is_exactly_run_eval_on_that_split_and_the_summary_adds_up():
     out = run_repeated(t, X, ["knn", "cheapest"], repeats=3, seed=5, progress=False)
     assert out["repeats"] == 3 and out["seeds"] == [5, 6, 7] and len(out["splits"]) == 3
     tr_rows, te_rows = random_splits(len(t), 3, 0.25, 5)[1]
-    direct = run_eval(t.subset(tr_rows), t.subset(te_rows), X[tr_rows], X[te_rows], ["knn"], progress=False,
-                      bootstrap=0)
+    direct = run_eval(t.subset(tr_rows), t.subset(te_rows), X[tr_rows], X[te_rows], ["knn"], progress=False, bootstrap=0)
     assert out["splits"][1]["routers"]["knn"]["aiq"] == direct["routers"]["knn"]["aiq"]
     knn = out["routers"]["knn"]
     assert knn["aiq"]["values"] == [s["routers"]["knn"]["aiq"] for s in out["splits"]]

@@ -112,8 +112,7 @@ def test_task_mean_references_need_two_test_tasks():
 def test_distinct_points_drops_repeats_and_keeps_order():
     from turnout.evaluation.runner import distinct_points
 
-    assert distinct_points([[2.0, 0.9], [2.0, 0.9], [1.0, 0.5], [2.0, 0.9], [1.0, 0.6]]) == [
-        [2.0, 0.9], [1.0, 0.5], [1.0, 0.6]]
+    assert distinct_points([[2.0, 0.9], [2.0, 0.9], [1.0, 0.5], [2.0, 0.9], [1.0, 0.6]]) == [[2.0, 0.9], [1.0, 0.5], [1.0, 0.6]]
 
 
 def test_run_eval_curves_have_no_repeated_points():
@@ -121,8 +120,9 @@ def test_run_eval_curves_have_no_repeated_points():
 
     rng = np.random.default_rng(5)
     tr, te = _table(60, rng), _table(90, rng)
-    out = run_eval(tr, te, rng.normal(size=(60, 4)), rng.normal(size=(90, 4)), ["best-single", "knn"],
-                   progress=False, bootstrap=0)
+    out = run_eval(
+        tr, te, rng.normal(size=(60, 4)), rng.normal(size=(90, 4)), ["best-single", "knn"], progress=False, bootstrap=0
+    )
     for r in out["routers"].values():
         pts = [tuple(p) for p in r["curve"]]
         assert pts and len(pts) == len(set(pts))
@@ -152,8 +152,9 @@ def test_test_table_in_another_model_order_gives_the_same_result():
     tr, te = t.subset(np.arange(200)), t.subset(np.arange(200, 300))
     X = rng.normal(size=(300, 4))
     same = run_eval(tr, te, X[:200], X[200:], ["best-single", "knn"], progress=False, bootstrap=0)
-    moved = run_eval(tr, _reordered(te, ["c", "a", "b"], extra="new"), X[:200], X[200:], ["best-single", "knn"],
-                     progress=False, bootstrap=0)
+    moved = run_eval(
+        tr, _reordered(te, ["c", "a", "b"], extra="new"), X[:200], X[200:], ["best-single", "knn"], progress=False, bootstrap=0
+    )
     for name in ("best-single", "knn"):
         assert moved["routers"][name]["aiq"] == same["routers"][name]["aiq"]
         assert moved["routers"][name]["curve"] == same["routers"][name]["curve"]
@@ -162,8 +163,14 @@ def test_test_table_in_another_model_order_gives_the_same_result():
 
 
 def test_with_models_reorders_adds_missing_and_drops_extra():
-    t = RoutingTable(["0", "1"], ["p", "q"], ["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]),
-                     np.array([[1.0, 2.0], [1.0, 2.0]]), model_cards={"a": {"input_per_mtok": 1}, "b": {}})
+    t = RoutingTable(
+        ["0", "1"],
+        ["p", "q"],
+        ["a", "b"],
+        np.array([[1.0, 0.0], [0.0, 1.0]]),
+        np.array([[1.0, 2.0], [1.0, 2.0]]),
+        model_cards={"a": {"input_per_mtok": 1}, "b": {}},
+    )
     w = t.with_models(["b", "z"])
     assert w.models == ["b", "z"] and w.scores[:, 0].tolist() == [0.0, 1.0] and np.isnan(w.scores[:, 1]).all()
     assert np.isnan(w.costs[:, 1]).all() and set(w.model_cards) == {"b"}
@@ -245,8 +252,11 @@ def test_paired_comparisons_name_the_best_and_never_an_evaluation_only_router():
 
     out = {"routers": {"a": {"aiq": 0.80}, "b": {"aiq": 0.70}, "peek": {"aiq": 0.99}}}
     single = np.array([0.60, 0.62, 0.64, np.nan])
-    samples = {"a": np.array([0.80, 0.81, 0.79, 0.80]), "b": np.array([0.70, 0.83, 0.69, 0.70]),
-               "peek": np.array([0.99, 0.99, 0.99, 0.99])}
+    samples = {
+        "a": np.array([0.80, 0.81, 0.79, 0.80]),
+        "b": np.array([0.70, 0.83, 0.69, 0.70]),
+        "peek": np.array([0.99, 0.99, 0.99, 0.99]),
+    }
     paired_comparisons(out, samples, single, evaluation_only=["peek"])
     assert out["best_router"] == "a"
     assert "aiq_vs_best_ci" not in out["routers"]["a"] and "aiq_vs_best_ci" not in out["routers"]["peek"]
@@ -284,8 +294,14 @@ def test_a_router_with_signal_within_tasks_is_shown_above_the_task_line():
         # two tasks with the same mix: per prompt the cheap model is right or not at random, the big one always
         cheap = (rng.random(2 * n) < 0.5).astype(float)
         S = np.c_[cheap, np.ones(2 * n)]
-        return RoutingTable([str(i) for i in range(2 * n)], ["p"] * 2 * n, ["cheap", "big"], S,
-                            np.tile([1.0, 10.0], (2 * n, 1)), tasks=["x"] * n + ["y"] * n)
+        return RoutingTable(
+            [str(i) for i in range(2 * n)],
+            ["p"] * 2 * n,
+            ["cheap", "big"],
+            S,
+            np.tile([1.0, 10.0], (2 * n, 1)),
+            tasks=["x"] * n + ["y"] * n,
+        )
 
     tr, te = table(60), table(150)
     # knn reads the outcomes themselves as features (the within-task signal); best-single reads nothing
@@ -305,8 +321,9 @@ def test_models_with_no_training_outcome_are_left_out_and_named_without_numpy_wa
     n = 60
     S = (rng.random((n, 3)) < [0.5, 0.9, 0.7]).astype(float)
     S[:40, 2] = np.nan  # the third model only has outcomes on the test prompts
-    t = RoutingTable([str(i) for i in range(n)], [f"p{i}" for i in range(n)], ["weak", "strong", "late"], S,
-                     np.tile([1.0, 10.0, 5.0], (n, 1)))
+    t = RoutingTable(
+        [str(i) for i in range(n)], [f"p{i}" for i in range(n)], ["weak", "strong", "late"], S, np.tile([1.0, 10.0, 5.0], (n, 1))
+    )
     tr, te = t.subset(range(40)), t.subset(range(40, n))
     X = rng.normal(size=(n, 4)).astype(np.float32)
     with warnings.catch_warnings():
@@ -324,8 +341,9 @@ def test_a_table_whose_models_cost_the_same_is_said_so_and_its_intervals_hold_th
     S = (rng.random((n, 2)) < [0.6, 0.9]).astype(float)
     t = RoutingTable([str(i) for i in range(n)], [f"p{i}" for i in range(n)], ["a", "b"], S, np.full((n, 2), 0.001))
     X = rng.normal(size=(n, 4)).astype(np.float32)
-    out = run_eval(t.subset(range(150)), t.subset(range(150, n)), X[:150], X[150:], ["best-single"], progress=False,
-                   bootstrap=100)
+    out = run_eval(
+        t.subset(range(150)), t.subset(range(150, n)), X[:150], X[150:], ["best-single"], progress=False, bootstrap=100
+    )
     lo, hi = out["single_models_aiq_ci"]
     assert lo <= out["single_models_aiq"] <= hi  # rounding in resampled mean costs made a spurious cost range
     assert out["routers"]["best-single"]["aiq_gain_ci"][0] <= 0 <= out["routers"]["best-single"]["aiq_gain_ci"][1]

@@ -29,15 +29,35 @@ MSG = [{"role": "user", "content": "hello"}]
 KEY = "sk-team"
 
 
-def gateway(backend: ScriptedBackend, tmp_path: Path, *, stages: list[Any] | None = None, attempts: int = 1,
-            breaker: CircuitBreaker | None = None) -> Gateway:
+def gateway(
+    backend: ScriptedBackend,
+    tmp_path: Path,
+    *,
+    stages: list[Any] | None = None,
+    attempts: int = 1,
+    breaker: CircuitBreaker | None = None,
+) -> Gateway:
     state = InMemoryCounters()
     keys = KeyStore([KeySpec("team", hash_key(KEY), budget_usd=1.0)], state)
-    target = ModelTarget("m", backend, "m", price=Price(1000.0, 2000.0), context_window=4096, attempts=attempts,
-                         timeouts=Timeouts(1.0, 10.0, 10.0), backoff=Backoff(0.5, 0.5),
-                         breaker=breaker or CircuitBreaker(5, 60.0))
-    return Gateway({"m": target}, keys=keys, state=state, metrics=Metrics(),
-                   request_log=RequestLog(tmp_path / "log.sqlite"), stages=Stages(stages or []))
+    target = ModelTarget(
+        "m",
+        backend,
+        "m",
+        price=Price(1000.0, 2000.0),
+        context_window=4096,
+        attempts=attempts,
+        timeouts=Timeouts(1.0, 10.0, 10.0),
+        backoff=Backoff(0.5, 0.5),
+        breaker=breaker or CircuitBreaker(5, 60.0),
+    )
+    return Gateway(
+        {"m": target},
+        keys=keys,
+        state=state,
+        metrics=Metrics(),
+        request_log=RequestLog(tmp_path / "log.sqlite"),
+        stages=Stages(stages or []),
+    )
 
 
 async def until(check: Any, timeout_s: float = 5.0) -> None:
@@ -109,7 +129,8 @@ async def test_a_request_cancelled_inside_a_stage_is_logged_as_cancelled_with_no
 
 @pytest.mark.parametrize("how", ["aclose-before-reading", "aclose-after-two-chunks", "break-out-of-the-loop"])
 async def test_a_committed_stream_left_by_its_client_pays_for_what_was_generated_and_frees_everything(
-        tmp_path: Path, how: str) -> None:
+    tmp_path: Path, how: str
+) -> None:
     words = " ".join(f"w{i}" for i in range(50))
     backend = ScriptedBackend("up", Step(text=words, slow=0.01))
     breaker = CircuitBreaker(1, 0.01)

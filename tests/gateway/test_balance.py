@@ -86,17 +86,26 @@ def test_blocks_are_cumulative_and_message_aligned():
 def test_different_system_prompts_spread_over_the_ring():
     eps = views(8)
     ring = HashRing(eps, salt=1)
-    owners = Counter(ring.lookup(prefix_key(conversation("hello", 1, system=f"Persona {i}. " * 40)).affinity_hash,
-                                 eps).name for i in range(200))
+    owners = Counter(
+        ring.lookup(prefix_key(conversation("hello", 1, system=f"Persona {i}. " * 40)).affinity_hash, eps).name
+        for i in range(200)
+    )
     assert len(owners) == 8 and max(owners.values()) < 200 * 0.25
 
 
 def test_prefix_key_is_the_same_in_every_process():
     msgs = conversation("stable across gateways?", 2)
-    script = ("import json,sys; from turnout.gateway.balance import prefix_key; "
-              "print(json.dumps(list(prefix_key(json.loads(sys.argv[1])).prefix_blocks)))")
-    out = subprocess.run([sys.executable, "-c", script, json.dumps(msgs)], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONHASHSEED": "12345"})
+    script = (
+        "import json,sys; from turnout.gateway.balance import prefix_key; "
+        "print(json.dumps(list(prefix_key(json.loads(sys.argv[1])).prefix_blocks)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(msgs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
     assert tuple(json.loads(out.stdout)) == prefix_key(msgs).prefix_blocks
 
 
@@ -315,8 +324,9 @@ def test_dualmap_sticks_to_a_session_id_until_its_endpoint_breaks_the_slo():
     dm = DualMap(slo_s=2.5)
     home = dm.choose(eps, key_of("start", session_id="s-1"))
     # a prompt with another root (e.g. a client that rewrote the history) whose candidates exclude `home`
-    other = next(k for k in (key_of(f"rewritten {i}", session_id="s-1") for i in range(200))
-                 if eps.index(home) not in pair(eps, k))
+    other = next(
+        k for k in (key_of(f"rewritten {i}", session_id="s-1") for i in range(200)) if eps.index(home) not in pair(eps, k)
+    )
     assert dm.choose(eps, other) is home and dm.last_reason == "session"
     home.in_flight = 3  # estimated wait 3 s > 2.5 s
     moved = dm.choose(eps, other)
@@ -469,8 +479,27 @@ def test_calibration_fit_recovers_a_line():
 def test_bench_writes_the_promised_json(tmp_path):
     bench = _load("cache_affinity")
     out, png = tmp_path / "ca.json", tmp_path / "ca.png"
-    assert bench.main(["--sessions", "60", "--replicas", "4", "--bisect-steps", "1", "--choose-calls", "300", "--calibration",
-                       str(tmp_path / "none.json"), "--json", str(out), "--plot", str(png)]) == 0
+    assert (
+        bench.main(
+            [
+                "--sessions",
+                "60",
+                "--replicas",
+                "4",
+                "--bisect-steps",
+                "1",
+                "--choose-calls",
+                "300",
+                "--calibration",
+                str(tmp_path / "none.json"),
+                "--json",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     for name in ("round_robin", "least_loaded", "consistent_hash", "dualmap"):
         entry = doc["strategies"][name]

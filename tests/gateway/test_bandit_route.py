@@ -18,16 +18,31 @@ from turnout.testing.scripted import ScriptedBackend, Step
 from turnout.types import ChatRequest
 
 
-def config(tmp: Path, *, bandit: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-           route: dict[str, Any] | None = None, request_log: bool = True) -> dict[str, Any]:
-    r: dict[str, Any] = {"router": {"type": "bandit", "params": {"d": 8, **(params or {})}}, "embedder": "hashing",
-                         "candidates": ["small", "big"], "lambda": 50,
-                         "bandit": {"seed": 0, **(bandit or {})}, **(route or {})}
-    return {"server": {"request_log": str(tmp / "log.sqlite") if request_log else None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"small": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
-                       "big": {"backend": "up", "price": {"input_per_mtok": 10, "output_per_mtok": 30}}},
-            "routes": {"learn": r}}
+def config(
+    tmp: Path,
+    *,
+    bandit: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    route: dict[str, Any] | None = None,
+    request_log: bool = True,
+) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "router": {"type": "bandit", "params": {"d": 8, **(params or {})}},
+        "embedder": "hashing",
+        "candidates": ["small", "big"],
+        "lambda": 50,
+        "bandit": {"seed": 0, **(bandit or {})},
+        **(route or {}),
+    }
+    return {
+        "server": {"request_log": str(tmp / "log.sqlite") if request_log else None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {
+            "small": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
+            "big": {"backend": "up", "price": {"input_per_mtok": 10, "output_per_mtok": 30}},
+        },
+        "routes": {"learn": r},
+    }
 
 
 def build(data: dict[str, Any]) -> Gateway:
@@ -186,8 +201,7 @@ async def test_the_state_is_saved_on_a_timer_while_feedback_comes_in(tmp_path: P
     await gw.aclose()
 
 
-async def test_a_bandit_route_with_a_key_store_learns_only_from_the_keys_own_requests(tmp_path: Path,
-                                                                                      monkeypatch) -> None:
+async def test_a_bandit_route_with_a_key_store_learns_only_from_the_keys_own_requests(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("ALICE_KEY", "sk-alice")
     monkeypatch.setenv("BOB_KEY", "sk-bob")
     data = config(tmp_path)
@@ -243,14 +257,22 @@ async def test_a_bandit_route_can_start_from_a_trained_artifact_and_its_budget(t
     X = HashingEmbedder().embed(prompts)
     hard = np.arange(60) % 2 == 1
     S = np.stack([np.where(hard, 0.1, 0.9), np.full(60, 0.9)], axis=1)
-    bandit = BanditRouter(d=8, projection="pca").fit(TrainingData(X=X, scores=S, costs=np.tile([1e-5, 1e-3], (60, 1)),
-                                                                  models=["small", "big"]))
-    art = save_router(bandit, tmp_path / "bandit.npz", meta={"embedder": "hashing",
-                                                             "calibration": calibration_sample(bandit, X, prompts)})
+    bandit = BanditRouter(d=8, projection="pca").fit(
+        TrainingData(X=X, scores=S, costs=np.tile([1e-5, 1e-3], (60, 1)), models=["small", "big"])
+    )
+    art = save_router(
+        bandit, tmp_path / "bandit.npz", meta={"embedder": "hashing", "calibration": calibration_sample(bandit, X, prompts)}
+    )
     state = tmp_path / "state.npz"
-    data = config(tmp_path, bandit={"state_path": str(state)},
-                  route={"router": {"type": "bandit", "artifact": str(art)}, "lambda": None,
-                         "budget": {"target_cost_per_request": 0.004, "controller": "pi"}})
+    data = config(
+        tmp_path,
+        bandit={"state_path": str(state)},
+        route={
+            "router": {"type": "bandit", "artifact": str(art)},
+            "lambda": None,
+            "budget": {"target_cost_per_request": 0.004, "controller": "pi"},
+        },
+    )
     del data["routes"]["learn"]["lambda"]
     gw = build(data)
     rt = gw.routes["learn"]
@@ -279,8 +301,16 @@ async def test_a_context_shared_by_another_replica_teaches_without_the_prompt(tm
     # what the index carries for another replica: the decision's own reasons and the context, no prompt
     served.request_log.flush()
     logged = served.request_log.get("r7")
-    entry = LoggedRequest(id="r7", key_name=None, route="learn", model=d.model, status="ok", cost_usd=logged.cost_usd,
-                          decision=logged.decision, context=context)
+    entry = LoggedRequest(
+        id="r7",
+        key_name=None,
+        route="learn",
+        model=d.model,
+        status="ok",
+        cost_usd=logged.cost_usd,
+        decision=logged.decision,
+        context=context,
+    )
     res = await rt2.learn(entry, 0.8, other.embeddings.embed)
     assert res.learned and "shared by the replica" in res.detail
     await served.feedback("r7", 0.8)  # the serving replica learns the same lesson from its own memory

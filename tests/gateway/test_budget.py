@@ -20,14 +20,13 @@ from turnout.errors import ConfigError, StateError
 from turnout.gateway import Gateway
 from turnout.gateway.budget import RouteBudget
 from turnout.gateway.requestlog import SCHEMA_VERSION, RequestLog
-from turnout.routing.calibration import EXPECTED_OUTPUT_TOKENS, CalibrationSample, calibration_sample
-from turnout.types import Price
 from turnout.routing.artifact import save_router
 from turnout.routing.base import TrainingData
+from turnout.routing.calibration import EXPECTED_OUTPUT_TOKENS, CalibrationSample, calibration_sample
 from turnout.routing.policy import choose
 from turnout.routing.registry import create_router
 from turnout.testing.scripted import ScriptedBackend, Step
-from turnout.types import ChatRequest
+from turnout.types import ChatRequest, Price
 
 
 def knn_artifact(tmp: Path, *, with_sample: bool = True) -> Path:
@@ -48,17 +47,24 @@ def knn_artifact(tmp: Path, *, with_sample: bool = True) -> Path:
 
 
 def config(artifact: Path, budget: dict | None, *, big_price: float = 10.0, lam: float | None = None) -> dict:
-    route: dict = {"router": {"type": "knn", "artifact": str(artifact)}, "embedder": "hashing",
-                   "candidates": {"small": "local", "big": "frontier"}}
+    route: dict = {
+        "router": {"type": "knn", "artifact": str(artifact)},
+        "embedder": "hashing",
+        "candidates": {"small": "local", "big": "frontier"},
+    }
     if budget is not None:
         route["budget"] = budget
     if lam is not None:
         route["lambda"] = lam
-    return {"server": {"request_log": None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"local": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
-                       "frontier": {"backend": "up", "price": {"input_per_mtok": big_price, "output_per_mtok": 3 * big_price}}},
-            "routes": {"auto": route}}
+    return {
+        "server": {"request_log": None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {
+            "local": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
+            "frontier": {"backend": "up", "price": {"input_per_mtok": big_price, "output_per_mtok": 3 * big_price}},
+        },
+        "routes": {"auto": route},
+    }
 
 
 def build(data: dict) -> Gateway:
@@ -177,8 +183,9 @@ def test_a_version_1_request_log_is_migrated_in_place(tmp_path: Path) -> None:
     db = tmp_path / "old.sqlite"
     RequestLog(db).close()
     conn = sqlite3.connect(db)
-    conn.executescript("ALTER TABLE requests DROP COLUMN lam; ALTER TABLE requests DROP COLUMN budget;"
-                       "UPDATE schema_version SET version = 1;")
+    conn.executescript(
+        "ALTER TABLE requests DROP COLUMN lam; ALTER TABLE requests DROP COLUMN budget;UPDATE schema_version SET version = 1;"
+    )
     conn.execute("INSERT INTO requests (id, ts, status) VALUES ('old', 1.0, 'ok')")
     conn.commit()
     conn.close()
@@ -189,6 +196,7 @@ def test_a_version_1_request_log_is_migrated_in_place(tmp_path: Path) -> None:
 
 
 # -- one route budget shared by several gateways through Redis (real redis-server, tests/conftest.py) --------------
+
 
 def shared(data: dict, url: str, prefix: str) -> dict:
     return {**data, "state": {"redis_url": url, "prefix": prefix}}
@@ -234,8 +242,12 @@ async def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_pat
 
     gw = build(config(knn_artifact(tmp_path), {"target_share": {"frontier": 0.1}}))
     pred, prefix = gw.routes["auto"].budget.pred, f"t-{uuid.uuid4().hex[:8]}:"
-    a, b = (RouteBudget.calibrate(pred, target_share={"frontier": 0.1}, route="auto", refresh_s=0.3,
-                                  counters=RedisCounters(redis_url, prefix=prefix)) for _ in range(2))
+    a, b = (
+        RouteBudget.calibrate(
+            pred, target_share={"frontier": 0.1}, route="auto", refresh_s=0.3, counters=RedisCounters(redis_url, prefix=prefix)
+        )
+        for _ in range(2)
+    )
     lam0 = b.base_lambda
     for _ in range(10):
         await a.observe("frontier", 0.01)  # a alone: 10 of 10 to frontier, but still warming up

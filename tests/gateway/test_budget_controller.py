@@ -39,19 +39,30 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prompts = [prompt(i, bool(h)) for i, h in enumerate(hard)]
     X = HashingEmbedder().embed(prompts)
     S = np.stack([np.where(hard, 0.2, 0.9), np.full(300, 0.95)], axis=1) + rng.normal(0, 0.02, (300, 2))
-    router = create_router("knn", k=10).fit(TrainingData(X=X, scores=S, costs=np.tile([1e-4, 1e-3], (300, 1)),
-                                                         models=["small", "big"]))
+    router = create_router("knn", k=10).fit(
+        TrainingData(X=X, scores=S, costs=np.tile([1e-4, 1e-3], (300, 1)), models=["small", "big"])
+    )
     path = tmp_path_factory.mktemp("budget") / "knn.npz"
     return save_router(router, path, meta={"calibration": calibration_sample(router, X, prompts, max_prompts=200)})
 
 
 def build(artifact: Path, budget: dict[str, Any]) -> Gateway:
-    data = {"server": {"request_log": None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"local": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
-                       "frontier": {"backend": "up", "price": {"input_per_mtok": 10, "output_per_mtok": 30}}},
-            "routes": {"auto": {"router": {"type": "knn", "artifact": str(artifact)}, "embedder": "hashing",
-                                "candidates": {"small": "local", "big": "frontier"}, "budget": budget}}}
+    data = {
+        "server": {"request_log": None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {
+            "local": {"backend": "up", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.2}},
+            "frontier": {"backend": "up", "price": {"input_per_mtok": 10, "output_per_mtok": 30}},
+        },
+        "routes": {
+            "auto": {
+                "router": {"type": "knn", "artifact": str(artifact)},
+                "embedder": "hashing",
+                "candidates": {"small": "local", "big": "frontier"},
+                "budget": budget,
+            }
+        },
+    }
     return Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
 
 
@@ -61,8 +72,9 @@ def answers(gw: Gateway, completion_tokens: int) -> None:
         t.backend = ScriptedBackend(t.name, Step(text="an answer", prompt_tokens=40, completion_tokens=completion_tokens))
 
 
-async def serve(gw: Gateway, n: int, start: int, hard_share: float, rng: np.random.Generator
-                ) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+async def serve(
+    gw: Gateway, n: int, start: int, hard_share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, list[Any]]:
     """``n`` requests, ``hard_share`` of them hard: each answer's cost, whether 'frontier' answered, each decision."""
     cost, big, decisions = np.empty(n), np.empty(n), []
     for i in range(n):
@@ -91,8 +103,7 @@ async def drifting_lengths(artifact: Path, budget: dict[str, Any]) -> tuple[list
 
 async def test_pi_mode_holds_a_cost_target_when_answers_get_longer_half_way(artifact: Path) -> None:
     target = 0.003
-    devs, lams, rb = await drifting_lengths(artifact, {"target_cost_per_request": target, "controller": "pi",
-                                                        "window": 50})
+    devs, lams, rb = await drifting_lengths(artifact, {"target_cost_per_request": target, "controller": "pi", "window": 50})
     lam0 = rb.base_lambda
     # short answers: λ comes down to spend the unused budget on quality; long ones: λ goes back up
     assert all(abs(d) <= 0.10 for d in devs), devs
@@ -179,8 +190,14 @@ def test_pi_settings_are_checked_and_tighten_stays_the_default(artifact: Path) -
     with pytest.raises(ConfigError, match="above 0") as info:
         build(artifact, {"target_share": {"frontier": 0.0}, "controller": "pi"})
     assert info.value.key == "routes.auto.budget"
-    gains = build(artifact, {"target_cost_per_request": 0.003, "controller": "pi", "kp": 0.5, "ki": 2.0, "window": 80,
-                             "lambda_range": 10}).routes["auto"].budget.controller_state()["cost"]
+    gains = (
+        build(
+            artifact,
+            {"target_cost_per_request": 0.003, "controller": "pi", "kp": 0.5, "ki": 2.0, "window": 80, "lambda_range": 10},
+        )
+        .routes["auto"]
+        .budget.controller_state()["cost"]
+    )
     lam0 = gains["lam0"]
     assert (gains["kp"], gains["ki"], gains["window"]) == (0.5, 2.0, 80)
     assert gains["lam_min"] == pytest.approx(lam0 / 10) and gains["lam_max"] == pytest.approx(lam0 * 10)

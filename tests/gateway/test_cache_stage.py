@@ -51,11 +51,18 @@ class Fleet:
         self.backend = ScriptedBackend("b1", Step(text=ANSWER, prompt_tokens=12, completion_tokens=14))
 
     def gateway(self, *stages: Any, keys: KeyStore | None = None) -> Gateway:
-        t = ModelTarget(name="m1", backend=self.backend, upstream="m1", price=Price(1.0, 2.0), fallbacks=[],
-                        timeouts=Timeouts(1.0, 2.0, 5.0), attempts=1, backoff=Backoff(0.001, 0.002),
-                        breaker=CircuitBreaker(3, 60.0))
-        return Gateway({"m1": t}, stages=Stages(stages), embeddings=self.embeddings, offloader=self.offloader,
-                       keys=keys)
+        t = ModelTarget(
+            name="m1",
+            backend=self.backend,
+            upstream="m1",
+            price=Price(1.0, 2.0),
+            fallbacks=[],
+            timeouts=Timeouts(1.0, 2.0, 5.0),
+            attempts=1,
+            backoff=Backoff(0.001, 0.002),
+            breaker=CircuitBreaker(3, 60.0),
+        )
+        return Gateway({"m1": t}, stages=Stages(stages), embeddings=self.embeddings, offloader=self.offloader, keys=keys)
 
     def cache(self, **params: Any) -> CacheStage:
         return CacheStage(embeddings=self.embeddings, **params)
@@ -115,8 +122,9 @@ async def test_streamed_answers_are_stored_and_replayed_exactly(fleet: Fleet) ->
 
 async def test_entries_are_kept_apart_per_api_key_and_hits_cost_nothing(fleet: Fleet) -> None:
     counters = InMemoryCounters()
-    keys = KeyStore([KeySpec("alice", hash_key("sk-alice"), budget_usd=1.0),
-                     KeySpec("bob", hash_key("sk-bob"), budget_usd=1.0)], counters)
+    keys = KeyStore(
+        [KeySpec("alice", hash_key("sk-alice"), budget_usd=1.0), KeySpec("bob", hash_key("sk-bob"), budget_usd=1.0)], counters
+    )
     gw = fleet.gateway(fleet.cache(), keys=keys)
     await gw.chat(req(QUESTION), api_key="sk-alice")
     alice = keys.specs[0] if keys.specs[0].name == "alice" else keys.specs[1]
@@ -173,18 +181,24 @@ async def test_dry_run_says_it_would_answer_and_stores_nothing(fleet: Fleet) -> 
     await gw.aclose()
 
 
-@pytest.mark.parametrize(("params", "key", "needle"), [
-    ({"ttl": 60}, "stages[0].params", "the cache takes: threshold"),
-    ({"ttl_s": -1}, "stages[0].params", "ttl_s must be > 0"),
-    ({"threshold": "high"}, "stages[0].params.threshold", "a cosine similarity"),
-    ({"embedder": "hashing"}, "stages[0].params.threshold", "turnout guards eval cache"),
-    ({"embedder": "word2vec", "threshold": 0.9}, "stages[0].params.embedder", "known embedders"),
-    ({"guard": ["numbers", "vibes"]}, "stages[0].params", "unknown look-alike check"),
-    ({"routes": "nowhere"}, "stages[0].params.routes[0]", "m1"),
-])
+@pytest.mark.parametrize(
+    ("params", "key", "needle"),
+    [
+        ({"ttl": 60}, "stages[0].params", "the cache takes: threshold"),
+        ({"ttl_s": -1}, "stages[0].params", "ttl_s must be > 0"),
+        ({"threshold": "high"}, "stages[0].params.threshold", "a cosine similarity"),
+        ({"embedder": "hashing"}, "stages[0].params.threshold", "turnout guards eval cache"),
+        ({"embedder": "word2vec", "threshold": 0.9}, "stages[0].params.embedder", "known embedders"),
+        ({"guard": ["numbers", "vibes"]}, "stages[0].params", "unknown look-alike check"),
+        ({"routes": "nowhere"}, "stages[0].params.routes[0]", "m1"),
+    ],
+)
 def test_bad_cache_params_fail_at_build_with_file_key_and_fix(params: dict[str, Any], key: str, needle: str) -> None:
-    data = {"backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"m1": {"backend": "b"}}, "stages": [{"type": "cache", "params": params}]}
+    data = {
+        "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"m1": {"backend": "b"}},
+        "stages": [{"type": "cache", "params": params}],
+    }
     with pytest.raises(ConfigError) as info:
         build_gateway(resolve(parse_config(data, source="cache.yaml")))
     err = info.value

@@ -41,37 +41,60 @@ class LogprobBackend(ScriptedBackend):
         if request.params.get("logprobs") is True:
             top = int(request.params.get("top_logprobs") or 0)
             tokens = (resp.content or "").split()
-            resp.body["choices"][0]["logprobs"] = {"content": [
-                {"token": t, "logprob": self.logprob, "bytes": None,
-                 "top_logprobs": [{"token": t, "logprob": self.logprob, "bytes": None},
-                                  {"token": "x", "logprob": self.logprob - self.margin, "bytes": None}][:top]}
-                for t in tokens]}
+            resp.body["choices"][0]["logprobs"] = {
+                "content": [
+                    {
+                        "token": t,
+                        "logprob": self.logprob,
+                        "bytes": None,
+                        "top_logprobs": [
+                            {"token": t, "logprob": self.logprob, "bytes": None},
+                            {"token": "x", "logprob": self.logprob - self.margin, "bytes": None},
+                        ][:top],
+                    }
+                    for t in tokens
+                ]
+            }
         else:
             resp.body["choices"][0]["logprobs"] = None
         return resp
 
 
 def target(name: str, backend: ScriptedBackend, price: float = 1.0, fallbacks: list[str] | None = None) -> ModelTarget:
-    return ModelTarget(name=name, backend=backend, upstream=name, price=Price(price, 2 * price),
-                       fallbacks=fallbacks or [], timeouts=Timeouts(1.0, 0.5, 2.0), attempts=1,
-                       backoff=Backoff(0.001, 0.002), breaker=CircuitBreaker(3, 60.0))
+    return ModelTarget(
+        name=name,
+        backend=backend,
+        upstream=name,
+        price=Price(price, 2 * price),
+        fallbacks=fallbacks or [],
+        timeouts=Timeouts(1.0, 0.5, 2.0),
+        attempts=1,
+        backoff=Backoff(0.001, 0.002),
+        breaker=CircuitBreaker(3, 60.0),
+    )
 
 
 def route(planner: Any, quality: dict[str, float] | None = None, lam: float = 0.0) -> RouteRuntime:
     quality = quality or {"small": 0.5, "big": 0.9}
-    return RouteRuntime(name="cascade", router=create_router("prior", quality=quality), router_name="prior",
-                        candidates={m: m for m in quality}, prices={m: Price(1.0, 2.0) for m in quality},
-                        policy=Policy(lam=lam), plan=planner)
+    return RouteRuntime(
+        name="cascade",
+        router=create_router("prior", quality=quality),
+        router_name="prior",
+        candidates={m: m for m in quality},
+        prices={m: Price(1.0, 2.0) for m in quality},
+        policy=Policy(lam=lam),
+        plan=planner,
+    )
 
 
 def two_step(threshold: float = 0.6, accept: str = "logprob_mean", **first: Any) -> CascadePlanner:
-    return CascadePlanner("cascade", [StepSpec(model="small", accept=accept, threshold=threshold, **first),
-                                      StepSpec(model="big")])
+    return CascadePlanner(
+        "cascade", [StepSpec(model="small", accept=accept, threshold=threshold, **first), StepSpec(model="big")]
+    )
 
 
 def gateway(small: ScriptedBackend, big: ScriptedBackend, planner: Any, **kw: Any) -> Gateway:
-    return Gateway({"small": target("small", small, 0.1), "big": target("big", big, 10.0)},
-                   {"cascade": route(planner)}, **kw)
+    return Gateway({"small": target("small", small, 0.1), "big": target("big", big, 10.0)}, {"cascade": route(planner)}, **kw)
 
 
 async def test_a_confident_cheap_answer_is_kept_and_the_strong_model_never_called() -> None:
@@ -112,8 +135,10 @@ async def test_the_escalation_path_is_in_the_log_the_headers_and_the_child_rows(
     log.flush()
     entry = log.get("r1")
     assert entry is not None and entry.model == "big"
-    assert [(c["model"], c["status"], bool(c["accepted"])) for c in entry.calls] == [("small", "rejected", False),
-                                                                                      ("big", "ok", True)]
+    assert [(c["model"], c["status"], bool(c["accepted"])) for c in entry.calls] == [
+        ("small", "rejected", False),
+        ("big", "ok", True),
+    ]
     assert entry.calls[0]["confidence"] == pytest.approx(math.exp(-2.0))
     assert entry.cost_usd == pytest.approx(sum(c["cost_usd"] for c in entry.calls)) and entry.cost_usd > 0
     plan_reasons = [r for r in entry.decision["reasons"] if r["kind"] == "plan"]
@@ -156,8 +181,9 @@ async def test_the_streamed_answer_is_byte_identical_to_the_accepted_step(mode: 
     text_big = "The capital of France is Paris. " * 5
     small = LogprobBackend("s", Step(text=text_small), logprob=-3.0 if escalate else -0.01)
     big = LogprobBackend("b", Step(text=text_big))
-    planner = CascadePlanner("cascade", [StepSpec(model="small", accept="logprob_mean", threshold=0.6),
-                                         StepSpec(model="big")], stream=mode)
+    planner = CascadePlanner(
+        "cascade", [StepSpec(model="small", accept="logprob_mean", threshold=0.6), StepSpec(model="big")], stream=mode
+    )
     gw = gateway(small, big, planner)
     whole, _, _ = await gw.chat(ChatRequest("cascade", MSG))
     session = await gw.chat_stream(ChatRequest("cascade", MSG, stream=True))
@@ -186,8 +212,9 @@ async def test_a_failed_step_escalates_and_a_failed_last_step_keeps_the_answer_i
 async def test_max_calls_keeps_the_answer_in_hand() -> None:
     small = LogprobBackend("s", Step(text="Lyon maybe"), logprob=-2.0)
     big = LogprobBackend("b", Step(text="Paris."))
-    planner = CascadePlanner("cascade", [StepSpec(model="small", accept="logprob_mean", threshold=0.6, samples=1),
-                                         StepSpec(model="big")], max_calls=2)
+    planner = CascadePlanner(
+        "cascade", [StepSpec(model="small", accept="logprob_mean", threshold=0.6, samples=1), StepSpec(model="big")], max_calls=2
+    )
     resp, _, attempts = await gateway(small, big, planner).chat(ChatRequest("cascade", MSG))
     assert resp.content == "Lyon maybe" and big.count == 0
     assert sorted(a.role for a in attempts) == ["probe", "step"]
@@ -198,8 +225,9 @@ async def test_agreement_of_samples_and_of_a_probe_model() -> None:
     small = ScriptedBackend("s", Step(text="42"))
     big = ScriptedBackend("b", Step(text="41"))
     planner = two_step(0.99, accept="agreement", samples=2)
-    resp, _, attempts = await gateway(small, big, planner).chat(ChatRequest("cascade", [{"role": "user",
-                                                                                         "content": "6 times 7?"}]))
+    resp, _, attempts = await gateway(small, big, planner).chat(
+        ChatRequest("cascade", [{"role": "user", "content": "6 times 7?"}])
+    )
     assert resp.content == "42" and big.count == 0 and small.count == 3
     probes = [r.body for r in small.requests if r.body.get("temperature") == 0.8]
     assert len(probes) == 2 and [a.role for a in attempts].count("probe") == 2
@@ -208,10 +236,13 @@ async def test_agreement_of_samples_and_of_a_probe_model() -> None:
     small = ScriptedBackend("s", Step(text="42"))
     other = ScriptedBackend("o", Step(text="48"))
     big = ScriptedBackend("b", Step(text="42 it is"))
-    planner = CascadePlanner("cascade", [StepSpec(model="small", accept="agreement", threshold=0.5, probe=("other",)),
-                                         StepSpec(model="big")])
-    gw = Gateway({"small": target("small", small), "other": target("other", other), "big": target("big", big)},
-                 {"cascade": route(planner, {"small": 0.5, "other": 0.5, "big": 0.9})})
+    planner = CascadePlanner(
+        "cascade", [StepSpec(model="small", accept="agreement", threshold=0.5, probe=("other",)), StepSpec(model="big")]
+    )
+    gw = Gateway(
+        {"small": target("small", small), "other": target("other", other), "big": target("big", big)},
+        {"cascade": route(planner, {"small": 0.5, "other": 0.5, "big": 0.9})},
+    )
     resp, ctx = await gw.serve_chat(ChatRequest("cascade", [{"role": "user", "content": "6 times 7?"}]))
     assert resp.content == "42 it is"
     by_model = {a.model: a for a in ctx.attempts}
@@ -221,8 +252,9 @@ async def test_agreement_of_samples_and_of_a_probe_model() -> None:
 
 
 def test_router_pick_chooses_the_best_utility_and_excluded_steps_are_left_out() -> None:
-    planner = CascadePlanner("cascade", [StepSpec(router_pick=("a", "b"), accept="logprob_mean", threshold=0.5),
-                                         StepSpec(model="big")])
+    planner = CascadePlanner(
+        "cascade", [StepSpec(router_pick=("a", "b"), accept="logprob_mean", threshold=0.5), StepSpec(model="big")]
+    )
     rt = route(planner, {"a": 0.4, "b": 0.6, "big": 0.9})
     d = rt.decide(ChatRequest("cascade", MSG))
     assert d.plan is not None and [s.model for s in d.plan.steps] == ["b", "big"] and d.model == "b"
@@ -249,8 +281,16 @@ def write_sample(path: Path, conf: list[float | None], *, test_rows: int = 0) ->
         rows.append({"prompt_id": f"p{i}", "model": "small", "signal": "logprob_mean", "confidence": c, "cost_usd": 1.0})
         rows.append({"prompt_id": f"p{i}", "model": "big", "signal": "logprob_mean", "confidence": 0.9, "cost_usd": 9.0})
     for i in range(test_rows):  # test rows never move a threshold
-        rows.append({"prompt_id": f"t{i}", "model": "small", "signal": "logprob_mean", "confidence": 0.0,
-                     "cost_usd": 1.0, "split": "test"})
+        rows.append(
+            {
+                "prompt_id": f"t{i}",
+                "model": "small",
+                "signal": "logprob_mean",
+                "confidence": 0.0,
+                "cost_usd": 1.0,
+                "split": "test",
+            }
+        )
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
 
@@ -271,48 +311,85 @@ def test_calibration_to_a_share_or_a_cost_on_training_rows_only(tmp_path: Path) 
 
 
 def config(plan: dict[str, Any], **route: Any) -> dict[str, Any]:
-    return {"server": {"request_log": None},
-            "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {m: {"backend": "b"} for m in ("small", "big", "other")},
-            "routes": {"cascade": {"router": {"type": "prior", "params": {"quality": {"small": 0.5, "big": 0.9}}},
-                                   "candidates": ["small", "big"], "lambda": 0.0, "plan": plan, **route}}}
+    return {
+        "server": {"request_log": None},
+        "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {m: {"backend": "b"} for m in ("small", "big", "other")},
+        "routes": {
+            "cascade": {
+                "router": {"type": "prior", "params": {"quality": {"small": 0.5, "big": 0.9}}},
+                "candidates": ["small", "big"],
+                "lambda": 0.0,
+                "plan": plan,
+                **route,
+            }
+        },
+    }
 
 
-CASCADE = {"kind": "cascade", "steps": [{"model": "small", "accept": "logprob_mean", "threshold": 0.6},
-                                        {"model": "big"}]}
+CASCADE = {"kind": "cascade", "steps": [{"model": "small", "accept": "logprob_mean", "threshold": 0.6}, {"model": "big"}]}
 
 
-@pytest.mark.parametrize("plan, key, needle", [
-    ({**CASCADE, "steps": [{"model": "small", "accept": "logprob_maen", "threshold": 0.6}, {"model": "big"}]},
-     "routes.cascade.plan.steps[0].accept", "did you mean 'logprob_mean'"),
-    ({**CASCADE, "steps": [{"model": "other", "accept": "logprob_mean", "threshold": 0.6}, {"model": "big"}]},
-     "routes.cascade.plan.steps[0].model", "add 'other' to routes.cascade.candidates"),
-    ({**CASCADE, "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}]},
-     "routes.cascade.plan.steps[0].threshold", "calibrate"),
-    ({**CASCADE, "steps": [{"model": "small", "threshold": 0.5}, {"model": "big"}]},
-     "routes.cascade.plan.steps[0].accept", "add accept"),
-    ({**CASCADE, "steps": [{"model": "small", "accept": "margin", "threshold": 0.5},
-                           {"model": "big", "threshold": 0.5}]},
-     "routes.cascade.plan.steps[1].threshold", "remove it"),
-    ({"kind": "cascade", "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}],
-      "calibrate": {"sample": "nowhere.jsonl", "target_escalation": 0.3}},
-     "routes.cascade.plan.calibrate.sample", "bench/cascade_calibrate.py"),
-    ({"kind": "fanout", "models": ["small", "big"], "aggregator": "bigg"},
-     "routes.cascade.plan.aggregator", "did you mean 'big'"),
-])
+@pytest.mark.parametrize(
+    "plan, key, needle",
+    [
+        (
+            {**CASCADE, "steps": [{"model": "small", "accept": "logprob_maen", "threshold": 0.6}, {"model": "big"}]},
+            "routes.cascade.plan.steps[0].accept",
+            "did you mean 'logprob_mean'",
+        ),
+        (
+            {**CASCADE, "steps": [{"model": "other", "accept": "logprob_mean", "threshold": 0.6}, {"model": "big"}]},
+            "routes.cascade.plan.steps[0].model",
+            "add 'other' to routes.cascade.candidates",
+        ),
+        (
+            {**CASCADE, "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}]},
+            "routes.cascade.plan.steps[0].threshold",
+            "calibrate",
+        ),
+        (
+            {**CASCADE, "steps": [{"model": "small", "threshold": 0.5}, {"model": "big"}]},
+            "routes.cascade.plan.steps[0].accept",
+            "add accept",
+        ),
+        (
+            {**CASCADE, "steps": [{"model": "small", "accept": "margin", "threshold": 0.5}, {"model": "big", "threshold": 0.5}]},
+            "routes.cascade.plan.steps[1].threshold",
+            "remove it",
+        ),
+        (
+            {
+                "kind": "cascade",
+                "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}],
+                "calibrate": {"sample": "nowhere.jsonl", "target_escalation": 0.3},
+            },
+            "routes.cascade.plan.calibrate.sample",
+            "bench/cascade_calibrate.py",
+        ),
+        (
+            {"kind": "fanout", "models": ["small", "big"], "aggregator": "bigg"},
+            "routes.cascade.plan.aggregator",
+            "did you mean 'big'",
+        ),
+    ],
+)
 def test_config_mistakes_name_the_key_and_the_fix(plan: dict[str, Any], key: str, needle: str) -> None:
     with pytest.raises(ConfigError) as exc:
         resolve(parse_config(config(plan), source="t.yaml"))
     assert exc.value.key == key and needle in str(exc.value) and "t.yaml" in str(exc.value)
 
 
-@pytest.mark.parametrize("plan, needle", [
-    ({**CASCADE, "models": ["small", "big"]}, "models do(es) not apply to a cascade plan"),
-    ({"kind": "cascade", "steps": [{"model": "small"}]}, "at least two steps"),
-    ({"kind": "cascade", "steps": [{"model": "small", "router_pick": ["big"]}, {"model": "big"}]}, "either model"),
-    ({"kind": "fanout", "models": ["small", "big"]}, "needs an aggregator"),
-    ({**CASCADE, "stream": "later"}, "'later' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "plan, needle",
+    [
+        ({**CASCADE, "models": ["small", "big"]}, "models do(es) not apply to a cascade plan"),
+        ({"kind": "cascade", "steps": [{"model": "small"}]}, "at least two steps"),
+        ({"kind": "cascade", "steps": [{"model": "small", "router_pick": ["big"]}, {"model": "big"}]}, "either model"),
+        ({"kind": "fanout", "models": ["small", "big"]}, "needs an aggregator"),
+        ({**CASCADE, "stream": "later"}, "'later' is not allowed"),
+    ],
+)
 def test_plan_shape_mistakes_are_refused_at_parse_time(plan: dict[str, Any], needle: str) -> None:
     with pytest.raises(ConfigError, match="routes.cascade.plan") as exc:
         parse_config(config(plan), source="t.yaml")
@@ -321,8 +398,11 @@ def test_plan_shape_mistakes_are_refused_at_parse_time(plan: dict[str, Any], nee
 
 def test_a_calibrated_cascade_is_built_from_config(tmp_path: Path) -> None:
     write_sample(tmp_path / "sample.jsonl", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
-    plan = {"kind": "cascade", "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}],
-            "calibrate": {"sample": "sample.jsonl", "target_escalation": 0.2}}
+    plan = {
+        "kind": "cascade",
+        "steps": [{"model": "small", "accept": "logprob_mean"}, {"model": "big"}],
+        "calibrate": {"sample": "sample.jsonl", "target_escalation": 0.2},
+    }
     cfg_path = tmp_path / "turnout.yaml"
     cfg_path.write_text(json.dumps(config(plan)))  # JSON is YAML
     from turnout.config import load_config
@@ -338,9 +418,23 @@ def test_a_calibrated_cascade_is_built_from_config(tmp_path: Path) -> None:
 
 
 def test_read_and_strip_logprobs_in_openai_form() -> None:
-    body = {"choices": [{"message": {"content": "a b"}, "logprobs": {"content": [
-        {"token": "a", "logprob": -0.5, "top_logprobs": [{"token": "a", "logprob": -0.5}, {"token": "c", "logprob": -1.5}]},
-        {"token": "b", "logprob": float("-inf"), "top_logprobs": []}]}}]}
+    body = {
+        "choices": [
+            {
+                "message": {"content": "a b"},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "a",
+                            "logprob": -0.5,
+                            "top_logprobs": [{"token": "a", "logprob": -0.5}, {"token": "c", "logprob": -1.5}],
+                        },
+                        {"token": "b", "logprob": float("-inf"), "top_logprobs": []},
+                    ]
+                },
+            }
+        ]
+    }
     lps, margins = read_logprobs(body)
     assert lps == [-0.5, -100.0] and margins == [pytest.approx(1.0)]
     assert read_logprobs({"choices": [{"message": {}}]}) == (None, None)
@@ -361,8 +455,9 @@ def test_the_budget_hold_counts_every_step_and_every_probe() -> None:
     from turnout.gateway.context import RequestContext
 
     small, big = LogprobBackend("s"), LogprobBackend("b")
-    planner = CascadePlanner("cascade", [StepSpec(model="small", accept="agreement", threshold=0.5, samples=2),
-                                         StepSpec(model="big")])
+    planner = CascadePlanner(
+        "cascade", [StepSpec(model="small", accept="agreement", threshold=0.5, samples=2), StepSpec(model="big")]
+    )
     gw = gateway(small, big, planner)
     req = ChatRequest("cascade", MSG, params={"max_tokens": 100})
     plan = gw.routes["cascade"].decide(req).plan
@@ -384,11 +479,27 @@ async def test_a_completion_only_backend_asks_for_and_returns_logprobs_in_chat_f
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(json.loads(request.content))
-        return httpx.Response(200, json={"id": "cmpl-1", "object": "text_completion", "choices": [
-            {"text": " Paris", "index": 0, "finish_reason": "stop", "logprobs": {
-                "tokens": [" Par", "is"], "token_logprobs": [-0.2, -0.01], "text_offset": [0, 4],
-                "top_logprobs": [{" Par": -0.2, " Lyon": -2.0, " Rome": -3.0}, {"is": -0.01, "ish": -5.0}]}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+        return httpx.Response(
+            200,
+            json={
+                "id": "cmpl-1",
+                "object": "text_completion",
+                "choices": [
+                    {
+                        "text": " Paris",
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "logprobs": {
+                            "tokens": [" Par", "is"],
+                            "token_logprobs": [-0.2, -0.01],
+                            "text_offset": [0, 4],
+                            "top_logprobs": [{" Par": -0.2, " Lyon": -2.0, " Rome": -3.0}, {"is": -0.01, "ish": -5.0}],
+                        },
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            },
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         backend = OpenAIBackend("g", "http://gemma/v1", client=client, completion_template="Q: {prompt}\nA:")

@@ -16,14 +16,27 @@ MSG = [{"role": "user", "content": "hello"}]
 
 def gateway(script_a: list[Step], script_b: list[Step], script_c: Step) -> tuple[Gateway, Metrics]:
     def target(name: str, backend: ScriptedBackend, attempts: int, fallbacks: list[str]) -> ModelTarget:
-        return ModelTarget(name=name, backend=backend, upstream=name, price=Price(1, 1), fallbacks=fallbacks,
-                           timeouts=Timeouts(1.0, 0.3, 2.0), attempts=attempts, backoff=Backoff(0.001, 0.002),
-                           breaker=CircuitBreaker(10, 60.0))
+        return ModelTarget(
+            name=name,
+            backend=backend,
+            upstream=name,
+            price=Price(1, 1),
+            fallbacks=fallbacks,
+            timeouts=Timeouts(1.0, 0.3, 2.0),
+            attempts=attempts,
+            backoff=Backoff(0.001, 0.002),
+            breaker=CircuitBreaker(10, 60.0),
+        )
 
     metrics = Metrics()
-    gw = Gateway({"a": target("a", ScriptedBackend("ba", script_a), 3, ["b", "c"]),
-                  "b": target("b", ScriptedBackend("bb", script_b), 2, []),
-                  "c": target("c", ScriptedBackend("bc", script_c), 1, [])}, metrics=metrics)
+    gw = Gateway(
+        {
+            "a": target("a", ScriptedBackend("ba", script_a), 3, ["b", "c"]),
+            "b": target("b", ScriptedBackend("bb", script_b), 2, []),
+            "c": target("c", ScriptedBackend("bc", script_c), 1, []),
+        },
+        metrics=metrics,
+    )
     return gw, metrics
 
 
@@ -52,8 +65,12 @@ async def test_both_modes_walk_the_same_chain(stream: bool) -> None:
         text, model = resp.content, attempts[-1].model
     assert text.replace(" ", "") == "fromc" and model == "c"
     assert [(x.model, x.error.kind if x.error else None) for x in attempts] == [
-        ("a", "upstream_status"), ("a", "connection_error"), ("a", "upstream_status"),
-        ("b", "upstream_status"), ("c", None)]
+        ("a", "upstream_status"),
+        ("a", "connection_error"),
+        ("a", "upstream_status"),
+        ("b", "upstream_status"),
+        ("c", None),
+    ]
     assert fallbacks(metrics) == {("a", "b"): 1.0, ("b", "c"): 1.0}
 
 
@@ -66,8 +83,9 @@ async def test_exhausted_chain_lists_every_error_in_order_in_both_modes(stream: 
             await gw.chat_stream(req)
         else:
             await gw.chat(req)
-    assert [(e.model, e.kind) for e in info.value.errors] == [
-        ("a", "upstream_status")] * 3 + [("b", "upstream_protocol")] * 2 + [("c", "connection_error")]
+    assert [(e.model, e.kind) for e in info.value.errors] == [("a", "upstream_status")] * 3 + [("b", "upstream_protocol")] * 2 + [
+        ("c", "connection_error")
+    ]
 
 
 def keyed(allowed: list[str]) -> tuple[object, str]:
@@ -109,9 +127,14 @@ async def test_asking_for_an_allowed_route_accepts_its_candidates_but_not_other_
 
     gw, _ = gateway([Step(fault="status", status=503)] * 3, [Step(fault="status", status=503)] * 2, Step(text="c"))
     gw.routes["auto"] = RouteRuntime(
-        name="auto", router=create_router("prior", quality={"a": 0.9, "b": 0.8}), router_name="prior",
-        candidates={"a": "a", "b": "b"}, prices={"a": Price(1, 1), "b": Price(1, 1)}, policy=Policy(lam=0.0),
-        fallbacks=["b", "c"])
+        name="auto",
+        router=create_router("prior", quality={"a": 0.9, "b": 0.8}),
+        router_name="prior",
+        candidates={"a": "a", "b": "b"},
+        prices={"a": Price(1, 1), "b": Price(1, 1)},
+        policy=Policy(lam=0.0),
+        fallbacks=["b", "c"],
+    )
     gw.keys, raw = keyed(["auto"])
     assert gw.usable_models(gw.keys.authenticate(raw)) == {"a", "b"}
     with pytest.raises(AllBackendsFailedError) as info:

@@ -31,7 +31,8 @@ def ups():
 def config(tmp_path: Path, ups, body: str, *, name: str = "turnout.yaml") -> Path:
     a, b = ups
     path = tmp_path / name
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         server: {{request_log: null, metrics: false}}
         backends:
           ba: {{protocol: openai, base_url: "{a.base_url}"}}
@@ -49,7 +50,9 @@ def config(tmp_path: Path, ups, body: str, *, name: str = "turnout.yaml") -> Pat
           rx: {{type: regex, params: {{patterns: {{ticket: 'TCK-\\d+'}}}}}}
           tok: {{type: tokens}}
           key: {{type: key}}
-        """) + textwrap.dedent(body))
+        """)
+        + textwrap.dedent(body)
+    )
     return path
 
 
@@ -63,7 +66,11 @@ def ask(text: str, model: str = "auto", **params: Any) -> ChatRequest:
 
 async def test_keyword_decision_sends_the_request_elsewhere_with_its_plugins(tmp_path, ups) -> None:
     _, b = ups
-    gw = gateway(config(tmp_path, ups, """\
+    gw = gateway(
+        config(
+            tmp_path,
+            ups,
+            """\
         decisions:
           - name: code
             priority: 10
@@ -76,16 +83,24 @@ async def test_keyword_decision_sends_the_request_elsewhere_with_its_plugins(tmp
             priority: 5
             when: {signal: rx.ticket, is: true}
             use: {candidates: [beta]}
-        """))
+        """,
+        )
+    )
     before = b.count
-    resp, ctx = await gw.serve_chat(ChatRequest("auto", [{"role": "system", "content": "be chatty"},
-                                                         {"role": "user", "content": "my python loop hangs"}],
-                                                params={"max_tokens": 5}))
+    resp, ctx = await gw.serve_chat(
+        ChatRequest(
+            "auto",
+            [{"role": "system", "content": "be chatty"}, {"role": "user", "content": "my python loop hangs"}],
+            params={"max_tokens": 5},
+        )
+    )
     assert resp.content == "from beta" and ctx.model == "beta" and ctx.rule == "code"
     sent = b.requests[before].body
     assert sent["max_tokens"] == 77 and sent["reasoning_effort"] == "low"
-    assert sent["messages"] == [{"role": "system", "content": "Answer with code only."},
-                                {"role": "user", "content": "my python loop hangs"}]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer with code only."},
+        {"role": "user", "content": "my python loop hangs"},
+    ]
     assert ctx.response_headers["x-why"] == "code:code"
     rule = next(r for r in ctx.decision.reasons if r.kind == "rule")
     assert rule.data["matched"] == "code"
@@ -105,14 +120,20 @@ async def test_keyword_decision_sends_the_request_elsewhere_with_its_plugins(tmp
 
 
 async def test_router_lambda_and_cost_cap_overrides(tmp_path, ups) -> None:
-    gw = gateway(config(tmp_path, ups, """\
+    gw = gateway(
+        config(
+            tmp_path,
+            ups,
+            """\
         decisions:
           - {name: cheap, priority: 3, when: {signal: kw.legal, is: true}, use: {lambda: 1000000}}
           - {name: capped, priority: 2, when: {signal: rx.ticket, is: true},
              use: {budget: {max_cost_per_request: 0.0001}}}
           - {name: other-router, priority: 1, when: {signal: tok.last, gt: 50},
              use: {router: {type: prior, params: {quality: {alpha: 0.1, beta: 0.8}}}}}
-        """))
+        """,
+        )
+    )
     d = await gw.route(ask("review this contract"))
     assert d.model == "beta" and d.lam == 1_000_000 and d.rule == "cheap"
     d = await gw.route(ask("TCK-9 please"))
@@ -127,12 +148,18 @@ async def test_router_lambda_and_cost_cap_overrides(tmp_path, ups) -> None:
 
 
 async def test_scope_dry_run_and_models_asked_by_name(tmp_path, ups) -> None:
-    gw = gateway(config(tmp_path, ups, """\
+    gw = gateway(
+        config(
+            tmp_path,
+            ups,
+            """\
         decisions:
           - {name: code, priority: 1, when: {signal: kw.code, is: true}, use: {route: beta}}
           - {name: for-alpha, priority: 0, applies_to: [alpha], when: {signal: kw.legal, is: true},
              use: {route: beta}}
-        """))
+        """,
+        )
+    )
     # a model asked for by name is not in the default scope (every route)
     d = await gw.route(ask("python", model="alpha"))
     assert d.model == "alpha" and d.rule is None
@@ -144,21 +171,26 @@ async def test_scope_dry_run_and_models_asked_by_name(tmp_path, ups) -> None:
     dry = await gw.route(ask("python"))
     _, ctx = await gw.serve_chat(ask("python"))
     assert dry.rule == ctx.rule == "code" and dry.model == ctx.model == "beta"
-    assert [r.detail for r in dry.reasons if r.kind == "rule"] == [r.detail for r in ctx.decision.reasons
-                                                                   if r.kind == "rule"]
+    assert [r.detail for r in dry.reasons if r.kind == "rule"] == [r.detail for r in ctx.decision.reasons if r.kind == "rule"]
     await gw.aclose()
 
 
 async def test_key_team_signal(tmp_path, ups) -> None:
     os.environ["TURNOUT_TEST_KEY_A"] = "sk-a"
     os.environ["TURNOUT_TEST_KEY_B"] = "sk-b"
-    gw = gateway(config(tmp_path, ups, """\
+    gw = gateway(
+        config(
+            tmp_path,
+            ups,
+            """\
         keys:
           - {name: ana, key_env: TURNOUT_TEST_KEY_A, team: research, tags: [beta-tester]}
           - {name: bo, key_env: TURNOUT_TEST_KEY_B}
         decisions:
           - {name: research, when: {signal: key.team, eq: research}, use: {route: beta}}
-        """))
+        """,
+        )
+    )
     _, ctx = await gw.serve_chat(ask("hi"), api_key="sk-a")
     assert ctx.model == "beta" and ctx.signals["key.team"] == "research"
     _, ctx = await gw.serve_chat(ask("hi"), api_key="sk-b")
@@ -167,24 +199,44 @@ async def test_key_team_signal(tmp_path, ups) -> None:
 
 
 # ------------------------------------------------------------------------------------------ start-up errors
-@pytest.mark.parametrize(("body", "key", "words"), [
-    ("decisions:\n  - {name: x, when: {signal: kwd.code, is: true}, use: {route: beta}}\n",
-     "decisions[0].when.signal", "'kw'"),
-    ("decisions:\n  - {name: x, when: {signal: kw.cod, is: true}, use: {route: beta}}\n",
-     "decisions[0].when.signal", "kw.code"),
-    ("decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: betta}}\n",
-     "decisions[0].use.route", "'beta'"),
-    ("decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {rout: beta}}\n",
-     "decisions[0].use.rout", "'route'"),
-    ("decisions:\n  - {name: x, when: {signal: tok, gt: lots}, use: {route: beta}}\n",
-     "decisions[0].when", "number"),
-    (("decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: beta},"
-      " plugins: [{type: system_prompt, params: {text: hi, mode: shout}}]}\n"),
-     "decisions[0].plugins[0].params.mode", "add, append or replace"),
-    (("decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: beta}}\n"
-      "  - {name: y, when: {signal: kw.legal, is: true}, use: {route: beta}}\n"),
-     "decisions[1]", "same priority"),
-])
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        (
+            "decisions:\n  - {name: x, when: {signal: kwd.code, is: true}, use: {route: beta}}\n",
+            "decisions[0].when.signal",
+            "'kw'",
+        ),
+        (
+            "decisions:\n  - {name: x, when: {signal: kw.cod, is: true}, use: {route: beta}}\n",
+            "decisions[0].when.signal",
+            "kw.code",
+        ),
+        (
+            "decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: betta}}\n",
+            "decisions[0].use.route",
+            "'beta'",
+        ),
+        ("decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {rout: beta}}\n", "decisions[0].use.rout", "'route'"),
+        ("decisions:\n  - {name: x, when: {signal: tok, gt: lots}, use: {route: beta}}\n", "decisions[0].when", "number"),
+        (
+            (
+                "decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: beta},"
+                " plugins: [{type: system_prompt, params: {text: hi, mode: shout}}]}\n"
+            ),
+            "decisions[0].plugins[0].params.mode",
+            "add, append or replace",
+        ),
+        (
+            (
+                "decisions:\n  - {name: x, when: {signal: kw.code, is: true}, use: {route: beta}}\n"
+                "  - {name: y, when: {signal: kw.legal, is: true}, use: {route: beta}}\n"
+            ),
+            "decisions[1]",
+            "same priority",
+        ),
+    ],
+)
 def test_bad_decisions_fail_at_start_up_with_file_key_and_fix(tmp_path, ups, body: str, key: str, words: str) -> None:
     path = config(tmp_path, ups, body)
     with pytest.raises(ConfigError) as info:
@@ -219,12 +271,16 @@ def test_an_unparsable_rule_file_fails_at_start_up(tmp_path, ups) -> None:
 
 
 def test_conflicts_as_warnings_start_the_gateway(tmp_path, ups, caplog) -> None:
-    path = config(tmp_path, ups, """\
+    path = config(
+        tmp_path,
+        ups,
+        """\
         decision_conflicts: warn
         decisions:
           - {name: x, when: {signal: kw.code, is: true}, use: {route: beta}}
           - {name: y, when: {signal: kw.legal, is: true}, use: {route: beta}}
-        """)
+        """,
+    )
     gw = gateway(path)
     stage = next(s for s in gw.stages.all if isinstance(s, DecisionStage))
     assert [c["kind"] for c in stage.describe()["conflicts"]] == ["overlap"]
@@ -251,10 +307,12 @@ async def test_reload_validates_before_it_swaps(tmp_path, ups, caplog) -> None:
     write_rules(rules, RULES_V2, 1)
     assert await stage.reload() is True and stage.reloads == 1
     assert (await gw.route(ask("python"))).rule is None and (await gw.route(ask("contract"))).rule == "v2"
-    for bad, words in [("- {name: v3, when: {signal: kw.legal, is: tru", "not valid YAML"),
-                       ("- {name: v3, when: {signal: nope, is: true}, use: {route: beta}}\n", "'nope' is not defined"),
-                       ("- {name: v3, when: {signal: kw.x, matches: '(a'}, use: {route: beta}}\n", "does not compile"),
-                       ("- {name: v3, use: {route: gamma}}\n", "neither a route nor a model")]:
+    for bad, words in [
+        ("- {name: v3, when: {signal: kw.legal, is: tru", "not valid YAML"),
+        ("- {name: v3, when: {signal: nope, is: true}, use: {route: beta}}\n", "'nope' is not defined"),
+        ("- {name: v3, when: {signal: kw.x, matches: '(a'}, use: {route: beta}}\n", "does not compile"),
+        ("- {name: v3, use: {route: gamma}}\n", "neither a route nor a model"),
+    ]:
         write_rules(rules, bad, 2)
         assert await stage.reload() is False
         assert words in stage.last_reload.message and "previous rules stay in force" in caplog.text
@@ -303,16 +361,25 @@ async def test_plugins_as_configured_stages_and_their_errors(tmp_path, ups) -> N
     from turnout.gateway.stages import build_stage
 
     _, b = ups
-    gw = gateway(config(tmp_path, ups, """\
+    gw = gateway(
+        config(
+            tmp_path,
+            ups,
+            """\
         stages:
           - {type: set_params, params: {params: {max_tokens: 9, temperature: 0.1}, mode: default}}
           - {type: system_prompt, params: {text: "house rules", mode: append}}
         decisions:
           - {name: code, when: {signal: kw.code, is: true}, use: {route: beta}}
-        """))
+        """,
+        )
+    )
     before = b.count
-    _, ctx = await gw.serve_chat(ChatRequest("auto", [{"role": "system", "content": "theirs"},
-                                                      {"role": "user", "content": "python?"}], params={"max_tokens": 3}))
+    _, ctx = await gw.serve_chat(
+        ChatRequest(
+            "auto", [{"role": "system", "content": "theirs"}, {"role": "user", "content": "python?"}], params={"max_tokens": 3}
+        )
+    )
     sent = b.requests[before].body
     assert sent["max_tokens"] == 3 and sent["temperature"] == 0.1  # default mode: the client's value kept
     assert [m["content"] for m in sent["messages"]] == ["theirs", "house rules", "python?"]
@@ -324,10 +391,14 @@ async def test_plugins_as_configured_stages_and_their_errors(tmp_path, ups) -> N
     with pytest.raises(ConfigError) as info:
         build_stage("set_params", {"params": {"model": "gpt-4"}}, where="stages[0]")
     assert "cannot be set" in str(info.value)
-    path = config(tmp_path, ups, """\
+    path = config(
+        tmp_path,
+        ups,
+        """\
         decisions:
           - {name: code, when: {signal: kw.code, is: true}, plugins: [{type: "test_decisions:SignalsPhase"}]}
-        """)
+        """,
+    )
     with pytest.raises(ConfigError) as info:
         gateway(path)
     assert info.value.key == "decisions[0].plugins[0].type" and "signals phase" in (info.value.fix or "")

@@ -26,8 +26,7 @@ MSG = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture
 def replicas() -> Iterator[list[ScriptedServer]]:
-    servers = [ScriptedServer(Step(text=f"replica {i} answers", prompt_tokens=5, completion_tokens=3)).start()
-               for i in range(2)]
+    servers = [ScriptedServer(Step(text=f"replica {i} answers", prompt_tokens=5, completion_tokens=3)).start() for i in range(2)]
     servers.append(ScriptedServer(Step(fault="reset")).start())
     yield servers
     for s in servers:
@@ -37,21 +36,31 @@ def replicas() -> Iterator[list[ScriptedServer]]:
 def _gateway(urls: list[str], log: Path) -> Gateway:
     data: dict[str, Any] = {
         "server": {"request_log": str(log)},
-        "backends": {"vllm": {"protocol": "openai", "base_url": urls[0],
-                              "timeouts": {"connect": 1, "first_token": 2, "total": 5},
-                              "retries": {"attempts": 3, "backoff_s": 0.0, "max_backoff_s": 0.0},
-                              "cooldown": {"failures": FAILURES, "seconds": 60}}},
-        "models": {"qwen": {"endpoints": [{"backend": "vllm", "base_url": u, "name": f"replica-{i}"}
-                                          for i, u in enumerate(urls)],
-                            "balance": {"strategy": "round_robin"}, "upstream_model": "scripted",
-                            "price": {"input_per_mtok": 1, "output_per_mtok": 2}}},
+        "backends": {
+            "vllm": {
+                "protocol": "openai",
+                "base_url": urls[0],
+                "timeouts": {"connect": 1, "first_token": 2, "total": 5},
+                "retries": {"attempts": 3, "backoff_s": 0.0, "max_backoff_s": 0.0},
+                "cooldown": {"failures": FAILURES, "seconds": 60},
+            }
+        },
+        "models": {
+            "qwen": {
+                "endpoints": [{"backend": "vllm", "base_url": u, "name": f"replica-{i}"} for i, u in enumerate(urls)],
+                "balance": {"strategy": "round_robin"},
+                "upstream_model": "scripted",
+                "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+            }
+        },
     }
     return Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
 
 
 @pytest.mark.parametrize("dead", ["refused", "reset"])
 async def test_one_dead_endpoint_of_three_opens_its_own_breaker_and_the_model_keeps_serving(
-        replicas: list[ScriptedServer], tmp_path: Path, dead: str) -> None:
+    replicas: list[ScriptedServer], tmp_path: Path, dead: str
+) -> None:
     alive = [r.base_url for r in replicas[:2]]
     dead_url = f"http://127.0.0.1:{free_port()}/v1" if dead == "refused" else replicas[2].base_url
     gw = _gateway([alive[0], dead_url, alive[1]], tmp_path / "log.sqlite")

@@ -25,17 +25,31 @@ PRICES = {"a": 1.0, "b": 2.0, "c": 3.0, "agg": 5.0}
 
 def target(name: str, backend: ScriptedBackend) -> ModelTarget:
     p = PRICES.get(name, 1.0)
-    return ModelTarget(name=name, backend=backend, upstream=name, price=Price(p, 2 * p), timeouts=Timeouts(1.0, 0.5, 2.0),
-                       attempts=1, backoff=Backoff(0.001, 0.002), breaker=CircuitBreaker(3, 60.0))
+    return ModelTarget(
+        name=name,
+        backend=backend,
+        upstream=name,
+        price=Price(p, 2 * p),
+        timeouts=Timeouts(1.0, 0.5, 2.0),
+        attempts=1,
+        backoff=Backoff(0.001, 0.002),
+        breaker=CircuitBreaker(3, 60.0),
+    )
 
 
-def gateway(backends: dict[str, ScriptedBackend], planner: Any, quality: dict[str, float] | None = None,
-            lam: float = 0.0) -> Gateway:
+def gateway(
+    backends: dict[str, ScriptedBackend], planner: Any, quality: dict[str, float] | None = None, lam: float = 0.0
+) -> Gateway:
     quality = quality or {m: 0.5 for m in backends}
-    rt = RouteRuntime(name="multi", router=create_router("prior", quality=quality), router_name="prior",
-                      candidates={m: m for m in quality}, prices={m: Price(PRICES.get(m, 1.0), 2 * PRICES.get(m, 1.0))
-                                                                  for m in quality},
-                      policy=Policy(lam=lam), plan=planner)
+    rt = RouteRuntime(
+        name="multi",
+        router=create_router("prior", quality=quality),
+        router_name="prior",
+        candidates={m: m for m in quality},
+        prices={m: Price(PRICES.get(m, 1.0), 2 * PRICES.get(m, 1.0)) for m in quality},
+        policy=Policy(lam=lam),
+        plan=planner,
+    )
     return Gateway({m: target(m, b) for m, b in backends.items()}, {"multi": rt})
 
 
@@ -73,8 +87,11 @@ async def test_a_failed_member_is_tolerated_while_enough_remain() -> None:
     assert resp.content == "B" and [a.status for a in ctx.attempts if a.model == "a"] == ["error"]
     assert ctx.response_headers["x-turnout-fanout"].endswith(",1 failed")
 
-    backends = {"a": ScriptedBackend("a", Step(fault="status", status=503)),
-                "b": ScriptedBackend("b", Step(fault="reset")), "c": answering("B")}
+    backends = {
+        "a": ScriptedBackend("a", Step(fault="status", status=503)),
+        "b": ScriptedBackend("b", Step(fault="reset")),
+        "c": answering("B"),
+    }
     gw = gateway(backends, FanoutPlanner("multi", ["a", "b", "c"], "vote", min_answers=2))
     with pytest.raises(AllBackendsFailedError) as exc:
         await gw.chat(ChatRequest("multi", QUESTION))
@@ -109,20 +126,27 @@ def test_vote_quality_and_the_switch() -> None:
     assert gain == pytest.approx(vote_quality([0.6] * 3) - 0.6)
 
     # two weak members first: their vote (0.489) is worse than the strong one alone (0.9)
-    gw = gateway({m: answering("B") for m in ("a", "b", "c")}, FanoutPlanner("multi", ["b", "c", "a"], "vote",
-                 min_gain=0.0), quality={"a": 0.9, "b": 0.3, "c": 0.3})
+    gw = gateway(
+        {m: answering("B") for m in ("a", "b", "c")},
+        FanoutPlanner("multi", ["b", "c", "a"], "vote", min_gain=0.0),
+        quality={"a": 0.9, "b": 0.3, "c": 0.3},
+    )
     d = gw.routes["multi"].decide(ChatRequest("multi", QUESTION))
     assert d.plan is not None and d.plan.kind == "single" and d.model == "a"
     # a cost weight that makes three calls dearer than the quality they add: single again
-    gw = gateway({m: answering("B") for m in ("a", "b", "c")}, planner, quality={"a": 0.6, "b": 0.6, "c": 0.6},
-                 lam=100.0)
+    gw = gateway({m: answering("B") for m in ("a", "b", "c")}, planner, quality={"a": 0.6, "b": 0.6, "c": 0.6}, lam=100.0)
     d = gw.routes["multi"].decide(ChatRequest("multi", QUESTION))
     assert d.plan is not None and d.plan.kind == "single"
 
 
 async def test_rounds_consult_a_model_then_answer_capped_in_rounds() -> None:
-    router = ScriptedBackend("r", Script(Step(text="<search>b: What is iron?</search>"),
-                                         rules=[Rule(match="information", step=Step(text="<answer>B) iron</answer>"))]))
+    router = ScriptedBackend(
+        "r",
+        Script(
+            Step(text="<search>b: What is iron?</search>"),
+            rules=[Rule(match="information", step=Step(text="<answer>B) iron</answer>"))],
+        ),
+    )
     b = answering("Iron is a metal.")
     gw = gateway({"r": router, "b": b}, RoundsPlanner("multi", "r", ["b"], max_rounds=2))
     resp, ctx = await gw.serve_chat(ChatRequest("multi", QUESTION))
@@ -156,8 +180,9 @@ def test_parse_turn_and_the_aggregate_request() -> None:
     assert parse_turn("thinking... <search> gpt : what is 2+2? </search>") == (None, ("gpt", "what is 2+2?"))
     assert parse_turn("<answer>4</answer>") == ("4", None)
     assert parse_turn("no tags") == (None, None)
-    req = aggregate_request(ChatRequest("m", QUESTION, params={"stream_options": {"include_usage": True},
-                                                               "logprobs": True}), ["x", "y"], stream=False)
+    req = aggregate_request(
+        ChatRequest("m", QUESTION, params={"stream_options": {"include_usage": True}, "logprobs": True}), ["x", "y"], stream=False
+    )
     assert "stream_options" not in req.params and "logprobs" not in req.params and len(req.messages) == 2
 
 

@@ -33,8 +33,17 @@ def _sample(body: str, name: str, **labels: str) -> float:
 
 def test_render_holds_every_observation(prom: object) -> None:
     m = Metrics()
-    m.observe_request("auto", "small", "ok", latency_s=0.4, ttft_s=0.08, decision_s=0.00007,
-                      prompt_tokens=12, completion_tokens=30, cost_usd=0.002)
+    m.observe_request(
+        "auto",
+        "small",
+        "ok",
+        latency_s=0.4,
+        ttft_s=0.08,
+        decision_s=0.00007,
+        prompt_tokens=12,
+        completion_tokens=30,
+        cost_usd=0.002,
+    )
     m.observe_request("auto", "small", "ok", 1.5, None, 0.0003, 8, 10, 0.001)
     m.observe_request("auto", "big", "error", 0.2)
     m.inc_fallback("auto", "big", "small")

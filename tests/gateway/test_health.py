@@ -31,8 +31,10 @@ class Clock:
 
 def replica(urls: list[str], clock: Clock, *, failures: int = 2, cooldown_s: float = 30.0) -> ModelTarget:
     """One gateway replica's view of a model served by the engines at ``urls`` (one endpoint each)."""
-    eps = [Endpoint(f"ep{i}", create_backend("openai", f"b{i}", base_url=u),
-                    breaker=WatchedBreaker(failures, cooldown_s, clock)) for i, u in enumerate(urls)]
+    eps = [
+        Endpoint(f"ep{i}", create_backend("openai", f"b{i}", base_url=u), breaker=WatchedBreaker(failures, cooldown_s, clock))
+        for i, u in enumerate(urls)
+    ]
     return ModelTarget("qwen", endpoints=eps)
 
 
@@ -48,8 +50,7 @@ def names(t: ModelTarget) -> list[str]:
     return [e.name for e in t.endpoints if e.healthy]
 
 
-async def test_a_breaker_that_opens_on_one_replica_is_skipped_by_the_other_after_one_round(
-        engines: list[ScriptedServer]) -> None:
+async def test_a_breaker_that_opens_on_one_replica_is_skipped_by_the_other_after_one_round(engines: list[ScriptedServer]) -> None:
     clock, marks = Clock(), InMemoryMarks()
     a, b = replica([s.base_url for s in engines], clock), replica([s.base_url for s in engines], clock)
     ha = HealthMonitor({"qwen": a}, marks, replica="a", interval_s=1.0, clock=clock)
@@ -93,7 +94,8 @@ async def test_a_dead_engine_is_probed_back_with_backoff(engines: list[ScriptedS
     # probes at 0, then after 1, 2, 4, 4... seconds (the backoff doubles up to max_backoff_s)
     assert [round(x - probed_at[0]) for x in probed_at] == [0, 1, 3, 7, 11]
     assert "Connect" in str(mon.describe()["qwen/ep0"]["last_probe"]) or "refused" in str(
-        mon.describe()["qwen/ep0"]["last_probe"])
+        mon.describe()["qwen/ep0"]["last_probe"]
+    )
     # the breaker's cooldown (2 s) is long over, yet the endpoint stays out: its probes fail
     assert t.endpoints[0].breaker.state == "half-open" and names(t) == ["ep1"]
     revived = ScriptedServer(Step(text="back"), port=port).start()

@@ -43,32 +43,53 @@ def backend(name: str = "b1", default: str = "plain answer") -> ScriptedBackend:
 
 def fleet_config(private: str | None = None) -> Any:
     """The config the stages check names against (the gateway itself is built from scripted parts)."""
-    data = {"backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {m: {"backend": "b", "private": m == private} for m in ("m1", "m2")},
-            "routes": {"auto": {"router": {"type": "prior", "params": {"quality": {"m1": 0.9, "m2": 0.5}}},
-                                "candidates": ["m1", "m2"], "lambda": 0.0}}}
+    data = {
+        "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {m: {"backend": "b", "private": m == private} for m in ("m1", "m2")},
+        "routes": {
+            "auto": {
+                "router": {"type": "prior", "params": {"quality": {"m1": 0.9, "m2": 0.5}}},
+                "candidates": ["m1", "m2"],
+                "lambda": 0.0,
+            }
+        },
+    }
     return resolve(parse_config(data, source="fleet.yaml"))
 
 
-def gateway(*stages: Any, m1: ScriptedBackend | None = None, m2: ScriptedBackend | None = None,
-            route: bool = False) -> Gateway:
+def gateway(*stages: Any, m1: ScriptedBackend | None = None, m2: ScriptedBackend | None = None, route: bool = False) -> Gateway:
     def target(name: str, b: ScriptedBackend) -> ModelTarget:
-        return ModelTarget(name=name, backend=b, upstream=name, price=Price(1.0, 2.0), fallbacks=[],
-                           timeouts=Timeouts(1.0, 2.0, 5.0), attempts=1, backoff=Backoff(0.001, 0.002),
-                           breaker=CircuitBreaker(3, 60.0))
+        return ModelTarget(
+            name=name,
+            backend=b,
+            upstream=name,
+            price=Price(1.0, 2.0),
+            fallbacks=[],
+            timeouts=Timeouts(1.0, 2.0, 5.0),
+            attempts=1,
+            backoff=Backoff(0.001, 0.002),
+            breaker=CircuitBreaker(3, 60.0),
+        )
 
     routes = {}
     if route:
-        routes["auto"] = RouteRuntime(name="auto", router=create_router("prior", quality={"m1": 0.9, "m2": 0.5}),
-                                      router_name="prior", candidates={"m1": "m1", "m2": "m2"},
-                                      prices={"m1": Price(1.0, 2.0), "m2": Price(1.0, 2.0)}, policy=Policy(lam=0.0))
-    return Gateway({"m1": target("m1", m1 or backend("b1")), "m2": target("m2", m2 or backend("b2", "from m2"))},
-                   routes, stages=Stages(stages))
+        routes["auto"] = RouteRuntime(
+            name="auto",
+            router=create_router("prior", quality={"m1": 0.9, "m2": 0.5}),
+            router_name="prior",
+            candidates={"m1": "m1", "m2": "m2"},
+            prices={"m1": Price(1.0, 2.0), "m2": Price(1.0, 2.0)},
+            policy=Policy(lam=0.0),
+        )
+    return Gateway(
+        {"m1": target("m1", m1 or backend("b1")), "m2": target("m2", m2 or backend("b2", "from m2"))},
+        routes,
+        stages=Stages(stages),
+    )
 
 
 def req(text: str, model: str = "m1", stream: bool = False, **extra: Any) -> ChatRequest:
-    return ChatRequest(model, [*extra.pop("history", []), {"role": "user", "content": text}], stream=stream,
-                       params=extra)
+    return ChatRequest(model, [*extra.pop("history", []), {"role": "user", "content": text}], stream=stream, params=extra)
 
 
 def sent(b: ScriptedBackend) -> str:
@@ -108,10 +129,17 @@ async def test_streamed_answer_is_redacted_and_restored_exactly_like_a_whole_one
 
 async def test_every_text_of_the_request_is_redacted_with_one_numbering() -> None:
     m1 = backend()
-    history = [{"role": "system", "content": f"Support desk. Escalations go to {EMAIL}."},
-               {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"card": CARD})}}]},
-               {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": f"card {CARD} is blocked"}]}]
+    history = [
+        {"role": "system", "content": f"Support desk. Escalations go to {EMAIL}."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": json.dumps({"card": CARD})}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": f"card {CARD} is blocked"}]},
+    ]
     gw = gateway(PiiStage(), m1=m1)
     await gw.chat(req(f"Write to {EMAIL} about it", history=history))
     body = sent(m1)
@@ -185,20 +213,26 @@ async def test_a_long_request_is_scanned_off_the_loop_with_the_same_result() -> 
     off.close()
 
 
-@pytest.mark.parametrize(("params", "key", "needle"), [
-    ({"action": "scrub"}, "stages[0].params.action", "allow, redact, private_only, block"),
-    ({"types": ["EMAIL", "SHOE_SIZE"]}, "stages[0].params.types", "use one of"),
-    ({"per_type": {"SECRET": "shout"}}, "stages[0].params.per_type.SECRET", "use one of"),
-    ({"per_type": ["SECRET"]}, "stages[0].params.per_type", "SECRET: block"),
-    ({"response": {"style": "fancy"}}, "stages[0].params.response.style", "placeholder, type or mask"),
-    ({"roles": ["user", "robot"]}, "stages[0].params.roles", "assistant"),
-    ({"action": "private_only"}, "stages[0].params.action", "private: true"),
-    ({"private_models": ["gpt-9"]}, "stages[0].params.private_models[0]", "m1, m2"),
-    ({"min_score": 3}, "stages[0].params.min_score", "within [0, 1]"),
-])
+@pytest.mark.parametrize(
+    ("params", "key", "needle"),
+    [
+        ({"action": "scrub"}, "stages[0].params.action", "allow, redact, private_only, block"),
+        ({"types": ["EMAIL", "SHOE_SIZE"]}, "stages[0].params.types", "use one of"),
+        ({"per_type": {"SECRET": "shout"}}, "stages[0].params.per_type.SECRET", "use one of"),
+        ({"per_type": ["SECRET"]}, "stages[0].params.per_type", "SECRET: block"),
+        ({"response": {"style": "fancy"}}, "stages[0].params.response.style", "placeholder, type or mask"),
+        ({"roles": ["user", "robot"]}, "stages[0].params.roles", "assistant"),
+        ({"action": "private_only"}, "stages[0].params.action", "private: true"),
+        ({"private_models": ["gpt-9"]}, "stages[0].params.private_models[0]", "m1, m2"),
+        ({"min_score": 3}, "stages[0].params.min_score", "within [0, 1]"),
+    ],
+)
 def test_bad_policy_fails_at_build_with_file_key_and_fix(params: dict[str, Any], key: str, needle: str) -> None:
-    data = {"backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"m1": {"backend": "b"}, "m2": {"backend": "b"}}, "stages": [{"type": "pii", "params": params}]}
+    data = {
+        "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"m1": {"backend": "b"}, "m2": {"backend": "b"}},
+        "stages": [{"type": "pii", "params": params}],
+    }
     with pytest.raises(ConfigError) as info:
         build_gateway(resolve(parse_config(data, source="fleet.yaml")))
     err = info.value
@@ -206,8 +240,10 @@ def test_bad_policy_fails_at_build_with_file_key_and_fix(params: dict[str, Any],
 
 
 def test_private_models_come_from_the_config() -> None:
-    data = {"backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"m1": {"backend": "b"}, "local": {"backend": "b", "private": True}},
-            "stages": [{"type": "pii", "params": {"per_type": {"PHONE": "private_only"}}}]}
+    data = {
+        "backends": {"b": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"m1": {"backend": "b"}, "local": {"backend": "b", "private": True}},
+        "stages": [{"type": "pii", "params": {"per_type": {"PHONE": "private_only"}}}],
+    }
     gw = build_gateway(resolve(parse_config(data, source="fleet.yaml")))
     assert gw.stages.all[0].private_models == ("local",)

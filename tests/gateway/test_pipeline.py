@@ -17,18 +17,40 @@ from turnout.types import ChatRequest
 MSG = [{"role": "user", "content": "say hello"}]
 
 
-def target(name: str, backend: ScriptedBackend, *, attempts: int = 2, fallbacks: list[str] | None = None,
-           failures: int = 3, cooldown: float = 60.0, timeouts: Timeouts | None = None) -> ModelTarget:
-    return ModelTarget(name=name, backend=backend, upstream=name, price=Price(1.0, 2.0), fallbacks=fallbacks or [],
-                       timeouts=timeouts or Timeouts(1.0, 0.5, 2.0), attempts=attempts,
-                       backoff=Backoff(0.001, 0.002), breaker=CircuitBreaker(failures, cooldown))
+def target(
+    name: str,
+    backend: ScriptedBackend,
+    *,
+    attempts: int = 2,
+    fallbacks: list[str] | None = None,
+    failures: int = 3,
+    cooldown: float = 60.0,
+    timeouts: Timeouts | None = None,
+) -> ModelTarget:
+    return ModelTarget(
+        name=name,
+        backend=backend,
+        upstream=name,
+        price=Price(1.0, 2.0),
+        fallbacks=fallbacks or [],
+        timeouts=timeouts or Timeouts(1.0, 0.5, 2.0),
+        attempts=attempts,
+        backoff=Backoff(0.001, 0.002),
+        breaker=CircuitBreaker(failures, cooldown),
+    )
 
 
 def auto_route(cands: list[str], fallbacks: list[str] | None = None) -> RouteRuntime:
     quality = {m: 0.9 - 0.1 * i for i, m in enumerate(cands)}
-    return RouteRuntime(name="auto", router=create_router("prior", quality=quality), router_name="prior",
-                        candidates={m: m for m in cands}, prices={m: Price(1.0, 2.0) for m in cands},
-                        policy=Policy(lam=0.0), fallbacks=fallbacks or [])
+    return RouteRuntime(
+        name="auto",
+        router=create_router("prior", quality=quality),
+        router_name="prior",
+        candidates={m: m for m in cands},
+        prices={m: Price(1.0, 2.0) for m in cands},
+        policy=Policy(lam=0.0),
+        fallbacks=fallbacks or [],
+    )
 
 
 async def test_route_picks_best_prior_and_passthrough_keeps_fallbacks() -> None:
@@ -115,7 +137,9 @@ async def test_stream_cut_after_first_chunk_raises_from_iterator() -> None:
 
 async def test_stream_first_token_timeout_falls_back() -> None:
     a = ScriptedBackend("a", Step(latency=3.0))
-    gw = Gateway({"m1": target("m1", a, attempts=1, fallbacks=["m2"]), "m2": target("m2", ScriptedBackend("b", Step(text="fast")))})
+    gw = Gateway(
+        {"m1": target("m1", a, attempts=1, fallbacks=["m2"]), "m2": target("m2", ScriptedBackend("b", Step(text="fast")))}
+    )
     session = await asyncio.wait_for(gw.chat_stream(ChatRequest("m1", MSG, stream=True)), 2.0)
     assert session.model == "m2" and session.attempts[0].error.kind == "timeout"
     await session.aclose()
@@ -125,10 +149,12 @@ def test_from_config_builds_parts_and_refuses_uncalibrated_budget() -> None:
     from turnout.config import parse_config, resolve
     from turnout.errors import ConfigError
 
-    data = {"server": {"request_log": None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"a": {"backend": "up", "price": {"input_per_mtok": 1}}, "b": {"backend": "up"}},
-            "routes": {"auto": {"router": {"type": "prior", "params": {"quality": {"a": 0.5, "b": 0.4}}}, "candidates": ["a", "b"]}}}
+    data = {
+        "server": {"request_log": None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"a": {"backend": "up", "price": {"input_per_mtok": 1}}, "b": {"backend": "up"}},
+        "routes": {"auto": {"router": {"type": "prior", "params": {"quality": {"a": 0.5, "b": 0.4}}}, "candidates": ["a", "b"]}},
+    }
     gw = Gateway.from_config(resolve(parse_config(data)))
     assert set(gw.targets) == {"a", "b"} and gw.metrics is not None and gw.request_log is None and gw.keys is None
     assert [m["id"] for m in gw.models()] == ["auto", "a", "b"]
@@ -145,10 +171,12 @@ def test_from_config_gives_the_key_store_and_the_budgets_one_store_of_counters()
     from turnout.gateway.keys import hash_key
     from turnout.state import InMemoryCounters, RedisCounters
 
-    data = {"server": {"request_log": None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"a": {"backend": "up"}},
-            "keys": [{"name": "k", "key_sha256": hash_key("sk-k"), "budget_usd": 1.0}]}
+    data = {
+        "server": {"request_log": None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"a": {"backend": "up"}},
+        "keys": [{"name": "k", "key_sha256": hash_key("sk-k"), "budget_usd": 1.0}],
+    }
     local = Gateway.from_config(resolve(parse_config(data)))
     assert isinstance(local.state, InMemoryCounters) and local.keys.counters is local.state
     asyncio.run(local.aclose())
@@ -172,24 +200,33 @@ async def test_when_every_backend_rejects_the_request_itself_the_client_gets_a_4
     assert ta.breaker.state == tb.breaker.state == "closed"  # the request's fault, not the provider's
     # one provider refusing and another failing is still the fleet's failure (a 502)
     c = ScriptedBackend("c", Step(fault="status", status=503))
-    gw2 = Gateway({"m1": target("m1", ScriptedBackend("a2", Step(fault="status", status=400)), fallbacks=["m2"]),
-                   "m2": target("m2", c, attempts=1)})
+    gw2 = Gateway(
+        {
+            "m1": target("m1", ScriptedBackend("a2", Step(fault="status", status=400)), fallbacks=["m2"]),
+            "m2": target("m2", c, attempts=1),
+        }
+    )
     with pytest.raises(AllBackendsFailedError):
         await gw2.chat(ChatRequest("m1", MSG))
 
 
-@pytest.mark.parametrize("params, key, needle", [
-    ({"quality": "high"}, "routes.auto.router", "quality={model: score"),
-    ({"quality": {"mx": 0.9}}, "routes.auto.candidates", "no prediction for any candidate (a, b; it scores: mx)"),
-])
+@pytest.mark.parametrize(
+    "params, key, needle",
+    [
+        ({"quality": "high"}, "routes.auto.router", "quality={model: score"),
+        ({"quality": {"mx": 0.9}}, "routes.auto.candidates", "no prediction for any candidate (a, b; it scores: mx)"),
+    ],
+)
 def test_route_mistakes_only_a_request_would_show_fail_at_start_up(params, key, needle) -> None:
     from turnout.config import parse_config, resolve
     from turnout.errors import ConfigError
 
-    data = {"server": {"request_log": None},
-            "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-            "models": {"a": {"backend": "up"}, "b": {"backend": "up"}},
-            "routes": {"auto": {"router": {"type": "prior", "params": params}, "candidates": ["a", "b"]}}}
+    data = {
+        "server": {"request_log": None},
+        "backends": {"up": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+        "models": {"a": {"backend": "up"}, "b": {"backend": "up"}},
+        "routes": {"auto": {"router": {"type": "prior", "params": params}, "candidates": ["a", "b"]}},
+    }
     with pytest.raises(ConfigError) as info:
         Gateway.from_config(resolve(parse_config(data)))
     assert info.value.key == key and needle in str(info.value) and str(info.value).count("(fix:") == 1
@@ -204,9 +241,11 @@ async def test_start_warns_about_a_backend_that_refuses_connections(caplog) -> N
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    data = {"server": {"request_log": None},
-            "backends": {"down": {"protocol": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}},
-            "models": {"a": {"backend": "down"}}}
+    data = {
+        "server": {"request_log": None},
+        "backends": {"down": {"protocol": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}},
+        "models": {"a": {"backend": "down"}},
+    }
     gw = Gateway.from_config(resolve(parse_config(data)))
     with caplog.at_level(logging.WARNING, logger="turnout.gateway.pipeline"):
         await gw.start()

@@ -17,14 +17,24 @@ from turnout.types import ChatRequest, Price
 MSG = [{"role": "user", "content": "hello there"}]
 
 
-def gateway(*specs: KeySpec, windows: object | None = None, on_failure: str = "closed",
-            counters: object | None = None, budgets_on_failure: str = "closed") -> tuple[Gateway, ScriptedBackend]:
+def gateway(
+    *specs: KeySpec,
+    windows: object | None = None,
+    on_failure: str = "closed",
+    counters: object | None = None,
+    budgets_on_failure: str = "closed",
+) -> tuple[Gateway, ScriptedBackend]:
     backend = ScriptedBackend("up", Step(text="hi", prompt_tokens=40, completion_tokens=10))
     keys = KeyStore(list(specs), counters if counters is not None else InMemoryCounters())  # type: ignore[arg-type]
     metrics = Metrics()
     limiter = RateLimiter(windows, on_failure=on_failure, metrics=metrics) if windows is not None else None  # type: ignore[arg-type]
-    gw = Gateway({"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha", price=Price(1.0, 1.0))},
-                 keys=keys, metrics=metrics, limiter=limiter, budgets_on_failure=budgets_on_failure)
+    gw = Gateway(
+        {"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha", price=Price(1.0, 1.0))},
+        keys=keys,
+        metrics=metrics,
+        limiter=limiter,
+        budgets_on_failure=budgets_on_failure,
+    )
     return gw, backend
 
 
@@ -33,8 +43,11 @@ async def test_a_key_over_its_rpm_is_refused_with_when_to_retry() -> None:
     assert isinstance(gw.limiter, RateLimiter)  # built from the keys: one of them has a limit
     for _ in range(3):
         await gw.chat(ChatRequest("alpha", MSG), api_key="sk-team")
-    with pytest.raises(RateLimitedError, match=r"key 'team' has made 3 requests in the last 60 s, its limit \(rpm 3\)"
-                       r": retry after 60 s") as info:
+    with pytest.raises(
+        RateLimitedError,
+        match=r"key 'team' has made 3 requests in the last 60 s, its limit \(rpm 3\)"
+        r": retry after 60 s",
+    ) as info:
         await gw.chat(ChatRequest("alpha", MSG), api_key="sk-team")
     assert 55 < info.value.retry_after <= 60 and info.value.limit == "rpm" and info.value.kind == "rate_limit_exceeded"
     assert backend.count == 3  # the refused request never reached a model
@@ -80,8 +93,9 @@ class _Down:
     window_s = 60.0
 
     async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
-        raise StateError("Redis at redis://example:6379/0 failed to check the rate limits: refused (is redis-server "
-                         "running and reachable?)")
+        raise StateError(
+            "Redis at redis://example:6379/0 failed to check the rate limits: refused (is redis-server running and reachable?)"
+        )
 
     async def settle(self, name: str, request_id: str, tokens: int) -> None:
         raise StateError("Redis at redis://example:6379/0 failed to record the tokens: refused")

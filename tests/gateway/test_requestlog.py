@@ -15,10 +15,21 @@ from turnout.gateway.requestlog import SCHEMA_VERSION, LogEntry, RequestLog, pro
 
 def _entry(i: int, **over: object) -> LogEntry:
     base: dict[str, object] = dict(
-        key_name="alice", route="auto", model=f"m{i % 3}", status="ok", prompt=f"prompt {i % 10}",
-        response_text=f"answer {i}", prompt_tokens=10 + i, completion_tokens=20, cost_usd=0.001 * (i + 1),
-        latency_s=0.5, ttft_s=0.1, decision_ms=0.2, candidates=[{"model": "m0", "quality": 0.7}],
-        fallbacks_tried=[], http_status=200,
+        key_name="alice",
+        route="auto",
+        model=f"m{i % 3}",
+        status="ok",
+        prompt=f"prompt {i % 10}",
+        response_text=f"answer {i}",
+        prompt_tokens=10 + i,
+        completion_tokens=20,
+        cost_usd=0.001 * (i + 1),
+        latency_s=0.5,
+        ttft_s=0.1,
+        decision_ms=0.2,
+        candidates=[{"model": "m0", "quality": 0.7}],
+        fallbacks_tried=[],
+        http_status=200,
     )
     base.update(over)
     return LogEntry(**base)  # type: ignore[arg-type]
@@ -150,7 +161,12 @@ def test_export_canonical_jsonl(tmp_path: Path) -> None:
         summary = log.export_canonical(tmp_path / "out.jsonl")
         rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert (summary.rows, summary.prompts, summary.skipped_unscored, summary.skipped_errors, summary.merged_repeats) == (
-            3, 2, 1, 1, 1)
+            3,
+            2,
+            1,
+            1,
+            1,
+        )
         by = {(r["prompt"], r["model"]): r for r in rows}
         assert set(by) == {("What is 2+2?", "small"), ("What is 2+2?", "big"), ("Write a haiku", "small")}
         merged = by[("What is 2+2?", "small")]
@@ -158,8 +174,17 @@ def test_export_canonical_jsonl(tmp_path: Path) -> None:
         assert merged["cost_usd"] == pytest.approx(0.002)
         assert merged["response"] == "4"
         assert merged["prompt_id"] == by[("What is 2+2?", "big")]["prompt_id"] == prompt_id("What is 2+2?")
-        assert set(merged) == {"prompt_id", "prompt", "model", "score", "cost_usd", "input_tokens",
-                               "output_tokens", "latency_s", "response"}
+        assert set(merged) == {
+            "prompt_id",
+            "prompt",
+            "model",
+            "score",
+            "cost_usd",
+            "input_tokens",
+            "output_tokens",
+            "latency_s",
+            "response",
+        }
 
         summary = log.export_canonical(tmp_path / "queue.jsonl", include_unscored=True)
         assert summary.rows == 4 and summary.skipped_unscored == 0
@@ -203,8 +228,13 @@ class _Opaque:
 def test_an_entry_sqlite_cannot_take_as_it_is_costs_neither_its_batch_nor_itself(tmp_path: Path) -> None:
     with RequestLog(tmp_path / "log.sqlite") as log:
         good = [_entry(i) for i in range(5)]
-        odd = _entry(9, prompt=["not", "a", "string"], candidates=[{"model": "m0", "quality": _Opaque()}],
-                     budget={"target": _Opaque()}, latency_s="slow")
+        odd = _entry(
+            9,
+            prompt=["not", "a", "string"],
+            candidates=[{"model": "m0", "quality": _Opaque()}],
+            budget={"target": _Opaque()},
+            latency_s="slow",
+        )
         for e in (*good[:3], odd, *good[3:]):
             log.record(e)
         log.flush()
@@ -217,7 +247,9 @@ def test_an_entry_sqlite_cannot_take_as_it_is_costs_neither_its_batch_nor_itself
         assert rows[good[0].id].prompt == good[0].prompt
 
 
-def test_an_entry_even_coercion_cannot_store_is_counted_and_the_rest_land(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_entry_even_coercion_cannot_store_is_counted_and_the_rest_land(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with RequestLog(tmp_path / "log.sqlite") as log, caplog.at_level(logging.ERROR, logger="turnout.gateway.requestlog"):
         broken = _entry(1, status=None)  # NOT NULL: no form of it can be stored
         log.record(_entry(0))
@@ -242,12 +274,15 @@ def test_get_finds_a_request_just_recorded_with_its_score(tmp_path: Path) -> Non
         assert log.get("no-such-id") is None
 
 
-@pytest.mark.parametrize("content", [
-    [{"type": "text", "text": 5}],
-    [{"type": "text", "text": None}, {"type": "text", "text": "kept"}],
-    [{"type": "text", "text": ["a"]}],
-    ["a bare string part"],
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": 5}],
+        [{"type": "text", "text": None}, {"type": "text", "text": "kept"}],
+        [{"type": "text", "text": ["a"]}],
+        ["a bare string part"],
+    ],
+)
 async def test_a_request_with_odd_content_built_in_code_is_answered_and_logged(tmp_path: Path, content: list) -> None:
     # the server rejects these at the wire; a request built in code can still carry them, and must be logged
     from turnout.gateway import Gateway, ModelTarget
@@ -255,9 +290,14 @@ async def test_a_request_with_odd_content_built_in_code_is_answered_and_logged(t
     from turnout.types import ChatRequest
 
     log = RequestLog(tmp_path / "log.sqlite")
-    gw = Gateway({"m": ModelTarget(name="m", backend=ScriptedBackend("up", Step(text="hi", prompt_tokens=1,
-                                                                                   completion_tokens=1)), upstream="m")},
-                 request_log=log)
+    gw = Gateway(
+        {
+            "m": ModelTarget(
+                name="m", backend=ScriptedBackend("up", Step(text="hi", prompt_tokens=1, completion_tokens=1)), upstream="m"
+            )
+        },
+        request_log=log,
+    )
     req = ChatRequest(model="m", messages=[{"role": "user", "content": content}, "not a message"])  # type: ignore[list-item]
     resp, _, _ = await gw.chat(req, request_id="odd-1")
     assert resp.content == "hi"
@@ -265,4 +305,8 @@ async def test_a_request_with_odd_content_built_in_code_is_answered_and_logged(t
     log.close()
     with RequestLog(tmp_path / "log.sqlite") as reopened:
         got = reopened.get("odd-1")
-    assert got is not None and got.status == "ok" and got.prompt == ("kept" if content[-1:] == [{"type": "text", "text": "kept"}] else "")
+    assert (
+        got is not None
+        and got.status == "ok"
+        and got.prompt == ("kept" if content[-1:] == [{"type": "text", "text": "kept"}] else "")
+    )

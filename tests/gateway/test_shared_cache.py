@@ -15,13 +15,18 @@ from turnout.types import ChatRequest
 
 
 def replica(upstream: str, redis_url: str, prefix: str) -> Gateway:
-    cfg = resolve(parse_config({
-        "server": {"request_log": None, "metrics": False},
-        "backends": {"up": {"protocol": "openai", "base_url": upstream, "retries": {"attempts": 1}}},
-        "models": {"alpha": {"backend": "up", "upstream_model": "scripted"}},
-        "state": {"redis_url": redis_url, "prefix": prefix},
-        "stages": [{"type": "cache", "params": {"embedder": "hashing", "threshold": 0.9, "ttl_s": 60}}],
-    }, source="test.yaml"))
+    cfg = resolve(
+        parse_config(
+            {
+                "server": {"request_log": None, "metrics": False},
+                "backends": {"up": {"protocol": "openai", "base_url": upstream, "retries": {"attempts": 1}}},
+                "models": {"alpha": {"backend": "up", "upstream_model": "scripted"}},
+                "state": {"redis_url": redis_url, "prefix": prefix},
+                "stages": [{"type": "cache", "params": {"embedder": "hashing", "threshold": 0.9, "ttl_s": 60}}],
+            },
+            source="test.yaml",
+        )
+    )
     return Gateway.from_config(cfg)
 
 

@@ -51,20 +51,26 @@ register_stage("test-words", Words)
 
 def build(tmp_path: Path, stages: str) -> Gateway:
     path = tmp_path / "turnout.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         server: {request_log: null}
         backends: {up: {protocol: openai, base_url: "http://127.0.0.1:9/v1"}}
         models: {m: {backend: up}}
         stages:
-        """) + textwrap.indent(textwrap.dedent(stages), "  "))
+        """)
+        + textwrap.indent(textwrap.dedent(stages), "  ")
+    )
     return Gateway.from_config(load_config(path))
 
 
 def test_a_registered_name_and_a_dotted_path_build_the_same_stage_with_the_shared_parts(tmp_path: Path) -> None:
-    gw = build(tmp_path, """\
+    gw = build(
+        tmp_path,
+        """\
         - {type: test-words, params: {words: [a]}}
         - {type: "test_stages_config:Words", name: second, params: {words: [b]}}
-        """)
+        """,
+    )
     first, second = gw.stages.all
     assert type(first) is Words and type(second) is Words  # the very class of this module, both ways
     assert (first.name, second.name) == ("test-words", "second")  # the type names a stage left unnamed
@@ -73,18 +79,23 @@ def test_a_registered_name_and_a_dotted_path_build_the_same_stage_with_the_share
     assert "test-words" in stage_types()
 
 
-@pytest.mark.parametrize(("stages", "key", "says", "fix"), [
-    ("- {type: no-such-stage}", "stages[0]", "not a known stage name", "use one of"),
-    ("- {type: 'no_such_module:Thing'}", "stages[0]", "cannot import stage", "check the module path"),
-    ("- {type: 'test_stages_config:Missing'}", "stages[0]", "cannot import stage", "check the module path"),
-    ("- {type: test-words, params: {words: [a], colour: red}}", "stages[0].params", "no parameter colour",
-     "its parameters are: words, name, embeddings"),
-    ("- {type: test-words, params: {words: a}}", "stages[0].params", "words must be a list", "check the stage's"),
-    ("- {type: test-words, params: {words: [a]}}\n- {type: test-words}", "stages[1].params", "words",
-     "check the stage's"),
-])
-def test_a_stage_mistake_names_the_file_the_key_and_the_fix(tmp_path: Path, stages: str, key: str, says: str,
-                                                            fix: str) -> None:
+@pytest.mark.parametrize(
+    ("stages", "key", "says", "fix"),
+    [
+        ("- {type: no-such-stage}", "stages[0]", "not a known stage name", "use one of"),
+        ("- {type: 'no_such_module:Thing'}", "stages[0]", "cannot import stage", "check the module path"),
+        ("- {type: 'test_stages_config:Missing'}", "stages[0]", "cannot import stage", "check the module path"),
+        (
+            "- {type: test-words, params: {words: [a], colour: red}}",
+            "stages[0].params",
+            "no parameter colour",
+            "its parameters are: words, name, embeddings",
+        ),
+        ("- {type: test-words, params: {words: a}}", "stages[0].params", "words must be a list", "check the stage's"),
+        ("- {type: test-words, params: {words: [a]}}\n- {type: test-words}", "stages[1].params", "words", "check the stage's"),
+    ],
+)
+def test_a_stage_mistake_names_the_file_the_key_and_the_fix(tmp_path: Path, stages: str, key: str, says: str, fix: str) -> None:
     with pytest.raises(ConfigError) as err:
         build(tmp_path, stages)
     e = err.value
@@ -92,12 +103,16 @@ def test_a_stage_mistake_names_the_file_the_key_and_the_fix(tmp_path: Path, stag
     assert e.file is not None and e.file.endswith("turnout.yaml")
 
 
-@pytest.mark.parametrize(("cls", "says", "fix"), [
-    ("NoPhase", "has phase None", "a stage's phase is one of: signals, guard, cache, response"),
-    ("NoHook", "implements no hook of its phase", "on_response(ctx, response)"),
-])
+@pytest.mark.parametrize(
+    ("cls", "says", "fix"),
+    [
+        ("NoPhase", "has phase None", "a stage's phase is one of: signals, guard, cache, response"),
+        ("NoHook", "implements no hook of its phase", "on_response(ctx, response)"),
+    ],
+)
 def test_a_stage_without_a_phase_or_a_hook_is_refused_naming_the_file_and_the_fix(
-        tmp_path: Path, cls: str, says: str, fix: str) -> None:
+    tmp_path: Path, cls: str, says: str, fix: str
+) -> None:
     with pytest.raises(ConfigError) as err:
         build(tmp_path, f"- {{type: 'test_stages_config:{cls}'}}")
     e: Any = err.value

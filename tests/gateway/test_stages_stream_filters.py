@@ -30,8 +30,7 @@ class Replace:
 
     def feed(self, text: str) -> str:
         self.buf = (self.buf + text).replace(self.old, self.new)
-        keep = next((k for k in range(min(len(self.buf), len(self.old) - 1), 0, -1)
-                     if self.old.startswith(self.buf[-k:])), 0)
+        keep = next((k for k in range(min(len(self.buf), len(self.old) - 1), 0, -1) if self.old.startswith(self.buf[-k:])), 0)
         out, self.buf = (self.buf[:-keep], self.buf[-keep:]) if keep else (self.buf, "")
         return out
 
@@ -72,20 +71,30 @@ class NoFinish(Backend):
     async def complete(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> ChatResponse:
         raise NotImplementedError
 
-    async def stream(self, request: ChatRequest, *, model: str,
-                     timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         for p in self.pieces:
-            yield StreamChunk(body={"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
-                                    "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]},
-                              text=p)
+            yield StreamChunk(
+                body={
+                    "id": "c1",
+                    "object": "chat.completion.chunk",
+                    "created": 1,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}],
+                },
+                text=p,
+            )
 
     async def aclose(self) -> None:
         pass
 
 
 def gateway(backend: Backend, stages: list[Any], tmp_path: Path) -> Gateway:
-    return Gateway({"m": ModelTarget("m", backend, "m", price=Price(1.0, 2.0))}, metrics=Metrics(),
-                   request_log=RequestLog(tmp_path / "log.sqlite"), stages=Stages(stages))
+    return Gateway(
+        {"m": ModelTarget("m", backend, "m", price=Price(1.0, 2.0))},
+        metrics=Metrics(),
+        request_log=RequestLog(tmp_path / "log.sqlite"),
+        stages=Stages(stages),
+    )
 
 
 async def streamed(gw: Gateway) -> tuple[list[StreamChunk], Any]:
@@ -96,8 +105,7 @@ async def streamed(gw: Gateway) -> tuple[list[StreamChunk], Any]:
     return chunks, row
 
 
-async def test_text_held_back_goes_out_with_the_finish_chunk_and_is_what_the_log_and_the_hooks_keep(
-        tmp_path: Path) -> None:
+async def test_text_held_back_goes_out_with_the_finish_chunk_and_is_what_the_log_and_the_hooks_keep(tmp_path: Path) -> None:
     # two chained filters, "a b" -> "X" then "X c" -> "Y", over the scripted tokens "a ", "b ", "c ", "a": no
     # pattern is ever whole inside one chunk, the second's only exists after the first's, and the text ends in
     # the middle of the first's
@@ -112,8 +120,7 @@ async def test_text_held_back_goes_out_with_the_finish_chunk_and_is_what_the_log
     await gw.aclose()
 
 
-async def test_a_stream_that_ends_without_a_finish_chunk_still_sends_what_the_filters_held_back(
-        tmp_path: Path) -> None:
+async def test_a_stream_that_ends_without_a_finish_chunk_still_sends_what_the_filters_held_back(tmp_path: Path) -> None:
     stage = ReplaceStage("secret", "[redacted]")
     gw = gateway(NoFinish(["the ", "sec", "ret ", "is ", "sec"]), [stage], tmp_path)
     chunks, row = await streamed(gw)
@@ -125,8 +132,7 @@ async def test_a_stream_that_ends_without_a_finish_chunk_still_sends_what_the_fi
     await gw.aclose()
 
 
-async def test_a_filter_that_raises_ends_the_stream_with_its_error_logged_as_a_bug_and_paid_for(
-        tmp_path: Path) -> None:
+async def test_a_filter_that_raises_ends_the_stream_with_its_error_logged_as_a_bug_and_paid_for(tmp_path: Path) -> None:
     class Exploding(Replace):
         def feed(self, text: str) -> str:
             if "c" in text:
@@ -156,8 +162,9 @@ async def test_a_filter_that_raises_ends_the_stream_with_its_error_logged_as_a_b
 
 
 async def test_usage_the_backend_sent_is_what_a_filtered_stream_pays(tmp_path: Path) -> None:
-    gw = gateway(ScriptedBackend("up", Step(text="a b c", prompt_tokens=11, completion_tokens=7)),
-                 [ReplaceStage("b", "")], tmp_path)
+    gw = gateway(
+        ScriptedBackend("up", Step(text="a b c", prompt_tokens=11, completion_tokens=7)), [ReplaceStage("b", "")], tmp_path
+    )
     chunks, row = await streamed(gw)
     assert "".join(c.text for c in chunks) == "a  c"
     assert (row.prompt_tokens, row.completion_tokens) == (11, 7)

@@ -17,7 +17,7 @@ from turnout.routing.acceptance import (
     signal_names,
 )
 
-MC = "Which is a metal?\nA) wood\nB) iron\nC) glass\nPrint only a single choice from \"A\" or \"B\" or \"C\".\nAnswer:"
+MC = 'Which is a metal?\nA) wood\nB) iron\nC) glass\nPrint only a single choice from "A" or "B" or "C".\nAnswer:'
 # RouterBench stores prompts as the repr of a list: its line breaks are the two characters \n
 MC_ESCAPED = "['Q1?\\nA) x\\nB) y\\nAnswer:\\nA\\n\\nWhich is a metal?\\nA) wood\\nB) iron\\nC) glass\\nAnswer:']"
 CODE_ASK = "Write a python function to add two numbers."
@@ -33,11 +33,23 @@ def test_offered_choices_take_the_last_question_and_read_escaped_line_breaks():
     assert answers.offered_choices("What is 2+2?") == {}
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ("B", "B"), ("B\n", "B"), ("(B)", "B"), ("B) iron", "B"), ("b.", None), ("The answer is B.", "B"),
-    ("iron", "B"), ("Iro", "B"), ("I do not have enough context", None), ("D", None), ("", None),
-    ("A dog is not a metal", None),
-])
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ("B", "B"),
+        ("B\n", "B"),
+        ("(B)", "B"),
+        ("B) iron", "B"),
+        ("b.", None),
+        ("The answer is B.", "B"),
+        ("iron", "B"),
+        ("Iro", "B"),
+        ("I do not have enough context", None),
+        ("D", None),
+        ("", None),
+        ("A dog is not a metal", None),
+    ],
+)
 def test_extract_choice(answer, expected):
     assert answers.extract_choice(answer, answers.offered_choices(MC)) == expected
 
@@ -100,9 +112,17 @@ def test_structural_signals():
 
 def test_json_schema_signal():
     sig = create_signal("json_schema")
-    schema = {"type": "json_schema", "json_schema": {"schema": {
-        "type": "object", "required": ["name", "age"], "additionalProperties": False,
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}}}}}
+    schema = {
+        "type": "json_schema",
+        "json_schema": {
+            "schema": {
+                "type": "object",
+                "required": ["name", "age"],
+                "additionalProperties": False,
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+            }
+        },
+    }
     ok = json.dumps({"name": "Ada", "age": 36})
     assert judge(sig, view(ok, response_format=schema)) == 1.0
     assert judge(sig, view("```json\n" + ok + "\n```", response_format=schema)) == 1.0
@@ -122,8 +142,9 @@ def test_all_of_takes_the_lowest_that_can_judge():
 
 
 def test_registry_names_and_plugins():
-    assert {"logprob_mean", "logprob_min", "margin", "agreement", "verifier", "json_schema", "choice",
-            "code_parses"} <= set(signal_names())
+    assert {"logprob_mean", "logprob_min", "margin", "agreement", "verifier", "json_schema", "choice", "code_parses"} <= set(
+        signal_names()
+    )
     with pytest.raises(RoutingError, match="unknown acceptance signal 'nope'.*choose one of"):
         create_signal("nope")
 

@@ -105,13 +105,16 @@ def test_concurrent_observations_are_all_counted() -> None:
     assert ctl.lam() == pytest.approx(2.0)  # on target all along: nothing to correct
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"target": 0.0, "lam0": 1.0}, "target must be a positive"),
-    ({"target": 1.0, "lam0": -1.0}, "lam0 must be >= 0"),
-    ({"target": 1.0, "lam0": 0.0}, "give lam_max"),
-    ({"target": 1.0, "lam0": 5.0, "lam_max": 2.0}, "lam_min <= lam0 <= lam_max"),
-    ({"target": 1.0, "lam0": 1.0, "window": 0}, "window >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": 0.0, "lam0": 1.0}, "target must be a positive"),
+        ({"target": 1.0, "lam0": -1.0}, "lam0 must be >= 0"),
+        ({"target": 1.0, "lam0": 0.0}, "give lam_max"),
+        ({"target": 1.0, "lam0": 5.0, "lam_max": 2.0}, "lam_min <= lam0 <= lam_max"),
+        ({"target": 1.0, "lam0": 1.0, "window": 0}, "window >= 1"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(RoutingError, match=match):
         LambdaController(**kwargs)  # type: ignore[arg-type]

@@ -284,8 +284,9 @@ def test_torch_training_runs_on_one_thread_and_gives_the_callers_setting_back() 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        epochs = train_masked(torch, net, forward, X, Y, seed=0, epochs=3, lr=1e-2, weight_decay=0.0, batch_size=16,
-                              val_fraction=0.2, patience=5)
+        epochs = train_masked(
+            torch, net, forward, X, Y, seed=0, epochs=3, lr=1e-2, weight_decay=0.0, batch_size=16, val_fraction=0.2, patience=5
+        )
         assert epochs == 3 and seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
     finally:

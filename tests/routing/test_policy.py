@@ -89,9 +89,16 @@ def test_calibrate_share_target() -> None:
 
 def test_decide_constraints_fallbacks_and_reasons() -> None:
     policy = Policy(lam=0.0, context_windows={"small": 2048})
-    d = policy.decide([0.9, 0.8, 0.5, 0.3], [0.0, 0.01, 0.002, 0.001], ["small", "big", "mid", "tiny"],
-                      route="auto", router_name="knn", prompt_tokens=3100, allowed={"small", "big", "mid"},
-                      budget={"remaining_usd": 1.0})
+    d = policy.decide(
+        [0.9, 0.8, 0.5, 0.3],
+        [0.0, 0.01, 0.002, 0.001],
+        ["small", "big", "mid", "tiny"],
+        route="auto",
+        router_name="knn",
+        prompt_tokens=3100,
+        allowed={"small", "big", "mid"},
+        budget={"remaining_usd": 1.0},
+    )
     assert d.model == "big"
     assert d.fallbacks == ["mid"]
     excl = {c.model: c.excluded for c in d.candidates}

@@ -20,8 +20,13 @@ def test_add_model_from_probes_on_synthetic() -> None:
     data, _ = planted(n=400, seed=0)
     # train without B; B is good exactly where A is bad
     keep = [0, 2]
-    train = type(data)(X=data.X, scores=data.scores[:, keep], costs=data.costs[:, keep], models=["A", "C"],
-                       model_cards={"A": {"input_per_mtok": 1.0}, "C": {"input_per_mtok": 0.1}})
+    train = type(data)(
+        X=data.X,
+        scores=data.scores[:, keep],
+        costs=data.costs[:, keep],
+        models=["A", "C"],
+        model_cards={"A": {"input_per_mtok": 1.0}, "C": {"input_per_mtok": 0.1}},
+    )
     router = create_router("profile").fit(train)
     test, cluster = planted(n=300, seed=0)
     router.add_model("B", test.X[:40], test.scores[:40, 1], card={"input_per_mtok": 1.0})
@@ -99,8 +104,9 @@ def test_as_blend_recovers_a_profile_that_is_a_blend_and_bounds_the_error_otherw
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, 16))
     S = (rng.random((400, 4)) < np.linspace(0.2, 0.8, 4)).astype(float)
-    router = create_router("profile", clusters=8).fit(TrainingData(X=X, scores=S, costs=np.ones_like(S),
-                                                                   models=["a", "b", "c", "d"]))
+    router = create_router("profile", clusters=8).fit(
+        TrainingData(X=X, scores=S, costs=np.ones_like(S), models=["a", "b", "c", "d"])
+    )
     F = router.cold_start_features(X[:5])
     assert np.allclose(F.sum(axis=1), 1.0)
     assert np.allclose(router.quality_from_features(F, "c"), router.predict(X[:5]).quality[:, 2])

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from server_helpers import Served
 
 from turnout.gateway import Gateway
+
+from server_helpers import Served
 
 
 @pytest.fixture
@@ -23,7 +24,6 @@ def serve() -> Iterator[Any]:
     yield _serve
     for s in started:
         s.__exit__()
-
 
 
 @pytest.fixture

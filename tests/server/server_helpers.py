@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,8 +23,9 @@ class Served:
         self.gateway = gateway
         self.port = free_port()
         app = create_app(gateway, max_body_bytes=max_body_bytes, start_children=start_children)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -51,29 +50,52 @@ class Served:
         self.thread.join(10)
 
 
-def fleet_config(upstreams: dict[str, str], *, routes: dict[str, Any] | None = None, request_log: str | None = None,
-                 backend_extra: dict[str, Any] | None = None, keys: list[dict[str, Any]] | None = None) -> Any:
+def fleet_config(
+    upstreams: dict[str, str],
+    *,
+    routes: dict[str, Any] | None = None,
+    request_log: str | None = None,
+    backend_extra: dict[str, Any] | None = None,
+    keys: list[dict[str, Any]] | None = None,
+) -> Any:
     """A config with one openai backend per scripted upstream and one model per backend, each the next's fallback."""
     names = list(upstreams)
     data: dict[str, Any] = {
         "server": {"request_log": request_log, "metrics": True},
         "backends": {
-            f"b-{m}": {"protocol": "openai", "base_url": url,
-                       "timeouts": {"connect": 1, "first_token": 0.5, "total": 3},
-                       "retries": {"attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02},
-                       "cooldown": {"failures": 50, "seconds": 1}, **(backend_extra or {})}
+            f"b-{m}": {
+                "protocol": "openai",
+                "base_url": url,
+                "timeouts": {"connect": 1, "first_token": 0.5, "total": 3},
+                "retries": {"attempts": 2, "backoff_s": 0.01, "max_backoff_s": 0.02},
+                "cooldown": {"failures": 50, "seconds": 1},
+                **(backend_extra or {}),
+            }
             for m, url in upstreams.items()
         },
-        "models": {m: {"backend": f"b-{m}", "upstream_model": "scripted", "price": {"input_per_mtok": 1, "output_per_mtok": 2},
-                       "context_window": 4096, "fallbacks": names[i + 1:]} for i, m in enumerate(names)},
-        "routes": routes if routes is not None else {
-            "auto": {"router": {"type": "prior", "params": {"quality": {m: 0.9 - 0.1 * i for i, m in enumerate(names)}}},
-                     "candidates": names, "lambda": 0.0}},
+        "models": {
+            m: {
+                "backend": f"b-{m}",
+                "upstream_model": "scripted",
+                "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+                "context_window": 4096,
+                "fallbacks": names[i + 1 :],
+            }
+            for i, m in enumerate(names)
+        },
+        "routes": routes
+        if routes is not None
+        else {
+            "auto": {
+                "router": {"type": "prior", "params": {"quality": {m: 0.9 - 0.1 * i for i, m in enumerate(names)}}},
+                "candidates": names,
+                "lambda": 0.0,
+            }
+        },
     }
     if keys is not None:
         data["keys"] = keys
     return resolve(parse_config(data, source="test.yaml"))
-
 
 
 __all__ = ["Served", "fleet_config", "free_port"]

@@ -11,7 +11,7 @@ import pytest
 from turnout.gateway import Gateway, ModelTarget
 from turnout.gateway.routes import Price, RouteRuntime
 from turnout.routing.policy import Policy
-from turnout.testing.scripted import Rule, ScriptedBackend, Script, ScriptedServer, Step
+from turnout.testing.scripted import Rule, Script, ScriptedBackend, ScriptedServer, Step
 
 from server_helpers import Served, fleet_config, free_port
 
@@ -20,12 +20,18 @@ MSG = [{"role": "user", "content": "hello there"}]
 
 @pytest.fixture
 def upstreams():
-    a = ScriptedServer(Script(default=Step(text="alpha answer here", prompt_tokens=7, completion_tokens=3),
-                              rules=[Rule(match="slowpoke", step=Step(latency=2.0)),
-                                     Rule(match="fail5xx", step=Step(fault="status", status=503)),
-                                     Rule(match="resetme", step=Step(fault="reset")),
-                                     Rule(match="garbage", step=Step(fault="malformed")),
-                                     Rule(match="cutme", step=Step(text="w1 w2 w3 w4 w5 w6", fault="cut"))])).start()
+    a = ScriptedServer(
+        Script(
+            default=Step(text="alpha answer here", prompt_tokens=7, completion_tokens=3),
+            rules=[
+                Rule(match="slowpoke", step=Step(latency=2.0)),
+                Rule(match="fail5xx", step=Step(fault="status", status=503)),
+                Rule(match="resetme", step=Step(fault="reset")),
+                Rule(match="garbage", step=Step(fault="malformed")),
+                Rule(match="cutme", step=Step(text="w1 w2 w3 w4 w5 w6", fault="cut")),
+            ],
+        )
+    ).start()
     b = ScriptedServer(Step(text="beta answer", prompt_tokens=5, completion_tokens=2)).start()
     yield a, b
     a.stop()
@@ -66,15 +72,21 @@ def test_faults_fall_back_transparently(serve, upstreams, trigger: str, tmp_path
     log = srv.gateway.request_log
     log.flush()
     rows = log.query(limit=None)
-    assert len(rows) == 2 and all(r.status == "ok" and r.model == "beta" and r.fallbacks_tried == ["beta"] and r.http_status == 200 for r in rows)
+    assert len(rows) == 2 and all(
+        r.status == "ok" and r.model == "beta" and r.fallbacks_tried == ["beta"] and r.http_status == 200 for r in rows
+    )
     assert all(r.cost_usd and r.cost_usd > 0 for r in rows)
 
 
 def test_stream_cut_after_first_byte_ends_with_error_event_and_done(serve, upstreams) -> None:
     a, b = upstreams
     srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url}))
-    with httpx.stream("POST", srv.base_url + "/chat/completions", json={"model": "alpha", "stream": True,
-                      "messages": [{"role": "user", "content": "cutme"}]}, timeout=10) as r:
+    with httpx.stream(
+        "POST",
+        srv.base_url + "/chat/completions",
+        json={"model": "alpha", "stream": True, "messages": [{"role": "user", "content": "cutme"}]},
+        timeout=10,
+    ) as r:
         assert r.status_code == 200 and r.headers["x-turnout-model"] == "alpha"
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and '"error"' in events[-2] and "upstream_protocol" in events[-2]
@@ -85,19 +97,26 @@ def test_stream_cut_after_first_byte_ends_with_error_event_and_done(serve, upstr
 def test_all_backends_failed_is_502_listing_each(serve, upstreams, tmp_path) -> None:
     a, _ = upstreams
     srv = serve(fleet_config({"alpha": a.base_url}, request_log=str(tmp_path / "log.sqlite")))
-    r = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "fail5xx"}]})
+    r = httpx.post(
+        srv.base_url + "/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "fail5xx"}]}
+    )
     assert r.status_code == 502
     failures = r.json()["error"]["failures"]
     assert len(failures) == 2 and all(f["status"] == 503 and f["backend"] == "b-alpha" for f in failures)
-    t = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "slowpoke"}]})
+    t = httpx.post(
+        srv.base_url + "/chat/completions", json={"model": "alpha", "messages": [{"role": "user", "content": "slowpoke"}]}
+    )
     assert t.status_code == 504 and t.json()["error"]["type"] == "all_backends_failed"
     bad = httpx.post(srv.base_url + "/chat/completions", content=b"{oops")
     assert bad.status_code == 400
     log = srv.gateway.request_log
     log.flush()
     statuses = sorted((r.status, r.error_kind, r.http_status) for r in log.query(limit=None))
-    assert statuses == [("error", "all_backends_failed", 502), ("error", "all_backends_failed", 504),
-                        ("error", "invalid_request_error", 400)]
+    assert statuses == [
+        ("error", "all_backends_failed", 502),
+        ("error", "all_backends_failed", 504),
+        ("error", "invalid_request_error", 400),
+    ]
     fb = httpx.post(srv.base_url + "/feedback", json={"request_id": r.headers["x-turnout-request-id"], "score": 0.5})
     assert fb.status_code == 200
     log.flush()
@@ -175,10 +194,13 @@ def test_keys_401_403_429_and_spend(serve, upstreams, monkeypatch) -> None:
     a, b = upstreams
     monkeypatch.setenv("K_RICH", "rich-key")
     monkeypatch.setenv("K_POOR", "poor-key")
-    cfg = fleet_config({"alpha": a.base_url, "beta": b.base_url}, keys=[
-        {"name": "rich", "key_env": "K_RICH", "budget_usd": 100, "allowed": ["auto"]},
-        {"name": "poor", "key_env": "K_POOR", "budget_usd": 0.000001},
-    ])
+    cfg = fleet_config(
+        {"alpha": a.base_url, "beta": b.base_url},
+        keys=[
+            {"name": "rich", "key_env": "K_RICH", "budget_usd": 100, "allowed": ["auto"]},
+            {"name": "poor", "key_env": "K_POOR", "budget_usd": 0.000001},
+        ],
+    )
     srv = serve(cfg)
     rich = openai.OpenAI(base_url=srv.base_url, api_key="rich-key", max_retries=0)
     assert rich.chat.completions.create(model="auto", messages=MSG).choices[0].message.content == "alpha answer here"
@@ -196,8 +218,9 @@ def test_client_disconnect_mid_stream_is_logged_as_cancelled(serve) -> None:
     up = ScriptedServer(Step(text=" ".join(f"w{i}" for i in range(200)), slow=0.02)).start()
     try:
         srv = serve(fleet_config({"alpha": up.base_url}))
-        with httpx.stream("POST", srv.base_url + "/chat/completions", timeout=10,
-                          json={"model": "alpha", "stream": True, "messages": MSG}) as r:
+        with httpx.stream(
+            "POST", srv.base_url + "/chat/completions", timeout=10, json={"model": "alpha", "stream": True, "messages": MSG}
+        ) as r:
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     break  # leave after the first event: the client hangs up
@@ -261,8 +284,14 @@ class _BuggyRouter:
 
 
 def test_the_route_dry_run_answers_a_bug_as_an_openai_500_with_the_turnout_headers(upstreams) -> None:
-    rt = RouteRuntime(name="auto", router=_BuggyRouter(), router_name="buggy", candidates={"m": "m"},  # type: ignore[arg-type]
-                      prices={"m": Price()}, policy=Policy())
+    rt = RouteRuntime(
+        name="auto",
+        router=_BuggyRouter(),
+        router_name="buggy",
+        candidates={"m": "m"},  # type: ignore[arg-type]
+        prices={"m": Price()},
+        policy=Policy(),
+    )
     gw = Gateway({"m": ModelTarget(name="m", backend=ScriptedBackend("up", Step(text="hi")), upstream="m")}, {"auto": rt})
     with Served(gw) as srv:
         for path in ("/route", "/chat/completions"):
@@ -288,14 +317,17 @@ def test_the_route_dry_run_answers_a_bug_as_an_openai_500_with_the_turnout_heade
         ("DELETE", "/v1/route", 405, "POST"),
     ],
 )
-def test_unknown_paths_and_wrong_methods_are_openai_errors_with_the_turnout_headers(serve, upstreams, method, path, status,
-                                                                                     allow) -> None:
+def test_unknown_paths_and_wrong_methods_are_openai_errors_with_the_turnout_headers(
+    serve, upstreams, method, path, status, allow
+) -> None:
     a, _ = upstreams
     srv = serve(fleet_config({"alpha": a.base_url}))
     r = httpx.request(method, srv.root + path, json={"model": "alpha", "messages": MSG})
     assert r.status_code == status and r.headers["content-type"] == "application/json", r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["type"] == ("not_found" if status == 404 else "method_not_allowed")
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == (
+        "not_found" if status == 404 else "method_not_allowed"
+    )
     assert path in err["message"]
     assert len(r.headers["x-turnout-request-id"]) == 32
     assert r.headers["x-turnout-route"] == "-" and r.headers["x-turnout-model"] == "-"
@@ -322,8 +354,13 @@ def test_feedback_needs_the_key_and_scores_only_that_keys_requests(serve, upstre
     a, b = upstreams
     monkeypatch.setenv("K_ALICE", "sk-alice")
     monkeypatch.setenv("K_BOB", "sk-bob")
-    srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url}, request_log=str(tmp_path / "log.sqlite"),
-                             keys=[{"name": "alice", "key_env": "K_ALICE"}, {"name": "bob", "key_env": "K_BOB"}]))
+    srv = serve(
+        fleet_config(
+            {"alpha": a.base_url, "beta": b.base_url},
+            request_log=str(tmp_path / "log.sqlite"),
+            keys=[{"name": "alice", "key_env": "K_ALICE"}, {"name": "bob", "key_env": "K_BOB"}],
+        )
+    )
     alice, bob = {"authorization": "Bearer sk-alice"}, {"authorization": "Bearer sk-bob"}
     answer = httpx.post(srv.base_url + "/chat/completions", headers=alice, json={"model": "alpha", "messages": MSG})
     assert answer.status_code == 200
@@ -360,7 +397,11 @@ def test_feedback_for_an_unknown_request_is_a_404_that_names_the_header_to_use(s
     assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "request_id"
     # the answer's own id is accepted straight after the answer (the row may still be queued for the disk)
     ok = httpx.post(srv.base_url + "/feedback", json={"request_id": raw.headers["x-turnout-request-id"], "score": 1})
-    assert ok.status_code == 200 and ok.json() == {"request_id": raw.headers["x-turnout-request-id"], "score": 1.0, "stored": True}
+    assert ok.status_code == 200 and ok.json() == {
+        "request_id": raw.headers["x-turnout-request-id"],
+        "score": 1.0,
+        "stored": True,
+    }
     log = srv.gateway.request_log
     log.flush()
     assert [e.score for e in log.query(limit=None)] == [1.0]

@@ -28,8 +28,7 @@ def _config(tmp_path: Path) -> Any:
     data["server"]["request_log"] = str(tmp_path / "log.sqlite")
     data["stages"] = []  # the cascade alone: no cache answering a repeated question
     base = data["routes"]["cascade"]
-    for name, threshold, stream in (("kept", 0.0, "buffer"), ("escalated", 1.0, "buffer"),
-                                    ("escalated-live", 1.0, "live_last")):
+    for name, threshold, stream in (("kept", 0.0, "buffer"), ("escalated", 1.0, "buffer"), ("escalated-live", 1.0, "live_last")):
         r = copy.deepcopy(base)
         r["plan"]["steps"][0]["threshold"] = threshold
         r["plan"]["stream"] = stream

@@ -8,13 +8,14 @@ import time
 import httpx
 import openai
 import pytest
-from server_helpers import Served, fleet_config
 
 from turnout.backends.base import Backend, Timeouts
 from turnout.gateway import Gateway, ModelTarget
 from turnout.gateway.metrics import Metrics
 from turnout.gateway.requestlog import RequestLog
 from turnout.testing.scripted import ScriptedBackend, ScriptedServer, Step
+
+from server_helpers import Served, fleet_config
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -62,10 +63,16 @@ def test_a_bug_is_a_500_in_openai_form_with_the_turnout_headers() -> None:
 def test_disconnect_while_upstream_is_between_slow_chunks_cancels_it_at_once(serve, tmp_path) -> None:
     up = ScriptedServer(Step(text="first second third", slow=5.0)).start()
     try:
-        srv = serve(fleet_config({"alpha": up.base_url}, request_log=str(tmp_path / "log.sqlite"),
-                                 backend_extra={"timeouts": {"connect": 1, "first_token": 2, "total": 30}}))
-        with httpx.stream("POST", srv.base_url + "/chat/completions", timeout=10,
-                          json={"model": "alpha", "stream": True, "messages": MSG}) as r:
+        srv = serve(
+            fleet_config(
+                {"alpha": up.base_url},
+                request_log=str(tmp_path / "log.sqlite"),
+                backend_extra={"timeouts": {"connect": 1, "first_token": 2, "total": 30}},
+            )
+        )
+        with httpx.stream(
+            "POST", srv.base_url + "/chat/completions", timeout=10, json={"model": "alpha", "stream": True, "messages": MSG}
+        ) as r:
             assert r.status_code == 200
             for line in r.iter_lines():
                 if line.startswith("data: "):
@@ -88,9 +95,14 @@ def test_a_client_that_hangs_up_on_a_non_streamed_request_cancels_the_upstream_c
     alpha = ScriptedBackend("up-alpha", Step(latency=1.5, fault="status", status=503))
     beta = ScriptedBackend("up-beta", Step(text="too late"))
     slow = Timeouts(connect=1, first_token=10, total=10)
-    gw = Gateway({"alpha": ModelTarget(name="alpha", backend=alpha, upstream="alpha", fallbacks=["beta"], attempts=1, timeouts=slow),
-                  "beta": ModelTarget(name="beta", backend=beta, upstream="beta", timeouts=slow)},
-                 metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"))
+    gw = Gateway(
+        {
+            "alpha": ModelTarget(name="alpha", backend=alpha, upstream="alpha", fallbacks=["beta"], attempts=1, timeouts=slow),
+            "beta": ModelTarget(name="beta", backend=beta, upstream="beta", timeouts=slow),
+        },
+        metrics=Metrics(),
+        request_log=RequestLog(tmp_path / "log.sqlite"),
+    )
     with Served(gw) as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="unused", timeout=0.3, max_retries=0)
         t0 = time.monotonic()
@@ -121,8 +133,9 @@ async def test_a_cancellation_from_outside_still_propagates_through_the_non_stre
     from turnout.server.chat import ChatEndpoint
 
     backend = ScriptedBackend("up", Step(latency=30))
-    endpoint = ChatEndpoint(Gateway({"m": ModelTarget(name="m", backend=backend, upstream="m",
-                                                      timeouts=Timeouts(1, 60, 60))}), max_body_bytes=1 << 20)
+    endpoint = ChatEndpoint(
+        Gateway({"m": ModelTarget(name="m", backend=backend, upstream="m", timeouts=Timeouts(1, 60, 60))}), max_body_bytes=1 << 20
+    )
     body = json.dumps({"model": "m", "messages": MSG}).encode()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
@@ -153,7 +166,7 @@ def test_a_body_sent_in_many_pieces_is_read_whole_and_limited(serve) -> None:
 
         def pieces(data: bytes, size: int = 100):
             for i in range(0, len(data), size):
-                yield data[i:i + size]
+                yield data[i : i + size]
 
         # no content-length: chunked upload, so the limit is enforced while reading
         ok = httpx.post(srv.base_url + "/chat/completions", content=pieces(body))
@@ -169,8 +182,11 @@ def test_a_fallback_outside_the_keys_allowed_list_is_skipped_and_listed_in_the_5
     b = ScriptedServer(Step(text="from beta, which alice may not use")).start()
     try:
         monkeypatch.setenv("K_ALICE", "sk-alice")
-        srv = serve(fleet_config({"alpha": a.base_url, "beta": b.base_url},
-                                 keys=[{"name": "alice", "key_env": "K_ALICE", "allowed": ["alpha"]}]))
+        srv = serve(
+            fleet_config(
+                {"alpha": a.base_url, "beta": b.base_url}, keys=[{"name": "alice", "key_env": "K_ALICE", "allowed": ["alpha"]}]
+            )
+        )
         auth = {"authorization": "Bearer sk-alice"}
         r = httpx.post(srv.base_url + "/chat/completions", headers=auth, json={"model": "alpha", "messages": MSG})
         assert r.status_code == 502 and b.count == 0
@@ -178,7 +194,9 @@ def test_a_fallback_outside_the_keys_allowed_list_is_skipped_and_listed_in_the_5
         assert [f["type"] for f in failures] == ["upstream_status", "upstream_status", "model_not_allowed"]
         assert "may not use 'beta'" in failures[-1]["message"]
         d = httpx.post(srv.base_url + "/route", headers=auth, json={"model": "alpha", "messages": MSG}).json()
-        assert d["fallbacks"] == ["beta"] and "fallback beta will be skipped: key 'alice' may not use it" in [r["detail"] for r in d["reasons"]]
+        assert d["fallbacks"] == ["beta"] and "fallback beta will be skipped: key 'alice' may not use it" in [
+            r["detail"] for r in d["reasons"]
+        ]
     finally:
         a.stop()
         b.stop()
@@ -195,16 +213,28 @@ def test_openai_client_streams_tool_calls_through_turnout_from_an_anthropic_upst
     up = ScriptedServer(Step(text="Checking.", tool_calls=calls), protocol="anthropic").start()
     try:
         monkeypatch.setenv("ANTHROPIC_TEST_KEY", "sk-ant")
-        cfg = resolve(parse_config({
-            "server": {"request_log": None},
-            "backends": {"claude": {"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "ANTHROPIC_TEST_KEY"}},
-            "models": {"haiku": {"backend": "claude", "upstream_model": "claude-haiku"}},
-        }, source="test.yaml"))
+        cfg = resolve(
+            parse_config(
+                {
+                    "server": {"request_log": None},
+                    "backends": {
+                        "claude": {"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "ANTHROPIC_TEST_KEY"}
+                    },
+                    "models": {"haiku": {"backend": "claude", "upstream_model": "claude-haiku"}},
+                },
+                source="test.yaml",
+            )
+        )
         srv = serve(cfg)
         client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
         tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-        stream = client.chat.completions.create(model="haiku", messages=[{"role": "user", "content": "weather?"}],
-                                                tools=tools, stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model="haiku",
+            messages=[{"role": "user", "content": "weather?"}],
+            tools=tools,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = list(stream)
         args = "".join(tc.function.arguments or "" for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [])
         names = [tc.function.name for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or [] if tc.function.name]
@@ -235,11 +265,23 @@ def test_stream_usage_is_sent_only_when_asked_once_in_a_last_chunk_of_its_own(se
     up = ScriptedServer(Step(text="one two three", prompt_tokens=7, completion_tokens=3), protocol=protocol).start()
     try:
         monkeypatch.setenv("UP_KEY", "sk-up")
-        backend = ({"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "UP_KEY"} if protocol == "anthropic"
-                   else {"protocol": "openai", "base_url": up.base_url})
-        srv = serve(resolve(parse_config({"server": {"request_log": None}, "backends": {"up": backend},
-                                          "models": {"alpha": {"backend": "up", "upstream_model": "scripted"}}},
-                                         source="test.yaml")))
+        backend = (
+            {"protocol": "anthropic", "base_url": up.root_url, "api_key_env": "UP_KEY"}
+            if protocol == "anthropic"
+            else {"protocol": "openai", "base_url": up.base_url}
+        )
+        srv = serve(
+            resolve(
+                parse_config(
+                    {
+                        "server": {"request_log": None},
+                        "backends": {"up": backend},
+                        "models": {"alpha": {"backend": "up", "upstream_model": "scripted"}},
+                    },
+                    source="test.yaml",
+                )
+            )
+        )
         request = {"model": "alpha", "messages": MSG, "stream": True}
         for options in (None, {}, {"include_usage": False}):
             chunks = _sse(srv, request if options is None else {**request, "stream_options": options})

@@ -16,28 +16,52 @@ from turnout.config import load_config
 from turnout.gateway.requestlog import RequestLog
 from turnout.testing.scripted import ScriptedServer, Step
 
-BANKING = ["how do I reset my card pin", "what is my account balance", "transfer money to my savings account",
-           "my debit card was declined", "open a new checking account", "how much is the overdraft fee",
-           "freeze my credit card please", "when will my bank transfer arrive", "order a new bank card",
-           "dispute a charge on my card statement"]
-TRAVEL = ["book a flight to rome", "find a hotel near the airport", "what gate does my flight leave from",
-          "cancel my hotel reservation", "how long is the flight to tokyo", "rent a car at the airport",
-          "check in for my flight", "is my flight delayed", "book a train ticket to paris", "upgrade my seat"]
+BANKING = [
+    "how do I reset my card pin",
+    "what is my account balance",
+    "transfer money to my savings account",
+    "my debit card was declined",
+    "open a new checking account",
+    "how much is the overdraft fee",
+    "freeze my credit card please",
+    "when will my bank transfer arrive",
+    "order a new bank card",
+    "dispute a charge on my card statement",
+]
+TRAVEL = [
+    "book a flight to rome",
+    "find a hotel near the airport",
+    "what gate does my flight leave from",
+    "cancel my hotel reservation",
+    "how long is the flight to tokyo",
+    "rent a car at the airport",
+    "check in for my flight",
+    "is my flight delayed",
+    "book a train ticket to paris",
+    "upgrade my seat",
+]
 
 
 @pytest.fixture
 def fleet(tmp_path: Path):
-    ups = {m: ScriptedServer(Step(text=f"{m} says hi", prompt_tokens=5, completion_tokens=3)).start()
-           for m in ("general", "coder", "banker")}
+    ups = {
+        m: ScriptedServer(Step(text=f"{m} says hi", prompt_tokens=5, completion_tokens=3)).start()
+        for m in ("general", "coder", "banker")
+    }
     examples = tmp_path / "domains.jsonl"
-    examples.write_text("\n".join(json.dumps({"text": t, "label": lab}) for lab, ts in
-                                  (("banking", BANKING), ("travel", TRAVEL)) for t in ts), encoding="utf-8")
+    examples.write_text(
+        "\n".join(json.dumps({"text": t, "label": lab}) for lab, ts in (("banking", BANKING), ("travel", TRAVEL)) for t in ts),
+        encoding="utf-8",
+    )
     backends = "\n".join(f'  b-{m}: {{protocol: openai, base_url: "{u.base_url}"}}' for m, u in ups.items())
-    models = "\n".join(f"  {m}: {{backend: b-{m}, upstream_model: scripted, price: {{input_per_mtok: 1, "
-                       f"output_per_mtok: 2}}}}" for m in ups)
+    models = "\n".join(
+        f"  {m}: {{backend: b-{m}, upstream_model: scripted, price: {{input_per_mtok: 1, output_per_mtok: 2}}}}" for m in ups
+    )
     path = tmp_path / "turnout.yaml"
-    path.write_text(f"server: {{request_log: {tmp_path / 'log.sqlite'}, metrics: true}}\n"
-                    f"backends:\n{backends}\nmodels:\n{models}\n" + textwrap.dedent("""\
+    path.write_text(
+        f"server: {{request_log: {tmp_path / 'log.sqlite'}, metrics: true}}\n"
+        f"backends:\n{backends}\nmodels:\n{models}\n"
+        + textwrap.dedent("""\
         routes:
           auto:
             router: {type: prior, params: {quality: {general: 0.9, coder: 0.5, banker: 0.5}}}
@@ -57,7 +81,8 @@ def fleet(tmp_path: Path):
             priority: 10
             when: {all: [{signal: domain, eq: banking}, {signal: domain.probability, gte: 0.5}]}
             use: {candidates: [banker]}
-        """))
+        """)
+    )
     yield load_config(path), ups
     for u in ups.values():
         u.stop()
@@ -94,15 +119,18 @@ def test_keyword_and_domain_decisions_through_the_openai_client(serve, fleet, st
 
     # /v1/route explains without calling a model: every rule evaluated, with why, and every signal value
     before = sum(u.count for u in ups.values())
-    r = httpx.post(srv.base_url + "/route", json={"model": "auto", "messages": [
-        {"role": "user", "content": "transfer money to my savings account"}]})
+    r = httpx.post(
+        srv.base_url + "/route",
+        json={"model": "auto", "messages": [{"role": "user", "content": "transfer money to my savings account"}]},
+    )
     assert r.status_code == 200 and sum(u.count for u in ups.values()) == before
     d = r.json()
     assert d["rule"] == "banking" and d["model"] == "banker"
     rule = next(x for x in d["reasons"] if x["kind"] == "rule" and x["data"].get("evaluated"))
     tried = {e["decision"]: e for e in rule["data"]["evaluated"]}
-    assert tried["code-questions"]["matched"] is False and "kw.code is true (kw.code = false): no" == \
-        tried["code-questions"]["why"]
+    assert (
+        tried["code-questions"]["matched"] is False and "kw.code is true (kw.code = false): no" == tried["code-questions"]["why"]
+    )
     assert tried["banking"]["matched"] is True and "domain = banking (domain = banking): yes" in tried["banking"]["why"]
     assert d["signals"]["domain"] == "banking" and d["signals"]["lang"] == "en" and d["signals"]["kw"] == []
 

@@ -13,18 +13,25 @@ from typing import Any
 
 import httpx
 import pytest
-from server_helpers import Served
 
 from turnout.config import parse_config, resolve
 from turnout.gateway import Gateway
 from turnout.testing.scripted import ScriptedServer, Step
 
+from server_helpers import Served
+
 openai = pytest.importorskip("openai")
 
-FRENCH = ["translate into french: {} the cat sleeps on the mat", "translate into french: {} where is the station",
-          "translate into french: {} I would like a coffee"]
-PYTHON = ["write a python function {} that sorts a list", "write a python function {} that parses json",
-          "write a python function {} that reverses a string"]
+FRENCH = [
+    "translate into french: {} the cat sleeps on the mat",
+    "translate into french: {} where is the station",
+    "translate into french: {} I would like a coffee",
+]
+PYTHON = [
+    "write a python function {} that sorts a list",
+    "write a python function {} that parses json",
+    "write a python function {} that reverses a string",
+]
 
 
 def prompt(kind: str, i: int) -> str:
@@ -38,8 +45,10 @@ def score(kind: str, model: str) -> float:
 
 @pytest.fixture
 def upstreams() -> Iterator[dict[str, ScriptedServer]]:
-    servers = {m: ScriptedServer(Step(text=f"an answer from {m}", prompt_tokens=12, completion_tokens=20)).start()
-               for m in ("small", "big")}
+    servers = {
+        m: ScriptedServer(Step(text=f"an answer from {m}", prompt_tokens=12, completion_tokens=20)).start()
+        for m in ("small", "big")
+    }
     yield servers
     for s in servers.values():
         s.stop()
@@ -50,13 +59,27 @@ def config(upstreams: dict[str, ScriptedServer], tmp: Path, **bandit: Any) -> An
     data = {
         "server": {"request_log": str(tmp / "log.sqlite")},
         "backends": {f"b-{m}": {"protocol": "openai", "base_url": s.base_url} for m, s in upstreams.items()},
-        "models": {m: {"backend": f"b-{m}", "upstream_model": "scripted",
-                       "price": {"input_per_mtok": prices[m][0], "output_per_mtok": prices[m][1]}} for m in upstreams},
+        "models": {
+            m: {
+                "backend": f"b-{m}",
+                "upstream_model": "scripted",
+                "price": {"input_per_mtok": prices[m][0], "output_per_mtok": prices[m][1]},
+            }
+            for m in upstreams
+        },
         "routes": {
-            "learn": {"router": {"type": "bandit", "params": {"d": 8}}, "embedder": "hashing",
-                      "candidates": ["small", "big"], "lambda": 100, "bandit": {"seed": 0, **bandit}},
-            "fixed": {"router": {"type": "prior", "params": {"quality": {"small": 0.5, "big": 0.9}}},
-                      "candidates": ["small", "big"], "lambda": 0},
+            "learn": {
+                "router": {"type": "bandit", "params": {"d": 8}},
+                "embedder": "hashing",
+                "candidates": ["small", "big"],
+                "lambda": 100,
+                "bandit": {"seed": 0, **bandit},
+            },
+            "fixed": {
+                "router": {"type": "prior", "params": {"quality": {"small": 0.5, "big": 0.9}}},
+                "candidates": ["small", "big"],
+                "lambda": 0,
+            },
         },
     }
     return resolve(parse_config(data, source="test.yaml"))
@@ -81,8 +104,9 @@ def chat(client: Any, text: str, stream: bool) -> tuple[str, str, float]:
     messages = [{"role": "user", "content": text}]
     raw = client.chat.completions.with_raw_response.create(model="learn", messages=messages, stream=stream)
     parsed = raw.parse()
-    content = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices) if stream else \
-        parsed.choices[0].message.content
+    content = (
+        "".join(c.choices[0].delta.content or "" for c in parsed if c.choices) if stream else parsed.choices[0].message.content
+    )
     model = raw.headers["x-turnout-model"]
     assert content == f"an answer from {model}"
     return raw.headers["x-turnout-request-id"], model, float(raw.headers["x-turnout-propensity"])
@@ -142,8 +166,7 @@ def test_feedback_for_other_requests_is_stored_as_before(upstreams, tmp_path: Pa
     try:
         client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
         for model in ("fixed", "big"):  # a deterministic route, and a model asked for by name
-            raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user",
-                                                                                           "content": "hi"}])
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}])
             assert "x-turnout-propensity" not in raw.headers
             rid = raw.headers["x-turnout-request-id"]
             assert feedback(srv, rid, 1.0) == {"request_id": rid, "score": 1.0, "stored": True}  # as it always was

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from server_helpers import fleet_config
 
 from turnout.testing.scripted import ScriptedServer, Step
+
+from server_helpers import fleet_config
 
 
 def _requests_total(metrics_text: str, status: str) -> float:
@@ -30,15 +31,26 @@ def test_200_concurrent_streams_all_complete_and_are_counted(serve, tmp_path: Pa
     up = ScriptedServer(Step(text="one two three four five", latency=0.05, slow=0.005)).start()
     try:
         # generous timeouts: 200 streams share 2 CPU cores with the test client itself
-        srv = serve(fleet_config({"alpha": up.base_url}, request_log=str(tmp_path / "log.sqlite"), backend_extra={"timeouts": {"connect": 5, "first_token": 20, "total": 60}}))
+        srv = serve(
+            fleet_config(
+                {"alpha": up.base_url},
+                request_log=str(tmp_path / "log.sqlite"),
+                backend_extra={"timeouts": {"connect": 5, "first_token": 20, "total": 60}},
+            )
+        )
 
         async def run_all() -> list[str]:
-            client = openai.AsyncOpenAI(base_url=srv.base_url, api_key="unused", max_retries=0,
-                                        http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=60))
+            client = openai.AsyncOpenAI(
+                base_url=srv.base_url,
+                api_key="unused",
+                max_retries=0,
+                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=256), timeout=60),
+            )
 
             async def one(i: int) -> str:
-                stream = await client.chat.completions.create(model="auto", stream=True,
-                                                              messages=[{"role": "user", "content": f"request {i}"}])
+                stream = await client.chat.completions.create(
+                    model="auto", stream=True, messages=[{"role": "user", "content": f"request {i}"}]
+                )
                 return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
             try:
@@ -68,9 +80,25 @@ def test_schemathesis_finds_no_server_error(serve, tmp_path: Path) -> None:
     try:
         srv = serve(fleet_config({"alpha": up.base_url}))
         proc = subprocess.run(
-            [st, "run", srv.root + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "30",
-             "--phases", "examples,fuzzing", "--workers", "1", "--request-timeout", "10"],
-            capture_output=True, text=True, timeout=150, cwd=tmp_path,  # st writes a .schemathesis/ cache in its cwd
+            [
+                st,
+                "run",
+                srv.root + "/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "30",
+                "--phases",
+                "examples,fuzzing",
+                "--workers",
+                "1",
+                "--request-timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=150,
+            cwd=tmp_path,  # st writes a .schemathesis/ cache in its cwd
         )
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     finally:

@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from server_helpers import Served, fleet_config
 
 from turnout.backends.registry import create_backend
 from turnout.config import load_config
@@ -40,6 +39,8 @@ from turnout.gateway.stages import Answer, Block, Redirect, Stages, register_sta
 from turnout.routing.base import Prediction
 from turnout.testing import Rule, Script, ScriptedServer, Step
 from turnout.types import ChatResponse, Plan, PlanStep, Price, Usage
+
+from server_helpers import Served, fleet_config
 
 #: the answer alpha gives to "tell": a phrase to redact split over two stream chunks, and a prefix of it at the end
 SECRET_ANSWER = "Our plan is top secret and we stay on top"
@@ -84,11 +85,20 @@ class CannedCache:
     async def on_request(self, ctx: RequestContext) -> Answer | None:
         if ctx.last_user_text != self.question:
             return None
-        body = {"id": "chatcmpl-canned", "object": "chat.completion", "created": int(time.time()), "model": "canned",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer},
-                             "finish_reason": "stop"}]}
-        return Answer(ChatResponse(body=body, usage=Usage(0, 0)), source="cache", model="canned",
-                      reason="a canned answer", headers={"x-test-cache": "hit"})
+        body = {
+            "id": "chatcmpl-canned",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": "canned",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer}, "finish_reason": "stop"}],
+        }
+        return Answer(
+            ChatResponse(body=body, usage=Usage(0, 0)),
+            source="cache",
+            model="canned",
+            reason="a canned answer",
+            headers={"x-test-cache": "hit"},
+        )
 
     async def on_complete(self, ctx: RequestContext, response: ChatResponse) -> None:
         self.completed.append(response.content)
@@ -105,8 +115,9 @@ class _PhraseFilter:
 
     def feed(self, text: str) -> str:
         self.buf = (self.buf + text).replace(self.phrase, self.mask)
-        keep = next((k for k in range(min(len(self.buf), len(self.phrase) - 1), 0, -1)
-                     if self.phrase.startswith(self.buf[-k:])), 0)
+        keep = next(
+            (k for k in range(min(len(self.buf), len(self.phrase) - 1), 0, -1) if self.phrase.startswith(self.buf[-k:])), 0
+        )
         if keep:
             self.held_back += 1
         out, self.buf = (self.buf[:-keep], self.buf[-keep:]) if keep else (self.buf, "")
@@ -151,9 +162,12 @@ register_stage("test-keyword-guard", KeywordGuard)
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture
 def upstreams() -> Iterator[tuple[ScriptedServer, ScriptedServer]]:
-    a = ScriptedServer(Script(default=Step(text="alpha says hi", prompt_tokens=10, completion_tokens=4),
-                              rules=[Rule(match="tell", step=Step(text=SECRET_ANSWER, prompt_tokens=10,
-                                                                  completion_tokens=10))])).start()
+    a = ScriptedServer(
+        Script(
+            default=Step(text="alpha says hi", prompt_tokens=10, completion_tokens=4),
+            rules=[Rule(match="tell", step=Step(text=SECRET_ANSWER, prompt_tokens=10, completion_tokens=10))],
+        )
+    ).start()
     b = ScriptedServer(Step(text="beta says hi", prompt_tokens=10, completion_tokens=3)).start()
     yield a, b
     a.stop()
@@ -163,9 +177,10 @@ def upstreams() -> Iterator[tuple[ScriptedServer, ScriptedServer]]:
 def _yaml(tmp_path: Path, a: ScriptedServer, b: ScriptedServer) -> Path:
     """A turnout.yaml whose stages are this module's classes, by dotted path and by registered name."""
     path = tmp_path / "turnout.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         server:
-          request_log: {tmp_path / 'log.sqlite'}
+          request_log: {tmp_path / "log.sqlite"}
         backends:
           b-alpha: {{protocol: openai, base_url: "{a.base_url}", timeouts: {{connect: 1, first_token: 2, total: 5}}}}
           b-beta: {{protocol: openai, base_url: "{b.base_url}", timeouts: {{connect: 1, first_token: 2, total: 5}}}}
@@ -185,14 +200,16 @@ def _yaml(tmp_path: Path, a: ScriptedServer, b: ScriptedServer) -> Path:
             params: {{question: "{CANNED_Q}", answer: "{CANNED_A}"}}
           - type: test_pipeline_e2e:Redact
             params: {{phrase: top secret}}
-        """))
+        """)
+    )
     return path
 
 
 def _ask(client: openai.OpenAI, prompt: str, *, stream: bool, model: str = "auto") -> tuple[str, httpx.Headers]:
     """The answer's text and the response headers, streamed or not."""
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": prompt}], stream=stream)
+        model=model, messages=[{"role": "user", "content": prompt}], stream=stream
+    )
     if not stream:
         return raw.parse().choices[0].message.content or "", raw.headers
     return "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices), raw.headers
@@ -208,7 +225,8 @@ def _rows(gw: Gateway) -> list[Any]:
 # ------------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_yaml_stages_block_redirect_answer_and_transform_through_the_openai_client(
-        upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, stream: bool) -> None:
+    upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, stream: bool
+) -> None:
     a, b = upstreams
     gw = Gateway.from_config(load_config(_yaml(tmp_path, a, b)))
     assert gw.stages.names() == ["keywords", "test_pipeline_e2e:CannedCache", "test_pipeline_e2e:Redact"]
@@ -246,8 +264,11 @@ def test_yaml_stages_block_redirect_answer_and_transform_through_the_openai_clie
         metrics = httpx.get(srv.root + "/metrics").text
 
     rows = {r.prompt: r for r in _rows(gw)}
-    assert (rows["something forbidden"].status, rows["something forbidden"].error_kind,
-            rows["something forbidden"].http_status) == ("error", "permission_denied", 403)
+    assert (
+        rows["something forbidden"].status,
+        rows["something forbidden"].error_kind,
+        rows["something forbidden"].http_status,
+    ) == ("error", "permission_denied", 403)
     redirected = rows["please divert-me"]
     assert redirected.model == "beta" and redirected.status == "ok" and redirected.cost_usd > 0
     assert any(r["kind"] == "redirect" for r in redirected.decision["reasons"])
@@ -259,18 +280,21 @@ def test_yaml_stages_block_redirect_answer_and_transform_through_the_openai_clie
     assert 'turnout_answered_by_total{route="auto",source="cache"} 1.0' in metrics
 
 
-def test_stages_given_in_code_act_the_same_streamed_and_not(upstreams: tuple[ScriptedServer, ScriptedServer],
-                                                             tmp_path: Path) -> None:
+def test_stages_given_in_code_act_the_same_streamed_and_not(
+    upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path
+) -> None:
     a, b = upstreams
     price = Price(1.0, 2.0)
-    targets = {name: ModelTarget(name, create_backend("openai", f"b-{name}", base_url=up.base_url), "scripted",
-                                 price=price)
-               for name, up in (("alpha", a), ("beta", b))}
+    targets = {
+        name: ModelTarget(name, create_backend("openai", f"b-{name}", base_url=up.base_url), "scripted", price=price)
+        for name, up in (("alpha", a), ("beta", b))
+    }
     guard = KeywordGuard("forbidden", "divert-me", "beta", name="kw")
     cache = CannedCache(CANNED_Q, CANNED_A)
     redact = Redact("top secret")
-    gw = Gateway(targets, metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"),
-                 stages=Stages([guard, cache, redact]))
+    gw = Gateway(
+        targets, metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"), stages=Stages([guard, cache, redact])
+    )
     with Served(gw) as srv:
         client = openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
         for stream in (False, True):
@@ -281,8 +305,7 @@ def test_stages_given_in_code_act_the_same_streamed_and_not(upstreams: tuple[Scr
             assert _ask(client, "tell", stream=stream, model="alpha")[0] == REDACTED
         assert (a.count, b.count) == (2, 2)
         # the dry run says what the stages would do, and calls nothing
-        r = httpx.post(srv.base_url + "/route", json={"model": "alpha", "messages": [{"role": "user",
-                                                                                      "content": "forbidden"}]})
+        r = httpx.post(srv.base_url + "/route", json={"model": "alpha", "messages": [{"role": "user", "content": "forbidden"}]})
         assert r.status_code == 200 and "kw would refuse" in r.text and (a.count, b.count) == (2, 2)
     statuses = sorted((r.prompt, r.status) for r in _rows(gw))
     assert statuses == sorted([("forbidden", "error"), ("divert-me", "ok"), (CANNED_Q, "ok"), ("tell", "ok")] * 2)
@@ -345,11 +368,12 @@ def team_key(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_two_step_plan_whose_first_answer_is_rejected_charges_both_calls_and_logs_both(
-        upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, team_key: list[dict[str, Any]],
-        stream: bool) -> None:
+    upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, team_key: list[dict[str, Any]], stream: bool
+) -> None:
     a, b = upstreams
-    gw = Gateway.from_config(fleet_config({"alpha": a.base_url, "beta": b.base_url}, keys=team_key,
-                                          request_log=str(tmp_path / "log.sqlite")))
+    gw = Gateway.from_config(
+        fleet_config({"alpha": a.base_url, "beta": b.base_url}, keys=team_key, request_log=str(tmp_path / "log.sqlite"))
+    )
     gw.routes["auto"].plan = lambda d: Plan("test-reject-first", [PlanStep("alpha"), PlanStep("beta")])
     alpha_cost = 10 * 1e-6 + 4 * 2e-6  # the scripted usage at the fleet's prices (1 and 2 USD per Mtok)
     beta_cost = 10 * 1e-6 + 3 * 2e-6
@@ -367,7 +391,9 @@ def test_a_two_step_plan_whose_first_answer_is_rejected_charges_both_calls_and_l
     (row,) = _rows(gw)
     assert row.cost_usd == pytest.approx(alpha_cost + beta_cost) and row.status == "ok" and row.model == "beta"
     assert [(c["model"], c["role"], c["step"], c["status"], c["accepted"]) for c in row.calls] == [
-        ("alpha", "step", 0, "rejected", False), ("beta", "step", 1, "ok", True)]
+        ("alpha", "step", 0, "rejected", False),
+        ("beta", "step", 1, "ok", True),
+    ]
     assert [c["cost_usd"] for c in row.calls] == [pytest.approx(alpha_cost), pytest.approx(beta_cost)]
     assert (row.prompt_tokens, row.completion_tokens) == (20, 7)
 
@@ -390,21 +416,25 @@ def _wait_for(check: Any, timeout_s: float = 5.0) -> None:
 
 @pytest.mark.parametrize("ending", ["cut-after-commit", "client-disconnect"])
 def test_a_stream_cut_after_commit_or_left_by_its_client_charges_what_was_generated_everywhere(
-        tmp_path: Path, team_key: list[dict[str, Any]], ending: str) -> None:
+    tmp_path: Path, team_key: list[dict[str, Any]], ending: str
+) -> None:
     """The issue: such a stream was logged at cost 0 and charged the key nothing. Now the key, the route budget,
     the metrics and the log all get what was generated (no usage was sent: tokens estimated from the text)."""
     words = " ".join(f"w{i}" for i in range(200))
     step = Step(text="w1 w2 w3 w4 w5 w6", fault="cut") if ending == "cut-after-commit" else Step(text=words, slow=0.02)
     up = ScriptedServer(step).start()
     try:
-        gw = Gateway.from_config(fleet_config({"alpha": up.base_url}, keys=team_key,
-                                              request_log=str(tmp_path / "log.sqlite")))
+        gw = Gateway.from_config(fleet_config({"alpha": up.base_url}, keys=team_key, request_log=str(tmp_path / "log.sqlite")))
         budget = _budgeted(gw)
         with Served(gw) as srv:
             got: list[str] = []
-            with httpx.stream("POST", srv.base_url + "/chat/completions", timeout=10,
-                              headers={"authorization": "Bearer sk-team"},
-                              json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "go"}]}) as r:
+            with httpx.stream(
+                "POST",
+                srv.base_url + "/chat/completions",
+                timeout=10,
+                headers={"authorization": "Bearer sk-team"},
+                json={"model": "auto", "stream": True, "messages": [{"role": "user", "content": "go"}]},
+            ) as r:
                 assert r.status_code == 200
                 for line in r.iter_lines():
                     if line.startswith("data: "):
@@ -476,15 +506,12 @@ class FailingHook:
 
 
 def _plain(up: ScriptedServer, stages: list[Any], tmp_path: Path) -> Gateway:
-    target = ModelTarget("alpha", create_backend("openai", "b-alpha", base_url=up.base_url), "scripted",
-                         price=Price(1.0, 2.0))
-    return Gateway({"alpha": target}, metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"),
-                   stages=Stages(stages))
+    target = ModelTarget("alpha", create_backend("openai", "b-alpha", base_url=up.base_url), "scripted", price=Price(1.0, 2.0))
+    return Gateway({"alpha": target}, metrics=Metrics(), request_log=RequestLog(tmp_path / "log.sqlite"), stages=Stages(stages))
 
 
 @pytest.mark.parametrize("stage", ["guard", "response"])
-def test_a_stage_that_raises_a_bug_gives_an_openai_500_or_an_in_band_error_and_is_logged(
-        tmp_path: Path, stage: str) -> None:
+def test_a_stage_that_raises_a_bug_gives_an_openai_500_or_an_in_band_error_and_is_logged(tmp_path: Path, stage: str) -> None:
     up = ScriptedServer(Step(text="one two three four", prompt_tokens=5, completion_tokens=4)).start()
     try:
         gw = _plain(up, [BuggyGuard() if stage == "guard" else BuggyResponse()], tmp_path)
@@ -494,8 +521,11 @@ def test_a_stage_that_raises_a_bug_gives_an_openai_500_or_an_in_band_error_and_i
                 client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "a bug"}])
             assert err.value.body["type"] == "internal_error" and "'s bug" not in err.value.body["message"]  # not echoed
             assert len(err.value.response.headers["x-turnout-request-id"]) == 32
-            r = httpx.post(srv.base_url + "/chat/completions", timeout=10, json={
-                "model": "alpha", "stream": True, "messages": [{"role": "user", "content": "a bug"}]})
+            r = httpx.post(
+                srv.base_url + "/chat/completions",
+                timeout=10,
+                json={"model": "alpha", "stream": True, "messages": [{"role": "user", "content": "a bug"}]},
+            )
             if stage == "guard":  # before the commit: a 500 like any other
                 assert r.status_code == 500 and r.json()["error"]["type"] == "internal_error"
             else:  # the filter fails after the commit: the stream says so in-band and ends, never truncated
@@ -519,8 +549,7 @@ def test_a_stage_that_raises_a_bug_gives_an_openai_500_or_an_in_band_error_and_i
         assert all(r.cost_usd > 0 for r in bugs)
 
 
-def test_a_completion_hook_that_raises_never_reaches_the_client(tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_a_completion_hook_that_raises_never_reaches_the_client(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     up = ScriptedServer(Step(text="one two three")).start()
     try:
         gw = _plain(up, [FailingHook()], tmp_path)
@@ -536,12 +565,18 @@ def test_a_completion_hook_that_raises_never_reaches_the_client(tmp_path: Path,
 
 
 def test_a_client_that_hangs_up_on_a_whole_answer_while_its_budget_is_held_leaves_no_hold(
-        tmp_path: Path, team_key: list[dict[str, Any]]) -> None:
+    tmp_path: Path, team_key: list[dict[str, Any]]
+) -> None:
     up = ScriptedServer(Step(text="late", latency=1.5)).start()
     try:
-        gw = Gateway.from_config(fleet_config({"alpha": up.base_url}, keys=team_key,
-                                              request_log=str(tmp_path / "log.sqlite"),
-                                              backend_extra={"timeouts": {"connect": 1, "first_token": 5, "total": 5}}))
+        gw = Gateway.from_config(
+            fleet_config(
+                {"alpha": up.base_url},
+                keys=team_key,
+                request_log=str(tmp_path / "log.sqlite"),
+                backend_extra={"timeouts": {"connect": 1, "first_token": 5, "total": 5}},
+            )
+        )
         with Served(gw) as srv:
             client = openai.OpenAI(base_url=srv.base_url, api_key="sk-team", max_retries=0, timeout=0.4)
             seen: list[float] = []  # what the key holds while the request runs (the server's thread writes it)
@@ -566,4 +601,3 @@ def test_a_client_that_hangs_up_on_a_whole_answer_while_its_budget_is_held_leave
     finally:
         up.stop()
     assert (row.status, row.error_kind, row.key_name, row.http_status) == ("cancelled", "client_disconnect", "team", None)
-

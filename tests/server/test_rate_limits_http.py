@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from server_helpers import Served
 
 from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError
@@ -16,16 +15,20 @@ from turnout.gateway import Gateway
 from turnout.gateway.keys import hash_key
 from turnout.testing.scripted import ScriptedServer, Step
 
+from server_helpers import Served
+
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def config(upstream: str, *, keys: list[dict[str, Any]], state: dict[str, Any] | None = None,
-           request_log: str | None = None) -> Any:
+def config(
+    upstream: str, *, keys: list[dict[str, Any]], state: dict[str, Any] | None = None, request_log: str | None = None
+) -> Any:
     data: dict[str, Any] = {
         "server": {"request_log": request_log, "metrics": True},
         "backends": {"up": {"protocol": "openai", "base_url": upstream, "retries": {"attempts": 1}}},
-        "models": {"alpha": {"backend": "up", "upstream_model": "scripted",
-                             "price": {"input_per_mtok": 1, "output_per_mtok": 1}}},
+        "models": {
+            "alpha": {"backend": "up", "upstream_model": "scripted", "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
+        },
         "keys": keys,
     }
     if state is not None:
@@ -52,8 +55,11 @@ def test_a_key_over_its_rpm_gets_429_with_retry_after(serve: Any, upstream: Scri
     assert err["type"] == err["code"] == "rate_limit_exceeded" and "rpm 2" in err["message"]
     assert r.headers["x-turnout-route"] == "passthrough" and len(r.headers["x-turnout-request-id"]) == 32
     # streamed requests are refused the same way, before any event is sent
-    s = httpx.post(srv.base_url + "/chat/completions", headers={"Authorization": "Bearer sk-team"},
-                   json={"model": "alpha", "messages": MSG, "stream": True})
+    s = httpx.post(
+        srv.base_url + "/chat/completions",
+        headers={"Authorization": "Bearer sk-team"},
+        json={"model": "alpha", "messages": MSG, "stream": True},
+    )
     assert s.status_code == 429 and "retry-after" in s.headers and s.json()["error"]["type"] == "rate_limit_exceeded"
     assert upstream.count == 2
 
@@ -74,23 +80,42 @@ def test_the_official_client_waits_retry_after_and_gets_through(serve: Any, upst
 
 
 @pytest.mark.parametrize("policy", ["closed", "open"])
-def test_redis_down_mid_serve_fails_closed_or_open_as_configured(serve: Any, upstream: ScriptedServer,
-                                                                 private_redis: Any, policy: str, tmp_path: Any) -> None:
+def test_redis_down_mid_serve_fails_closed_or_open_as_configured(
+    serve: Any, upstream: ScriptedServer, private_redis: Any, policy: str, tmp_path: Any
+) -> None:
     redis = private_redis()
-    state = {"redis_url": redis.url, "prefix": f"t-{uuid.uuid4().hex[:6]}:",
-             "on_failure": {"budgets": policy, "rate_limits": policy}}
+    state = {
+        "redis_url": redis.url,
+        "prefix": f"t-{uuid.uuid4().hex[:6]}:",
+        "on_failure": {"budgets": policy, "rate_limits": policy},
+    }
     log_path = str(tmp_path / "requests.sqlite")
-    srv = serve(config(upstream.base_url, state=state, request_log=log_path, keys=[
-        {"name": "limited", "key_sha256": hash_key("sk-limited"), "rpm": 100},
-        {"name": "budgeted", "key_sha256": hash_key("sk-budgeted"), "budget_usd": 1.0}]))
+    srv = serve(
+        config(
+            upstream.base_url,
+            state=state,
+            request_log=log_path,
+            keys=[
+                {"name": "limited", "key_sha256": hash_key("sk-limited"), "rpm": 100},
+                {"name": "budgeted", "key_sha256": hash_key("sk-budgeted"), "budget_usd": 1.0},
+            ],
+        )
+    )
     for key in ("sk-limited", "sk-budgeted"):
-        ok = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG},
-                        headers={"Authorization": f"Bearer {key}"})
+        ok = httpx.post(
+            srv.base_url + "/chat/completions",
+            json={"model": "alpha", "messages": MSG},
+            headers={"Authorization": f"Bearer {key}"},
+        )
         assert ok.status_code == 200, ok.text
     redis.stop()
     for key, what in (("sk-limited", "rate limits"), ("sk-budgeted", "budget")):
-        r = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        r = httpx.post(
+            srv.base_url + "/chat/completions",
+            json={"model": "alpha", "messages": MSG},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         if policy == "closed":
             assert r.status_code == 503, r.text
             err = r.json()["error"]
@@ -100,7 +125,7 @@ def test_redis_down_mid_serve_fails_closed_or_open_as_configured(serve: Any, ups
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == "hi"
     assert upstream.count == (2 if policy == "closed" else 4)
-    assert "turnout_errors_total{kind=\"state_unavailable\"}" in httpx.get(srv.root + "/metrics").text
+    assert 'turnout_errors_total{kind="state_unavailable"}' in httpx.get(srv.root + "/metrics").text
     # no lost log rows: every request, refused or served, is in the request log with the status its client got
     srv.gateway.request_log.flush()
     import sqlite3
@@ -112,8 +137,11 @@ def test_redis_down_mid_serve_fails_closed_or_open_as_configured(serve: Any, ups
 
 
 def test_config_takes_limits_failure_policies_and_health() -> None:
-    cfg = config("http://127.0.0.1:9/v1", keys=[{"name": "a", "key_sha256": hash_key("a"), "rpm": 5, "tpm": 900}],
-                 state={"on_failure": {"budgets": "open"}})
+    cfg = config(
+        "http://127.0.0.1:9/v1",
+        keys=[{"name": "a", "key_sha256": hash_key("a"), "rpm": 5, "tpm": 900}],
+        state={"on_failure": {"budgets": "open"}},
+    )
     assert (cfg.keys[0].rpm, cfg.keys[0].tpm) == (5, 900)
     assert (cfg.state.on_failure.budgets, cfg.state.on_failure.rate_limits) == ("open", "closed")
     assert (cfg.health.interval_s, cfg.health.active, cfg.health.path) == (5.0, False, "models")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from server_helpers import Served
 
 from turnout.errors import StateError
 from turnout.gateway import Gateway, ModelTarget
@@ -16,14 +15,17 @@ from turnout.server.errors import status_for
 from turnout.state import RedisCounters, Reservation
 from turnout.testing.scripted import ScriptedBackend, Step
 
+from server_helpers import Served
+
 MSG = [{"role": "user", "content": "hello"}]
 AUTH = {"Authorization": "Bearer sk-team"}
 
 
 def served_with_budget_in(url: str) -> tuple[Served, ScriptedBackend]:
     backend = ScriptedBackend("up", Step(text="hi", prompt_tokens=5, completion_tokens=2))
-    keys = KeyStore([KeySpec("team", hash_key("sk-team"), budget_usd=1.0)],
-                    RedisCounters(url, prefix="t-state:", socket_timeout=0.5))
+    keys = KeyStore(
+        [KeySpec("team", hash_key("sk-team"), budget_usd=1.0)], RedisCounters(url, prefix="t-state:", socket_timeout=0.5)
+    )
     gw = Gateway({"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha")}, keys=keys, metrics=Metrics())
     return Served(gw).__enter__(), backend
 
@@ -88,8 +90,11 @@ def test_an_answer_whose_spend_cannot_be_recorded_is_still_served() -> None:
     """The model has answered and been paid: losing the answer would lose the user's money and work."""
     backend = ScriptedBackend("up", Step(text="kept", prompt_tokens=5, completion_tokens=2))
     keys = KeyStore([KeySpec("team", hash_key("sk-team"), budget_usd=1.0)], _SpendNotRecorded())
-    gw = Gateway({"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha", price=Price(1.0, 1.0))},
-                 keys=keys, metrics=Metrics())
+    gw = Gateway(
+        {"alpha": ModelTarget(name="alpha", backend=backend, upstream="alpha", price=Price(1.0, 1.0))},
+        keys=keys,
+        metrics=Metrics(),
+    )
     srv = Served(gw).__enter__()
     try:
         r = httpx.post(srv.base_url + "/chat/completions", json={"model": "alpha", "messages": MSG}, headers=AUTH)

@@ -34,8 +34,10 @@ BAD_FIELDS = [
     ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools[0].type"),
     ({"tools": [{"type": "function"}]}, "tools[0].function"),
     ({"tools": [{"type": "function", "function": {"name": 7}}]}, "tools[0].function.name"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {}}]},
-     "tools[1].function.name"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {}}]},
+        "tools[1].function.name",
+    ),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "object"}}]}, "tools[0].function.parameters"),
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"tool_choice": 1}, "tool_choice"),
@@ -70,16 +72,29 @@ def test_a_typed_field_with_a_wrong_type_or_value_is_rejected_naming_its_param(f
 
 
 GOOD_FIELDS = [
-    {"seed": 42}, {"seed": -1}, {"seed": None},
-    {"stop": "\n"}, {"stop": []}, {"stop": ["a", "b", "c", "d"]},
+    {"seed": 42},
+    {"seed": -1},
+    {"seed": None},
+    {"stop": "\n"},
+    {"stop": []},
+    {"stop": ["a", "b", "c", "d"]},
     {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]},
-    {"tool_choice": "none"}, {"tool_choice": "auto"}, {"tool_choice": "required"},
+    {"tool_choice": "none"},
+    {"tool_choice": "auto"},
+    {"tool_choice": "required"},
     {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
-    {"response_format": {"type": "text"}}, {"response_format": {"type": "json_object"}},
+    {"response_format": {"type": "text"}},
+    {"response_format": {"type": "json_object"}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}},
-    {"logprobs": True}, {"logprobs": False}, {"logprobs": True, "top_logprobs": 0}, {"logprobs": True, "top_logprobs": 20},
-    {"presence_penalty": -2}, {"presence_penalty": 2.0}, {"frequency_penalty": 0.5},
-    {"logit_bias": {"50256": -100, "13": 100, "7": 0.5}}, {"logit_bias": {}},
+    {"logprobs": True},
+    {"logprobs": False},
+    {"logprobs": True, "top_logprobs": 0},
+    {"logprobs": True, "top_logprobs": 20},
+    {"presence_penalty": -2},
+    {"presence_penalty": 2.0},
+    {"frequency_penalty": 0.5},
+    {"logit_bias": {"50256": -100, "13": 100, "7": 0.5}},
+    {"logit_bias": {}},
     {"user": "user-1234"},
     {"some_future_field": {"anything": [1, "x"]}},  # unknown fields are forwarded unchecked
 ]
@@ -111,9 +126,14 @@ def test_a_bad_content_part_is_rejected_naming_the_part(parts: tuple[Any, ...], 
 
 
 def test_content_parts_of_every_known_type_are_accepted() -> None:
-    req = parse_chat(_parts({"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
-                            {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}},
-                            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA"}}))
+    req = parse_chat(
+        _parts(
+            {"type": "text", "text": "look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}},
+            {"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}},
+            {"type": "file", "file": {"file_data": "data:application/pdf;base64,AA"}},
+        )
+    )
     assert req.prompt_text() == "look"
 
 
@@ -123,13 +143,16 @@ def test_an_unhashable_role_is_a_400_not_a_crash() -> None:
     assert err.value.param == "messages[0].role"
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"max_tokens": 0}, "'max_tokens' must be an integer >= 1"),
-    ({"max_completion_tokens": "8"}, "'max_completion_tokens' must be an integer >= 1"),
-    ({"top_logprobs": 30, "logprobs": True}, "'top_logprobs' must be an integer in [0, 20]"),
-    ({"temperature": 3}, "'temperature' must be a number in [0, 2]"),
-    ({"n": 2}, "'n' must be 1"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_tokens": 0}, "'max_tokens' must be an integer >= 1"),
+        ({"max_completion_tokens": "8"}, "'max_completion_tokens' must be an integer >= 1"),
+        ({"top_logprobs": 30, "logprobs": True}, "'top_logprobs' must be an integer in [0, 20]"),
+        ({"temperature": 3}, "'temperature' must be a number in [0, 2]"),
+        ({"n": 2}, "'n' must be 1"),
+    ],
+)
 def test_messages_read_as_english(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequestError) as err:
         parse_chat(_chat(**fields))

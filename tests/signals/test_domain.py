@@ -85,8 +85,7 @@ def test_validation_rows_choose_the_threshold():
     Xv, yv, _ = blobs(n_per=20, seed=5)
     clf = DomainClassifier.fit(X, y, embedder="test", val_vectors=Xv, val_labels=yv)
     assert clf.choice is not None and clf.choice.validation == "the validation rows given"
-    assert clf.choice.n_in_scope == 60 and clf.threshold == pytest.approx(
-        np.quantile(clf.similarity(Xv), 0.02), abs=1e-6)
+    assert clf.choice.n_in_scope == 60 and clf.threshold == pytest.approx(np.quantile(clf.similarity(Xv), 0.02), abs=1e-6)
 
 
 def test_out_of_scope_rows_are_never_fitted():
@@ -140,8 +139,7 @@ def _corrupt(path: Path, how: str) -> None:
             np.savez(fh, **entries)
 
 
-@pytest.mark.parametrize("how", ["truncated", "text", "no-meta", "bad-json", "wrong-kind", "missing-array",
-                                 "bad-shape"])
+@pytest.mark.parametrize("how", ["truncated", "text", "no-meta", "bad-json", "wrong-kind", "missing-array", "bad-shape"])
 def test_damaged_artifacts_are_data_errors_naming_the_file(tmp_path, how):
     X, y, _ = blobs()
     path = DomainClassifier.fit(X, y, embedder="test").save(tmp_path / "d.npz")

@@ -29,8 +29,9 @@ def test_test_rows_by_split(tmp_path):
     test, train, val, notes = split_rows(write(tmp_path / "g.jsonl", rows), None)
     assert [r.text for r in test] == ["t4", "t5"] and val == [] and any("no 'test' split" in n for n in notes)
     # a separate TRAIN file lends its val rows for tuning
-    other = write(tmp_path / "tr.jsonl", [{"text": "x", "label": "a", "split": "train"},
-                                           {"text": "y", "label": "a", "split": "val"}])
+    other = write(
+        tmp_path / "tr.jsonl", [{"text": "x", "label": "a", "split": "train"}, {"text": "y", "label": "a", "split": "val"}]
+    )
     test, train, val, _ = split_rows(write(tmp_path / "h.jsonl", [{"text": "z", "label": "a"}]), other)
     assert [r.text for r in test] == ["z"] and [r.text for r in val] == ["y"]
 

@@ -17,7 +17,8 @@ from turnout.signals.pii import DEFAULT_TYPES, PiiDetector, PiiType, normalise_t
 
 HAS_NAMES = importlib.util.find_spec("names") is not None
 ALL = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "LOCATION"] + (
-    ["PERSON"] if HAS_NAMES else [])
+    ["PERSON"] if HAS_NAMES else []
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +54,41 @@ def test_iban_mod97_and_country_length() -> None:
 
 def test_ssn_rules() -> None:
     assert ssn_ok("123", "45", "6789")
-    for area, group, serial in (("000", "12", "3456"), ("666", "12", "3456"), ("912", "12", "3456"),
-                                ("123", "00", "4567"), ("123", "45", "0000")):
+    for area, group, serial in (
+        ("000", "12", "3456"),
+        ("666", "12", "3456"),
+        ("912", "12", "3456"),
+        ("123", "00", "4567"),
+        ("123", "45", "0000"),
+    ):
         assert not ssn_ok(area, group, serial)
 
 
 # ------------------------------------------------------------------------------------------- structured types
 
 
-@pytest.mark.parametrize("text,value", [
-    ("card 4111 1111 1111 1111 please", "4111 1111 1111 1111"),
-    ("card 4111-1111-1111-1111.", "4111-1111-1111-1111"),
-    ("amex 3782 822463 10005", "3782 822463 10005"),
-    ("number 5555555555554444", "5555555555554444"),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("card 4111 1111 1111 1111 please", "4111 1111 1111 1111"),
+        ("card 4111-1111-1111-1111.", "4111-1111-1111-1111"),
+        ("amex 3782 822463 10005", "3782 822463 10005"),
+        ("number 5555555555554444", "5555555555554444"),
+    ],
+)
 def test_credit_card_valid(detector: PiiDetector, text: str, value: str) -> None:
     assert found(detector, text) == [("CREDIT_CARD", value)]
 
 
-@pytest.mark.parametrize("text", [
-    "card 4111 1111 1111 1112 please",  # Luhn fails
-    "order 1234567812345670",  # Luhn passes, no issuer
-    "card 4111 1111-1111 1111",  # mixed separators
-    "id 41111111111111110000",  # too long
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 4111 1111 1111 1112 please",  # Luhn fails
+        "order 1234567812345670",  # Luhn passes, no issuer
+        "card 4111 1111-1111 1111",  # mixed separators
+        "id 41111111111111110000",  # too long
+    ],
+)
 def test_credit_card_invalid(detector: PiiDetector, text: str) -> None:
     assert [t for t, _ in found(detector, text) if t == "CREDIT_CARD"] == []
 
@@ -112,24 +124,30 @@ def test_emails(detector: PiiDetector) -> None:
     assert found(detector, "not an email: a..b@example.com or @example.com or x@y") == []
 
 
-@pytest.mark.parametrize("text,value", [
-    ("Call me at +1-202-555-0143.", "+1-202-555-0143"),
-    ("Phone: (202) 555-0143 x123", "(202) 555-0143 x123"),
-    ("mobile +44 20 7946 0958", "+44 20 7946 0958"),
-    ("+41 (0)85 806 98 67 office", "+41 (0)85 806 98 67"),
-    ("They're not answering at 9761 9808", "9761 9808"),
-    ("tel 202.555.0143", "202.555.0143"),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("Call me at +1-202-555-0143.", "+1-202-555-0143"),
+        ("Phone: (202) 555-0143 x123", "(202) 555-0143 x123"),
+        ("mobile +44 20 7946 0958", "+44 20 7946 0958"),
+        ("+41 (0)85 806 98 67 office", "+41 (0)85 806 98 67"),
+        ("They're not answering at 9761 9808", "9761 9808"),
+        ("tel 202.555.0143", "202.555.0143"),
+    ],
+)
 def test_phones(detector: PiiDetector, text: str, value: str) -> None:
     assert found(detector, text) == [("PHONE", value)]
 
 
-@pytest.mark.parametrize("text", [
-    "The meeting is on 2023-01-04.",
-    "He lives at 21 3314 Harley Brook Lane",  # a house number, not a phone
-    "Order 12345678 shipped",  # bare digits without a phone word
-    "Version 3.14 and 2.71",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The meeting is on 2023-01-04.",
+        "He lives at 21 3314 Harley Brook Lane",  # a house number, not a phone
+        "Order 12345678 shipped",  # bare digits without a phone word
+        "Version 3.14 and 2.71",
+    ],
+)
 def test_not_phones(detector: PiiDetector, text: str) -> None:
     assert [t for t, _ in found(detector, text) if t == "PHONE"] == []
 
@@ -137,18 +155,21 @@ def test_not_phones(detector: PiiDetector, text: str) -> None:
 # ------------------------------------------------------------------------------------------- secrets
 
 
-@pytest.mark.parametrize("secret,recognizer", [
-    ("sk-proj-abc123DEF456ghi789JKL012mno", "openai_key"),
-    ("sk-ant-api03-abcdEFGH1234ijklMNOP5678qrst", "openai_key"),
-    ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
-    ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_token"),
-    ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv", "github_token"),
-    ("xoxb-1234567890-abcdefghij", "slack_token"),
-    ("AIzaSyA1234567890abcdefghijklmnopqrstuv", "google_api_key"),
-    ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "stripe_key"),
-    ("hf_abcdefghijklmnopqrstuvwxyz01234567", "huggingface_token"),
-    ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt"),
-])
+@pytest.mark.parametrize(
+    "secret,recognizer",
+    [
+        ("sk-proj-abc123DEF456ghi789JKL012mno", "openai_key"),
+        ("sk-ant-api03-abcdEFGH1234ijklMNOP5678qrst", "openai_key"),
+        ("AKIAIOSFODNN7EXAMPLE", "aws_access_key"),
+        ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_token"),
+        ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuv", "github_token"),
+        ("xoxb-1234567890-abcdefghij", "slack_token"),
+        ("AIzaSyA1234567890abcdefghijklmnopqrstuv", "google_api_key"),
+        ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "stripe_key"),
+        ("hf_abcdefghijklmnopqrstuvwxyz01234567", "huggingface_token"),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt"),
+    ],
+)
 def test_provider_tokens(detector: PiiDetector, secret: str, recognizer: str) -> None:
     spans = detector.find(f"use {secret} for this")
     assert [(s.type, s.text, s.recognizer) for s in spans] == [(PiiType.SECRET, secret, recognizer)]
@@ -167,11 +188,16 @@ def test_pem_private_key_block(detector: PiiDetector) -> None:
 def test_generic_assignments(detector: PiiDetector) -> None:
     assert found(detector, 'DB_PASSWORD="S3cr3t!Passw0rd9"') == [("SECRET", "S3cr3t!Passw0rd9")]
     assert found(detector, "api_key: 8f4Kq2LmZ7xWv1Tb9Rr3") == [("SECRET", "8f4Kq2LmZ7xWv1Tb9Rr3")]
-    assert found(detector, "Authorization: Bearer abcDEF123456ghiJKL789mnoPQR") == [
-        ("SECRET", "abcDEF123456ghiJKL789mnoPQR")]
+    assert found(detector, "Authorization: Bearer abcDEF123456ghiJKL789mnoPQR") == [("SECRET", "abcDEF123456ghiJKL789mnoPQR")]
     # placeholders, environment lookups and low-entropy words are not secrets
-    for text in ("api_key = os.environ['KEY']", "password: changeme123", "token=${GITHUB_TOKEN}",
-                 "password = aaaaaaaaaaaa", "secret: your_api_key_here", "my password is hunter2"):
+    for text in (
+        "api_key = os.environ['KEY']",
+        "password: changeme123",
+        "token=${GITHUB_TOKEN}",
+        "password = aaaaaaaaaaaa",
+        "secret: your_api_key_here",
+        "my password is hunter2",
+    ):
         assert found(detector, text) == [], text
 
 
@@ -193,7 +219,8 @@ def test_overlaps_resolve_by_priority(detector: PiiDetector) -> None:
     assert found(detector, "call 4111 1111 1111 1111") == [("CREDIT_CARD", "4111 1111 1111 1111")]
     assert found(detector, "phone 123-45-6789") == [("SSN", "123-45-6789")]
     assert found(detector, "OPENAI_API_KEY=sk-proj-abc123DEF456ghi789JKL012mno") == [
-        ("SECRET", "sk-proj-abc123DEF456ghi789JKL012mno")]
+        ("SECRET", "sk-proj-abc123DEF456ghi789JKL012mno")
+    ]
     spans = detector.find("a@b.co 10.0.0.1 4111111111111111")
     assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
 
@@ -250,9 +277,9 @@ def test_prefixes_accept_every_prefix_of_a_match() -> None:
     for rec in detector.recognizers:
         for m in rec.regex.finditer(corpus):
             for k in range(m.start() + 1, m.end() + 1):
-                assert rec.prefix.search(corpus, m.start(), k) is not None, (rec.name, corpus[m.start():k])
+                assert rec.prefix.search(corpus, m.start(), k) is not None, (rec.name, corpus[m.start() : k])
                 hit = rec.prefix.search(corpus, m.start(), k)
-                assert hit is not None and hit.start() == m.start(), (rec.name, corpus[m.start():k])
+                assert hit is not None and hit.start() == m.start(), (rec.name, corpus[m.start() : k])
 
 
 # ------------------------------------------------------------------------------------------- names and places
@@ -262,7 +289,9 @@ def test_prefixes_accept_every_prefix_of_a_match() -> None:
 def test_persons_from_census_lists() -> None:
     detector = PiiDetector(["PERSON"])
     assert found(detector, "Yesterday John Wilson met Mr. Okonkwo-Smith.") == [
-        ("PERSON", "John Wilson"), ("PERSON", "Okonkwo-Smith")]
+        ("PERSON", "John Wilson"),
+        ("PERSON", "Okonkwo-Smith"),
+    ]
     assert found(detector, "My name is Keira E. Forster") == [("PERSON", "Keira E. Forster")]
     assert found(detector, "We wrote about Kevin Berková's Cautionary Tales") == [("PERSON", "Kevin Berková")]
     assert found(detector, "The Quick Brown Fox. It was Monday in Paris.") == []
@@ -283,10 +312,10 @@ def test_persons_need_the_extra_when_names_is_absent() -> None:
 
 def test_places_and_addresses() -> None:
     detector = PiiDetector(["LOCATION", "ADDRESS"])
-    assert found(detector, "She moved from Denmark to New York last year") == [
-        ("LOCATION", "Denmark"), ("LOCATION", "New York")]
-    assert found(detector, "Send it to 12 Baker Street, Apt. 4 please") == [
-        ("ADDRESS", "12 Baker Street"), ("ADDRESS", "Apt. 4")]
+    assert found(detector, "She moved from Denmark to New York last year") == [("LOCATION", "Denmark"), ("LOCATION", "New York")]
+    assert found(detector, "Send it to 12 Baker Street, Apt. 4 please") == [("ADDRESS", "12 Baker Street"), ("ADDRESS", "Apt. 4")]
     assert found(detector, "Gammelhavn 36 and Rue de Piétrain 371") == [
-        ("ADDRESS", "Gammelhavn 36"), ("ADDRESS", "Rue de Piétrain 371")]
+        ("ADDRESS", "Gammelhavn 36"),
+        ("ADDRESS", "Rue de Piétrain 371"),
+    ]
     assert found(detector, "We have 12 apples and 3 pears") == []

@@ -42,8 +42,11 @@ def test_loader_errors_name_row_and_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"row 1, column 'spans': span 2-9 is outside the text"):
         load_pii_rows(write_rows(tmp_path / "c.jsonl", [{"text": "abc", "spans": [{"type": "X", "start": 2, "end": 9}]}]))
     with pytest.raises(DataError, match=r"reads 'abc', not its value 'zzz'"):
-        load_pii_rows(write_rows(tmp_path / "d.jsonl", [
-            {"text": "abc def", "spans": [{"type": "X", "start": 0, "end": 3, "value": "zzz"}]}]))
+        load_pii_rows(
+            write_rows(
+                tmp_path / "d.jsonl", [{"text": "abc def", "spans": [{"type": "X", "start": 0, "end": 3, "value": "zzz"}]}]
+            )
+        )
     with pytest.raises(DataError, match="file not found"):
         load_pii_rows(tmp_path / "missing.jsonl")
 
@@ -57,7 +60,7 @@ def test_loader_realigns_a_nearby_value_and_reads_gzip(tmp_path: Path) -> None:
     rows, moved = load_pii_rows(path)
     assert moved == 1
     s = rows[0].spans[0]
-    assert text[s.start:s.end] == "Ayers"
+    assert text[s.start : s.end] == "Ayers"
 
 
 # ------------------------------------------------------------------------------------------- split
@@ -65,7 +68,8 @@ def test_loader_realigns_a_nearby_value_and_reads_gzip(tmp_path: Path) -> None:
 
 def test_template_family_folds_slot_names_and_case() -> None:
     assert template_family("They're not answering at {{phone_number}}") == template_family(
-        "They're not  answering at {{PHONE_NUMBER}}")
+        "They're not  answering at {{PHONE_NUMBER}}"
+    )
     assert template_family("a {{x}}") != template_family("b {{x}}")
 
 
@@ -76,7 +80,14 @@ def test_span_tally_strict_and_overlap() -> None:
     strict.add(gold, pred, overlap=False)
     loose.add(gold, pred, overlap=True)
     assert strict.scores(["EMAIL", "PHONE", "SSN"]) == {
-        "precision": 0.3333, "recall": 0.5, "f1": 0.4, "tp": 1, "fp": 2, "fn": 1, "support": 2}
+        "precision": 0.3333,
+        "recall": 0.5,
+        "f1": 0.4,
+        "tp": 1,
+        "fp": 2,
+        "fn": 1,
+        "support": 2,
+    }
     assert loose.scores(["PHONE"])["f1"] == 1.0
     assert strict.scores(["IBAN"])["f1"] is None  # no gold, no prediction: undefined, not 0
 
@@ -94,24 +105,46 @@ def test_evaluate_exact_metrics_on_a_hand_made_file(tmp_path: Path) -> None:
         # the gold misses the IP (a false positive for us) and labels an invalid card (a false negative for us)
         {"text": t3, "spans": [span(t3, "4111 1111 1111 1112", "CREDIT_CARD"), span(t3, "Order", "MADE_UP")]},
     ]
-    report = evaluate_pii(write_rows(tmp_path / "hand.jsonl", rows), holdout="all", types=["EMAIL", "PHONE",
-                          "CREDIT_CARD", "SSN", "IP_ADDRESS"], progress=False)
+    report = evaluate_pii(
+        write_rows(tmp_path / "hand.jsonl", rows),
+        holdout="all",
+        types=["EMAIL", "PHONE", "CREDIT_CARD", "SSN", "IP_ADDRESS"],
+        progress=False,
+    )
     assert report["n_texts"] == 3
     assert report["per_type"]["CREDIT_CARD"] == {
-        "precision": 1.0, "recall": 0.5, "f1": 0.6667, "tp": 1, "fp": 0, "fn": 1, "support": 2}
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": 0.6667,
+        "tp": 1,
+        "fp": 0,
+        "fn": 1,
+        "support": 2,
+    }
     assert report["per_type"]["IP_ADDRESS"]["fp"] == 1
     # tp 4 (email, phone, card, ssn), fp 1 (ip), fn 1 (invalid card): P = R = 0.8
     assert report["micro_f1_structured"] == 0.8
-    assert report["type_map"] == {"CREDIT_CARD": "CREDIT_CARD", "EMAIL_ADDRESS": "EMAIL", "MADE_UP": None,
-                                  "PHONE_NUMBER": "PHONE", "US_SSN": "SSN"}
+    assert report["type_map"] == {
+        "CREDIT_CARD": "CREDIT_CARD",
+        "EMAIL_ADDRESS": "EMAIL",
+        "MADE_UP": None,
+        "PHONE_NUMBER": "PHONE",
+        "US_SSN": "SSN",
+    }
     assert any("MADE_UP (1)" in n for n in report["notes"])
     assert report["p50_ms"] > 0 and report["p99_ms"] >= report["p50_ms"]
     assert report["examples"]["structured_false_negatives"][0]["text"] == "4111 1111 1111 1112"
 
 
 def test_evaluate_with_a_train_file_drops_seen_families(tmp_path: Path) -> None:
-    rows = [{"text": f"mail a{i}@x.io", "spans": [span(f"mail a{i}@x.io", f"a{i}@x.io", "EMAIL")],
-             "template": "mail {{email}}" if i < 3 else "write {{email}}"} for i in range(5)]
+    rows = [
+        {
+            "text": f"mail a{i}@x.io",
+            "spans": [span(f"mail a{i}@x.io", f"a{i}@x.io", "EMAIL")],
+            "template": "mail {{email}}" if i < 3 else "write {{email}}",
+        }
+        for i in range(5)
+    ]
     test = write_rows(tmp_path / "test.jsonl", rows)
     train = write_rows(tmp_path / "train.jsonl", [{"text": "x", "spans": [], "template": "mail {{EMAIL}}"}])
     report = evaluate_pii(test, train, progress=False)
@@ -139,8 +172,11 @@ def test_template_split_is_stratified_on_real_data(real_rows: Path) -> None:
 
 
 def test_goal_on_held_out_templates_of_real_data(real_rows: Path) -> None:
-    report = evaluate_pii(str(real_rows), types=["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS",
-                                                  "SECRET", "ADDRESS", "LOCATION"], progress=False)
+    report = evaluate_pii(
+        str(real_rows),
+        types=["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "LOCATION"],
+        progress=False,
+    )
     assert report["split"]["part"] == "test" and report["n_texts"] > 500
     assert report["micro_f1_structured"] >= 0.90  # the goal
     assert set(report["per_type"]) >= {t.value for t in STRUCTURED_TYPES}

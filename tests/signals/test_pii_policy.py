@@ -56,18 +56,21 @@ def test_types_outside_the_list_are_allowed() -> None:
     assert decide(policy, "mail a@b.io").action is PiiAction.ALLOW  # not even looked for
 
 
-@pytest.mark.parametrize("raw,match", [
-    ({"acton": "redact"}, r"key 'pii.acton': unknown key 'acton'.*fix: use one of: action"),
-    ({"action": "shred"}, r"key 'pii.action': unknown action 'shred'.*allow, redact, private_only, block"),
-    ({"types": "EMAIL"}, r"key 'pii.types': must be a list"),
-    ({"types": ["EMAIL", "FONE"]}, r"key 'pii.types': unknown PII type 'FONE'"),
-    ({"per_type": {"SECRET": "burn"}}, r"key 'pii.per_type.SECRET': unknown action 'burn'"),
-    ({"per_type": ["SECRET"]}, r"key 'pii.per_type': must be a mapping"),
-    ({"restore": "yes"}, r"key 'pii.restore': must be true or false"),
-    ({"min_score": 3}, r"key 'pii.min_score'"),
-    ({"response": {"style": "blur"}}, r"key 'pii.response.style': unknown style 'blur'"),
-    ({"response": {"colour": 1}}, r"key 'pii.response': unknown response setting"),
-])
+@pytest.mark.parametrize(
+    "raw,match",
+    [
+        ({"acton": "redact"}, r"key 'pii.acton': unknown key 'acton'.*fix: use one of: action"),
+        ({"action": "shred"}, r"key 'pii.action': unknown action 'shred'.*allow, redact, private_only, block"),
+        ({"types": "EMAIL"}, r"key 'pii.types': must be a list"),
+        ({"types": ["EMAIL", "FONE"]}, r"key 'pii.types': unknown PII type 'FONE'"),
+        ({"per_type": {"SECRET": "burn"}}, r"key 'pii.per_type.SECRET': unknown action 'burn'"),
+        ({"per_type": ["SECRET"]}, r"key 'pii.per_type': must be a mapping"),
+        ({"restore": "yes"}, r"key 'pii.restore': must be true or false"),
+        ({"min_score": 3}, r"key 'pii.min_score'"),
+        ({"response": {"style": "blur"}}, r"key 'pii.response.style': unknown style 'blur'"),
+        ({"response": {"colour": 1}}, r"key 'pii.response': unknown response setting"),
+    ],
+)
 def test_config_errors(raw: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         PiiPolicy.from_config(raw)

@@ -15,7 +15,8 @@ from turnout.signals.response import PiiResponseCheck, ResponseAction, ResponseC
 
 HAS_NAMES = importlib.util.find_spec("names") is not None
 EVERY_TYPE = ["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "SSN", "IP_ADDRESS", "SECRET", "ADDRESS", "LOCATION"] + (
-    ["PERSON"] if HAS_NAMES else [])
+    ["PERSON"] if HAS_NAMES else []
+)
 DEFAULT = PiiDetector()
 EVERYTHING = PiiDetector(EVERY_TYPE)
 
@@ -23,15 +24,59 @@ PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA1234abcd\n+/xyz==\n-----
 # fragments a stream is made of: PII, near misses (bad checksums, half markers), and plain text with the characters
 # the patterns care about (digits, separators, capitals, newlines)
 FRAGMENTS = [
-    "jo@example.com", "Jane.Doe+x@mail.example.co.uk", "4111 1111 1111 1111", "4111111111111112", "5555555555554444",
-    "GB82 WEST 1234 5698 7654 32", "GB82WEST12345698765433", "123-45-6789", "666-12-3456", "10.0.0.1", "256.1.1.1",
-    "2001:db8::1", "+1-202-555-0143 ext 12", "(202) 555-0143", "9761 9808", "Phone: ", "call me at ",
-    "sk-proj-abc123DEF456ghi789JKL012mno", "sk-", "AKIAIOSFODNN7EXAMPLE", "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U", "eyJ",
-    PEM, "-----BEGIN", "-----BEGIN RSA PRIVATE KEY-----\nMIIE", "-----END RSA PRIVATE KEY-----", "-----",
-    'password: "S3cr3t!Passw0rd9"', "api_key=", "Bearer abcDEF123456ghiJKL789mnoPQR",
-    "John Wilson", "Mr. Okonkwo", "Keira E. Forster", "12 Baker Street", "Apt. 4", "Paris", "New York",
-    " ", " ", "\n", ", ", ". ", "-", ":", "the ", "and ", "In ", "12", "7", "x", "@", "[EMAIL_1]",
+    "jo@example.com",
+    "Jane.Doe+x@mail.example.co.uk",
+    "4111 1111 1111 1111",
+    "4111111111111112",
+    "5555555555554444",
+    "GB82 WEST 1234 5698 7654 32",
+    "GB82WEST12345698765433",
+    "123-45-6789",
+    "666-12-3456",
+    "10.0.0.1",
+    "256.1.1.1",
+    "2001:db8::1",
+    "+1-202-555-0143 ext 12",
+    "(202) 555-0143",
+    "9761 9808",
+    "Phone: ",
+    "call me at ",
+    "sk-proj-abc123DEF456ghi789JKL012mno",
+    "sk-",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "eyJ",
+    PEM,
+    "-----BEGIN",
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIE",
+    "-----END RSA PRIVATE KEY-----",
+    "-----",
+    'password: "S3cr3t!Passw0rd9"',
+    "api_key=",
+    "Bearer abcDEF123456ghiJKL789mnoPQR",
+    "John Wilson",
+    "Mr. Okonkwo",
+    "Keira E. Forster",
+    "12 Baker Street",
+    "Apt. 4",
+    "Paris",
+    "New York",
+    " ",
+    " ",
+    "\n",
+    ", ",
+    ". ",
+    "-",
+    ":",
+    "the ",
+    "and ",
+    "In ",
+    "12",
+    "7",
+    "x",
+    "@",
+    "[EMAIL_1]",
 ]
 
 
@@ -60,7 +105,8 @@ def test_redact_restore_round_trip() -> None:
     assert restore(redacted, mapping) == text
     answer = "I will charge [CREDIT_CARD_1] and write to [EMAIL_1]; [EMAIL_9] and [PHONE_1] are not ours."
     assert restore(answer, mapping) == (
-        "I will charge 4111 1111 1111 1111 and write to ann@example.org; [EMAIL_9] and [PHONE_1] are not ours.")
+        "I will charge 4111 1111 1111 1111 and write to ann@example.org; [EMAIL_9] and [PHONE_1] are not ours."
+    )
 
 
 def test_mapping_is_stable_across_messages_of_a_request() -> None:
@@ -119,8 +165,10 @@ def test_streamed_equals_one_shot_every_type(fragments: list[str], cuts: list[in
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet="0123456789 -.@:+()xABCDEFGHIJKLMNOPQRSTabcdefghijksk_=\n", max_size=120),
-       st.lists(st.integers(min_value=0, max_value=200), max_size=20))
+@given(
+    st.text(alphabet="0123456789 -.@:+()xABCDEFGHIJKLMNOPQRSTabcdefghijksk_=\n", max_size=120),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=20),
+)
 def test_streamed_equals_one_shot_random_characters(text: str, cuts: list[int]) -> None:
     assert streamed(DEFAULT, split_at(text, cuts)) == one_shot(DEFAULT, text)
 
@@ -172,7 +220,7 @@ def test_stream_records_spans_at_stream_positions() -> None:
     redactor = StreamRedactor(DEFAULT)
     text = "x" * 100 + " a@b.io " + "y" * 100
     for i in range(0, len(text), 7):
-        redactor.feed(text[i:i + 7])
+        redactor.feed(text[i : i + 7])
     redactor.flush()
     assert [(s.type, s.start, s.end, s.text) for s in redactor.spans] == [(PiiType.EMAIL, 101, 107, "a@b.io")]
 
@@ -192,6 +240,6 @@ def test_pii_response_check_whole_and_streamed() -> None:
     assert whole.findings == {"CREDIT_CARD": 1, "SECRET": 1}
     stream = check.stream()
     assert isinstance(stream, StreamCheck)
-    pieces = [answer[i:i + 3] for i in range(0, len(answer), 3)]
+    pieces = [answer[i : i + 3] for i in range(0, len(answer), 3)]
     assert "".join(stream.feed(p) for p in pieces) + stream.flush() == whole.text
     assert stream.verdict().findings == whole.findings

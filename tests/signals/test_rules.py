@@ -74,19 +74,25 @@ def test_explanation_names_every_leaf_with_the_value_it_saw() -> None:
     assert "lang = missing" in explain_text(t3)
 
 
-@pytest.mark.parametrize(("raw", "key", "words"), [
-    ("lang", "decisions[0].when", "must be a mapping"),
-    ({"signal": "lang"}, "decisions[0].when", "no test"),
-    ({"signal": "lang", "equals": "fr"}, "decisions[0].when.equals", "unknown test"),
-    ({"sgnal": "lang", "eq": "fr"}, "decisions[0].when", "needs 'signal'"),
-    ({"all": {"signal": "lang", "eq": "fr"}}, "decisions[0].when.all", "takes a list"),
-    ({"all": []}, "decisions[0].when.all", "empty list"),
-    ({"all": [{"signal": "lang", "eq": "fr"}], "any": []}, "decisions[0].when", "cannot be combined"),
-    ({"signal": "lang", "in": "fr"}, "decisions[0].when.in", "non-empty list"),
-    ({"signal": "lang", "matches": "(fr"}, "decisions[0].when.matches", "does not compile"),
-    ({"any": [{"signal": "lang", "eq": "fr"}, {"signal": "Lang", "eq": "x"}]}, "decisions[0].when.any[1].signal",
-     "not a signal output name"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        ("lang", "decisions[0].when", "must be a mapping"),
+        ({"signal": "lang"}, "decisions[0].when", "no test"),
+        ({"signal": "lang", "equals": "fr"}, "decisions[0].when.equals", "unknown test"),
+        ({"sgnal": "lang", "eq": "fr"}, "decisions[0].when", "needs 'signal'"),
+        ({"all": {"signal": "lang", "eq": "fr"}}, "decisions[0].when.all", "takes a list"),
+        ({"all": []}, "decisions[0].when.all", "empty list"),
+        ({"all": [{"signal": "lang", "eq": "fr"}], "any": []}, "decisions[0].when", "cannot be combined"),
+        ({"signal": "lang", "in": "fr"}, "decisions[0].when.in", "non-empty list"),
+        ({"signal": "lang", "matches": "(fr"}, "decisions[0].when.matches", "does not compile"),
+        (
+            {"any": [{"signal": "lang", "eq": "fr"}, {"signal": "Lang", "eq": "x"}]},
+            "decisions[0].when.any[1].signal",
+            "not a signal output name",
+        ),
+    ],
+)
 def test_parse_errors_name_the_key(raw, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_rule(raw, where="decisions[0].when", source="rules.yaml")
@@ -94,15 +100,18 @@ def test_parse_errors_name_the_key(raw, key: str, words: str) -> None:
     assert info.value.fix
 
 
-@pytest.mark.parametrize(("raw", "key", "words"), [
-    ({"signal": "lnag", "eq": "fr"}, "decisions[0].when.signal", "'lang'"),
-    ({"signal": "kw.cod", "is": True}, "decisions[0].when.signal", "kw.code"),
-    ({"signal": "tokens", "gt": "many"}, "decisions[0].when", "needs a number"),
-    ({"signal": "tokens", "contains": 3}, "decisions[0].when", "has no test"),
-    ({"signal": "kw.code", "is": "yes"}, "decisions[0].when", "true or false"),
-    ({"signal": "lang", "eq": False}, "decisions[0].when", "quote"),
-    ({"signal": "tokens", "gte": 1, "lt": "x"}, "decisions[0].when.lt", "needs a number"),
-])
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        ({"signal": "lnag", "eq": "fr"}, "decisions[0].when.signal", "'lang'"),
+        ({"signal": "kw.cod", "is": True}, "decisions[0].when.signal", "kw.code"),
+        ({"signal": "tokens", "gt": "many"}, "decisions[0].when", "needs a number"),
+        ({"signal": "tokens", "contains": 3}, "decisions[0].when", "has no test"),
+        ({"signal": "kw.code", "is": "yes"}, "decisions[0].when", "true or false"),
+        ({"signal": "lang", "eq": False}, "decisions[0].when", "quote"),
+        ({"signal": "tokens", "gte": 1, "lt": "x"}, "decisions[0].when.lt", "needs a number"),
+    ],
+)
 def test_bind_errors_name_the_key_and_the_fix(raw, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         rule(raw)

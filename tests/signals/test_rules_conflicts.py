@@ -39,8 +39,8 @@ def every_request() -> list[dict[str, Any]]:
     grid = [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
     subsets = [frozenset(c) for r in range(3) for c in itertools.combinations(["x", "y"], r)]
     out = []
-    for b, l, n, s, m in itertools.product([True, False], ["a", "b", "c", None], grid, subsets, [*FREE, "zz"]):
-        out.append({"b": b, "l": l, "n": n, "s": s, "k.x": "x" in s, "m": m})
+    for b, label, n, s, m in itertools.product([True, False], ["a", "b", "c", None], grid, subsets, [*FREE, "zz"]):
+        out.append({"b": b, "l": label, "n": n, "s": s, "k.x": "x" in s, "m": m})
     return out
 
 
@@ -49,24 +49,42 @@ REQUESTS = every_request()
 leaf = st.one_of(
     st.builds(lambda op, v: {"signal": "b", op: v}, st.sampled_from(["is", "eq", "ne"]), st.booleans()),
     st.builds(lambda op, v: {"signal": "l", op: v}, st.sampled_from(["eq", "ne"]), st.sampled_from(["a", "b", "c"])),
-    st.builds(lambda op, v: {"signal": "l", op: v}, st.sampled_from(["in", "not_in"]),
-              st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)),
-    st.builds(lambda op, v: {"signal": "n", op: v}, st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]),
-              st.sampled_from(NUMBERS)),
-    st.builds(lambda op, v: {"signal": "n", op: v}, st.sampled_from(["in", "not_in"]),
-              st.lists(st.sampled_from(NUMBERS), min_size=1, max_size=3, unique=True)),
+    st.builds(
+        lambda op, v: {"signal": "l", op: v},
+        st.sampled_from(["in", "not_in"]),
+        st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+    ),
+    st.builds(
+        lambda op, v: {"signal": "n", op: v}, st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]), st.sampled_from(NUMBERS)
+    ),
+    st.builds(
+        lambda op, v: {"signal": "n", op: v},
+        st.sampled_from(["in", "not_in"]),
+        st.lists(st.sampled_from(NUMBERS), min_size=1, max_size=3, unique=True),
+    ),
     st.builds(lambda v: {"signal": "s", "contains": v}, st.sampled_from(["x", "y"])),
-    st.builds(lambda op, v: {"signal": "s", op: v}, st.sampled_from(["in", "not_in", "all_of"]),
-              st.lists(st.sampled_from(["x", "y"]), min_size=1, max_size=2, unique=True)),
+    st.builds(
+        lambda op, v: {"signal": "s", op: v},
+        st.sampled_from(["in", "not_in", "all_of"]),
+        st.lists(st.sampled_from(["x", "y"]), min_size=1, max_size=2, unique=True),
+    ),
     st.builds(lambda v: {"signal": "k.x", "is": v}, st.booleans()),
     st.builds(lambda op, v: {"signal": "m", op: v}, st.sampled_from(["eq", "ne"]), st.sampled_from(FREE)),
-    st.builds(lambda op, v: {"signal": "m", op: v}, st.sampled_from(["in", "not_in"]),
-              st.lists(st.sampled_from(FREE), min_size=1, max_size=2, unique=True)),
+    st.builds(
+        lambda op, v: {"signal": "m", op: v},
+        st.sampled_from(["in", "not_in"]),
+        st.lists(st.sampled_from(FREE), min_size=1, max_size=2, unique=True),
+    ),
 )
-rules = st.recursive(leaf, lambda inner: st.one_of(
-    st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
-    st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
-    st.builds(lambda x: {"not": x}, inner)), max_leaves=6)
+rules = st.recursive(
+    leaf,
+    lambda inner: st.one_of(
+        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda x: {"not": x}, inner),
+    ),
+    max_leaves=6,
+)
 
 
 def matches(rule: Any, request: dict[str, Any]) -> bool:
@@ -108,15 +126,18 @@ def test_overlap_and_shadowing_agree_with_brute_force(raw_hi: Any, raw_lo: Any) 
 
 
 def test_examples_of_each_finding() -> None:
-    found = analyse([
-        d("code", bound({"signal": "k.x", "is": True}), 10),
-        d("legal", bound({"signal": "s", "contains": "y"}), 10),
-        d("impossible", bound({"all": [{"signal": "n", "gt": 2000}, {"signal": "n", "lt": 100}]}), 5),
-        d("also-code", bound({"signal": "s", "in": ["x"]}), 3),
-        d("fr", bound({"signal": "l", "eq": "a"}), 1),
-        d("regex1", bound({"signal": "m", "matches": "^f"}), 0),
-        d("regex2", bound({"signal": "m", "matches": "r$"}), 0),
-    ], OUTPUTS)
+    found = analyse(
+        [
+            d("code", bound({"signal": "k.x", "is": True}), 10),
+            d("legal", bound({"signal": "s", "contains": "y"}), 10),
+            d("impossible", bound({"all": [{"signal": "n", "gt": 2000}, {"signal": "n", "lt": 100}]}), 5),
+            d("also-code", bound({"signal": "s", "in": ["x"]}), 3),
+            d("fr", bound({"signal": "l", "eq": "a"}), 1),
+            d("regex1", bound({"signal": "m", "matches": "^f"}), 0),
+            d("regex2", bound({"signal": "m", "matches": "r$"}), 0),
+        ],
+        OUTPUTS,
+    )
     by = {c.kind: c for c in found}
     assert "'code' and 'legal'" in by["overlap"].message and "e.g. s = [x, y]" in by["overlap"].message
     assert by["never"].decisions == ("impossible",) and "n > 2000 and n < 100 cannot all hold" in by["never"].message
@@ -127,8 +148,10 @@ def test_examples_of_each_finding() -> None:
 
 
 def test_a_label_outside_the_choices_never_matches_and_a_catch_all_shadows() -> None:
-    found = analyse([d("typo", bound({"signal": "l", "eq": "zz"}), 2), d("all", None, 1),
-                     d("after", bound({"signal": "b", "is": True}), 0)], OUTPUTS)
+    found = analyse(
+        [d("typo", bound({"signal": "l", "eq": "zz"}), 2), d("all", None, 1), d("after", bound({"signal": "b", "is": True}), 0)],
+        OUTPUTS,
+    )
     kinds = [(c.kind, c.decisions) for c in found]
     assert ("never", ("typo",)) in kinds and ("shadowed", ("after", "all")) in kinds
     # a negated test holds on a missing value: "not l = a" can match (l missing) even with every label excluded
@@ -140,9 +163,12 @@ def test_a_label_outside_the_choices_never_matches_and_a_catch_all_shadows() -> 
 
 
 def sigset():
-    return build_signals({"kw": SimpleNamespace(type="keywords", always=False, params={"sets": {"code": ["python"],
-                                                                                              "legal": ["contract"]}}),
-                          "tok": SimpleNamespace(type="tokens", always=False, params={})})
+    return build_signals(
+        {
+            "kw": SimpleNamespace(type="keywords", always=False, params={"sets": {"code": ["python"], "legal": ["contract"]}}),
+            "tok": SimpleNamespace(type="tokens", always=False, params={}),
+        }
+    )
 
 
 DECISIONS = [
@@ -159,8 +185,7 @@ def test_conflicts_are_errors_by_default_and_warnings_when_asked(caplog) -> None
     assert err.file == "turnout.yaml" and err.key == "decisions[1]" and "'code' and 'legal'" in str(err)
     assert "decision_conflicts: warn" in (err.fix or "")
     with caplog.at_level(logging.WARNING):
-        ds = DecisionSet(specs, sigset(), routes=["auto", "coder"], models=["m"], conflicts="warn",
-                         source="turnout.yaml")
+        ds = DecisionSet(specs, sigset(), routes=["auto", "coder"], models=["m"], conflicts="warn", source="turnout.yaml")
     assert [c.kind for c in ds.conflicts] == ["overlap"] and "'code' and 'legal'" in caplog.text
 
 

@@ -27,10 +27,10 @@ def test_keywords_match_on_word_boundaries_and_phrases() -> None:
     def hit(text: str) -> set[str]:
         return set(sig.extract(StaticView.of(text))["kw"])
 
-    assert hit("My PYTHON script fails") == {"code"}             # case-insensitive by default
-    assert hit("pythonic ideas") == set()                         # a word boundary: not inside a longer word
-    assert hit("a stack\n  trace from prod") == {"code"}          # a phrase's spaces match any white space
-    assert hit("I write C++, mostly") == {"code"}                 # punctuation keywords work
+    assert hit("My PYTHON script fails") == {"code"}  # case-insensitive by default
+    assert hit("pythonic ideas") == set()  # a word boundary: not inside a longer word
+    assert hit("a stack\n  trace from prod") == {"code"}  # a phrase's spaces match any white space
+    assert hit("I write C++, mostly") == {"code"}  # punctuation keywords work
     assert hit("the contract, and #include <stdio.h>") == {"code", "legal"}
     assert hit("contractor fees") == set()
     out = sig.extract(StaticView.of("contract"))
@@ -38,8 +38,11 @@ def test_keywords_match_on_word_boundaries_and_phrases() -> None:
 
 
 def test_keyword_case_rules_per_set() -> None:
-    sig = build_signal("kw", "keywords", {"sets": {"acro": {"words": ["IT"], "case_sensitive": True},
-                                                   "sub": {"words": ["cat"], "whole_words": False}}})
+    sig = build_signal(
+        "kw",
+        "keywords",
+        {"sets": {"acro": {"words": ["IT"], "case_sensitive": True}, "sub": {"words": ["cat"], "whole_words": False}}},
+    )
     assert sig.extract(StaticView.of("call IT support"))["kw.acro"] is True
     assert sig.extract(StaticView.of("is it done?"))["kw.acro"] is False
     assert sig.extract(StaticView.of("concatenate"))["kw.sub"] is True
@@ -52,8 +55,9 @@ def test_keywords_read_the_view_asked_for() -> None:
 
 
 def test_regex_signal_and_a_pattern_that_does_not_compile() -> None:
-    sig = build_signal("rx", "regex", {"patterns": {"ticket": r"\bTCK-\d{4,}\b", "loud": {"pattern": "urgent",
-                                                                                        "case_sensitive": False}}})
+    sig = build_signal(
+        "rx", "regex", {"patterns": {"ticket": r"\bTCK-\d{4,}\b", "loud": {"pattern": "urgent", "case_sensitive": False}}}
+    )
     out = sig.extract(StaticView.of("URGENT: see TCK-12345"))
     assert out["rx"] == frozenset({"ticket", "loud"})
     assert sig.extract(StaticView.of("tck-12345"))["rx.ticket"] is False  # case as written
@@ -83,15 +87,25 @@ def test_build_errors_name_the_key_and_the_fix() -> None:
 
 
 def test_tokens_conversation_and_request_fields() -> None:
-    req = ChatRequest("auto", [
-        {"role": "system", "content": "s" * 400},
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "ok"},
-        {"role": "tool", "content": "42", "tool_call_id": "c1"},
-        {"role": "user", "content": [{"type": "text", "text": "x" * 40},
-                                     {"type": "image_url", "image_url": {"url": "data:,"}}]},
-    ], stream=True, params={"tools": [{"type": "function", "function": {"name": "f"}}],
-                            "response_format": {"type": "json_schema", "json_schema": {}}, "max_tokens": 300})
+    req = ChatRequest(
+        "auto",
+        [
+            {"role": "system", "content": "s" * 400},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "tool", "content": "42", "tool_call_id": "c1"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "x" * 40}, {"type": "image_url", "image_url": {"url": "data:,"}}],
+            },
+        ],
+        stream=True,
+        params={
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "response_format": {"type": "json_schema", "json_schema": {}},
+            "max_tokens": 300,
+        },
+    )
     view = StaticView(req)
     t = build_signal("tok", "tokens", {}).extract(view)
     assert t["tok.system"] == 100 and t["tok.last"] == 10 and t["tok"] > 110
@@ -99,8 +113,15 @@ def test_tokens_conversation_and_request_fields() -> None:
     assert c["conv"] == 2 and c["conv.messages"] == 5 and c["conv.tool_results"] is True
     assert c["conv.roles"] == frozenset({"system", "user", "assistant", "tool"})
     r = build_signal("req", "request", {}).extract(view)
-    assert r == {"req.images": True, "req.tools": True, "req.response_format": "json_schema", "req.json": True,
-                 "req.stream": True, "req.model": "auto", "req.max_tokens": 300}
+    assert r == {
+        "req.images": True,
+        "req.tools": True,
+        "req.response_format": "json_schema",
+        "req.json": True,
+        "req.stream": True,
+        "req.model": "auto",
+        "req.max_tokens": 300,
+    }
     plain = build_signal("req", "request", {}).extract(StaticView.of("hi"))
     assert plain["req.images"] is False and plain["req.response_format"] == "none" and plain["req.max_tokens"] is None
 
@@ -147,9 +168,11 @@ def test_structure_on_labelled_probes(text: str, code: bool, math: bool, json_: 
 
 
 def test_signal_set_plans_only_what_rules_read() -> None:
-    settings = {"kw": SimpleNamespace(type="keywords", always=False, params={"sets": {"a": ["x"]}}),
-                "tok": SimpleNamespace(type="tokens", always=True, params={}),
-                "st": SimpleNamespace(type="structure", always=False, params={})}
+    settings = {
+        "kw": SimpleNamespace(type="keywords", always=False, params={"sets": {"a": ["x"]}}),
+        "tok": SimpleNamespace(type="tokens", always=True, params={}),
+        "st": SimpleNamespace(type="structure", always=False, params={}),
+    }
     sigs = build_signals(settings)
     plan = sigs.plan(["kw.a"])
     assert sorted(plan.names) == ["kw", "tok"]  # st: no rule reads it; tok: always

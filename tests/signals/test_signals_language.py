@@ -40,16 +40,18 @@ def lang():
 
 
 def test_detects_the_language_of_short_prompts(lang) -> None:
-    wrong = [(t, want, lang.extract(StaticView.of(t))["lang"]) for t, want in PROBES
-             if lang.extract(StaticView.of(t))["lang"] != want]
+    wrong = [
+        (t, want, lang.extract(StaticView.of(t))["lang"]) for t, want in PROBES if lang.extract(StaticView.of(t))["lang"] != want
+    ]
     assert len(wrong) <= 1, wrong  # 19/20 at least (fastText lite; measured 20/20 when written)
 
 
 def test_too_little_text_is_missing_and_code_is_not_a_language(lang) -> None:
     assert lang.extract(StaticView.of("ok"))["lang"] is None
     assert lang.extract(StaticView.of("2 + 2 = ?"))["lang"] is None
-    out = lang.extract(StaticView.of("Pourquoi ce code ne marche pas ?\n```python\nfor item in items:\n"
-                                     "    print(item.name)\n```"))
+    out = lang.extract(
+        StaticView.of("Pourquoi ce code ne marche pas ?\n```python\nfor item in items:\n    print(item.name)\n```")
+    )
     assert out["lang"] == "fr" and 0.3 <= out["lang.confidence"] <= 1.0
 
 

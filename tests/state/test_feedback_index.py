@@ -19,9 +19,16 @@ from turnout.state.feedback_index import (
 
 
 def entry(rid: str, **kw: object) -> LoggedRequest:
-    base: dict[str, object] = {"id": rid, "key_name": "team", "route": "auto", "model": "small", "status": "ok",
-                               "cost_usd": 0.002, "decision": {"router": "bandit", "propensity": 0.8, "reasons": []},
-                               "context": [0.5, -1.0]}
+    base: dict[str, object] = {
+        "id": rid,
+        "key_name": "team",
+        "route": "auto",
+        "model": "small",
+        "status": "ok",
+        "cost_usd": 0.002,
+        "decision": {"router": "bandit", "propensity": 0.8, "reasons": []},
+        "context": [0.5, -1.0],
+    }
     base.update(kw)
     return LoggedRequest(**base)  # type: ignore[arg-type]
 

@@ -38,8 +38,10 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[float]
             stores.append(store)
             return RedisRateWindows(store, window_s=window_s)
     else:
+
         def factory(window_s: float) -> RateWindows:
             return InMemoryRateWindows(window_s=window_s)
+
     yield factory
     for s in stores:
         await s.aclose()

@@ -30,8 +30,12 @@ def test_an_unknown_default_names_the_cues() -> None:
 
 def test_lying_chunk_sizes_are_what_int_accepts_and_http_does_not() -> None:
     with HostileServer() as srv, httpx.Client(base_url=srv.base_url) as client:
-        for cue, size in (("chunk-size-negative", "-1"), ("chunk-size-0x", "0x10"), ("chunk-size-plus", "+10"),
-                          ("chunk-size-underscore", "1_0")):
+        for cue, size in (
+            ("chunk-size-negative", "-1"),
+            ("chunk-size-0x", "0x10"),
+            ("chunk-size-plus", "+10"),
+            ("chunk-size-underscore", "1_0"),
+        ):
             int(size, 16)  # Python would take it
             with pytest.raises(httpx.RemoteProtocolError):  # h11 (httpx) does not
                 client.post("/chat/completions", json={"model": cue})

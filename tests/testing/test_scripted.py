@@ -27,16 +27,25 @@ def req(text: str = "hello") -> ChatRequest:
 
 
 def test_rules_then_queue_then_default():
-    script = Script(Step(text="default"), queue=[Step(text="q1"), Step(text="q2")],
-                    rules=[Rule(match=r"boom\d", step=Step(text="rule")), Rule(match="", model="special", step=Step(text="m"))])
-    order = [script.next_step(p, model).text for p, model in
-             [("x", "a"), ("boom7", "a"), ("x", "special"), ("x", "a"), ("x", "a")]]
+    script = Script(
+        Step(text="default"),
+        queue=[Step(text="q1"), Step(text="q2")],
+        rules=[Rule(match=r"boom\d", step=Step(text="rule")), Rule(match="", model="special", step=Step(text="m"))],
+    )
+    order = [
+        script.next_step(p, model).text for p, model in [("x", "a"), ("boom7", "a"), ("x", "special"), ("x", "a"), ("x", "a")]
+    ]
     assert order == ["q1", "rule", "m", "q2", "default"]
 
 
 def test_script_from_dict_rejects_unknown_fields():
-    s = Script.from_dict({"default": {"text": "hi", "latency": 0.01}, "queue": [{"fault": "status", "status": 503}],
-                         "rules": [{"match": "boom", "step": {"fault": "reset"}}]})
+    s = Script.from_dict(
+        {
+            "default": {"text": "hi", "latency": 0.01},
+            "queue": [{"fault": "status", "status": 503}],
+            "rules": [{"match": "boom", "step": {"fault": "reset"}}],
+        }
+    )
     assert s.default.latency == 0.01 and s.queue[0].status == 503 and s.rules[0].step.fault == "reset"
     with pytest.raises(ValueError, match="latency_ms"):
         Script.from_dict({"default": {"latency_ms": 20}})
@@ -46,8 +55,12 @@ def test_script_from_dict_rejects_unknown_fields():
 
 @pytest.mark.parametrize(
     ("step", "error"),
-    [(Step(fault="status", status=429), BackendStatusError), (Step(fault="reset"), BackendConnectionError),
-     (Step(fault="malformed"), BackendProtocolError), (Step(fault="hang"), BackendTimeoutError)],
+    [
+        (Step(fault="status", status=429), BackendStatusError),
+        (Step(fault="reset"), BackendConnectionError),
+        (Step(fault="malformed"), BackendProtocolError),
+        (Step(fault="hang"), BackendTimeoutError),
+    ],
 )
 async def test_backend_face_raises_what_real_backends_raise(step, error):
     b = ScriptedBackend("fake", [step])
@@ -129,8 +142,11 @@ def test_server_latency_is_applied():
 def test_standalone_process_serves(tmp_path):
     script = tmp_path / "s.json"
     script.write_text(json.dumps({"default": {"text": "from file"}}))
-    proc = subprocess.Popen([sys.executable, "-m", "turnout.testing.scripted", "--port", "0", "--script", str(script)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "turnout.testing.scripted", "--port", "0", "--script", str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in line

@@ -27,8 +27,11 @@ def test_openai_wire_face_streams_and_returns_tool_calls() -> None:
         choice = whole["choices"][0]
         assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
         assert choice["message"]["tool_calls"][0]["function"] == {"name": "lookup", "arguments": CALL["arguments"]}
-        with httpx.stream("POST", srv.base_url + "/chat/completions",
-                          json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "q"}]}) as r:
+        with httpx.stream(
+            "POST",
+            srv.base_url + "/chat/completions",
+            json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "q"}]},
+        ) as r:
             events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     pieces = [tc["function"].get("arguments", "") for e in events for tc in e["choices"][0]["delta"].get("tool_calls", [])]
     assert "".join(pieces) == CALL["arguments"] and len(pieces) > 2

@@ -17,8 +17,16 @@ ROOM = Path(turnout.testing.__file__).parent
 def test_public_names_are_importable_from_the_package_and_from_scripted() -> None:
     for name in ("Rule", "Script", "ScriptedBackend", "ScriptedServer", "Step"):
         assert getattr(turnout.testing, name) is getattr(turnout.testing.scripted, name)
-    assert set(turnout.testing.__all__) == {"HashEmbedder", "HostileServer", "Rule", "Script", "ScriptedBackend",
-                                            "ScriptedServer", "StaticRouter", "Step"}
+    assert set(turnout.testing.__all__) == {
+        "HashEmbedder",
+        "HostileServer",
+        "Rule",
+        "Script",
+        "ScriptedBackend",
+        "ScriptedServer",
+        "StaticRouter",
+        "Step",
+    }
     assert {"FAULTS", "RecordedRequest", "main"} <= set(turnout.testing.scripted.__all__)
 
 
@@ -38,8 +46,12 @@ def test_the_script_model_imports_none_of_the_fakes_so_nothing_is_circular() -> 
 
 
 def test_python_m_scripted_starts_without_import_warnings() -> None:
-    proc = subprocess.Popen([sys.executable, "-W", "error::RuntimeWarning", "-m", "turnout.testing.scripted",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "turnout.testing.scripted", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

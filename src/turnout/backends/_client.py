@@ -96,8 +96,12 @@ class _Conn:
         # A server that closed an idle connection has sent EOF, which the reader has seen. One that sent
         # bytes nobody asked for (more than its last answer framed) would have them read as the next
         # answer's head: such a connection is not reused either (the buffer is asyncio's, see _unread).
-        return not (self.reader.at_eof() or self.writer.transport.is_closing() or now - self.idle_since > expiry
-                    or vars(self.reader)["_buffer"])
+        return not (
+            self.reader.at_eof()
+            or self.writer.transport.is_closing()
+            or now - self.idle_since > expiry
+            or vars(self.reader)["_buffer"]
+        )
 
     def close(self) -> None:
         # abort, not close: a half-read answer must not be drained, and nothing is left to flush
@@ -125,8 +129,15 @@ class HTTPPool:
     give the connection back when it is complete. ``limits`` bounds every answer.
     """
 
-    def __init__(self, base_url: str, *, max_connections: int = 256, keepalive_expiry: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 256,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         try:
             port = parts.port
@@ -253,7 +264,13 @@ class HTTPPool:
         if self._closed:
             raise ConnectError("the connection pool is closed")
         data = b"%s %s HTTP/1.1\r\n%s%scontent-length: %d\r\n\r\n%s" % (
-            method.encode("ascii"), (self.prefix + path).encode("ascii"), self._fixed, headers, len(body), body)
+            method.encode("ascii"),
+            (self.prefix + path).encode("ascii"),
+            self._fixed,
+            headers,
+            len(body),
+            body,
+        )
         try:
             async with asyncio.timeout(connect_timeout):
                 conn = await self._acquire()
@@ -336,8 +353,11 @@ class Response:
         self._length = body_length(head, method)
         self._chunked = self._length is None and "transfer-encoding" in head.headers
         connection = head.headers.get("connection", "").lower()
-        self._keep_alive = ("close" not in connection and not (head.http10 and "keep-alive" not in connection)
-                            and (self._chunked or self._length is not None))
+        self._keep_alive = (
+            "close" not in connection
+            and not (head.http10 and "keep-alive" not in connection)
+            and (self._chunked or self._length is not None)
+        )
         enc = head.headers.get("content-encoding", "identity").lower()
         self._decoder: zlib._Decompress | None = None
         if enc in ("gzip", "x-gzip", "deflate"):
@@ -495,7 +515,8 @@ class Response:
                     data = await conn.reader.readexactly(length)
                 except asyncio.IncompleteReadError as exc:
                     raise IncompleteResponse(
-                        f"the body ended {length - len(exc.partial)} bytes short of its content-length") from None
+                        f"the body ended {length - len(exc.partial)} bytes short of its content-length"
+                    ) from None
             self._done = True
             self._finish()
             return data

@@ -104,8 +104,10 @@ _FIELD_LINE = re.compile(_FIELD)
 # A whole well-formed CRLF head in one match (the fast path; anything else takes the general one). The same
 # grammar, flattened for speed: OWS, then vchars and inner blanks, then OWS, is any run of bytes that are
 # neither NUL nor whitespace other than space and tab; possessive, as nothing is ever given back.
-_HEAD_CRLF = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00\n\r\x0b\x0c]*+))?\r\n"
-                        rb"(?:%s:[^\x00\n\r\x0b\x0c]*+\r\n)*+\r\n" % _TOKEN)
+_HEAD_CRLF = re.compile(
+    rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([^\x00\n\r\x0b\x0c]*+))?\r\n"
+    rb"(?:%s:[^\x00\n\r\x0b\x0c]*+\r\n)*+\r\n" % _TOKEN
+)
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;.*)?[ \t]*\r\n")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _REQUEST_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
@@ -159,11 +161,11 @@ def parse_head(raw: bytes) -> Head:
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     length = headers.get("content-length")
     if "transfer-encoding" in headers or (
-            length is not None and not (length.isdigit() and length.isascii() and len(length) <= 20)):
+        length is not None and not (length.isdigit() and length.isascii() and len(length) <= 20)
+    ):
         _check_framing(headers)
     reason = m[4]
-    return Head(status, reason.decode("latin-1") if reason else "", m[1] == b"0" or (m[1] == b"1" and m[2] == b"0"),
-                headers)
+    return Head(status, reason.decode("latin-1") if reason else "", m[1] == b"0" or (m[1] == b"1" and m[2] == b"0"), headers)
 
 
 def _check_framing(headers: dict[str, str]) -> None:
@@ -269,8 +271,10 @@ def check_request_headers(headers: Mapping[str, str]) -> bytes:
         if name.lower() in _FRAMING_HEADERS:
             raise ValueError(f"header {name!r} is the client's to set (from the URL and the body), not the caller's")
         if not _REQUEST_VALUE.fullmatch(value) or value != value.strip(" \t"):
-            raise ValueError(f"the value of header {name!r} contains a line break, NUL, another control character or "
-                             "surrounding whitespace; fix where it comes from (an API key variable with a newline?)")
+            raise ValueError(
+                f"the value of header {name!r} contains a line break, NUL, another control character or "
+                "surrounding whitespace; fix where it comes from (an API key variable with a newline?)"
+            )
         try:
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
         except UnicodeEncodeError:

@@ -102,8 +102,9 @@ class NativeTransport:
     closes it. ``limits`` bounds every answer.
     """
 
-    def __init__(self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self, base_url: str, headers: Mapping[str, str], *, max_connections: int = 256, limits: Limits | None = None
+    ) -> None:
         self._headers = check_request_headers(headers)
         try:
             self.pool = _client.HTTPPool(base_url, max_connections=max_connections, limits=limits)
@@ -158,8 +159,15 @@ class HttpxTransport:
     Headers and answers are checked and bounded as :class:`NativeTransport` does.
     """
 
-    def __init__(self, client: httpx.AsyncClient, base_url: str, headers: Mapping[str, str], *, owned: bool = False,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        headers: Mapping[str, str],
+        *,
+        owned: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
         check_request_headers(headers)
         self.client = client
         self.base_url = base_url.rstrip("/")
@@ -169,8 +177,13 @@ class HttpxTransport:
 
     async def send(self, method: str, path: str, body: bytes, *, connect_timeout: float) -> WireResponse:
         # read timeouts stay off: first-token and total deadlines are enforced around each read
-        req = self.client.build_request(method, self.base_url + path, content=body, headers=self.headers,
-                                        timeout=httpx.Timeout(None, connect=connect_timeout, pool=connect_timeout))
+        req = self.client.build_request(
+            method,
+            self.base_url + path,
+            content=body,
+            headers=self.headers,
+            timeout=httpx.Timeout(None, connect=connect_timeout, pool=connect_timeout),
+        )
         return _HttpxResponse(await self.client.send(req, stream=True), self.limits)
 
     async def aclose(self) -> None:
@@ -190,8 +203,14 @@ def proxy_applies(base_url: str) -> bool:
     return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
-def make_transport(base_url: str, headers: Mapping[str, str], *, client: httpx.AsyncClient | None,
-                   max_connections: int, limits: Limits | None = None) -> Transport:
+def make_transport(
+    base_url: str,
+    headers: Mapping[str, str],
+    *,
+    client: httpx.AsyncClient | None,
+    max_connections: int,
+    limits: Limits | None = None,
+) -> Transport:
     """The caller's httpx client when given; an owned httpx client when a proxy applies (the native
     client speaks no proxy protocol); else a native keep-alive pool of ``max_connections``.
     Every one of them bounds its answers by ``limits`` (default :class:`Limits`)."""
@@ -199,8 +218,13 @@ def make_transport(base_url: str, headers: Mapping[str, str], *, client: httpx.A
         return HttpxTransport(client, base_url, headers, limits=limits)
     if proxy_applies(base_url):
         pool = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        return HttpxTransport(httpx.AsyncClient(limits=pool, timeout=httpx.Timeout(None), trust_env=True),
-                              base_url, headers, owned=True, limits=limits)
+        return HttpxTransport(
+            httpx.AsyncClient(limits=pool, timeout=httpx.Timeout(None), trust_env=True),
+            base_url,
+            headers,
+            owned=True,
+            limits=limits,
+        )
     return NativeTransport(base_url, headers, max_connections=max_connections, limits=limits)
 
 
@@ -266,8 +290,11 @@ def translate(backend: str, model: str | None, deadlines: Deadlines | None = Non
     except TimeoutError as e:  # asyncio.timeout_at expired (builtin TimeoutError on 3.11+)
         phase = deadlines.phase if deadlines else "total"
         limit = deadlines.limit() if deadlines else float("nan")
-        message = (f"no stream event for {limit:g}s" if phase == "idle" else
-                   f"no {'first token' if phase == 'first_token' else 'complete answer'} within {limit:g}s")
+        message = (
+            f"no stream event for {limit:g}s"
+            if phase == "idle"
+            else f"no {'first token' if phase == 'first_token' else 'complete answer'} within {limit:g}s"
+        )
         raise BackendTimeoutError(message, backend=backend, model=model, phase=phase) from e
     # -- the native client (and the limits both transports share) -------------
     except _client.ConnectTimeout as e:
@@ -313,8 +340,9 @@ async def raise_for_status(resp: WireResponse, backend: str, model: str | None) 
     message = error_message(raw) or resp.reason
     param, reason = validation_error(message)
     if reason is not None:  # the server validated the request and refused it (llama.cpp answers that with a 500)
-        raise BackendStatusError(reason, backend=backend, status=resp.status, model=model, body=raw,
-                                 request_fault=True, param=param)
+        raise BackendStatusError(
+            reason, backend=backend, status=resp.status, model=model, body=raw, request_fault=True, param=param
+        )
     raise BackendStatusError(message, backend=backend, status=resp.status, model=model, body=raw)
 
 
@@ -355,8 +383,9 @@ async def fetch_body(transport: Transport, path: str, body: bytes, backend: str,
 
 
 @asynccontextmanager
-async def open_stream(transport: Transport, path: str, body: bytes, backend: str, model: str,
-                      deadlines: Deadlines) -> AsyncIterator[WireResponse]:
+async def open_stream(
+    transport: Transport, path: str, body: bytes, backend: str, model: str, deadlines: Deadlines
+) -> AsyncIterator[WireResponse]:
     """POST a streamed request and yield the response once its status is known to be good; the
     response is closed on the way out (which gives its connection back only if it was read to the
     end). Reading the body (and translating its errors) is the caller's job, under ``deadlines``."""
@@ -526,9 +555,15 @@ class UsageCheck:
             seen = True
         return (total, True) if seen else (estimate(), False)
 
-    def usage(self, raw: Any, prompt: Callable[[], int], completion: Callable[[], int], *,
-              prompt_keys: tuple[str, ...] = ("prompt_tokens",),
-              completion_keys: tuple[str, ...] = ("completion_tokens",)) -> tuple[Usage, bool]:
+    def usage(
+        self,
+        raw: Any,
+        prompt: Callable[[], int],
+        completion: Callable[[], int],
+        *,
+        prompt_keys: tuple[str, ...] = ("prompt_tokens",),
+        completion_keys: tuple[str, ...] = ("completion_tokens",),
+    ) -> tuple[Usage, bool]:
         """(usage, True) when ``raw`` reported sane counts for both sides; else (usage with the missing or
         insane side estimated by ``prompt()`` / ``completion()``, False)."""
         if not isinstance(raw, Mapping):
@@ -542,7 +577,10 @@ class UsageCheck:
     def _warn(self, key: str, value: Any) -> None:
         if not self.warned:
             self.warned = True
-            log.warning("backend %s reported an invalid token count %s=%.40r; estimating it from the text instead "
-                        "(logged once per backend)", self.backend, key, value)
-
-
+            log.warning(
+                "backend %s reported an invalid token count %s=%.40r; estimating it from the text instead "
+                "(logged once per backend)",
+                self.backend,
+                key,
+                value,
+            )

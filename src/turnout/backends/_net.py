@@ -56,8 +56,9 @@ def _close_late_winner(task: asyncio.Task[_Streams]) -> None:
         task.result()[1].transport.abort()
 
 
-async def open_connection(host: str, port: int, *, ssl: _ssl.SSLContext | None = None, limit: int,
-                          delay: float = HAPPY_EYEBALLS_DELAY) -> _Streams:
+async def open_connection(
+    host: str, port: int, *, ssl: _ssl.SSLContext | None = None, limit: int, delay: float = HAPPY_EYEBALLS_DELAY
+) -> _Streams:
     """Connect to ``host:port`` racing its addresses; raise the first attempt's ``OSError`` when all fail.
 
     ``ssl`` wraps the connection in TLS with ``host`` as the server name;
@@ -71,8 +72,9 @@ async def open_connection(host: str, port: int, *, ssl: _ssl.SSLContext | None =
         raise OSError(f"no address for {host}")
 
     def attempt(info: tuple[Any, ...]) -> asyncio.Task[_Streams]:
-        return asyncio.ensure_future(asyncio.open_connection(
-            info[4][0], info[4][1], ssl=ssl, server_hostname=server_hostname, family=info[0], limit=limit))
+        return asyncio.ensure_future(
+            asyncio.open_connection(info[4][0], info[4][1], ssl=ssl, server_hostname=server_hostname, family=info[0], limit=limit)
+        )
 
     if len(infos) == 1:  # the common case (an IP literal, a single-address host): nothing to race
         return await attempt(infos[0])
@@ -87,8 +89,9 @@ async def open_connection(host: str, port: int, *, ssl: _ssl.SSLContext | None =
             if not pending:
                 raise errors[0]
             # wait for a result, but start the next address after `delay` (or at once when all so far failed)
-            done, pending = await asyncio.wait(pending, timeout=delay if nxt is not None else None,
-                                               return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(
+                pending, timeout=delay if nxt is not None else None, return_when=asyncio.FIRST_COMPLETED
+            )
             errors += [exc for task in done if (exc := task.exception()) is not None]
             winners = [task for task in done if task.exception() is None]
             for extra in winners[1:]:  # two connected in the same instant: keep one

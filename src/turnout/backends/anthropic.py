@@ -62,12 +62,25 @@ API_VERSION = "2023-06-01"
 #: Anthropic requires max_tokens; used when the request sets neither max_tokens nor max_completion_tokens
 DEFAULT_MAX_TOKENS = 1024
 
-_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
-                 "pause_turn": "stop", "refusal": "content_filter"}
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "pause_turn": "stop",
+    "refusal": "content_filter",
+}
 #: error ``type`` of an Anthropic error event -> the HTTP status it stands for
-_ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
-                 "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
-                 "overloaded_error": 529}
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def _source(url: str, what: str) -> dict[str, Any]:
@@ -109,8 +122,9 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
         elif kind == "file" and isinstance(part.get("file"), dict) and part["file"].get("file_data"):
             out.append({"type": "document", "source": _source(part["file"]["file_data"], f"content part {i} (file)")})
         else:
-            raise InvalidRequestError(f"content part {i} of type {kind!r} cannot be sent to Anthropic "
-                                      "(text, image_url and file with file_data can)")
+            raise InvalidRequestError(
+                f"content part {i} of type {kind!r} cannot be sent to Anthropic (text, image_url and file with file_data can)"
+            )
     return out
 
 
@@ -136,7 +150,7 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
             if isinstance(content, list):
                 blocks = _blocks(content)
                 # text-only results stay a plain string; images a tool returned go with it as blocks
-                result: Any = ("".join(b["text"] for b in blocks) if all(b["type"] == "text" for b in blocks) else blocks)
+                result: Any = "".join(b["text"] for b in blocks) if all(b["type"] == "text" for b in blocks) else blocks
             else:
                 result = content or ""
             add("user", [{"type": "tool_result", "tool_use_id": m.get("tool_call_id", ""), "content": result}])
@@ -171,9 +185,13 @@ def to_messages_request(request: ChatRequest, model: str) -> dict[str, Any]:
         body["metadata"] = {"user_id": str(p["user"])}
     if p.get("tools"):
         body["tools"] = [
-            {"name": t["function"]["name"], "description": t["function"].get("description", ""),
-             "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}}}
-            for t in p["tools"] if isinstance(t, dict) and t.get("type") == "function"
+            {
+                "name": t["function"]["name"],
+                "description": t["function"].get("description", ""),
+                "input_schema": t["function"].get("parameters") or {"type": "object", "properties": {}},
+            }
+            for t in p["tools"]
+            if isinstance(t, dict) and t.get("type") == "function"
         ]
     choice = p.get("tool_choice")
     if choice == "auto":
@@ -198,8 +216,7 @@ _COMPLETION_KEYS = ("output_tokens",)
 def _usage(u: Any, check: UsageCheck | None = None, prompt: int = 0, completion: int = 0) -> Usage:
     """The usage an Anthropic ``usage`` object reports, insane or missing counts replaced by the estimates."""
     check = check or UsageCheck("anthropic")
-    usage, _ = check.usage(u, lambda: prompt, lambda: completion,
-                           prompt_keys=_PROMPT_KEYS, completion_keys=_COMPLETION_KEYS)
+    usage, _ = check.usage(u, lambda: prompt, lambda: completion, prompt_keys=_PROMPT_KEYS, completion_keys=_COMPLETION_KEYS)
     return usage
 
 
@@ -207,15 +224,22 @@ def to_chat_completion(msg: dict[str, Any], usage: Usage | None = None) -> dict[
     """Translate an Anthropic ``message`` into an OpenAI ``chat.completion`` body (``usage`` when already checked)."""
     text = "".join(b.get("text", "") for b in msg["content"] if b.get("type") == "text")
     calls = [
-        {"id": b.get("id", ""), "type": "function",
-         "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
-        for b in msg["content"] if b.get("type") == "tool_use"
+        {
+            "id": b.get("id", ""),
+            "type": "function",
+            "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})},
+        }
+        for b in msg["content"]
+        if b.get("type") == "tool_use"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
     return {
-        "id": msg.get("id", ""), "object": "chat.completion", "created": int(time.time()), "model": msg.get("model", ""),
+        "id": msg.get("id", ""),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": msg.get("model", ""),
         "choices": [{"index": 0, "message": message, "finish_reason": _STOP_REASONS.get(msg.get("stop_reason") or "", "stop")}],
         "usage": (usage or _usage(msg.get("usage"))).to_dict(),
     }
@@ -249,8 +273,7 @@ class AnthropicBackend(Backend):
         hdrs = {"content-type": "application/json", "anthropic-version": API_VERSION, **(headers or {})}
         if api_key:
             hdrs["x-api-key"] = api_key
-        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections,
-                                         limits=self.limits)
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections, limits=self.limits)
 
     def _request(self, request: ChatRequest, model: str, stream: bool) -> bytes:
         try:
@@ -269,15 +292,17 @@ class AnthropicBackend(Backend):
         msg = loads(raw, self.name, model, "the response body")
         blocks = msg.get("content") if isinstance(msg, dict) else None
         if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
-            raise BackendProtocolError(f"answer is not a Messages object (got {str(msg)[:160]!r})",
-                                       backend=self.name, model=model)
+            raise BackendProtocolError(
+                f"answer is not a Messages object (got {str(msg)[:160]!r})", backend=self.name, model=model
+            )
         text = "".join(t for b in blocks if b.get("type") == "text" and isinstance(t := b.get("text"), str))
         usage = _usage(msg.get("usage"), self._usage, estimate_prompt_tokens(request.messages), estimate_tokens(text))
         try:
             body = to_chat_completion(msg, usage)
         except (KeyError, TypeError, AttributeError, ValueError) as e:  # a block of the wrong shape
-            raise BackendProtocolError(f"malformed Messages answer ({e!r}): {str(msg)[:160]!r}",
-                                       backend=self.name, model=model) from e
+            raise BackendProtocolError(
+                f"malformed Messages answer ({e!r}): {str(msg)[:160]!r}", backend=self.name, model=model
+            ) from e
         return ChatResponse(body=body, usage=usage)
 
     async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
@@ -289,8 +314,7 @@ class AnthropicBackend(Backend):
             async for chunk in self._chunks(resp, request, model, dl):
                 yield chunk
 
-    async def _chunks(self, resp: WireResponse, request: ChatRequest, model: str,
-                      dl: Deadlines) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
         events = iter_sse(resp.iter_lines(), self.limits.event)
         cid, upstream_model, created = "", model, int(time.time())
         prompt_estimate = estimate_prompt_tokens(request.messages)
@@ -299,12 +323,18 @@ class AnthropicBackend(Backend):
 
         def output_estimate() -> int:
             return (n_text + 3) // 4  # estimate_tokens: about 4 characters a token
+
         stop_reason: str | None = None
         tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": upstream_model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": upstream_model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
 
         while True:
             with translate(self.name, model, dl):
@@ -317,8 +347,13 @@ class AnthropicBackend(Backend):
             kind = obj.get("type", ev.event) if isinstance(obj, dict) else None
             if kind == "error":
                 err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
-                raise BackendStatusError(str(err.get("message", "stream error")), backend=self.name, model=model,
-                                         status=_ERROR_STATUS.get(str(err.get("type", "")), 500), body=ev.data[:4096])
+                raise BackendStatusError(
+                    str(err.get("message", "stream error")),
+                    backend=self.name,
+                    model=model,
+                    status=_ERROR_STATUS.get(str(err.get("type", "")), 500),
+                    body=ev.data[:4096],
+                )
             try:
                 if kind == "message_start":
                     msg = obj["message"]
@@ -330,8 +365,12 @@ class AnthropicBackend(Backend):
                     block = obj["content_block"]
                     if block.get("type") == "tool_use":
                         idx = tool_index.setdefault(obj["index"], len(tool_index))
-                        call = {"index": idx, "id": block.get("id", ""), "type": "function",
-                                "function": {"name": block.get("name", ""), "arguments": ""}}
+                        call = {
+                            "index": idx,
+                            "id": block.get("id", ""),
+                            "type": "function",
+                            "function": {"name": block.get("name", ""), "arguments": ""},
+                        }
                         yield StreamChunk(body=chunk({"tool_calls": [call]}))
                 elif kind == "content_block_delta":
                     delta = obj["delta"]
@@ -358,8 +397,9 @@ class AnthropicBackend(Backend):
                     return
                 # ping, content_block_stop and unknown future events carry nothing to forward
             except (KeyError, TypeError, AttributeError) as e:
-                raise BackendProtocolError(f"malformed '{kind}' event ({e!r}): {ev.data[:120]!r}",
-                                           backend=self.name, model=model) from e
+                raise BackendProtocolError(
+                    f"malformed '{kind}' event ({e!r}): {ev.data[:120]!r}", backend=self.name, model=model
+                ) from e
         raise BackendProtocolError("stream ended before message_stop (cut mid-way)", backend=self.name, model=model)
 
     async def aclose(self) -> None:

@@ -118,9 +118,25 @@ class LlamaCppServer:
         # our launcher runs llama_cpp.server after turning off ggml's AMX kernels where they crash
         # --interrupt_requests False: llama_cpp.server by default aborts the stream in progress when another
         # request arrives; a gateway in front of it must queue them (each request answered in full, in turn)
-        cmd = [sys.executable, "-m", "turnout.backends._llama_child", "--model", str(self.model_path), "--host", self.host,
-               "--port", str(self.port), "--n_threads", str(self.n_threads), "--n_ctx", str(self.n_ctx),
-               "--verbose", "False", "--interrupt_requests", "False"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "turnout.backends._llama_child",
+            "--model",
+            str(self.model_path),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--verbose",
+            "False",
+            "--interrupt_requests",
+            "False",
+        ]
         if self.chat_format:
             cmd += ["--chat_format", self.chat_format]
         return cmd + self.extra_args
@@ -136,7 +152,8 @@ class LlamaCppServer:
         if not self.model_path.exists():
             raise BackendConnectionError(
                 f"model file {self.model_path} does not exist (default_fleet_models() assembles the PyPI ones)",
-                backend="llamacpp", retryable=False,
+                backend="llamacpp",
+                retryable=False,
             )
         if self.port is None:
             self.port = free_port(self.host)
@@ -146,7 +163,11 @@ class LlamaCppServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (the child writes to it until stop() closes it)
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         self.process = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            self.command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # a Ctrl-C in the parent's terminal must not kill it mid-request
         )
 
@@ -158,7 +179,8 @@ class LlamaCppServer:
             raise BackendConnectionError(
                 f"llama.cpp server for {self.model_path.name} exited with code {code} during start-up; "
                 f"see its log {self.log_path}: {self._tail()}",
-                backend="llamacpp", retryable=False,
+                backend="llamacpp",
+                retryable=False,
             )
 
     def _tail(self) -> str:
@@ -172,7 +194,8 @@ class LlamaCppServer:
         return BackendConnectionError(
             f"llama.cpp server for {self.model_path.name} not ready after {self.start_timeout:g}s; "
             f"see {self.log_path}: {self._tail()}",
-            backend="llamacpp", retryable=False,
+            backend="llamacpp",
+            retryable=False,
         )
 
     def start(self) -> LlamaCppServer:

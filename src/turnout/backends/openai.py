@@ -151,10 +151,19 @@ def chat_logprobs(lp: Any, top: int | None) -> dict[str, Any] | None:
     for token, logprob, alts in zip(tokens, logprobs, tops):
         if not isinstance(token, str) or not isinstance(logprob, (int, float)) or isinstance(logprob, bool):
             return None
-        ranked = sorted(((t, v) for t, v in alts.items() if isinstance(t, str) and isinstance(v, (int, float))),
-                        key=lambda tv: -tv[1]) if isinstance(alts, dict) else []
-        content.append({"token": token, "logprob": float(logprob), "bytes": None,
-                        "top_logprobs": [{"token": t, "logprob": float(v), "bytes": None} for t, v in ranked[:top or 0]]})
+        ranked = (
+            sorted(((t, v) for t, v in alts.items() if isinstance(t, str) and isinstance(v, (int, float))), key=lambda tv: -tv[1])
+            if isinstance(alts, dict)
+            else []
+        )
+        content.append(
+            {
+                "token": token,
+                "logprob": float(logprob),
+                "bytes": None,
+                "top_logprobs": [{"token": t, "logprob": float(v), "bytes": None} for t, v in ranked[: top or 0]],
+            }
+        )
     return {"content": content}
 
 
@@ -195,8 +204,7 @@ class OpenAIBackend(Backend):
         hdrs = {"content-type": "application/json", **(headers or {})}
         if api_key:
             hdrs.setdefault("Authorization", f"Bearer {api_key}")
-        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections,
-                                         limits=self.limits)
+        self._transport = make_transport(self.base_url, hdrs, client=client, max_connections=max_connections, limits=self.limits)
 
     # -- request building ---------------------------------------------------
 
@@ -208,8 +216,10 @@ class OpenAIBackend(Backend):
             asked = [k for k in _CHAT_ONLY if _asks_for(k, params.get(k))]
             if asked:  # a completion prompt cannot carry them: say so (the chain tries another model), never drop them
                 raise UnsupportedRequestError(
-                    f"{', '.join(asked)} cannot be served by a completion-only model (its chat is rendered into one "
-                    "prompt)", backend=self.name, model=model)
+                    f"{', '.join(asked)} cannot be served by a completion-only model (its chat is rendered into one prompt)",
+                    backend=self.name,
+                    model=model,
+                )
             for k in _CHAT_ONLY:
                 params.pop(k, None)
             # chat's logprobs (a flag) + top_logprobs (a count) are one count in the completions API
@@ -245,8 +255,9 @@ class OpenAIBackend(Backend):
             body = self._chat_from_completion(body, model, _asked_top(request))
         text = self._check_chat(body, model)
         raw_usage = body.get("usage")
-        usage, valid = self._usage.usage(raw_usage, lambda: estimate_prompt_tokens(request.messages),
-                                         lambda: estimate_tokens(text))
+        usage, valid = self._usage.usage(
+            raw_usage, lambda: estimate_prompt_tokens(request.messages), lambda: estimate_tokens(text)
+        )
         if not valid:  # the client sees the numbers turnout accounted (details the provider sent are kept)
             body["usage"] = {**(raw_usage if isinstance(raw_usage, dict) else {}), **usage.to_dict()}
         return ChatResponse(body=body, usage=usage)
@@ -254,9 +265,7 @@ class OpenAIBackend(Backend):
     def _check_chat(self, body: Any, model: str) -> str:
         """The answer's text, once ``body`` is known to be a chat completion with a message whose content is text."""
         if isinstance(body, dict) and "error" in body and "choices" not in body:
-            raise BackendStatusError(
-                str(body["error"]), backend=self.name, model=model, status=502, body=str(body)[:4096]
-            )
+            raise BackendStatusError(str(body["error"]), backend=self.name, model=model, status=502, body=str(body)[:4096])
         try:
             message = body["choices"][0]["message"]
         except (KeyError, IndexError, TypeError):
@@ -267,8 +276,11 @@ class OpenAIBackend(Backend):
             )
         text = _text_of(message.get("content"))
         if text is None:
-            raise BackendProtocolError(f"choices[0].message.content is neither text nor null: "
-                                       f"{str(message.get('content'))[:80]!r}", backend=self.name, model=model)
+            raise BackendProtocolError(
+                f"choices[0].message.content is neither text nor null: {str(message.get('content'))[:80]!r}",
+                backend=self.name,
+                model=model,
+            )
         return text
 
     def _chat_from_completion(self, body: Any, model: str, top: int | None = None) -> Any:
@@ -301,9 +313,7 @@ class OpenAIBackend(Backend):
 
     # -- streaming ----------------------------------------------------------
 
-    async def stream(
-        self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None
-    ) -> AsyncIterator[StreamChunk]:
+    async def stream(self, request: ChatRequest, *, model: str, timeouts: Timeouts | None = None) -> AsyncIterator[StreamChunk]:
         """Yield ``chat.completion.chunk`` chunks; the last carries ``finish_reason`` and ``usage``."""
         t = timeouts or self.timeouts
         dl = Deadlines(t)
@@ -312,9 +322,7 @@ class OpenAIBackend(Backend):
             async for chunk in self._chunks(resp, request, model, dl):
                 yield chunk
 
-    async def _chunks(
-        self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines
-    ) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
         events = iter_sse(resp.iter_lines(), self.limits.event)
         held: StreamChunk | None = None  # the finish chunk, held back until usage is known
         raw_usage: Any = None  # the last usage the provider reported
@@ -361,8 +369,11 @@ class OpenAIBackend(Backend):
             text = delta.get("content") or "" if isinstance(delta, dict) else None
             finish = None if choice is None else choice.get("finish_reason")
             if choice is None or not isinstance(text, str) or not isinstance(finish, str | None):
-                raise BackendProtocolError(f"stream event with a choice, delta, content or finish_reason of the wrong "
-                                           f"type: {ev.data[:120]!r}", backend=self.name, model=model)
+                raise BackendProtocolError(
+                    f"stream event with a choice, delta, content or finish_reason of the wrong type: {ev.data[:120]!r}",
+                    backend=self.name,
+                    model=model,
+                )
             if text:
                 n_events += 1
             chunk = StreamChunk(body=obj, text=text, finish_reason=finish)
@@ -385,9 +396,13 @@ class OpenAIBackend(Backend):
         template = self.completion_template
         usage, _ = self._usage.usage(
             raw_usage,
-            lambda: (estimate_tokens(render_prompt(template, request.messages)) if template is not None
-                     else estimate_prompt_tokens(request.messages)),
-            lambda: n_events)
+            lambda: (
+                estimate_tokens(render_prompt(template, request.messages))
+                if template is not None
+                else estimate_prompt_tokens(request.messages)
+            ),
+            lambda: n_events,
+        )
         held.usage = usage
         held.body["usage"] = usage.to_dict()
         yield held
@@ -398,11 +413,16 @@ class OpenAIBackend(Backend):
         if isinstance(choices, list):
             for c in choices[:1]:
                 if not isinstance(c, dict) or not isinstance(c.get("text", ""), str):
-                    raise BackendProtocolError(f"completion chunk has no text: {str(obj)[:120]!r}",
-                                               backend=self.name, model=model)
+                    raise BackendProtocolError(
+                        f"completion chunk has no text: {str(obj)[:120]!r}", backend=self.name, model=model
+                    )
                 out_choices.append(
-                    {"index": 0, "delta": {"content": c.get("text") or ""}, "finish_reason": c.get("finish_reason"),
-                     **({"logprobs": chat_logprobs(c.get("logprobs"), top)} if top is not None else {})}
+                    {
+                        "index": 0,
+                        "delta": {"content": c.get("text") or ""},
+                        "finish_reason": c.get("finish_reason"),
+                        **({"logprobs": chat_logprobs(c.get("logprobs"), top)} if top is not None else {}),
+                    }
                 )
         else:
             return obj  # the caller reports the missing choices list

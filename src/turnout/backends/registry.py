@@ -40,6 +40,8 @@ BUILTIN_BACKENDS: dict[str, str] = {
 }
 #: the entry-point group packages declare backend protocols in
 ENTRY_POINT_GROUP = "turnout.backends"
+
+
 class BackendRegistry:
     """Maps protocol names to backend factories, resolving built-ins and entry points lazily.
 
@@ -49,8 +51,9 @@ class BackendRegistry:
     targets used only where no entry point gave that name.
     """
 
-    def __init__(self, lazy: dict[str, str] | None = None, *, entry_point_group: str | None = None,
-                 fallback: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, lazy: dict[str, str] | None = None, *, entry_point_group: str | None = None, fallback: dict[str, str] | None = None
+    ) -> None:
         self._factories: dict[str, Factory] = {}
         self._lazy = dict(lazy or {})
         self._group = entry_point_group
@@ -85,8 +88,11 @@ class BackendRegistry:
                 try:
                     self._factories[protocol] = EntryPoint(protocol, target, self._group or "").load()
                 except (ImportError, AttributeError) as e:
-                    raise ConfigError(f"backend protocol '{protocol}' ({target}) cannot be loaded: {e}",
-                                      key="protocol", fix="install the package that provides it") from e
+                    raise ConfigError(
+                        f"backend protocol '{protocol}' ({target}) cannot be loaded: {e}",
+                        key="protocol",
+                        fix="install the package that provides it",
+                    ) from e
         try:
             return self._factories[protocol]
         except KeyError:
@@ -133,5 +139,4 @@ def backend_protocols() -> list[str]:
     return DEFAULT_REGISTRY.names()
 
 
-__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry", "backend_protocols", "create_backend",
-           "register_backend"]
+__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry", "backend_protocols", "create_backend", "register_backend"]

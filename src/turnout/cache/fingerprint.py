@@ -57,10 +57,18 @@ FINGERPRINT_VERSION = "turnout-cache/1"
 #: is replayed as a stream when asked (``replay_chunks``). ``user``, ``metadata``, ``store``,
 #: ``service_tier``, ``prompt_cache_key``, ``safety_identifier``: accounting, abuse monitoring and
 #: provider-side storage. Everything else is in the digest.
-HARMLESS_PARAMS: frozenset[str] = frozenset({
-    "stream", "stream_options", "user", "metadata", "store", "service_tier", "prompt_cache_key",
-    "safety_identifier",
-})
+HARMLESS_PARAMS: frozenset[str] = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
 
 _SPACE = re.compile(r"\s+")
 
@@ -155,8 +163,13 @@ class ContextFingerprint:
         params = {k: v for k, v in request.params.items() if k not in HARMLESS_PARAMS}
         h = hashlib.sha256()
         # length-prefixed fields: no choice of tenant or route name can make two different contexts collide
-        for field in (FINGERPRINT_VERSION.encode(), tenant.encode("utf-8"), (route or request.model).encode("utf-8"),
-                      _dumps(params), _dumps(context)):
+        for field in (
+            FINGERPRINT_VERSION.encode(),
+            tenant.encode("utf-8"),
+            (route or request.model).encode("utf-8"),
+            _dumps(params),
+            _dumps(context),
+        ):
             h.update(len(field).to_bytes(8, "big"))
             h.update(field)
         digest = h.hexdigest()

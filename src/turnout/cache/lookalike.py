@@ -44,26 +44,57 @@ from dataclasses import dataclass
 CHECKS: tuple[str, ...] = ("numbers", "negation", "exclusion", "units", "entities")
 
 _ONES = {
-    "zero": 0, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
-    "seventeen": 17, "eighteen": 18, "nineteen": 19,
+    "zero": 0,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 #: words that stand for a number on their own. "one" is left out: it is mostly a pronoun ("the other one",
 #: "no one"); it counts only inside a larger number ("twenty one", "one hundred"). "first"/"second" are left
 #: out too ("at first", "a second opinion").
-_SOLO: dict[str, float] = {"dozen": 12, "twice": 2, "thrice": 3, "half": 0.5, "quarter": 0.25, "third": 3, "fourth": 4, "fifth": 5,
-         "sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12}
+_SOLO: dict[str, float] = {
+    "dozen": 12,
+    "twice": 2,
+    "thrice": 3,
+    "half": 0.5,
+    "quarter": 0.25,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "eleventh": 11,
+    "twelfth": 12,
+}
 
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:,\d{3})+|\d+(?:\.\d+)?|\.\d+)(?:\s*/\s*(\d+))?")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 _NEGATION = re.compile(
     r"\b(?:not|no|never|without|none|nothing|nobody|nowhere|neither|nor|cannot|cant|dont|doesnt|didnt|isnt|arent|"
-    r"wasnt|werent|wont|wouldnt|shouldnt|couldnt|havent|hasnt|hadnt)\b|n't\b")
-_EXCLUSION = re.compile(
-    r"\b(apart from|aside from|other than|besides|except|excluding|instead of|rather than|in addition to)\b")
+    r"wasnt|werent|wont|wouldnt|shouldnt|couldnt|havent|hasnt|hadnt)\b|n't\b"
+)
+_EXCLUSION = re.compile(r"\b(apart from|aside from|other than|besides|except|excluding|instead of|rather than|in addition to)\b")
 
 #: unit word -> canonical unit. Only words that are units whenever they appear ("second" and "minute" are
 #: left to their plurals and abbreviations; "m" and "l" alone are too ambiguous).
@@ -104,21 +135,95 @@ _UNIT_TOKEN = re.compile(r"y/o|°[fc]?|%|[a-zµ]+")
 _QUANTIFIED = re.compile(
     r"(?:\d|/|\b(?:how many|how much|number of|zero|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
     r"teen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|dozen|few|several|couple of|"
-    r"half an?|an?|per|every|each|one))[\s-]*$")
+    r"half an?|an?|per|every|each|one))[\s-]*$"
+)
 _NUMBERED = re.compile(r"[\s#]+\d")  # a separator: the "h" of "H1N1" is no hour
 
 #: capitalised words that name no thing: sentence-initial habits and titles
-_NOT_ENTITIES = frozenset({
-    "i", "i'm", "i've", "i'd", "i'll", "im", "ive", "id", "dr", "mr", "mrs", "ms", "ok", "okay", "hi", "hello",
-    "please", "thanks", "thank", "hey", "dear", "sir", "madam", "doctor", "yes", "no", "also", "and", "but", "or",
-})
+_NOT_ENTITIES = frozenset(
+    {
+        "i",
+        "i'm",
+        "i've",
+        "i'd",
+        "i'll",
+        "im",
+        "ive",
+        "id",
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "ok",
+        "okay",
+        "hi",
+        "hello",
+        "please",
+        "thanks",
+        "thank",
+        "hey",
+        "dear",
+        "sir",
+        "madam",
+        "doctor",
+        "yes",
+        "no",
+        "also",
+        "and",
+        "but",
+        "or",
+    }
+)
 #: suffixes of drug names (INN stems); a word ending in one is an entity in any case and position
 _DRUG_SUFFIXES = (
-    "mycin", "micin", "cillin", "cycline", "oxacin", "azole", "pril", "sartan", "olol",
-    "statin", "prazole", "tidine", "dipine", "mab", "tinib", "ciclovir", "clovir", "navir", "caine", "azepam",
-    "azolam", "barbital", "oxetine", "triptyline", "triptan", "setron", "gliptin", "glitazone", "lukast",
-    "dronate", "profen", "sone", "olone", "semide", "thiazide", "parin", "xaban", "gatran", "terol", "tropium",
-    "zosin", "formin", "fenac", "coxib", "pramine", "peridol", "apine", "idone",
+    "mycin",
+    "micin",
+    "cillin",
+    "cycline",
+    "oxacin",
+    "azole",
+    "pril",
+    "sartan",
+    "olol",
+    "statin",
+    "prazole",
+    "tidine",
+    "dipine",
+    "mab",
+    "tinib",
+    "ciclovir",
+    "clovir",
+    "navir",
+    "caine",
+    "azepam",
+    "azolam",
+    "barbital",
+    "oxetine",
+    "triptyline",
+    "triptan",
+    "setron",
+    "gliptin",
+    "glitazone",
+    "lukast",
+    "dronate",
+    "profen",
+    "sone",
+    "olone",
+    "semide",
+    "thiazide",
+    "parin",
+    "xaban",
+    "gatran",
+    "terol",
+    "tropium",
+    "zosin",
+    "formin",
+    "fenac",
+    "coxib",
+    "pramine",
+    "peridol",
+    "apine",
+    "idone",
 )
 _TOKEN = re.compile(r"[^\W_][\w'\-]*", re.UNICODE)
 
@@ -192,8 +297,9 @@ def units(text: str) -> tuple[str, ...]:
     found: list[str] = []
     for m in _UNIT_TOKEN.finditer(folded):
         unit = _UNITS.get(m.group(0))
-        if unit is not None and (_QUANTIFIED.search(folded, max(0, m.start() - 12), m.start())
-                                 or _NUMBERED.match(folded, m.end())):
+        if unit is not None and (
+            _QUANTIFIED.search(folded, max(0, m.start() - 12), m.start()) or _NUMBERED.match(folded, m.end())
+        ):
             found.append(unit)
     return tuple(sorted(found))
 
@@ -209,7 +315,7 @@ def entities(text: str) -> frozenset[str]:
     last = 0
     for m in _TOKEN.finditer(text):
         # a word starts a sentence when nothing but spaces and sentence punctuation precede it
-        initial = last == 0 or any(c in ".!?:;\n" for c in text[last:m.start()])
+        initial = last == 0 or any(c in ".!?:;\n" for c in text[last : m.start()])
         last = m.end()
         word = m.group(0).strip("'-")
         if not word:
@@ -305,8 +411,9 @@ class LookalikeGuard:
             only_cached = frozenset(e for e in entities(cached) if _squash(e) not in squashed_new)
             only_new = frozenset(e for e in entities(new) if _squash(e) not in squashed_cached)
             if only_cached or only_new:
-                return GuardVerdict(False, "entities",
-                                    f"entities differ: only cached {_show(only_cached)}, only new {_show(only_new)}")
+                return GuardVerdict(
+                    False, "entities", f"entities differ: only cached {_show(only_cached)}, only new {_show(only_new)}"
+                )
         return _PASS
 
 

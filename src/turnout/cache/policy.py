@@ -67,8 +67,12 @@ class CachePolicy:
         if isinstance(n, int) and not isinstance(n, bool) and n > 1:
             return f"n={n} asks for several answers"
         temperature = request.params.get("temperature")
-        if (self.max_temperature is not None and isinstance(temperature, (int, float))
-                and not isinstance(temperature, bool) and temperature > self.max_temperature):
+        if (
+            self.max_temperature is not None
+            and isinstance(temperature, (int, float))
+            and not isinstance(temperature, bool)
+            and temperature > self.max_temperature
+        ):
             return f"temperature {temperature:g} is above the cache bound {self.max_temperature:g}"
         return None
 

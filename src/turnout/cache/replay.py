@@ -41,8 +41,9 @@ def _pieces(text: str, chunk_chars: int) -> list[str]:
     return out
 
 
-def replay_chunks(body: dict[str, Any], *, chunk_chars: int = 24, id: str | None = None,
-                  created: int | None = None) -> list[dict[str, Any]]:
+def replay_chunks(
+    body: dict[str, Any], *, chunk_chars: int = 24, id: str | None = None, created: int | None = None
+) -> list[dict[str, Any]]:
     """The ``chat.completion.chunk`` bodies that stream ``body`` (a one-choice ``chat.completion``).
 
     ``id`` and ``created`` default to the body's own; the gateway passes a fresh
@@ -57,9 +58,12 @@ def replay_chunks(body: dict[str, Any], *, chunk_chars: int = 24, id: str | None
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0].get("message"), dict):
         raise ValueError("replay_chunks needs a chat.completion body with exactly one choice and its message")
     choice, message = choices[0], choices[0]["message"]
-    head = {"id": id or body.get("id") or "chatcmpl-cached", "object": "chat.completion.chunk",
-            "created": created if created is not None else body.get("created", int(time.time())),
-            "model": body.get("model", "")}
+    head = {
+        "id": id or body.get("id") or "chatcmpl-cached",
+        "object": "chat.completion.chunk",
+        "created": created if created is not None else body.get("created", int(time.time())),
+        "model": body.get("model", ""),
+    }
     if body.get("system_fingerprint") is not None:
         head["system_fingerprint"] = body["system_fingerprint"]
     index = choice.get("index", 0)
@@ -127,8 +131,11 @@ def assemble_body(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
         message["refusal"] = "".join(refusal)
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    body: dict[str, Any] = {**head, "object": "chat.completion",
-                            "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+    body: dict[str, Any] = {
+        **head,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+    }
     if usage is not None:
         body["usage"] = usage
     return body

@@ -81,8 +81,11 @@ class CacheHit:
 
     def headers(self) -> dict[str, str]:
         """Response headers that make the hit visible: kind, similarity, age in seconds."""
-        return {"x-turnout-cache": f"hit-{self.kind}", "x-turnout-cache-similarity": f"{self.similarity:.4f}",
-                "x-turnout-cache-age": str(int(self.age_s))}
+        return {
+            "x-turnout-cache": f"hit-{self.kind}",
+            "x-turnout-cache-similarity": f"{self.similarity:.4f}",
+            "x-turnout-cache-age": str(int(self.age_s)),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +141,16 @@ class SemanticCache:
     coroutines await only the store (no I/O at all with the in-memory one).
     """
 
-    def __init__(self, storage: CacheStore, *, threshold: float, guard: LookalikeGuard | None = DEFAULT_GUARD,
-                 candidates: int = 4, space: str = "default", policy: CachePolicy | None = None) -> None:
+    def __init__(
+        self,
+        storage: CacheStore,
+        *,
+        threshold: float,
+        guard: LookalikeGuard | None = DEFAULT_GUARD,
+        candidates: int = 4,
+        space: str = "default",
+        policy: CachePolicy | None = None,
+    ) -> None:
         if not -1.0 <= threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
         if candidates < 1:
@@ -156,12 +167,18 @@ class SemanticCache:
 
     def _hit(self, entry: CacheEntry, kind: Literal["exact", "semantic"], similarity: float) -> CacheHit:
         model = entry.answer.get("model")
-        return CacheHit(answer=entry.answer, kind=kind, similarity=similarity,
-                        age_s=max(0.0, self.storage.now() - entry.stored_at), question=entry.text,
-                        model=model if isinstance(model, str) else "")
+        return CacheHit(
+            answer=entry.answer,
+            kind=kind,
+            similarity=similarity,
+            age_s=max(0.0, self.storage.now() - entry.stored_at),
+            question=entry.text,
+            model=model if isinstance(model, str) else "",
+        )
 
-    async def lookup(self, fp: ContextFingerprint, vector: np.ndarray | None = None, *,
-               threshold: float | None = None) -> LookupResult:
+    async def lookup(
+        self, fp: ContextFingerprint, vector: np.ndarray | None = None, *, threshold: float | None = None
+    ) -> LookupResult:
         """Look ``fp`` up: exactly, then (with ``vector``, the embedding of ``fp.text``) semantically.
 
         ``threshold`` overrides the cache's for this call (a route's own). An
@@ -189,8 +206,9 @@ class SemanticCache:
             blocked.append(Blocked(cached.text, sim, verdict.check or "", verdict.reason or ""))
         return LookupResult(None, tuple(blocked), found[0][1] if found else None)
 
-    async def store(self, fp: ContextFingerprint, vector: np.ndarray | None, answer: dict[str, Any], *,
-              ttl_s: float | None = None) -> StoreOutcome:
+    async def store(
+        self, fp: ContextFingerprint, vector: np.ndarray | None, answer: dict[str, Any], *, ttl_s: float | None = None
+    ) -> StoreOutcome:
         """Store ``answer`` (a ``chat.completion`` body) for ``fp`` unless the policy refuses it.
 
         ``vector`` is the embedding of ``fp.text`` (None: the entry only ever

@@ -75,14 +75,14 @@ class CacheSettings:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ConfigError(f"unknown cache setting(s) {', '.join(unknown)}", key=where,
-                              fix=f"the cache takes: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown cache setting(s) {', '.join(unknown)}", key=where, fix=f"the cache takes: {', '.join(known)}"
+            )
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         for key, value in values.items():
             kind, what = _KINDS[key]
             if not _fits(kind, value):
-                raise ConfigError(f"cache setting {key} has a wrong value {value!r}", key=f"{where}.{key}",
-                                  fix=f"give {what}")
+                raise ConfigError(f"cache setting {key} has a wrong value {value!r}", key=f"{where}.{key}", fix=f"give {what}")
         try:
             return cls(**values)
         except ValueError as exc:
@@ -123,13 +123,23 @@ def _fits(kind: str, value: Any) -> bool:
 
 def build_cache(settings: CacheSettings, *, storage: CacheStore | None = None) -> SemanticCache:
     """A :class:`SemanticCache` as ``settings`` describe, over ``storage`` (default: a new in-process store)."""
-    store = storage if storage is not None else InMemoryCacheStore(
-        max_entries=settings.max_entries, ttl_s=settings.ttl_s, max_entries_per_tenant=settings.max_entries_per_key)
-    policy = CachePolicy(max_temperature=settings.max_temperature, finish_reasons=frozenset(settings.finish_reasons),
-                         cache_tool_calls=settings.cache_tool_calls, max_answer_chars=settings.max_answer_chars)
+    store = (
+        storage
+        if storage is not None
+        else InMemoryCacheStore(
+            max_entries=settings.max_entries, ttl_s=settings.ttl_s, max_entries_per_tenant=settings.max_entries_per_key
+        )
+    )
+    policy = CachePolicy(
+        max_temperature=settings.max_temperature,
+        finish_reasons=frozenset(settings.finish_reasons),
+        cache_tool_calls=settings.cache_tool_calls,
+        max_answer_chars=settings.max_answer_chars,
+    )
     guard = LookalikeGuard.only(*settings.guard) if settings.guard else None
-    return SemanticCache(store, threshold=settings.threshold, guard=guard, candidates=settings.candidates,
-                         space=settings.embedder, policy=policy)
+    return SemanticCache(
+        store, threshold=settings.threshold, guard=guard, candidates=settings.candidates, space=settings.embedder, policy=policy
+    )
 
 
 __all__ = ["DEFAULT_THRESHOLD", "CacheSettings", "build_cache"]

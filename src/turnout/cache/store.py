@@ -73,8 +73,9 @@ class CacheStore(Protocol):
         """The live entry under ``key``, marked as recently used; None when absent or expired."""
         ...
 
-    async def nearest(self, tenant: str, bucket: str, vector: np.ndarray, *, k: int,
-                min_similarity: float) -> list[tuple[CacheEntry, float]]:
+    async def nearest(
+        self, tenant: str, bucket: str, vector: np.ndarray, *, k: int, min_similarity: float
+    ) -> list[tuple[CacheEntry, float]]:
         """Up to ``k`` live entries of the bucket whose vector's dot product with ``vector`` is at least
         ``min_similarity``, most similar first (not marked as used: the caller :meth:`touch` es the one it serves)."""
         ...
@@ -83,8 +84,17 @@ class CacheStore(Protocol):
         """Mark the entry as recently used (no-op when absent)."""
         ...
 
-    async def put(self, tenant: str, bucket: str, key: str, text: str, vector: np.ndarray | None,
-            answer: dict[str, Any], *, ttl_s: float | None = None) -> None:
+    async def put(
+        self,
+        tenant: str,
+        bucket: str,
+        key: str,
+        text: str,
+        vector: np.ndarray | None,
+        answer: dict[str, Any],
+        *,
+        ttl_s: float | None = None,
+    ) -> None:
         """Store (or replace) the entry under ``key``; ``ttl_s`` overrides the store's TTL for it."""
         ...
 
@@ -123,8 +133,10 @@ class _Bucket:
             if self.mat is None:  # invariant from here on: the matrix has as many rows as ``expires``
                 self.mat = np.zeros((len(self.expires), vec.shape[0]), dtype=np.float32)
             elif self.mat.shape[1] != vec.shape[0]:
-                raise ValueError(f"vector of dimension {vec.shape[0]} in a bucket of dimension {self.mat.shape[1]} "
-                                 "(one bucket must hold one embedder's vectors)")
+                raise ValueError(
+                    f"vector of dimension {vec.shape[0]} in a bucket of dimension {self.mat.shape[1]} "
+                    "(one bucket must hold one embedder's vectors)"
+                )
             self.mat[row] = vec
         self.has_vec[row] = vec is not None
         self.expires[row] = entry.expires_at
@@ -175,8 +187,14 @@ class InMemoryCacheStore:
     #: no I/O: callers on the event loop may call it inline
     in_process = True
 
-    def __init__(self, *, max_entries: int = 10_000, ttl_s: float | None = 3600.0,
-                 max_entries_per_tenant: int | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        ttl_s: float | None = 3600.0,
+        max_entries_per_tenant: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         if max_entries_per_tenant is not None and max_entries_per_tenant < 1:
@@ -228,8 +246,9 @@ class InMemoryCacheStore:
             self._use((tenant, bucket, key))
             return entry
 
-    async def nearest(self, tenant: str, bucket: str, vector: np.ndarray, *, k: int,
-                min_similarity: float) -> list[tuple[CacheEntry, float]]:
+    async def nearest(
+        self, tenant: str, bucket: str, vector: np.ndarray, *, k: int, min_similarity: float
+    ) -> list[tuple[CacheEntry, float]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         with self._lock:
@@ -259,8 +278,17 @@ class InMemoryCacheStore:
             if (tenant, bucket, key) in self._lru:
                 self._use((tenant, bucket, key))
 
-    async def put(self, tenant: str, bucket: str, key: str, text: str, vector: np.ndarray | None,
-            answer: dict[str, Any], *, ttl_s: float | None = None) -> None:
+    async def put(
+        self,
+        tenant: str,
+        bucket: str,
+        key: str,
+        text: str,
+        vector: np.ndarray | None,
+        answer: dict[str, Any],
+        *,
+        ttl_s: float | None = None,
+    ) -> None:
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         if vector is not None:
             vector = np.array(vector, dtype=np.float32)  # a private copy: the caller's array may change
@@ -269,8 +297,14 @@ class InMemoryCacheStore:
             vector.flags.writeable = False
         with self._lock:
             now = self._clock()
-            entry = CacheEntry(key=key, text=text, vector=vector, answer=answer, stored_at=now,
-                               expires_at=now + ttl if ttl is not None else math.inf)
+            entry = CacheEntry(
+                key=key,
+                text=text,
+                vector=vector,
+                answer=answer,
+                stored_at=now,
+                expires_at=now + ttl if ttl is not None else math.inf,
+            )
             b = self._buckets.get((tenant, bucket))
             if b is None:
                 b = self._buckets[(tenant, bucket)] = _Bucket()

@@ -14,35 +14,58 @@ from typing import Any
 
 def add_arguments(p: Any) -> None:
     """The cascade flags of ``turnout eval``."""
-    p.add_argument("--cascades", choices=["auto", "off"], default="auto",
-                   help="simulate cascades and fan-outs from the table's recorded answers (auto: when both splits "
-                        "carry answer texts; off: never)")
-    p.add_argument("--cascade-router", default=None, metavar="ROUTER",
-                   help="the router that chooses per prompt among models and cascade / fan-out plans "
-                        "(cascade-ROUTER, fanout-ROUTER; default mlp, or knn without the ml extra; 'none' to skip)")
-    p.add_argument("--verifier", metavar="VERIFIER.npz",
-                   help="use this trained verifier instead of fitting one on the training split")
-    p.add_argument("--save-verifier", metavar="VERIFIER.npz",
-                   help="fit the verifier on the training split and save it here (for a gateway's cascade plan)")
+    p.add_argument(
+        "--cascades",
+        choices=["auto", "off"],
+        default="auto",
+        help="simulate cascades and fan-outs from the table's recorded answers (auto: when both splits "
+        "carry answer texts; off: never)",
+    )
+    p.add_argument(
+        "--cascade-router",
+        default=None,
+        metavar="ROUTER",
+        help="the router that chooses per prompt among models and cascade / fan-out plans "
+        "(cascade-ROUTER, fanout-ROUTER; default mlp, or knn without the ml extra; 'none' to skip)",
+    )
+    p.add_argument(
+        "--verifier", metavar="VERIFIER.npz", help="use this trained verifier instead of fitting one on the training split"
+    )
+    p.add_argument(
+        "--save-verifier",
+        metavar="VERIFIER.npz",
+        help="fit the verifier on the training split and save it here (for a gateway's cascade plan)",
+    )
 
 
 def check(args: Any) -> None:
     """Refuse flag combinations that would fail after the work, before any of it."""
     from turnout.errors import DataError
 
-    given = [f for f, v in (("--verifier", args.verifier), ("--save-verifier", args.save_verifier),
-                            ("--cascade-router", args.cascade_router)) if v]
+    given = [
+        f
+        for f, v in (
+            ("--verifier", args.verifier),
+            ("--save-verifier", args.save_verifier),
+            ("--cascade-router", args.cascade_router),
+        )
+        if v
+    ]
     if given and args.cascades == "off":
         raise DataError(f"{', '.join(given)} cannot go with --cascades off", fix="drop them, or --cascades off")
     if given and (args.artifact or args.repeats != 1):
-        raise DataError(f"{', '.join(given)}: cascades are simulated on one train/test split only",
-                        fix="drop --artifact / --repeats, or the cascade flags")
+        raise DataError(
+            f"{', '.join(given)}: cascades are simulated on one train/test split only",
+            fix="drop --artifact / --repeats, or the cascade flags",
+        )
     if args.verifier and args.save_verifier:
-        raise DataError("--verifier and --save-verifier: one verifier is given, the other fitted",
-                        fix="keep one of them")
+        raise DataError("--verifier and --save-verifier: one verifier is given, the other fitted", fix="keep one of them")
     if args.verifier and not Path(args.verifier).exists():
-        raise DataError("verifier artifact not found", file=args.verifier,
-                        fix="train one with 'turnout eval TABLE --save-verifier verifier.npz'")
+        raise DataError(
+            "verifier artifact not found",
+            file=args.verifier,
+            fix="train one with 'turnout eval TABLE --save-verifier verifier.npz'",
+        )
     if args.save_verifier:
         out = Path(args.save_verifier)
         if not out.name.endswith(".npz"):
@@ -66,9 +89,12 @@ def options(args: Any, train: Any, test: Any, table: str, con: Any) -> Any:
         if args.verifier or args.save_verifier or args.cascade_router:
             from turnout.errors import DataError
 
-            raise DataError("the table carries no answer texts, so there is no cascade to simulate", file=table,
-                            fix="use a table with a 'response' column (RouterBench's wide CSVs carry "
-                                "<model>|model_response), or drop the cascade flags")
+            raise DataError(
+                "the table carries no answer texts, so there is no cascade to simulate",
+                file=table,
+                fix="use a table with a 'response' column (RouterBench's wide CSVs carry "
+                "<model>|model_response), or drop the cascade flags",
+            )
         return None
     router = args.cascade_router or _default_router()
     opts = CascadeOptions(router=None if router == "none" else router, seed=args.seed)
@@ -83,10 +109,13 @@ def options(args: Any, train: Any, test: Any, table: str, con: Any) -> Any:
 
         con.print(f"cascades: fitting the verifier on the {len(train)} training prompts' answers")
         opts.verifier = fit_verifier(train, seed=args.seed)
-        save_verifier(opts.verifier, args.save_verifier,
-                      meta={"table": table, "split": "train", "n_prompts": len(train), "embedder": None})
-        con.print(f"wrote {args.save_verifier} ({opts.verifier.report.get('rows')} answers, cross-validated AUC "
-                  f"{opts.verifier.report.get('cv_auc', float('nan')):.3f})")
+        save_verifier(
+            opts.verifier, args.save_verifier, meta={"table": table, "split": "train", "n_prompts": len(train), "embedder": None}
+        )
+        con.print(
+            f"wrote {args.save_verifier} ({opts.verifier.report.get('rows')} answers, cross-validated AUC "
+            f"{opts.verifier.report.get('cv_auc', float('nan')):.3f})"
+        )
     return opts
 
 
@@ -106,10 +135,18 @@ def render(out: dict[str, Any]) -> Any:
 
     def ci(v: list[float] | None) -> str:
         return "—" if not v else f"{v[0]:.3f}–{v[1]:.3f}"
+
     for name, r in out.get("cascades", {}).items():
-        t.add_row(name, f(r["aiq"]), ci(r.get("aiq_ci")), signed_interval(r.get("aiq_vs_best_ci")),
-                  signed_interval(r.get("aiq_gain_ci")), f(r["max_quality"]), f(r["quality_at_best_single_cost"]),
-                  f(r["cost_fraction_to_match_best"]))
+        t.add_row(
+            name,
+            f(r["aiq"]),
+            ci(r.get("aiq_ci")),
+            signed_interval(r.get("aiq_vs_best_ci")),
+            signed_interval(r.get("aiq_gain_ci")),
+            f(r["max_quality"]),
+            f(r["quality_at_best_single_cost"]),
+            f(r["cost_fraction_to_match_best"]),
+        )
     return t
 
 
@@ -124,6 +161,7 @@ def render_auc(acc: dict[str, Any]) -> Any:
 
     def f(v: float | None) -> str:
         return "—" if v is None else f"{v:.3f}"
+
     for name, per in acc["auc"].items():
         t.add_row(name, *(f(per.get(k)) for k in (*tasks, "all")), f"{per['judged_share']:.0%}")
     return t
@@ -136,15 +174,19 @@ def lines(out: dict[str, Any]) -> list[str]:
         return []
     r = cs[best]
     above = [n for n, e in cs.items() if e.get("aiq_vs_best_ci") and e["aiq_vs_best_ci"][0] > 0]
-    head = (f"best cascade / fan-out: {best} (AIQ {r['aiq']:.4f}); above the best router "
-            f"({out.get('best_router', '—')}) by a paired 95% CI above 0: {', '.join(above) or 'none'}")
+    head = (
+        f"best cascade / fan-out: {best} (AIQ {r['aiq']:.4f}); above the best router "
+        f"({out.get('best_router', '—')}) by a paired 95% CI above 0: {', '.join(above) or 'none'}"
+    )
     out_lines = [head]
     acc = out.get("acceptance") or {}
     for row in acc.get("needed_auc", []):
         frac = row["cost_fraction_to_match_strong"].get("all")
-        out_lines.append(f"a signal of AUC {row['auc']:.2f} on {acc['cheap']} -> {acc['strong']}: the strong model's "
-                         f"quality at {'never' if frac is None else f'{frac:.2f}'} of its cost; quality "
-                         f"{row['quality_at_half_strong_cost'] or float('nan'):.4f} at half its cost")
+        out_lines.append(
+            f"a signal of AUC {row['auc']:.2f} on {acc['cheap']} -> {acc['strong']}: the strong model's "
+            f"quality at {'never' if frac is None else f'{frac:.2f}'} of its cost; quality "
+            f"{row['quality_at_half_strong_cost'] or float('nan'):.4f} at half its cost"
+        )
     return out_lines
 
 

@@ -29,8 +29,9 @@ MIN_PROBES = 10
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("add-model", help="add a model to a trained profile router from a few probe outcomes",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "add-model", help="add a model to a trained profile router from a few probe outcomes", description=__doc__
+    )
     p.add_argument("artifact", help="a profile router artifact (.npz) from 'turnout train --router profile'")
     p.add_argument("probe", help="a routing table with the new model's outcomes on a few prompts")
     p.add_argument("--model", required=True, help="the model in the probe table to add")
@@ -66,16 +67,24 @@ def run(args: Any) -> int:
     out = check_artifact_path(args.out)
     router, meta = load_router(args.artifact)
     if not hasattr(router, "add_model"):
-        raise RoutingError(f"{args.artifact} holds a '{meta.get('router')}' router; only 'profile' can add a model "
-                           "from probes (train one with --router profile, or train again with the model's outcomes)")
+        raise RoutingError(
+            f"{args.artifact} holds a '{meta.get('router')}' router; only 'profile' can add a model "
+            "from probes (train one with --router profile, or train again with the model's outcomes)"
+        )
     name = args.as_name or args.model
     if name in router.models:
-        raise RoutingError(f"--as {name} is already routed by {args.artifact}; choose another name" if args.as_name
-                           else f"model '{name}' is already routed by {args.artifact}; name it otherwise with --as")
+        raise RoutingError(
+            f"--as {name} is already routed by {args.artifact}; choose another name"
+            if args.as_name
+            else f"model '{name}' is already routed by {args.artifact}; name it otherwise with --as"
+        )
     table = load_table(args.probe, models_card=args.models_card)
     if args.model not in table.models:
-        raise DataError(f"model '{args.model}' has no outcome in the probe table", file=str(args.probe),
-                        fix=f"models there: {', '.join(table.models)}")
+        raise DataError(
+            f"model '{args.model}' has no outcome in the probe table",
+            file=str(args.probe),
+            fix=f"models there: {', '.join(table.models)}",
+        )
     j = table.models.index(args.model)
     rows = np.flatnonzero(~np.isnan(table.scores[:, j]))
     if not len(rows):
@@ -91,15 +100,17 @@ def run(args: Any) -> int:
     else:  # trained on measured costs: compare like with like, the card's price × the probes' estimated tokens
         costs, cost_from = table.costs[rows, j], "card prices × estimated probe tokens"
     if len(rows) < MIN_PROBES:
-        warnings.warn(f"only {len(rows)} probe prompt(s) for {args.model}: its profile is mostly the blend of the "
-                      f"trained models' it resembles, and its quality is uncertain (aim for {MIN_PROBES}–50)",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"only {len(rows)} probe prompt(s) for {args.model}: its profile is mostly the blend of the "
+            f"trained models' it resembles, and its quality is uncertain (aim for {MIN_PROBES}–50)",
+            UserWarning,
+            stacklevel=2,
+        )
     router.add_model(name, X, table.scores[rows, j], card=card, costs_probe=costs)
 
     new_meta = {k: v for k, v in meta.items() if k not in ARTIFACT_KEYS}
     new_meta["models"] = list(router.models)
-    added = {"model": name, "from": args.model, "probe_table": str(args.probe), "n_probe": int(len(rows)),
-             "cost_from": cost_from}
+    added = {"model": name, "from": args.model, "probe_table": str(args.probe), "n_probe": int(len(rows)), "cost_from": cost_from}
     calibration = new_meta.get("calibration")
     if isinstance(calibration, dict):
         col, residual, how = calibration_column(router, name, calibration)
@@ -108,11 +119,15 @@ def run(args: Any) -> int:
         added["calibration_residual"], added["calibration"] = residual, how
     new_meta["added_models"] = [*new_meta.get("added_models", []), added]
     save_router(router, out, meta=new_meta)
-    msg = (f"added {name} to {args.artifact} from {len(rows)} probe prompt(s) ({embedder} embeddings; cost from "
-           f"{added['cost_from']}); wrote {out}")
-    if "calibration_residual" in added:
-        msg += (f"\n  budget calibration: {name}'s quality on the artifact's {len(calibration['quality'])} calibration "
-                f"prompts is {added['calibration']} (largest error {added['calibration_residual']:.3g})")
+    msg = (
+        f"added {name} to {args.artifact} from {len(rows)} probe prompt(s) ({embedder} embeddings; cost from "
+        f"{added['cost_from']}); wrote {out}"
+    )
+    if isinstance(calibration, dict) and "calibration_residual" in added:
+        msg += (
+            f"\n  budget calibration: {name}'s quality on the artifact's {len(calibration['quality'])} calibration "
+            f"prompts is {added['calibration']} (largest error {added['calibration_residual']:.3g})"
+        )
     else:
         msg += "\n  the artifact has no calibration sample: a route budget cannot be calibrated on it (re-train it)"
     print(msg)

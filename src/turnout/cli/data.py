@@ -45,8 +45,10 @@ def run_info(args: Any) -> int:
     from turnout.cli._ui import console
 
     f = lambda v: "—" if v is None else f"{v:.4g}"  # noqa: E731
-    t = Table(title=f"{s['source']}: {s['prompts']} prompts × {s['models']} models"
-                    + (" (costs partly ESTIMATED from assumed token counts)" if s["cost_estimated"] else ""))
+    t = Table(
+        title=f"{s['source']}: {s['prompts']} prompts × {s['models']} models"
+        + (" (costs partly ESTIMATED from assumed token counts)" if s["cost_estimated"] else "")
+    )
     t.add_column("model", overflow="fold")
     for col in ("mean quality", "mean cost USD", "coverage"):
         t.add_column(col, justify="right", no_wrap=True)
@@ -67,8 +69,7 @@ def _out_kind(out: Path) -> str:
     for ext in (".jsonl.gz", ".jsonl", ".parquet"):  # longest first
         if name.endswith(ext):
             return ext
-    raise DataError("unknown output extension", file=str(out),
-                    fix=f"name the output with one of: {', '.join(WRITABLE)}")
+    raise DataError("unknown output extension", file=str(out), fix=f"name the output with one of: {', '.join(WRITABLE)}")
 
 
 def table_rows(table: Any) -> dict[str, list[Any]]:
@@ -125,8 +126,9 @@ def run_convert(args: Any) -> int:
     out = Path(args.out)
     _out_kind(out)  # fail on a bad extension before loading a large table
     if out.exists() and out.resolve() == Path(args.src).resolve():
-        raise DataError("the output is the input file: converting would overwrite it", file=str(out),
-                        fix="name another output file")
+        raise DataError(
+            "the output is the input file: converting would overwrite it", file=str(out), fix="name another output file"
+        )
     unused: list[str] = []
     table = load_table(args.src, models_card=args.models_card, unused=unused)
     n = write_table(table, out)
@@ -134,7 +136,14 @@ def run_convert(args: Any) -> int:
     print(f"wrote {n} rows ({len(table)} prompts × {len(table.models)} models) to {out}{note}")
     if unused:
         # a RoutingTable keeps only the canonical columns below; say what the output lacks rather than drop it silently
-        kept = ["prompt_id", "prompt", "model", "score", "cost_usd", *(["task"] if table.tasks is not None else []),
-                *(["split"] if table.split is not None else [])]
+        kept = [
+            "prompt_id",
+            "prompt",
+            "model",
+            "score",
+            "cost_usd",
+            *(["task"] if table.tasks is not None else []),
+            *(["split"] if table.split is not None else []),
+        ]
         print(f"not carried (the output has only {', '.join(kept)}): {', '.join(dict.fromkeys(unused))}")
     return 0

@@ -54,8 +54,9 @@ def resolve(kind: str, kinds: dict[str, str] | None = None) -> Callable[..., dic
         # only the guard's own module being absent means "not available yet"; a missing dependency inside it
         # is a real error and keeps its own message
         if exc.name is not None and module_name.startswith(exc.name):
-            raise GuardUnavailable(f"the '{kind}' guard is not available yet: module {module_name} is not installed "
-                                   "in this turnout") from exc
+            raise GuardUnavailable(
+                f"the '{kind}' guard is not available yet: module {module_name} is not installed in this turnout"
+            ) from exc
         raise
     fn = getattr(module, func, None)
     if not callable(fn):
@@ -83,8 +84,9 @@ def build_options(kind: str, fn: Callable[..., Any], args: Any) -> dict[str, Any
         opts["progress"] = not args.quiet
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
-        raise DataError(f"the '{kind}' guard takes no option {', '.join(unknown)}",
-                        fix=f"its options are: {', '.join(accepted) or 'none'}")
+        raise DataError(
+            f"the '{kind}' guard takes no option {', '.join(unknown)}", fix=f"its options are: {', '.join(accepted) or 'none'}"
+        )
     for name, value in list(opts.items()):
         param = accepted[name]
         # a list option (by its default or its annotation) given one value, with no comma, is a list of one
@@ -104,8 +106,13 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", metavar="OUT", help="write the report here as JSON")
     e.add_argument("--embedder", help="embedder name (kinds that embed: domain, jailbreak, cache)")
     e.add_argument("--artifact", help="evaluate this trained guard (.npz) instead of fitting one")
-    e.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="an option of the kind's evaluation, repeatable (lists with commas)")
+    e.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="an option of the kind's evaluation, repeatable (lists with commas)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     e.set_defaults(func=run_eval)
 
@@ -115,14 +122,19 @@ def register_signals(subparsers: Any) -> None:
     inner = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     t = inner.add_parser("train", help="fit a learned guard and save its artifact (.npz)")
     t.add_argument("kind", choices=list(TRAINABLE), metavar="KIND", help=f"one of: {', '.join(TRAINABLE)}")
-    t.add_argument("train", help="labelled rows: {text, label} JSONL (domain: CLINC150 rows too; "
-                                 "jailbreak: label attack|benign)")
+    t.add_argument("train", help="labelled rows: {text, label} JSONL (domain: CLINC150 rows too; jailbreak: label attack|benign)")
     t.add_argument("--out", required=True, help="artifact path (.npz)")
     t.add_argument("--embedder", default="minilm", help="embedder name (default minilm)")
-    t.add_argument("--benign", action="append", default=[], metavar="FILE",
-                   help="jailbreak: extra benign prompts (any text/prompt file; its train rows), repeatable")
-    t.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="a setting of DomainSettings / JailbreakSettings, repeatable")
+    t.add_argument(
+        "--benign",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="jailbreak: extra benign prompts (any text/prompt file; its train rows), repeatable",
+    )
+    t.add_argument(
+        "--param", action="append", default=[], metavar="K=V", help="a setting of DomainSettings / JailbreakSettings, repeatable"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=run_train)
 
@@ -160,29 +172,51 @@ def run_train(args: Any) -> int:
 
         if args.benign:
             raise DataError("--benign is for the jailbreak detector", fix="leave it out for the domain guard")
-        clf = DomainClassifier.fit_examples(train, [r for r in rows if r.split == "val"], emb,
-                                            embedder_name=args.embedder, settings=_settings(DomainSettings, params),
-                                            provenance={"examples": args.train})
+        clf = DomainClassifier.fit_examples(
+            train,
+            [r for r in rows if r.split == "val"],
+            emb,
+            embedder_name=args.embedder,
+            settings=_settings(DomainSettings, params),
+            provenance={"examples": args.train},
+        )
         clf.save(args.out)
         c = clf.choice
-        con.print(f"domain guard: {len(clf.domains)} domains, {len(clf.subtopic_owner)} sub-topics, "
-                  f"{len(clf.prototypes)} prototypes; out-of-scope threshold {clf.threshold:.4f} "
-                  f"({c.rule if c else ''}; on {c.validation if c else ''})", markup=False)
+        con.print(
+            f"domain guard: {len(clf.domains)} domains, {len(clf.subtopic_owner)} sub-topics, "
+            f"{len(clf.prototypes)} prototypes; out-of-scope threshold {clf.threshold:.4f} "
+            f"({c.rule if c else ''}; on {c.validation if c else ''})",
+            markup=False,
+        )
     else:
         from turnout.signals.jailbreak import JailbreakDetector, JailbreakSettings
 
         bad = next((r for r in train if r.label not in ("attack", "benign")), None)
         if bad is not None:
-            raise DataError(f"label {bad.label!r} is not 'attack' or 'benign'", file=args.train, row=bad.row,
-                            column="label", fix="label each row 'attack' or 'benign'")
-        det = JailbreakDetector.fit([r.text for r in train], [str(r.label) for r in train], emb,
-                                    embedder_name=args.embedder, sources=[r.source for r in train],
-                                    extra_benign=read_texts(args.benign), settings=_settings(JailbreakSettings, params),
-                                    provenance={"train": args.train, "benign": list(args.benign)})
+            raise DataError(
+                f"label {bad.label!r} is not 'attack' or 'benign'",
+                file=args.train,
+                row=bad.row,
+                column="label",
+                fix="label each row 'attack' or 'benign'",
+            )
+        det = JailbreakDetector.fit(
+            [r.text for r in train],
+            [str(r.label) for r in train],
+            emb,
+            embedder_name=args.embedder,
+            sources=[r.source for r in train],
+            extra_benign=read_texts(args.benign),
+            settings=_settings(JailbreakSettings, params),
+            provenance={"train": args.train, "benign": list(args.benign)},
+        )
         det.save(args.out)
-        con.print(f"jailbreak detector: {det.provenance['n_attack']} attack, {det.provenance['n_benign']} benign, "
-                  f"{det.provenance['n_extra_benign']} extra benign rows; threshold {det.threshold:.4f} "
-                  f"({det.provenance['threshold_rule']})", markup=False)
+        con.print(
+            f"jailbreak detector: {det.provenance['n_attack']} attack, {det.provenance['n_benign']} benign, "
+            f"{det.provenance['n_extra_benign']} extra benign rows; threshold {det.threshold:.4f} "
+            f"({det.provenance['threshold_rule']})",
+            markup=False,
+        )
     con.print(f"wrote {args.out}", markup=False)
     return 0
 

@@ -1,7 +1,7 @@
 """``turnout logs``: show, tail and export the request log.
 
-    turnout logs [--db PATH] [--since 10m] [--route R] [--model M] [--status S] [--key K] [--limit N] [--json] [--follow]
-    turnout logs export --db PATH --format canonical OUT.(jsonl|jsonl.gz|parquet) [--include-unscored]
+turnout logs [--db PATH] [--since 10m] [--route R] [--model M] [--status S] [--key K] [--limit N] [--json] [--follow]
+turnout logs export --db PATH --format canonical OUT.(jsonl|jsonl.gz|parquet) [--include-unscored]
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.text import Text
 
@@ -34,13 +34,16 @@ def parse_since(text: str, *, now: float | None = None) -> float:
         raise InvalidRequestError(
             f"--since {text!r} is neither a duration nor a date (fix: use e.g. 30s, 10m, 2h, 1d or 2026-01-31T12:00)"
         ) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("logs", help="tail, filter and export the request log",
-                              description="Show the newest requests of the log (the last --limit, oldest of them first, like "
-                                          "tail), or tail it with --follow.")
+    p = subparsers.add_parser(
+        "logs",
+        help="tail, filter and export the request log",
+        description="Show the newest requests of the log (the last --limit, oldest of them first, like "
+        "tail), or tail it with --follow.",
+    )
     _add_db(p)
     p.add_argument("--since", help="only requests newer than this: 30s, 10m, 2h, 1d, or an ISO date/time")
     p.add_argument("--route", help="only this route")
@@ -53,14 +56,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
     p.set_defaults(func=_show)
     sub = p.add_subparsers(dest="logs_command", metavar="SUBCOMMAND")
-    e = sub.add_parser("export", help="write logged traffic with feedback as a canonical routing table",
-                       description="Export successful, scored requests as a canonical routing table.")
+    e = sub.add_parser(
+        "export",
+        help="write logged traffic with feedback as a canonical routing table",
+        description="Export successful, scored requests as a canonical routing table.",
+    )
     # SUPPRESS: `turnout logs --db X export OUT` keeps X instead of this parser's default
     e.add_argument("--db", default=argparse.SUPPRESS, help=f"request log file (default {DEFAULT_REQUEST_LOG})")
     e.add_argument("--format", choices=["canonical"], default="canonical", help="output format (canonical)")
     e.add_argument("out", help="output file: .jsonl, .jsonl.gz or .parquet")
-    e.add_argument("--include-unscored", action="store_true",
-                   help="also write requests without feedback, with score null (a labelling queue, not yet a valid table)")
+    e.add_argument(
+        "--include-unscored",
+        action="store_true",
+        help="also write requests without feedback, with score null (a labelling queue, not yet a valid table)",
+    )
     e.set_defaults(func=_export)
 
 
@@ -84,15 +93,19 @@ def _open(db: str) -> RequestLog:
     if not p.exists():
         raise TurnoutError(f"no request log at {db} (fix: pass --db PATH, the server's server.request_log setting)")
     if p.is_file() and p.stat().st_size == 0:  # opening would write a schema into it: a read must change nothing
-        raise TurnoutError(f"{db} is an empty file, not a request log (fix: pass --db PATH, the server's "
-                           "server.request_log setting)")
+        raise TurnoutError(
+            f"{db} is an empty file, not a request log (fix: pass --db PATH, the server's server.request_log setting)"
+        )
     return RequestLog(db)
 
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "since": parse_since(args.since) if args.since else None,
-        "route": args.route, "model": args.model, "status": args.status, "key": args.key,
+        "route": args.route,
+        "model": args.model,
+        "status": args.status,
+        "key": args.key,
     }
 
 
@@ -164,20 +177,45 @@ def _print(console: Any, entries: list[LogEntry], *, as_json: bool, header: bool
     from rich.table import Table
 
     table = Table(show_header=header, box=None, pad_edge=False)
-    for col, just in (("time", "left"), ("id", "left"), ("key", "left"), ("route", "left"), ("model", "left"),
-                      ("status", "left"), ("tokens", "right"), ("cost $", "right"), ("sec", "right"),
-                      ("λ", "right"), ("score", "right"), ("prompt", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("time", "left"),
+        ("id", "left"),
+        ("key", "left"),
+        ("route", "left"),
+        ("model", "left"),
+        ("status", "left"),
+        ("tokens", "right"),
+        ("cost $", "right"),
+        ("sec", "right"),
+        ("λ", "right"),
+        ("score", "right"),
+        ("prompt", "left"),
+    )
+    for col, just in columns:
         # the prompt takes the room left over and is cut, never wrapped: one request, one line
-        table.add_column(col, justify=just, no_wrap=True, overflow="ellipsis",
-                         ratio=1 if col == "prompt" else None, min_width=12 if col == "prompt" else None)
+        table.add_column(
+            col,
+            justify=just,
+            no_wrap=True,
+            overflow="ellipsis",
+            ratio=1 if col == "prompt" else None,
+            min_width=12 if col == "prompt" else None,
+        )
     for e in entries:
-        status = clean(e.status) if e.status == "ok" else Text(str(e.error_kind or e.status).translate(_CONTROL),
-                                                               style="red")
+        status = clean(e.status) if e.status == "ok" else Text(str(e.error_kind or e.status).translate(_CONTROL), style="red")
         table.add_row(
-            datetime.fromtimestamp(e.ts).strftime("%H:%M:%S"), clean(e.id[:8]), clean(e.key_name or "-"),
-            clean(e.route or "-"), clean(e.model or "-"), status, f"{e.prompt_tokens or 0}+{e.completion_tokens or 0}",
-            "-" if e.cost_usd is None else f"{e.cost_usd:.5f}", "-" if e.latency_s is None else f"{e.latency_s:.2f}",
-            _lam_cell(e), "-" if e.score is None else f"{e.score:.2f}", clean((e.prompt or "")[:200]),
+            datetime.fromtimestamp(e.ts).strftime("%H:%M:%S"),
+            clean(e.id[:8]),
+            clean(e.key_name or "-"),
+            clean(e.route or "-"),
+            clean(e.model or "-"),
+            status,
+            f"{e.prompt_tokens or 0}+{e.completion_tokens or 0}",
+            "-" if e.cost_usd is None else f"{e.cost_usd:.5f}",
+            "-" if e.latency_s is None else f"{e.latency_s:.2f}",
+            _lam_cell(e),
+            "-" if e.score is None else f"{e.score:.2f}",
+            clean((e.prompt or "")[:200]),
         )
     if header and not entries:
         console.print("[dim]no matching requests[/dim]")
@@ -201,6 +239,9 @@ def _export(args: argparse.Namespace) -> int:
         + f", {summary.skipped_errors} failed requests; merged {summary.merged_repeats} repeats"
     )
     if not summary.rows:
-        console.print("warning: the export holds no row, so it is not a routing table turnout can read "
-                      "(score some requests with POST /v1/feedback, or pass --include-unscored)", style="yellow")
+        console.print(
+            "warning: the export holds no row, so it is not a routing table turnout can read "
+            "(score some requests with POST /v1/feedback, or pass --include-unscored)",
+            style="yellow",
+        )
     return 0

@@ -44,16 +44,25 @@ def register(subparsers: Any) -> None:
     """Register ``eval offpolicy`` (as the ``eval`` command with one sub-command; see ``cli/main.py``)."""
     p = subparsers.add_parser("eval", help="train and compare routers on a routing table")
     inner = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    q = inner.add_parser("offpolicy", help="estimate another router's quality and cost on logged traffic",
-                         description=__doc__.split("\n\n")[0])
+    q = inner.add_parser(
+        "offpolicy", help="estimate another router's quality and cost on logged traffic", description=__doc__.split("\n\n")[0]
+    )
     q.add_argument("log", help="the request log (SQLite) the gateway wrote")
     q.add_argument("--router", required=True, help="a router artifact (.npz), or with --config the name of a route")
     q.add_argument("--config", help="turnout.yaml whose route --router names (API-key variables need not be set)")
     q.add_argument("--route", help="only the requests logged under this route (default: every routed request)")
-    q.add_argument("--lambda", dest="lam", type=float, metavar="L",
-                   help="the target's λ (default: the route's, its budget's start-up λ, or the artifact's)")
-    q.add_argument("--assume-deterministic", action="store_true",
-                   help="take requests logged without a propensity as propensity 1.0 (a deterministic router's)")
+    q.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        metavar="L",
+        help="the target's λ (default: the route's, its budget's start-up λ, or the artifact's)",
+    )
+    q.add_argument(
+        "--assume-deterministic",
+        action="store_true",
+        help="take requests logged without a propensity as propensity 1.0 (a deterministic router's)",
+    )
     q.add_argument("--embedder", choices=["minilm", "hashing"], help="override the embedder of the prompts")
     q.add_argument("--seed", type=int, default=0, help="seed of the direct model's cross-fitting folds")
     q.add_argument("--json", help="write the estimates here")
@@ -94,8 +103,7 @@ def _entries(path: Path, route: str | None) -> Iterator[Any]:
         log.close()
 
 
-def logged_decisions(path: str | Path, *, route: str | None = None, assume_deterministic: bool = False
-                     ) -> LoggedDecisions:
+def logged_decisions(path: str | Path, *, route: str | None = None, assume_deterministic: bool = False) -> LoggedDecisions:
     """Read a request log into the arrays off-policy estimators take, counting what is skipped and why.
 
     A request's propensity is ``entry.propensity`` (the probability its
@@ -116,8 +124,11 @@ def logged_decisions(path: str | Path, *, route: str | None = None, assume_deter
 
     for e in _entries(p, route):
         total += 1
-        cands = {str(c.get("model")): (not c.get("excluded"), _float(c.get("cost"))) for c in e.candidates or []
-                 if isinstance(c, Mapping) and c.get("model")}
+        cands = {
+            str(c.get("model")): (not c.get("excluded"), _float(c.get("cost")))
+            for c in e.candidates or []
+            if isinstance(c, Mapping) and c.get("model")
+        }
         if e.status != "ok":
             skip("not answered (error)")
         elif not cands:
@@ -148,10 +159,18 @@ def logged_decisions(path: str | Path, *, route: str | None = None, assume_deter
         for m, (ok, c) in cands.items():
             available[i, arms[m]], predicted[i, arms[m]] = ok and math.isfinite(c), c
     return LoggedDecisions(
-        path=str(p), arms=list(arms), prompts=[r[0] for r in rows],
-        actions=np.array([arms[r[1]] for r in rows], dtype=np.int64), propensity=np.array([r[2] for r in rows]),
-        score=np.array([r[3] for r in rows]), cost=np.array([r[4] for r in rows]), available=available,
-        predicted_cost=predicted, skipped=skipped, total=total)
+        path=str(p),
+        arms=list(arms),
+        prompts=[r[0] for r in rows],
+        actions=np.array([arms[r[1]] for r in rows], dtype=np.int64),
+        propensity=np.array([r[2] for r in rows]),
+        score=np.array([r[3] for r in rows]),
+        cost=np.array([r[4] for r in rows]),
+        available=available,
+        predicted_cost=predicted,
+        skipped=skipped,
+        total=total,
+    )
 
 
 def _float(v: Any) -> float:
@@ -186,17 +205,26 @@ def load_target(spec: str, config: str | None, lam: float | None, embedder: str 
 
     if config is None:
         if not spec.endswith(".npz") and not Path(spec).is_file():
-            raise DataError(f"--router {spec!r} is not a router artifact", file=spec,
-                            fix="pass a .npz from 'turnout train', or a route name with --config turnout.yaml")
+            raise DataError(
+                f"--router {spec!r} is not a router artifact",
+                file=spec,
+                fix="pass a .npz from 'turnout train', or a route name with --config turnout.yaml",
+            )
         router, art = load_router(spec)
-        return Target(Path(spec).stem, router, None, lam if lam is not None else float(art.get("lambda") or 0.0),
-                      embedder or art.get("embedder"))
+        return Target(
+            Path(spec).stem,
+            router,
+            None,
+            lam if lam is not None else float(art.get("lambda") or 0.0),
+            embedder or art.get("embedder"),
+        )
     from turnout.config import load_config
 
     cfg = load_config(config, env=_AnyEnv())
     if spec not in cfg.routes:
-        raise ConfigError(f"no route named {spec!r}", file=config, key="routes",
-                          fix=f"choose one of: {', '.join(cfg.routes) or '(none)'}")
+        raise ConfigError(
+            f"no route named {spec!r}", file=config, key="routes", fix=f"choose one of: {', '.join(cfg.routes) or '(none)'}"
+        )
     r = cfg.routes[spec]
     meta: dict[str, Any] = {}
     if r.router.artifact is not None:
@@ -205,8 +233,11 @@ def load_target(spec: str, config: str | None, lam: float | None, embedder: str 
         router = create_router(r.router.type, **r.router.params)
     cmap = r.candidate_map
     if lam is None:
-        lam = r.lam if r.lam is not None else (_budget_lambda(cfg, spec, meta) if r.budget is not None
-                                               else float(meta.get("lambda") or 0.0))
+        lam = (
+            r.lam
+            if r.lam is not None
+            else (_budget_lambda(cfg, spec, meta) if r.budget is not None else float(meta.get("lambda") or 0.0))
+        )
     return Target(f"route {spec}", router, cmap, float(lam), embedder or r.embedder or meta.get("embedder"))
 
 
@@ -219,12 +250,19 @@ def _budget_lambda(cfg: Any, route: str, meta: dict[str, Any]) -> float:
     r = cfg.routes[route]
     sample = CalibrationSample.from_meta(meta)
     if sample is None:
-        raise ConfigError("a budget route needs its artifact's calibration sample", file=cfg.source,
-                          key=f"routes.{route}.budget", fix="give --lambda, or train the artifact with 'turnout train'")
+        raise ConfigError(
+            "a budget route needs its artifact's calibration sample",
+            file=cfg.source,
+            key=f"routes.{route}.budget",
+            fix="give --lambda, or train the artifact with 'turnout train'",
+        )
     prices = {m: Price(cfg.models[m].price.input_per_mtok, cfg.models[m].price.output_per_mtok) for m in r.candidate_map.values()}
     windows = {m: cfg.models[m].context_window for m in r.candidate_map.values()}
-    budget = RouteBudget.calibrate(sample.priced(r.candidate_map, prices, windows),
-                                   target_cost=r.budget.target_cost_per_request, target_share=r.budget.target_share)
+    budget = RouteBudget.calibrate(
+        sample.priced(r.candidate_map, prices, windows),
+        target_cost=r.budget.target_cost_per_request,
+        target_share=r.budget.target_share,
+    )
     return float(budget.base_lambda)
 
 
@@ -287,10 +325,13 @@ def evaluate(logged: LoggedDecisions, target: Target, *, seed: int = 0) -> dict[
     from turnout.evaluation.offpolicy import estimate, logged_value
 
     if not len(logged):
-        raise DataError("no logged request can be evaluated: " + (", ".join(f"{v} {k}" for k, v in logged.skipped.items())
-                        or "the log is empty"), file=logged.path,
-                        fix="collect feedback (POST /v1/feedback) on routed requests; for logs without propensities "
-                            "add --assume-deterministic")
+        raise DataError(
+            "no logged request can be evaluated: "
+            + (", ".join(f"{v} {k}" for k, v in logged.skipped.items()) or "the log is empty"),
+            file=logged.path,
+            fix="collect feedback (POST /v1/feedback) on routed requests; for logs without propensities "
+            "add --assume-deterministic",
+        )
     X = _embed(target, logged.prompts)
     probs = target_probabilities(target, logged, X)
     keep = probs.sum(axis=1) > 0
@@ -298,23 +339,39 @@ def evaluate(logged: LoggedDecisions, target: Target, *, seed: int = 0) -> dict[
     if (~keep).any():
         skipped["the target has no candidate it scores"] = int((~keep).sum())
     if not keep.any():
-        raise DataError("the target scores none of the logged candidates", file=logged.path,
-                        fix="map the artifact's models to fleet models with --config (the route's candidates)")
+        raise DataError(
+            "the target scores none of the logged candidates",
+            file=logged.path,
+            fix="map the artifact's models to fleet models with --config (the route's candidates)",
+        )
     a, p, pi, Xk = logged.actions[keep], logged.propensity[keep], probs[keep], X[keep]
-    est = {what: estimate(a, p, r[keep], pi, contexts=Xk, seed=seed)
-           for what, r in (("quality", logged.score), ("cost", logged.cost))}
+    est = {
+        what: estimate(a, p, r[keep], pi, contexts=Xk, seed=seed)
+        for what, r in (("quality", logged.score), ("cost", logged.cost))
+    }
     agree = float((pi[np.arange(len(a)), a] > 0).mean())
     notes = []
     if np.all(p >= 1.0 - 1e-12) and agree < 1.0:
-        notes.append(f"every logged decision was deterministic (propensity 1): the target would have chosen another model "
-                     f"on {1 - agree:.0%} of the requests, whose outcome the log cannot show. IPS counts them as 0, "
-                     "SNIPS leaves them out, DR fills them in with its direct model: all three are then biased. Log "
-                     "from a randomised router (the bandit) for unbiased estimates")
-    return {"log": logged.path, "router": target.label, "lambda": target.lam, "arms": logged.arms,
-            "requests": logged.total, "evaluated": int(keep.sum()), "skipped": skipped, "agreement": agree,
-            "logged": {"quality": logged_value(logged.score[keep]).to_dict(), "cost": logged_value(logged.cost[keep]).to_dict()},
-            "target_share": {m: float(pi[:, j].mean()) for j, m in enumerate(logged.arms)},
-            "estimates": {what: {k: v.to_dict() for k, v in e.items()} for what, e in est.items()}, "notes": notes}
+        notes.append(
+            f"every logged decision was deterministic (propensity 1): the target would have chosen another model "
+            f"on {1 - agree:.0%} of the requests, whose outcome the log cannot show. IPS counts them as 0, "
+            "SNIPS leaves them out, DR fills them in with its direct model: all three are then biased. Log "
+            "from a randomised router (the bandit) for unbiased estimates"
+        )
+    return {
+        "log": logged.path,
+        "router": target.label,
+        "lambda": target.lam,
+        "arms": logged.arms,
+        "requests": logged.total,
+        "evaluated": int(keep.sum()),
+        "skipped": skipped,
+        "agreement": agree,
+        "logged": {"quality": logged_value(logged.score[keep]).to_dict(), "cost": logged_value(logged.cost[keep]).to_dict()},
+        "target_share": {m: float(pi[:, j].mean()) for j, m in enumerate(logged.arms)},
+        "estimates": {what: {k: v.to_dict() for k, v in e.items()} for what, e in est.items()},
+        "notes": notes,
+    }
 
 
 def run(args: Any) -> int:
@@ -334,11 +391,19 @@ def run(args: Any) -> int:
         return "—" if v is None else f"{v:.4g}"
 
     rows = [("logged router (on-policy)", doc["logged"]["quality"], doc["logged"]["cost"])]
-    rows += [(k.upper() if k != "snips" else "SNIPS", doc["estimates"]["quality"][k], doc["estimates"]["cost"][k])
-             for k in ("ips", "snips", "dr")]
+    rows += [
+        (k.upper() if k != "snips" else "SNIPS", doc["estimates"]["quality"][k], doc["estimates"]["cost"][k])
+        for k in ("ips", "snips", "dr")
+    ]
     for name, q, c in rows:
-        t.add_row(name, fmt(q["value"]), f"{fmt(q['ci'][0])} – {fmt(q['ci'][1])}", fmt(c["value"]),
-                  f"{fmt(c['ci'][0])} – {fmt(c['ci'][1])}", fmt(q["ess"]))
+        t.add_row(
+            name,
+            fmt(q["value"]),
+            f"{fmt(q['ci'][0])} – {fmt(q['ci'][1])}",
+            fmt(c["value"]),
+            f"{fmt(c['ci'][0])} – {fmt(c['ci'][1])}",
+            fmt(q["ess"]),
+        )
     print_table(con, t)
     if doc["skipped"]:
         con.print("skipped: " + ", ".join(f"{v} {k}" for k, v in doc["skipped"].items()), markup=False)
@@ -353,5 +418,4 @@ def run(args: Any) -> int:
     return 0
 
 
-__all__ = ["LoggedDecisions", "Target", "evaluate", "load_target", "logged_decisions", "register", "run",
-           "target_probabilities"]
+__all__ = ["LoggedDecisions", "Target", "evaluate", "load_target", "logged_decisions", "register", "run", "target_probabilities"]

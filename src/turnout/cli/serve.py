@@ -54,8 +54,11 @@ def summary_lines(info: dict[str, Any], url: str, source: str) -> list[str]:
     for name, m in info["models"].items():
         eps = m["endpoints"]
         where = ", ".join(e["base_url"] or e["backend"] for e in eps)
-        lines.append(f"  {name}: {len(eps)} endpoint(s) [{where}]"
-                     + (f" balanced by {m['balancer']}" if len(eps) > 1 else "") + f", {_price(m['price'])}")
+        lines.append(
+            f"  {name}: {len(eps)} endpoint(s) [{where}]"
+            + (f" balanced by {m['balancer']}" if len(eps) > 1 else "")
+            + f", {_price(m['price'])}"
+        )
     if info["stages"]:
         lines.append(f"stages: {', '.join(info['stages'])}")
     keys = info["keys"]
@@ -65,12 +68,12 @@ def summary_lines(info: dict[str, Any], url: str, source: str) -> list[str]:
     lines += [
         "try it:",
         f"  curl -s {url}/v1/chat/completions -H 'content-type: application/json' "
-        f"-d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Name a colour.\"}}]}}'",
+        f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Name a colour."}}]}}\'',
         f"  python -c \"from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='unused'); "
         f"print(c.chat.completions.create(model='{first}', messages=[{{'role': 'user', 'content': 'hi'}}])"
-        ".choices[0].message.content)\"",
-        f"  why a model was chosen: curl -s {url}/v1/route -d '{{\"model\": \"{first}\", \"messages\": "
-        "[{\"role\": \"user\", \"content\": \"Prove that sqrt(2) is irrational\"}]}'",
+        '.choices[0].message.content)"',
+        f'  why a model was chosen: curl -s {url}/v1/route -d \'{{"model": "{first}", "messages": '
+        '[{"role": "user", "content": "Prove that sqrt(2) is irrational"}]}\'',
     ]
     return lines
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from turnout.errors import DataError, RoutingError
 
-
 #: cross-validation folds of ``--router auto``
 CV_FOLDS = 4
 #: fewer training prompts per fold than this make fold AIQs jumpy (and their mean optimistic): warned about
@@ -27,27 +26,47 @@ MIN_FOLD_PROMPTS = 30
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="fit a router and save the artifact a route points at")
     p.add_argument("table")
-    p.add_argument("--router", required=True,
-                   help="router name (see turnout.routing.router_names()), or 'auto': the candidate with the best "
-                        "cross-validated AIQ on the training prompts")
-    p.add_argument("--candidates", help="with --router auto: comma-separated routers to choose among "
-                                        "(default: knn,mlp,mf,bt,graph,profile,ensemble)")
-    p.add_argument("--cv-folds", type=int, default=CV_FOLDS,
-                   help=f"with --router auto: cross-validation folds (default {CV_FOLDS})")
+    p.add_argument(
+        "--router",
+        required=True,
+        help="router name (see turnout.routing.router_names()), or 'auto': the candidate with the best "
+        "cross-validated AIQ on the training prompts",
+    )
+    p.add_argument(
+        "--candidates",
+        help="with --router auto: comma-separated routers to choose among (default: knn,mlp,mf,bt,graph,profile,ensemble)",
+    )
+    p.add_argument(
+        "--cv-folds", type=int, default=CV_FOLDS, help=f"with --router auto: cross-validation folds (default {CV_FOLDS})"
+    )
     p.add_argument("--out", required=True, help="artifact path (.npz)")
     p.add_argument("--embedder", default="minilm", choices=["minilm", "hashing"])
     p.add_argument("--models-card", help="models.json with per-model prices (default: beside the table)")
-    p.add_argument("--param", action="append", default=[], metavar="K=V",
-                   help="router parameter, repeatable (values parsed as int, float, bool or str)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="router parameter, repeatable (values parsed as int, float, bool or str)",
+    )
     tgt = p.add_mutually_exclusive_group()
-    tgt.add_argument("--target-cost", type=float, metavar="USD",
-                     help="calibrate lambda so the mean predicted cost on training prompts is <= USD")
-    tgt.add_argument("--target-share", type=float, metavar="F",
-                     help="calibrate lambda so at most F of training prompts go to --share-model")
+    tgt.add_argument(
+        "--target-cost",
+        type=float,
+        metavar="USD",
+        help="calibrate lambda so the mean predicted cost on training prompts is <= USD",
+    )
+    tgt.add_argument(
+        "--target-share", type=float, metavar="F", help="calibrate lambda so at most F of training prompts go to --share-model"
+    )
     p.add_argument("--share-model", help="model --target-share limits (default: the most expensive)")
-    p.add_argument("--test-fraction", type=float, default=0.0,
-                   help="when the table has no split column, hold out this seeded random share of prompts "
-                        "(default 0: train on every prompt)")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="when the table has no split column, hold out this seeded random share of prompts "
+        "(default 0: train on every prompt)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -75,11 +94,14 @@ def parse_value(text: str) -> Any:
 def check_targets(args: Any) -> None:
     """``--target-cost`` / ``--target-share`` / ``--share-model`` values that cannot mean anything, refused up front."""
     if args.target_cost is not None and not args.target_cost > 0:
-        raise DataError(f"--target-cost {args.target_cost} is not a positive mean cost per request in USD",
-                        fix="give e.g. --target-cost 0.002")
+        raise DataError(
+            f"--target-cost {args.target_cost} is not a positive mean cost per request in USD",
+            fix="give e.g. --target-cost 0.002",
+        )
     if args.target_share is not None and not 0 <= args.target_share <= 1:
-        raise DataError(f"--target-share {args.target_share} is not a share of prompts in [0, 1]",
-                        fix="give e.g. --target-share 0.2")
+        raise DataError(
+            f"--target-share {args.target_share} is not a share of prompts in [0, 1]", fix="give e.g. --target-share 0.2"
+        )
     if args.share_model is not None and args.target_share is None:
         raise DataError("--share-model only means something with --target-share", fix="add --target-share F")
 
@@ -118,14 +140,24 @@ def _warn_about(train: Any, args: Any, auto: bool) -> None:
 
     observed = [m for j, m in enumerate(train.models) if (~np.isnan(train.scores[:, j])).any()]
     if len(observed) < 2:
-        warnings.warn(f"the training prompts have outcomes of {len(observed)} model(s): there is nothing to route",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"the training prompts have outcomes of {len(observed)} model(s): there is nothing to route",
+            UserWarning,
+            stacklevel=2,
+        )
     if len(train) < 30:
-        warnings.warn(f"only {len(train)} training prompt(s): the router's predictions will be little better than "
-                      "each model's mean", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"only {len(train)} training prompt(s): the router's predictions will be little better than each model's mean",
+            UserWarning,
+            stacklevel=2,
+        )
     if auto and len(train) / max(args.cv_folds, 1) < MIN_FOLD_PROMPTS:
-        warnings.warn(f"--cv-folds {args.cv_folds} leaves about {len(train) // max(args.cv_folds, 1)} prompts per fold: "
-                      "fold AIQs jump and their mean is optimistic (use fewer folds)", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"--cv-folds {args.cv_folds} leaves about {len(train) // max(args.cv_folds, 1)} prompts per fold: "
+            "fold AIQs jump and their mean is optimistic (use fewer folds)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _candidates(args: Any, params: dict[str, Any]) -> list[str] | None:
@@ -158,9 +190,9 @@ def run(args: Any) -> int:
     from turnout.cli._ui import check_artifact_path
     from turnout.embed import create_embedder
     from turnout.evaluation.loaders import load_table
-    from turnout.routing.calibration import calibration_sample
     from turnout.routing.artifact import save_router
     from turnout.routing.base import Prediction
+    from turnout.routing.calibration import calibration_sample
     from turnout.routing.policy import calibrate_lambda, choose
     from turnout.routing.registry import create_router
 
@@ -175,8 +207,11 @@ def run(args: Any) -> int:
             raise RoutingError(f"router '{name}' reads ground truth at prediction time; it cannot be trained for serving")
     table = load_table(args.table, models_card=args.models_card)
     if args.share_model is not None and args.share_model not in table.models:
-        raise DataError(f"--share-model {args.share_model} is not a model of the table", file=str(args.table),
-                        fix=f"choose one of: {', '.join(table.models)}")
+        raise DataError(
+            f"--share-model {args.share_model} is not a model of the table",
+            file=str(args.table),
+            fix=f"choose one of: {', '.join(table.models)}",
+        )
     train, n_held = train_split(table, args.test_fraction, args.seed)
     _warn_about(train, args, candidates is not None)
     emb = create_embedder(args.embedder, threads=os.cpu_count() or 1)  # a batch job: use every core
@@ -188,15 +223,24 @@ def run(args: Any) -> int:
         cv = cross_validate(train, X, candidates, folds=args.cv_folds, seed=args.seed, progress=True)
         name = choose_router(cv)
         tied = tied_with(cv, name)
-        selection = {"method": f"{args.cv_folds}-fold cross-validated AIQ on the training prompts",
-                     "candidates": candidates, "folds": args.cv_folds, "seed": args.seed, "scores": cv,
-                     "tied_with_choice": tied}
-        print(f"cross-validated AIQ ({args.cv_folds} folds): "
-              + ", ".join(f"{r} {cv[r]['aiq']:.4f}" for r in sorted(cv, key=lambda r: -cv[r]["aiq"]))
-              + f"; chose {name}")
+        selection = {
+            "method": f"{args.cv_folds}-fold cross-validated AIQ on the training prompts",
+            "candidates": candidates,
+            "folds": args.cv_folds,
+            "seed": args.seed,
+            "scores": cv,
+            "tied_with_choice": tied,
+        }
+        print(
+            f"cross-validated AIQ ({args.cv_folds} folds): "
+            + ", ".join(f"{r} {cv[r]['aiq']:.4f}" for r in sorted(cv, key=lambda r: -cv[r]["aiq"]))
+            + f"; chose {name}"
+        )
         if tied:
-            print(f"  the folds do not tell {name} apart from: {', '.join(tied)} "
-                  "(paired fold differences within 2 standard errors); naming one with --router skips the cross-validation")
+            print(
+                f"  the folds do not tell {name} apart from: {', '.join(tied)} "
+                "(paired fold differences within 2 standard errors); naming one with --router skips the cross-validation"
+            )
         router = create_router(name)
     router.fit(train.to_training_data(X))
 
@@ -204,21 +248,27 @@ def run(args: Any) -> int:
     if args.target_cost is not None or args.target_share is not None:
         pred = router.predict(X)
         avail = ~np.isnan(train.scores)
-        pred = Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
-                          available=avail if pred.available is None else (pred.available & avail))
-        lam = calibrate_lambda(pred, target_cost=args.target_cost, target_share=args.target_share,
-                               model=args.share_model)
+        pred = Prediction(
+            models=pred.models,
+            quality=pred.quality,
+            cost=pred.cost,
+            available=avail if pred.available is None else (pred.available & avail),
+        )
+        lam = calibrate_lambda(pred, target_cost=args.target_cost, target_share=args.target_share, model=args.share_model)
         idx = choose(pred, lam)
         rows = np.arange(len(idx))
         share_model = args.share_model
         if args.target_share is not None and share_model is None:  # calibrate_lambda's default: most expensive
             share_model = pred.models[int(np.argmax(np.nanmean(pred.cost, axis=0)))]
-        target = {"cost_usd": args.target_cost, "share": args.target_share, "share_model": share_model,
-                  **({"train_share": float(np.mean(np.asarray(pred.models)[idx] == share_model))}
-                     if share_model is not None else {}),
-                  "train_mean_predicted_cost": float(pred.cost[rows, idx].mean()),
-                  "train_mean_true_cost": float(np.nanmean(train.costs[rows, idx])),
-                  "train_mean_true_quality": float(np.nanmean(train.scores[rows, idx]))}
+        target = {
+            "cost_usd": args.target_cost,
+            "share": args.target_share,
+            "share_model": share_model,
+            **({"train_share": float(np.mean(np.asarray(pred.models)[idx] == share_model))} if share_model is not None else {}),
+            "train_mean_predicted_cost": float(pred.cost[rows, idx].mean()),
+            "train_mean_true_cost": float(np.nanmean(train.costs[rows, idx])),
+            "train_mean_true_quality": float(np.nanmean(train.scores[rows, idx])),
+        }
     meta = {
         "embedder": args.embedder,
         "models": list(getattr(router, "models", train.models)),
@@ -240,8 +290,10 @@ def run(args: Any) -> int:
         raise RoutingError(f"router '{name}' cannot be saved: {exc}") from exc
     msg = f"trained {name} on {len(train)} prompts × {len(train.models)} models; lambda={lam:.6g}; wrote {out}"
     if target is not None:
-        msg += (f"\n  on training prompts: mean predicted cost {target['train_mean_predicted_cost']:.6g} USD, "
-                f"true cost {target['train_mean_true_cost']:.6g} USD, quality {target['train_mean_true_quality']:.4g}")
+        msg += (
+            f"\n  on training prompts: mean predicted cost {target['train_mean_predicted_cost']:.6g} USD, "
+            f"true cost {target['train_mean_true_cost']:.6g} USD, quality {target['train_mean_true_quality']:.4g}"
+        )
         if "train_share" in target:
             msg += f", share to {target['share_model']} {target['train_share']:.1%} (target ≤ {args.target_share:.1%})"
     print(msg)

@@ -72,10 +72,13 @@ DEFAULT: dict[str, Any] = {
             "router": {"type": "prior", "params": {"quality": {"smollm2-135m": 0.6, "gemma3-270m": 0.4}}},
             "candidates": ["smollm2-135m", "gemma3-270m"],
             "lambda": 1000.0,
-            "plan": {"kind": "cascade", "steps": [
-                {"model": "smollm2-135m", "accept": "margin", "threshold": 0.562},
-                {"model": "gemma3-270m", "fallbacks": ["smollm2-135m"]},
-            ]},
+            "plan": {
+                "kind": "cascade",
+                "steps": [
+                    {"model": "smollm2-135m", "accept": "margin", "threshold": 0.562},
+                    {"model": "gemma3-270m", "fallbacks": ["smollm2-135m"]},
+                ],
+            },
         },
     },
     # The guards and the cache, in pipeline order within their phases (docs/config.md, "Stages"). They share

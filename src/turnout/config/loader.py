@@ -29,10 +29,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from turnout.config.schema import RouteSettings, TurnoutConfig
-from turnout.errors import ConfigError
 from turnout.backends.registry import backend_protocols
+from turnout.config.schema import RouteSettings, TurnoutConfig
 from turnout.embed.registry import default_registry
+from turnout.errors import ConfigError
 from turnout.routing.registry import router_names
 
 #: names a ``protocol: llamacpp`` backend may give as ``model`` instead of a GGUF path
@@ -90,8 +90,12 @@ def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, de
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key '{key}' appears twice in one mapping (first at line {seen[key].line + 1}); "
-                            "the second would silently replace the first", key_node.start_mark)
+                None,
+                None,
+                f"key '{key}' appears twice in one mapping (first at line {seen[key].line + 1}); "
+                "the second would silently replace the first",
+                key_node.start_mark,
+            )
         seen[key] = key_node.start_mark
     return loader.construct_mapping(node, deep=deep)
 
@@ -112,7 +116,9 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Tu
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=source, fix="fix the YAML syntax") from None
+        raise ConfigError(
+            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=source, fix="fix the YAML syntax"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the file: {exc}", file=source, fix="check the path and its permissions") from None
     cfg = parse_config(data, source=source)
@@ -168,7 +174,9 @@ def _translate(exc: ValidationError, source: str) -> ConfigError:
     if kind == "extra_forbidden":
         parent, unknown = loc[:-1], str(loc[-1])
         allowed = _fields_at(parent)
-        return ConfigError(f"unknown key '{unknown}'{more}", file=source, key=key_path(loc), fix=_fix_for(unknown, allowed, "allowed keys"))
+        return ConfigError(
+            f"unknown key '{unknown}'{more}", file=source, key=key_path(loc), fix=_fix_for(unknown, allowed, "allowed keys")
+        )
     if kind == "missing":
         return ConfigError(f"required key is missing{more}", file=source, key=key_path(loc), fix=f"add '{loc[-1]}:'")
     if kind == "literal_error":
@@ -230,8 +238,11 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
     for name, b in cfg.backends.items():
         where = f"backends.{name}"
         if b.protocol not in protocols:
-            raise err(f"unknown backend protocol '{b.protocol}'", f"{where}.protocol",
-                      _fix_for(b.protocol, protocols, "protocols (plugins register theirs)"))
+            raise err(
+                f"unknown backend protocol '{b.protocol}'",
+                f"{where}.protocol",
+                _fix_for(b.protocol, protocols, "protocols (plugins register theirs)"),
+            )
         if b.api_key_env is not None and b.api_key_env not in env:
             raise err(
                 f"environment variable '{b.api_key_env}' is not set",
@@ -240,31 +251,51 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
             )
         if b.protocol == "llamacpp":
             if b.base_url is not None:
-                raise err("a llamacpp backend is started by turnout and has no base_url", f"{where}.base_url", "remove base_url, or use protocol: openai for a server you run yourself")
+                raise err(
+                    "a llamacpp backend is started by turnout and has no base_url",
+                    f"{where}.base_url",
+                    "remove base_url, or use protocol: openai for a server you run yourself",
+                )
             if b.model is None:
-                raise err("a llamacpp backend needs a model", f"{where}.model", f"give one of {', '.join(BUILTIN_LOCAL_MODELS)} or a .gguf path")
+                raise err(
+                    "a llamacpp backend needs a model",
+                    f"{where}.model",
+                    f"give one of {', '.join(BUILTIN_LOCAL_MODELS)} or a .gguf path",
+                )
             if b.model not in BUILTIN_LOCAL_MODELS and not _abs(b.model, base).is_file():
                 guess = did_you_mean(b.model, BUILTIN_LOCAL_MODELS)
                 raise err(
                     f"'{b.model}' is neither a built-in model nor an existing GGUF file",
                     f"{where}.model",
-                    f"did you mean '{guess}'?" if guess else f"use {' or '.join(BUILTIN_LOCAL_MODELS)}, or the path of a .gguf file",
+                    f"did you mean '{guess}'?"
+                    if guess
+                    else f"use {' or '.join(BUILTIN_LOCAL_MODELS)}, or the path of a .gguf file",
                 )
             if b.model not in BUILTIN_LOCAL_MODELS and not _is_gguf(_abs(b.model, base)):
-                raise err(f"'{b.model}' is not a GGUF model file (it does not start with the GGUF magic bytes)",
-                          f"{where}.model", "point at a .gguf file (llama.cpp's model format), or a built-in model")
+                raise err(
+                    f"'{b.model}' is not a GGUF model file (it does not start with the GGUF magic bytes)",
+                    f"{where}.model",
+                    "point at a .gguf file (llama.cpp's model format), or a built-in model",
+                )
         else:
             if b.model is not None or b.n_ctx is not None or b.n_threads is not None:
-                raise err("model, n_ctx and n_threads only apply to protocol: llamacpp", where, "remove them, or set protocol: llamacpp")
+                raise err(
+                    "model, n_ctx and n_threads only apply to protocol: llamacpp", where, "remove them, or set protocol: llamacpp"
+                )
             if b.protocol == "openai" and not b.base_url and not _every_endpoint_has_url(cfg, name):
-                raise err("an openai backend needs a base_url", f"{where}.base_url",
-                          "add e.g. base_url: https://api.openai.com/v1 (or give each endpoint using it a base_url)")
+                raise err(
+                    "an openai backend needs a base_url",
+                    f"{where}.base_url",
+                    "add e.g. base_url: https://api.openai.com/v1 (or give each endpoint using it a base_url)",
+                )
             if b.protocol == "anthropic" and b.api_key_env is None:
                 raise err("an anthropic backend needs an API key", f"{where}.api_key_env", "add api_key_env: ANTHROPIC_API_KEY")
 
     for name, m in cfg.models.items():
         if name in cfg.routes:
-            raise err(f"'{name}' is both a route and a model", f"models.{name}", "rename one of them: clients pick either by that name")
+            raise err(
+                f"'{name}' is both a route and a model", f"models.{name}", "rename one of them: clients pick either by that name"
+            )
         if m.backend is not None and m.backend not in cfg.backends:
             raise err(f"unknown backend '{m.backend}'", f"models.{name}.backend", _fix_for(m.backend, cfg.backends, "backends"))
         seen_endpoints: dict[tuple[str, str | None], int] = {}
@@ -273,14 +304,20 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
             if ep.backend not in cfg.backends:
                 raise err(f"unknown backend '{ep.backend}'", f"{where}.backend", _fix_for(ep.backend, cfg.backends, "backends"))
             if ep.base_url is not None and cfg.backends[ep.backend].protocol == "llamacpp":
-                raise err("a llamacpp backend is started by turnout; its endpoint has no base_url", f"{where}.base_url",
-                          "remove base_url (each llamacpp backend is one replica: list several backends)")
+                raise err(
+                    "a llamacpp backend is started by turnout; its endpoint has no base_url",
+                    f"{where}.base_url",
+                    "remove base_url (each llamacpp backend is one replica: list several backends)",
+                )
             if ep.base_url is not None and not ep.base_url.startswith(("http://", "https://")):
                 raise err(f"'{ep.base_url}' is not an http(s) URL", f"{where}.base_url", "write e.g. http://10.0.0.2:8000/v1")
             pair = (ep.backend, ep.base_url)
             if pair in seen_endpoints:
-                raise err(f"this endpoint repeats endpoints[{seen_endpoints[pair]}] (same backend and base_url)",
-                          where, "list each replica once; give replicas different base_urls")
+                raise err(
+                    f"this endpoint repeats endpoints[{seen_endpoints[pair]}] (same backend and base_url)",
+                    where,
+                    "list each replica once; give replicas different base_urls",
+                )
             seen_endpoints[pair] = i
 
         for i, fb in enumerate(m.fallbacks):
@@ -298,69 +335,107 @@ def resolve(cfg: TurnoutConfig, *, env: Mapping[str, str] | None = None, base_di
         for i, fb in enumerate(r.fallbacks):
             _model_ref(cfg, fb, f"{where}.fallbacks[{i}]")
         if r.budget is not None and r.budget.target_share is not None:
-            for m in r.budget.target_share:
-                if m not in r.candidate_map.values():
-                    raise err(f"'{m}' is not a candidate of this route", f"{where}.budget.target_share.{m}", _fix_for(m, r.candidate_map.values(), "candidates"))
+            for share_model in r.budget.target_share:
+                if share_model not in r.candidate_map.values():
+                    raise err(
+                        f"'{share_model}' is not a candidate of this route",
+                        f"{where}.budget.target_share.{share_model}",
+                        _fix_for(share_model, r.candidate_map.values(), "candidates"),
+                    )
         if r.embedder is not None:
             embedders = default_registry().names()
             if r.embedder not in embedders:
-                raise err(f"unknown embedder '{r.embedder}'", f"{where}.embedder",
-                          _fix_for(r.embedder, embedders, "embedders (plugins register theirs)"))
+                raise err(
+                    f"unknown embedder '{r.embedder}'",
+                    f"{where}.embedder",
+                    _fix_for(r.embedder, embedders, "embedders (plugins register theirs)"),
+                )
         if r.plan is not None:
             r = _resolve_plan(cfg, name, r, base)
         router = r.router
         known = router_names()
         if router.type not in known:
-            raise err(f"unknown router type '{router.type}'", f"{where}.router.type", _fix_for(router.type, known, "router types"))
+            raise err(
+                f"unknown router type '{router.type}'", f"{where}.router.type", _fix_for(router.type, known, "router types")
+            )
         if router.artifact is not None:
             art = _abs(router.artifact, base)
             if not art.exists():
                 raise err(
                     f"router artifact '{router.artifact}' does not exist (looked at {art})",
                     f"{where}.router.artifact",
-                    f"train one with 'turnout train ... --out {router.artifact}', or fix the path (relative paths are relative to the config file)",
+                    f"train one with 'turnout train ... --out {router.artifact}', or fix the path "
+                    "(relative paths are relative to the config file)",
                 )
             router = router.model_copy(update={"artifact": str(art)})
             r = r.model_copy(update={"router": router})
         routes[name] = r
 
     names = [k.name for k in cfg.keys or []]
-    for i, k in enumerate(cfg.keys or []):
+    for i, key in enumerate(cfg.keys or []):
         where = f"keys[{i}]"
-        if names.count(k.name) > 1:
-            raise err(f"key name '{k.name}' is used twice", f"{where}.name", "give every key a unique name (it labels logs and spend)")
-        if k.key_env is not None and k.key_env not in env:
-            raise err(f"environment variable '{k.key_env}' is not set", f"{where}.key_env", f"export {k.key_env}=... before starting turnout")
-        for j, a in enumerate(k.allowed or []):
+        if names.count(key.name) > 1:
+            raise err(
+                f"key name '{key.name}' is used twice", f"{where}.name", "give every key a unique name (it labels logs and spend)"
+            )
+        if key.key_env is not None and key.key_env not in env:
+            raise err(
+                f"environment variable '{key.key_env}' is not set",
+                f"{where}.key_env",
+                f"export {key.key_env}=... before starting turnout",
+            )
+        for j, a in enumerate(key.allowed or []):
             if a not in cfg.routes and a not in cfg.models:
-                raise err(f"'{a}' is neither a route nor a model", f"{where}.allowed[{j}]", _fix_for(a, [*cfg.routes, *cfg.models], "routes and models"))
+                raise err(
+                    f"'{a}' is neither a route nor a model",
+                    f"{where}.allowed[{j}]",
+                    _fix_for(a, [*cfg.routes, *cfg.models], "routes and models"),
+                )
 
     st = cfg.state
     if st.redis_url_env is not None and st.redis_url_env not in env:
-        raise err(f"environment variable '{st.redis_url_env}' is not set", "state.redis_url_env",
-                  f"export {st.redis_url_env}=redis://HOST:6379/0 before starting turnout")
+        raise err(
+            f"environment variable '{st.redis_url_env}' is not set",
+            "state.redis_url_env",
+            f"export {st.redis_url_env}=redis://HOST:6379/0 before starting turnout",
+        )
     if st.redis_url is not None:
         if urlsplit(st.redis_url).password:  # checked first: no message may repeat the password
-            raise err("secrets may not be written in the config file (this URL carries a password)", "state.redis_url",
-                      "put the URL in an environment variable and write 'redis_url_env: MY_VAR' instead")
+            raise err(
+                "secrets may not be written in the config file (this URL carries a password)",
+                "state.redis_url",
+                "put the URL in an environment variable and write 'redis_url_env: MY_VAR' instead",
+            )
         if not st.redis_url.startswith(_REDIS_SCHEMES):
-            raise err(f"'{st.redis_url}' is not a Redis URL", "state.redis_url", "write redis://HOST:6379/0 (or rediss://, unix://)")
+            raise err(
+                f"'{st.redis_url}' is not a Redis URL", "state.redis_url", "write redis://HOST:6379/0 (or rediss://, unix://)"
+            )
 
     for i, stage in enumerate(cfg.stages):
         if not stage.type.strip():
-            raise err("a stage needs a type", f"stages[{i}].type",
-                      "name a registered stage type, an entry point, or 'package.module:Class'")
+            raise err(
+                "a stage needs a type",
+                f"stages[{i}].type",
+                "name a registered stage type, an entry point, or 'package.module:Class'",
+            )
 
     if cfg.state.path is not None:
         parent = Path(cfg.state.path).expanduser().resolve().parent
         if not parent.is_dir():
-            raise err(f"the folder of the state file ({parent}) does not exist", "state.path",
-                      "create the folder, or leave state.path out to keep the state in the request log's file")
+            raise err(
+                f"the folder of the state file ({parent}) does not exist",
+                "state.path",
+                "create the folder, or leave state.path out to keep the state in the request log's file",
+            )
 
     if cfg.server.request_log is not None:
         parent = Path(cfg.server.request_log).expanduser().resolve().parent
         if not parent.is_dir():
-            raise err(f"the folder of the request log ({parent}) does not exist", "server.request_log", "create the folder, or set request_log: null to turn the log off")
+            raise err(
+                f"the folder of the request log ({parent}) does not exist",
+                "server.request_log",
+                "create the folder, or set request_log: null to turn the log off",
+            )
 
     out = cfg.model_copy(update={"routes": routes, **_resolve_signals(cfg, routes, base)})
     out._source = src
@@ -381,8 +456,12 @@ def _resolve_signals(cfg: TurnoutConfig, routes: Mapping[str, Any], base: Path) 
     for name, sig in cfg.signals.items():
         where = f"signals.{name}"
         if not NAME_RE.fullmatch(name):
-            raise ConfigError(f"'{name}' is not a valid signal name", file=src, key=where,
-                              fix="use lower-case letters, digits and '_' (outputs are named name.suffix)")
+            raise ConfigError(
+                f"'{name}' is not a valid signal name",
+                file=src,
+                key=where,
+                fix="use lower-case letters, digits and '_' (outputs are named name.suffix)",
+            )
         cls = signal_class(sig.type, source=src, where=where)
         params = dict(sig.params)
         for p in cls.path_params:
@@ -390,20 +469,31 @@ def _resolve_signals(cfg: TurnoutConfig, routes: Mapping[str, Any], base: Path) 
             if isinstance(value, str):
                 path = _abs(value, base)
                 if not path.is_file():
-                    raise ConfigError(f"'{value}' does not exist (looked at {path})", file=src,
-                                      key=f"{where}.params.{p}", fix="fix the path (relative paths are relative to "
-                                      "the config file)")
+                    raise ConfigError(
+                        f"'{value}' does not exist (looked at {path})",
+                        file=src,
+                        key=f"{where}.params.{p}",
+                        fix="fix the path (relative paths are relative to the config file)",
+                    )
                 params[p] = str(path)
         signals[name] = sig.model_copy(update={"params": params})
     update: dict[str, Any] = {"signals": signals}
     if cfg.decisions and cfg.decisions_file:
-        raise ConfigError("decisions are given both inline and in decisions_file", file=src, key="decisions_file",
-                          fix="keep one: the file (hot-reloaded) or the inline list")
+        raise ConfigError(
+            "decisions are given both inline and in decisions_file",
+            file=src,
+            key="decisions_file",
+            fix="keep one: the file (hot-reloaded) or the inline list",
+        )
     if cfg.decisions_file:
         path = _abs(cfg.decisions_file, base)
         if not path.is_file():
-            raise ConfigError(f"decisions file '{cfg.decisions_file}' does not exist (looked at {path})", file=src,
-                              key="decisions_file", fix="fix the path (relative paths are relative to the config file)")
+            raise ConfigError(
+                f"decisions file '{cfg.decisions_file}' does not exist (looked at {path})",
+                file=src,
+                key="decisions_file",
+                fix="fix the path (relative paths are relative to the config file)",
+            )
         update["decisions_file"] = str(path)
         specs, where = read_decisions_file(path), str(path)
     else:
@@ -428,8 +518,12 @@ def _resolve_plan(cfg: TurnoutConfig, name: str, r: RouteSettings, base: Path) -
     def candidate(model: str, key: str) -> None:
         _model_ref(cfg, model, key)
         if model not in cands:
-            raise ConfigError(f"'{model}' is not a candidate of route '{name}'", file=cfg.source, key=key,
-                              fix=f"add '{model}' to routes.{name}.candidates (a plan calls only the route's candidates)")
+            raise ConfigError(
+                f"'{model}' is not a candidate of route '{name}'",
+                file=cfg.source,
+                key=key,
+                fix=f"add '{model}' to routes.{name}.candidates (a plan calls only the route's candidates)",
+            )
 
     def path(value: str, key: str, what: str, fix: str) -> str:
         p = _abs(value, base)
@@ -450,41 +544,85 @@ def _resolve_plan(cfg: TurnoutConfig, name: str, r: RouteSettings, base: Path) -
         for j, m in enumerate(st.fallbacks):
             _model_ref(cfg, m, f"{at}.fallbacks[{j}]")
         if st.accept is not None and st.accept not in signal_names():
-            raise ConfigError(f"unknown acceptance signal '{st.accept}'", file=cfg.source, key=f"{at}.accept",
-                              fix=_fix_for(st.accept, signal_names(), "signals"))
+            raise ConfigError(
+                f"unknown acceptance signal '{st.accept}'",
+                file=cfg.source,
+                key=f"{at}.accept",
+                fix=_fix_for(st.accept, signal_names(), "signals"),
+            )
         if last and st.threshold is not None:
-            raise ConfigError("the last step's answer is always kept; a threshold there means nothing",
-                              file=cfg.source, key=f"{at}.threshold", fix="remove it (or add a step after this one)")
+            raise ConfigError(
+                "the last step's answer is always kept; a threshold there means nothing",
+                file=cfg.source,
+                key=f"{at}.threshold",
+                fix="remove it (or add a step after this one)",
+            )
         if not last and st.accept is None:
-            raise ConfigError("every step but the last needs an acceptance signal", file=cfg.source, key=f"{at}.accept",
-                              fix=f"add accept: one of {', '.join(signal_names())}")
+            raise ConfigError(
+                "every step but the last needs an acceptance signal",
+                file=cfg.source,
+                key=f"{at}.accept",
+                fix=f"add accept: one of {', '.join(signal_names())}",
+            )
         if not last and st.threshold is None and plan.calibrate is None:
-            raise ConfigError("this step has no threshold and the plan is not calibrated", file=cfg.source,
-                              key=f"{at}.threshold", fix=f"give threshold: 0..1, or {where}.calibrate")
+            raise ConfigError(
+                "this step has no threshold and the plan is not calibrated",
+                file=cfg.source,
+                key=f"{at}.threshold",
+                fix=f"give threshold: 0..1, or {where}.calibrate",
+            )
         if not last and st.threshold is not None and plan.calibrate is not None:
-            raise ConfigError("a threshold given by hand and a calibrated one: which should win?", file=cfg.source,
-                              key=f"{at}.threshold", fix=f"remove the threshold, or {where}.calibrate")
+            raise ConfigError(
+                "a threshold given by hand and a calibrated one: which should win?",
+                file=cfg.source,
+                key=f"{at}.threshold",
+                fix=f"remove the threshold, or {where}.calibrate",
+            )
         if plan.calibrate is not None and st.router_pick is not None:
-            raise ConfigError("a calibrated cascade needs fixed models (its sample holds one model's confidences "
-                              "per step)", file=cfg.source, key=f"{at}.router_pick",
-                              fix="give this step a model, or thresholds by hand instead of calibrate")
+            raise ConfigError(
+                "a calibrated cascade needs fixed models (its sample holds one model's confidences per step)",
+                file=cfg.source,
+                key=f"{at}.router_pick",
+                fix="give this step a model, or thresholds by hand instead of calibrate",
+            )
         art = st.params.get("artifact")
         if isinstance(art, str):
-            st = st.model_copy(update={"params": {**st.params, "artifact": path(
-                art, f"{at}.params.artifact", "verifier artifact",
-                "write one with 'turnout eval TABLE --save-verifier V.npz' (relative to the config file)")}})
+            st = st.model_copy(
+                update={
+                    "params": {
+                        **st.params,
+                        "artifact": path(
+                            art,
+                            f"{at}.params.artifact",
+                            "verifier artifact",
+                            "write one with 'turnout eval TABLE --save-verifier V.npz' (relative to the config file)",
+                        ),
+                    }
+                }
+            )
         steps.append(st)
     calibrate = plan.calibrate
     if calibrate is not None:
-        calibrate = calibrate.model_copy(update={"sample": path(
-            calibrate.sample, f"{where}.calibrate.sample", "calibration sample",
-            "write one with 'bench/cascade_calibrate.py --sample OUT.jsonl' (relative to the config file)")})
+        calibrate = calibrate.model_copy(
+            update={
+                "sample": path(
+                    calibrate.sample,
+                    f"{where}.calibrate.sample",
+                    "calibration sample",
+                    "write one with 'bench/cascade_calibrate.py --sample OUT.jsonl' (relative to the config file)",
+                )
+            }
+        )
     for j, m in enumerate(plan.models):
         candidate(m, f"{where}.models[{j}]")
     if plan.aggregator is not None and plan.aggregator != "vote":
         if plan.aggregator not in cfg.models:
-            raise ConfigError(f"unknown aggregator '{plan.aggregator}'", file=cfg.source, key=f"{where}.aggregator",
-                              fix="'vote', or " + _fix_for(plan.aggregator, cfg.models, "models"))
+            raise ConfigError(
+                f"unknown aggregator '{plan.aggregator}'",
+                file=cfg.source,
+                key=f"{where}.aggregator",
+                fix="'vote', or " + _fix_for(plan.aggregator, cfg.models, "models"),
+            )
         candidate(plan.aggregator, f"{where}.aggregator")
     if plan.router_model is not None:
         candidate(plan.router_model, f"{where}.router_model")

@@ -286,13 +286,14 @@ class PlanSettings(_Strict):
 
     @model_validator(mode="after")
     def _fits_kind(self) -> PlanSettings:
-        own = {"cascade": {"steps", "calibrate", "max_calls", "stream"},
-               "fanout": {"models", "aggregator", "min_answers", "switch"},
-               "rounds": {"router_model", "models", "max_rounds", "max_cost_usd"}}[self.kind]
+        own = {
+            "cascade": {"steps", "calibrate", "max_calls", "stream"},
+            "fanout": {"models", "aggregator", "min_answers", "switch"},
+            "rounds": {"router_model", "models", "max_rounds", "max_cost_usd"},
+        }[self.kind]
         foreign = sorted(k for k in self.model_fields_set if k != "kind" and k not in own)
         if foreign:
-            raise ValueError(f"{', '.join(foreign)} do(es) not apply to a {self.kind} plan (it takes: "
-                             f"{', '.join(sorted(own))})")
+            raise ValueError(f"{', '.join(foreign)} do(es) not apply to a {self.kind} plan (it takes: {', '.join(sorted(own))})")
         if self.kind == "cascade" and len(self.steps) < 2:
             raise ValueError("a cascade needs at least two steps (one model is a plain route)")
         if self.kind == "fanout":

@@ -9,7 +9,12 @@ PROGRESS_THRESHOLD = 256
 
 
 def length_sorted_batches(
-    texts: Sequence[str], batch_size: int, *, progress: bool, label: str, max_padded_chars: int | None = None,
+    texts: Sequence[str],
+    batch_size: int,
+    *,
+    progress: bool,
+    label: str,
+    max_padded_chars: int | None = None,
     call_cost_chars: int | None = None,
 ) -> Iterator[list[int]]:
     """Yield index lists of at most ``batch_size`` texts, shortest texts together.
@@ -44,22 +49,25 @@ def length_sorted_batches(
             bar.advance(task, len(batch))
 
 
-def _greedy_split(order: list[int], texts: Sequence[str], batch_size: int,
-                  max_padded_chars: int | None) -> list[list[int]]:
+def _greedy_split(order: list[int], texts: Sequence[str], batch_size: int, max_padded_chars: int | None) -> list[list[int]]:
     """Fill each batch in sorted order until ``batch_size`` or the padded-size cap."""
     batches: list[list[int]] = []
     for i in order:
         # sorted ascending: text i is the longest of the batch it joins
-        if batches and len(batches[-1]) < batch_size and (
-                max_padded_chars is None or (len(batches[-1]) + 1) * len(texts[i]) <= max_padded_chars):
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (max_padded_chars is None or (len(batches[-1]) + 1) * len(texts[i]) <= max_padded_chars)
+        ):
             batches[-1].append(i)
         else:
             batches.append([i])
     return batches
 
 
-def _cheapest_split(order: list[int], lengths: list[int], batch_size: int, max_padded_chars: int | None,
-                    call_cost: int) -> list[list[int]]:
+def _cheapest_split(
+    order: list[int], lengths: list[int], batch_size: int, max_padded_chars: int | None, call_cost: int
+) -> list[list[int]]:
     """Contiguous runs of the sorted texts minimising Σ (texts × longest + ``call_cost``) over the runs.
 
     Dynamic programming over the sorted lengths (a run's longest is its last):

@@ -108,8 +108,9 @@ class BatchingEmbedder:
         await emb.aclose()
     """
 
-    def __init__(self, inner: Embedder, run: Runner | Executor, *, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 max_in_flight: int = 2) -> None:
+    def __init__(
+        self, inner: Embedder, run: Runner | Executor, *, max_batch: int = 32, max_wait_ms: float = 2.0, max_in_flight: int = 2
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not 0.0 <= max_wait_ms <= 1000.0:
@@ -176,8 +177,10 @@ class BatchingEmbedder:
         if self._loop is None:
             self._loop = loop
         elif self._loop is not loop:
-            raise TurnoutError(f"the batching embedder for {self.name} belongs to another event loop; "
-                               "build one per loop (the gateway holds one per embedder name)")
+            raise TurnoutError(
+                f"the batching embedder for {self.name} belongs to another event loop; "
+                "build one per loop (the gateway holds one per embedder name)"
+            )
         return loop
 
     def _schedule(self) -> None:
@@ -215,8 +218,10 @@ class BatchingEmbedder:
         try:
             vecs = np.array(await self._call(texts), dtype=np.float32)  # our own copy: we freeze it below
             if vecs.shape != (len(texts), self.dim):
-                raise TurnoutError(f"embedder {self.name} returned shape {vecs.shape} for {len(texts)} texts; "
-                                   f"expected ({len(texts)}, {self.dim})")
+                raise TurnoutError(
+                    f"embedder {self.name} returned shape {vecs.shape} for {len(texts)} texts; "
+                    f"expected ({len(texts)}, {self.dim})"
+                )
         except asyncio.CancelledError:
             # the loop is shutting down (or aclose was cancelled): nobody will resolve these
             for w in batch:

@@ -68,7 +68,7 @@ class HashingEmbedder(Embedder):
         for w in words:
             padded = f" {w} "  # word boundaries, like scikit-learn's char_wb
             for n in range(self._lo, self._hi + 1):
-                char_feats.update(f"c:{padded[i:i + n]}" for i in range(max(1, len(padded) - n + 1)))
+                char_feats.update(f"c:{padded[i : i + n]}" for i in range(max(1, len(padded) - n + 1)))
         vec = (1.0 - self._char_weight) * self._block(word_feats) + self._char_weight * self._block(char_feats)
         norm = np.linalg.norm(vec)
         if norm == 0:

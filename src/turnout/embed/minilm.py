@@ -159,8 +159,10 @@ class MiniLMEmbedder(Embedder):
             except ImportError as exc:
                 if self._requested == "onnx":
                     raise MissingDependency("onnxruntime", "embed", "The 'minilm' embedder's ONNX runtime") from exc
-                log.warning("onnxruntime is not installed; embedding with torch (about 4x slower). "
-                            "Install it with: pip install 'turnout[embed]'")
+                log.warning(
+                    "onnxruntime is not installed; embedding with torch (about 4x slower). "
+                    "Install it with: pip install 'turnout[embed]'"
+                )
                 self._load_torch()
                 return
             if not self.onnx_path.exists():
@@ -248,14 +250,17 @@ class MiniLMEmbedder(Embedder):
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    _Pooled(model), (ids, mask, torch.zeros_like(ids)), str(tmp),
+                    _Pooled(model),
+                    (ids, mask, torch.zeros_like(ids)),
+                    str(tmp),
                     input_names=["input_ids", "attention_mask", "token_type_ids"],
-                    output_names=["embedding"], dynamic_axes=dyn, opset_version=_OPSET, dynamo=False,
+                    output_names=["embedding"],
+                    dynamic_axes=dyn,
+                    opset_version=_OPSET,
+                    dynamo=False,
                 )
             # verify against the reference runtime on a padded batch of mixed lengths
-            ref = self._sentence_transformer().encode(
-                list(_CHECK_SENTENCES), normalize_embeddings=True, show_progress_bar=False
-            )
+            ref = self._sentence_transformer().encode(list(_CHECK_SENTENCES), normalize_embeddings=True, show_progress_bar=False)
             sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
             got = self._run_session(sess, list(_CHECK_SENTENCES))
             agreement = float(np.min(np.sum(ref * got, axis=1)))
@@ -306,8 +311,10 @@ class MiniLMEmbedder(Embedder):
         """
         self._ensure_loaded()
         if self.runtime != "onnx":
-            raise TurnoutError(f"{self.name}: embed_token_ids needs the ONNX runtime, not {self.runtime}; "
-                               "install onnxruntime (pip install 'turnout[embed]')")
+            raise TurnoutError(
+                f"{self.name}: embed_token_ids needs the ONNX runtime, not {self.runtime}; "
+                "install onnxruntime (pip install 'turnout[embed]')"
+            )
         ids = np.asarray(ids, dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         (out,) = self._session.run(["embedding"], {k: v for k, v in feeds.items() if k in self._inputs})
@@ -338,7 +345,13 @@ class MiniLMEmbedder(Embedder):
             return out
         texts = [self.clip(t) for t in texts]
         label = f"embedding with {self.name} ({self.runtime})"
-        for idx in length_sorted_batches(texts, self._batch_size, progress=self.progress, label=label,
-                                         max_padded_chars=MAX_PADDED_CHARS, call_cost_chars=CALL_COST_CHARS):
+        for idx in length_sorted_batches(
+            texts,
+            self._batch_size,
+            progress=self.progress,
+            label=label,
+            max_padded_chars=MAX_PADDED_CHARS,
+            call_cost_chars=CALL_COST_CHARS,
+        ):
             out[idx] = self._embed_batch([texts[i] for i in idx])
         return out

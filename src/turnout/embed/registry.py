@@ -83,11 +83,16 @@ def builtin_registry() -> EmbedderRegistry:
     """A fresh registry holding the built-in embedders."""
     reg = EmbedderRegistry()
     reg.register("minilm", EmbedderSpec(_minilm, True, "all-MiniLM-L6-v2, 384-d, ONNX Runtime (torch fallback)"))
-    reg.register("minilm-int8", EmbedderSpec(
-        _minilm_int8, True, "all-MiniLM-L6-v2 with per-channel int8 weights, 384-d, ONNX Runtime, one text per call"))
+    reg.register(
+        "minilm-int8",
+        EmbedderSpec(
+            _minilm_int8, True, "all-MiniLM-L6-v2 with per-channel int8 weights, 384-d, ONNX Runtime, one text per call"
+        ),
+    )
     # a static embedder computes faster than a cache lookup: never wrapped in a cache
-    reg.register("minilm-static", EmbedderSpec(_minilm_static, False,
-                                               "word-piece vectors distilled from all-MiniLM-L6-v2, 256-d, numpy"))
+    reg.register(
+        "minilm-static", EmbedderSpec(_minilm_static, False, "word-piece vectors distilled from all-MiniLM-L6-v2, 256-d, numpy")
+    )
     reg.register("hashing", EmbedderSpec(_hashing, False, "hashed word and char n-grams, 4096-d, numpy only"))
     return reg
 

@@ -102,9 +102,12 @@ class StaticEmbedder(Embedder):
                 if table.shape != (tok.get_vocab_size(), self.dim) or table.dtype != np.float32:
                     from turnout.errors import ConfigError
 
-                    raise ConfigError(f"the static embedding table has shape {table.shape} {table.dtype}, expected "
-                                      f"({tok.get_vocab_size()}, {self.dim}) float32", file=str(self.table_path),
-                                      fix="delete the file; it is rebuilt on the next use")
+                    raise ConfigError(
+                        f"the static embedding table has shape {table.shape} {table.dtype}, expected "
+                        f"({tok.get_vocab_size()}, {self.dim}) float32",
+                        file=str(self.table_path),
+                        fix="delete the file; it is rebuilt on the next use",
+                    )
                 self._tokenizer = tok
                 self._table = table
         assert self._table is not None
@@ -113,8 +116,13 @@ class StaticEmbedder(Embedder):
     def _build(self, tok: Any) -> None:
         """Distil the table from the fp32 ONNX MiniLM (exported first if needed) and save it atomically."""
         log.info("distilling %s into %s (one time)", self.name, self.table_path)
-        table = distil_table(tok, MiniLMEmbedder(onnx_dir=self._model_dir, runtime="onnx", threads=os.cpu_count() or 1,
-                                                 progress=False), self.dim, self.sif, progress=self.progress)
+        table = distil_table(
+            tok,
+            MiniLMEmbedder(onnx_dir=self._model_dir, runtime="onnx", threads=os.cpu_count() or 1, progress=False),
+            self.dim,
+            self.sif,
+            progress=self.progress,
+        )
         self._model_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.table_path.with_name(f"{self.table_path.stem}.{os.getpid()}.tmp.npy")
         try:

@@ -54,9 +54,11 @@ class Answers:
 
     def __init__(self, table: RoutingTable) -> None:
         if table.responses is None:
-            raise DataError("the table carries no answer texts, so no cascade can be simulated on it",
-                            file=table.source or None,
-                            fix="use a table with a 'response' column (or RouterBench's <model>|model_response)")
+            raise DataError(
+                "the table carries no answer texts, so no cascade can be simulated on it",
+                file=table.source or None,
+                fix="use a table with a 'response' column (or RouterBench's <model>|model_response)",
+            )
         self.table = table
         self.responses: np.ndarray = table.responses
 
@@ -66,9 +68,13 @@ class Answers:
 
     def view(self, i: int, j: int, others: Sequence[int] = ()) -> AnswerView:
         t = self.table
-        return AnswerView(prompt=t.prompts[i], answer=self.text(i, j), model=t.models[j],
-                          others=tuple(self.text(i, k) for k in others),
-                          others_models=tuple(t.models[k] for k in others))
+        return AnswerView(
+            prompt=t.prompts[i],
+            answer=self.text(i, j),
+            model=t.models[j],
+            others=tuple(self.text(i, k) for k in others),
+            others_models=tuple(t.models[k] for k in others),
+        )
 
 
 def _judge_many(signal: AcceptanceSignal | Verifier, views: list[AnswerView], embed: EmbedFn | None) -> np.ndarray:
@@ -78,8 +84,14 @@ def _judge_many(signal: AcceptanceSignal | Verifier, views: list[AnswerView], em
     return np.array([np.nan if (c := judge(signal, v)) is None else c for v in views], dtype=float)
 
 
-def group_confidence(answers: Answers, signal: AcceptanceSignal | Verifier, group: Sequence[int],
-                     rows: np.ndarray | None = None, *, embed: EmbedFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+def group_confidence(
+    answers: Answers,
+    signal: AcceptanceSignal | Verifier,
+    group: Sequence[int],
+    rows: np.ndarray | None = None,
+    *,
+    embed: EmbedFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt: the confidence in the group's best-judged answer (NaN: none could be judged), and whose it is.
 
     Each member is judged with the other members' answers as ``others``; the
@@ -100,8 +112,15 @@ def group_confidence(answers: Answers, signal: AcceptanceSignal | Verifier, grou
     return out, pick
 
 
-def member_confidence(answers: Answers, signal: AcceptanceSignal | Verifier, j: int, others: Sequence[int] = (),
-                      rows: np.ndarray | None = None, *, embed: EmbedFn | None = None) -> np.ndarray:
+def member_confidence(
+    answers: Answers,
+    signal: AcceptanceSignal | Verifier,
+    j: int,
+    others: Sequence[int] = (),
+    rows: np.ndarray | None = None,
+    *,
+    embed: EmbedFn | None = None,
+) -> np.ndarray:
     """Per prompt, the confidence in model ``j``'s own answer with ``others``' answers beside it (NaN: not judged)."""
     rows = np.arange(len(answers.table)) if rows is None else np.asarray(rows, dtype=int)
     return _judge_many(signal, [answers.view(int(i), j, others) for i in rows], embed)
@@ -121,8 +140,15 @@ class Outcome:
         return [float(self.cost.mean()), float(self.score.mean())]
 
 
-def cascade_outcome(table: RoutingTable, group: Sequence[int], strong: int | None, conf: np.ndarray, pick: np.ndarray,
-                    threshold: float, rows: np.ndarray | None = None) -> Outcome:
+def cascade_outcome(
+    table: RoutingTable,
+    group: Sequence[int],
+    strong: int | None,
+    conf: np.ndarray,
+    pick: np.ndarray,
+    threshold: float,
+    rows: np.ndarray | None = None,
+) -> Outcome:
     """The outcome of calling ``group``, keeping its answer when ``conf`` >= ``threshold``, else calling ``strong``.
 
     With ``strong`` None (a fan-out with no escalation) the group's answer is always kept.
@@ -134,8 +160,7 @@ def cascade_outcome(table: RoutingTable, group: Sequence[int], strong: int | Non
     if strong is None:
         return Outcome(kept, base, np.zeros(len(rows), dtype=bool))
     esc = _escalate(conf, threshold)
-    return Outcome(np.where(esc, table.scores[rows, strong], kept),
-                   base + np.where(esc, table.costs[rows, strong], 0.0), esc)
+    return Outcome(np.where(esc, table.scores[rows, strong], kept), base + np.where(esc, table.costs[rows, strong], 0.0), esc)
 
 
 @dataclass(frozen=True)
@@ -156,9 +181,15 @@ class FixedCascade:
         return f"cascade-{self.signal}-{first}->{short_name(models[self.strong])}"
 
 
-def sweep_cascade(plan: FixedCascade, train: RoutingTable, test: RoutingTable, train_conf: np.ndarray,
-                  test_conf: np.ndarray, test_pick: np.ndarray,
-                  shares: Sequence[float] = SHARES) -> tuple[list[Outcome], list[dict[str, float]]]:
+def sweep_cascade(
+    plan: FixedCascade,
+    train: RoutingTable,
+    test: RoutingTable,
+    train_conf: np.ndarray,
+    test_conf: np.ndarray,
+    test_pick: np.ndarray,
+    shares: Sequence[float] = SHARES,
+) -> tuple[list[Outcome], list[dict[str, float]]]:
     """The test outcomes of ``plan`` at each training escalation share (thresholds from ``train_conf``).
 
     Returns the outcomes (one per share that gives a new threshold) and, for

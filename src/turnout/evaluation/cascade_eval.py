@@ -70,10 +70,12 @@ CHEAP_SHARE = 0.25
 #: signals that read only the answer (a one-model first step) and those that compare answers (a probe beside it)
 SINGLE_SIGNALS = ("choice", "code_parses")
 #: the signals no routing table can feed, and why (live only)
-SKIPPED = {"logprob_mean": "needs token log-probabilities, which routing tables do not carry (live with llama.cpp)",
-           "logprob_min": "needs token log-probabilities, which routing tables do not carry (live with llama.cpp)",
-           "margin": "needs top-2 token log-probabilities, which routing tables do not carry (live)",
-           "json_schema": "needs the request's response_format, which routing tables do not carry (live)"}
+SKIPPED = {
+    "logprob_mean": "needs token log-probabilities, which routing tables do not carry (live with llama.cpp)",
+    "logprob_min": "needs token log-probabilities, which routing tables do not carry (live with llama.cpp)",
+    "margin": "needs top-2 token log-probabilities, which routing tables do not carry (live)",
+    "json_schema": "needs the request's response_format, which routing tables do not carry (live)",
+}
 #: the escalation shares of the cascade plans a router chooses among (0: the group's verified answer, no escalation)
 PLAN_SHARES = (0.0, 0.15, 0.3, 0.5, 0.7, 0.85)
 #: signal AUCs simulated for ``needed_auc``
@@ -112,19 +114,24 @@ def choose_models(train: RoutingTable) -> tuple[int, list[int]]:
     q = np.array([np.nanmean(train.scores[:, j]) if obs[:, j].any() else -1.0 for j in range(len(train.models))])
     c = np.array([np.nanmean(train.costs[:, j]) if obs[:, j].any() else np.inf for j in range(len(train.models))])
     strong = int(np.lexsort((c, -q))[0])
-    cheap = [j for j in np.argsort(-q, kind="stable") if j != strong and c[j] <= CHEAP_SHARE * c[strong]
-             and obs[:, j].any()]
+    cheap = [j for j in np.argsort(-q, kind="stable") if j != strong and c[j] <= CHEAP_SHARE * c[strong] and obs[:, j].any()]
     return strong, [int(j) for j in cheap]
 
 
-def _entry(outcomes: list[Outcome], base: dict[str, Any], test: RoutingTable, weights: np.ndarray | None,
-           single: np.ndarray | None, best: np.ndarray | None, extra: dict[str, Any]) -> dict[str, Any]:
+def _entry(
+    outcomes: list[Outcome],
+    base: dict[str, Any],
+    test: RoutingTable,
+    weights: np.ndarray | None,
+    single: np.ndarray | None,
+    best: np.ndarray | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """One ``cascades`` entry: the routers' metrics of these per-point outcomes, with paired intervals."""
     curve = [o.point for o in outcomes]
     res: dict[str, Any] = {**curve_metrics(curve, base), **extra, "curve": distinct_points(curve)}
     if weights is not None:
-        s = outcome_aiq_resamples(np.array([o.score for o in outcomes]), np.array([o.cost for o in outcomes]),
-                                  test, weights)
+        s = outcome_aiq_resamples(np.array([o.score for o in outcomes]), np.array([o.cost for o in outcomes]), test, weights)
         res["aiq_ci"] = interval95(s)
         if single is not None:
             res["aiq_gain_ci"] = interval95(s - single)
@@ -133,11 +140,19 @@ def _entry(outcomes: list[Outcome], base: dict[str, Any], test: RoutingTable, we
     return res
 
 
-def evaluate_cascades(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray,
-                      base: dict[str, Any], *, options: CascadeOptions | None = None,
-                      weights: np.ndarray | None = None, single: np.ndarray | None = None,
-                      best: np.ndarray | None = None,
-                      log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate_cascades(
+    train: RoutingTable,
+    test: RoutingTable,
+    Xtr: np.ndarray,
+    Xte: np.ndarray,
+    base: dict[str, Any],
+    *,
+    options: CascadeOptions | None = None,
+    weights: np.ndarray | None = None,
+    single: np.ndarray | None = None,
+    best: np.ndarray | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """The ``cascades``, ``acceptance`` and ``notes`` a table with answers adds to an eval result (see the module).
 
     ``base`` is :func:`~turnout.evaluation.runner.baselines` of ``test``; ``weights`` the
@@ -156,23 +171,27 @@ def evaluate_cascades(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, 
         return {"notes": [*notes, f"no cascade or fan-out: {why}"]}
     cover = ~member_missing(test, [*pool, strong])
     if not cover.all():
-        notes.append(f"cascades and fan-outs: {int((~cover).sum())} test prompt(s) lack an outcome of "
-                     f"{', '.join(short_name(test.models[j]) for j in [*pool, strong])}; fixed cascades and fan-outs "
-                     "are scored only where every model they call has one (so are their AUCs)")
+        notes.append(
+            f"cascades and fan-outs: {int((~cover).sum())} test prompt(s) lack an outcome of "
+            f"{', '.join(short_name(test.models[j]) for j in [*pool, strong])}; fixed cascades and fan-outs "
+            "are scored only where every model they call has one (so are their AUCs)"
+        )
     t0 = time.perf_counter()
     verifier, oof = _verifiers(train, opts, say)
     fit_s = time.perf_counter() - t0
     tr_ans, te_ans = Answers(train), Answers(test)
-    signals: dict[str, AcceptanceSignal | Verifier] = {"verifier": verifier, "agreement": create_signal("agreement"),
-                                                       **{s: create_signal(s) for s in SINGLE_SIGNALS}}
+    signals: dict[str, AcceptanceSignal | Verifier] = {
+        "verifier": verifier,
+        "agreement": create_signal("agreement"),
+        **{s: create_signal(s) for s in SINGLE_SIGNALS},
+    }
     entries: dict[str, dict[str, Any]] = {}
     rows = np.flatnonzero(cover)
     sub = test.subset(rows)
     cheap, probe = pool[0], (pool[1] if len(pool) > 1 else None)
     plans = [FixedCascade((cheap,), strong, "verifier"), *(FixedCascade((cheap,), strong, s) for s in SINGLE_SIGNALS)]
     if probe is not None:
-        plans = [FixedCascade((cheap, probe), strong, "verifier"), FixedCascade((cheap, probe), strong, "agreement"),
-                 *plans]
+        plans = [FixedCascade((cheap, probe), strong, "verifier"), FixedCascade((cheap, probe), strong, "agreement"), *plans]
     conf_cache: dict[tuple[str, tuple[int, ...], str], tuple[np.ndarray, np.ndarray]] = {}
 
     def conf(name: str, group: tuple[int, ...], split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,17 +211,27 @@ def evaluate_cascades(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, 
         ctr, _ = conf(plan.signal, plan.group, "train")
         cte, pte = (a[rows] for a in conf(plan.signal, plan.group, "test"))
         outs, info = sweep_cascade(plan, train, sub, ctr, cte, pte, opts.shares)
-        extra = {"kind": "cascade", "signal": plan.signal, "group": [test.models[j] for j in plan.group],
-                 "strong": test.models[strong], "points": info}
+        extra = {
+            "kind": "cascade",
+            "signal": plan.signal,
+            "group": [test.models[j] for j in plan.group],
+            "strong": test.models[strong],
+            "points": info,
+        }
         entries[plan.label(test.models)] = _entry(outs, base, sub, _w(weights, rows, cover), single, best, extra)
     if len(pool) >= 2:
         out, _ = vote(sub, pool)
         entries[fanout_label(test.models, pool)] = _entry(
-            [out], base, sub, _w(weights, rows, cover), single, best,
-            {"kind": "fanout", "aggregator": "plurality vote", "group": [test.models[j] for j in pool]})
+            [out],
+            base,
+            sub,
+            _w(weights, rows, cover),
+            single,
+            best,
+            {"kind": "fanout", "aggregator": "plurality vote", "group": [test.models[j] for j in pool]},
+        )
     if opts.router:
-        entries.update(_router_plans(train, test, Xtr, Xte, base, opts, pool, strong, conf, weights, single, best,
-                                     say, notes))
+        entries.update(_router_plans(train, test, Xtr, Xte, base, opts, pool, strong, conf, weights, single, best, say, notes))
     for e in entries.values():
         e["fit_s"] = fit_s  # the verifier's fit (or 0 when it was given), shared by every entry
     acceptance = _acceptance(train, sub, pool, strong, signals, opts, verifier)
@@ -226,10 +255,22 @@ def _verifiers(train: RoutingTable, opts: CascadeOptions, say: Callable[[str], N
     return v, OutOfFold.fit(train, v, seed=opts.seed, embed=opts.embed)
 
 
-def _router_plans(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, base: dict[str, Any],
-                  opts: CascadeOptions, pool: list[int], strong: int, conf: Any, weights: np.ndarray | None,
-                  single: np.ndarray | None, best: np.ndarray | None, say: Callable[[str], None],
-                  notes: list[str]) -> dict[str, dict[str, Any]]:
+def _router_plans(
+    train: RoutingTable,
+    test: RoutingTable,
+    Xtr: np.ndarray,
+    Xte: np.ndarray,
+    base: dict[str, Any],
+    opts: CascadeOptions,
+    pool: list[int],
+    strong: int,
+    conf: Any,
+    weights: np.ndarray | None,
+    single: np.ndarray | None,
+    best: np.ndarray | None,
+    say: Callable[[str], None],
+    notes: list[str],
+) -> dict[str, dict[str, Any]]:
     """``cascade-<router>`` and ``fanout-<router>``: the router chooses among models and plans per prompt."""
     from turnout.routing.registry import create_router
 
@@ -243,12 +284,14 @@ def _router_plans(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte:
             if share == 0.0 and len(g) == 1:
                 continue  # the cheap model alone: already a candidate
             th = threshold_for_share(ctr, share)
-            name = "plan:" + "+".join(short_name(test.models[j]) for j in g) + (
-                f"->{short_name(test.models[strong])}@{share:.2f}" if share else ":verified")
+            name = (
+                "plan:"
+                + "+".join(short_name(test.models[j]) for j in g)
+                + (f"->{short_name(test.models[strong])}@{share:.2f}" if share else ":verified")
+            )
             st = None if share == 0.0 else strong
             cascade_train[name] = masked(cascade_outcome(train, g, st, ctr, ptr, th), member_missing(train, [*g, strong]))
-            cascade_test[name] = masked(cascade_outcome(test, g, st, cte, pte, th),
-                                        member_missing(test, [*g, strong]))
+            cascade_test[name] = masked(cascade_outcome(test, g, st, cte, pte, th), member_missing(test, [*g, strong]))
     fan_train, fan_test = {}, {}
     if len(pool) >= 2:
         for g in groups:
@@ -262,8 +305,10 @@ def _router_plans(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte:
         tr_plans, te_plans = {k: tr_plans[k] for k in kept}, {k: te_plans[k] for k in kept}
         if not tr_plans:
             if n_offered:
-                notes.append(f"no {kind}-{opts.router}: none of its {n_offered} {kind} plan(s) is on a training "
-                             "cost/quality hull, so the router would never choose one")
+                notes.append(
+                    f"no {kind}-{opts.router}: none of its {n_offered} {kind} plan(s) is on a training "
+                    "cost/quality hull, so the router would never choose one"
+                )
             continue
         label = f"{kind}-{opts.router}"
         say(f"fitting {opts.router} on the models and {len(tr_plans)} {kind} plans ({label})")
@@ -276,9 +321,15 @@ def _router_plans(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte:
         rows = np.arange(len(test))
         outs = [Outcome(aug_te.scores[rows, j], aug_te.costs[rows, j], j >= len(test.models)) for j in res["_choices"]]
         plan_share = [float((j >= len(test.models)).mean()) for j in res["_choices"]]
-        extra = {"kind": kind, "router": opts.router, "plans": list(tr_plans), "strong": test.models[strong],
-                 "plans_offered": n_offered,
-                 "plan_share": plan_share, "router_fit_s": time.perf_counter() - t0}
+        extra = {
+            "kind": kind,
+            "router": opts.router,
+            "plans": list(tr_plans),
+            "strong": test.models[strong],
+            "plans_offered": n_offered,
+            "plan_share": plan_share,
+            "router_fit_s": time.perf_counter() - t0,
+        }
         out[label] = _entry(outs, base, test, weights, single, best, extra)
     return out
 
@@ -295,25 +346,36 @@ def on_training_hull(train: RoutingTable, plans: dict[str, Outcome]) -> list[str
     for task in np.unique(tasks):
         sel = tasks == task
         with np.errstate(all="ignore"):
-            pts = [(float(np.nanmean(train.costs[sel, j])), float(np.nanmean(train.scores[sel, j])), "")
-                   for j in range(len(train.models)) if (~np.isnan(train.scores[sel, j])).any()]
-            pts += [(float(np.nanmean(o.cost[sel])), float(np.nanmean(o.score[sel])), name)
-                    for name, o in plans.items() if np.isfinite(o.score[sel]).any()]
+            pts = [
+                (float(np.nanmean(train.costs[sel, j])), float(np.nanmean(train.scores[sel, j])), "")
+                for j in range(len(train.models))
+                if (~np.isnan(train.scores[sel, j])).any()
+            ]
+            pts += [
+                (float(np.nanmean(o.cost[sel])), float(np.nanmean(o.score[sel])), name)
+                for name, o in plans.items()
+                if np.isfinite(o.score[sel]).any()
+            ]
         hull = nondecreasing_hull(np.array([[c, q] for c, q, _ in pts]))
         kept |= {name for c, q, name in pts if name and np.isclose(hull, [c, q], rtol=0, atol=1e-12).all(axis=1).any()}
     return [name for name in plans if name in kept]
 
 
-def _acceptance(train: RoutingTable, test: RoutingTable, pool: list[int], strong: int,
-                signals: dict[str, AcceptanceSignal | Verifier], opts: CascadeOptions,
-                verifier: Verifier) -> dict[str, Any]:
+def _acceptance(
+    train: RoutingTable,
+    test: RoutingTable,
+    pool: list[int],
+    strong: int,
+    signals: dict[str, AcceptanceSignal | Verifier],
+    opts: CascadeOptions,
+    verifier: Verifier,
+) -> dict[str, Any]:
     """Per signal and task, the AUC of the cheap model's confidence for 'its answer is right'; and the AUC needed."""
     cheap, probe = pool[0], (pool[1] if len(pool) > 1 else None)
     y = test.scores[:, cheap] > 0.5
     tasks = np.asarray(test.tasks if test.tasks else ["(all)"] * len(test), dtype=object).astype(str)
     ans = Answers(test)
-    judged: dict[str, tuple[str, list[int]]] = {"verifier (alone)": ("verifier", []),
-                                                 **{s: (s, []) for s in SINGLE_SIGNALS}}
+    judged: dict[str, tuple[str, list[int]]] = {"verifier (alone)": ("verifier", []), **{s: (s, []) for s in SINGLE_SIGNALS}}
     if probe is not None:
         judged = {"verifier": ("verifier", [probe]), "agreement": ("agreement", [probe]), **judged}
     aucs: dict[str, dict[str, float | None]] = {}
@@ -326,13 +388,27 @@ def _acceptance(train: RoutingTable, test: RoutingTable, pool: list[int], strong
             per[task] = None if np.isnan(a) else a
         per["judged_share"] = float((~np.isnan(c)).mean())
         aucs[label] = per
-    return {"cheap": test.models[cheap], "probe": None if probe is None else test.models[probe],
-            "strong": test.models[strong], "auc": aucs, "skipped": dict(SKIPPED),
-            "verifier": dict(verifier.report), "needed_auc": needed_auc(train, test, cheap, strong, tasks, opts.seed)}
+    return {
+        "cheap": test.models[cheap],
+        "probe": None if probe is None else test.models[probe],
+        "strong": test.models[strong],
+        "auc": aucs,
+        "skipped": dict(SKIPPED),
+        "verifier": dict(verifier.report),
+        "needed_auc": needed_auc(train, test, cheap, strong, tasks, opts.seed),
+    }
 
 
-def needed_auc(train: RoutingTable, test: RoutingTable, cheap: int, strong: int, tasks: np.ndarray,
-               seed: int = 0, aucs: Sequence[float] = NEEDED_AUCS, seeds: int = 3) -> list[dict[str, Any]]:
+def needed_auc(
+    train: RoutingTable,
+    test: RoutingTable,
+    cheap: int,
+    strong: int,
+    tasks: np.ndarray,
+    seed: int = 0,
+    aucs: Sequence[float] = NEEDED_AUCS,
+    seeds: int = 3,
+) -> list[dict[str, Any]]:
     """What the cascade ``cheap -> strong`` reaches with a synthetic signal of each AUC (binormal, averaged over seeds).
 
     Per AUC: the least cost (as a fraction of the strong model's) at which the cascade
@@ -357,8 +433,14 @@ def needed_auc(train: RoutingTable, test: RoutingTable, cheap: int, strong: int,
                 fracs.setdefault(task, []).append(cost_fraction_to_match(pts, q_s, c_s))
                 if task == "all":
                     half.append(hull_quality_at(nondecreasing_hull(pts), 0.5 * c_s))
-        out.append({"auc": a, "cost_fraction_to_match_strong": {
-            t: (None if any(v is None for v in vs) else float(np.mean([v for v in vs if v is not None])))
-            for t, vs in fracs.items()},
-            "quality_at_half_strong_cost": float(np.nanmean(half)) if not np.isnan(half).all() else None})
+        out.append(
+            {
+                "auc": a,
+                "cost_fraction_to_match_strong": {
+                    t: (None if any(v is None for v in vs) else float(np.mean([v for v in vs if v is not None])))
+                    for t, vs in fracs.items()
+                },
+                "quality_at_half_strong_cost": float(np.nanmean(half)) if not np.isnan(half).all() else None,
+            }
+        )
     return out

@@ -41,8 +41,10 @@ def fold_indices(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
     if folds < 2:
         raise DataError(f"cross-validation needs 2 or more folds, not {folds}", fix="use e.g. --cv-folds 4")
     if n < 2 * folds:
-        raise DataError(f"{n} prompts are too few for {folds}-fold cross-validation",
-                        fix=f"give at least {2 * folds} prompts, or name a router instead of 'auto'")
+        raise DataError(
+            f"{n} prompts are too few for {folds}-fold cross-validation",
+            fix=f"give at least {2 * folds} prompts, or name a router instead of 'auto'",
+        )
     perm = np.random.default_rng(seed).permutation(n)
     out = []
     for f in range(folds):
@@ -51,9 +53,16 @@ def fold_indices(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return out
 
 
-def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, folds: int = 4, seed: int = 0,
-                   router_params: dict[str, dict[str, Any]] | None = None,
-                   progress: bool = False) -> dict[str, dict[str, Any]]:
+def cross_validate(
+    table: RoutingTable,
+    X: np.ndarray,
+    routers: list[str],
+    *,
+    folds: int = 4,
+    seed: int = 0,
+    router_params: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Per router: ``aiq`` (mean over folds), ``aiq_folds``, ``max_quality`` (mean) on held-out prompts.
 
     Routers are built with :func:`turnout.routing.registry.create_router` (and
@@ -70,8 +79,7 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
         for f, (tr_rows, held) in enumerate(splits):
             tr, te = table.subset(tr_rows), table.subset(held)
             base = baselines(te)
-            fitter = RouterFitter(tr.to_training_data(X[tr_rows]), router_params,
-                                  reuse=ensemble_members(routers, router_params))
+            fitter = RouterFitter(tr.to_training_data(X[tr_rows]), router_params, reuse=ensemble_members(routers, router_params))
             for name in routers:
                 if bar is not None:
                     bar.update(task, description=f"fold {f + 1}/{folds}: {name}")
@@ -81,8 +89,14 @@ def cross_validate(table: RoutingTable, X: np.ndarray, routers: list[str], *, fo
                 if bar is not None:
                     bar.console.log(f"fold {f + 1}/{folds}: {name} AIQ {m['aiq']:.4f}")
                     bar.advance(task)
-    return {name: {"aiq": float(np.mean([a for a, _ in s])), "aiq_folds": [float(a) for a, _ in s],
-                   "max_quality": float(np.mean([q for _, q in s]))} for name, s in scores.items()}
+    return {
+        name: {
+            "aiq": float(np.mean([a for a, _ in s])),
+            "aiq_folds": [float(a) for a, _ in s],
+            "max_quality": float(np.mean([q for _, q in s])),
+        }
+        for name, s in scores.items()
+    }
 
 
 def choose_router(scores: dict[str, dict[str, Any]]) -> str:

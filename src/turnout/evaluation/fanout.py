@@ -76,10 +76,19 @@ def with_plans(table: RoutingTable, plans: Mapping[str, Outcome]) -> RoutingTabl
     if table.responses is not None:
         R = np.full(S.shape, None, dtype=object)
         R[:, : len(table.models)] = table.responses
-    return RoutingTable(prompt_ids=list(table.prompt_ids), prompts=list(table.prompts),
-                        models=[*table.models, *names], scores=S, costs=C, tasks=table.tasks, split=table.split,
-                        model_cards=dict(table.model_cards), source=table.source,
-                        cost_estimated=table.cost_estimated, responses=R)
+    return RoutingTable(
+        prompt_ids=list(table.prompt_ids),
+        prompts=list(table.prompts),
+        models=[*table.models, *names],
+        scores=S,
+        costs=C,
+        tasks=table.tasks,
+        split=table.split,
+        model_cards=dict(table.model_cards),
+        source=table.source,
+        cost_estimated=table.cost_estimated,
+        responses=R,
+    )
 
 
 def member_missing(table: RoutingTable, group: Sequence[int]) -> np.ndarray:
@@ -90,5 +99,6 @@ def member_missing(table: RoutingTable, group: Sequence[int]) -> np.ndarray:
 
 def masked(outcome: Outcome, missing: np.ndarray) -> Outcome:
     """``outcome`` with NaN score and cost where ``missing``: the plan is no candidate there."""
-    return Outcome(np.where(missing, np.nan, outcome.score), np.where(missing, np.nan, outcome.cost),
-                   outcome.escalated & ~missing)
+    return Outcome(
+        np.where(missing, np.nan, outcome.score), np.where(missing, np.nan, outcome.cost), outcome.escalated & ~missing
+    )

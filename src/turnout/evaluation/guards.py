@@ -52,11 +52,16 @@ def split_rows(test_path: str, train_path: str | None) -> tuple[list[Example], l
         if any(r.split == "val" for r in rows):
             test = [r for r in rows if r.split == "val"]
             test_is_val = True
-            notes.append(f"{Path(test_path).name} has no 'test' split: its {len(test)} 'val' rows are the test rows, "
-                         "never fitted or tuned on")
+            notes.append(
+                f"{Path(test_path).name} has no 'test' split: its {len(test)} 'val' rows are the test rows, "
+                "never fitted or tuned on"
+            )
         elif any(r.split == "train" for r in rows):
-            raise DataError("no 'test' or 'val' rows to test on", file=test_path,
-                            fix="pass a test file, or one with split 'test' (or 'val') rows")
+            raise DataError(
+                "no 'test' or 'val' rows to test on",
+                file=test_path,
+                fix="pass a test file, or one with split 'test' (or 'val') rows",
+            )
         else:
             test = rows
     if train_path is None and any(r.split == "train" for r in rows):
@@ -66,8 +71,11 @@ def split_rows(test_path: str, train_path: str | None) -> tuple[list[Example], l
         return test, [], [], notes
     same = Path(train_path).resolve() == Path(test_path).resolve()
     if same and not any(r.split for r in rows):
-        raise DataError("TEST and TRAIN are the same file and it has no 'split' column", file=test_path,
-                        fix="give each row a split (train/val/test), or pass separate files")
+        raise DataError(
+            "TEST and TRAIN are the same file and it has no 'split' column",
+            file=test_path,
+            fix="give each row a split (train/val/test), or pass separate files",
+        )
     trows = rows if same else read_examples(train_path)
     train = [r for r in trows if r.split in (None, "train")]
     val = [] if (same and test_is_val) else [r for r in trows if r.split == "val"]
@@ -84,8 +92,12 @@ def latency(fn: Callable[[str], Any], texts: Sequence[str]) -> dict[str, float]:
         fn(t)
         ms.append((time.perf_counter() - start) * 1000)
     a = np.array(ms) if ms else np.zeros(1)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
-            "n": len(ms)}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "n": len(ms),
+    }
 
 
 def latency_env() -> dict[str, Any]:
@@ -97,17 +109,22 @@ def latency_env() -> dict[str, Any]:
     """
     import os
 
-    return {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "cpus": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0]}
+    return {
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+    }
 
 
 def _warn_threads(notes: list[str]) -> None:
     import os
 
     if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
-        notes.append("OPENBLAS_NUM_THREADS is not 1: numpy's threads, still spinning after the fit, can slow the "
-                     "latency figures several-fold on a small machine (set OPENBLAS_NUM_THREADS=1)")
+        notes.append(
+            "OPENBLAS_NUM_THREADS is not 1: numpy's threads, still spinning after the fit, can slow the "
+            "latency figures several-fold on a small machine (set OPENBLAS_NUM_THREADS=1)"
+        )
 
 
 def _sample(texts: Sequence[str], n: int, seed: int = 0) -> list[str]:
@@ -134,14 +151,25 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
 
 def _embedders(name: str, cache_dir: str | None, progress: bool) -> tuple[Embedder, Embedder]:
     """(cached embedder for the batch work, uncached one-thread embedder for the latency figures)."""
-    return (create_embedder(name, cache_dir=cache_dir, progress=progress, threads=None),
-            create_embedder(name, cache_dir=cache_dir, progress=False, cache=False))
+    return (
+        create_embedder(name, cache_dir=cache_dir, progress=progress, threads=None),
+        create_embedder(name, cache_dir=cache_dir, progress=False, cache=False),
+    )
 
 
 # ------------------------------------------------------------------ domain
-def evaluate_domain(test_path: str, train_path: str | None = None, *, embedder: str = "minilm",
-                    artifact: str | None = None, rule: str = "reject_rate", reject_in_scope: float = 0.02,
-                    latency_samples: int = 300, cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_domain(
+    test_path: str,
+    train_path: str | None = None,
+    *,
+    embedder: str = "minilm",
+    artifact: str | None = None,
+    rule: str = "reject_rate",
+    reject_in_scope: float = 0.02,
+    latency_samples: int = 300,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fit :class:`DomainClassifier` on TRAIN (or load ``artifact``) and score TEST; returns the report.
 
     Keys: ``domain_accuracy`` (in-scope rows whose most likely domain is right, rejection
@@ -161,17 +189,27 @@ def evaluate_domain(test_path: str, train_path: str | None = None, *, embedder: 
         clf.check_embedder(emb)
         notes.append(f"loaded {artifact}: nothing fitted")
         made_from = clf.provenance.get("examples")
-        if made_from and Path(made_from).resolve() == Path(test_path).resolve() and \
-                any(r.split == "val" for r in test) and clf.provenance.get("n_val"):
-            notes.append(f"the artifact was made from {Path(test_path).name} with its 'val' rows tuning the "
-                         "threshold, and those are the test rows here: the figures are optimistic")
+        if (
+            made_from
+            and Path(made_from).resolve() == Path(test_path).resolve()
+            and any(r.split == "val" for r in test)
+            and clf.provenance.get("n_val")
+        ):
+            notes.append(
+                f"the artifact was made from {Path(test_path).name} with its 'val' rows tuning the "
+                "threshold, and those are the test rows here: the figures are optimistic"
+            )
     else:
         if not train:
-            raise DataError("the domain guard needs training rows", file=test_path,
-                            fix="pass --train TRAIN (JSONL {text, label}), or --param artifact=FILE.npz")
+            raise DataError(
+                "the domain guard needs training rows",
+                file=test_path,
+                fix="pass --train TRAIN (JSONL {text, label}), or --param artifact=FILE.npz",
+            )
         settings = DomainSettings(rule=rule, reject_in_scope=reject_in_scope)
-        clf = DomainClassifier.fit_examples(train, val, emb, embedder_name=embedder, settings=settings,
-                                            provenance={"train": train_path or test_path})
+        clf = DomainClassifier.fit_examples(
+            train, val, emb, embedder_name=embedder, settings=settings, provenance={"train": train_path or test_path}
+        )
     fit_s = time.perf_counter() - t0
     unknown = sorted({str(r.label) for r in test} - set(clf.domains) - {OUT_OF_SCOPE})
     if unknown:
@@ -198,23 +236,39 @@ def evaluate_domain(test_path: str, train_path: str | None = None, *, embedder: 
         "balanced_accuracy": _mean_of(_mean(right[inside] & ~rejected[inside]), _mean(rejected[~inside])),
         "threshold": clf.threshold,
         "threshold_choice": asdict(clf.choice) if clf.choice else None,
-        "per_domain": {d: {"n": int(np.sum(y == d)), "accuracy": _mean(right[y == d]),
-                           "rejected": _mean(rejected[y == d])} for d in sorted(set(y[inside]))},
+        "per_domain": {
+            d: {"n": int(np.sum(y == d)), "accuracy": _mean(right[y == d]), "rejected": _mean(rejected[y == d])}
+            for d in sorted(set(y[inside]))
+        },
         "test_curve": _curve(sims[inside], sims[~inside]),
-        "counts": {"train": len(train), "val": len(val), "test_in_scope": n_in, "test_out_of_scope": n_out,
-                   "domains": len(clf.domains), "prototypes": len(clf.prototypes),
-                   "subtopics": len(clf.subtopic_owner)},
+        "counts": {
+            "train": len(train),
+            "val": len(val),
+            "test_in_scope": n_in,
+            "test_out_of_scope": n_out,
+            "domains": len(clf.domains),
+            "prototypes": len(clf.prototypes),
+            "subtopics": len(clf.subtopic_owner),
+        },
         "overlap": len({r.text for r in test} & {r.text for r in train}),
-        "embedder": embedder, "fit_s": fit_s,
+        "embedder": embedder,
+        "fit_s": fit_s,
     }
     texts = _sample([r.text for r in test], latency_samples)
     full = latency(lambda t: clf.predict(emb_live.embed_one(t)), texts)
     vecs = {t: v for t, v in zip(texts, emb.embed(texts))}
-    rep.update({k: v for k, v in full.items() if k != "n"}, latency_n=full["n"],
-               classifier_p50_ms=latency(lambda t: clf.predict(vecs[t]), texts)["p50_ms"], latency_env=latency_env())
+    rep.update(
+        {k: v for k, v in full.items() if k != "n"},
+        latency_n=full["n"],
+        classifier_p50_ms=latency(lambda t: clf.predict(vecs[t]), texts)["p50_ms"],
+        latency_env=latency_env(),
+    )
     _warn_threads(notes)
-    rep["split"] = {"test": _describe(test_path, test), "train": train_path or (test_path if train else None),
-                    "threshold_tuned_on": clf.choice.validation if clf.choice else "artifact"}
+    rep["split"] = {
+        "test": _describe(test_path, test),
+        "train": train_path or (test_path if train else None),
+        "threshold_tuned_on": clf.choice.validation if clf.choice else "artifact",
+    }
     rep["notes"] = notes
     return rep
 
@@ -244,10 +298,20 @@ def _describe(path: str, rows: Sequence[Example]) -> str:
 
 
 # ------------------------------------------------------------------ jailbreak
-def evaluate_jailbreak(test_path: str, train_path: str | None = None, *, embedder: str = "minilm",
-                       artifact: str | None = None, benign: Sequence[str] = (), wild: Sequence[str] = (),
-                       probes: str | None = None, holdout_sources: bool = True, latency_samples: int = 300,
-                       cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_jailbreak(
+    test_path: str,
+    train_path: str | None = None,
+    *,
+    embedder: str = "minilm",
+    artifact: str | None = None,
+    benign: Sequence[str] = (),
+    wild: Sequence[str] = (),
+    probes: str | None = None,
+    holdout_sources: bool = True,
+    latency_samples: int = 300,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fit :class:`JailbreakDetector` on TRAIN (+ ``benign`` files) or load ``artifact``; score TEST.
 
     Keys: ``detection_rate``, ``false_positive_rate`` (TEST, default threshold),
@@ -271,11 +335,16 @@ def evaluate_jailbreak(test_path: str, train_path: str | None = None, *, embedde
         notes.append(f"loaded {artifact}: nothing fitted")
     else:
         if not train:
-            raise DataError("the jailbreak detector needs training rows", file=test_path,
-                            fix="pass --train TRAIN ({text, label: attack|benign, source}) or --param artifact=FILE")
+            raise DataError(
+                "the jailbreak detector needs training rows",
+                file=test_path,
+                fix="pass --train TRAIN ({text, label: attack|benign, source}) or --param artifact=FILE",
+            )
         if not extra:
-            notes.append("trained without extra benign prompts (--param benign=FILE,...): the shared data's benign "
-                         "rows are one kind, so ordinary short user prompts will be flagged far more than here")
+            notes.append(
+                "trained without extra benign prompts (--param benign=FILE,...): the shared data's benign "
+                "rows are one kind, so ordinary short user prompts will be flagged far more than here"
+            )
         det = _fit(train, emb, embedder, extra)
     fit_s = time.perf_counter() - t0
     texts = [r.text for r in test]
@@ -285,17 +354,26 @@ def evaluate_jailbreak(test_path: str, train_path: str | None = None, *, embedde
     y = _labels(test, test_path)
     rep: dict[str, Any] = {
         "kind": "jailbreak",
-        "detection_rate": _mean(flagged[y]), "false_positive_rate": _mean(flagged[~y]),
+        "detection_rate": _mean(flagged[y]),
+        "false_positive_rate": _mean(flagged[~y]),
         "auc": _auc(scores[y], scores[~y]),
-        "threshold": det.threshold, "gibberish_threshold": det.gibberish_threshold,
-        "counts": {"test_attack": int(y.sum()), "test_benign": int((~y).sum()), "train": len(train),
-                   "extra_benign": det.provenance.get("n_extra_benign")},
+        "threshold": det.threshold,
+        "gibberish_threshold": det.gibberish_threshold,
+        "counts": {
+            "test_attack": int(y.sum()),
+            "test_benign": int((~y).sum()),
+            "train": len(train),
+            "extra_benign": det.provenance.get("n_extra_benign"),
+        },
         "per_source": _per_source(test, flagged, y),
         "per_length_band": _per_band(test, flagged, y),
         "parts": _parts(verdicts, y, det.threshold),
-        "training": {k: det.provenance.get(k) for k in ("threshold_rule", "oof_fpr_at_threshold",
-                                                        "oof_detection_at_threshold", "pattern_hit_rate_benign")},
-        "embedder": embedder, "fit_s": fit_s,
+        "training": {
+            k: det.provenance.get(k)
+            for k in ("threshold_rule", "oof_fpr_at_threshold", "oof_detection_at_threshold", "pattern_hit_rate_benign")
+        },
+        "embedder": embedder,
+        "fit_s": fit_s,
     }
     if holdout_sources and artifact is None:
         rep["held_out_sources"] = _held_out(train, test, y, flagged, emb, embedder, extra, progress)
@@ -305,8 +383,9 @@ def evaluate_jailbreak(test_path: str, train_path: str | None = None, *, embedde
         rep["wild_benign"] = {name: _wild(det, texts) for name, texts in wild_texts.items()}
     sample = _sample(texts, latency_samples)
     live = det.with_embedder(emb_live)
-    rep.update({k: v for k, v in latency(live.score, sample).items() if k != "n"}, latency_n=len(sample),
-               latency_env=latency_env())
+    rep.update(
+        {k: v for k, v in latency(live.score, sample).items() if k != "n"}, latency_n=len(sample), latency_env=latency_env()
+    )
     _warn_threads(notes)
     rep["split"] = {"test": _describe(test_path, test), "train": train_path}
     rep["notes"] = notes
@@ -315,15 +394,27 @@ def evaluate_jailbreak(test_path: str, train_path: str | None = None, *, embedde
 
 def _fit(train: Sequence[Example], emb: Embedder, name: str, extra: Sequence[str]) -> JailbreakDetector:
     _labels(train, "TRAIN")
-    return JailbreakDetector.fit([r.text for r in train], [str(r.label) for r in train], emb, embedder_name=name,
-                                 sources=[r.source for r in train], extra_benign=extra, settings=JailbreakSettings())
+    return JailbreakDetector.fit(
+        [r.text for r in train],
+        [str(r.label) for r in train],
+        emb,
+        embedder_name=name,
+        sources=[r.source for r in train],
+        extra_benign=extra,
+        settings=JailbreakSettings(),
+    )
 
 
 def _labels(rows: Sequence[Example], where: str) -> np.ndarray:
     bad = next((r for r in rows if r.label not in ("attack", "benign")), None)
     if bad is not None:
-        raise DataError(f"label {bad.label!r} is not 'attack' or 'benign'", file=where, row=bad.row, column="label",
-                        fix="label each row 'attack' or 'benign'")
+        raise DataError(
+            f"label {bad.label!r} is not 'attack' or 'benign'",
+            file=where,
+            row=bad.row,
+            column="label",
+            fix="label each row 'attack' or 'benign'",
+        )
     return np.array([r.label == ATTACK for r in rows])
 
 
@@ -336,8 +427,14 @@ def _per_source(rows: Sequence[Example], flagged: np.ndarray, y: np.ndarray) -> 
     out: dict[str, Any] = {}
     for s in sorted(set(src)):
         m = src == s
-        out[s] = {**_rate(m, flagged), "by_label": {lab: _rate(m & (y == (lab == ATTACK)), flagged)
-                                                    for lab in ("attack", "benign") if np.any(m & (y == (lab == ATTACK)))}}
+        out[s] = {
+            **_rate(m, flagged),
+            "by_label": {
+                lab: _rate(m & (y == (lab == ATTACK)), flagged)
+                for lab in ("attack", "benign")
+                if np.any(m & (y == (lab == ATTACK)))
+            },
+        }
     return out
 
 
@@ -367,8 +464,16 @@ def _parts(verdicts: Sequence[Any], y: np.ndarray, threshold: float) -> dict[str
     return {k: {"attack": _mean(np.array(v)[y]), "benign": _mean(np.array(v)[~y])} for k, v in fired.items()}
 
 
-def _held_out(train: Sequence[Example], test: Sequence[Example], y: np.ndarray, flagged: np.ndarray, emb: Embedder,
-              name: str, extra: Sequence[str], progress: bool) -> dict[str, Any]:
+def _held_out(
+    train: Sequence[Example],
+    test: Sequence[Example],
+    y: np.ndarray,
+    flagged: np.ndarray,
+    emb: Embedder,
+    name: str,
+    extra: Sequence[str],
+    progress: bool,
+) -> dict[str, Any]:
     """For each attack source: refit without its attack rows, then its test detection (and the FPR)."""
     srcs = sorted({r.source for r in train if r.label == ATTACK and r.source})
     tsrc = np.array([r.source for r in test], dtype=object)
@@ -383,9 +488,13 @@ def _held_out(train: Sequence[Example], test: Sequence[Example], y: np.ndarray, 
             continue
         texts = [r.text for r in test]
         f = np.array([v.flagged for v in det.score_batch(texts, emb.embed(texts))])
-        out[s] = {"n_test_attacks": int(m.sum()), "detection_trained_on": _mean(flagged[m]),
-                  "detection_held_out": _mean(f[m]), "false_positive_rate_held_out": _mean(f[~y]),
-                  "threshold_held_out": det.threshold}
+        out[s] = {
+            "n_test_attacks": int(m.sum()),
+            "detection_trained_on": _mean(flagged[m]),
+            "detection_held_out": _mean(f[m]),
+            "false_positive_rate_held_out": _mean(f[~y]),
+            "threshold_held_out": det.threshold,
+        }
     return out
 
 
@@ -398,10 +507,12 @@ def _probes(det: JailbreakDetector, path: str, rows: Sequence[Example]) -> dict[
     for k in sorted(set(zip(fam, y)), key=lambda t: (not t[1], t[0])):
         m = (fam == k[0]) & (y == k[1])
         per[k[0]] = {"label": "attack" if k[1] else "benign", **_rate(m, f)}
-    missed = [{"family": r.family, "text": r.text[:120], "score": round(x.score, 3), "reasons": x.reasons}
-              for r, x, fl, a in zip(rows, v, f, y) if fl != a]
-    return {"file": path, "detection_rate": _mean(f[y]), "false_positive_rate": _mean(f[~y]), "per_family": per,
-            "errors": missed}
+    missed = [
+        {"family": r.family, "text": r.text[:120], "score": round(x.score, 3), "reasons": x.reasons}
+        for r, x, fl, a in zip(rows, v, f, y)
+        if fl != a
+    ]
+    return {"file": path, "detection_rate": _mean(f[y]), "false_positive_rate": _mean(f[~y]), "per_family": per, "errors": missed}
 
 
 def _wild(det: JailbreakDetector, texts: Sequence[str]) -> dict[str, Any]:

@@ -95,8 +95,13 @@ def load_pairs(path: str | Path) -> list[Pair]:
                 raise DataError("not a JSON object", file=str(p), row=row, fix='write {"a", "b", "duplicate", "group"}')
             for col, kind in (("a", str), ("b", str), ("duplicate", bool), ("group", str)):
                 if not isinstance(obj.get(col), kind):
-                    raise DataError(f"missing or not a {kind.__name__}: {obj.get(col)!r}"[:120], file=str(p), row=row,
-                                    column=col, fix=f"every row needs '{col}' as a {kind.__name__}")
+                    raise DataError(
+                        f"missing or not a {kind.__name__}: {obj.get(col)!r}"[:120],
+                        file=str(p),
+                        row=row,
+                        column=col,
+                        fix=f"every row needs '{col}' as a {kind.__name__}",
+                    )
             pairs.append(Pair(obj["a"], obj["b"], obj["duplicate"], obj["group"], row))
     if not pairs:
         raise DataError("no rows", file=str(p), fix="pass a non-empty cache_pairs JSONL file")
@@ -124,9 +129,14 @@ def _request(context: str, question: str) -> ChatRequest:
 
 def _answer(group: str) -> dict[str, Any]:
     # the answer's content names its source question: a hit is judged by where its answer came from
-    return {"id": "chatcmpl-eval", "object": "chat.completion", "created": 0, "model": "eval",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": group}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    return {
+        "id": "chatcmpl-eval",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "eval",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": group}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
 
 
 @dataclass
@@ -142,12 +152,15 @@ def _variants(guard: LookalikeGuard) -> dict[str, LookalikeGuard | None]:
     return {"guard": guard, "no_guard": None, **{f"only_{c}": LookalikeGuard.only(c) for c in CHECKS}}
 
 
-async def _score_pairs(pairs: Sequence[Pair], vecs: dict[str, np.ndarray], guard: LookalikeGuard, lowest: float,
-                       *, crowded: bool, candidates: int) -> _Scored:
+async def _score_pairs(
+    pairs: Sequence[Pair], vecs: dict[str, np.ndarray], guard: LookalikeGuard, lowest: float, *, crowded: bool, candidates: int
+) -> _Scored:
     """Store every ``a`` and look every ``b`` up, in one context per pair or (``crowded``) in one shared context."""
     store = InMemoryCacheStore(max_entries=max(1, 2 * len(pairs)), ttl_s=None)
-    caches = {name: SemanticCache(store, threshold=lowest, guard=g, candidates=candidates, space="eval")
-              for name, g in _variants(guard).items()}
+    caches = {
+        name: SemanticCache(store, threshold=lowest, guard=g, candidates=candidates, space="eval")
+        for name, g in _variants(guard).items()
+    }
     any_cache = caches["guard"]
     for i, pair in enumerate(pairs):
         fp = ContextFingerprint.of(_request("shared" if crowded else f"pair {i}", pair.a), tenant="eval")
@@ -176,11 +189,18 @@ def _rates(scored: _Scored, variant: str, threshold: float) -> dict[str, Any]:
     wrong_hits = int((hit & dup & ~own).sum())
     false_hits = int((hit & ~dup).sum())
     n_dup, n_look = int(dup.sum()), int((~dup).sum())
-    return {"hit_rate": true_hits / n_dup if n_dup else 0.0, "false_hit_rate": false_hits / n_look if n_look else 0.0,
-            "wrong_hit_rate": wrong_hits / n_dup if n_dup else 0.0,
-            "true_hits": true_hits, "false_hits": false_hits, "wrong_hits": wrong_hits,
-            "duplicates": n_dup, "lookalikes": n_look,
-            "hit_rate_ci95": list(wilson(true_hits, n_dup)), "false_hit_rate_ci95": list(wilson(false_hits, n_look))}
+    return {
+        "hit_rate": true_hits / n_dup if n_dup else 0.0,
+        "false_hit_rate": false_hits / n_look if n_look else 0.0,
+        "wrong_hit_rate": wrong_hits / n_dup if n_dup else 0.0,
+        "true_hits": true_hits,
+        "false_hits": false_hits,
+        "wrong_hits": wrong_hits,
+        "duplicates": n_dup,
+        "lookalikes": n_look,
+        "hit_rate_ci95": list(wilson(true_hits, n_dup)),
+        "false_hit_rate_ci95": list(wilson(false_hits, n_look)),
+    }
 
 
 def _curve(scored: _Scored, variant: str, thresholds: Sequence[float]) -> dict[str, list[float]]:
@@ -202,12 +222,29 @@ def choose_threshold(scored: _Scored, variant: str, thresholds: Sequence[float],
 
 _AUX = re.compile(r"\b(is|are|was|were|can|could|does|do|did|should|will|would|has|have)\b", re.IGNORECASE)
 _DIGITS = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
-_UNIT_SWAP = {"mg": "g", "g": "mg", "ml": "l", "kg": "lb", "lbs": "kg", "lb": "kg", "days": "weeks", "day": "week",
-              "weeks": "months", "week": "month", "months": "years", "month": "year", "hours": "days", "hour": "day",
-              "years": "months", "year": "month", "minutes": "hours", "mcg": "mg", "%": " mg"}
+_UNIT_SWAP = {
+    "mg": "g",
+    "g": "mg",
+    "ml": "l",
+    "kg": "lb",
+    "lbs": "kg",
+    "lb": "kg",
+    "days": "weeks",
+    "day": "week",
+    "weeks": "months",
+    "week": "month",
+    "months": "years",
+    "month": "year",
+    "hours": "days",
+    "hour": "day",
+    "years": "months",
+    "year": "month",
+    "minutes": "hours",
+    "mcg": "mg",
+    "%": " mg",
+}
 #: a unit right after a number: the quantity perturbation changes what is measured, not an idiom ("the other day")
-_UNIT_WORD = re.compile(r"\d\s?(mg|mcg|ml|kg|lbs|lb|g|%|days?|weeks?|months?|years?|hours?|minutes)(?![a-z])",
-                        re.IGNORECASE)
+_UNIT_WORD = re.compile(r"\d\s?(mg|mcg|ml|kg|lbs|lb|g|%|days?|weeks?|months?|years?|hours?|minutes)(?![a-z])", re.IGNORECASE)
 
 
 def perturb(text: str) -> dict[str, str]:
@@ -219,27 +256,33 @@ def perturb(text: str) -> dict[str, str]:
     if m:
         value = m.group(0)
         new = str(int(value) + 1) if value.isdigit() else f"{float(value) * 2:g}"
-        out["number"] = text[: m.start()] + new + text[m.end():]
+        out["number"] = text[: m.start()] + new + text[m.end() :]
     for m in _AUX.finditer(text):
         # "Can I take" -> "Can I not take"; skip an auxiliary negated already ("can't", "cannot", "is not")
-        after = re.match(r"\s+(\w+)(?=\s)", text[m.end():])
-        if after and after.group(1).lower() not in ("not", "never") and not re.match(r"(n?['\u2019]t|not)\b",
-                                                                                     text[m.end():], re.IGNORECASE):
+        after = re.match(r"\s+(\w+)(?=\s)", text[m.end() :])
+        if (
+            after
+            and after.group(1).lower() not in ("not", "never")
+            and not re.match(r"(n?['\u2019]t|not)\b", text[m.end() :], re.IGNORECASE)
+        ):
             cut = m.end() + after.end()
             out["negation"] = text[:cut] + " not" + text[cut:]
             break
     m = _UNIT_WORD.search(text)
     if m:
-        out["unit"] = text[: m.start(1)] + _UNIT_SWAP[m.group(1).lower()] + text[m.end(1):]
+        out["unit"] = text[: m.start(1)] + _UNIT_SWAP[m.group(1).lower()] + text[m.end(1) :]
     return out
 
 
-async def _score_perturbed(questions: Sequence[str], vecs: dict[str, np.ndarray], guard: LookalikeGuard,
-                           threshold: float) -> dict[str, Any]:
+async def _score_perturbed(
+    questions: Sequence[str], vecs: dict[str, np.ndarray], guard: LookalikeGuard, threshold: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     store = InMemoryCacheStore(max_entries=max(1, len(questions)), ttl_s=None)
-    caches = {"guard": SemanticCache(store, threshold=threshold, guard=guard, space="eval"),
-              "no_guard": SemanticCache(store, threshold=threshold, guard=None, space="eval")}
+    caches = {
+        "guard": SemanticCache(store, threshold=threshold, guard=guard, space="eval"),
+        "no_guard": SemanticCache(store, threshold=threshold, guard=None, space="eval"),
+    }
     fps = {q: ContextFingerprint.of(_request(f"q {i}", q), tenant="eval") for i, q in enumerate(questions)}
     for q, fp in fps.items():
         await caches["guard"].store(fp, vecs[q], _answer(q))
@@ -252,14 +295,24 @@ async def _score_perturbed(questions: Sequence[str], vecs: dict[str, np.ndarray]
                 counts[name] += (await cache.lookup(fp, vecs[v])).hit is not None
         n = len(looks)
         sims = [float(vecs[q] @ vecs[v]) for q, v in looks]
-        out[kind] = {"pairs": n, **{f"false_hit_rate_{name}": counts[name] / n if n else 0.0 for name in caches},
-                     "similarity_p10": float(np.percentile(sims, 10)) if sims else None,
-                     "similarity_median": statistics.median(sims) if sims else None}
+        out[kind] = {
+            "pairs": n,
+            **{f"false_hit_rate_{name}": counts[name] / n if n else 0.0 for name in caches},
+            "similarity_p10": float(np.percentile(sims, 10)) if sims else None,
+            "similarity_median": statistics.median(sims) if sims else None,
+        }
     return out
 
 
-def _latency(embedder_name: str, pairs: Sequence[Pair], vecs: dict[str, np.ndarray], guard: LookalikeGuard,
-             threshold: float, samples: int, cache_dir: str | None) -> dict[str, Any]:
+def _latency(
+    embedder_name: str,
+    pairs: Sequence[Pair],
+    vecs: dict[str, np.ndarray],
+    guard: LookalikeGuard,
+    threshold: float,
+    samples: int,
+    cache_dir: str | None,
+) -> dict[str, Any]:
     """p50/p95 lookup latency in one shared context holding every ``a``: without and with embedding ``b``."""
 
     async def run() -> dict[str, Any]:
@@ -282,10 +335,13 @@ def _latency(embedder_name: str, pairs: Sequence[Pair], vecs: dict[str, np.ndarr
                 fp = ContextFingerprint.of(_request("shared", p.b), tenant="eval")
                 await cache.lookup(fp, live.embed_one(fp.text))
                 with_embed.append((time.perf_counter() - t0) * 1e3)
-        return {"entries": len(store), "lookup_p50_ms": statistics.median(lookups),
-                "lookup_p95_ms": float(np.percentile(lookups, 95)),
-                "with_embedding_p50_ms": statistics.median(with_embed) if with_embed else None,
-                "with_embedding_samples": len(with_embed)}
+        return {
+            "entries": len(store),
+            "lookup_p50_ms": statistics.median(lookups),
+            "lookup_p95_ms": float(np.percentile(lookups, 95)),
+            "with_embedding_p50_ms": statistics.median(with_embed) if with_embed else None,
+            "with_embedding_samples": len(with_embed),
+        }
 
     return asyncio.run(run())
 
@@ -309,14 +365,23 @@ def plot_cache(result: dict[str, Any], out_png: str | Path) -> Path:
         ax2.plot(curve[variant]["false_hit_rate"], curve[variant]["hit_rate"], style, color="tab:blue", label=label)
     ax.axvline(result["threshold"], color="black", lw=0.8, label=f"threshold chosen on dev ({result['threshold']:.2f})")
     ax.axhline(result["target_false_hit_rate"], color="grey", lw=0.8, ls=":", label="false-hit target")
-    ax.set(xlabel="cosine similarity threshold", ylabel="rate", ylim=(0, 1),
-           title=f"{result['embedder']}: test pairs ({result['counts']['duplicates']} duplicates, "
-                 f"{result['counts']['lookalikes']} look-alikes)")
+    ax.set(
+        xlabel="cosine similarity threshold",
+        ylabel="rate",
+        ylim=(0, 1),
+        title=f"{result['embedder']}: test pairs ({result['counts']['duplicates']} duplicates, "
+        f"{result['counts']['lookalikes']} look-alikes)",
+    )
     ax.legend(fontsize=7)
     ax2.axvline(result["target_false_hit_rate"], color="grey", lw=0.8, ls=":")
     ax2.plot([result["false_hit_rate"]], [result["hit_rate"]], "o", color="black", label="chosen threshold")
-    ax2.set(xlabel="false-hit rate (look-alikes)", ylabel="hit rate (duplicates)", xlim=(0, 0.2), ylim=(0, 1),
-            title="hit rate against false-hit rate")
+    ax2.set(
+        xlabel="false-hit rate (look-alikes)",
+        ylabel="hit rate (duplicates)",
+        xlim=(0, 0.2),
+        ylim=(0, 1),
+        title="hit rate against false-hit rate",
+    )
     ax2.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out_png)
@@ -326,10 +391,21 @@ def plot_cache(result: dict[str, Any], out_png: str | Path) -> Path:
     return out
 
 
-def evaluate_cache(test_path: str, train_path: str | None = None, *, embedder: str = "minilm",
-                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, target: float = 0.02, dev_fraction: float = 0.5,
-                   guard: Sequence[str] = CHECKS, candidates: int = 4, plot: str | None = None,
-                   latency_samples: int = 200, cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_cache(
+    test_path: str,
+    train_path: str | None = None,
+    *,
+    embedder: str = "minilm",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    target: float = 0.02,
+    dev_fraction: float = 0.5,
+    guard: Sequence[str] = CHECKS,
+    candidates: int = 4,
+    plot: str | None = None,
+    latency_samples: int = 200,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Measure the cache on ``test_path`` (see the module docstring); returns the metrics dict.
 
     Top-level keys: ``threshold`` (chosen on dev), ``hit_rate`` and ``false_hit_rate`` (test, at that
@@ -353,29 +429,38 @@ def evaluate_cache(test_path: str, train_path: str | None = None, *, embedder: s
         test_groups = {p.group for p in test}
         train_all = load_pairs(train_path)
         dev = [p for p in train_all if p.group not in test_groups]
-        split = {"rule": "train file is dev, test file is test (dev groups also in test dropped)",
-                 "dropped_overlap_groups": len({p.group for p in train_all} & test_groups)}
+        split = {
+            "rule": "train file is dev, test file is test (dev groups also in test dropped)",
+            "dropped_overlap_groups": len({p.group for p in train_all} & test_groups),
+        }
     for name, part, path in (("dev", dev, train_path or test_path), ("test", test, test_path)):
         kinds = {p.duplicate for p in part}
         if kinds != {True, False}:
-            raise DataError(f"the {name} part has no {'look-alike' if True in kinds else 'duplicate'} pairs "
-                            f"({len(part)} pairs)", file=str(path),
-                            fix="pass a file with both duplicate and non-duplicate pairs, or a --train file "
-                                "whose groups are not all in the test file")
-    split |= {"dev_pairs": len(dev), "test_pairs": len(test), "dev_groups": len({p.group for p in dev}),
-              "test_groups": len({p.group for p in test})}
+            raise DataError(
+                f"the {name} part has no {'look-alike' if True in kinds else 'duplicate'} pairs ({len(part)} pairs)",
+                file=str(path),
+                fix="pass a file with both duplicate and non-duplicate pairs, or a --train file "
+                "whose groups are not all in the test file",
+            )
+    split |= {
+        "dev_pairs": len(dev),
+        "test_pairs": len(test),
+        "dev_groups": len({p.group for p in dev}),
+        "test_groups": len({p.group for p in test}),
+    }
 
     emb = create_embedder(embedder, progress=progress, cache_dir=cache_dir)
     questions = sorted({p.a for p in test})
-    texts = sorted({t for p in [*dev, *test] for t in (p.a, p.b)}
-                   | {v for q in questions for v in perturb(q).values()})
+    texts = sorted({t for p in [*dev, *test] for t in (p.a, p.b)} | {v for q in questions for v in perturb(q).values()})
     vecs = dict(zip(texts, emb.embed(texts)))
     lowest = min(thresholds)
 
     async def score() -> tuple[_Scored, _Scored, _Scored]:
-        return (await _score_pairs(dev, vecs, the_guard, lowest, crowded=False, candidates=candidates),
-                await _score_pairs(test, vecs, the_guard, lowest, crowded=False, candidates=candidates),
-                await _score_pairs(test, vecs, the_guard, lowest, crowded=True, candidates=candidates))
+        return (
+            await _score_pairs(dev, vecs, the_guard, lowest, crowded=False, candidates=candidates),
+            await _score_pairs(test, vecs, the_guard, lowest, crowded=False, candidates=candidates),
+            await _score_pairs(test, vecs, the_guard, lowest, crowded=True, candidates=candidates),
+        )
 
     dev_scored, test_scored, crowded_scored = asyncio.run(score())
     threshold = choose_threshold(dev_scored, "guard", thresholds, target)
@@ -395,14 +480,29 @@ def evaluate_cache(test_path: str, train_path: str | None = None, *, embedder: s
         "threshold_without_guard": threshold_ng,
         "test_without_guard_at_its_threshold": _rates(test_scored, "no_guard", threshold_ng),
         "dev": {"guard": _rates(dev_scored, "guard", threshold), "no_guard": _rates(dev_scored, "no_guard", threshold)},
-        "per_check": {c: {k: v for k, v in _rates(test_scored, f"only_{c}", threshold).items()
-                          if k in ("hit_rate", "false_hit_rate", "true_hits", "false_hits")} for c in CHECKS},
-        "curve": {"thresholds": thresholds, "guard": _curve(test_scored, "guard", thresholds),
-                  "no_guard": _curve(test_scored, "no_guard", thresholds)},
-        "dev_curve": {"thresholds": thresholds, "guard": _curve(dev_scored, "guard", thresholds),
-                      "no_guard": _curve(dev_scored, "no_guard", thresholds)},
-        "crowded": {"entries": len({p.a for p in test}), "guard": _rates(crowded_scored, "guard", threshold),
-                    "no_guard": _rates(crowded_scored, "no_guard", threshold)},
+        "per_check": {
+            c: {
+                k: v
+                for k, v in _rates(test_scored, f"only_{c}", threshold).items()
+                if k in ("hit_rate", "false_hit_rate", "true_hits", "false_hits")
+            }
+            for c in CHECKS
+        },
+        "curve": {
+            "thresholds": thresholds,
+            "guard": _curve(test_scored, "guard", thresholds),
+            "no_guard": _curve(test_scored, "no_guard", thresholds),
+        },
+        "dev_curve": {
+            "thresholds": thresholds,
+            "guard": _curve(dev_scored, "guard", thresholds),
+            "no_guard": _curve(dev_scored, "no_guard", thresholds),
+        },
+        "crowded": {
+            "entries": len({p.a for p in test}),
+            "guard": _rates(crowded_scored, "guard", threshold),
+            "no_guard": _rates(crowded_scored, "no_guard", threshold),
+        },
         "perturbed": asyncio.run(_score_perturbed(questions, vecs, the_guard, threshold)),
         "latency": _latency(embedder, test, vecs, the_guard, threshold, latency_samples, cache_dir),
         "split": split,
@@ -414,5 +514,14 @@ def evaluate_cache(test_path: str, train_path: str | None = None, *, embedder: s
     return result
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "Pair", "choose_threshold", "evaluate_cache", "is_dev_group", "load_pairs",
-           "perturb", "plot_cache", "wilson"]
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "Pair",
+    "choose_threshold",
+    "evaluate_cache",
+    "is_dev_group",
+    "load_pairs",
+    "perturb",
+    "plot_cache",
+    "wilson",
+]

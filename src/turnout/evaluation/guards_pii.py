@@ -94,8 +94,13 @@ def load_pii_rows(path: str | Path) -> tuple[list[PiiRow], int]:
 
 def _parse_row(obj: Any, file: str, i: int) -> tuple[PiiRow, int]:
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise DataError("a row needs a string 'text'", file=file, row=i, column="text",
-                        fix='write rows as {"text": ..., "spans": [{"type", "start", "end"}]}')
+        raise DataError(
+            "a row needs a string 'text'",
+            file=file,
+            row=i,
+            column="text",
+            fix='write rows as {"text": ..., "spans": [{"type", "start", "end"}]}',
+        )
     text: str = obj["text"]
     raw_spans = obj.get("spans", [])
     if not isinstance(raw_spans, list):
@@ -103,27 +108,45 @@ def _parse_row(obj: Any, file: str, i: int) -> tuple[PiiRow, int]:
     spans: list[GoldSpan] = []
     moved = 0
     for s in raw_spans:
-        if not (isinstance(s, dict) and isinstance(s.get("type"), str)
-                and isinstance(s.get("start"), int) and isinstance(s.get("end"), int)):
-            raise DataError(f"bad span {s!r}", file=file, row=i, column="spans",
-                            fix="each span is {type: str, start: int, end: int, value?: str}")
+        if not (
+            isinstance(s, dict)
+            and isinstance(s.get("type"), str)
+            and isinstance(s.get("start"), int)
+            and isinstance(s.get("end"), int)
+        ):
+            raise DataError(
+                f"bad span {s!r}",
+                file=file,
+                row=i,
+                column="spans",
+                fix="each span is {type: str, start: int, end: int, value?: str}",
+            )
         start, end = s["start"], s["end"]
         if not 0 <= start < end <= len(text):
-            raise DataError(f"span {start}-{end} is outside the text ({len(text)} characters)", file=file, row=i,
-                            column="spans", fix="offsets are Python string indices, end exclusive")
+            raise DataError(
+                f"span {start}-{end} is outside the text ({len(text)} characters)",
+                file=file,
+                row=i,
+                column="spans",
+                fix="offsets are Python string indices, end exclusive",
+            )
         value = s.get("value")
         if isinstance(value, str) and value and text[start:end] != value:
             near = [m.start() for m in re.finditer(re.escape(value), text) if abs(m.start() - start) <= 8]
             if not near:
-                raise DataError(f"span {start}-{end} reads {text[start:end]!r}, not its value {value!r}", file=file,
-                                row=i, column="spans", fix="fix the offsets or the value")
+                raise DataError(
+                    f"span {start}-{end} reads {text[start:end]!r}, not its value {value!r}",
+                    file=file,
+                    row=i,
+                    column="spans",
+                    fix="fix the offsets or the value",
+                )
             start = min(near, key=lambda q: abs(q - start))
             end = start + len(value)
             moved += 1
         spans.append(GoldSpan(normalise_type(s["type"]), s["type"], start, end))
     template = obj.get("template")
-    return PiiRow(text, tuple(spans), template if isinstance(template, str) else text,
-                  str(obj.get("source", ""))), moved
+    return PiiRow(text, tuple(spans), template if isinstance(template, str) else text, str(obj.get("source", ""))), moved
 
 
 def template_split(rows: Sequence[PiiRow]) -> dict[str, str]:
@@ -170,8 +193,9 @@ class SpanTally:
         """Count one text's ``(type, start, end)`` predictions against its gold spans (each gold matched once)."""
         gold_left = list(gold)
         for t, a, b in pred:
-            hit = next((g for g in gold_left if g[0] == t and (
-                (g[1] < b and a < g[2]) if overlap else (g[1], g[2]) == (a, b))), None)
+            hit = next(
+                (g for g in gold_left if g[0] == t and ((g[1] < b and a < g[2]) if overlap else (g[1], g[2]) == (a, b))), None
+            )
             if hit is None:
                 self.fp[t] += 1
             else:
@@ -194,8 +218,14 @@ def _r(x: float | None) -> float | None:
 
 
 def evaluate_pii(
-    test_path: str, train_path: str | None = None, *, holdout: str = "test", types: Sequence[str] | None = None,
-    min_score: float = 0.5, progress: bool = True, examples: int = 10,
+    test_path: str,
+    train_path: str | None = None,
+    *,
+    holdout: str = "test",
+    types: Sequence[str] | None = None,
+    min_score: float = 0.5,
+    progress: bool = True,
+    examples: int = 10,
 ) -> dict[str, Any]:
     """Evaluate :class:`PiiDetector` on labelled rows; returns the report dict (see the module docstring).
 
@@ -218,16 +248,23 @@ def evaluate_pii(
         train_rows, _ = load_pii_rows(train_path)
         seen = {template_family(r.template) for r in train_rows}
         scored = [r for r in rows if template_family(r.template) not in seen]
-        split: dict[str, Any] = {"rule": "test rows whose template family is not in the train file",
-                                 "train_file": train_path, "dropped_rows": len(rows) - len(scored)}
+        split: dict[str, Any] = {
+            "rule": "test rows whose template family is not in the train file",
+            "train_file": train_path,
+            "dropped_rows": len(rows) - len(scored),
+        }
     elif holdout == "all":
         scored = rows
         split = {"rule": "every row (no hold-out)"}
     else:
         parts = template_split(rows)
         scored = [r for r in rows if parts[template_family(r.template)] == holdout]
-        split = {"rule": "template families, stratified 60/20/20 (template_split)", "part": holdout,
-                 "families": sum(1 for v in parts.values() if v == holdout), "families_total": len(parts)}
+        split = {
+            "rule": "template families, stratified 60/20/20 (template_split)",
+            "part": holdout,
+            "families": sum(1 for v in parts.values() if v == holdout),
+            "families_total": len(parts),
+        }
     if not scored:
         raise DataError("no rows left to score", file=test_path, fix="use another holdout or train file")
     split["rows"] = len(scored)
@@ -266,27 +303,37 @@ def evaluate_pii(
     micro = strict.scores(structured)
     micro_loose = loose.scores(structured)
     if unmapped:
-        notes.append("gold types outside the normalisation table (ignored): "
-                     + ", ".join(f"{k} ({v})" for k, v in sorted(unmapped.items())))
+        notes.append(
+            "gold types outside the normalisation table (ignored): "
+            + ", ".join(f"{k} ({v})" for k, v in sorted(unmapped.items()))
+        )
     undetected = sorted(t for t in seen_types if PiiType(t) not in detector.types)
     if undetected:
         notes.append("in the gold data but not looked for (recall 0 by construction): " + ", ".join(undetected))
     return {
-        "file": test_path, "n_texts": len(scored), "split": split,
-        "micro_f1_structured": micro["f1"], "micro_precision_structured": micro["precision"],
-        "micro_recall_structured": micro["recall"], "micro_f1_structured_overlap": micro_loose["f1"],
+        "file": test_path,
+        "n_texts": len(scored),
+        "split": split,
+        "micro_f1_structured": micro["f1"],
+        "micro_precision_structured": micro["precision"],
+        "micro_recall_structured": micro["recall"],
+        "micro_f1_structured_overlap": micro_loose["f1"],
         "per_type": {t: strict.scores([t]) for t in seen_types},
         "per_type_overlap": {t: loose.scores([t]) for t in seen_types},
         "persons": {"strict": strict.scores(["PERSON"]), "overlap": loose.scores(["PERSON"])},
         "addresses": {"strict": strict.scores(["ADDRESS"]), "overlap": loose.scores(["ADDRESS"])},
         "locations": {"strict": strict.scores(["LOCATION"]), "overlap": loose.scores(["LOCATION"])},
-        "p50_ms": round(statistics.median(times), 4), "p99_ms": round(_quantile(times, 0.99), 4),
+        "p50_ms": round(statistics.median(times), 4),
+        "p99_ms": round(_quantile(times, 0.99), 4),
         "mean_ms": round(statistics.fmean(times), 4),
         "p50_ms_default": round(statistics.median(times_default), 4),
         "p99_ms_default": round(_quantile(times_default, 0.99), 4),
         "type_map": dict(sorted(type_map.items())),
-        "detector": {"types": sorted(t.value for t in detector.types), "min_score": min_score,
-                     "recognizers": sorted(r.name for r in detector.recognizers)},
+        "detector": {
+            "types": sorted(t.value for t in detector.types),
+            "min_score": min_score,
+            "recognizers": sorted(r.name for r in detector.recognizers),
+        },
         "examples": {"structured_false_positives": fps, "structured_false_negatives": fns},
         "notes": notes,
     }
@@ -304,16 +351,22 @@ def _default_types(notes: list[str]) -> list[str]:
     return wanted
 
 
-def _collect_examples(text: str, gold: list[tuple[str, int, int]], pred: list[tuple[str, int, int]],
-                      fps: list[dict[str, Any]], fns: list[dict[str, Any]], limit: int) -> None:
+def _collect_examples(
+    text: str,
+    gold: list[tuple[str, int, int]],
+    pred: list[tuple[str, int, int]],
+    fps: list[dict[str, Any]],
+    fns: list[dict[str, Any]],
+    limit: int,
+) -> None:
     structured = {t.value for t in STRUCTURED_TYPES}
     g, p = set(gold), set(pred)
     for t, a, b in sorted(p - g):
         if t in structured and len(fps) < limit:
-            fps.append({"type": t, "text": text[a:b], "context": text[max(0, a - 30):b + 30]})
+            fps.append({"type": t, "text": text[a:b], "context": text[max(0, a - 30) : b + 30]})
     for t, a, b in sorted(g - p):
         if t in structured and len(fns) < limit:
-            fns.append({"type": t, "text": text[a:b], "context": text[max(0, a - 30):b + 30]})
+            fns.append({"type": t, "text": text[a:b], "context": text[max(0, a - 30) : b + 30]})
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -330,6 +383,13 @@ def _maybe_progress(rows: Sequence[PiiRow], progress: bool) -> Iterable[PiiRow]:
 
 
 __all__ = [
-    "HOLDOUTS", "GoldSpan", "PiiRow", "SpanTally", "evaluate_pii", "load_pii_rows", "template_family", "template_split",
+    "HOLDOUTS",
+    "GoldSpan",
+    "PiiRow",
+    "SpanTally",
+    "evaluate_pii",
+    "load_pii_rows",
+    "template_family",
+    "template_split",
     "trim_span",
 ]

@@ -83,16 +83,19 @@ def _num(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
 
 
-def _check(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, target_probs: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _check(
+    actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, target_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     a = np.asarray(actions)
     p = np.asarray(propensity, dtype=np.float64)
     r = np.asarray(reward, dtype=np.float64)
     pi = np.asarray(target_probs, dtype=np.float64)
     n = a.shape[0]
     if pi.ndim != 2 or pi.shape[0] != n or p.shape != (n,) or r.shape != (n,):
-        raise DataError(f"off-policy inputs disagree: {n} actions, propensities {p.shape}, rewards {r.shape}, "
-                        f"target probabilities {pi.shape} (expected n × models)")
+        raise DataError(
+            f"off-policy inputs disagree: {n} actions, propensities {p.shape}, rewards {r.shape}, "
+            f"target probabilities {pi.shape} (expected n × models)"
+        )
     if n == 0:
         raise DataError("no logged request to evaluate on", fix="log requests with feedback and propensities first")
     if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= pi.shape[1]:
@@ -100,13 +103,18 @@ def _check(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, targ
     bad = ~(np.isfinite(p) & (p > 0) & (p <= 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"logging propensity {p[i]!r} is not in (0, 1]", row=i,
-                        fix="log the probability the logging policy gave the chosen model (1.0 if deterministic)")
+        raise DataError(
+            f"logging propensity {p[i]!r} is not in (0, 1]",
+            row=i,
+            fix="log the probability the logging policy gave the chosen model (1.0 if deterministic)",
+        )
     if not np.isfinite(r).all():
         raise DataError("rewards must be finite numbers", row=int(np.flatnonzero(~np.isfinite(r))[0]))
     if (pi < -1e-12).any() or not np.allclose(pi.sum(axis=1), 1.0, atol=1e-6):
-        raise DataError("target probabilities must be >= 0 and sum to 1 per request",
-                        row=int(np.flatnonzero(~np.isclose(pi.sum(axis=1), 1.0, atol=1e-6) | (pi < 0).any(axis=1))[0]))
+        raise DataError(
+            "target probabilities must be >= 0 and sum to 1 per request",
+            row=int(np.flatnonzero(~np.isclose(pi.sum(axis=1), 1.0, atol=1e-6) | (pi < 0).any(axis=1))[0]),
+        )
     return a.astype(np.int64), p, r, pi
 
 
@@ -140,8 +148,9 @@ def snips(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, targe
     return Estimate("snips", v, e.se, (v - Z95 * e.se, v + Z95 * e.se), e.n, e.ess, support)
 
 
-def doubly_robust(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, target_probs: np.ndarray,
-                  direct: np.ndarray) -> Estimate:
+def doubly_robust(
+    actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, target_probs: np.ndarray, direct: np.ndarray
+) -> Estimate:
     """Doubly robust: the direct model's value under the target plus the weighted residual of the logged action.
 
     ``direct`` is the reward model's prediction per request and model (n × K);
@@ -173,8 +182,17 @@ def _reduce(X: np.ndarray, dims: int) -> np.ndarray:
     return np.asarray(Xc @ V[:, np.argsort(w)[::-1][:dims]])
 
 
-def crossfit_direct_model(contexts: np.ndarray, actions: np.ndarray, reward: np.ndarray, n_models: int, *,
-                          folds: int = DM_FOLDS, reg: float = 1.0, dims: int = DM_DIMS, seed: int = 0) -> np.ndarray:
+def crossfit_direct_model(
+    contexts: np.ndarray,
+    actions: np.ndarray,
+    reward: np.ndarray,
+    n_models: int,
+    *,
+    folds: int = DM_FOLDS,
+    reg: float = 1.0,
+    dims: int = DM_DIMS,
+    seed: int = 0,
+) -> np.ndarray:
     """A cross-fitted per-model ridge regression of the reward on the contexts: predictions n × K.
 
     Each request's prediction comes from models fitted on the other folds'
@@ -205,9 +223,16 @@ def crossfit_direct_model(contexts: np.ndarray, actions: np.ndarray, reward: np.
     return out
 
 
-def estimate(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, target_probs: np.ndarray, *,
-             contexts: np.ndarray | None = None, direct: np.ndarray | None = None, seed: int = 0
-             ) -> dict[str, Estimate]:
+def estimate(
+    actions: np.ndarray,
+    propensity: np.ndarray,
+    reward: np.ndarray,
+    target_probs: np.ndarray,
+    *,
+    contexts: np.ndarray | None = None,
+    direct: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, Estimate]:
     """IPS, SNIPS and DR of one reward (quality or cost) under the target policy, each with its 95% interval.
 
     DR's direct model is ``direct`` when given, else the cross-fitted ridge
@@ -227,5 +252,15 @@ def logged_value(reward: np.ndarray) -> Estimate:
     return _from_terms("logged", r, None, np.ones_like(r), 1.0)
 
 
-__all__ = ["DM_DIMS", "DM_FOLDS", "ESTIMATORS", "Estimate", "crossfit_direct_model", "doubly_robust", "estimate",
-           "ips", "logged_value", "snips"]
+__all__ = [
+    "DM_DIMS",
+    "DM_FOLDS",
+    "ESTIMATORS",
+    "Estimate",
+    "crossfit_direct_model",
+    "doubly_robust",
+    "estimate",
+    "ips",
+    "logged_value",
+    "snips",
+]

@@ -65,8 +65,10 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
         ax.plot(h[:, 0], h[:, 1], "-", color=color, lw=1.6, label=label, marker="." if len(h) < 30 else None)
         xs.extend(pts[:, 0].tolist())
     # evaluation-only reference lines (true task labels): dashed, so they never read as routers
-    styles = {"task_means": ("task means, true task (train)", "--"),
-              "task_means_test": ("task means, true task (test: peeks)", ":")}
+    styles = {
+        "task_means": ("task means, true task (train)", "--"),
+        "task_means_test": ("task means, true task (test: peeks)", ":"),
+    }
     for key, r in (result.get("references") or {}).items():
         pts = np.asarray(r.get("curve") or [], dtype=float).reshape(-1, 2)
         if len(pts):
@@ -80,14 +82,28 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     for m, v in singles.items():
         if v.get("cost") is None or v.get("quality") is None:
             continue
-        ax.scatter([v["cost"]], [v["quality"]], s=36, color="black" if m == best else "dimgray", zorder=5,
-                   marker="s" if m == best else "o")
+        ax.scatter(
+            [v["cost"]],
+            [v["quality"]],
+            s=36,
+            color="black" if m == best else "dimgray",
+            zorder=5,
+            marker="s" if m == best else "o",
+        )
         ax.annotate(m, (v["cost"], v["quality"]), textcoords="offset points", xytext=(4, 3), fontsize=7, color="dimgray")
         xs.append(v["cost"])
     o = result.get("oracle")
     if o:
-        ax.scatter([o["cost"]], [o["quality"]], s=180, marker="*", color="gold", edgecolors="black", zorder=6,
-                   label=f"oracle ({o['quality']:.3f})")
+        ax.scatter(
+            [o["cost"]],
+            [o["quality"]],
+            s=180,
+            marker="*",
+            color="gold",
+            edgecolors="black",
+            zorder=6,
+            label=f"oracle ({o['quality']:.3f})",
+        )
         xs.append(o["cost"])
     pos = [x for x in xs if x > 0]
     if pos and max(pos) / min(pos) > 20:
@@ -98,8 +114,11 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     ax.margins(x=0.06)
     ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean quality")
-    n = (f"{result['n_train']} train / {result.get('n_test', '?')} test" if "n_train" in result
-         else f"{result.get('n_test', '?')} prompts, trained routers")
+    n = (
+        f"{result['n_train']} train / {result.get('n_test', '?')} test"
+        if "n_train" in result
+        else f"{result.get('n_test', '?')} prompts, trained routers"
+    )
     ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -123,8 +142,9 @@ def _plot_cascades(ax: Any, plt: Any, cascades: dict[str, Any]) -> list[float]:
             ax.scatter(pts[:, 0], pts[:, 1], s=50, marker="D", color=color, zorder=5, label=label)
         else:
             h = nondecreasing_hull(pts)
-            ax.plot(h[:, 0], h[:, 1], "-." if "router" not in r else "--", color=color,
-                    lw=2.2 if "router" in r else 1.1, label=label)
+            ax.plot(
+                h[:, 0], h[:, 1], "-." if "router" not in r else "--", color=color, lw=2.2 if "router" in r else 1.1, label=label
+            )
         xs.extend(pts[:, 0].tolist())
     return xs
 
@@ -145,8 +165,14 @@ def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | No
     values = np.array([routers[n]["aiq"]["values"] for n in names], dtype=float).reshape(len(names), -1)
     best = result.get("best_router")
     paired = best in names
-    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 10, 1.2 + 0.45 * max(len(names), 1)),
-                             dpi=120, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        2 if paired else 1,
+        figsize=(13 if paired else 10, 1.2 + 0.45 * max(len(names), 1)),
+        dpi=120,
+        sharey=True,
+        squeeze=False,
+    )
     ys = np.arange(len(names))
     diffs = values - values[names.index(str(best))] if paired else None
     panels = [(axes[0][0], values, "AIQ")]
@@ -174,7 +200,9 @@ def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | No
         lo = float(min(near.min(), -0.01)) if len(near) else -0.05
         right.set_xlim(lo * 1.15, max(0.01, float(near.max()) * 1.15) if len(near) else 0.01)
     ax0.set_yticks(ys, names)
-    fig.suptitle(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over "
-                          f"{result.get('repeats', values.shape[1])} random splits")
+    fig.suptitle(
+        title
+        or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over {result.get('repeats', values.shape[1])} random splits"
+    )
     ax0.legend(fontsize=8, loc="lower right")
     return _save(plt, fig, out_png)

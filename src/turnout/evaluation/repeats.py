@@ -33,12 +33,49 @@ from turnout.evaluation.splits import random_rows
 from turnout.evaluation.table import RoutingTable
 
 #: the metrics of each router summarised over the splits
-METRICS = ("aiq", "max_quality", "quality_at_best_single_cost", "cost_fraction_to_match_best", "within_task_auc",
-           "fit_s", "decision_ms_p50")
+METRICS = (
+    "aiq",
+    "max_quality",
+    "quality_at_best_single_cost",
+    "cost_fraction_to_match_best",
+    "within_task_auc",
+    "fit_s",
+    "decision_ms_p50",
+)
 
 #: two-sided 95% quantiles of Student's t, by degrees of freedom (1-30); beyond 30 the normal's 1.96 is within 4%
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -62,8 +99,14 @@ def summary(values: list[float | None]) -> dict[str, Any]:
     xs = np.array([v for v in values if v is not None], dtype=float)
     if not len(xs):
         return {"mean": None, "sd": None, "min": None, "max": None, "n": 0, "values": list(values)}
-    return {"mean": float(xs.mean()), "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None,
-            "min": float(xs.min()), "max": float(xs.max()), "n": int(len(xs)), "values": list(values)}
+    return {
+        "mean": float(xs.mean()),
+        "sd": float(xs.std(ddof=1)) if len(xs) > 1 else None,
+        "min": float(xs.min()),
+        "max": float(xs.max()),
+        "n": int(len(xs)),
+        "values": list(values),
+    }
 
 
 def corrected_interval(diffs: np.ndarray, n_train: float, n_test: float) -> dict[str, Any]:
@@ -77,10 +120,21 @@ def corrected_interval(diffs: np.ndarray, n_train: float, n_test: float) -> dict
     return {"mean": mean, "ci": [mean - half, mean + half], "values": d.tolist()}
 
 
-def run_repeated(table: RoutingTable, X: np.ndarray, routers: list[str], *, repeats: int = 5,
-                 test_fraction: float = 0.25, seed: int = 0, keep_seen: bool = False, bootstrap: int = 0,
-                 router_params: dict[str, dict[str, Any]] | None = None, variants: dict[str, str] | None = None,
-                 table_name: str = "", progress: bool = True) -> dict[str, Any]:
+def run_repeated(
+    table: RoutingTable,
+    X: np.ndarray,
+    routers: list[str],
+    *,
+    repeats: int = 5,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    keep_seen: bool = False,
+    bootstrap: int = 0,
+    router_params: dict[str, dict[str, Any]] | None = None,
+    variants: dict[str, str] | None = None,
+    table_name: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
     """``routers`` on ``repeats`` random splits of ``table`` (``X``: its prompts' embeddings, row for row).
 
     The table's own ``split`` column is not used: every split is drawn at random.
@@ -105,9 +159,19 @@ def run_repeated(table: RoutingTable, X: np.ndarray, routers: list[str], *, repe
             te_rows = np.array([i for i in te_rows if table.prompts[i] not in seen], dtype=int)
             if not len(te_rows):
                 raise DataError(f"split {r}: every test prompt is also in train", fix="pass --keep-seen")
-        res = run_eval(train, table.subset(te_rows), X[tr_rows], X[te_rows], routers, table=table_name,
-                       progress=False, router_params=router_params, bootstrap=bootstrap, seed=seed + r,
-                       variants=variants)
+        res = run_eval(
+            train,
+            table.subset(te_rows),
+            X[tr_rows],
+            X[te_rows],
+            routers,
+            table=table_name,
+            progress=False,
+            router_params=router_params,
+            bootstrap=bootstrap,
+            seed=seed + r,
+            variants=variants,
+        )
         res["seed"] = seed + r
         res["test_prompts_seen_in_train_dropped"] = drawn - len(te_rows)
         results.append(res)
@@ -123,12 +187,14 @@ def run_repeated(table: RoutingTable, X: np.ndarray, routers: list[str], *, repe
     else:
         for r, (tr_rows, te_rows) in enumerate(splits):
             one(r, tr_rows, te_rows)
-    return summarise(results, routers, {name: router_class((variants or {}).get(name, name)).evaluation_only
-                                        for name in routers}, table_name)
+    return summarise(
+        results, routers, {name: router_class((variants or {}).get(name, name)).evaluation_only for name in routers}, table_name
+    )
 
 
-def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only: dict[str, bool],
-              table_name: str = "") -> dict[str, Any]:
+def summarise(
+    results: list[dict[str, Any]], routers: list[str], evaluation_only: dict[str, bool], table_name: str = ""
+) -> dict[str, Any]:
     """The repeated-splits result from each split's ``run_eval`` result (see :func:`run_repeated`)."""
     n_train = [int(r["n_train"]) for r in results]
     n_test = [int(r["n_test"]) for r in results]
@@ -140,16 +206,22 @@ def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only
     top = [max(ranked, key=lambda n: r["routers"][n]["aiq"]) for r in results] if ranked else []
     out_routers: dict[str, Any] = {}
     for name in routers:
-        block: dict[str, Any] = {m: summary([r["routers"][name].get(m) for r in results]) for m in METRICS
-                 if any(r["routers"][name].get(m) is not None for r in results)}
+        block: dict[str, Any] = {
+            m: summary([r["routers"][name].get(m) for r in results])
+            for m in METRICS
+            if any(r["routers"][name].get(m) is not None for r in results)
+        }
         block["aiq_gain"] = corrected_interval(aiq[name] - hull, mean_train, mean_test)
         if best is not None and name != best:
             block["aiq_vs_best"] = corrected_interval(aiq[name] - aiq[best], mean_train, mean_test)
         block["wins"] = top.count(name)
         out_routers[name] = block
     out: dict[str, Any] = {
-        "table": table_name, "repeats": len(results), "seeds": [r["seed"] for r in results],
-        "n_train": n_train, "n_test": n_test,
+        "table": table_name,
+        "repeats": len(results),
+        "seeds": [r["seed"] for r in results],
+        "n_train": n_train,
+        "n_test": n_test,
         "test_prompts_seen_in_train_dropped": [int(r.get("test_prompts_seen_in_train_dropped", 0)) for r in results],
         "best_router": best,
         "single_models_aiq": summary(hull.tolist()),
@@ -170,5 +242,4 @@ def summarise(results: list[dict[str, Any]], routers: list[str], evaluation_only
     return out
 
 
-__all__ = ["METRICS", "corrected_interval", "random_splits", "run_repeated", "summarise", "summary",
-           "t975"]
+__all__ = ["METRICS", "corrected_interval", "random_splits", "run_repeated", "summarise", "summary", "t975"]

@@ -41,8 +41,13 @@ class RouterFitter:
     the registered router it builds (with the label's own ``router_params``).
     """
 
-    def __init__(self, data: TrainingData, router_params: dict[str, dict[str, Any]] | None = None,
-                 reuse: Collection[str] = (), variants: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data: TrainingData,
+        router_params: dict[str, dict[str, Any]] | None = None,
+        reuse: Collection[str] = (),
+        variants: dict[str, str] | None = None,
+    ) -> None:
         self.data, self.params, self.reuse = data, router_params or {}, set(reuse)
         #: label -> registry name, for routers run under a name of their own (``turnout eval --variant``)
         self.variants = dict(variants or {})
@@ -79,8 +84,15 @@ def ensemble_members(routers: list[str], router_params: dict[str, dict[str, Any]
     return list((router_params or {}).get("ensemble", {}).get("members") or default_members())
 
 
-def evaluate_router(router: Router, train: RoutingTable | None, test: RoutingTable, Xtr: np.ndarray | None,
-                    Xte: np.ndarray, *, fit_s: float | None = None) -> dict[str, Any]:
+def evaluate_router(
+    router: Router,
+    train: RoutingTable | None,
+    test: RoutingTable,
+    Xtr: np.ndarray | None,
+    Xte: np.ndarray,
+    *,
+    fit_s: float | None = None,
+) -> dict[str, Any]:
     """Fit ``router`` on train (unless ``fit_s`` says it already was: then train and Xtr may be None), sweep λ on test.
 
     Returns the per-router JSON block of ``turnout eval``.
@@ -93,8 +105,12 @@ def evaluate_router(router: Router, train: RoutingTable | None, test: RoutingTab
         fit_s = time.perf_counter() - t0
     pred = only_observed(router.predict(Xte), test)
     assert pred.available is not None
-    return {**sweep(pred, test), "fit_s": fit_s, "decision_ms_p50": _decision_p50(router, Xte, pred.available),
-            **({"within_task_auc": within_task_auc(pred.quality, test.scores, test.tasks)} if test.tasks else {})}
+    return {
+        **sweep(pred, test),
+        "fit_s": fit_s,
+        "decision_ms_p50": _decision_p50(router, Xte, pred.available),
+        **({"within_task_auc": within_task_auc(pred.quality, test.scores, test.tasks)} if test.tasks else {}),
+    }
 
 
 def only_observed(pred: Prediction, test: RoutingTable) -> Prediction:
@@ -104,16 +120,19 @@ def only_observed(pred: Prediction, test: RoutingTable) -> Prediction:
     quality there could not be measured.
     """
     avail = ~np.isnan(test.scores)
-    return Prediction(models=pred.models, quality=pred.quality, cost=pred.cost,
-                      available=avail if pred.available is None else (pred.available & avail))
+    return Prediction(
+        models=pred.models,
+        quality=pred.quality,
+        cost=pred.cost,
+        available=avail if pred.available is None else (pred.available & avail),
+    )
 
 
 def progress_bar() -> Any:
     """The rich progress bar of long evaluation work (description, bar, done/total, elapsed)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False)
 
 
 def sweep(pred: Prediction, test: RoutingTable) -> dict[str, Any]:
@@ -177,25 +196,32 @@ def task_mean_references(train: RoutingTable, test: RoutingTable, base: dict[str
             c[rows] = np.where(np.isnan(tc), overall_c, tc)
         pred = only_observed(Prediction(list(test.models), np.nan_to_num(q, nan=0.0), np.nan_to_num(c, nan=0.0)), test)
         res = sweep(pred, test)
-        out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"]),
-                    "_choices": res["_choices"]}
+        out[key] = {**curve_metrics(res["curve"], base), "curve": distinct_points(res["curve"]), "_choices": res["_choices"]}
     return out
 
 
 def baselines(test: RoutingTable) -> dict[str, Any]:
     """Single models, best single model, oracle and the single-model hull's AIQ on ``test``."""
-    singles = {m: {"quality": float(np.nanmean(test.scores[:, j])), "cost": float(np.nanmean(test.costs[:, j]))}
-               for j, m in enumerate(test.models) if (~np.isnan(test.scores[:, j])).any()}
+    singles = {
+        m: {"quality": float(np.nanmean(test.scores[:, j])), "cost": float(np.nanmean(test.costs[:, j]))}
+        for j, m in enumerate(test.models)
+        if (~np.isnan(test.scores[:, j])).any()
+    }
     best = max(singles, key=lambda m: (singles[m]["quality"], -singles[m]["cost"]))
     pts = np.array([[v["cost"], v["quality"]] for v in singles.values()])
     oq, oc = oracle(test.scores, test.costs)
-    return {"single_models": singles, "best_single": {"model": best, **singles[best]},
-            "oracle": {"quality": oq, "cost": oc},
-            "single_models_aiq": aiq(pts, pts[:, 0].min(), pts[:, 0].max()), "_range": (pts[:, 0].min(), pts[:, 0].max())}
+    return {
+        "single_models": singles,
+        "best_single": {"model": best, **singles[best]},
+        "oracle": {"quality": oq, "cost": oc},
+        "single_models_aiq": aiq(pts, pts[:, 0].min(), pts[:, 0].max()),
+        "_range": (pts[:, 0].min(), pts[:, 0].max()),
+    }
 
 
-def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test: RoutingTable,
-                      base: dict[str, Any]) -> dict[str, Any]:
+def two_model_metrics(
+    curve: list[list[float]], shares: list[list[float]], test: RoutingTable, base: dict[str, Any]
+) -> dict[str, Any]:
     """RouteLLM's APGR and CPT(50%/80%) for a two-model table; {} for any other number of models.
 
     The strong model is the best single model on test, the weak one the other; a curve point's
@@ -213,10 +239,21 @@ def two_model_metrics(curve: list[list[float]], shares: list[list[float]], test:
     return apgr_cpt(s, q, q_weak, q_strong)
 
 
-def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray, routers: list[str], *,
-             table: str = "", progress: bool = True, router_params: dict[str, dict[str, Any]] | None = None,
-             bootstrap: int = BOOTSTRAP, seed: int = 0, variants: dict[str, str] | None = None,
-             cascades: CascadeOptions | None = None) -> dict[str, Any]:
+def run_eval(
+    train: RoutingTable,
+    test: RoutingTable,
+    Xtr: np.ndarray,
+    Xte: np.ndarray,
+    routers: list[str],
+    *,
+    table: str = "",
+    progress: bool = True,
+    router_params: dict[str, dict[str, Any]] | None = None,
+    bootstrap: int = BOOTSTRAP,
+    seed: int = 0,
+    variants: dict[str, str] | None = None,
+    cascades: CascadeOptions | None = None,
+) -> dict[str, Any]:
     """The whole ``turnout eval`` result (see docs/eval.md) for ``routers`` on a train/test split.
 
     ``router_params`` maps a name in ``routers`` to its parameters; ``variants``
@@ -232,27 +269,40 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     train, unseen = drop_untrained_models(train)
     test, left_out = align_models(train, test)  # the untrained models are now among the left out
     base = baselines(test)
-    out, weights, single = _result_head(test, base, left_out, table, bootstrap, seed, n_train=len(train),
-                                        estimated=train.cost_estimated)
+    out, weights, single = _result_head(
+        test, base, left_out, table, bootstrap, seed, n_train=len(train), estimated=train.cost_estimated
+    )
     if unseen:
-        out.setdefault("notes", []).append(f"left out, with no outcome on any training prompt (a router cannot learn "
-                                           f"them): {', '.join(unseen)}")
+        out.setdefault("notes", []).append(
+            f"left out, with no outcome on any training prompt (a router cannot learn them): {', '.join(unseen)}"
+        )
     refs = task_mean_references(train, test, base)
     ref_choices = {key: r.pop("_choices") for key, r in refs.items()}
     if refs:
         out["references"] = refs
-    task_line = aiq_resamples(ref_choices["task_means"], test, weights) \
-        if weights is not None and "task_means" in ref_choices else None
+    task_line = (
+        aiq_resamples(ref_choices["task_means"], test, weights) if weights is not None and "task_means" in ref_choices else None
+    )
     samples: dict[str, np.ndarray] = {}  # each router's AIQ per resample, for the paired comparisons
     evaluation_only: list[str] = []
 
-    fitter = RouterFitter(train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params),
-                          variants=variants)
+    fitter = RouterFitter(
+        train.to_training_data(Xtr), router_params, reuse=ensemble_members(routers, router_params), variants=variants
+    )
 
     def one(name: str) -> None:
         router, fit_s = fitter.fit(name)
-        _record(out, name, router, evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s), test, base,
-                weights, samples, evaluation_only)
+        _record(
+            out,
+            name,
+            router,
+            evaluate_router(router, train, test, Xtr, Xte, fit_s=fit_s),
+            test,
+            base,
+            weights,
+            samples,
+            evaluation_only,
+        )
 
     if not progress:
         for name in routers:
@@ -266,16 +316,27 @@ def run_eval(train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.n
     return out
 
 
-def _add_cascades(out: dict[str, Any], train: RoutingTable, test: RoutingTable, Xtr: np.ndarray, Xte: np.ndarray,
-                  base: dict[str, Any], options: CascadeOptions, weights: np.ndarray | None,
-                  single: np.ndarray | None, samples: dict[str, np.ndarray], progress: bool) -> None:
+def _add_cascades(
+    out: dict[str, Any],
+    train: RoutingTable,
+    test: RoutingTable,
+    Xtr: np.ndarray,
+    Xte: np.ndarray,
+    base: dict[str, Any],
+    options: CascadeOptions,
+    weights: np.ndarray | None,
+    single: np.ndarray | None,
+    samples: dict[str, np.ndarray],
+    progress: bool,
+) -> None:
     """Cascades and fan-outs beside the routers, paired with the best router on the same resamples."""
     from turnout.evaluation.cascade_eval import evaluate_cascades
 
     best = out.get("best_router")
     if not progress:
-        extra = evaluate_cascades(train, test, Xtr, Xte, base, options=options, weights=weights, single=single,
-                                  best=samples.get(best) if best else None)
+        extra = evaluate_cascades(
+            train, test, Xtr, Xte, base, options=options, weights=weights, single=single, best=samples.get(best) if best else None
+        )
     else:
         with progress_bar() as bar:
             task = bar.add_task("cascades and fan-outs", total=None)
@@ -284,8 +345,18 @@ def _add_cascades(out: dict[str, Any], train: RoutingTable, test: RoutingTable, 
                 bar.update(task, description=msg, advance=1)
                 bar.console.log(msg)
 
-            extra = evaluate_cascades(train, test, Xtr, Xte, base, options=options, weights=weights, single=single,
-                                      best=samples.get(best) if best else None, log=log)
+            extra = evaluate_cascades(
+                train,
+                test,
+                Xtr,
+                Xte,
+                base,
+                options=options,
+                weights=weights,
+                single=single,
+                best=samples.get(best) if best else None,
+                log=log,
+            )
             done = next(t.completed for t in bar.tasks if t.id == task)
             bar.update(task, description="cascades and fan-outs simulated", total=done)
     if extra.get("cascades"):
@@ -308,10 +379,12 @@ def drop_untrained_models(train: RoutingTable) -> tuple[RoutingTable, list[str]]
     if seen.all():
         return train, []
     if not seen.any():
-        raise DataError("no model has an outcome on any training prompt", file=train.source or None,
-                        fix="check the table's split column: every outcome is on a test prompt")
-    return (train.with_models([m for m, k in zip(train.models, seen) if k]),
-            [m for m, k in zip(train.models, seen) if not k])
+        raise DataError(
+            "no model has an outcome on any training prompt",
+            file=train.source or None,
+            fix="check the table's split column: every outcome is on a test prompt",
+        )
+    return (train.with_models([m for m, k in zip(train.models, seen) if k]), [m for m, k in zip(train.models, seen) if not k])
 
 
 def result_notes(test: RoutingTable, base: dict[str, Any], estimated: bool = False) -> list[str]:
@@ -319,34 +392,54 @@ def result_notes(test: RoutingTable, base: dict[str, Any], estimated: bool = Fal
     notes = []
     n_models = len(base["single_models"])
     if n_models < 2:
-        notes.append("the test prompts have outcomes of one model only: there is nothing to route, and every "
-                     "router makes the same choice")
+        notes.append(
+            "the test prompts have outcomes of one model only: there is nothing to route, and every router makes the same choice"
+        )
     elif same_cost(*base["_range"]):
-        notes.append(f"every model costs the same on average here ({base['_range'][0]:.4g}): the cost axis says "
-                     "nothing, so AIQ is each router's quality at that cost")
+        notes.append(
+            f"every model costs the same on average here ({base['_range'][0]:.4g}): the cost axis says "
+            "nothing, so AIQ is each router's quality at that cost"
+        )
     if len(test) < 30:
         notes.append(f"only {len(test)} test prompt(s): every figure is very noisy")
     coverage = (~np.isnan(test.scores)).mean(axis=0)
     partial = [m for m, c in zip(test.models, coverage) if 0 < c < 1]
     if partial:
-        notes.append(f"{len(partial)} of {len(test.models)} models lack outcomes on some test prompts (coverage "
-                     f"{coverage[coverage > 0].min():.0%} and up): a single model's quality and cost (and so the best "
-                     "single model and the single-model hull) are means over the prompts that model answered, while "
-                     "routers and the oracle are measured over every prompt")
+        notes.append(
+            f"{len(partial)} of {len(test.models)} models lack outcomes on some test prompts (coverage "
+            f"{coverage[coverage > 0].min():.0%} and up): a single model's quality and cost (and so the best "
+            "single model and the single-model hull) are means over the prompts that model answered, while "
+            "routers and the oracle are measured over every prompt"
+        )
     if estimated or test.cost_estimated:
-        notes.append("some costs were estimated: card prices × token counts assumed from the prompt's length or a "
-                     "default answer length (no cost_usd or token counts there), so the cost axis is approximate")
+        notes.append(
+            "some costs were estimated: card prices × token counts assumed from the prompt's length or a "
+            "default answer length (no cost_usd or token counts there), so the cost axis is approximate"
+        )
     return notes
 
 
-def _result_head(test: RoutingTable, base: dict[str, Any], left_out: list[str], table: str, bootstrap: int, seed: int,
-                 n_train: int | None = None,
-                 estimated: bool = False) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+def _result_head(
+    test: RoutingTable,
+    base: dict[str, Any],
+    left_out: list[str],
+    table: str,
+    bootstrap: int,
+    seed: int,
+    n_train: int | None = None,
+    estimated: bool = False,
+) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
     """A result's baselines, the bootstrap weights (None with ``bootstrap`` 0) and the single-model hull's resamples."""
-    out: dict[str, Any] = {"table": table, **({"n_train": n_train} if n_train is not None else {}), "n_test": len(test),
-                           "best_single": base["best_single"], "oracle": base["oracle"],
-                           "single_models_aiq": base["single_models_aiq"], "single_models": base["single_models"],
-                           "routers": {}}
+    out: dict[str, Any] = {
+        "table": table,
+        **({"n_train": n_train} if n_train is not None else {}),
+        "n_test": len(test),
+        "best_single": base["best_single"],
+        "oracle": base["oracle"],
+        "single_models_aiq": base["single_models_aiq"],
+        "single_models": base["single_models"],
+        "routers": {},
+    }
     if left_out:
         out["models_left_out"] = left_out
     notes = result_notes(test, base, estimated)
@@ -359,9 +452,17 @@ def _result_head(test: RoutingTable, base: dict[str, Any], left_out: list[str], 
     return out, weights, single
 
 
-def _record(out: dict[str, Any], name: str, router: Router, res: dict[str, Any], test: RoutingTable,
-            base: dict[str, Any], weights: np.ndarray | None, samples: dict[str, np.ndarray],
-            evaluation_only: list[str]) -> None:
+def _record(
+    out: dict[str, Any],
+    name: str,
+    router: Router,
+    res: dict[str, Any],
+    test: RoutingTable,
+    base: dict[str, Any],
+    weights: np.ndarray | None,
+    samples: dict[str, np.ndarray],
+    evaluation_only: list[str],
+) -> None:
     """Put one router's metrics (from :func:`evaluate_router`) in ``out``; keep its AIQ resamples for the pairing."""
     shares, choices = res.pop("_shares"), res.pop("_choices")
     ci: dict[str, Any] = {}
@@ -370,12 +471,23 @@ def _record(out: dict[str, Any], name: str, router: Router, res: dict[str, Any],
         ci = {"aiq_ci": interval95(samples[name])}
     if router.evaluation_only:
         evaluation_only.append(name)
-    out["routers"][name] = {**curve_metrics(res["curve"], base), **two_model_metrics(res["curve"], shares, test, base),
-                            **ci, **res, "curve": distinct_points(res["curve"])}
+    out["routers"][name] = {
+        **curve_metrics(res["curve"], base),
+        **two_model_metrics(res["curve"], shares, test, base),
+        **ci,
+        **res,
+        "curve": distinct_points(res["curve"]),
+    }
 
 
-def eval_fitted(test: RoutingTable, routers: dict[str, tuple[Router, np.ndarray]], *, table: str = "",
-                bootstrap: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+def eval_fitted(
+    test: RoutingTable,
+    routers: dict[str, tuple[Router, np.ndarray]],
+    *,
+    table: str = "",
+    bootstrap: int = BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
     """``turnout eval --artifact``: routers fitted elsewhere (saved artifacts) measured on a whole table.
 
     ``routers`` maps a name to ``(router, embeddings of test's prompts)`` (each
@@ -441,8 +553,11 @@ def align_to(models: list[str], test: RoutingTable, what: str) -> tuple[RoutingT
     left_out = [m for m in test.models if m not in set(models)]
     aligned = test.with_models(list(models))
     if not (~np.isnan(aligned.scores)).any():
-        raise DataError(f"the test table shares no model with {what}", file=test.source or None,
-                        fix=f"models there: {', '.join(models)}; test models: {', '.join(test.models)}")
+        raise DataError(
+            f"the test table shares no model with {what}",
+            file=test.source or None,
+            fix=f"models there: {', '.join(models)}; test models: {', '.join(test.models)}",
+        )
     return aligned, left_out
 
 
@@ -521,8 +636,13 @@ def outcome_aiq_resamples(scores: np.ndarray, costs: np.ndarray, test: RoutingTa
     return out
 
 
-def paired_comparisons(out: dict[str, Any], samples: dict[str, np.ndarray], single: np.ndarray,
-                       evaluation_only: Collection[str] = (), task_line: np.ndarray | None = None) -> None:
+def paired_comparisons(
+    out: dict[str, Any],
+    samples: dict[str, np.ndarray],
+    single: np.ndarray,
+    evaluation_only: Collection[str] = (),
+    task_line: np.ndarray | None = None,
+) -> None:
     """Add paired 95% intervals of AIQ differences to ``out`` (a ``run_eval`` result), in place.
 
     Each router gets ``aiq_gain_ci`` (its AIQ minus the single-model hull's on the
@@ -554,6 +674,9 @@ def curve_metrics(curve: list[list[float]], base: dict[str, Any]) -> dict[str, A
     h = nondecreasing_hull(pts)
     b = base["best_single"]
     q = hull_quality_at(h, b["cost"])
-    return {"aiq": aiq(pts, lo, hi), "max_quality": float(pts[:, 1].max()),
-            "quality_at_best_single_cost": None if np.isnan(q) else q,
-            "cost_fraction_to_match_best": cost_fraction_to_match(pts, b["quality"], b["cost"])}
+    return {
+        "aiq": aiq(pts, lo, hi),
+        "max_quality": float(pts[:, 1].max()),
+        "quality_at_best_single_cost": None if np.isnan(q) else q,
+        "cost_fraction_to_match_best": cost_fraction_to_match(pts, b["quality"], b["cost"]),
+    }

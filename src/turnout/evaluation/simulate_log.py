@@ -75,8 +75,11 @@ def _check_policy(table: RoutingTable, probs: np.ndarray, what: str) -> np.ndarr
         raise DataError(f"the {what} policy's probabilities are {probs.shape}, the table is {table.scores.shape}")
     missing = np.isnan(table.scores) | np.isnan(table.costs)
     if (probs[missing] > 0).any():
-        raise DataError(f"the {what} policy puts probability on a (prompt, model) cell with no outcome",
-                        file=table.source or None, fix="make those models unavailable on those prompts")
+        raise DataError(
+            f"the {what} policy puts probability on a (prompt, model) cell with no outcome",
+            file=table.source or None,
+            fix="make those models unavailable on those prompts",
+        )
     if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-6) or (probs < 0).any():
         raise DataError(f"the {what} policy's probabilities must be >= 0 and sum to 1 per prompt")
     return probs
@@ -96,8 +99,13 @@ def simulate_log(table: RoutingTable, logging_probs: np.ndarray, seed: int, *, r
     cum = np.cumsum(probs[rows], axis=1)
     cum[:, -1] = 1.0  # no draw may fall past the last model through rounding
     actions = (rng.random(len(rows))[:, None] > cum).sum(axis=1)
-    return SimulatedLog(rows=rows, actions=actions, propensity=probs[rows, actions],
-                        reward=table.scores[rows, actions], cost=table.costs[rows, actions])
+    return SimulatedLog(
+        rows=rows,
+        actions=actions,
+        propensity=probs[rows, actions],
+        reward=table.scores[rows, actions],
+        cost=table.costs[rows, actions],
+    )
 
 
 def true_value(table: RoutingTable, target_probs: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, float]:

@@ -38,8 +38,10 @@ def random_rows(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np
     if not 0 < test_fraction < 1:
         raise DataError(f"test fraction {test_fraction} not in (0, 1)", fix="use e.g. --test-fraction 0.25")
     if n < 2:
-        raise DataError(f"cannot split a table of {n} prompt(s) into train and test",
-                        fix="use a table with at least 2 prompts, or pass --test")
+        raise DataError(
+            f"cannot split a table of {n} prompt(s) into train and test",
+            fix="use a table with at least 2 prompts, or pass --test",
+        )
     perm = np.random.default_rng(seed).permutation(n)
     k = min(n - 1, max(1, int(round(n * test_fraction))))
     return np.sort(perm[k:]), np.sort(perm[:k])
@@ -55,6 +57,9 @@ def drop_seen_prompts(train: RoutingTable, test: RoutingTable) -> tuple[RoutingT
     keep = np.array([p not in seen for p in test.prompts], dtype=bool)
     dropped = int((~keep).sum())
     if dropped and not keep.any():
-        raise DataError(f"every one of the {len(test)} test prompts is also in the training table",
-                        file=test.source or None, fix="pass a test table with unseen prompts, or --keep-seen")
+        raise DataError(
+            f"every one of the {len(test)} test prompts is also in the training table",
+            file=test.source or None,
+            fix="pass a test table with unseen prompts, or --keep-seen",
+        )
     return (test.subset(np.flatnonzero(keep)) if dropped else test), dropped

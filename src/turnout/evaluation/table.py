@@ -49,10 +49,16 @@ class RoutingTable:
             return None if xs is None else [xs[i] for i in idx]
 
         return RoutingTable(
-            prompt_ids=[self.prompt_ids[i] for i in idx], prompts=[self.prompts[i] for i in idx],
+            prompt_ids=[self.prompt_ids[i] for i in idx],
+            prompts=[self.prompts[i] for i in idx],
             models=list(self.models),
-            scores=self.scores[idx], costs=self.costs[idx], tasks=pick(self.tasks), split=pick(self.split),
-            model_cards=dict(self.model_cards), source=self.source, cost_estimated=self.cost_estimated,
+            scores=self.scores[idx],
+            costs=self.costs[idx],
+            tasks=pick(self.tasks),
+            split=pick(self.split),
+            model_cards=dict(self.model_cards),
+            source=self.source,
+            cost_estimated=self.cost_estimated,
             responses=None if self.responses is None else self.responses[idx],
         )
 
@@ -75,17 +81,29 @@ class RoutingTable:
             return out
 
         return RoutingTable(
-            prompt_ids=list(self.prompt_ids), prompts=list(self.prompts), models=list(models),
-            scores=take(self.scores), costs=take(self.costs), tasks=self.tasks, split=self.split,
-            model_cards={m: c for m, c in self.model_cards.items() if m in models}, source=self.source,
+            prompt_ids=list(self.prompt_ids),
+            prompts=list(self.prompts),
+            models=list(models),
+            scores=take(self.scores),
+            costs=take(self.costs),
+            tasks=self.tasks,
+            split=self.split,
+            model_cards={m: c for m, c in self.model_cards.items() if m in models},
+            source=self.source,
             cost_estimated=self.cost_estimated,
             responses=None if self.responses is None else take(self.responses, None),
         )
 
     def to_training_data(self, X: np.ndarray) -> TrainingData:
         """Pair the table with prompt embeddings ``X`` (one row per prompt)."""
-        return TrainingData(X=X, scores=self.scores, costs=self.costs, models=list(self.models),
-                            tasks=self.tasks, model_cards=dict(self.model_cards))
+        return TrainingData(
+            X=X,
+            scores=self.scores,
+            costs=self.costs,
+            models=list(self.models),
+            tasks=self.tasks,
+            model_cards=dict(self.model_cards),
+        )
 
     def summary(self) -> dict[str, Any]:
         """Per-model mean quality, mean cost and coverage, plus the oracle.
@@ -95,17 +113,25 @@ class RoutingTable:
         """
         obs = ~np.isnan(self.scores)
         per_model = {
-            m: {"quality": float(np.nanmean(self.scores[:, j])) if obs[:, j].any() else None,
+            m: {
+                "quality": float(np.nanmean(self.scores[:, j])) if obs[:, j].any() else None,
                 "cost": float(np.nanmean(self.costs[:, j])) if obs[:, j].any() else None,
-                "coverage": float(obs[:, j].mean())}
+                "coverage": float(obs[:, j].mean()),
+            }
             for j, m in enumerate(self.models)
         }
         oq, oc = oracle(self.scores, self.costs)
-        return {"source": self.source, "prompts": len(self), "models": len(self.models),
-                "cost_estimated": self.cost_estimated, "coverage": float(obs.mean()),
-                "oracle": {"quality": oq, "cost": oc, "coverage": float(obs.any(axis=1).mean())},
-                "per_model": per_model,
-                "splits": _counts(self.split), "tasks": _counts(self.tasks)}
+        return {
+            "source": self.source,
+            "prompts": len(self),
+            "models": len(self.models),
+            "cost_estimated": self.cost_estimated,
+            "coverage": float(obs.mean()),
+            "oracle": {"quality": oq, "cost": oc, "coverage": float(obs.any(axis=1).mean())},
+            "per_model": per_model,
+            "splits": _counts(self.split),
+            "tasks": _counts(self.tasks),
+        }
 
 
 def _counts(xs: list[str] | None) -> dict[str, int] | None:

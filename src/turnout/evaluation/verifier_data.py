@@ -39,16 +39,25 @@ MAX_OTHERS = 3
 FOLDS = 4
 
 
-def training_views(table: RoutingTable, rows: Sequence[int] | np.ndarray | None = None, *, contexts: int = CONTEXTS,
-                   max_others: int = MAX_OTHERS, seed: int = 0) -> tuple[list[AnswerView], np.ndarray, np.ndarray]:
+def training_views(
+    table: RoutingTable,
+    rows: Sequence[int] | np.ndarray | None = None,
+    *,
+    contexts: int = CONTEXTS,
+    max_others: int = MAX_OTHERS,
+    seed: int = 0,
+) -> tuple[list[AnswerView], np.ndarray, np.ndarray]:
     """(views, labels, prompt of each view) from ``table``'s answers on ``rows`` (default: every prompt).
 
     Cells without an outcome are skipped; the others beside an answer are drawn
     among the models that answered that prompt.
     """
     if table.responses is None:
-        raise DataError("the table carries no answer texts to train a verifier on", file=table.source or None,
-                        fix="use a table with a 'response' column (or RouterBench's <model>|model_response)")
+        raise DataError(
+            "the table carries no answer texts to train a verifier on",
+            file=table.source or None,
+            fix="use a table with a 'response' column (or RouterBench's <model>|model_response)",
+        )
     ans = Answers(table)
     rng = np.random.default_rng(seed)
     views, labels, groups = [], [], []
@@ -65,13 +74,17 @@ def training_views(table: RoutingTable, rows: Sequence[int] | np.ndarray | None 
     return views, np.asarray(labels), np.asarray(groups)
 
 
-def fit_verifier(train: RoutingTable, *, seed: int = 0, embed: EmbedFn | None = None, embed_dim: int = 0,
-                 contexts: int = CONTEXTS) -> Verifier:
+def fit_verifier(
+    train: RoutingTable, *, seed: int = 0, embed: EmbedFn | None = None, embed_dim: int = 0, contexts: int = CONTEXTS
+) -> Verifier:
     """A verifier fitted on ``train``'s answers (its L2 strength by cross-validation over prompts)."""
     views, y, g = training_views(train, contexts=contexts, seed=seed)
     if not views:
-        raise DataError("the training split has no answers to train a verifier on", file=train.source or None,
-                        fix="check that the table's response cells are filled")
+        raise DataError(
+            "the training split has no answers to train a verifier on",
+            file=train.source or None,
+            fix="check that the table's response cells are filled",
+        )
     feats = VerifierFeatures(tuple(train.models), embed_dim)
     return Verifier.fit(feats, views, y, embed=embed, groups=g, seed=seed)
 
@@ -84,8 +97,16 @@ class OutOfFold:
     verifiers: list[Verifier]
 
     @classmethod
-    def fit(cls, train: RoutingTable, like: Verifier, *, folds: int = FOLDS, seed: int = 0,
-            embed: EmbedFn | None = None, contexts: int = CONTEXTS) -> OutOfFold:
+    def fit(
+        cls,
+        train: RoutingTable,
+        like: Verifier,
+        *,
+        folds: int = FOLDS,
+        seed: int = 0,
+        embed: EmbedFn | None = None,
+        contexts: int = CONTEXTS,
+    ) -> OutOfFold:
         """One verifier per fold, with ``like``'s features and L2 strength (no cross-validation again)."""
         k = max(2, min(folds, len(train)))
         fold_of = np.random.default_rng(seed).permutation(len(train)) % k
@@ -97,8 +118,9 @@ class OutOfFold:
             out.append(Verifier.fit(like.features, views, y, embed=embed, cs=(c,), folds=0))
         return cls(fold_of, out)
 
-    def group_confidence(self, answers: Answers, group: Sequence[int], *,
-                         embed: EmbedFn | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def group_confidence(
+        self, answers: Answers, group: Sequence[int], *, embed: EmbedFn | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:func:`~turnout.evaluation.cascade.group_confidence` on the training table, each fold by its own verifier."""
         n = len(answers.table)
         conf, pick = np.full(n, np.nan), np.zeros(n, dtype=int)

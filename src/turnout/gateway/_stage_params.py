@@ -94,8 +94,11 @@ def existing_file(param: str, value: Any, cfg: Any | None, hint: str) -> Path:
     if not raw.is_absolute() and isinstance(source, str) and Path(source).is_file():
         raw = Path(source).resolve().parent / raw
     if not raw.is_file():
-        raise bad(param, f"{value!r} does not exist (looked at {raw})",
-                  f"{hint}, or fix the path (relative paths are read from the config file's folder)")
+        raise bad(
+            param,
+            f"{value!r} does not exist (looked at {raw})",
+            f"{hint}, or fix the path (relative paths are read from the config file's folder)",
+        )
     return raw
 
 
@@ -125,12 +128,29 @@ def canned_answer(ctx: RequestContext, reply: str, *, source: str, reason: str) 
 
     It costs nothing and no model wrote it: the usage is zero and ``x-turnout-model`` says ``-``.
     """
-    body = {"id": f"chatcmpl-{ctx.request_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": ctx.request.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+    body = {
+        "id": f"chatcmpl-{ctx.request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": ctx.request.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
     return Answer(ChatResponse(body, Usage(0, 0)), source=source, reason=reason)
 
 
-__all__ = ["FLAGS_HEADER", "applies", "bad", "canned_answer", "check_known", "choice", "existing_file", "flag",
-           "names", "number", "routes", "target", "text"]
+__all__ = [
+    "FLAGS_HEADER",
+    "applies",
+    "bad",
+    "canned_answer",
+    "check_known",
+    "choice",
+    "existing_file",
+    "flag",
+    "names",
+    "number",
+    "routes",
+    "target",
+    "text",
+]

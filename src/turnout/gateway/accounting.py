@@ -68,8 +68,9 @@ class Ledger:
         targets = self.gw.targets
 
         def dearest(models: list[str]) -> float:
-            costs = [targets[m].price.cost(pt, max_output_tokens(ctx, targets[m].context_window, pt))
-                     for m in models if m in targets]
+            costs = [
+                targets[m].price.cost(pt, max_output_tokens(ctx, targets[m].context_window, pt)) for m in models if m in targets
+            ]
             return max(costs, default=0.0)
 
         per_step = [dearest([s.model, *s.fallbacks]) for s in plan.steps]
@@ -90,12 +91,18 @@ class Ledger:
             await gw.keys.hold(key, ctx.request_id, amount)
         except StateError as exc:
             if gw.budgets_on_failure != "open":
-                raise StateError(f"{exc}; the budget of key {key.name!r} cannot be checked, so the request is "
-                                 "refused (state.on_failure.budgets: closed)") from exc
+                raise StateError(
+                    f"{exc}; the budget of key {key.name!r} cannot be checked, so the request is "
+                    "refused (state.on_failure.budgets: closed)"
+                ) from exc
             # fail open: served unheld (its spend is still recorded, if the store is back by then)
             d.reason("budget", f"budget not checked (the state store failed; state.on_failure.budgets: open): {exc}")
-            log.warning("request %s: serving key %r without a budget hold (state.on_failure.budgets: open): %s",
-                        ctx.request_id, key.name, exc)
+            log.warning(
+                "request %s: serving key %r without a budget hold (state.on_failure.budgets: open): %s",
+                ctx.request_id,
+                key.name,
+                exc,
+            )
             if gw.metrics is not None:
                 gw.metrics.inc_error(exc.kind)
             return
@@ -117,17 +124,22 @@ class Ledger:
         elif status == "cancelled":
             kind = "client_disconnect"
         if gw.keys is not None and ctx.key is not None and (cost or ctx.held_usd):
-            await self._after_answer(ctx, f"spend {cost:.6g} USD of key {ctx.key.name!r}",
-                                     gw.keys.settle(ctx.key, ctx.request_id, cost))
+            await self._after_answer(
+                ctx, f"spend {cost:.6g} USD of key {ctx.key.name!r}", gw.keys.settle(ctx.key, ctx.request_id, cost)
+            )
         if gw.limiter is not None and gw.limiter.holding(ctx):
             if gw.limiter.windows.in_process:
                 await gw.limiter.settle(ctx)  # no I/O, never suspends: nothing to shield from a hang-up
             else:
-                await self._after_answer(ctx, f"tokens of key {getattr(ctx.key, 'name', None)!r}",
-                                         gw.limiter.settle(ctx))
+                await self._after_answer(ctx, f"tokens of key {getattr(ctx.key, 'name', None)!r}", gw.limiter.settle(ctx))
         d = ctx.decision
-        if (d is not None and d.router != "passthrough" and ctx.model in gw.targets
-                and (status == "ok" or cost > 0) and ctx.answered_by == "model"):
+        if (
+            d is not None
+            and d.router != "passthrough"
+            and ctx.model in gw.targets
+            and (status == "ok" or cost > 0)
+            and ctx.answered_by == "model"
+        ):
             rt = gw.routes.get(d.route)
             if rt is not None and rt.budget is not None:  # actual spend steers the route's λ
                 await self._after_answer(ctx, f"route {d.route!r} budget", rt.budget.observe(ctx.model, cost))
@@ -144,12 +156,24 @@ class Ledger:
         rt = self.gw.routes.get(d.route)
         # a learning route may leave what it needs to learn on another replica (its decision's features)
         peek = getattr(rt, "feedback_context", None)
-        self.gw.feedback_index.record(LoggedRequest(
-            id=ctx.request_id, key_name=getattr(ctx.key, "name", None), route=d.route, model=ctx.model or "-",
-            status=status, answered_by=ctx.answered_by, cost_usd=cost, ts=ctx.ts,
-            decision={"router": d.router, "propensity": d.propensity,
-                      "reasons": [{"kind": r.kind, "data": _jsonable(r.data)} for r in d.reasons if r.kind == d.router]},
-            context=_jsonable(peek(ctx.request_id)) if callable(peek) else None))
+        self.gw.feedback_index.record(
+            LoggedRequest(
+                id=ctx.request_id,
+                key_name=getattr(ctx.key, "name", None),
+                route=d.route,
+                model=ctx.model or "-",
+                status=status,
+                answered_by=ctx.answered_by,
+                cost_usd=cost,
+                ts=ctx.ts,
+                decision={
+                    "router": d.router,
+                    "propensity": d.propensity,
+                    "reasons": [{"kind": r.kind, "data": _jsonable(r.data)} for r in d.reasons if r.kind == d.router],
+                },
+                context=_jsonable(peek(ctx.request_id)) if callable(peek) else None,
+            )
+        )
 
     async def _after_answer(self, ctx: RequestContext, what: str, call: Any) -> None:
         try:
@@ -162,8 +186,7 @@ class Ledger:
         except asyncio.CancelledError:
             pass  # the shielded call still completes
 
-    def _write(self, ctx: RequestContext, status: str, error_kind: str | None, cost: float,
-               exc: BaseException | None) -> None:
+    def _write(self, ctx: RequestContext, status: str, error_kind: str | None, cost: float, exc: BaseException | None) -> None:
         gw, d = self.gw, ctx.decision
         latency = ctx.elapsed_s
         route = d.route if d else (ctx.target if ctx.target in gw.routes else "passthrough")
@@ -182,23 +205,50 @@ class Ledger:
         from turnout.gateway.logschema import LogEntry  # only needed when a log is configured
 
         authenticated = not isinstance(exc, AuthenticationError)
-        gw.request_log.record(LogEntry(
-            id=ctx.request_id, ts=ctx.ts, key_name=getattr(ctx.key, "name", None), route=route, model=model,
-            status=status, error_kind=error_kind,
-            candidates=[{"model": c.model, "quality": c.quality, "cost": c.cost, "utility": c.utility,
-                         "excluded": c.excluded} for c in (d.candidates if d else [])],
-            prompt=ctx.prompt_text if authenticated else UNAUTHENTICATED_PROMPT,
-            response_text=ctx.response_text, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost,
-            latency_s=latency, ttft_s=ctx.ttft_s, decision_ms=d.elapsed_ms if d else None,
-            fallbacks_tried=fallbacks_tried(ctx), http_status=gw.status_for(exc) if gw.status_for else None,
-            lam=d.lam if d is not None and routed else None, budget=d.budget if d is not None else None,
-            propensity=d.propensity if d is not None else None,
-            decision=decision_record(ctx), answered_by=ctx.answered_by,
-            calls=[a.to_dict() for a in ctx.attempts],
-        ))
+        gw.request_log.record(
+            LogEntry(
+                id=ctx.request_id,
+                ts=ctx.ts,
+                key_name=getattr(ctx.key, "name", None),
+                route=route,
+                model=model,
+                status=status,
+                error_kind=error_kind,
+                candidates=[
+                    {"model": c.model, "quality": c.quality, "cost": c.cost, "utility": c.utility, "excluded": c.excluded}
+                    for c in (d.candidates if d else [])
+                ],
+                prompt=ctx.prompt_text if authenticated else UNAUTHENTICATED_PROMPT,
+                response_text=ctx.response_text,
+                prompt_tokens=pt,
+                completion_tokens=ct,
+                cost_usd=cost,
+                latency_s=latency,
+                ttft_s=ctx.ttft_s,
+                decision_ms=d.elapsed_ms if d else None,
+                fallbacks_tried=fallbacks_tried(ctx),
+                http_status=gw.status_for(exc) if gw.status_for else None,
+                lam=d.lam if d is not None and routed else None,
+                budget=d.budget if d is not None else None,
+                propensity=d.propensity if d is not None else None,
+                decision=decision_record(ctx),
+                answered_by=ctx.answered_by,
+                calls=[a.to_dict() for a in ctx.attempts],
+            )
+        )
 
-    def _line(self, ctx: RequestContext, route: str, model: str, status: str, error_kind: str | None, latency: float,
-              pt: int, ct: int, cost: float) -> None:
+    def _line(
+        self,
+        ctx: RequestContext,
+        route: str,
+        model: str,
+        status: str,
+        error_kind: str | None,
+        latency: float,
+        pt: int,
+        ct: int,
+        cost: float,
+    ) -> None:
         if not request_lines.isEnabledFor(logging.INFO):
             return
         d = ctx.decision
@@ -209,8 +259,18 @@ class Ledger:
         if ctx.rule:
             extra += f" rule={ctx.rule}"
         outcome = status if error_kind is None else f"{status}:{error_kind}"
-        request_lines.info("%s %s -> %s %s %.0fms tokens=%d+%d $%.6f%s", ctx.request_id[:12], route, what, outcome,
-                           latency * 1000, pt, ct, cost, extra)
+        request_lines.info(
+            "%s %s -> %s %s %.0fms tokens=%d+%d $%.6f%s",
+            ctx.request_id[:12],
+            route,
+            what,
+            outcome,
+            latency * 1000,
+            pt,
+            ct,
+            cost,
+            extra,
+        )
 
 
 def fallbacks_tried(ctx: RequestContext) -> list[str]:
@@ -228,12 +288,22 @@ def decision_record(ctx: RequestContext) -> dict[str, Any] | None:
     if d is None and not ctx.notes and not ctx.signals:
         return None
     reasons = [*ctx.notes, *(d.reasons if d else [])]
-    return {"plan": None if d is None or d.plan is None else {"kind": d.plan.kind, "steps": [
-                {"model": s.model, "fallbacks": s.fallbacks, "accept": s.accept, "threshold": s.threshold}
-                for s in d.plan.steps], "aggregator": d.plan.aggregator},
-            "rule": ctx.rule, "signals": _jsonable(ctx.signals), "propensity": d.propensity if d else None,
-            "reasons": [{"kind": r.kind, "detail": r.detail, "data": _jsonable(r.data)} for r in reasons],
-            "at": time.time()}
+    return {
+        "plan": None
+        if d is None or d.plan is None
+        else {
+            "kind": d.plan.kind,
+            "steps": [
+                {"model": s.model, "fallbacks": s.fallbacks, "accept": s.accept, "threshold": s.threshold} for s in d.plan.steps
+            ],
+            "aggregator": d.plan.aggregator,
+        },
+        "rule": ctx.rule,
+        "signals": _jsonable(ctx.signals),
+        "propensity": d.propensity if d else None,
+        "reasons": [{"kind": r.kind, "detail": r.detail, "data": _jsonable(r.data)} for r in reasons],
+        "at": time.time(),
+    }
 
 
 def _jsonable(value: Any) -> Any:

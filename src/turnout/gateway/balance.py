@@ -145,8 +145,10 @@ def _message_text(message: Mapping[str, Any] | Any) -> str:
     if isinstance(content, str):
         text = content
     elif isinstance(content, list):
-        text = "".join(p["text"] if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-                       else json.dumps(p, sort_keys=True, default=str) for p in content)
+        text = "".join(
+            p["text"] if isinstance(p, Mapping) and isinstance(p.get("text"), str) else json.dumps(p, sort_keys=True, default=str)
+            for p in content
+        )
     else:
         text = "" if content is None else json.dumps(content, sort_keys=True, default=str)
     extra = ""
@@ -159,8 +161,13 @@ def _message_text(message: Mapping[str, Any] | Any) -> str:
     return f"\x1e{message.get('role', '')}{extra}\x1f{text}"
 
 
-def prefix_key(messages: Sequence[Mapping[str, Any]], *, block_chars: int = DEFAULT_BLOCK_CHARS,
-               session_id: str | None = None, chars_per_token: float = CHARS_PER_TOKEN) -> BalanceKey:
+def prefix_key(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    block_chars: int = DEFAULT_BLOCK_CHARS,
+    session_id: str | None = None,
+    chars_per_token: float = CHARS_PER_TOKEN,
+) -> BalanceKey:
     """The :class:`BalanceKey` of a chat request: cumulative, message-aligned block hashes of its prompt.
 
     Hashes are BLAKE2b (not Python's salted ``hash``), so every gateway replica, in any process,
@@ -174,8 +181,9 @@ def prefix_key(messages: Sequence[Mapping[str, Any]], *, block_chars: int = DEFA
         assert k1.affinity_hash == k2.affinity_hash and k2.prefix_blocks[:len(k1.prefix_blocks)] == k1.prefix_blocks
     """
     if block_chars < 1:
-        raise ConfigError(f"block_chars must be at least 1, got {block_chars}",
-                          fix="use a block of a few hundred characters (default 512)")
+        raise ConfigError(
+            f"block_chars must be at least 1, got {block_chars}", fix="use a block of a few hundred characters (default 512)"
+        )
     h = hashlib.blake2b(digest_size=8, person=b"turnout-prefix")
     blocks: list[int] = []
     anchor = 0
@@ -185,7 +193,7 @@ def prefix_key(messages: Sequence[Mapping[str, Any]], *, block_chars: int = DEFA
         text = _message_text(message)
         chars += len(text)
         for start in range(0, len(text), block_chars):
-            h.update(text[start:start + block_chars].encode("utf-8", "surrogatepass"))
+            h.update(text[start : start + block_chars].encode("utf-8", "surrogatepass"))
             blocks.append(int.from_bytes(h.copy().digest(), "little"))
         if not rooted:
             anchor = len(blocks)
@@ -255,8 +263,7 @@ class HashRing:
     are passed over clockwise, so the ring needs no rebuild when the list is filtered.
     """
 
-    def __init__(self, members: Sequence[EndpointLike] | Mapping[str, float], *, salt: int,
-                 vnodes: int = DEFAULT_VNODES) -> None:
+    def __init__(self, members: Sequence[EndpointLike] | Mapping[str, float], *, salt: int, vnodes: int = DEFAULT_VNODES) -> None:
         weights = dict(members) if isinstance(members, Mapping) else {e.name: e.weight for e in members}
         self.salt = salt
         self.names = frozenset(weights)
@@ -439,12 +446,22 @@ class DualMap:
 
     name = "dualmap"
 
-    def __init__(self, *, slo_s: float = 2.0, prefill_tok_s: float = 260.0, service_s: float = 1.0,
-                 index_blocks: int = 4096, max_sessions: int = 65536, vnodes: int = DEFAULT_VNODES) -> None:
+    def __init__(
+        self,
+        *,
+        slo_s: float = 2.0,
+        prefill_tok_s: float = 260.0,
+        service_s: float = 1.0,
+        index_blocks: int = 4096,
+        max_sessions: int = 65536,
+        vnodes: int = DEFAULT_VNODES,
+    ) -> None:
         if slo_s <= 0 or prefill_tok_s <= 0 or service_s < 0 or index_blocks < 1 or max_sessions < 1:
-            raise ConfigError(f"dualmap needs slo_s, prefill_tok_s, index_blocks, max_sessions > 0 and service_s >= 0 "
-                              f"(got {slo_s}, {prefill_tok_s}, {index_blocks}, {max_sessions}, {service_s})",
-                              fix="give positive values")
+            raise ConfigError(
+                f"dualmap needs slo_s, prefill_tok_s, index_blocks, max_sessions > 0 and service_s >= 0 "
+                f"(got {slo_s}, {prefill_tok_s}, {index_blocks}, {max_sessions}, {service_s})",
+                fix="give positive values",
+            )
         self.slo_s = slo_s
         self.prefill_tok_s = prefill_tok_s
         self.service_s = service_s
@@ -580,19 +597,34 @@ def create_balancer(name: str = "least_loaded", **params: Any) -> Balancer:
     """
     factory = _STRATEGIES.get(name)
     if factory is None:
-        raise ConfigError(f"unknown load-balancing strategy '{name}'",
-                          fix=f"use one of: {', '.join(_STRATEGIES)}")
+        raise ConfigError(f"unknown load-balancing strategy '{name}'", fix=f"use one of: {', '.join(_STRATEGIES)}")
     accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ConfigError(f"strategy '{name}' has no parameter {', '.join(repr(u) for u in unknown)}",
-                          fix=f"its parameters are: {', '.join(accepted)}" if accepted else f"'{name}' takes no parameters")
+        raise ConfigError(
+            f"strategy '{name}' has no parameter {', '.join(repr(u) for u in unknown)}",
+            fix=f"its parameters are: {', '.join(accepted)}" if accepted else f"'{name}' takes no parameters",
+        )
     try:
         return factory(**params)
     except TypeError as e:  # a value of the wrong type (a string for a number, say)
         raise ConfigError(f"strategy '{name}': {e}", fix=f"give numbers to: {', '.join(accepted)}") from e
 
 
-__all__ = ["BalanceKey", "Balancer", "ConsistentHash", "DualMap", "EndpointLike", "EndpointView", "HashRing",
-           "LeastLoaded", "PowerOfTwo", "RandomChoice", "RoundRobin", "balancer_names", "create_balancer",
-           "estimate_ttft", "prefix_key"]
+__all__ = [
+    "BalanceKey",
+    "Balancer",
+    "ConsistentHash",
+    "DualMap",
+    "EndpointLike",
+    "EndpointView",
+    "HashRing",
+    "LeastLoaded",
+    "PowerOfTwo",
+    "RandomChoice",
+    "RoundRobin",
+    "balancer_names",
+    "create_balancer",
+    "estimate_ttft",
+    "prefix_key",
+]

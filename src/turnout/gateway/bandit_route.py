@@ -143,8 +143,9 @@ class BanditRoute(RouteRuntime):
         return self.router
 
     # -- deciding (offload threads) ---------------------------------------------------------------
-    def decide(self, request: ChatRequest, allowed: Collection[str] | None = None, *,
-               vector: np.ndarray | None = None) -> Decision:
+    def decide(
+        self, request: ChatRequest, allowed: Collection[str] | None = None, *, vector: np.ndarray | None = None
+    ) -> Decision:
         """The policy's scores and exclusions, then the bandit's draw among the candidates left in (blocking)."""
         if vector is None:
             if self.embedder is None:
@@ -184,24 +185,37 @@ class BanditRoute(RouteRuntime):
         """The policy reason names the greedy model; a ``bandit`` reason after it names the draw and its odds."""
         bandit, lam = self.bandit, decision.lam
         utility = float(choice.scores[choice.greedy])
-        policy = Reason("policy", f"utility = quality - {lam:g} * cost; greedy choice {greedy} (utility {utility:.4g})",
-                        {"model": greedy, "utility": utility, "lambda": lam})
+        policy = Reason(
+            "policy",
+            f"utility = quality - {lam:g} * cost; greedy choice {greedy} (utility {utility:.4g})",
+            {"model": greedy, "utility": utility, "lambda": lam},
+        )
         n = bandit.observations
         odds = {fleet_of[a]: float(choice.probabilities[a]) for a in fleet_of}
         p = float(choice.propensity)
-        detail = (f"bandit drew {chosen} with probability {p:.3g}"
-                  + (f", exploring (greedy: {greedy})" if choice.explored else "")
-                  + f"; at most {bandit.max_explore:.0%} of the probability leaves the greedy model")
-        drew = Reason(REASON, detail, {
-            "model": chosen, "propensity": p, "greedy": greedy, "explored": bool(choice.explored),
-            "probabilities": odds,
-            "spread": {fleet_of[a]: float(choice.spread[a]) for a in fleet_of if np.isfinite(choice.spread[a])},
-            "observations": {fleet_of[a]: float(n[a]) for a in fleet_of}})
+        detail = (
+            f"bandit drew {chosen} with probability {p:.3g}"
+            + (f", exploring (greedy: {greedy})" if choice.explored else "")
+            + f"; at most {bandit.max_explore:.0%} of the probability leaves the greedy model"
+        )
+        drew = Reason(
+            REASON,
+            detail,
+            {
+                "model": chosen,
+                "propensity": p,
+                "greedy": greedy,
+                "explored": bool(choice.explored),
+                "probabilities": odds,
+                "spread": {fleet_of[a]: float(choice.spread[a]) for a in fleet_of if np.isfinite(choice.spread[a])},
+                "observations": {fleet_of[a]: float(n[a]) for a in fleet_of},
+            },
+        )
         i = next((k for k, r in enumerate(decision.reasons) if r.kind == "policy"), None)
         if i is None:
             decision.reasons[:0] = [policy, drew]
         else:
-            decision.reasons[i:i + 1] = [policy, drew]
+            decision.reasons[i : i + 1] = [policy, drew]
 
     # -- remembering and learning (event loop) ---------------------------------------------------
     def remember(self, request_id: str, vector: np.ndarray | None) -> None:
@@ -230,18 +244,27 @@ class BanditRoute(RouteRuntime):
     async def learn(self, entry: LogEntry, score: float, embed: EmbedFn) -> Learned:
         """Update the bandit with ``score`` for the logged request ``entry`` (when the bandit decided it)."""
         if _bandit_reason(entry.decision) is None:
-            return Learned(False, f"route {self.name!r}'s bandit did not decide this request (it was not routed by "
-                                  "it, or was answered before any decision); the score is stored only")
+            return Learned(
+                False,
+                f"route {self.name!r}'s bandit did not decide this request (it was not routed by "
+                "it, or was answered before any decision); the score is stored only",
+            )
         if entry.status != "ok" or (entry.answered_by or "model") != "model":
             what = entry.answered_by if entry.status == "ok" else f"a request that ended {entry.status}"
             return Learned(False, f"no model's answer to learn from ({what}); the score is stored only")
         arm = self._arm_of_fleet.get(entry.model or "")
         if arm is None:
-            return Learned(False, f"it was answered by {entry.model!r}, which is not one of the bandit's arms "
-                                  "(a fallback outside the candidates); the score is stored only")
+            return Learned(
+                False,
+                f"it was answered by {entry.model!r}, which is not one of the bandit's arms "
+                "(a fallback outside the candidates); the score is stored only",
+            )
         if entry.id in self._learned or entry.score is not None:
-            return Learned(False, "an earlier score of this request already taught the bandit; this one is stored "
-                                  "(the latest wins in the log) but not learned twice")
+            return Learned(
+                False,
+                "an earlier score of this request already taught the bandit; this one is stored "
+                "(the latest wins in the log) but not learned twice",
+            )
         self._learned[entry.id] = None  # before any await: a concurrent second score is refused above
         while len(self._learned) > LEARNED_IDS:
             self._learned.popitem(last=False)
@@ -292,8 +315,13 @@ class BanditRoute(RouteRuntime):
             if not self.dirty:
                 return False
             updates = self._updates
-            meta = {**(self.meta or {}), "route": self.name, "embedder": self.embedder_name,
-                    "saved_at": time.time(), "observations": [float(v) for v in self.bandit.observations]}
+            meta = {
+                **(self.meta or {}),
+                "route": self.name,
+                "embedder": self.embedder_name,
+                "saved_at": time.time(),
+                "observations": [float(v) for v in self.bandit.observations],
+            }
             save_bandit(self.bandit, self.state_path, meta=meta)
             self._saved = updates
             return True
@@ -327,8 +355,15 @@ def _bandit_reason(decision: dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-def build_bandit_route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any,
-                       embeddings: EmbeddingService, *, budget: Callable[..., Any]) -> BanditRoute:
+def build_bandit_route(
+    cfg: TurnoutConfig,
+    name: str,
+    targets: dict[str, ModelTarget],
+    state: Any,
+    embeddings: EmbeddingService,
+    *,
+    budget: Callable[..., Any],
+) -> BanditRoute:
     """The bandit route ``name`` of ``cfg``: its state file, else its artifact, else a cold bandit.
 
     ``budget`` is the builder's route-budget factory (called as for any route). Raises
@@ -340,8 +375,12 @@ def build_bandit_route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTa
     r = cfg.routes[name]
     where = f"routes.{name}"
     if r.embedder is None:
-        raise ConfigError("a bandit route decides on the prompt's embedding, and this route names no embedder",
-                          file=cfg.source, key=f"{where}.embedder", fix="add e.g. 'embedder: minilm' to the route")
+        raise ConfigError(
+            "a bandit route decides on the prompt's embedding, and this route names no embedder",
+            file=cfg.source,
+            key=f"{where}.embedder",
+            fix="add e.g. 'embedder: minilm' to the route",
+        )
     embedder = embeddings.ensure(r.embedder)
     settings = r.bandit or BanditSettings.model_validate({})
     cmap = r.candidate_map
@@ -349,40 +388,66 @@ def build_bandit_route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTa
     bandit, meta = _bandit_of(cfg, name, path, list(cmap), int(embedder.dim))
     if meta.get("embedder") not in (None, r.embedder):
         if path is not None and path.exists():  # written by this route: its contexts mean nothing under another embedder
-            raise ConfigError(f"the state file {path} was learned on embedder {meta['embedder']!r}, the route embeds "
-                              f"with {r.embedder!r}", file=cfg.source, key=f"{where}.embedder",
-                              fix=f"set embedder: {meta['embedder']}, or delete the state file to start learning afresh")
+            raise ConfigError(
+                f"the state file {path} was learned on embedder {meta['embedder']!r}, the route embeds with {r.embedder!r}",
+                file=cfg.source,
+                key=f"{where}.embedder",
+                fix=f"set embedder: {meta['embedder']}, or delete the state file to start learning afresh",
+            )
         # an artifact trained on minilm served with minilm-int8 (same space, within the quality gate) is a choice
-        log.warning("route %s: the bandit artifact was trained on embedder %r, the route embeds with %r",
-                    name, meta["embedder"], r.embedder)
+        log.warning(
+            "route %s: the bandit artifact was trained on embedder %r, the route embeds with %r",
+            name,
+            meta["embedder"],
+            r.embedder,
+        )
     if bandit.dim != embedder.dim:
-        raise ConfigError(f"the bandit takes {bandit.dim}-dimensional embeddings, embedder {r.embedder!r} gives "
-                          f"{embedder.dim}", file=cfg.source, key=f"{where}.embedder",
-                          fix="use the embedder the bandit was trained with")
+        raise ConfigError(
+            f"the bandit takes {bandit.dim}-dimensional embeddings, embedder {r.embedder!r} gives {embedder.dim}",
+            file=cfg.source,
+            key=f"{where}.embedder",
+            fix="use the embedder the bandit was trained with",
+        )
     unscored = [c for c in cmap if c not in set(bandit.models)]
     if len(unscored) == len(cmap):
-        raise ConfigError(f"the bandit has no arm for any candidate ({', '.join(unscored)}; its arms: "
-                          f"{', '.join(bandit.models)})", file=cfg.source, key=f"{where}.candidates",
-                          fix="name candidates the bandit has arms for, or delete its state file to start afresh")
+        raise ConfigError(
+            f"the bandit has no arm for any candidate ({', '.join(unscored)}; its arms: {', '.join(bandit.models)})",
+            file=cfg.source,
+            key=f"{where}.candidates",
+            fix="name candidates the bandit has arms for, or delete its state file to start afresh",
+        )
     if unscored:
         log.warning("route %s: the bandit has no arm for candidate(s) %s; they are never chosen", name, ", ".join(unscored))
     windows = {m: w for m in cmap.values() if (w := targets[m].context_window)}
     prices = {m: targets[m].price for m in cmap.values()}
     route_budget = budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
     lam = r.lam if r.lam is not None else (meta.get("lambda") if r.budget is None else None)
-    policy = Policy(lam=route_budget.base_lambda if route_budget is not None else float(lam or 0.0),
-                    context_windows=windows)
+    policy = Policy(lam=route_budget.base_lambda if route_budget is not None else float(lam or 0.0), context_windows=windows)
     from turnout.routing.artifact import ARTIFACT_KEYS
 
     kept = {k: v for k, v in meta.items() if k not in (*ARTIFACT_KEYS, "models")}
-    return BanditRoute(name=name, router=bandit, router_name="bandit", candidates=cmap, prices=prices, policy=policy,
-                       embedder=embedder, fallbacks=list(r.fallbacks), budget=route_budget, embedder_name=r.embedder,
-                       state_path=path, save_every_s=settings.save_every_s, keep_contexts=settings.remember,
-                       seed=settings.seed, meta=kept)
+    return BanditRoute(
+        name=name,
+        router=bandit,
+        router_name="bandit",
+        candidates=cmap,
+        prices=prices,
+        policy=policy,
+        embedder=embedder,
+        fallbacks=list(r.fallbacks),
+        budget=route_budget,
+        embedder_name=r.embedder,
+        state_path=path,
+        save_every_s=settings.save_every_s,
+        keep_contexts=settings.remember,
+        seed=settings.seed,
+        meta=kept,
+    )
 
 
-def _bandit_of(cfg: TurnoutConfig, name: str, path: Path | None, arms: list[str], dim: int
-               ) -> tuple[BanditRouter, dict[str, Any]]:
+def _bandit_of(
+    cfg: TurnoutConfig, name: str, path: Path | None, arms: list[str], dim: int
+) -> tuple[BanditRouter, dict[str, Any]]:
     """The bandit to start from, with its metadata: the state file, else the artifact, else a cold one."""
     from turnout.routing.artifact import load_router
 
@@ -397,22 +462,28 @@ def _bandit_of(cfg: TurnoutConfig, name: str, path: Path | None, arms: list[str]
         params = dict(r.router.params)
         params.setdefault("projection", "random")
         if params["projection"] not in COLD_PROJECTIONS:
-            raise ConfigError(f"projection {params['projection']!r} is learned from prompts, and a cold bandit has none",
-                              file=cfg.source, key=f"{where}.router.params.projection",
-                              fix="use projection: random (or none), or start from an artifact: 'turnout train TABLE "
-                                  "--router bandit --out bandit.npz' and router.artifact")
+            raise ConfigError(
+                f"projection {params['projection']!r} is learned from prompts, and a cold bandit has none",
+                file=cfg.source,
+                key=f"{where}.router.params.projection",
+                fix="use projection: random (or none), or start from an artifact: 'turnout train TABLE "
+                "--router bandit --out bandit.npz' and router.artifact",
+            )
         try:
             return BanditRouter(**params, models=arms, dim=dim), {}  # type: ignore[arg-type]
         except (RoutingError, TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid bandit parameters {r.router.params}: {exc}", file=cfg.source,
-                              key=f"{where}.router.params", fix="see docs/routers.md for the bandit's parameters") from exc
+            raise ConfigError(
+                f"invalid bandit parameters {r.router.params}: {exc}",
+                file=cfg.source,
+                key=f"{where}.router.params",
+                fix="see docs/routers.md for the bandit's parameters",
+            ) from exc
     try:
         router, meta = load_router(src)
     except TurnoutError as exc:
         raise ConfigError(f"cannot load the bandit: {exc}", file=cfg.source, key=key, fix=fix) from exc
     if not isinstance(router, BanditRouter):
-        raise ConfigError(f"{src} holds a {meta.get('router')!r} router, not a bandit", file=cfg.source, key=key,
-                          fix=fix)
+        raise ConfigError(f"{src} holds a {meta.get('router')!r} router, not a bandit", file=cfg.source, key=key, fix=fix)
     return router, meta
 
 

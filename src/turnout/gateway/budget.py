@@ -107,13 +107,17 @@ class PIGains:
     lambda_range: float = DEFAULT_RANGE
 
     @classmethod
-    def given(cls, *, kp: float | None = None, ki: float | None = None, window: int | None = None,
-              lambda_range: float | None = None) -> PIGains:
+    def given(
+        cls, *, kp: float | None = None, ki: float | None = None, window: int | None = None, lambda_range: float | None = None
+    ) -> PIGains:
         """The settings given (a config's), the defaults for the others."""
         d = cls()
-        return cls(kp=d.kp if kp is None else kp, ki=d.ki if ki is None else ki,
-                   window=d.window if window is None else window,
-                   lambda_range=d.lambda_range if lambda_range is None else lambda_range)
+        return cls(
+            kp=d.kp if kp is None else kp,
+            ki=d.ki if ki is None else ki,
+            window=d.window if window is None else window,
+            lambda_range=d.lambda_range if lambda_range is None else lambda_range,
+        )
 
 
 class RouteBudget:
@@ -135,10 +139,19 @@ class RouteBudget:
         budget.describe()                        # what decisions report
     """
 
-    def __init__(self, pred: Prediction, *, target_cost: float | None = None,
-                 target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                 counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S,
-                 controller: str = DEFAULT_CONTROLLER, gains: PIGains | None = None) -> None:
+    def __init__(
+        self,
+        pred: Prediction,
+        *,
+        target_cost: float | None = None,
+        target_share: Mapping[str, float] | None = None,
+        warmup: int = WARMUP_REQUESTS,
+        counters: StateStore | None = None,
+        route: str = "route",
+        refresh_s: float = REFRESH_S,
+        controller: str = DEFAULT_CONTROLLER,
+        gains: PIGains | None = None,
+    ) -> None:
         if controller not in CONTROLLERS:
             raise RoutingError(f"budget controller must be one of {', '.join(CONTROLLERS)}, got {controller!r}")
         if (target_cost is None) == (not target_share):
@@ -184,19 +197,39 @@ class RouteBudget:
         targets.update(self.target_share)
         for key, target in targets.items():
             if target <= 0:
-                raise RoutingError(f"a pi controller needs a target share above 0 (got {key}: {target}); use "
-                                   "controller: tighten, or leave the model out of the candidates")
+                raise RoutingError(
+                    f"a pi controller needs a target share above 0 (got {key}: {target}); use "
+                    "controller: tighten, or leave the model out of the candidates"
+                )
             made[key] = LambdaController(target, lam0, lam_min=lo, lam_max=hi, kp=g.kp, ki=g.ki, window=g.window)
         return made
 
     @classmethod
-    def calibrate(cls, pred: Prediction, *, target_cost: float | None = None,
-                  target_share: Mapping[str, float] | None = None, warmup: int = WARMUP_REQUESTS,
-                  counters: StateStore | None = None, route: str = "route", refresh_s: float = REFRESH_S,
-                  controller: str = DEFAULT_CONTROLLER, gains: PIGains | None = None) -> RouteBudget:
+    def calibrate(
+        cls,
+        pred: Prediction,
+        *,
+        target_cost: float | None = None,
+        target_share: Mapping[str, float] | None = None,
+        warmup: int = WARMUP_REQUESTS,
+        counters: StateStore | None = None,
+        route: str = "route",
+        refresh_s: float = REFRESH_S,
+        controller: str = DEFAULT_CONTROLLER,
+        gains: PIGains | None = None,
+    ) -> RouteBudget:
         """Calibrate λ on ``pred`` (the fleet-priced calibration sample); RoutingError when the target is unreachable."""
-        return cls(pred, target_cost=target_cost, target_share=target_share, warmup=warmup,
-                   counters=counters, route=route, refresh_s=refresh_s, controller=controller, gains=gains)
+        return cls(
+            pred,
+            target_cost=target_cost,
+            target_share=target_share,
+            warmup=warmup,
+            counters=counters,
+            route=route,
+            refresh_s=refresh_s,
+            controller=controller,
+            gains=gains,
+        )
 
     # -- start-up -------------------------------------------------------------
     def _targets(self, adjust: float) -> list[float]:
@@ -214,8 +247,7 @@ class RouteBudget:
         if self.target_cost is not None:
             return calibrate_lambda(self.pred, target_cost=targets[0])
         # every share at or under its target: each is met from its own λ upwards, so take the largest
-        lams = [calibrate_lambda(self.pred, target_share=t, model=m)
-                for m, t in zip(self.target_share, targets)]
+        lams = [calibrate_lambda(self.pred, target_share=t, model=m) for m, t in zip(self.target_share, targets)]
         lam = max(lams)
         if any(v > t + 1e-12 for v, t in zip(self._metrics(lam), targets)):
             raise RoutingError(f"no single lambda meets every share of {self.target_share} on the calibration sample")
@@ -301,8 +333,10 @@ class RouteBudget:
     def load_controller_state(self, state: Mapping[str, Any]) -> None:
         """Take up :meth:`controller_state`'s output (after a restart, or from another replica)."""
         if set(state) != {"cost" if k is None else k for k in self._pi}:
-            raise RoutingError(f"route {self.route!r}: the controller state is for {sorted(state)}, this budget "
-                               f"controls {sorted('cost' if k is None else k for k in self._pi)}")
+            raise RoutingError(
+                f"route {self.route!r}: the controller state is for {sorted(state)}, this budget "
+                f"controls {sorted('cost' if k is None else k for k in self._pi)}"
+            )
         self._pi = {k: LambdaController.from_state(state["cost" if k is None else k]) for k in self._pi}
         with self._lock:
             self._lam = max(ctl.lam() for ctl in self._pi.values())
@@ -310,8 +344,7 @@ class RouteBudget:
     def _overshoot(self) -> float:
         if self.target_cost is not None:
             return (self.spend_usd / self.requests) / self.target_cost
-        return max((self._counts.get(m, 0) / self.requests) / t if t > 0 else math.inf
-                   for m, t in self.target_share.items())
+        return max((self._counts.get(m, 0) / self.requests) / t if t > 0 else math.inf for m, t in self.target_share.items())
 
     def _lookup(self, targets: list[float]) -> float:
         ok = np.all(self._table <= np.asarray(targets) + 1e-12, axis=1)
@@ -322,28 +355,48 @@ class RouteBudget:
     def describe(self) -> dict[str, Any]:
         """What a decision reports: the target, the calibration, the running figures and the λ they led to."""
         with self._lock:
-            d: dict[str, Any] = ({"target_cost_per_request": self.target_cost} if self.target_cost is not None
-                                 else {"target_share": dict(self.target_share)})
-            d.update({"lambda": self._lam, "lambda_calibrated": self.base_lambda,
-                      "calibration_prompts": int(self.pred.quality.shape[0]), "requests": self.requests,
-                      "running_mean_cost": self.spend_usd / self.requests if self.requests else None,
-                      "tightened": self._adjust < 1.0, "controller": self.controller})
+            d: dict[str, Any] = (
+                {"target_cost_per_request": self.target_cost}
+                if self.target_cost is not None
+                else {"target_share": dict(self.target_share)}
+            )
+            d.update(
+                {
+                    "lambda": self._lam,
+                    "lambda_calibrated": self.base_lambda,
+                    "calibration_prompts": int(self.pred.quality.shape[0]),
+                    "requests": self.requests,
+                    "running_mean_cost": self.spend_usd / self.requests if self.requests else None,
+                    "tightened": self._adjust < 1.0,
+                    "controller": self.controller,
+                }
+            )
             if self._pi:
                 d["pi"] = {"cost" if k is None else k: ctl.describe() for k, ctl in self._pi.items()}
             if self.target_share:
-                d["running_share"] = {m: (self._counts.get(m, 0) / self.requests if self.requests else None)
-                                      for m in self.target_share}
+                d["running_share"] = {
+                    m: (self._counts.get(m, 0) / self.requests if self.requests else None) for m in self.target_share
+                }
             if self._adjust < 1.0:
-                d["adjusted_target"] = (self._targets(self._adjust)[0] if self.target_cost is not None
-                                        else dict(zip(self.target_share, self._targets(self._adjust))))
+                d["adjusted_target"] = (
+                    self._targets(self._adjust)[0]
+                    if self.target_cost is not None
+                    else dict(zip(self.target_share, self._targets(self._adjust)))
+                )
             return d
 
     def reason(self) -> str:
         """One line for the decision's reasons."""
         lam = self._lam
-        what = (f"mean cost ${self.target_cost:.6g}/request" if self.target_cost is not None
-                else ", ".join(f"{m} <= {t:.0%}" for m, t in self.target_share.items()))
-        line = f"budget {what}: lambda {self.base_lambda:.6g} calibrated on {self.pred.quality.shape[0]} training prompts at fleet prices"
+        what = (
+            f"mean cost ${self.target_cost:.6g}/request"
+            if self.target_cost is not None
+            else ", ".join(f"{m} <= {t:.0%}" for m, t in self.target_share.items())
+        )
+        line = (
+            f"budget {what}: lambda {self.base_lambda:.6g} calibrated on {self.pred.quality.shape[0]} "
+            "training prompts at fleet prices"
+        )
         if self._pi:
             seen = max(ctl.describe()["observed"] for ctl in self._pi.values())
             if lam != self.base_lambda:

@@ -22,9 +22,9 @@ from turnout.errors import ConfigError, RoutingError, StateError, TurnoutError
 from turnout.gateway.balance import create_balancer
 from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import Endpoint, ModelTarget
+from turnout.gateway.health import WatchedBreaker
 from turnout.gateway.offload import Offloader
 from turnout.gateway.pipeline import Gateway
-from turnout.gateway.health import WatchedBreaker
 from turnout.gateway.reliability import Backoff
 from turnout.gateway.routes import RouteRuntime
 from turnout.gateway.stages import Stages, build_stage
@@ -57,8 +57,9 @@ class _Backends:
             try:
                 self._made[key] = self._create(shown, b, base_url)
             except TurnoutError as exc:
-                raise ConfigError(str(exc), file=self.cfg.source, key=f"backends.{name}",
-                                  fix="check this backend's settings") from exc
+                raise ConfigError(
+                    str(exc), file=self.cfg.source, key=f"backends.{name}", fix="check this backend's settings"
+                ) from exc
         return self._made[key]
 
     def _create(self, name: str, b: BackendSettings, base_url: str | None) -> Backend:
@@ -69,11 +70,13 @@ class _Backends:
             from turnout.backends.llamacpp import LlamaCppServer, free_port
 
             # the port is fixed now so the backend knows its URL before the child starts (in the lifespan)
-            server = LlamaCppServer(_local_model_path(b.model or ""), port=free_port(), n_ctx=b.n_ctx or 2048,
-                                    n_threads=b.n_threads or 1)
+            server = LlamaCppServer(
+                _local_model_path(b.model or ""), port=free_port(), n_ctx=b.n_ctx or 2048, n_threads=b.n_threads or 1
+            )
             self.children.append(server)
-            return create_backend("openai", name, base_url=server.base_url, api_key=None,
-                                  completion_template=b.completion_template)
+            return create_backend(
+                "openai", name, base_url=server.base_url, api_key=None, completion_template=b.completion_template
+            )
         url = base_url or b.base_url
         if b.protocol == "openai":
             return create_backend("openai", name, base_url=url, api_key=api_key, completion_template=b.completion_template)
@@ -96,21 +99,36 @@ def _target(cfg: TurnoutConfig, name: str, m: ModelSettings, backends: _Backends
     endpoints = []
     for ep in m.endpoint_list:
         b = cfg.backends[ep.backend]
-        endpoints.append(Endpoint(_endpoint_name(ep, m), backends.get(ep.backend, ep.base_url), weight=ep.weight,
-                                  slots=ep.slots,
-                                  breaker=WatchedBreaker(b.cooldown.failures, b.cooldown.seconds,
-                                                         probe_timeout_s=b.timeouts.total + 5.0)))
+        endpoints.append(
+            Endpoint(
+                _endpoint_name(ep, m),
+                backends.get(ep.backend, ep.base_url),
+                weight=ep.weight,
+                slots=ep.slots,
+                breaker=WatchedBreaker(b.cooldown.failures, b.cooldown.seconds, probe_timeout_s=b.timeouts.total + 5.0),
+            )
+        )
     try:
         balancer = create_balancer(m.balance.strategy, **m.balance.params)
     except ConfigError as exc:
-        raise ConfigError(str(exc).split(" (fix:")[0], file=cfg.source, key=f"models.{name}.balance",
-                          fix=exc.fix or "see docs/config.md for the strategies") from exc
+        raise ConfigError(
+            str(exc).split(" (fix:")[0],
+            file=cfg.source,
+            key=f"models.{name}.balance",
+            fix=exc.fix or "see docs/config.md for the strategies",
+        ) from exc
     t = first.timeouts
     return ModelTarget(
-        name, upstream=m.upstream_model or name, endpoints=endpoints, balancer=balancer,
-        price=Price(m.price.input_per_mtok, m.price.output_per_mtok), context_window=m.context_window,
-        fallbacks=list(m.fallbacks), timeouts=Timeouts(t.connect, t.first_token, t.total, t.idle or min(60.0, t.total)),
-        attempts=first.retries.attempts, backoff=Backoff(first.retries.backoff_s, first.retries.max_backoff_s),
+        name,
+        upstream=m.upstream_model or name,
+        endpoints=endpoints,
+        balancer=balancer,
+        price=Price(m.price.input_per_mtok, m.price.output_per_mtok),
+        context_window=m.context_window,
+        fallbacks=list(m.fallbacks),
+        timeouts=Timeouts(t.connect, t.first_token, t.total, t.idle or min(60.0, t.total)),
+        attempts=first.retries.attempts,
+        backoff=Backoff(first.retries.backoff_s, first.retries.max_backoff_s),
         private=m.private,
     )
 
@@ -125,8 +143,9 @@ def _state(cfg: TurnoutConfig) -> Any:
         try:
             return RedisCounters(st.redis_url or os.environ[st.redis_url_env or ""], prefix=st.prefix)
         except StateError as exc:  # a malformed URL
-            raise ConfigError(str(exc), file=cfg.source, key=key,
-                              fix="use redis://HOST:PORT/DB, rediss://... or unix://PATH") from exc
+            raise ConfigError(
+                str(exc), file=cfg.source, key=key, fix="use redis://HOST:PORT/DB, rediss://... or unix://PATH"
+            ) from exc
     path = st.path or (cfg.server.request_log if st.persist else None)
     if path is None:
         from turnout.state.memory import InMemoryCounters
@@ -137,8 +156,12 @@ def _state(cfg: TurnoutConfig) -> Any:
     try:
         return SqliteCounters(Path(path).expanduser(), flush_s=st.flush_s)
     except StateError as exc:
-        raise ConfigError(str(exc), file=cfg.source, key="state.path" if st.path else "server.request_log",
-                          fix="choose a writable path, or set state.persist: false") from exc
+        raise ConfigError(
+            str(exc),
+            file=cfg.source,
+            key="state.path" if st.path else "server.request_log",
+            fix="choose a writable path, or set state.persist: false",
+        ) from exc
 
 
 def build_gateway(cfg: TurnoutConfig) -> Gateway:
@@ -158,8 +181,12 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
             try:
                 embeddings.ensure(name)  # built (and warmed up) with the gateway, not on a request
             except KeyError as exc:
-                raise ConfigError(f"stage {getattr(st, 'name', st)!r} names an unknown embedder {name!r}",
-                                  file=cfg.source, key="stages", fix=str(exc)) from exc
+                raise ConfigError(
+                    f"stage {getattr(st, 'name', st)!r} names an unknown embedder {name!r}",
+                    file=cfg.source,
+                    key="stages",
+                    fix=str(exc),
+                ) from exc
 
     metrics = None
     request_log = None
@@ -180,14 +207,39 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
     if cfg.keys is not None:
         from turnout.gateway.keys import KeySpec, KeyStore, hash_key
 
-        keys = KeyStore([
-            KeySpec(k.name, k.key_sha256 or hash_key(os.environ[k.key_env or ""]), k.budget_usd, k.allowed,
-                    rpm=k.rpm, tpm=k.tpm, team=k.team, tags=tuple(k.tags)) for k in cfg.keys
-        ], state)
+        keys = KeyStore(
+            [
+                KeySpec(
+                    k.name,
+                    k.key_sha256 or hash_key(os.environ[k.key_env or ""]),
+                    k.budget_usd,
+                    k.allowed,
+                    rpm=k.rpm,
+                    tpm=k.tpm,
+                    team=k.team,
+                    tags=tuple(k.tags),
+                )
+                for k in cfg.keys
+            ],
+            state,
+        )
     limiter, health, feedback_index = _scale_out(cfg, targets, keys, state, metrics, request_log)
-    gw = Gateway(targets, routes, metrics=metrics, request_log=request_log, keys=keys, offloader=offloader,
-                 state=state, on_close=on_close, stages=stages, embeddings=embeddings, limiter=limiter,
-                 health=health, feedback_index=feedback_index, budgets_on_failure=cfg.state.on_failure.budgets)
+    gw = Gateway(
+        targets,
+        routes,
+        metrics=metrics,
+        request_log=request_log,
+        keys=keys,
+        offloader=offloader,
+        state=state,
+        on_close=on_close,
+        stages=stages,
+        embeddings=embeddings,
+        limiter=limiter,
+        health=health,
+        feedback_index=feedback_index,
+        budgets_on_failure=cfg.state.on_failure.budgets,
+    )
     gw.children = backends.children
     return gw
 
@@ -202,15 +254,26 @@ def stage_context(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: O
     return {"embeddings": embeddings, "offloader": offloader, "gateway_config": cfg}
 
 
-def _decision_stage(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offloader, routes: dict[str, Any],
-                    targets: dict[str, ModelTarget]) -> Any:
+def _decision_stage(
+    cfg: TurnoutConfig,
+    embeddings: EmbeddingService,
+    offloader: Offloader,
+    routes: dict[str, Any],
+    targets: dict[str, ModelTarget],
+) -> Any:
     """The stage of the config's signals and decision rules (gateway/signal_stage.py); None when it has neither."""
     if not (cfg.signals or cfg.decisions or cfg.decisions_file):
         return None
     from turnout.gateway.signal_stage import build_decision_stage
 
-    return build_decision_stage(cfg, embeddings=embeddings, offloader=offloader, routes=list(routes),
-                                models=list(targets), context=stage_context(cfg, embeddings, offloader))
+    return build_decision_stage(
+        cfg,
+        embeddings=embeddings,
+        offloader=offloader,
+        routes=list(routes),
+        models=list(targets),
+        context=stage_context(cfg, embeddings, offloader),
+    )
 
 
 def _stages(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offloader, state: Any = None) -> list[Any]:
@@ -227,8 +290,9 @@ def _stages(cfg: TurnoutConfig, embeddings: EmbeddingService, offloader: Offload
     return out
 
 
-def _scale_out(cfg: TurnoutConfig, targets: dict[str, ModelTarget], keys: Any, state: Any, metrics: Any,
-               request_log: Any) -> tuple[Any, Any, Any]:
+def _scale_out(
+    cfg: TurnoutConfig, targets: dict[str, ModelTarget], keys: Any, state: Any, metrics: Any, request_log: Any
+) -> tuple[Any, Any, Any]:
     """The parts replicas share through ``state``: per-key rate limits, endpoint health with its out-of-rotation
     marks, and the feedback index (Redis only, and only with a request log to find the rows in)."""
     import socket
@@ -243,14 +307,23 @@ def _scale_out(cfg: TurnoutConfig, targets: dict[str, ModelTarget], keys: Any, s
     replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     limiter = RateLimiter.for_keys(keys, on_failure=cfg.state.on_failure.rate_limits, metrics=metrics)
     h = cfg.health
-    health = HealthMonitor(targets, marks_for(state), replica=replica, interval_s=h.interval_s, active=h.active,
-                           path=h.path, timeout_s=h.timeout_s, max_backoff_s=h.max_backoff_s)
+    health = HealthMonitor(
+        targets,
+        marks_for(state),
+        replica=replica,
+        interval_s=h.interval_s,
+        active=h.active,
+        path=h.path,
+        timeout_s=h.timeout_s,
+        max_backoff_s=h.max_backoff_s,
+    )
     index = feedback_index_for(state, replica=replica) if request_log is not None else None
     return limiter, health, index
 
 
-def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any,
-           embeddings: EmbeddingService) -> RouteRuntime:
+def _route(
+    cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any, embeddings: EmbeddingService
+) -> RouteRuntime:
     from turnout.routing.policy import Policy
     from turnout.routing.registry import create_router
 
@@ -260,8 +333,12 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state
 
         return build_bandit_route(cfg, name, targets, state, embeddings, budget=_budget)
     if r.bandit is not None:
-        raise ConfigError("'bandit' settings apply only to a route whose router is the bandit", file=cfg.source,
-                          key=f"routes.{name}.bandit", fix="set router: {type: bandit}, or remove 'bandit:'")
+        raise ConfigError(
+            "'bandit' settings apply only to a route whose router is the bandit",
+            file=cfg.source,
+            key=f"routes.{name}.bandit",
+            fix="set router: {type: bandit}, or remove 'bandit:'",
+        )
     where = f"routes.{name}.router"
     lam = r.lam
     meta: dict[str, Any] = {}
@@ -277,23 +354,33 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state
     except TurnoutError as exc:
         own_fix = getattr(exc, "fix", None)  # an artifact's DataError says its own fix: keep it, do not add a second
         text = str(exc).removesuffix(f" (fix: {own_fix})") if own_fix else str(exc)
-        raise ConfigError(text, file=cfg.source, key=where,
-                          fix=own_fix or "see docs/config.md for this router's parameters") from exc
+        raise ConfigError(
+            text, file=cfg.source, key=where, fix=own_fix or "see docs/config.md for this router's parameters"
+        ) from exc
     except (TypeError, ValueError, AttributeError) as exc:  # a parameter of the wrong shape the router did not check
-        raise ConfigError(f"invalid parameters {r.router.params}: {exc}", file=cfg.source, key=f"{where}.params",
-                          fix="see docs/routers.md for this router's parameters and their types") from exc
+        raise ConfigError(
+            f"invalid parameters {r.router.params}: {exc}",
+            file=cfg.source,
+            key=f"{where}.params",
+            fix="see docs/routers.md for this router's parameters and their types",
+        ) from exc
     cmap = r.candidate_map
     scored = getattr(router, "models", None)
     if scored is not None:
         unscored = [c for c in cmap if c not in set(scored)]
         if len(unscored) == len(cmap):  # every request to the route would fail: refuse to start
-            raise ConfigError(f"the router has no prediction for any candidate ({', '.join(unscored)}; it scores: "
-                              f"{', '.join(scored) or 'nothing'})", file=cfg.source, key=f"routes.{name}.candidates",
-                              fix="name candidates the router scores, map them to its names ({router_name: "
-                                  "fleet_model}), or give the router their quality")
+            raise ConfigError(
+                f"the router has no prediction for any candidate ({', '.join(unscored)}; it scores: "
+                f"{', '.join(scored) or 'nothing'})",
+                file=cfg.source,
+                key=f"routes.{name}.candidates",
+                fix="name candidates the router scores, map them to its names ({router_name: "
+                "fleet_model}), or give the router their quality",
+            )
         if unscored:  # allowed (never chosen by the router), but rarely meant
-            log.warning("route %s: the router has no prediction for candidate(s) %s; they are never chosen",
-                        name, ", ".join(unscored))
+            log.warning(
+                "route %s: the router has no prediction for candidate(s) %s; they are never chosen", name, ", ".join(unscored)
+            )
     windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
     prices = {m: targets[m].price for m in cmap.values()}
     budget = _budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
@@ -304,13 +391,30 @@ def _route(cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state
         from turnout.gateway.planners import build_planner
 
         planner = build_planner(name, r.plan, source=cfg.source)
-    return RouteRuntime(name=name, router=router, router_name=r.router.type, candidates=cmap, prices=prices,
-                        policy=policy, embedder=embedder, fallbacks=list(r.fallbacks), budget=budget,
-                        embedder_name=r.embedder, plan=planner)
+    return RouteRuntime(
+        name=name,
+        router=router,
+        router_name=r.router.type,
+        candidates=cmap,
+        prices=prices,
+        policy=policy,
+        embedder=embedder,
+        fallbacks=list(r.fallbacks),
+        budget=budget,
+        embedder_name=r.embedder,
+        plan=planner,
+    )
 
 
-def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str, str], prices: dict[str, Price],
-            windows: dict[str, int | None], state: Any) -> Any:
+def _budget(
+    cfg: TurnoutConfig,
+    name: str,
+    meta: dict[str, Any],
+    cmap: dict[str, str],
+    prices: dict[str, Price],
+    windows: dict[str, int | None],
+    state: Any,
+) -> Any:
     """The route's budget calibrated on its artifact's sample at the fleet's prices, its running figures in
     ``state`` (see gateway/budget.py)."""
     from turnout.gateway.budget import PIGains, RouteBudget
@@ -325,18 +429,26 @@ def _budget(cfg: TurnoutConfig, name: str, meta: dict[str, Any], cmap: dict[str,
             raise ConfigError(
                 "a budget is calibrated on the router artifact's calibration sample, and this route has none"
                 + (" (its artifact predates it)" if r.router.artifact else " (no router artifact)"),
-                file=cfg.source, key=key,
+                file=cfg.source,
+                key=key,
                 fix="train the artifact with 'turnout train' (it stores the sample) and set router.artifact, "
-                    "or give 'lambda:' instead of 'budget:'",
+                "or give 'lambda:' instead of 'budget:'",
             )
         b = r.budget
         gains = PIGains.given(kp=b.kp, ki=b.ki, window=b.window, lambda_range=b.lambda_range)
-        return RouteBudget.calibrate(sample.priced(cmap, prices, windows), target_cost=b.target_cost_per_request,
-                                     target_share=b.target_share, counters=state, route=name,
-                                     controller=b.controller, gains=gains)
+        return RouteBudget.calibrate(
+            sample.priced(cmap, prices, windows),
+            target_cost=b.target_cost_per_request,
+            target_share=b.target_share,
+            counters=state,
+            route=name,
+            controller=b.controller,
+            gains=gains,
+        )
     except RoutingError as exc:
-        raise ConfigError(f"the budget cannot be met: {exc}", file=cfg.source, key=key,
-                          fix="raise the target, or add cheaper candidates") from exc
+        raise ConfigError(
+            f"the budget cannot be met: {exc}", file=cfg.source, key=key, fix="raise the target, or add cheaper candidates"
+        ) from exc
 
 
 __all__ = ["build_gateway"]

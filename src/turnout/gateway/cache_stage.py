@@ -77,16 +77,27 @@ class CacheStage:
 
     phase = "cache"
 
-    def __init__(self, *, name: str = "cache", routes: Any = None, embeddings: EmbeddingService | None = None,
-                 gateway_config: Any = None, state: Any = None, **params: Any) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "cache",
+        routes: Any = None,
+        embeddings: EmbeddingService | None = None,
+        gateway_config: Any = None,
+        state: Any = None,
+        **params: Any,
+    ) -> None:
         self.name = name
         settings = dict(params)
         embedder = settings.get("embedder", CacheSettings.embedder)
         if "threshold" not in settings:
             if embedder not in MEASURED_THRESHOLDS:
-                raise P.bad("threshold", f"no similarity threshold was measured for embedder {embedder!r}",
-                            "give params.threshold (measure one with 'turnout guards eval cache' on your "
-                            "embedder; similarities are not comparable across embedders)")
+                raise P.bad(
+                    "threshold",
+                    f"no similarity threshold was measured for embedder {embedder!r}",
+                    "give params.threshold (measure one with 'turnout guards eval cache' on your "
+                    "embedder; similarities are not comparable across embedders)",
+                )
             settings["threshold"] = MEASURED_THRESHOLDS[embedder]
         self.settings = CacheSettings.from_params(settings, where="params")
         self.embedder = self.settings.embedder  # the builder loads it with the gateway, not on a request
@@ -141,8 +152,13 @@ class CacheStage:
     def _outcome(self, ctx: RequestContext, result: LookupResult) -> Answer | None:
         fields = result.log_fields()
         for b in result.blocked:
-            ctx.note("cache", f"{self.name}: a cached look-alike ({b.similarity:.3f}) was refused: {b.reason}",
-                     stage=self.name, similarity=round(b.similarity, 4), check=b.check)
+            ctx.note(
+                "cache",
+                f"{self.name}: a cached look-alike ({b.similarity:.3f}) was refused: {b.reason}",
+                stage=self.name,
+                similarity=round(b.similarity, 4),
+                check=b.check,
+            )
         hit = result.hit
         if hit is None:
             ctx.response_headers[HEADER] = "blocked" if result.blocked else "miss"
@@ -150,17 +166,26 @@ class CacheStage:
                 best = "" if result.best_similarity is None else f", nearest {result.best_similarity:.3f}"
                 ctx.note("cache", f"{self.name}: miss{best}", stage=self.name, **fields)
             return None
-        ctx.response_headers.update({HEADER: "hit", f"{HEADER}-match": hit.kind,
-                                     f"{HEADER}-similarity": f"{hit.similarity:.4f}",
-                                     f"{HEADER}-age": str(int(hit.age_s))})
+        ctx.response_headers.update(
+            {
+                HEADER: "hit",
+                f"{HEADER}-match": hit.kind,
+                f"{HEADER}-similarity": f"{hit.similarity:.4f}",
+                f"{HEADER}-age": str(int(hit.age_s)),
+            }
+        )
         body = hit.response_body(id=f"chatcmpl-{ctx.request_id}")
         u = hit.usage or {}
         usage = Usage(_int(u.get("prompt_tokens")), _int(u.get("completion_tokens")))
         # the note carries the log fields (cache, cache_similarity, cache_age_s); the pipeline adds its own
         # "answered without a model" reason with this one's text
         ctx.note("cache", f"{self.name}: {hit.kind} hit", stage=self.name, **fields)
-        return Answer(ChatResponse(body, usage), source="cache", model=hit.model or "cache",
-                      reason=f"{hit.kind} hit, similarity {hit.similarity:.3f}, {hit.age_s:.0f} s old")
+        return Answer(
+            ChatResponse(body, usage),
+            source="cache",
+            model=hit.model or "cache",
+            reason=f"{hit.kind} hit, similarity {hit.similarity:.3f}, {hit.age_s:.0f} s old",
+        )
 
     # ------------------------------------------------------------------------------------------- store
     async def on_complete(self, ctx: RequestContext, response: ChatResponse) -> None:

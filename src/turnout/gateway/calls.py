@@ -47,8 +47,14 @@ def sane_usage(usage: Usage | None, request: ChatRequest, text: str | None) -> U
     """
     if usage is not None:
         pt, ct = usage.prompt_tokens, usage.completion_tokens
-        if (isinstance(pt, int) and isinstance(ct, int) and not isinstance(pt, bool) and not isinstance(ct, bool)
-                and 0 <= pt <= MAX_SANE_TOKENS and 0 <= ct <= MAX_SANE_TOKENS):
+        if (
+            isinstance(pt, int)
+            and isinstance(ct, int)
+            and not isinstance(pt, bool)
+            and not isinstance(ct, bool)
+            and 0 <= pt <= MAX_SANE_TOKENS
+            and 0 <= ct <= MAX_SANE_TOKENS
+        ):
             return usage
     return Usage(estimate_prompt_tokens(request.messages), estimate_tokens(text or ""))
 
@@ -86,12 +92,22 @@ class ModelCaller:
     def chain(self, models: Sequence[str], *, role: str = "answer", step: int = 0) -> Chain:
         ctx, gw = self.ctx, self.gw
         route = ctx.decision.route if ctx.decision is not None else ctx.target
-        return Chain(gw.targets, models, ctx.attempts, metrics=gw.metrics, usable=gw.usable_for(ctx),
-                     key_name=getattr(ctx.key, "name", None), route=route,
-                     balance_key=gw.balance_key(ctx) if gw.balanced else NO_KEY, role=role, step=step)
+        return Chain(
+            gw.targets,
+            models,
+            ctx.attempts,
+            metrics=gw.metrics,
+            usable=gw.usable_for(ctx),
+            key_name=getattr(ctx.key, "name", None),
+            route=route,
+            balance_key=gw.balance_key(ctx) if gw.balanced else NO_KEY,
+            role=role,
+            step=step,
+        )
 
-    async def complete(self, models: Sequence[str], *, request: ChatRequest | None = None, role: str = "answer",
-                       step: int = 0) -> tuple[ChatResponse, Attempt]:
+    async def complete(
+        self, models: Sequence[str], *, request: ChatRequest | None = None, role: str = "answer", step: int = 0
+    ) -> tuple[ChatResponse, Attempt]:
         """The first whole answer along ``models`` (``[model] + fallbacks``); raises the exhausted chain's error.
 
         Cancelling the call (the client hung up) cancels the try in flight and ends the chain, with no
@@ -106,8 +122,11 @@ class ModelCaller:
                 async with asyncio.timeout(t.timeouts.total):
                     resp = await ep.backend.complete(req, model=t.upstream, timeouts=t.timeouts)
             except TimeoutError:
-                chain.failed(BackendTimeoutError(f"no complete answer within {t.timeouts.total}s", backend=ep.backend.name,
-                                                 model=t.name, phase="total"))
+                chain.failed(
+                    BackendTimeoutError(
+                        f"no complete answer within {t.timeouts.total}s", backend=ep.backend.name, model=t.name, phase="total"
+                    )
+                )
             except BackendError as exc:
                 chain.failed(exc)
             except BaseException:
@@ -125,8 +144,9 @@ class ModelCaller:
                 return resp, attempt
         raise chain.exhausted()
 
-    async def open_stream(self, models: Sequence[str], *, request: ChatRequest | None = None, role: str = "answer",
-                          step: int = 0) -> OpenStream:
+    async def open_stream(
+        self, models: Sequence[str], *, request: ChatRequest | None = None, role: str = "answer", step: int = 0
+    ) -> OpenStream:
         """A stream along ``models`` that has produced its first chunk (earlier failures fell back)."""
         req = request or self.ctx.request
         chain = self.chain(models, role=role, step=step)
@@ -139,11 +159,13 @@ class ModelCaller:
                 async with asyncio.timeout(t.timeouts.first_token):
                     first = await upstream.__anext__()
             except StopAsyncIteration:
-                err: BackendError = BackendProtocolError("the stream ended before its first event",
-                                                         backend=ep.backend.name, model=t.name)
+                err: BackendError = BackendProtocolError(
+                    "the stream ended before its first event", backend=ep.backend.name, model=t.name
+                )
             except TimeoutError:
-                err = BackendTimeoutError(f"no first token within {t.timeouts.first_token}s", backend=ep.backend.name,
-                                          model=t.name, phase="first_token")
+                err = BackendTimeoutError(
+                    f"no first token within {t.timeouts.first_token}s", backend=ep.backend.name, model=t.name, phase="first_token"
+                )
             except BackendError as exc:
                 err = exc
             except BaseException:

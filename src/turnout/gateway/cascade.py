@@ -117,8 +117,10 @@ def read_logprobs(body: Mapping[str, Any]) -> tuple[list[float] | None, list[flo
         if lp is None:
             continue
         chosen.append(lp)
-        alts = sorted((v for a in tok.get("top_logprobs") or [] if isinstance(a, dict)
-                       and (v := _number(a.get("logprob"))) is not None), reverse=True)
+        alts = sorted(
+            (v for a in tok.get("top_logprobs") or [] if isinstance(a, dict) and (v := _number(a.get("logprob"))) is not None),
+            reverse=True,
+        )
         if len(alts) >= 2:
             margins.append(alts[0] - alts[1])
     return (chosen or None), (margins or None)
@@ -166,8 +168,11 @@ def resolve_signal(caller: ModelCaller, step: PlanStep, params: Mapping[str, Any
     try:
         return create_signal(step.accept, **dict(params))
     except TurnoutError as exc:
-        raise ConfigError(f"cascade step {step.model}: {exc}", key="plan.steps.accept",
-                          fix="name a registered acceptance signal with its params") from exc
+        raise ConfigError(
+            f"cascade step {step.model}: {exc}",
+            key="plan.steps.accept",
+            fix="name a registered acceptance signal with its params",
+        ) from exc
 
 
 class CascadePlan:
@@ -204,9 +209,18 @@ class CascadePlan:
                     a.attempt.accepted = False
                 opened.attempt.accepted = True
                 ctx.model = opened.target.name
-                ctx.note("plan", f"cascade step {i}: {opened.target.name} streams live (the last step is always "
-                         "kept)", step=i, model=opened.target.name, signal=None, value=None, threshold=None,
-                         cost=None, accepted=True, live=True)
+                ctx.note(
+                    "plan",
+                    f"cascade step {i}: {opened.target.name} streams live (the last step is always kept)",
+                    step=i,
+                    model=opened.target.name,
+                    signal=None,
+                    value=None,
+                    threshold=None,
+                    cost=None,
+                    accepted=True,
+                    live=True,
+                )
                 self._header(ctx, answered, opened.target.name)
                 return opened
             signal = resolve_signal(caller, step, opts.get("signal_params") or {})
@@ -215,15 +229,19 @@ class CascadePlan:
             except TurnoutError as exc:
                 failure = exc
                 calls += 1
-                ctx.note("plan", f"cascade step {i} ({step.model}) failed: {exc.kind}; "
-                         + ("no step left" if last else "escalating"), step=i, model=step.model, error=exc.kind)
+                ctx.note(
+                    "plan",
+                    f"cascade step {i} ({step.model}) failed: {exc.kind}; " + ("no step left" if last else "escalating"),
+                    step=i,
+                    model=step.model,
+                    error=exc.kind,
+                )
                 continue
             calls += _calls_of(options, i)
             answered.append(got)
             if needs_logprobs(signal):
                 strip_logprobs(got.resp, client_top)
-            keep = last or (got.confidence is not None and
-                            (step.threshold is None or got.confidence >= step.threshold))
+            keep = last or (got.confidence is not None and (step.threshold is None or got.confidence >= step.threshold))
             self._note(ctx, got, signal, keep, last)
             if keep:
                 return self._accept(ctx, answered, got)
@@ -235,22 +253,36 @@ class CascadePlan:
             # the last step failed, or max_calls was reached: the most trusted answer in hand is kept (on a tie,
             # the later step's: a stronger model)
             best = max(reversed(answered), key=lambda a: -1.0 if a.confidence is None else a.confidence)
-            ctx.note("plan", f"cascade: keeping step {best.step}'s answer ({best.attempt.model})"
-                     + (f" after the last step failed ({failure})" if failure is not None else ""),
-                     step=best.step, model=best.attempt.model)
+            ctx.note(
+                "plan",
+                f"cascade: keeping step {best.step}'s answer ({best.attempt.model})"
+                + (f" after the last step failed ({failure})" if failure is not None else ""),
+                step=best.step,
+                model=best.attempt.model,
+            )
             return self._accept(ctx, answered, best)
         assert failure is not None
         raise failure
 
-    async def _step(self, caller: ModelCaller, step: PlanStep, i: int, signal: AcceptanceSignal | None,
-                    opts: Mapping[str, Any]) -> _Answered:
+    async def _step(
+        self, caller: ModelCaller, step: PlanStep, i: int, signal: AcceptanceSignal | None, opts: Mapping[str, Any]
+    ) -> _Answered:
         """One judged step: its call and its probes, concurrently; the answer's confidence."""
         ctx = caller.ctx
         req = step_request(ctx.request, logprobs=needs_logprobs(signal))
         probes: list[tuple[str, Any]] = []
         for _ in range(int(opts.get("samples") or 0)):
-            probes.append((step.model, caller.complete([step.model], role="probe", step=i, request=sample_request(
-                ctx.request, float(opts.get("sample_temperature", 0.8))))))
+            probes.append(
+                (
+                    step.model,
+                    caller.complete(
+                        [step.model],
+                        role="probe",
+                        step=i,
+                        request=sample_request(ctx.request, float(opts.get("sample_temperature", 0.8))),
+                    ),
+                )
+            )
         plain = step_request(ctx.request, logprobs=False)
         for m in opts.get("probe") or []:
             probes.append((m, caller.complete([m], role="probe", step=i, request=plain)))
@@ -265,11 +297,16 @@ class CascadePlan:
         resp, attempt = first
         others = [(m, r[0].content or "") for (m, _), r in zip(probes, results[1:]) if not isinstance(r, BaseException)]
         token_lps, margins = read_logprobs(resp.body)
-        view = AnswerView(prompt=ctx.prompt_text, answer=resp.content or "", model=attempt.model,
-                          token_logprobs=token_lps, top2_margins=margins,
-                          response_format=_mapping(ctx.request.params.get("response_format")),
-                          others=tuple(t for _, t in others),
-                          others_models=tuple(m for m, _ in others) if opts.get("probe") else ())
+        view = AnswerView(
+            prompt=ctx.prompt_text,
+            answer=resp.content or "",
+            model=attempt.model,
+            token_logprobs=token_lps,
+            top2_margins=margins,
+            response_format=_mapping(ctx.request.params.get("response_format")),
+            others=tuple(t for _, t in others),
+            others_models=tuple(m for m, _ in others) if opts.get("probe") else (),
+        )
         confidence = judge(signal, view) if signal is not None else None
         attempt.confidence = confidence
         return _Answered(i, resp, attempt, confidence, step.threshold)
@@ -285,9 +322,17 @@ class CascadePlan:
             verdict = f"rejected ({signal.name if signal else 'no signal'} cannot judge it)"
         else:
             verdict = f"rejected ({value} < {th:.4g})"
-        ctx.note("plan", f"cascade step {got.step}: {got.attempt.model} {verdict}, cost {got.attempt.cost_usd:.6g} USD",
-                 step=got.step, model=got.attempt.model, signal=signal.name if signal else None, value=got.confidence,
-                 threshold=th, cost=got.attempt.cost_usd, accepted=keep)
+        ctx.note(
+            "plan",
+            f"cascade step {got.step}: {got.attempt.model} {verdict}, cost {got.attempt.cost_usd:.6g} USD",
+            step=got.step,
+            model=got.attempt.model,
+            signal=signal.name if signal else None,
+            value=got.confidence,
+            threshold=th,
+            cost=got.attempt.cost_usd,
+            accepted=keep,
+        )
 
     def _accept(self, ctx: Any, answered: list[_Answered], got: _Answered) -> ChatResponse:
         for a in answered:
@@ -301,8 +346,11 @@ class CascadePlan:
         for a in answered:
             value = "none" if a.confidence is None else f"{a.confidence:.3g}"
             below = a.threshold is not None and a.confidence is not None and a.confidence < a.threshold
-            parts.append(f"{a.attempt.model}:{value}" + (f"<{a.threshold:.3g}" if below else "")
-                         + (":kept" if a.attempt.accepted else ":rejected"))
+            parts.append(
+                f"{a.attempt.model}:{value}"
+                + (f"<{a.threshold:.3g}" if below else "")
+                + (":kept" if a.attempt.accepted else ":rejected")
+            )
         if not any(a.attempt.accepted for a in answered):
             parts.append(f"{kept}:kept")
         ctx.response_headers["x-turnout-cascade"] = ",".join(parts)
@@ -318,5 +366,14 @@ def _mapping(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
-__all__ = ["MARGIN_TOP", "CascadePlan", "client_top_logprobs", "needs_logprobs", "read_logprobs", "resolve_signal",
-           "sample_request", "step_request", "strip_logprobs"]
+__all__ = [
+    "MARGIN_TOP",
+    "CascadePlan",
+    "client_top_logprobs",
+    "needs_logprobs",
+    "read_logprobs",
+    "resolve_signal",
+    "sample_request",
+    "step_request",
+    "strip_logprobs",
+]

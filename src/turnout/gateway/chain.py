@@ -96,12 +96,23 @@ class Attempt:
     def to_dict(self) -> dict[str, Any]:
         """The call as a request-log child row."""
         u = self.usage
-        return {"model": self.model, "backend": self.backend, "endpoint": self.endpoint, "role": self.role,
-                "step": self.step, "status": self.status, "error_kind": self.error.kind if self.error else None,
-                "error": str(self.error)[:500] if self.error else None, "accepted": self.accepted,
-                "prompt_tokens": u.prompt_tokens if u else 0, "completion_tokens": u.completion_tokens if u else 0,
-                "cost_usd": self.cost_usd, "latency_s": self.elapsed_s, "ttft_s": self.ttft_s,
-                "confidence": self.confidence}
+        return {
+            "model": self.model,
+            "backend": self.backend,
+            "endpoint": self.endpoint,
+            "role": self.role,
+            "step": self.step,
+            "status": self.status,
+            "error_kind": self.error.kind if self.error else None,
+            "error": str(self.error)[:500] if self.error else None,
+            "accepted": self.accepted,
+            "prompt_tokens": u.prompt_tokens if u else 0,
+            "completion_tokens": u.completion_tokens if u else 0,
+            "cost_usd": self.cost_usd,
+            "latency_s": self.elapsed_s,
+            "ttft_s": self.ttft_s,
+            "confidence": self.confidence,
+        }
 
 
 def chain_of(decision: Decision) -> list[str]:
@@ -124,10 +135,20 @@ class Chain:
     the skip message; ``balance_key`` is the request's prefix key for the balancers.
     """
 
-    def __init__(self, targets: Mapping[str, ModelTarget], models: Decision | Sequence[str], attempts: list[Attempt],
-                 *, metrics: Any | None = None, usable: Collection[str] | None = None, key_name: str | None = None,
-                 route: str | None = None, balance_key: BalanceKey = NO_KEY, role: str = "answer",
-                 step: int = 0) -> None:
+    def __init__(
+        self,
+        targets: Mapping[str, ModelTarget],
+        models: Decision | Sequence[str],
+        attempts: list[Attempt],
+        *,
+        metrics: Any | None = None,
+        usable: Collection[str] | None = None,
+        key_name: str | None = None,
+        route: str | None = None,
+        balance_key: BalanceKey = NO_KEY,
+        role: str = "answer",
+        step: int = 0,
+    ) -> None:
         self._targets = targets
         if isinstance(models, Decision):
             self._route = models.route if route is None else route
@@ -163,18 +184,25 @@ class Chain:
                 self._next_model()
                 continue
             if not self._allowed(t.name):
-                self._skip(t, ModelNotAllowedError(
-                    f"skipped: key {self._key_name!r} may not use {t.name!r} (not in its allowed list)",
-                    backend=t.backend.name, model=t.name))
+                self._skip(
+                    t,
+                    ModelNotAllowedError(
+                        f"skipped: key {self._key_name!r} may not use {t.name!r} (not in its allowed list)",
+                        backend=t.backend.name,
+                        model=t.name,
+                    ),
+                )
                 continue
             if self._n:
                 await asyncio.sleep(t.backoff.delay(self._n - 1))
             ep = t.pick(self._key, self._failed)
             if ep is None:
-                what = "circuit breaker open" if len(t.endpoints) == 1 else \
-                    f"circuit breakers of all {len(t.endpoints)} endpoints open"
-                self._skip(t, BackendUnavailableError(f"{what}; skipped", backend=t.backend.name, model=t.name,
-                                                      retryable=False))
+                what = (
+                    "circuit breaker open"
+                    if len(t.endpoints) == 1
+                    else f"circuit breakers of all {len(t.endpoints)} endpoints open"
+                )
+                self._skip(t, BackendUnavailableError(f"{what}; skipped", backend=t.backend.name, model=t.name, retryable=False))
                 continue
             self._n += 1
             self._current = t
@@ -196,7 +224,7 @@ class Chain:
     def _next_model(self) -> None:
         # a fallback is counted between models the key may use: a skipped one was never a step of the chain
         if self._metrics is not None and self._allowed(self._models[self._i]):
-            following = next((m for m in self._models[self._i + 1:] if self._allowed(m)), None)
+            following = next((m for m in self._models[self._i + 1 :] if self._allowed(m)), None)
             if following is not None:
                 self._metrics.inc_fallback(self._route, self._models[self._i], following)
         self._i += 1
@@ -219,8 +247,16 @@ class Chain:
     def _record(self, err: BackendError | None, *, ttft_s: float | None = None) -> Attempt:
         t = self._current
         assert t is not None, "a try must be running"
-        a = Attempt(t.name, t.backend.name, self.elapsed_s, err, endpoint=self.endpoint.name if self.endpoint else "",
-                    role=self._role, step=self._step, ttft_s=ttft_s)
+        a = Attempt(
+            t.name,
+            t.backend.name,
+            self.elapsed_s,
+            err,
+            endpoint=self.endpoint.name if self.endpoint else "",
+            role=self._role,
+            step=self._step,
+            ttft_s=ttft_s,
+        )
         self._attempts.append(a)
         return a
 
@@ -274,8 +310,9 @@ class Chain:
         error, or a request its protocol cannot express), the request is at fault, not the
         fleet: an :class:`UpstreamRejectedError` (400).
         """
-        if self.errors and all((isinstance(e, BackendStatusError) and e.request_fault)
-                               or isinstance(e, UnsupportedRequestError) for e in self.errors):
+        if self.errors and all(
+            (isinstance(e, BackendStatusError) and e.request_fault) or isinstance(e, UnsupportedRequestError) for e in self.errors
+        ):
             return UpstreamRejectedError(self.errors)
         return AllBackendsFailedError(self.errors, route=self._route)
 

@@ -48,8 +48,16 @@ class RequestContext:
             return None
     """
 
-    def __init__(self, request: ChatRequest, request_id: str, *, headers: Mapping[str, str] | None = None,
-                 embed: EmbedFn | None = None, deadline: float | None = None, dry_run: bool = False) -> None:
+    def __init__(
+        self,
+        request: ChatRequest,
+        request_id: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        embed: EmbedFn | None = None,
+        deadline: float | None = None,
+        dry_run: bool = False,
+    ) -> None:
         self.request = request
         self.request_id = request_id
         #: request metadata, names lower-cased (x-turnout-tags, x-session-id, ...): never the API key
@@ -122,8 +130,8 @@ class RequestContext:
         v = self._views.get("system")
         if v is None:
             v = self._views["system"] = "\n\n".join(
-                message_text(m) for m in self.request.messages
-                if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+                message_text(m) for m in self.request.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+            )
         return v
 
     @property
@@ -132,7 +140,8 @@ class RequestContext:
         v = self._views.get("conversation")
         if v is None:
             v = self._views["conversation"] = "\n".join(
-                f"{m.get('role', '')}: {message_text(m)}" for m in self.request.messages if isinstance(m, dict))
+                f"{m.get('role', '')}: {message_text(m)}" for m in self.request.messages if isinstance(m, dict)
+            )
         return v
 
     # -- the shared embedding -----------------------------------------------------------------

@@ -36,8 +36,8 @@ def serving_embedder(name: str) -> Embedder:
     vectors in the user's home folder.
     """
     from turnout.embed import create_embedder
-    from turnout.embed.registry import default_registry
     from turnout.embed.cache import MemoryCachedEmbedder
+    from turnout.embed.registry import default_registry
 
     inner = create_embedder(name, cache=False, progress=False, threads=1)
     return MemoryCachedEmbedder(inner) if default_registry().get(name).worth_caching else inner
@@ -72,8 +72,9 @@ class EmbeddingService:
         """``text``'s vector by embedder ``name`` (batched with concurrent requests' texts)."""
         batcher = self._batchers.get(name)
         if batcher is None:
-            batcher = self._batchers[name] = BatchingEmbedder(self.ensure(name), self._offloader.run,
-                                                              max_batch=self._max_batch, max_wait_ms=self._max_wait_ms)
+            batcher = self._batchers[name] = BatchingEmbedder(
+                self.ensure(name), self._offloader.run, max_batch=self._max_batch, max_wait_ms=self._max_wait_ms
+            )
         return await batcher.embed(text)
 
     def warm_up(self) -> None:
@@ -83,8 +84,10 @@ class EmbeddingService:
 
     def stats(self) -> dict[str, Any]:
         """Per embedder: texts, batches, mean batch size, cache hits (for /metrics and benches)."""
-        return {n: {"texts": b.stats.texts, "batches": b.stats.batches, "mean_batch": b.stats.mean_batch,
-                    "hits": b.stats.hits} for n, b in self._batchers.items()}
+        return {
+            n: {"texts": b.stats.texts, "batches": b.stats.batches, "mean_batch": b.stats.mean_batch, "hits": b.stats.hits}
+            for n, b in self._batchers.items()
+        }
 
     async def aclose(self) -> None:
         for b in self._batchers.values():

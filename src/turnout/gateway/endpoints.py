@@ -41,11 +41,22 @@ class Endpoint:
     when a probe failed or another replica marked it; requests only read it).
     """
 
-    __slots__ = ("backend", "breaker", "ewma_prefill_tok_s", "ewma_service_s", "ewma_ttft_s", "in_flight", "name",
-                 "out_of_rotation", "slots", "weight")
+    __slots__ = (
+        "backend",
+        "breaker",
+        "ewma_prefill_tok_s",
+        "ewma_service_s",
+        "ewma_ttft_s",
+        "in_flight",
+        "name",
+        "out_of_rotation",
+        "slots",
+        "weight",
+    )
 
-    def __init__(self, name: str, backend: Backend, *, weight: float = 1.0, breaker: CircuitBreaker | None = None,
-                 slots: int = 1) -> None:
+    def __init__(
+        self, name: str, backend: Backend, *, weight: float = 1.0, breaker: CircuitBreaker | None = None, slots: int = 1
+    ) -> None:
         self.name = name
         self.backend = backend
         self.weight = weight
@@ -66,17 +77,23 @@ class Endpoint:
     def observe(self, *, ttft_s: float | None, service_s: float | None, found_slot: bool) -> None:
         """Fold one finished try into the moving averages (service time only when no queue was involved)."""
         if ttft_s is not None:
-            self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else self.ewma_ttft_s + EWMA_ALPHA * (
-                ttft_s - self.ewma_ttft_s)
+            self.ewma_ttft_s = ttft_s if self.ewma_ttft_s is None else self.ewma_ttft_s + EWMA_ALPHA * (ttft_s - self.ewma_ttft_s)
         if service_s is not None and found_slot:
-            self.ewma_service_s = service_s if self.ewma_service_s is None else self.ewma_service_s + EWMA_ALPHA * (
-                service_s - self.ewma_service_s)
+            self.ewma_service_s = (
+                service_s if self.ewma_service_s is None else self.ewma_service_s + EWMA_ALPHA * (service_s - self.ewma_service_s)
+            )
 
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models``, ``/readyz`` and the start-up summary say about this endpoint."""
-        return {"name": self.name, "backend": self.backend.name, "base_url": getattr(self.backend, "base_url", None),
-                "weight": self.weight, "breaker": self.breaker.state, "in_flight": self.in_flight,
-                "in_rotation": self.healthy}
+        return {
+            "name": self.name,
+            "backend": self.backend.name,
+            "base_url": getattr(self.backend, "base_url", None),
+            "weight": self.weight,
+            "breaker": self.breaker.state,
+            "in_flight": self.in_flight,
+            "in_rotation": self.healthy,
+        }
 
     def __repr__(self) -> str:
         out = ", out of rotation" if self.out_of_rotation else ""
@@ -92,11 +109,23 @@ class ModelTarget:
     ``private`` marks a model whose provider may see personal data (a PII guard may allow only those).
     """
 
-    def __init__(self, name: str, backend: Backend | None = None, upstream: str | None = None, *,
-                 price: Price | None = None, context_window: int | None = None, fallbacks: Sequence[str] = (),
-                 timeouts: Timeouts | None = None, attempts: int = 2, backoff: Backoff | None = None,
-                 breaker: CircuitBreaker | None = None, endpoints: Sequence[Endpoint] | None = None,
-                 balancer: Balancer | None = None, private: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        backend: Backend | None = None,
+        upstream: str | None = None,
+        *,
+        price: Price | None = None,
+        context_window: int | None = None,
+        fallbacks: Sequence[str] = (),
+        timeouts: Timeouts | None = None,
+        attempts: int = 2,
+        backoff: Backoff | None = None,
+        breaker: CircuitBreaker | None = None,
+        endpoints: Sequence[Endpoint] | None = None,
+        balancer: Balancer | None = None,
+        private: bool = False,
+    ) -> None:
         if endpoints:
             if backend is not None:
                 raise ValueError(f"model {name!r}: give backend or endpoints, not both")
@@ -163,10 +192,15 @@ class ModelTarget:
 
     def describe(self) -> dict[str, Any]:
         """Backend(s), endpoint(s), price and state, for ``/v1/models`` and the start-up summary."""
-        return {"upstream": self.upstream, "context_window": self.context_window, "private": self.private,
-                "price": {"input_per_mtok": self.price.input_per_mtok, "output_per_mtok": self.price.output_per_mtok},
-                "balancer": self.balancer.name, "state": self.state,
-                "endpoints": [e.describe() for e in self.endpoints]}
+        return {
+            "upstream": self.upstream,
+            "context_window": self.context_window,
+            "private": self.private,
+            "price": {"input_per_mtok": self.price.input_per_mtok, "output_per_mtok": self.price.output_per_mtok},
+            "balancer": self.balancer.name,
+            "state": self.state,
+            "endpoints": [e.describe() for e in self.endpoints],
+        }
 
     def __repr__(self) -> str:
         return f"ModelTarget({self.name!r}, {len(self.endpoints)} endpoint(s))"

@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from typing import Any
 
@@ -45,8 +46,10 @@ from turnout.routing import answers
 from turnout.types import PLAN_FANOUT, ChatRequest, ChatResponse, Plan
 
 #: what the aggregator model is asked after the conversation (the answers follow it)
-AGGREGATE_PROMPT = ("Several assistants answered the last question above. Their answers follow. Some may be "
-                    "wrong. Write the single best final answer to the question; reply with that answer only.")
+AGGREGATE_PROMPT = (
+    "Several assistants answered the last question above. Their answers follow. Some may be "
+    "wrong. Write the single best final answer to the question; reply with that answer only."
+)
 
 
 class FanoutPlan:
@@ -65,8 +68,7 @@ class FanoutPlan:
     async def _run(self, caller: ModelCaller, plan: Plan, *, live: bool) -> OpenStream | ChatResponse:
         ctx = caller.ctx
         req = step_request(ctx.request, logprobs=False)
-        calls = [caller.complete([s.model, *s.fallbacks], role="member", step=i, request=req)
-                 for i, s in enumerate(plan.steps)]
+        calls = [caller.complete([s.model, *s.fallbacks], role="member", step=i, request=req) for i, s in enumerate(plan.steps)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         got: list[tuple[ChatResponse, Attempt]] = []
         errors: list[TurnoutError] = []
@@ -79,8 +81,13 @@ class FanoutPlan:
                 got.append(r)
         need = int(plan.params.get("min_answers") or 1)
         cost = sum(a.cost_usd for _, a in got)
-        ctx.note("plan", f"fan-out: {len(got)} of {len(plan.steps)} members answered ({need} needed), "
-                 f"cost {cost:.6g} USD", answered=[a.model for _, a in got], failed=len(errors), cost=cost)
+        ctx.note(
+            "plan",
+            f"fan-out: {len(got)} of {len(plan.steps)} members answered ({need} needed), cost {cost:.6g} USD",
+            answered=[a.model for _, a in got],
+            failed=len(errors),
+            cost=cost,
+        )
         if len(got) < max(need, 1):
             raise too_few(errors, route=ctx.decision.route if ctx.decision is not None else None)
         if plan.aggregator is None:
@@ -103,8 +110,12 @@ class FanoutPlan:
         resp, attempt = await caller.complete([plan.aggregator], role="aggregator", step=step, request=agg)
         attempt.accepted = True
         ctx.model = attempt.model
-        ctx.note("plan", f"fan-out: {attempt.model} aggregated {len(got)} answers, cost {attempt.cost_usd:.6g} USD",
-                 model=attempt.model, cost=attempt.cost_usd)
+        ctx.note(
+            "plan",
+            f"fan-out: {attempt.model} aggregated {len(got)} answers, cost {attempt.cost_usd:.6g} USD",
+            model=attempt.model,
+            cost=attempt.cost_usd,
+        )
         ctx.response_headers["x-turnout-fanout"] = f"{header},{attempt.model}:aggregated"
         return resp
 
@@ -121,13 +132,20 @@ class FanoutPlan:
             a.accepted = i == kept
         resp, attempt = got[kept]
         ctx.model = attempt.model
-        shown = {(k if not k.startswith("\x00") else "(not comparable)"): [got[i][1].model for i in idx]
-                 for k, idx in votes.items()}
-        ctx.note("plan", f"fan-out vote: {len(winner)} of {len(got)} agree; kept {attempt.model}'s answer",
-                 votes=shown, kept=attempt.model, agree=len(winner), answers=len(got))
+        shown = {
+            (k if not k.startswith("\x00") else "(not comparable)"): [got[i][1].model for i in idx] for k, idx in votes.items()
+        }
+        ctx.note(
+            "plan",
+            f"fan-out vote: {len(winner)} of {len(got)} agree; kept {attempt.model}'s answer",
+            votes=shown,
+            kept=attempt.model,
+            agree=len(winner),
+            answers=len(got),
+        )
         ctx.response_headers["x-turnout-fanout"] = ",".join(
-            f"{a.model}:{'kept' if i == kept else 'agreed' if i in winner else 'outvoted'}"
-            for i, (_, a) in enumerate(got)) + (f",{failed} failed" if failed else "")
+            f"{a.model}:{'kept' if i == kept else 'agreed' if i in winner else 'outvoted'}" for i, (_, a) in enumerate(got)
+        ) + (f",{failed} failed" if failed else "")
         return resp
 
 
@@ -163,10 +181,12 @@ _TAGS = re.compile(r"</?(?:search|answer|think|information)>", re.IGNORECASE)
 
 def rounds_system_prompt(models: list[str]) -> str:
     """The router model's instructions: how to consult a model and how to answer."""
-    return ("You answer the user's question. You may first consult one of these models: "
-            f"{', '.join(models)}. To consult one, reply with only <search>MODEL: your question</search>; its answer "
-            "will come back inside <information></information>. When you can answer, reply with "
-            "<answer>your final answer</answer>.")
+    return (
+        "You answer the user's question. You may first consult one of these models: "
+        f"{', '.join(models)}. To consult one, reply with only <search>MODEL: your question</search>; its answer "
+        "will come back inside <information></information>. When you can answer, reply with "
+        "<answer>your final answer</answer>."
+    )
 
 
 def parse_turn(text: str) -> tuple[str | None, tuple[str, str] | None]:
@@ -198,24 +218,29 @@ class RoundsPlan:
         models = [str(m) for m in p.get("models") or []]
         max_rounds = int(p.get("max_rounds") or 0) if models else 0
         max_cost = p.get("max_cost_usd")
-        base = {k: v for k, v in ctx.request.params.items() if k not in ("stream_options", "logprobs", "top_logprobs",
-                                                                          "n", "tools", "tool_choice")}
-        messages: list[dict[str, Any]] = [{"role": "system", "content": rounds_system_prompt(models)},
-                                          *ctx.request.messages]
+        base = {
+            k: v
+            for k, v in ctx.request.params.items()
+            if k not in ("stream_options", "logprobs", "top_logprobs", "n", "tools", "tool_choice")
+        }
+        messages: list[dict[str, Any]] = [{"role": "system", "content": rounds_system_prompt(models)}, *ctx.request.messages]
         trail: list[str] = []
         asked = 0
         final = max_rounds == 0
         while True:
-            resp, attempt = await caller.complete([router], role="router", step=2 * asked, request=ChatRequest(
-                model=ctx.request.model, messages=list(messages), params=base))
+            resp, attempt = await caller.complete(
+                [router],
+                role="router",
+                step=2 * asked,
+                request=ChatRequest(model=ctx.request.model, messages=list(messages), params=base),
+            )
             text = resp.content or ""
             answer, ask = parse_turn(text)
             over = max_cost is not None and ctx.cost_usd >= float(max_cost)
             if ask is not None and answer is None and not final and (asked >= max_rounds or over):
                 # capped: the router is told so once, and its next turn is the answer whatever it says
                 why = f"the cost cap ({max_cost} USD)" if over else f"the round cap ({max_rounds})"
-                messages += [{"role": "assistant", "content": text},
-                             {"role": "user", "content": _LAST_TURN.format(why=why)}]
+                messages += [{"role": "assistant", "content": text}, {"role": "user", "content": _LAST_TURN.format(why=why)}]
                 ctx.note("plan", f"rounds: {router} asked for another model, but {why} is reached", capped=why)
                 final = True
                 continue
@@ -224,8 +249,7 @@ class RoundsPlan:
                 final_text = answer if answer is not None else _TAGS.sub("", _SEARCH.sub("", text)).strip()
                 _set_content(resp, final_text)
                 ctx.model = attempt.model
-                ctx.note("plan", f"rounds: {router} answered after {asked} consultation(s)", rounds=asked,
-                         cost=ctx.cost_usd)
+                ctx.note("plan", f"rounds: {router} answered after {asked} consultation(s)", rounds=asked, cost=ctx.cost_usd)
                 trail.append(f"{router}:answered")
                 ctx.response_headers["x-turnout-rounds"] = ",".join(trail)
                 return resp
@@ -233,16 +257,27 @@ class RoundsPlan:
             target = name if name in models else models[0]
             asked += 1
             try:
-                sub, sub_attempt = await caller.complete([target], role="member", step=2 * asked - 1, request=ChatRequest(
-                    model=ctx.request.model, messages=[{"role": "user", "content": question}], params=base))
+                sub, sub_attempt = await caller.complete(
+                    [target],
+                    role="member",
+                    step=2 * asked - 1,
+                    request=ChatRequest(model=ctx.request.model, messages=[{"role": "user", "content": question}], params=base),
+                )
                 info = sub.content or ""
                 outcome = f"cost {sub_attempt.cost_usd:.6g} USD"
             except TurnoutError as exc:
                 info = f"({target} could not answer: {exc.kind})"
                 outcome = f"failed: {exc.kind}"
-            ctx.note("plan", f"rounds: {router} asked {target}" + (f" (it named {name!r}, not one of the plan's "
-                     "models)" if target != name else "") + f": {question[:200]!r}; {outcome}",
-                     round=asked, asked=target, named=name, question=question[:500])
+            ctx.note(
+                "plan",
+                f"rounds: {router} asked {target}"
+                + (f" (it named {name!r}, not one of the plan's models)" if target != name else "")
+                + f": {question[:200]!r}; {outcome}",
+                round=asked,
+                asked=target,
+                named=name,
+                question=question[:500],
+            )
             trail.append(f"{target}:consulted")
             info = f"<information>{info}</information>"
             over = max_cost is not None and ctx.cost_usd >= float(max_cost)
@@ -254,11 +289,9 @@ class RoundsPlan:
 
 
 def _set_content(resp: ChatResponse, text: str) -> None:
-    try:
+    # a backend answer always has it (the backend checked); nothing to rewrite otherwise
+    with contextlib.suppress(KeyError, IndexError, TypeError):
         resp.body["choices"][0]["message"]["content"] = text
-    except (KeyError, IndexError, TypeError):
-        pass  # a backend answer always has it (the backend checked); nothing to rewrite otherwise
 
 
-__all__ = ["AGGREGATE_PROMPT", "FanoutPlan", "RoundsPlan", "aggregate_request", "parse_turn", "rounds_system_prompt",
-           "too_few"]
+__all__ = ["AGGREGATE_PROMPT", "FanoutPlan", "RoundsPlan", "aggregate_request", "parse_turn", "rounds_system_prompt", "too_few"]

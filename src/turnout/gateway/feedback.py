@@ -104,8 +104,7 @@ class OnlineLearning:
             route.remember(ctx.request_id, vector)
             ctx.response_headers["x-turnout-propensity"] = f"{decision.propensity:.6g}"
 
-    async def feedback(self, request_id: str, score: float, comment: str | None = None, key: Any | None = None
-                       ) -> FeedbackResult:
+    async def feedback(self, request_id: str, score: float, comment: str | None = None, key: Any | None = None) -> FeedbackResult:
         """Store ``score`` for the logged request ``request_id`` and let its route learn from it.
 
         ``key`` is the authenticated :class:`~turnout.gateway.keys.KeySpec` (None without key store): only
@@ -128,8 +127,7 @@ class OnlineLearning:
             try:  # every replica sees the latest score (a second one is then not learned twice)
                 await gw.feedback_index.set_score(request_id, float(score))
             except StateError as exc:
-                log.warning("feedback for %s: score stored here but not shared with the other replicas: %s",
-                            request_id, exc)
+                log.warning("feedback for %s: score stored here but not shared with the other replicas: %s", request_id, exc)
         rt = self.routes.get(entry.route or "")
         if rt is None:
             outcome = Learned(False, f"route {entry.route!r} does not learn online; the score is stored only")
@@ -139,8 +137,16 @@ class OnlineLearning:
             except TurnoutError as exc:  # the score is stored; the learner's failure is logged, not the client's
                 log.warning("feedback for %s: route %s could not learn from it: %s", request_id, rt.name, exc)
                 outcome = Learned(False, f"stored, but route {rt.name!r} could not learn from it: {exc}")
-        return FeedbackResult(request_id, float(score), True, outcome.learned, outcome.detail, entry.route,
-                              outcome.model or entry.model, learner=rt is not None)
+        return FeedbackResult(
+            request_id,
+            float(score),
+            True,
+            outcome.learned,
+            outcome.detail,
+            entry.route,
+            outcome.model or entry.model,
+            learner=rt is not None,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,8 +165,14 @@ class OnlineLearning:
             if await self.gw.offloader.run(rt.save):
                 log.debug("route %s: bandit state saved to %s (%s)", rt.name, rt.state_path, why)
         except (OSError, TurnoutError) as exc:  # a full disk must not take the gateway down; say what is at risk
-            log.error("route %s: could not save the bandit state to %s (%s save): %s; what it learned since the "
-                      "last save is lost if the gateway stops now", rt.name, rt.state_path, why, exc)
+            log.error(
+                "route %s: could not save the bandit state to %s (%s save): %s; what it learned since the "
+                "last save is lost if the gateway stops now",
+                rt.name,
+                rt.state_path,
+                why,
+                exc,
+            )
 
     async def aclose(self) -> None:
         """Stop the savers and save every learning route's state one last time. Idempotent."""

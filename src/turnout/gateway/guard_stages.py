@@ -78,8 +78,11 @@ def _embedder_name(given: Any, trained_on: str) -> str:
         return trained_on
     name = P.text("embedder", given)
     if name != trained_on:
-        raise P.bad("embedder", f"the artifact was trained on {trained_on!r} vectors, not {name!r}",
-                    f"leave embedder out (it defaults to {trained_on!r}), or train the artifact again with {name!r}")
+        raise P.bad(
+            "embedder",
+            f"the artifact was trained on {trained_on!r} vectors, not {name!r}",
+            f"leave embedder out (it defaults to {trained_on!r}), or train the artifact again with {name!r}",
+        )
     return name
 
 
@@ -103,22 +106,38 @@ class DomainGuardStage:
 
     phase = "guard"
 
-    def __init__(self, *, artifact: Any = None, name: str = "domain_guard", domains: Any = None, threshold: Any = None,
-                 action: Any = "refuse", reply: Any = None, route: Any = None, message: Any = None,
-                 routes: Any = None, signal: Any = "domain", embedder: Any = None,
-                 embeddings: EmbeddingService | None = None, gateway_config: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        artifact: Any = None,
+        name: str = "domain_guard",
+        domains: Any = None,
+        threshold: Any = None,
+        action: Any = "refuse",
+        reply: Any = None,
+        route: Any = None,
+        message: Any = None,
+        routes: Any = None,
+        signal: Any = "domain",
+        embedder: Any = None,
+        embeddings: EmbeddingService | None = None,
+        gateway_config: Any = None,
+    ) -> None:
         self.name = name
         if artifact is None:
-            raise P.bad("artifact", "the domain guard needs its classifier",
-                        "give artifact: FILE.npz, trained with 'turnout signals train domain EXAMPLES --out FILE.npz' "
-                        "(EXAMPLES: {text, label} JSONL rows of each domain)")
-        path = P.existing_file("artifact", artifact, gateway_config,
-                               "train one with 'turnout signals train domain EXAMPLES --out FILE.npz'")
+            raise P.bad(
+                "artifact",
+                "the domain guard needs its classifier",
+                "give artifact: FILE.npz, trained with 'turnout signals train domain EXAMPLES --out FILE.npz' "
+                "(EXAMPLES: {text, label} JSONL rows of each domain)",
+            )
+        path = P.existing_file(
+            "artifact", artifact, gateway_config, "train one with 'turnout signals train domain EXAMPLES --out FILE.npz'"
+        )
         try:
             self.classifier = DomainClassifier.load(path)
         except TurnoutError as exc:  # a damaged or foreign artifact: its DataError names the file
-            raise P.bad("artifact", *_message_and_fix(exc, "train it again with 'turnout signals train domain'")) \
-                from exc
+            raise P.bad("artifact", *_message_and_fix(exc, "train it again with 'turnout signals train domain'")) from exc
         clf = self.classifier
         self.domains = frozenset(clf.domains if domains is None else P.names("domains", domains))
         P.check_known("domains", sorted(self.domains), clf.domains, "domain(s) of the artifact")
@@ -129,8 +148,11 @@ class DomainGuardStage:
         self.route = P.target("route", route, gateway_config) if self.action == "fallback" else None
         for param, value, needed in (("reply", reply, "canned"), ("route", route, "fallback")):
             if value is not None and self.action != needed:
-                raise P.bad(param, f"{param} is only read when action is {needed} (action is {self.action})",
-                            f"set action: {needed}, or remove {param}")
+                raise P.bad(
+                    param,
+                    f"{param} is only read when action is {needed} (action is {self.action})",
+                    f"set action: {needed}, or remove {param}",
+                )
         self.message = P.text("message", message) if message is not None else None
         self.routes = P.routes("routes", routes, gateway_config)
         self.signal = P.text("signal", signal)
@@ -150,14 +172,27 @@ class DomainGuardStage:
         ctx.response_headers["x-turnout-domain"] = ctx.signals[self.signal]
         if inside:
             return None
-        why = (f"similarity {pred.similarity:.3f} to the nearest examples is under the threshold {pred.threshold:.3f}"
-               if pred.out_of_scope else f"it reads as {pred.label!r}, which this service does not answer")
-        ctx.note("guard", f"{self.name}: out of scope ({why})", stage=self.name, nearest=pred.nearest,
-                 similarity=round(pred.similarity, 4), threshold=round(pred.threshold, 4), action=self.action)
+        why = (
+            f"similarity {pred.similarity:.3f} to the nearest examples is under the threshold {pred.threshold:.3f}"
+            if pred.out_of_scope
+            else f"it reads as {pred.label!r}, which this service does not answer"
+        )
+        ctx.note(
+            "guard",
+            f"{self.name}: out of scope ({why})",
+            stage=self.name,
+            nearest=pred.nearest,
+            similarity=round(pred.similarity, 4),
+            threshold=round(pred.threshold, 4),
+            action=self.action,
+        )
         if self.action == "refuse":
             served = ", ".join(sorted(self.domains))
-            return Block(OutOfScopeError(self.message or f"this request is outside what this service answers "
-                                         f"({served}): {why}", guard=self.name))
+            return Block(
+                OutOfScopeError(
+                    self.message or f"this request is outside what this service answers ({served}): {why}", guard=self.name
+                )
+            )
         if self.action == "canned":
             assert self.reply is not None
             return P.canned_answer(ctx, self.reply, source=self.name, reason=f"out of scope: {why}")
@@ -176,7 +211,8 @@ class JailbreakStage:
     hardened model or route.
 
     ``artifact``: a detector from ``turnout signals train jailbreak`` (default: the one shipped in the
-    wheel for ``embedder``, ``minilm`` (default) or ``minilm-int8``: 2.5 times faster to embed, same figures). ``threshold``: overrides the artifact's. ``action``: ``block`` (default), ``flag`` or
+    wheel for ``embedder``, ``minilm`` (default) or ``minilm-int8``: 2.5 times faster to embed, same figures).
+    ``threshold``: overrides the artifact's. ``action``: ``block`` (default), ``flag`` or
     ``route`` (with ``route``). ``act_at``: the score from which the action applies; a request flagged under
     it is only flagged (default: every flagged request; the embedded default blocks from 0.9, where the
     shipped detector refused no benign prompt of the measured sets). ``message``: the refusal's text.
@@ -191,43 +227,71 @@ class JailbreakStage:
 
     phase = "guard"
 
-    def __init__(self, *, name: str = "jailbreak", artifact: Any = None, threshold: Any = None,
-                 action: Any = "block", act_at: Any = None, route: Any = None, message: Any = None, routes: Any = None,
-                 signal: Any = "jailbreak", embedder: Any = None, embeddings: EmbeddingService | None = None,
-                 offloader: Offloader | None = None, gateway_config: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "jailbreak",
+        artifact: Any = None,
+        threshold: Any = None,
+        action: Any = "block",
+        act_at: Any = None,
+        route: Any = None,
+        message: Any = None,
+        routes: Any = None,
+        signal: Any = "jailbreak",
+        embedder: Any = None,
+        embeddings: EmbeddingService | None = None,
+        offloader: Offloader | None = None,
+        gateway_config: Any = None,
+    ) -> None:
         self.name = name
         self.embedder = P.text("embedder", embedder) if embedder is not None else "minilm"
         if artifact is None:
             if self.embedder not in SHIPPED_JAILBREAK:
-                raise P.bad("embedder", f"no jailbreak detector is shipped for embedder {self.embedder!r}",
-                            f"use {' or '.join(SHIPPED_JAILBREAK)}, or give artifact: FILE.npz trained with "
-                            f"'turnout signals train jailbreak TRAIN --embedder {self.embedder} --out FILE.npz'")
+                raise P.bad(
+                    "embedder",
+                    f"no jailbreak detector is shipped for embedder {self.embedder!r}",
+                    f"use {' or '.join(SHIPPED_JAILBREAK)}, or give artifact: FILE.npz trained with "
+                    f"'turnout signals train jailbreak TRAIN --embedder {self.embedder} --out FILE.npz'",
+                )
             path = shipped_jailbreak_artifact(self.embedder)
             if not path.is_file():  # a broken installation, not a user's mistake
-                raise P.bad("artifact", f"the shipped jailbreak detector is missing ({path})",
-                            "reinstall turnout, or give artifact: FILE.npz from 'turnout signals train jailbreak'")
+                raise P.bad(
+                    "artifact",
+                    f"the shipped jailbreak detector is missing ({path})",
+                    "reinstall turnout, or give artifact: FILE.npz from 'turnout signals train jailbreak'",
+                )
         else:
-            path = P.existing_file("artifact", artifact, gateway_config,
-                                   "train one with 'turnout signals train jailbreak TRAIN --out FILE.npz'")
+            path = P.existing_file(
+                "artifact", artifact, gateway_config, "train one with 'turnout signals train jailbreak TRAIN --out FILE.npz'"
+            )
         self.artifact = path
         try:
             self.detector = JailbreakDetector.load(path, _embedder(self.embedder, embeddings))
         except TurnoutError as exc:  # damaged, or fitted on another embedder's vectors
-            raise P.bad("artifact", *_message_and_fix(exc, "train it again with 'turnout signals train jailbreak'")) \
-                from exc
+            raise P.bad("artifact", *_message_and_fix(exc, "train it again with 'turnout signals train jailbreak'")) from exc
         if self.detector.embedder_name != self.embedder:
-            raise P.bad("embedder", f"the artifact was trained on {self.detector.embedder_name!r} vectors, not "
-                        f"{self.embedder!r}", f"set embedder: {self.detector.embedder_name}")
+            raise P.bad(
+                "embedder",
+                f"the artifact was trained on {self.detector.embedder_name!r} vectors, not {self.embedder!r}",
+                f"set embedder: {self.detector.embedder_name}",
+            )
         if threshold is not None:
             self.detector.threshold = P.number("threshold", threshold, lo=0.0, hi=1.0)
         self.action = P.choice("action", action, JAILBREAK_ACTIONS)
         if route is not None and self.action != "route":
-            raise P.bad("route", f"route is only read when action is route (action is {self.action})",
-                        "set action: route, or remove route")
+            raise P.bad(
+                "route",
+                f"route is only read when action is route (action is {self.action})",
+                "set action: route, or remove route",
+            )
         self.route = P.target("route", route, gateway_config) if self.action == "route" else None
         if act_at is not None and self.action == "flag":
-            raise P.bad("act_at", "act_at is only read when action is block or route (action is flag)",
-                        "remove act_at, or set action: block")
+            raise P.bad(
+                "act_at",
+                "act_at is only read when action is block or route (action is flag)",
+                "remove act_at, or set action: block",
+            )
         #: the score from which the action applies; flagged requests under it are only flagged
         self.act_at = P.number("act_at", act_at, lo=0.0, hi=1.0) if act_at is not None else None
         self.message = P.text("message", message) if message is not None else None
@@ -254,12 +318,25 @@ class JailbreakStage:
         why = "; ".join(v.reasons) or f"score {v.score:.2f} >= {v.threshold:.2f}"
         acts = self.act_at is None or v.score >= self.act_at
         action = self.action if acts else "flag"
-        ctx.note("guard", f"{self.name}: flagged as a jailbreak / prompt-injection attempt ({why})", stage=self.name,
-                 score=round(v.score, 4), threshold=round(v.threshold, 4), reasons=list(v.reasons), action=action)
+        ctx.note(
+            "guard",
+            f"{self.name}: flagged as a jailbreak / prompt-injection attempt ({why})",
+            stage=self.name,
+            score=round(v.score, 4),
+            threshold=round(v.threshold, 4),
+            reasons=list(v.reasons),
+            action=action,
+        )
         if action == "block":
-            return Block(GuardBlockedError(self.message or "this request was refused: it reads as an attempt to "
-                                           f"override the assistant's instructions (jailbreak / prompt injection: "
-                                           f"{why})", guard=self.name))
+            return Block(
+                GuardBlockedError(
+                    self.message
+                    or "this request was refused: it reads as an attempt to "
+                    f"override the assistant's instructions (jailbreak / prompt injection: "
+                    f"{why})",
+                    guard=self.name,
+                )
+            )
         P.flag(ctx, self.name)
         if action == "route":
             return Redirect(route=self.route, reason=f"flagged as a jailbreak attempt ({why})")
@@ -289,5 +366,12 @@ def _disguised(text: str) -> bool:
     return bool(variants(text))
 
 
-__all__ = ["DOMAIN_ACTIONS", "INLINE_CHARS", "JAILBREAK_ACTIONS", "SHIPPED_JAILBREAK", "DomainGuardStage",
-           "JailbreakStage", "shipped_jailbreak_artifact"]
+__all__ = [
+    "DOMAIN_ACTIONS",
+    "INLINE_CHARS",
+    "JAILBREAK_ACTIONS",
+    "SHIPPED_JAILBREAK",
+    "DomainGuardStage",
+    "JailbreakStage",
+    "shipped_jailbreak_artifact",
+]

@@ -47,6 +47,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -74,8 +75,9 @@ class WatchedBreaker(CircuitBreaker):
     replicas at once, not at the monitor's next tick. Otherwise it behaves exactly as its base.
     """
 
-    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic, *,
-                 probe_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic, *, probe_timeout_s: float = 300.0
+    ) -> None:
         super().__init__(failures, cooldown_s, clock, probe_timeout_s=probe_timeout_s)
         self.on_open: Callable[[], None] | None = None
 
@@ -117,10 +119,20 @@ class HealthMonitor:
     seconds) is injectable for tests; :meth:`tick` runs one round without the background task.
     """
 
-    def __init__(self, targets: Mapping[str, ModelTarget], marks: Marks | None = None, *, replica: str | None = None,
-                 interval_s: float = 5.0, active: bool = False, path: str = "models", timeout_s: float = 2.0,
-                 max_backoff_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 quiet_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        targets: Mapping[str, ModelTarget],
+        marks: Marks | None = None,
+        *,
+        replica: str | None = None,
+        interval_s: float = 5.0,
+        active: bool = False,
+        path: str = "models",
+        timeout_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        quiet_s: float = 30.0,
+    ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.marks = marks
@@ -152,6 +164,7 @@ class HealthMonitor:
             w.next_probe = self._clock()  # probe it at the next tick
             if self.marks is not None:
                 self._spawn(self._publish(w, "circuit breaker open"))
+
         return opened
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -183,10 +196,8 @@ class HealthMonitor:
         """Stop the task, clear this replica's marks (best effort) and close the probe connections. Idempotent."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for t in list(self._spawned):
             t.cancel()
@@ -259,8 +270,10 @@ class HealthMonitor:
 
     async def _publish(self, w: _Watch, reason: str) -> None:
         assert self.marks is not None
-        if await self._state(self.marks.mark(w.id, self.replica, ttl_s=MARK_TTL_INTERVALS * self.interval_s,
-                                             reason=reason), f"mark {w.id} out of rotation"):
+        if await self._state(
+            self.marks.mark(w.id, self.replica, ttl_s=MARK_TTL_INTERVALS * self.interval_s, reason=reason),
+            f"mark {w.id} out of rotation",
+        ):
             w.published = True
 
     async def _read_marks(self) -> list[Mark] | None:
@@ -324,15 +337,21 @@ class HealthMonitor:
         now = self._clock()
         out: dict[str, Any] = {}
         for w in self._watches:
-            out[w.id] = {"in_rotation": w.endpoint.healthy, "breaker": w.endpoint.breaker.state,
-                         "last_probe": w.last_probe, "probe_failures": w.probe_failures,
-                         "marked_by": sorted({m.replica for m in w.remote}) if now < w.remote_until else [],
-                         "marked_here": w.published}
+            out[w.id] = {
+                "in_rotation": w.endpoint.healthy,
+                "breaker": w.endpoint.breaker.state,
+                "last_probe": w.last_probe,
+                "probe_failures": w.probe_failures,
+                "marked_by": sorted({m.replica for m in w.remote}) if now < w.remote_until else [],
+                "marked_here": w.published,
+            }
         return out
 
     def __repr__(self) -> str:
-        return (f"HealthMonitor({len(self._watches)} endpoints, interval_s={self.interval_s:g}, active={self.active}, "
-                f"replica={self.replica!r})")
+        return (
+            f"HealthMonitor({len(self._watches)} endpoints, interval_s={self.interval_s:g}, active={self.active}, "
+            f"replica={self.replica!r})"
+        )
 
 
 __all__ = ["MARK_TTL_INTERVALS", "HealthMonitor", "WatchedBreaker", "endpoint_id"]

@@ -113,20 +113,31 @@ class KeyStore:
                     fix="store hash_key(raw_key) (python -c \"import hashlib;print(hashlib.sha256(b'KEY').hexdigest())\")",
                 )
             if spec.sha256 in digests:
-                raise ConfigError(f"key {spec.name!r} has the same hash as another key", key=f"{where}.sha256",
-                                  fix="give every key its own secret")
+                raise ConfigError(
+                    f"key {spec.name!r} has the same hash as another key",
+                    key=f"{where}.sha256",
+                    fix="give every key its own secret",
+                )
             if spec.budget_usd is not None and not spec.budget_usd >= 0:
-                raise ConfigError(f"key {spec.name!r}: budget_usd must be >= 0", key=f"{where}.budget_usd",
-                                  fix="set a non-negative USD amount, or leave it out for no budget")
+                raise ConfigError(
+                    f"key {spec.name!r}: budget_usd must be >= 0",
+                    key=f"{where}.budget_usd",
+                    fix="set a non-negative USD amount, or leave it out for no budget",
+                )
             for limit in ("rpm", "tpm"):
                 value = getattr(spec, limit)
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                    raise ConfigError(f"key {spec.name!r}: {limit} must be a whole number >= 1, got {value!r}",
-                                      key=f"{where}.{limit}", fix=f"set {limit} to a positive integer, or leave it "
-                                      "out for no limit")
+                    raise ConfigError(
+                        f"key {spec.name!r}: {limit} must be a whole number >= 1, got {value!r}",
+                        key=f"{where}.{limit}",
+                        fix=f"set {limit} to a positive integer, or leave it out for no limit",
+                    )
             if spec.allowed is not None and not spec.allowed:
-                raise ConfigError(f"key {spec.name!r}: allowed is an empty list, so the key could use nothing",
-                                  key=f"{where}.allowed", fix="list the routes/models it may use, or leave it out for all")
+                raise ConfigError(
+                    f"key {spec.name!r}: allowed is an empty list, so the key could use nothing",
+                    key=f"{where}.allowed",
+                    fix="list the routes/models it may use, or leave it out for all",
+                )
             names.add(spec.name)
             digests.add(spec.sha256)
 
@@ -165,9 +176,7 @@ class KeyStore:
         if spec.allowed is None or name in spec.allowed:
             return
         shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"  # never echo a payload
-        raise PermissionDeniedError(
-            f"key {spec.name!r} may not use {shown!r}; it may use: {', '.join(spec.allowed)}"
-        )
+        raise PermissionDeniedError(f"key {spec.name!r} may not use {shown!r}; it may use: {', '.join(spec.allowed)}")
 
     async def spent(self, spec: KeySpec) -> float:
         """USD recorded against ``spec`` so far (across every process sharing the counters)."""
@@ -195,14 +204,14 @@ class KeyStore:
         """
         if spec.budget_usd is None:
             return
-        r = await self.counters.reserve(spec.name, hold_id, max(0.0, amount), limit=spec.budget_usd,
-                                        ttl_s=self.HOLD_TTL_S)
+        r = await self.counters.reserve(spec.name, hold_id, max(0.0, amount), limit=spec.budget_usd, ttl_s=self.HOLD_TTL_S)
         if not r.ok:
             if r.spent >= spec.budget_usd:
                 raise self._exceeded(spec, r.spent)
             raise BudgetExceededError(
                 f"key {spec.name!r} has spent ${r.spent:.6g} of its ${spec.budget_usd:.6g} budget and requests in "
-                f"flight hold the other ${r.held:.6g} (retry when they finish, or raise budget_usd for this key)")
+                f"flight hold the other ${r.held:.6g} (retry when they finish, or raise budget_usd for this key)"
+            )
 
     async def settle(self, spec: KeySpec, hold_id: str, actual: float) -> float:
         """Drop ``spec``'s hold ``hold_id`` and record ``actual`` USD spent; the new total."""

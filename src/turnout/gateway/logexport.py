@@ -27,7 +27,6 @@ class ExportSummary:
     merged_repeats: int
 
 
-
 def export_canonical(read: Reader, path: str | Path, *, include_unscored: bool = False) -> ExportSummary:
     """Write logged traffic as a canonical routing table (``.jsonl``, ``.jsonl.gz`` or ``.parquet``).
 
@@ -67,8 +66,12 @@ def export_canonical(read: Reader, path: str | Path, *, include_unscored: bool =
     merged = sum(len(items) - 1 for items in groups.values())
     _write_table(out, records)
     return ExportSummary(
-        path=str(out), rows=len(records), prompts=len({r["prompt_id"] for r in records}),
-        skipped_unscored=skipped_unscored, skipped_errors=skipped_errors, merged_repeats=merged,
+        path=str(out),
+        rows=len(records),
+        prompts=len({r["prompt_id"] for r in records}),
+        skipped_unscored=skipped_unscored,
+        skipped_errors=skipped_errors,
+        merged_repeats=merged,
     )
 
 
@@ -99,11 +102,19 @@ def _write_table(out: Path, records: list[dict[str, Any]]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = pa.schema([
-            ("prompt_id", pa.string()), ("prompt", pa.string()), ("model", pa.string()), ("score", pa.float64()),
-            ("cost_usd", pa.float64()), ("input_tokens", pa.int64()), ("output_tokens", pa.int64()),
-            ("latency_s", pa.float64()), ("response", pa.string()),
-        ])
+        schema = pa.schema(
+            [
+                ("prompt_id", pa.string()),
+                ("prompt", pa.string()),
+                ("model", pa.string()),
+                ("score", pa.float64()),
+                ("cost_usd", pa.float64()),
+                ("input_tokens", pa.int64()),
+                ("output_tokens", pa.int64()),
+                ("latency_s", pa.float64()),
+                ("response", pa.string()),
+            ]
+        )
         pq.write_table(pa.Table.from_pylist(records, schema=schema), out)
         return
     if out.name.lower().endswith(".gz"):

@@ -47,18 +47,53 @@ DEFAULT_REQUEST_LOG = "turnout-requests.sqlite"
 SCHEMA_VERSION = 3
 
 COLUMNS = (
-    "id", "ts", "key_name", "route", "model", "status", "error_kind", "candidates", "prompt", "response_text",
-    "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "ttft_s", "decision_ms", "fallbacks_tried",
-    "http_status", "lam", "budget", "propensity", "decision", "answered_by",
+    "id",
+    "ts",
+    "key_name",
+    "route",
+    "model",
+    "status",
+    "error_kind",
+    "candidates",
+    "prompt",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "ttft_s",
+    "decision_ms",
+    "fallbacks_tried",
+    "http_status",
+    "lam",
+    "budget",
+    "propensity",
+    "decision",
+    "answered_by",
 )
 #: the columns of one model call of a request (its child rows)
 CALL_COLUMNS = (
-    "model", "backend", "endpoint", "role", "step", "status", "error_kind", "error", "accepted", "prompt_tokens",
-    "completion_tokens", "cost_usd", "latency_s", "ttft_s", "confidence",
+    "model",
+    "backend",
+    "endpoint",
+    "role",
+    "step",
+    "status",
+    "error_kind",
+    "error",
+    "accepted",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_s",
+    "ttft_s",
+    "confidence",
 )
 #: the rows read back as LogEntry objects (sequence number, the columns, the latest feedback score); filters follow
-SELECT_ENTRIES = (f"SELECT r.seq, {', '.join('r.' + c for c in COLUMNS)}, f.score, f.comment FROM requests r "
-                  "LEFT JOIN feedback f ON f.request_id = r.id")
+SELECT_ENTRIES = (
+    f"SELECT r.seq, {', '.join('r.' + c for c in COLUMNS)}, f.score, f.comment FROM requests r "
+    "LEFT JOIN feedback f ON f.request_id = r.id"
+)
 CALLS_TABLE = (
     "CREATE TABLE IF NOT EXISTS calls (request_id TEXT NOT NULL, idx INTEGER NOT NULL, model TEXT, backend TEXT, "
     "endpoint TEXT, role TEXT, step INTEGER, status TEXT, error_kind TEXT, error TEXT, accepted INTEGER, "
@@ -68,11 +103,16 @@ CALLS_TABLE = (
 #: version -> the statements that bring a file of that version to the next one
 MIGRATIONS = {
     1: ("ALTER TABLE requests ADD COLUMN lam REAL", "ALTER TABLE requests ADD COLUMN budget TEXT"),
-    2: ("ALTER TABLE requests ADD COLUMN propensity REAL", "ALTER TABLE requests ADD COLUMN decision TEXT",
-        "ALTER TABLE requests ADD COLUMN answered_by TEXT", "ALTER TABLE feedback ADD COLUMN comment TEXT",
-        CALLS_TABLE),
+    2: (
+        "ALTER TABLE requests ADD COLUMN propensity REAL",
+        "ALTER TABLE requests ADD COLUMN decision TEXT",
+        "ALTER TABLE requests ADD COLUMN answered_by TEXT",
+        "ALTER TABLE feedback ADD COLUMN comment TEXT",
+        CALLS_TABLE,
+    ),
 }
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -87,7 +127,10 @@ CREATE INDEX IF NOT EXISTS requests_route_model ON requests (route, model);
 CREATE INDEX IF NOT EXISTS requests_key ON requests (key_name);
 CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, score REAL NOT NULL, ts REAL NOT NULL,
                                      comment TEXT);
-""" + CALLS_TABLE + ";"
+"""
+    + CALLS_TABLE
+    + ";"
+)
 # re-recording an id (e.g. a request logged again with its final status) updates it in place
 UPSERT = (
     f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
@@ -95,8 +138,9 @@ UPSERT = (
 )
 #: a re-recorded request replaces its calls
 DELETE_CALLS = "DELETE FROM calls WHERE request_id = ?"
-INSERT_CALL = (f"INSERT INTO calls (request_id, idx, {', '.join(CALL_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * (len(CALL_COLUMNS) + 2))})")
+INSERT_CALL = (
+    f"INSERT INTO calls (request_id, idx, {', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * (len(CALL_COLUMNS) + 2))})"
+)
 SELECT_CALLS = f"SELECT request_id, {', '.join(CALL_COLUMNS)} FROM calls WHERE request_id IN ({{}}) ORDER BY request_id, idx"
 FEEDBACK = (
     "INSERT INTO feedback (request_id, score, ts, comment) VALUES (?, ?, ?, ?) "
@@ -160,12 +204,29 @@ def _jsonable(value: Any) -> Any:
 
 def row(e: LogEntry) -> tuple[Any, ...]:
     return (
-        e.id, e.ts, e.key_name, e.route, e.model, e.status, e.error_kind,
-        json.dumps([_jsonable(c) for c in e.candidates or []]), e.prompt, e.response_text,
-        e.prompt_tokens, e.completion_tokens, e.cost_usd, e.latency_s, e.ttft_s, e.decision_ms,
-        json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []), e.http_status,
-        e.lam, None if e.budget is None else json.dumps(e.budget), e.propensity,
-        None if e.decision is None else json.dumps(e.decision), e.answered_by,
+        e.id,
+        e.ts,
+        e.key_name,
+        e.route,
+        e.model,
+        e.status,
+        e.error_kind,
+        json.dumps([_jsonable(c) for c in e.candidates or []]),
+        e.prompt,
+        e.response_text,
+        e.prompt_tokens,
+        e.completion_tokens,
+        e.cost_usd,
+        e.latency_s,
+        e.ttft_s,
+        e.decision_ms,
+        json.dumps(e.fallbacks_tried if e.fallbacks_tried is not None else []),
+        e.http_status,
+        e.lam,
+        None if e.budget is None else json.dumps(e.budget),
+        e.propensity,
+        None if e.decision is None else json.dumps(e.decision),
+        e.answered_by,
     )
 
 
@@ -183,8 +244,7 @@ def call_rows(e: LogEntry) -> list[tuple[Any, ...]]:
 DATA_ERRORS = (TypeError, ValueError, sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.IntegrityError)
 #: the columns holding JSON text and those holding text, for :func:`_storable_row` (the others are numbers)
 _JSON_COLUMNS = frozenset({"candidates", "fallbacks_tried", "budget", "decision"})
-_TEXT_COLUMNS = frozenset({"id", "key_name", "route", "model", "status", "error_kind", "prompt", "response_text",
-                           "answered_by"})
+_TEXT_COLUMNS = frozenset({"id", "key_name", "route", "model", "status", "error_kind", "prompt", "response_text", "answered_by"})
 
 
 def storable_row(e: LogEntry) -> tuple[Any, ...]:

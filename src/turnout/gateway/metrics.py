@@ -47,7 +47,20 @@ from turnout.errors import MissingDependency
 #: routing runs in tens of microseconds (a kNN lookup) up to tens of milliseconds
 #: (an embedding plus an MLP): buckets must resolve both ends.
 DECISION_BUCKETS: tuple[float, ...] = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 #: first token: a local llama.cpp answers in ~50-150 ms, hosted APIs in 0.3-3 s, cold starts in tens of seconds
 TTFT_BUCKETS: tuple[float, ...] = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
@@ -76,42 +89,67 @@ class Metrics:
         self.registry = prom.CollectorRegistry(auto_describe=True)
         r = self.registry
         self._requests = prom.Counter(
-            "turnout_requests_total", "Chat requests answered, by route, model and status.",
-            ("route", "model", "status"), registry=r,
+            "turnout_requests_total",
+            "Chat requests answered, by route, model and status.",
+            ("route", "model", "status"),
+            registry=r,
         )
         self._tokens = prom.Counter(
-            "turnout_tokens_total", "Tokens processed, by route, model and kind (prompt or completion).",
-            ("route", "model", "kind"), registry=r,
+            "turnout_tokens_total",
+            "Tokens processed, by route, model and kind (prompt or completion).",
+            ("route", "model", "kind"),
+            registry=r,
         )
         self._cost = prom.Counter(
-            "turnout_cost_usd_total", "Estimated spend in USD, by route and model.", ("route", "model"), registry=r,
+            "turnout_cost_usd_total",
+            "Estimated spend in USD, by route and model.",
+            ("route", "model"),
+            registry=r,
         )
         self._fallbacks = prom.Counter(
-            "turnout_fallbacks_total", "Fallbacks from one model to the next after a failed attempt.",
-            ("route", "from_model", "to_model"), registry=r,
+            "turnout_fallbacks_total",
+            "Fallbacks from one model to the next after a failed attempt.",
+            ("route", "from_model", "to_model"),
+            registry=r,
         )
         self._errors = prom.Counter(
-            "turnout_errors_total", "Errors by kind (the TurnoutError kind).", ("kind",), registry=r,
+            "turnout_errors_total",
+            "Errors by kind (the TurnoutError kind).",
+            ("kind",),
+            registry=r,
         )
         self._decision = prom.Histogram(
-            "turnout_routing_decision_seconds", "Time the router and policy took to pick a model.",
-            ("route",), buckets=DECISION_BUCKETS, registry=r,
+            "turnout_routing_decision_seconds",
+            "Time the router and policy took to pick a model.",
+            ("route",),
+            buckets=DECISION_BUCKETS,
+            registry=r,
         )
         self._ttft = prom.Histogram(
-            "turnout_time_to_first_token_seconds", "Time from request to the first streamed token.",
-            ("route", "model"), buckets=TTFT_BUCKETS, registry=r,
+            "turnout_time_to_first_token_seconds",
+            "Time from request to the first streamed token.",
+            ("route", "model"),
+            buckets=TTFT_BUCKETS,
+            registry=r,
         )
         self._duration = prom.Histogram(
-            "turnout_request_duration_seconds", "Time from request to the last byte of the answer.",
-            ("route", "model"), buckets=DURATION_BUCKETS, registry=r,
+            "turnout_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            ("route", "model"),
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self._answered_by = prom.Counter(
-            "turnout_answered_by_total", "Answers no model made, by route and source (cache, a guard's reply).",
-            ("route", "source"), registry=r,
+            "turnout_answered_by_total",
+            "Answers no model made, by route and source (cache, a guard's reply).",
+            ("route", "source"),
+            registry=r,
         )
         self._stages = prom.Counter(
-            "turnout_stage_outcomes_total", "Pipeline stage outcomes: block, redirect, answer.",
-            ("stage", "outcome"), registry=r,
+            "turnout_stage_outcomes_total",
+            "Pipeline stage outcomes: block, redirect, answer.",
+            ("stage", "outcome"),
+            registry=r,
         )
         # label tuple -> labelled child; see the module docstring for why
         self._request_children: dict[tuple[str, str, str], Any] = {}
@@ -223,16 +261,25 @@ class _Watched:
 
     def collect(self) -> Any:
         from prometheus_client import core
+
         if self._log is not None:
-            yield core.CounterMetricFamily("turnout_request_log_dropped", "Request-log entries dropped (queue full or "
-                                           "log closed).", value=getattr(self._log, "dropped", 0))
-            yield core.CounterMetricFamily("turnout_request_log_write_errors", "Request-log entries SQLite refused.",
-                                           value=getattr(self._log, "write_errors", 0))
+            yield core.CounterMetricFamily(
+                "turnout_request_log_dropped",
+                "Request-log entries dropped (queue full or log closed).",
+                value=getattr(self._log, "dropped", 0),
+            )
+            yield core.CounterMetricFamily(
+                "turnout_request_log_write_errors",
+                "Request-log entries SQLite refused.",
+                value=getattr(self._log, "write_errors", 0),
+            )
         if self._emb is not None:
-            batches = core.CounterMetricFamily("turnout_embedding_batches", "Embedding batches run, by embedder.",
-                                               labels=["embedder"])
-            texts = core.CounterMetricFamily("turnout_embedding_texts", "Texts embedded in batches, by embedder.",
-                                             labels=["embedder"])
+            batches = core.CounterMetricFamily(
+                "turnout_embedding_batches", "Embedding batches run, by embedder.", labels=["embedder"]
+            )
+            texts = core.CounterMetricFamily(
+                "turnout_embedding_texts", "Texts embedded in batches, by embedder.", labels=["embedder"]
+            )
             for name, st in self._emb.stats().items():
                 batches.add_metric([name], st["batches"])
                 texts.add_metric([name], st["texts"])

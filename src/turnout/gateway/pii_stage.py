@@ -120,10 +120,23 @@ class PiiStage:
 
     phase = "guard"
 
-    def __init__(self, *, name: str = "pii", action: Any = "redact", types: Any = None, per_type: Any = None,
-                 restore: Any = True, min_score: Any = 0.5, response: Any = None, roles: Any = None,
-                 private_models: Any = None, routes: Any = None, signal: Any = "pii",
-                 offloader: Offloader | None = None, gateway_config: Any = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "pii",
+        action: Any = "redact",
+        types: Any = None,
+        per_type: Any = None,
+        restore: Any = True,
+        min_score: Any = 0.5,
+        response: Any = None,
+        roles: Any = None,
+        private_models: Any = None,
+        routes: Any = None,
+        signal: Any = "pii",
+        offloader: Offloader | None = None,
+        gateway_config: Any = None,
+    ) -> None:
         self.name = name
         raw: dict[str, Any] = {"action": action, "restore": restore, "min_score": min_score}
         for key, value in (("types", types), ("per_type", per_type), ("response", response)):
@@ -153,9 +166,12 @@ class PiiStage:
         else:
             models = None
         if may_restrict and not models:
-            raise P.bad("action", "private_only needs models marked private, and there are none",
-                        "mark the models that may see personal data with 'private: true' under models:, "
-                        "or list them in params.private_models")
+            raise P.bad(
+                "action",
+                "private_only needs models marked private, and there are none",
+                "mark the models that may see personal data with 'private: true' under models:, "
+                "or list them in params.private_models",
+            )
         return models
 
     # ----------------------------------------------------------------------------------- request side
@@ -176,11 +192,21 @@ class PiiStage:
         if verdict.counts:
             ctx.signals[self.signal] = dict(verdict.counts)
             ctx.response_headers["x-turnout-pii"] = verdict.reason.removeprefix("pii: ")
-            ctx.note("guard", f"{self.name}: {verdict.reason}", stage=self.name, action=verdict.action.value,
-                     counts=dict(verdict.counts))
+            ctx.note(
+                "guard",
+                f"{self.name}: {verdict.reason}",
+                stage=self.name,
+                action=verdict.action.value,
+                counts=dict(verdict.counts),
+            )
             if verdict.blocked:
-                return Block(PiiBlockedError(f"this request was refused: it carries personal data or secrets that "
-                                             f"may not be sent to a model ({verdict.reason})", guard=self.name))
+                return Block(
+                    PiiBlockedError(
+                        f"this request was refused: it carries personal data or secrets that "
+                        f"may not be sent to a model ({verdict.reason})",
+                        guard=self.name,
+                    )
+                )
             if verdict.action is PiiAction.REDACT:
                 mapping = self._redact(ctx, found, verdict.by_type)
         if mapping or self.response_check is not None:
@@ -191,8 +217,11 @@ class PiiStage:
             asked_a_model = self._route_names is not None and target not in self._route_names
             if asked_a_model and target not in self.private_models:
                 # a model asked for by name that may not see the data: the first private model serves instead
-                return Redirect(route=self.private_models[0], models=self.private_models,
-                                reason=f"{verdict.reason}; {target} is not marked private")
+                return Redirect(
+                    route=self.private_models[0],
+                    models=self.private_models,
+                    reason=f"{verdict.reason}; {target} is not marked private",
+                )
             return Redirect(models=self.private_models, reason=verdict.reason)
         return None
 
@@ -263,8 +292,12 @@ class PiiAnswer:
 
     def stream_filter(self, ctx: RequestContext) -> PiiStreamFilter:
         """The streamed answer's filter (one per stream)."""
-        return PiiStreamFilter(ctx, self.name, self.check.stream() if self.check is not None else None,
-                               StreamRestorer(self.mapping) if self.mapping is not None else None)
+        return PiiStreamFilter(
+            ctx,
+            self.name,
+            self.check.stream() if self.check is not None else None,
+            StreamRestorer(self.mapping) if self.mapping is not None else None,
+        )
 
 
 class PiiStreamFilter:

@@ -46,6 +46,7 @@ from turnout.gateway.context import RequestContext
 from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import ModelTarget
 from turnout.gateway.feedback import FeedbackResult, OnlineLearning
+from turnout.gateway.keys import KeySpec
 from turnout.gateway.offload import Offloader
 from turnout.gateway.plans import plan_executor
 from turnout.gateway.ratelimit import RateLimiter
@@ -58,13 +59,23 @@ log = logging.getLogger(__name__)
 
 
 class _Metrics(Protocol):
-    def observe_request(self, route: str, model: str, status: str, latency_s: float, ttft_s: float | None = ...,
-                        decision_s: float | None = ..., prompt_tokens: int = ..., completion_tokens: int = ...,
-                        cost_usd: float = ...) -> None: ...
+    def observe_request(
+        self,
+        route: str,
+        model: str,
+        status: str,
+        latency_s: float,
+        ttft_s: float | None = ...,
+        decision_s: float | None = ...,
+        prompt_tokens: int = ...,
+        completion_tokens: int = ...,
+        cost_usd: float = ...,
+    ) -> None: ...
     def inc_fallback(self, route: str, from_model: str, to_model: str) -> None: ...
     def inc_error(self, kind: str) -> None: ...
     def inc_answered_by(self, route: str, source: str) -> None: ...
     def inc_stage(self, stage: str, outcome: str) -> None: ...
+    def render(self) -> tuple[bytes, str]: ...
 
 
 class _RequestLog(Protocol):
@@ -178,8 +189,9 @@ class Gateway:
             await self.offloader.run(self.embeddings.warm_up)
         self.unreachable = await self._probe_backends()
         for name, why in self.unreachable.items():
-            log.warning("backend %s is not reachable now (%s): its models will fail over to their fallbacks until "
-                        "it answers", name, why)
+            log.warning(
+                "backend %s is not reachable now (%s): its models will fail over to their fallbacks until it answers", name, why
+            )
         if self.health is not None:
             say(f"health: {self.health!r}")
             await self.health.start()
@@ -204,12 +216,16 @@ class Gateway:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 return "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or type(exc).__name__)
             writer.close()
             return None
 
-        urls = {name: b.base_url for name, b in backends.items() if isinstance(getattr(b, "base_url", None), str)}
+        urls: dict[str, str] = {}
+        for name, b in backends.items():
+            url = getattr(b, "base_url", None)  # a backend of a protocol without one (a plugin's) is not probed
+            if isinstance(url, str):
+                urls[name] = url
         found = await asyncio.gather(*(probe(u) for u in urls.values()))
         return {name: why for name, why in zip(urls, found) if why is not None}
 
@@ -243,26 +259,44 @@ class Gateway:
         """Routes and models in OpenAI ``/v1/models`` item form (routes first); with ``key``, only what it may use."""
         allowed = getattr(key, "allowed", None)
         usable = self.usable_models(key)
-        items = [{"id": r, "object": "model", "created": 0, "owned_by": "turnout",
-                  "turnout": {"kind": "route", "candidates": list(rt.candidates.values())}}
-                 for r, rt in self.routes.items() if allowed is None or r in allowed]
-        items += [{"id": m, "object": "model", "created": 0, "owned_by": t.backend.name,
-                   "turnout": {"kind": "model", "context_window": t.context_window,
-                               "price": {"input_per_mtok": t.price.input_per_mtok,
-                                         "output_per_mtok": t.price.output_per_mtok}}}
-                  for m, t in self.targets.items() if usable is None or m in usable]
+        items = [
+            {
+                "id": r,
+                "object": "model",
+                "created": 0,
+                "owned_by": "turnout",
+                "turnout": {"kind": "route", "candidates": list(rt.candidates.values())},
+            }
+            for r, rt in self.routes.items()
+            if allowed is None or r in allowed
+        ]
+        items += [
+            {
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": t.backend.name,
+                "turnout": {
+                    "kind": "model",
+                    "context_window": t.context_window,
+                    "price": {"input_per_mtok": t.price.input_per_mtok, "output_per_mtok": t.price.output_per_mtok},
+                },
+            }
+            for m, t in self.targets.items()
+            if usable is None or m in usable
+        ]
         return items
 
-    def usable_models(self, key: Any | None) -> frozenset[str] | None:
+    def usable_models(self, key: KeySpec | None) -> frozenset[str] | None:
         """The models an API key may be answered by (None: every model).
 
         A key's ``allowed`` list names routes and models. It may be answered by the models it names and by
         the candidates of the routes it names: asking for a route means accepting whichever candidate the
         router picks. Any other model, a fallback included, is skipped by the chain.
         """
-        allowed = getattr(key, "allowed", None)
-        if allowed is None:
+        if key is None or key.allowed is None:
             return None
+        allowed = key.allowed
         cached = self._usable.get(key.name)
         if cached is None:
             names = {a for a in allowed if a in self.targets}
@@ -285,16 +319,24 @@ class Gateway:
 
     def balance_key(self, ctx: RequestContext) -> BalanceKey:
         """The request's prefix key for the endpoint balancers (computed once per request)."""
-        if ctx.balance_key is None:
-            ctx.balance_key = prefix_key(ctx.request.messages, session_id=ctx.headers.get("x-session-id"))
-        return ctx.balance_key
+        key: BalanceKey | None = ctx.balance_key
+        if key is None:
+            key = ctx.balance_key = prefix_key(ctx.request.messages, session_id=ctx.headers.get("x-session-id"))
+        return key
 
     def describe(self) -> dict[str, Any]:
         """What this gateway serves: routes (router, candidates, plan), models (endpoints, price), stages."""
         return {
-            "routes": {n: {"router": rt.router_name, "candidates": list(rt.candidates.values()),
-                           "embedder": rt.embedder_name, "budget": rt.budget is not None,
-                           "fallbacks": list(rt.fallbacks)} for n, rt in self.routes.items()},
+            "routes": {
+                n: {
+                    "router": rt.router_name,
+                    "candidates": list(rt.candidates.values()),
+                    "embedder": rt.embedder_name,
+                    "budget": rt.budget is not None,
+                    "fallbacks": list(rt.fallbacks),
+                }
+                for n, rt in self.routes.items()
+            },
             "models": {n: t.describe() for n, t in self.targets.items()},
             "stages": self.stages.names(),
             "keys": len(getattr(self.keys, "specs", []) or []),
@@ -302,10 +344,12 @@ class Gateway:
         }
 
     # ----------------------------------------------------------------------------- the pipeline
-    def _context(self, request: ChatRequest, request_id: str | None, headers: Mapping[str, str] | None,
-                 *, dry_run: bool = False) -> RequestContext:
-        return RequestContext(request, request_id or uuid.uuid4().hex, headers=headers, embed=self.embeddings.embed,
-                              dry_run=dry_run)
+    def _context(
+        self, request: ChatRequest, request_id: str | None, headers: Mapping[str, str] | None, *, dry_run: bool = False
+    ) -> RequestContext:
+        return RequestContext(
+            request, request_id or uuid.uuid4().hex, headers=headers, embed=self.embeddings.embed, dry_run=dry_run
+        )
 
     async def _authenticate(self, ctx: RequestContext, api_key: str | None) -> None:
         keys = self.keys
@@ -332,8 +376,9 @@ class Gateway:
                     self.metrics.inc_stage(name, type(outcome).__name__.lower())
                 if isinstance(outcome, Block):
                     if ctx.dry_run:
-                        ctx.note("guard", f"{name} would refuse this request: {outcome.error}", stage=name,
-                                 error=outcome.error.kind)
+                        ctx.note(
+                            "guard", f"{name} would refuse this request: {outcome.error}", stage=name, error=outcome.error.kind
+                        )
                         continue
                     ctx.note("guard", f"{name} refused the request: {outcome.error}", stage=name)
                     raise outcome.error
@@ -341,9 +386,13 @@ class Gateway:
                     self._redirect(ctx, name, outcome)
                     break  # the rest of the phase saw the request before the redirect
                 if isinstance(outcome, Answer):
-                    ctx.note("cache" if phase == "cache" else "guard",
-                             f"{name} {'would answer' if ctx.dry_run else 'answered'} without a model"
-                             + (f": {outcome.reason}" if outcome.reason else ""), stage=name, source=outcome.source)
+                    ctx.note(
+                        "cache" if phase == "cache" else "guard",
+                        f"{name} {'would answer' if ctx.dry_run else 'answered'} without a model"
+                        + (f": {outcome.reason}" if outcome.reason else ""),
+                        stage=name,
+                        source=outcome.source,
+                    )
                     if not ctx.dry_run:
                         return outcome
         return None
@@ -351,15 +400,27 @@ class Gateway:
     def _redirect(self, ctx: RequestContext, stage: str, r: Redirect) -> None:
         if r.route is not None:
             if r.route not in self.routes and r.route not in self.targets:
-                raise UnknownModelError(f"stage {stage!r} redirected the request to {r.route!r}, which is neither a "
-                                        f"route nor a model (fix the stage's config)", param="model")
-            ctx.note("redirect", f"{stage} redirected the request from {ctx.target!r} to {r.route!r}"
-                     + (f": {r.reason}" if r.reason else ""), stage=stage, to=r.route)
+                raise UnknownModelError(
+                    f"stage {stage!r} redirected the request to {r.route!r}, which is neither a "
+                    f"route nor a model (fix the stage's config)",
+                    param="model",
+                )
+            ctx.note(
+                "redirect",
+                f"{stage} redirected the request from {ctx.target!r} to {r.route!r}" + (f": {r.reason}" if r.reason else ""),
+                stage=stage,
+                to=r.route,
+            )
             ctx.target = r.route
         if r.models is not None:
             ctx.restrict = frozenset(r.models) if ctx.restrict is None else ctx.restrict & frozenset(r.models)
-            ctx.note("redirect", f"{stage} restricted the request to {', '.join(sorted(ctx.restrict)) or 'no model'}"
-                     + (f": {r.reason}" if r.reason else ""), stage=stage, models=sorted(ctx.restrict))
+            ctx.note(
+                "redirect",
+                f"{stage} restricted the request to {', '.join(sorted(ctx.restrict)) or 'no model'}"
+                + (f": {r.reason}" if r.reason else ""),
+                stage=stage,
+                models=sorted(ctx.restrict),
+            )
 
     async def _decide(self, ctx: RequestContext) -> Decision:
         name = ctx.target
@@ -376,15 +437,21 @@ class Gateway:
                 self.learning.decided(ctx, rt, decision, vec)  # a learning route keeps the context for feedback
         elif name in self.targets:
             t = self.targets[name]
-            decision = Decision(route="passthrough", model=name, candidates=[], lam=0.0, router="passthrough",
-                                fallbacks=[m for m in t.fallbacks if m != name])
+            decision = Decision(
+                route="passthrough",
+                model=name,
+                candidates=[],
+                lam=0.0,
+                router="passthrough",
+                fallbacks=[m for m in t.fallbacks if m != name],
+            )
             decision.reason("passthrough", f"'{name}' was asked for by name", model=name)
             if ctx.restrict is not None and name not in ctx.restrict:
                 decision.reason("redirect", f"'{name}' is not among the models a stage allowed; the chain skips it")
         else:
             raise UnknownModelError(
-                f"no route or model named '{_short(name)}'; available: {', '.join([*self.routes, *self.targets])}",
-                param="model")
+                f"no route or model named '{_short(name)}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
+            )
         decision.reasons[:0] = ctx.notes
         decision.signals = ctx.signals
         decision.rule = ctx.rule
@@ -392,16 +459,21 @@ class Gateway:
         ctx.model = decision.model  # until another model of the plan answers
         return decision
 
-    async def feedback(self, request_id: str, score: float, comment: str | None = None, key: Any | None = None
-                       ) -> FeedbackResult:
+    async def feedback(self, request_id: str, score: float, comment: str | None = None, key: Any | None = None) -> FeedbackResult:
         """Store a score for a logged request and let its route learn from it (see :mod:`~turnout.gateway.feedback`).
 
         ``key``: the authenticated key's spec; only its own requests can be scored (NotFoundError otherwise).
         """
         return await self.learning.feedback(request_id, score, comment, key)
 
-    async def route(self, request: ChatRequest, *, allowed: list[str] | None = None, key: Any | None = None,
-                    headers: Mapping[str, str] | None = None) -> Decision:
+    async def route(
+        self,
+        request: ChatRequest,
+        *,
+        allowed: list[str] | None = None,
+        key: Any | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Decision:
         """The decision for ``request`` without calling any model, holding or charging anything (a dry run).
 
         The signal, guard and cache stages run and say what they *would* do (a block, an answer) in the
@@ -418,8 +490,11 @@ class Gateway:
         if usable is not None:
             for m in decision.fallbacks:
                 if m not in usable:
-                    decision.reason("fallback_skipped", f"fallback {m} will be skipped: key "
-                                    f"{getattr(key, 'name', None)!r} may not use it", model=m)
+                    decision.reason(
+                        "fallback_skipped",
+                        f"fallback {m} will be skipped: key {getattr(key, 'name', None)!r} may not use it",
+                        model=m,
+                    )
         # a dry run says what the chain would meet: models whose every endpoint's breaker is open are skipped
         assert decision.plan is not None
         for m in decision.plan.models:
@@ -427,16 +502,24 @@ class Gateway:
             if t is None:
                 continue
             if t.state == "open":
-                decision.reason("breaker_open", f"{m} would be skipped now: its circuit breaker is open "
-                                f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)", model=m)
+                decision.reason(
+                    "breaker_open",
+                    f"{m} would be skipped now: its circuit breaker is open "
+                    f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)",
+                    model=m,
+                )
             elif t.state == "half-open":
-                decision.reason("breaker_open", f"{m} is being probed after recent failures: one request at a time "
-                                "goes through until one succeeds", model=m)
+                decision.reason(
+                    "breaker_open",
+                    f"{m} is being probed after recent failures: one request at a time goes through until one succeeds",
+                    model=m,
+                )
             for e in t.endpoints:
                 if len(t.endpoints) > 1 and (e.breaker.state != "closed" or e.out_of_rotation):
                     why = "held out by the health monitor" if e.out_of_rotation else e.breaker.state
-                    decision.reason("breaker_open", f"{m}: endpoint {e.name} is out of rotation ({why})", model=m,
-                                    endpoint=e.name)
+                    decision.reason(
+                        "breaker_open", f"{m}: endpoint {e.name} is out of rotation ({why})", model=m, endpoint=e.name
+                    )
         return decision
 
     async def _prepare(self, ctx: RequestContext, api_key: str | None) -> Answer | None:
@@ -457,9 +540,17 @@ class Gateway:
         ctx.response_text = answer.response.content
         ctx.usage = answer.response.usage
         ctx.response_headers.update(answer.headers or {})
-        ctx.decision = Decision(route=ctx.target, model=answer.model, candidates=[], lam=0.0, router=answer.source,
-                                reasons=list(ctx.notes), signals=ctx.signals, rule=ctx.rule,
-                                plan=Plan("answer", []))
+        ctx.decision = Decision(
+            route=ctx.target,
+            model=answer.model,
+            candidates=[],
+            lam=0.0,
+            router=answer.source,
+            reasons=list(ctx.notes),
+            signals=ctx.signals,
+            rule=ctx.rule,
+            plan=Plan("answer", []),
+        )
 
     def _respond(self, ctx: RequestContext, resp: ChatResponse) -> ChatResponse:
         for st in _with_plugins(self.stages.response, ctx, "response", "on_response"):
@@ -476,8 +567,14 @@ class Gateway:
                 log.exception("request %s: completion hook %s failed", ctx.request_id, getattr(hook, "name", hook))
 
     # ----------------------------------------------------------------------------- non-streamed
-    async def chat(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
-                   headers: Mapping[str, str] | None = None) -> tuple[ChatResponse, Decision, list[Attempt]]:
+    async def chat(
+        self,
+        request: ChatRequest,
+        *,
+        api_key: str | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[ChatResponse, Decision, list[Attempt]]:
         """Answer ``request``; raises a TurnoutError subclass on failure.
 
         Cancelling the call (the server does when the client hangs up) cancels the backend call in flight
@@ -488,8 +585,14 @@ class Gateway:
         assert ctx.decision is not None
         return resp, ctx.decision, ctx.attempts
 
-    async def serve_chat(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
-                         headers: Mapping[str, str] | None = None) -> tuple[ChatResponse, RequestContext]:
+    async def serve_chat(
+        self,
+        request: ChatRequest,
+        *,
+        api_key: str | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[ChatResponse, RequestContext]:
         """:meth:`chat`, returning the request's context (model, response headers, attempts) with the answer."""
         ctx = self._context(request, request_id, headers)
         try:
@@ -518,8 +621,14 @@ class Gateway:
             await self.ledger.finish(ctx, "error", exc)
 
     # --------------------------------------------------------------------------------- streamed
-    async def chat_stream(self, request: ChatRequest, *, api_key: str | None = None, request_id: str | None = None,
-                          headers: Mapping[str, str] | None = None) -> StreamSession:
+    async def chat_stream(
+        self,
+        request: ChatRequest,
+        *,
+        api_key: str | None = None,
+        request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> StreamSession:
         """Open a stream: returns once a model has produced its first chunk (see the commit rule)."""
         ctx = self._context(request, request_id, headers)
         try:
@@ -561,8 +670,10 @@ class Gateway:
 
         ctx.ttft_s = ctx.elapsed_s
         body = resp.body if isinstance(resp.body, dict) else {}
-        chunks = [StreamChunk(body=c, text=_delta_text(c), finish_reason=_finish(c))
-                  for c in replay_chunks(body, id=f"chatcmpl-{ctx.request_id}")]
+        chunks = [
+            StreamChunk(body=c, text=_delta_text(c), finish_reason=_finish(c))
+            for c in replay_chunks(body, id=f"chatcmpl-{ctx.request_id}")
+        ]
         if chunks and resp.usage is not None:
             chunks[-1].usage = resp.usage
         ctx.response_text = resp.content
@@ -587,8 +698,7 @@ def _with_plugins(stages: list[Any], ctx: RequestContext, phase: str | None, hoo
     """The configured ``stages`` of a phase, then this request's plugins of that phase that implement ``hook``."""
     if not ctx.plugins:
         return stages
-    extra = [p for p in ctx.plugins if (phase is None or getattr(p, "phase", None) == phase)
-             and callable(getattr(p, hook, None))]
+    extra = [p for p in ctx.plugins if (phase is None or getattr(p, "phase", None) == phase) and callable(getattr(p, hook, None))]
     return [*stages, *extra] if extra else stages
 
 

@@ -98,9 +98,16 @@ class CascadePlanner:
     ``calibration`` describes how the thresholds were set (kept in every plan's reason).
     """
 
-    def __init__(self, route: str, steps: Sequence[StepSpec], *, max_calls: int | None = None,
-                 stream: str = "live_last", calibration: Mapping[str, Any] | None = None,
-                 source: str | None = None) -> None:
+    def __init__(
+        self,
+        route: str,
+        steps: Sequence[StepSpec],
+        *,
+        max_calls: int | None = None,
+        stream: str = "live_last",
+        calibration: Mapping[str, Any] | None = None,
+        source: str | None = None,
+    ) -> None:
         self.route = route
         self.steps = list(steps)
         self.max_calls = max_calls
@@ -114,8 +121,12 @@ class CascadePlanner:
                     try:
                         self.signals[key] = create_signal(st.accept, **dict(st.params))
                     except TurnoutError as exc:
-                        raise ConfigError(str(exc), file=source, key=f"routes.{route}.plan.steps[{i}]",
-                                          fix="see docs/config.md for the acceptance signals and their params") from exc
+                        raise ConfigError(
+                            str(exc),
+                            file=source,
+                            key=f"routes.{route}.plan.steps[{i}]",
+                            fix="see docs/config.md for the acceptance signals and their params",
+                        ) from exc
 
     def signal_for(self, name: str, params: Mapping[str, Any]) -> AcceptanceSignal | None:
         """The signal built at start-up for ``name`` with ``params`` (None: not one of this planner's)."""
@@ -139,9 +150,15 @@ class CascadePlanner:
                     dropped.append(f"{model} ({cands[model].excluded})")
                     continue
             steps.append(PlanStep(model, [m for m in st.fallbacks if m != model], st.accept, st.threshold))
-            options.append({"samples": st.samples, "sample_temperature": st.sample_temperature,
-                            "probe": [m for m in st.probe if _usable(m, cands) and m != model],
-                            "signal_params": dict(st.params), "router_pick": list(st.router_pick or [])})
+            options.append(
+                {
+                    "samples": st.samples,
+                    "sample_temperature": st.sample_temperature,
+                    "probe": [m for m in st.probe if _usable(m, cands) and m != model],
+                    "signal_params": dict(st.params),
+                    "router_pick": list(st.router_pick or []),
+                }
+            )
         if dropped:
             decision.reason("plan", f"cascade steps left out for this request: {', '.join(dropped)}", dropped=dropped)
         if not steps:
@@ -151,16 +168,30 @@ class CascadePlanner:
             return _single(decision, "one cascade step left")
         steps[-1].threshold = None  # the last answer is always kept (its signal, if any, is still logged)
         decision.model, decision.fallbacks = steps[0].model, list(steps[0].fallbacks)
-        path = " → ".join(s.model + (f" ({s.accept} ≥ {s.threshold:.4g})" if s.threshold is not None else
-                                     f" ({s.accept} judged)" if s.accept else "") for s in steps)
-        decision.reason("plan", f"cascade: {path}", plan=PLAN_CASCADE,
-                        steps=[{"model": s.model, "accept": s.accept, "threshold": s.threshold,
-                                "picked_by_router": bool(o["router_pick"])} for s, o in zip(steps, options)],
-                        max_calls=self.max_calls, stream=self.stream, calibration=self.calibration or None)
+        path = " → ".join(
+            s.model
+            + (f" ({s.accept} ≥ {s.threshold:.4g})" if s.threshold is not None else f" ({s.accept} judged)" if s.accept else "")
+            for s in steps
+        )
+        decision.reason(
+            "plan",
+            f"cascade: {path}",
+            plan=PLAN_CASCADE,
+            steps=[
+                {"model": s.model, "accept": s.accept, "threshold": s.threshold, "picked_by_router": bool(o["router_pick"])}
+                for s, o in zip(steps, options)
+            ],
+            max_calls=self.max_calls,
+            stream=self.stream,
+            calibration=self.calibration or None,
+        )
         # probes and extra samples are calls too: the budget hold at admission counts them
         extra = [m for s, o in zip(steps, options) for m in [s.model] * o["samples"] + o["probe"]]
-        return Plan(PLAN_CASCADE, steps, params={"max_calls": self.max_calls, "stream": self.stream,
-                                                 "options": options, "extra_calls": extra})
+        return Plan(
+            PLAN_CASCADE,
+            steps,
+            params={"max_calls": self.max_calls, "stream": self.stream, "options": options, "extra_calls": extra},
+        )
 
 
 def vote_quality(p: Sequence[float]) -> float:
@@ -186,8 +217,9 @@ def vote_quality(p: Sequence[float]) -> float:
 class FanoutPlanner:
     """Decision → fan-out plan, or the single model when the switch predicts no gain (module docstring)."""
 
-    def __init__(self, route: str, models: Sequence[str], aggregator: str, *, min_answers: int | None = None,
-                 min_gain: float | None = None) -> None:
+    def __init__(
+        self, route: str, models: Sequence[str], aggregator: str, *, min_answers: int | None = None, min_gain: float | None = None
+    ) -> None:
         self.route = route
         self.models = list(models)
         self.aggregator = aggregator
@@ -207,21 +239,38 @@ class FanoutPlanner:
             gain = self._gain(decision, members, agg, cands)
             if gain is None or gain < self.min_gain:
                 shown = "unknown (the router does not score every member)" if gain is None else f"{gain:.4g}"
-                decision.reason("plan", f"switch: predicted utility gain of fanning out {shown} < {self.min_gain:g}",
-                                plan="single", gain=gain, min_gain=self.min_gain)
+                decision.reason(
+                    "plan",
+                    f"switch: predicted utility gain of fanning out {shown} < {self.min_gain:g}",
+                    plan="single",
+                    gain=gain,
+                    min_gain=self.min_gain,
+                )
                 return Plan.single(decision.model, decision.fallbacks)
-            decision.reason("plan", f"switch: predicted utility gain of fanning out {gain:.4g} ≥ {self.min_gain:g}",
-                            plan=PLAN_FANOUT, gain=gain, min_gain=self.min_gain)
+            decision.reason(
+                "plan",
+                f"switch: predicted utility gain of fanning out {gain:.4g} ≥ {self.min_gain:g}",
+                plan=PLAN_FANOUT,
+                gain=gain,
+                min_gain=self.min_gain,
+            )
         need = min(self.min_answers or max(1, math.ceil(len(members) / 2)), len(members))
         decision.model, decision.fallbacks = members[0], []
-        decision.reason("plan", f"fan-out: {', '.join(members)} in parallel, "
-                        + (f"aggregated by {agg}" if agg else "plurality vote") + f"; {need} answer(s) needed",
-                        plan=PLAN_FANOUT, models=members, aggregator=self.aggregator, min_answers=need)
-        return Plan(PLAN_FANOUT, [PlanStep(m) for m in members], aggregator=agg,
-                    params={"vote": agg is None, "min_answers": need})
+        decision.reason(
+            "plan",
+            f"fan-out: {', '.join(members)} in parallel, "
+            + (f"aggregated by {agg}" if agg else "plurality vote")
+            + f"; {need} answer(s) needed",
+            plan=PLAN_FANOUT,
+            models=members,
+            aggregator=self.aggregator,
+            min_answers=need,
+        )
+        return Plan(
+            PLAN_FANOUT, [PlanStep(m) for m in members], aggregator=agg, params={"vote": agg is None, "min_answers": need}
+        )
 
-    def _gain(self, decision: Decision, members: list[str], agg: str | None,
-              cands: Mapping[str, Candidate]) -> float | None:
+    def _gain(self, decision: Decision, members: list[str], agg: str | None, cands: Mapping[str, Candidate]) -> float | None:
         """Predicted utility of the fan-out minus that of the policy's single choice (None: not predictable)."""
         chosen = cands.get(decision.model)
         if chosen is None or any(m not in cands or math.isnan(cands[m].quality) for m in members):
@@ -238,8 +287,9 @@ class RoundsPlanner:
     budget hold at admission covers every call it may make.
     """
 
-    def __init__(self, route: str, router_model: str, models: Sequence[str], *, max_rounds: int = 2,
-                 max_cost_usd: float | None = None) -> None:
+    def __init__(
+        self, route: str, router_model: str, models: Sequence[str], *, max_rounds: int = 2, max_cost_usd: float | None = None
+    ) -> None:
         self.route = route
         self.router_model = router_model
         self.models = list(models)
@@ -256,12 +306,26 @@ class RoundsPlanner:
             for _ in range(self.max_rounds):
                 steps += [PlanStep(models[0], models[1:]), PlanStep(self.router_model)]
         decision.model, decision.fallbacks = self.router_model, []
-        decision.reason("plan", f"rounds: {self.router_model} may ask {', '.join(models) or 'no model'} up to "
-                        f"{self.max_rounds} time(s)" + (f" within {self.max_cost_usd:g} USD" if self.max_cost_usd else ""),
-                        plan=PLAN_ROUNDS, router_model=self.router_model, models=models, max_rounds=self.max_rounds,
-                        max_cost_usd=self.max_cost_usd)
-        return Plan(PLAN_ROUNDS, steps, params={"router_model": self.router_model, "models": models,
-                                                "max_rounds": self.max_rounds, "max_cost_usd": self.max_cost_usd})
+        decision.reason(
+            "plan",
+            f"rounds: {self.router_model} may ask {', '.join(models) or 'no model'} up to "
+            f"{self.max_rounds} time(s)" + (f" within {self.max_cost_usd:g} USD" if self.max_cost_usd else ""),
+            plan=PLAN_ROUNDS,
+            router_model=self.router_model,
+            models=models,
+            max_rounds=self.max_rounds,
+            max_cost_usd=self.max_cost_usd,
+        )
+        return Plan(
+            PLAN_ROUNDS,
+            steps,
+            params={
+                "router_model": self.router_model,
+                "models": models,
+                "max_rounds": self.max_rounds,
+                "max_cost_usd": self.max_cost_usd,
+            },
+        )
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -290,17 +354,26 @@ class CalibrationSample:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise ConfigError(f"line {n} is not JSON ({exc.msg})", file=str(path), key=key,
-                                          fix="one JSON object per line") from None
+                        raise ConfigError(
+                            f"line {n} is not JSON ({exc.msg})", file=str(path), key=key, fix="one JSON object per line"
+                        ) from None
                     missing = [k for k in ("prompt_id", "model", "signal", "cost_usd") if k not in row]
                     if missing:
-                        raise ConfigError(f"line {n} lacks {', '.join(missing)}", file=str(path), key=key,
-                                          fix="each row needs prompt_id, model, signal, confidence, cost_usd")
+                        raise ConfigError(
+                            f"line {n} lacks {', '.join(missing)}",
+                            file=str(path),
+                            key=key,
+                            fix="each row needs prompt_id, model, signal, confidence, cost_usd",
+                        )
                     if row.get("split", "train") != "test":
                         rows.append(row)
         except OSError as exc:
-            raise ConfigError(f"cannot read the calibration sample: {exc}", file=str(path), key=key,
-                              fix="check the path (relative to the config file)") from None
+            raise ConfigError(
+                f"cannot read the calibration sample: {exc}",
+                file=str(path),
+                key=key,
+                fix="check the path (relative to the config file)",
+            ) from None
         prompts = tuple(dict.fromkeys(str(r["prompt_id"]) for r in rows))
         index = {p: i for i, p in enumerate(prompts)}
         conf: dict[tuple[str, str], np.ndarray] = {}
@@ -314,8 +387,14 @@ class CalibrationSample:
         return cls(prompts, conf, cost)
 
 
-def calibrate_thresholds(steps: Sequence[StepSpec], sample: CalibrationSample, *, target_escalation: float | None,
-                         target_cost: float | None, key: str = "calibrate") -> tuple[list[float], dict[str, Any]]:
+def calibrate_thresholds(
+    steps: Sequence[StepSpec],
+    sample: CalibrationSample,
+    *,
+    target_escalation: float | None,
+    target_cost: float | None,
+    key: str = "calibrate",
+) -> tuple[list[float], dict[str, Any]]:
     """Thresholds for every step but the last, set on ``sample`` (training prompts), and what they give there.
 
     ``target_escalation``: each step escalates that share of the training prompts it is asked about (for two
@@ -330,15 +409,17 @@ def calibrate_thresholds(steps: Sequence[StepSpec], sample: CalibrationSample, *
         pair = (st.model or "", st.accept or "")
         if pair not in sample.conf:
             have = ", ".join(f"{m}/{s}" for m, s in sorted(sample.conf)) or "nothing"
-            raise ConfigError(f"the calibration sample has no confidences of {pair[0]} by {pair[1]} (it has: {have})",
-                              key=key, fix="write the sample with the cascade's models and signals")
+            raise ConfigError(
+                f"the calibration sample has no confidences of {pair[0]} by {pair[1]} (it has: {have})",
+                key=key,
+                fix="write the sample with the cascade's models and signals",
+            )
         conf.append(sample.conf[pair])
     costs = []
     for st in steps:
         c = sample.cost.get(st.model or "")
         if c is None:
-            raise ConfigError(f"the calibration sample has no cost of {st.model}", key=key,
-                              fix="include every step's model")
+            raise ConfigError(f"the calibration sample has no cost of {st.model}", key=key, fix="include every step's model")
         costs.append(np.nan_to_num(c, nan=float(np.nanmean(c)) if np.isfinite(c).any() else 0.0))
     if target_escalation is not None:
         ths = [threshold_for_share(c, target_escalation) for c in conf]
@@ -356,8 +437,13 @@ def calibrate_thresholds(steps: Sequence[StepSpec], sample: CalibrationSample, *
                 break
     mean_cost, reached = _simulate(conf, costs, ths)
     clipped = [ALWAYS if t > 1.0 else max(0.0, t) for t in ths]
-    report = {"target_escalation": target_escalation, "target_cost": target_cost, "train_prompts": len(sample.prompts),
-              "train_mean_cost": mean_cost, "train_share_reaching": reached}
+    report = {
+        "target_escalation": target_escalation,
+        "target_cost": target_cost,
+        "train_prompts": len(sample.prompts),
+        "train_mean_cost": mean_cost,
+        "train_share_reaching": reached,
+    }
     return clipped, report
 
 
@@ -383,26 +469,55 @@ def build_planner(route: str, settings: Any, *, source: str | None = None) -> Ca
     """
     where = f"routes.{route}.plan"
     if settings.kind == PLAN_FANOUT:
-        return FanoutPlanner(route, settings.models, settings.aggregator, min_answers=settings.min_answers,
-                             min_gain=settings.switch.min_gain if settings.switch is not None else None)
+        return FanoutPlanner(
+            route,
+            settings.models,
+            settings.aggregator,
+            min_answers=settings.min_answers,
+            min_gain=settings.switch.min_gain if settings.switch is not None else None,
+        )
     if settings.kind == PLAN_ROUNDS:
-        return RoundsPlanner(route, settings.router_model, settings.models, max_rounds=settings.max_rounds,
-                             max_cost_usd=settings.max_cost_usd)
-    steps = [StepSpec(model=s.model, router_pick=tuple(s.router_pick) if s.router_pick is not None else None,
-                      fallbacks=tuple(s.fallbacks), accept=s.accept, params=dict(s.params), threshold=s.threshold,
-                      samples=s.samples, sample_temperature=s.sample_temperature, probe=tuple(s.probe))
-             for s in settings.steps]
+        return RoundsPlanner(
+            route, settings.router_model, settings.models, max_rounds=settings.max_rounds, max_cost_usd=settings.max_cost_usd
+        )
+    steps = [
+        StepSpec(
+            model=s.model,
+            router_pick=tuple(s.router_pick) if s.router_pick is not None else None,
+            fallbacks=tuple(s.fallbacks),
+            accept=s.accept,
+            params=dict(s.params),
+            threshold=s.threshold,
+            samples=s.samples,
+            sample_temperature=s.sample_temperature,
+            probe=tuple(s.probe),
+        )
+        for s in settings.steps
+    ]
     calibration: dict[str, Any] = {}
     cal = settings.calibrate
     if cal is not None:
         sample = CalibrationSample.read(cal.sample, key=f"{where}.calibrate.sample")
-        ths, calibration = calibrate_thresholds(steps, sample, target_escalation=cal.target_escalation,
-                                                target_cost=cal.target_cost, key=f"{where}.calibrate")
-        steps = [StepSpec(**{**st.__dict__, "threshold": th}) for st, th in zip(steps, ths)] + steps[len(ths):]
+        ths, calibration = calibrate_thresholds(
+            steps, sample, target_escalation=cal.target_escalation, target_cost=cal.target_cost, key=f"{where}.calibrate"
+        )
+        steps = [StepSpec(**{**st.__dict__, "threshold": th}) for st, th in zip(steps, ths)] + steps[len(ths) :]
         calibration["sample"] = cal.sample
-    return CascadePlanner(route, steps, max_calls=settings.max_calls, stream=settings.stream,
-                          calibration=calibration, source=source)
+    return CascadePlanner(
+        route, steps, max_calls=settings.max_calls, stream=settings.stream, calibration=calibration, source=source
+    )
 
 
-__all__ = ["ALWAYS", "PLAN_ROUNDS", "CalibrationSample", "CascadePlanner", "FanoutPlanner", "RoundsPlanner",
-           "StepSpec", "build_planner", "calibrate_thresholds", "signal_key", "vote_quality"]
+__all__ = [
+    "ALWAYS",
+    "PLAN_ROUNDS",
+    "CalibrationSample",
+    "CascadePlanner",
+    "FanoutPlanner",
+    "RoundsPlanner",
+    "StepSpec",
+    "build_planner",
+    "calibrate_thresholds",
+    "signal_key",
+    "vote_quality",
+]

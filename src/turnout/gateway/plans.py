@@ -38,11 +38,9 @@ class PlanExecutor(Protocol):
 
     kind: str
 
-    async def complete(self, caller: ModelCaller, plan: Plan) -> ChatResponse:
-        ...
+    async def complete(self, caller: ModelCaller, plan: Plan) -> ChatResponse: ...
 
-    async def open_stream(self, caller: ModelCaller, plan: Plan) -> OpenStream | ChatResponse:
-        ...
+    async def open_stream(self, caller: ModelCaller, plan: Plan) -> OpenStream | ChatResponse: ...
 
 
 class SinglePlan:
@@ -65,9 +63,11 @@ class SinglePlan:
 
 _EXECUTORS: dict[str, PlanExecutor] = {PLAN_SINGLE: SinglePlan()}
 #: turnout's other executors, imported on first use (a gateway without cascades never loads them)
-BUILTIN_PLANS: dict[str, str] = {"cascade": "turnout.gateway.cascade:CascadePlan",
-                                 "fanout": "turnout.gateway.fanout:FanoutPlan",
-                                 "rounds": "turnout.gateway.fanout:RoundsPlan"}
+BUILTIN_PLANS: dict[str, str] = {
+    "cascade": "turnout.gateway.cascade:CascadePlan",
+    "fanout": "turnout.gateway.fanout:FanoutPlan",
+    "rounds": "turnout.gateway.fanout:RoundsPlan",
+}
 
 
 def register_plan(executor: PlanExecutor) -> None:
@@ -82,8 +82,9 @@ def plan_executor(kind: str) -> PlanExecutor:
         module, _, cls = BUILTIN_PLANS[kind].partition(":")
         ex = _EXECUTORS[kind] = getattr(importlib.import_module(module), cls)()
     if ex is None:
-        raise ConfigError(f"no executor for plans of kind {kind!r}", key="plan.kind",
-                          fix=f"use one of: {', '.join(plan_kinds())}")
+        raise ConfigError(
+            f"no executor for plans of kind {kind!r}", key="plan.kind", fix=f"use one of: {', '.join(plan_kinds())}"
+        )
     return ex
 
 

@@ -33,9 +33,22 @@ from turnout.gateway.stages import Outcome
 #: request fields a plugin may not set (the route, the conversation, the stream framing)
 FIXED_PARAMS = frozenset({"model", "messages", "stream", "n"})
 #: headers the server sets itself on every answer
-RESERVED_HEADERS = frozenset({"x-turnout-request-id", "x-turnout-route", "x-turnout-model", "x-turnout-rule",
-                              "x-turnout-plan", "x-turnout-calls", "x-turnout-answered-by", "content-type",
-                              "content-length", "transfer-encoding", "connection", "set-cookie"})
+RESERVED_HEADERS = frozenset(
+    {
+        "x-turnout-request-id",
+        "x-turnout-route",
+        "x-turnout-model",
+        "x-turnout-rule",
+        "x-turnout-plan",
+        "x-turnout-calls",
+        "x-turnout-answered-by",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "set-cookie",
+    }
+)
 _HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
 _SYSTEM_ROLES = ("system", "developer")
@@ -76,8 +89,12 @@ class SystemPromptStage:
             msgs.insert(i, mine)
         ctx.request.messages = msgs
         ctx.system_changed()
-        ctx.note("plugin", f"{self.name}: system prompt {'replaced' if self.mode == 'replace' else 'added'} "
-                 f"({len(self.text)} characters)", stage=self.name, mode=self.mode)
+        ctx.note(
+            "plugin",
+            f"{self.name}: system prompt {'replaced' if self.mode == 'replace' else 'added'} ({len(self.text)} characters)",
+            stage=self.name,
+            mode=self.mode,
+        )
         return None
 
 
@@ -91,8 +108,11 @@ class SetParamsStage:
             raise _bad("params", "no parameter to set", "give params: {max_tokens: 256, ...}")
         fixed = sorted(FIXED_PARAMS & set(params))
         if fixed:
-            raise _bad(f"params.{fixed[0]}", f"{fixed[0]!r} cannot be set by a plugin",
-                       "send the request elsewhere with a decision's use.route; change messages with system_prompt")
+            raise _bad(
+                f"params.{fixed[0]}",
+                f"{fixed[0]!r} cannot be set by a plugin",
+                "send the request elsewhere with a decision's use.route; change messages with system_prompt",
+            )
         if mode not in ("override", "default"):
             raise _bad("mode", f"{mode!r} is not a mode", "use override or default")
         self.name, self.params, self.mode = name, dict(params), mode
@@ -126,17 +146,21 @@ class AddHeadersStage:
         for k, v in headers.items():
             key = str(k).lower()
             if not _HEADER_NAME.fullmatch(key) or key in RESERVED_HEADERS:
-                raise _bad(f"headers.{k}", f"{k!r} cannot be added" + (" (turnout sets it)" if key in RESERVED_HEADERS
-                                                                       else " (not a header name)"),
-                           "use lower-case letters, digits and '-', e.g. x-team-route")
+                raise _bad(
+                    f"headers.{k}",
+                    f"{k!r} cannot be added" + (" (turnout sets it)" if key in RESERVED_HEADERS else " (not a header name)"),
+                    "use lower-case letters, digits and '-', e.g. x-team-route",
+                )
             if not isinstance(v, (str, int, float)) or isinstance(v, bool) or any(c in str(v) for c in "\r\n\0"):
-                raise _bad(f"headers.{k}", f"the value of {k!r} must be text on one line",
-                           "give a string without line breaks")
+                raise _bad(f"headers.{k}", f"the value of {k!r} must be text on one line", "give a string without line breaks")
             try:
                 str(v).encode("latin-1")
             except UnicodeEncodeError:
-                raise _bad(f"headers.{k}", f"the value of {k!r} has characters a header cannot carry",
-                           "use ASCII (or Latin-1) characters") from None
+                raise _bad(
+                    f"headers.{k}",
+                    f"the value of {k!r} has characters a header cannot carry",
+                    "use ASCII (or Latin-1) characters",
+                ) from None
             self.headers[key] = str(v)
         self.name = name
 
@@ -159,5 +183,4 @@ def _header_value(value: Any) -> str:
     return re.sub(r"[\r\n\0]", " ", text).encode("latin-1", "replace").decode("latin-1")[:256]
 
 
-__all__ = ["FIXED_PARAMS", "RESERVED_HEADERS", "AddHeadersStage", "SetParamsStage", "SystemPromptStage",
-           "apply_params"]
+__all__ = ["FIXED_PARAMS", "RESERVED_HEADERS", "AddHeadersStage", "SetParamsStage", "SystemPromptStage", "apply_params"]

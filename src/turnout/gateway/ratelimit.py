@@ -66,8 +66,9 @@ class RateLimiter:
     ``metrics`` (optional) counts a store failure served open as ``state_unavailable``.
     """
 
-    def __init__(self, windows: RateWindows, *, on_failure: str = FAIL_CLOSED, metrics: Any | None = None,
-                 quiet_s: float = 10.0) -> None:
+    def __init__(
+        self, windows: RateWindows, *, on_failure: str = FAIL_CLOSED, metrics: Any | None = None, quiet_s: float = 10.0
+    ) -> None:
         if on_failure not in (FAIL_CLOSED, FAIL_OPEN):
             raise ValueError(f"on_failure must be {FAIL_CLOSED!r} or {FAIL_OPEN!r}, not {on_failure!r}")
         self.windows = windows
@@ -100,8 +101,10 @@ class RateLimiter:
             d = await self.windows.admit(key.name, ctx.request_id, rpm=key.rpm, tpm=key.tpm, tokens=tokens)
         except StateError as exc:
             if self.on_failure == FAIL_CLOSED:
-                raise StateError(f"{exc}; the rate limits of key {key.name!r} cannot be checked, so the request is "
-                                 "refused (state.on_failure.rate_limits: closed)") from exc
+                raise StateError(
+                    f"{exc}; the rate limits of key {key.name!r} cannot be checked, so the request is "
+                    "refused (state.on_failure.rate_limits: closed)"
+                ) from exc
             self._served_unchecked(ctx, exc)
             return
         if not d.ok:
@@ -110,14 +113,16 @@ class RateLimiter:
                 what = f"has used {d.used:.0f} tokens in the last {self.windows.window_s:g} s, its limit (tpm {key.tpm})"
             else:
                 what = f"has made {d.used:.0f} requests in the last {self.windows.window_s:g} s, its limit (rpm {key.rpm})"
-            raise RateLimitedError(f"key {key.name!r} {what}: retry after {wait} s, or raise {d.limit} for this key "
-                                   "in the config", retry_after=d.retry_after_s, limit=d.limit or "rpm")
+            raise RateLimitedError(
+                f"key {key.name!r} {what}: retry after {wait} s, or raise {d.limit} for this key in the config",
+                retry_after=d.retry_after_s,
+                limit=d.limit or "rpm",
+            )
         if key.tpm:
             self._holding[ctx.request_id] = key.name
 
     def _served_unchecked(self, ctx: RequestContext, exc: StateError) -> None:
-        ctx.note("rate_limit", f"rate limits not checked (the state store failed; state.on_failure.rate_limits: "
-                 f"open): {exc}")
+        ctx.note("rate_limit", f"rate limits not checked (the state store failed; state.on_failure.rate_limits: open): {exc}")
         if self.metrics is not None:
             self.metrics.inc_error(exc.kind)
         now = time.monotonic()

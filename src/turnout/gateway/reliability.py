@@ -28,8 +28,9 @@ class CircuitBreaker:
             ...  # call, then br.record_success() or br.record_failure()
     """
 
-    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic, *,
-                 probe_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic, *, probe_timeout_s: float = 300.0
+    ) -> None:
         self.failures = failures
         self.cooldown_s = cooldown_s
         self.probe_timeout_s = probe_timeout_s
@@ -87,7 +88,8 @@ class Backoff:
 
     def delay(self, n: int) -> float:
         # Jitter spreads retries of many clients so they do not hit a recovering backend together.
-        return min(self.max_s, self.base_s * (2**n)) * self.rng.uniform(0.5, 1.0)
+        jitter: float = self.rng.uniform(0.5, 1.0)
+        return min(self.max_s, self.base_s * 2.0**n) * jitter
 
 
 __all__ = ["Backoff", "CircuitBreaker"]

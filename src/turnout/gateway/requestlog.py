@@ -113,8 +113,9 @@ class RequestLog:
     code through the gateway's offload helper.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_REQUEST_LOG, *, max_queue: int = 10_000, batch_size: int = 256,
-                 linger_s: float = 0.1) -> None:
+    def __init__(
+        self, path: str | Path = DEFAULT_REQUEST_LOG, *, max_queue: int = 10_000, batch_size: int = 256, linger_s: float = 0.1
+    ) -> None:
         self.path = Path(path)
         self.max_queue = max_queue
         self.batch_size = batch_size
@@ -172,11 +173,13 @@ class RequestLog:
             elif row[0] != SCHEMA_VERSION:
                 raise DataError(
                     f"request log schema version {row[0]}, this turnout reads version {SCHEMA_VERSION}",
-                    file=str(self.path), fix="point the request log at a new file, or use the turnout that wrote it",
+                    file=str(self.path),
+                    fix="point the request log at a new file, or use the turnout that wrote it",
                 )
         except sqlite3.DatabaseError as exc:
-            raise DataError(f"not a usable SQLite request log: {exc}", file=str(self.path),
-                            fix="point the request log at a new file") from exc
+            raise DataError(
+                f"not a usable SQLite request log: {exc}", file=str(self.path), fix="point the request log at a new file"
+            ) from exc
         finally:
             conn.close()
 
@@ -238,7 +241,7 @@ class RequestLog:
                 # cleared before draining: an append after this point sets it again, so nothing is left behind
                 self._wake.clear()
                 while self._pending:
-                    items = []
+                    items: list[Any] = []
                     while self._pending and len(items) < self.batch_size:
                         items.append(self._pending.popleft())
                     entries = [i for i in items if isinstance(i, LogEntry)]
@@ -258,8 +261,12 @@ class RequestLog:
             self._commit(conn, entries, [row(e) for e in entries], feedback)
         except DATA_ERRORS as exc:
             # one odd entry must not cost the whole batch: write them one at a time, each made storable
-            log.warning("request log %s: a batch of %d entries failed (%s); writing them one at a time",
-                        self.path, len(entries) + len(feedback), exc)
+            log.warning(
+                "request log %s: a batch of %d entries failed (%s); writing them one at a time",
+                self.path,
+                len(entries) + len(feedback),
+                exc,
+            )
             self._write_each(conn, entries, feedback)
             return
         except sqlite3.Error as exc:
@@ -296,8 +303,9 @@ class RequestLog:
             self._write_errors += lost
 
     @staticmethod
-    def _commit(conn: sqlite3.Connection, entries: list[LogEntry], rows: list[tuple[Any, ...]],
-                feedback: list[tuple[Any, ...]]) -> None:
+    def _commit(
+        conn: sqlite3.Connection, entries: list[LogEntry], rows: list[tuple[Any, ...]], feedback: list[tuple[Any, ...]]
+    ) -> None:
         """Write ``rows`` (of ``entries``, with their calls) and ``feedback`` in one transaction, or nothing."""
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -345,8 +353,9 @@ class RequestLog:
         if not isinstance(score, (int, float)) or isinstance(score, bool) or not 0.0 <= float(score) <= 1.0:
             raise InvalidRequestError(f"feedback score must be a number in [0, 1], got {score!r}", param="score")
         if not request_id:
-            raise InvalidRequestError("feedback needs the request id (the x-turnout-request-id header of the answer)",
-                                      param="request_id")
+            raise InvalidRequestError(
+                "feedback needs the request id (the x-turnout-request-id header of the answer)", param="request_id"
+            )
         self._enqueue((request_id, float(score), time.time(), comment))
 
     # -- reading --------------------------------------------------------------
@@ -378,7 +387,8 @@ class RequestLog:
         name. With ``after_seq`` the rows written after that sequence number
         come oldest first instead (for tailing).
         """
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if since is not None:
             where.append("r.ts >= ?")
             params.append(since.timestamp() if isinstance(since, datetime) else float(since))
@@ -404,7 +414,7 @@ class RequestLog:
         by_id = {e.id: e for e in entries}
         ids = list(by_id)
         for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             for request_id, *values in self._read(SELECT_CALLS.format(", ".join("?" * len(chunk))), chunk):
                 by_id[request_id].calls.append(dict(zip(CALL_COLUMNS, values)))
         return entries
@@ -431,9 +441,6 @@ class RequestLog:
         data["budget"] = json.loads(data["budget"]) if data["budget"] else None
         data["decision"] = json.loads(data["decision"]) if data["decision"] else None
         return LogEntry(**data, score=score, comment=comment, seq=seq)
-
-    def __repr__(self) -> str:
-        return f"RequestLog({str(self.path)!r})"
 
     def export_canonical(self, path: str | Path, *, include_unscored: bool = False) -> ExportSummary:
         """Logged traffic as a canonical routing table (see :func:`turnout.gateway.logexport.export_canonical`);

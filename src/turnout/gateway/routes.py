@@ -80,8 +80,9 @@ class RouteRuntime:
         if self.embedder is not None:
             self.embedder.embed_one("turnout warm-up")
 
-    def decide(self, request: ChatRequest, allowed: Collection[str] | None = None, *,
-               vector: np.ndarray | None = None) -> Decision:
+    def decide(
+        self, request: ChatRequest, allowed: Collection[str] | None = None, *, vector: np.ndarray | None = None
+    ) -> Decision:
         """Score every candidate for ``request`` and let the policy choose (blocking).
 
         ``vector`` is the prompt's embedding by this route's embedder; without it the route embeds
@@ -107,8 +108,15 @@ class RouteRuntime:
             cost.append(self.prices[fleet_model].cost(tokens, EXPECTED_OUTPUT_TOKENS))
         budget = self.budget
         decision = self.policy.decide(
-            quality, cost, fleet, route=self.name, router_name=self.router_name, prompt_tokens=tokens, allowed=allowed,
-            lam=budget.lam() if budget is not None else None, budget=budget.describe() if budget is not None else None,
+            quality,
+            cost,
+            fleet,
+            route=self.name,
+            router_name=self.router_name,
+            prompt_tokens=tokens,
+            allowed=allowed,
+            lam=budget.lam() if budget is not None else None,
+            budget=budget.describe() if budget is not None else None,
         )
         if budget is not None:
             decision.reason("budget", budget.reason(), **(decision.budget or {}))

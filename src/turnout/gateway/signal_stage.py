@@ -76,8 +76,16 @@ class ReloadOutcome:
 class DecisionCompiler:
     """Turns parsed decisions into :class:`CompiledDecisions` (the same way at start-up and on every reload)."""
 
-    def __init__(self, signals: SignalSet, *, routes: Collection[str], models: Collection[str], conflicts: str,
-                 context: Mapping[str, Any] | None = None, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        signals: SignalSet,
+        *,
+        routes: Collection[str],
+        models: Collection[str],
+        conflicts: str,
+        context: Mapping[str, Any] | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
         self.signals = signals
         self.routes = list(routes)
         self.models = list(models)
@@ -88,8 +96,7 @@ class DecisionCompiler:
 
     def compile(self, specs: Sequence[DecisionSpec], *, source: str, base_dir: Path | None = None) -> CompiledDecisions:
         """Bind, check and analyse ``specs``; build their plugins and routers. Raises ConfigError on any mistake."""
-        ds = DecisionSet(specs, self.signals, routes=self.routes, models=self.models, conflicts=self.conflicts,
-                         source=source)
+        ds = DecisionSet(specs, self.signals, routes=self.routes, models=self.models, conflicts=self.conflicts, source=source)
         out = CompiledDecisions(ds, source=source)
         for d in specs:
             if d.plugins:
@@ -98,10 +105,17 @@ class DecisionCompiler:
             if u.router is not None or u.lam is not None or u.max_cost is not None:
                 router = None
                 if u.router is not None:
-                    router = self._router(u.router.type, u.router.artifact, u.router.params, f"{d.where}.use.router",
-                                          source, base_dir or self.base_dir)
-                out.overrides[d.name] = RouteOverrides(router=router, router_name=u.router.type if u.router else None,
-                                                       lam=u.lam, max_cost=u.max_cost)
+                    router = self._router(
+                        u.router.type,
+                        u.router.artifact,
+                        u.router.params,
+                        f"{d.where}.use.router",
+                        source,
+                        base_dir or self.base_dir,
+                    )
+                out.overrides[d.name] = RouteOverrides(
+                    router=router, router_name=u.router.type if u.router else None, lam=u.lam, max_cost=u.max_cost
+                )
         return out
 
     def _plugin(self, type_name: str, params: Mapping[str, Any], name: str | None, where: str, source: str) -> Any:
@@ -113,18 +127,27 @@ class DecisionCompiler:
             raise ConfigError(getattr(exc, "message", None) or str(exc), file=source, key=exc.key, fix=exc.fix) from exc
         phase = getattr(stage, "phase", None)
         if phase not in PHASES or phase == "signals":
-            raise ConfigError(f"plugin {type_name!r} runs in phase {phase!r}, which a decision cannot add to",
-                              file=source, key=f"{where}.type", fix="a decision's plugins run in the guard, cache or "
-                              "response phase (the signals phase is under way when the decision matches)")
+            raise ConfigError(
+                f"plugin {type_name!r} runs in phase {phase!r}, which a decision cannot add to",
+                file=source,
+                key=f"{where}.type",
+                fix="a decision's plugins run in the guard, cache or "
+                "response phase (the signals phase is under way when the decision matches)",
+            )
         hooks = ("on_request",) if phase in REQUEST_PHASES else ("on_response", "stream_filter")
         if not any(callable(getattr(stage, h, None)) for h in hooks):
-            raise ConfigError(f"plugin {type_name!r} implements no hook of its phase ({phase})", file=source,
-                              key=f"{where}.type", fix=f"a {phase} stage defines {' or '.join(hooks)}")
+            raise ConfigError(
+                f"plugin {type_name!r} implements no hook of its phase ({phase})",
+                file=source,
+                key=f"{where}.type",
+                fix=f"a {phase} stage defines {' or '.join(hooks)}",
+            )
         return stage
 
     @staticmethod
-    def _router(type_name: str, artifact: str | None, params: Mapping[str, Any], where: str, source: str,
-                base_dir: Path | None) -> Any:
+    def _router(
+        type_name: str, artifact: str | None, params: Mapping[str, Any], where: str, source: str, base_dir: Path | None
+    ) -> Any:
         from turnout.routing.registry import create_router
 
         try:
@@ -138,11 +161,19 @@ class DecisionCompiler:
                 return router
             return create_router(type_name, **dict(params))
         except TurnoutError as exc:
-            raise ConfigError(f"the router cannot be built: {exc}", file=source, key=where,
-                              fix=getattr(exc, "fix", None) or "see docs/routers.md for its parameters") from exc
+            raise ConfigError(
+                f"the router cannot be built: {exc}",
+                file=source,
+                key=where,
+                fix=getattr(exc, "fix", None) or "see docs/routers.md for its parameters",
+            ) from exc
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid router parameters {dict(params)}: {exc}", file=source, key=f"{where}.params",
-                              fix="see docs/routers.md for this router's parameters") from exc
+            raise ConfigError(
+                f"invalid router parameters {dict(params)}: {exc}",
+                file=source,
+                key=f"{where}.params",
+                fix="see docs/routers.md for this router's parameters",
+            ) from exc
 
 
 class DecisionStage:
@@ -150,9 +181,18 @@ class DecisionStage:
 
     phase = "signals"
 
-    def __init__(self, signals: SignalSet, compiled: CompiledDecisions, compiler: DecisionCompiler, *,
-                 routes: Collection[str], file: Path | None = None, poll_s: float = POLL_S,
-                 offloader: Offloader | None = None, name: str = "decisions") -> None:
+    def __init__(
+        self,
+        signals: SignalSet,
+        compiled: CompiledDecisions,
+        compiler: DecisionCompiler,
+        *,
+        routes: Collection[str],
+        file: Path | None = None,
+        poll_s: float = POLL_S,
+        offloader: Offloader | None = None,
+        name: str = "decisions",
+    ) -> None:
         self.name = name
         self.signals = signals
         #: the rules in force; a reload replaces the whole object (a request keeps the one it started with)
@@ -183,9 +223,13 @@ class DecisionStage:
         t0 = time.perf_counter()
         ev = c.decisions.evaluate(found.values, ctx.target)
         ev.elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        data: dict[str, Any] = {"stage": self.name, "matched": ev.matched.name if ev.matched else None,
-                                "evaluated": ev.trace, "signals_ms": round(found.elapsed_ms, 3),
-                                "rules_ms": round(ev.elapsed_ms, 3)}
+        data: dict[str, Any] = {
+            "stage": self.name,
+            "matched": ev.matched.name if ev.matched else None,
+            "evaluated": ev.trace,
+            "signals_ms": round(found.elapsed_ms, 3),
+            "rules_ms": round(ev.elapsed_ms, 3),
+        }
         if found.failed:
             data["failed_signals"] = found.failed
         ctx.note("rule", ev.summary(), **data)
@@ -199,29 +243,58 @@ class DecisionStage:
         u = d.use
         ctx.rule = d.name
         if u.route is not None and u.route != ctx.target:
-            ctx.note("redirect", f"decision rule {d.name!r} sent the request from {ctx.target!r} to {u.route!r}",
-                     stage=self.name, rule=d.name, to=u.route)
+            ctx.note(
+                "redirect",
+                f"decision rule {d.name!r} sent the request from {ctx.target!r} to {u.route!r}",
+                stage=self.name,
+                rule=d.name,
+                to=u.route,
+            )
             ctx.target = u.route
         if u.candidates is not None:
             ctx.restrict = frozenset(u.candidates) if ctx.restrict is None else ctx.restrict & frozenset(u.candidates)
-            ctx.note("redirect", f"decision rule {d.name!r} restricted the request to "
-                     f"{', '.join(sorted(ctx.restrict)) or 'no model'}", stage=self.name, rule=d.name,
-                     models=sorted(ctx.restrict))
+            ctx.note(
+                "redirect",
+                f"decision rule {d.name!r} restricted the request to {', '.join(sorted(ctx.restrict)) or 'no model'}",
+                stage=self.name,
+                rule=d.name,
+                models=sorted(ctx.restrict),
+            )
         ov = c.overrides.get(d.name)
         if ov is not None:
-            what = ", ".join(f"{k} {v}" for k, v in (("router", ov.router_name), ("lambda", ov.lam),
-                                                      ("max_cost_per_request", ov.max_cost)) if v is not None)
+            what = ", ".join(
+                f"{k} {v}"
+                for k, v in (("router", ov.router_name), ("lambda", ov.lam), ("max_cost_per_request", ov.max_cost))
+                if v is not None
+            )
             if ctx.target in self.route_names:
                 ctx.overrides = ov
-                ctx.note("rule", f"decision rule {d.name!r} sets {what} for route {ctx.target!r}", stage=self.name,
-                         rule=d.name, router=ov.router_name, lam=ov.lam, max_cost=ov.max_cost)
+                ctx.note(
+                    "rule",
+                    f"decision rule {d.name!r} sets {what} for route {ctx.target!r}",
+                    stage=self.name,
+                    rule=d.name,
+                    router=ov.router_name,
+                    lam=ov.lam,
+                    max_cost=ov.max_cost,
+                )
             else:
-                ctx.note("rule", f"decision rule {d.name!r} sets {what}, which only a route uses: {ctx.target!r} is "
-                         "a model asked for by name, so they are ignored", stage=self.name, rule=d.name)
+                ctx.note(
+                    "rule",
+                    f"decision rule {d.name!r} sets {what}, which only a route uses: {ctx.target!r} is "
+                    "a model asked for by name, so they are ignored",
+                    stage=self.name,
+                    rule=d.name,
+                )
         if u.params:
             apply_params(ctx, u.params, override=True)
-            ctx.note("rule", f"decision rule {d.name!r} set {', '.join(sorted(u.params))}", stage=self.name,
-                     rule=d.name, params=dict(u.params))
+            ctx.note(
+                "rule",
+                f"decision rule {d.name!r} set {', '.join(sorted(u.params))}",
+                stage=self.name,
+                rule=d.name,
+                params=dict(u.params),
+            )
         plugins = c.plugins.get(d.name)
         if plugins:
             ctx.plugins.extend(plugins)
@@ -307,17 +380,28 @@ class DecisionStage:
     def describe(self) -> dict[str, Any]:
         """Signals, decisions in evaluation order, conflicts found, the file and its last reload (JSON)."""
         ds = self.compiled.decisions
-        return {"signals": self.signals.describe(), "decisions": ds.describe(),
-                "computed": self.compiled.decisions.plan.names,
-                "conflicts": [{"kind": c.kind, "decisions": list(c.decisions), "message": c.message,
-                               "certain": c.certain} for c in ds.conflicts],
-                "file": str(self.file) if self.file else None,
-                "last_reload": None if self.last_reload is None else vars(self.last_reload)}
+        return {
+            "signals": self.signals.describe(),
+            "decisions": ds.describe(),
+            "computed": self.compiled.decisions.plan.names,
+            "conflicts": [
+                {"kind": c.kind, "decisions": list(c.decisions), "message": c.message, "certain": c.certain} for c in ds.conflicts
+            ],
+            "file": str(self.file) if self.file else None,
+            "last_reload": None if self.last_reload is None else vars(self.last_reload),
+        }
 
 
-def build_decision_stage(cfg: Any, *, embeddings: EmbeddingService, offloader: Offloader, routes: Collection[str],
-                         models: Collection[str], context: Mapping[str, Any] | None = None,
-                         poll_s: float = POLL_S) -> DecisionStage:
+def build_decision_stage(
+    cfg: Any,
+    *,
+    embeddings: EmbeddingService,
+    offloader: Offloader,
+    routes: Collection[str],
+    models: Collection[str],
+    context: Mapping[str, Any] | None = None,
+    poll_s: float = POLL_S,
+) -> DecisionStage:
     """The decision stage of a resolved config: its signals built, its decisions compiled (ConfigError on any
     mistake, naming the file and the key), the file watched when there is one. ``context``: what plugin stages
     may ask for (the builder's ``stage_context``)."""
@@ -325,9 +409,14 @@ def build_decision_stage(cfg: Any, *, embeddings: EmbeddingService, offloader: O
     base_dir = Path(source).resolve().parent if Path(source).is_file() else None
     build = BuildContext(source=source, base_dir=base_dir, embedder=embeddings.ensure, offload=offloader.run)
     signals = build_signals(cfg.signals, build=build)
-    compiler = DecisionCompiler(signals, routes=routes, models=models, conflicts=cfg.decision_conflicts,
-                                context=context if context is not None else {"embeddings": embeddings},
-                                base_dir=base_dir)
+    compiler = DecisionCompiler(
+        signals,
+        routes=routes,
+        models=models,
+        conflicts=cfg.decision_conflicts,
+        context=context if context is not None else {"embeddings": embeddings},
+        base_dir=base_dir,
+    )
     file = Path(cfg.decisions_file) if cfg.decisions_file else None
     if file is not None:
         compiled = compiler.compile(read_decisions_file(file), source=str(file), base_dir=file.parent)
@@ -336,5 +425,4 @@ def build_decision_stage(cfg: Any, *, embeddings: EmbeddingService, offloader: O
     return DecisionStage(signals, compiled, compiler, routes=routes, file=file, poll_s=poll_s, offloader=offloader)
 
 
-__all__ = ["POLL_S", "CompiledDecisions", "DecisionCompiler", "DecisionStage", "ReloadOutcome",
-           "build_decision_stage"]
+__all__ = ["POLL_S", "CompiledDecisions", "DecisionCompiler", "DecisionStage", "ReloadOutcome", "build_decision_stage"]

@@ -31,6 +31,7 @@ A stage class is called with its ``params`` as keyword arguments (plus ``name``,
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -107,8 +108,7 @@ class RequestStage(Protocol):
     name: str
     phase: str
 
-    async def on_request(self, ctx: RequestContext) -> Outcome | None:
-        ...
+    async def on_request(self, ctx: RequestContext) -> Outcome | None: ...
 
 
 @runtime_checkable
@@ -118,11 +118,9 @@ class ResponseStage(Protocol):
     name: str
     phase: str
 
-    def on_response(self, ctx: RequestContext, response: ChatResponse) -> ChatResponse:
-        ...
+    def on_response(self, ctx: RequestContext, response: ChatResponse) -> ChatResponse: ...
 
-    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None:
-        ...
+    def stream_filter(self, ctx: RequestContext) -> StreamFilter | None: ...
 
 
 @runtime_checkable
@@ -131,8 +129,7 @@ class CompletionHook(Protocol):
 
     name: str
 
-    async def on_complete(self, ctx: RequestContext, response: ChatResponse) -> None:
-        ...
+    async def on_complete(self, ctx: RequestContext, response: ChatResponse) -> None: ...
 
 
 # ------------------------------------------------------------------------------------------------ the lists
@@ -149,8 +146,9 @@ class Stages:
             phase = getattr(st, "phase", None)
             name = getattr(st, "name", type(st).__name__)
             if phase not in PHASES:
-                raise ConfigError(f"stage {name!r} has phase {phase!r}", key="stages",
-                                  fix=f"a stage's phase is one of: {', '.join(PHASES)}")
+                raise ConfigError(
+                    f"stage {name!r} has phase {phase!r}", key="stages", fix=f"a stage's phase is one of: {', '.join(PHASES)}"
+                )
             hooks = 0
             if phase in REQUEST_PHASES and callable(getattr(st, "on_request", None)):
                 self.request[phase].append(st)
@@ -165,9 +163,12 @@ class Stages:
                 self.complete.append(st)
                 hooks += 1
             if not hooks:
-                raise ConfigError(f"stage {name!r} ({type(st).__name__}, phase {phase}) implements no hook of its phase",
-                                  key="stages", fix="a request stage defines on_request(ctx); a response stage "
-                                  "on_response(ctx, response) and/or stream_filter(ctx)")
+                raise ConfigError(
+                    f"stage {name!r} ({type(st).__name__}, phase {phase}) implements no hook of its phase",
+                    key="stages",
+                    fix="a request stage defines on_request(ctx); a response stage "
+                    "on_response(ctx, response) and/or stream_filter(ctx)",
+                )
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -209,17 +210,21 @@ def _import(path: str, where: str) -> Callable[..., Any]:
     if not sep:  # "pkg.mod.Class"
         module, _, attr = path.rpartition(".")
     if not module or not attr:
-        raise ConfigError(f"stage type {path!r} is not a known stage name nor a dotted path", key=where,
-                          fix=f"use one of: {', '.join(stage_types()) or '(none registered)'}, "
-                              "or 'package.module:Class'")
+        raise ConfigError(
+            f"stage type {path!r} is not a known stage name nor a dotted path",
+            key=where,
+            fix=f"use one of: {', '.join(stage_types()) or '(none registered)'}, or 'package.module:Class'",
+        )
     try:
         obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import stage {path!r}: {exc}", key=where,
-                          fix="check the module path and that its package is installed") from exc
+        raise ConfigError(
+            f"cannot import stage {path!r}: {exc}", key=where, fix="check the module path and that its package is installed"
+        ) from exc
     if not callable(obj):
         raise ConfigError(f"stage {path!r} is not a class or factory", key=where, fix="point at a class")
-    return obj
+    factory: Callable[..., Any] = obj
+    return factory
 
 
 def resolve_stage_type(type_name: str, where: str = "stages") -> Callable[..., Any]:
@@ -231,15 +236,24 @@ def resolve_stage_type(type_name: str, where: str = "stages") -> Callable[..., A
                 try:
                     loaded: Callable[..., Any] = ep.load()
                 except Exception as exc:  # a third party's import failure: say which entry point
-                    raise ConfigError(f"the entry point for stage {type_name!r} ({ep.value}) failed to load: {exc}",
-                                      key=where, fix="fix or reinstall the package that provides it") from exc
+                    raise ConfigError(
+                        f"the entry point for stage {type_name!r} ({ep.value}) failed to load: {exc}",
+                        key=where,
+                        fix="fix or reinstall the package that provides it",
+                    ) from exc
                 return loaded
         target = type_name
     return _import(target, where) if isinstance(target, str) else target
 
 
-def build_stage(type_name: str, params: Mapping[str, Any], *, name: str | None = None,
-                where: str = "stages", context: Mapping[str, Any] | None = None) -> Any:
+def build_stage(
+    type_name: str,
+    params: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    where: str = "stages",
+    context: Mapping[str, Any] | None = None,
+) -> Any:
     """Build one stage from its ``type`` and ``params`` (the YAML), failing with the key and the fix.
 
     ``context`` offers shared parts (``gateway_config``, ``embedders``...) to factories that declare a
@@ -261,8 +275,11 @@ def build_stage(type_name: str, params: Mapping[str, Any], *, name: str | None =
         accepted = [p for p in sig.parameters if p not in ("self",)]
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown and not accepts_any:
-            raise ConfigError(f"stage {type_name!r} has no parameter {', '.join(unknown)}", key=f"{where}.params",
-                              fix=f"its parameters are: {', '.join(accepted) or '(none)'}")
+            raise ConfigError(
+                f"stage {type_name!r} has no parameter {', '.join(unknown)}",
+                key=f"{where}.params",
+                fix=f"its parameters are: {', '.join(accepted) or '(none)'}",
+            )
     try:
         stage = factory(**kwargs)
     except ConfigError as exc:
@@ -272,13 +289,12 @@ def build_stage(type_name: str, params: Mapping[str, Any], *, name: str | None =
     except TurnoutError as exc:
         raise ConfigError(str(exc), key=where, fix=getattr(exc, "fix", None) or "check the stage's params") from exc
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"stage {type_name!r}: {exc}", key=f"{where}.params",
-                          fix="check the stage's parameters and their types") from exc
+        raise ConfigError(
+            f"stage {type_name!r}: {exc}", key=f"{where}.params", fix="check the stage's parameters and their types"
+        ) from exc
     if name is not None and not getattr(stage, "name", None):
-        try:
+        with contextlib.suppress(AttributeError):
             stage.name = name
-        except AttributeError:
-            pass
     try:
         Stages([stage])  # its phase and hooks checked here, where the error can name the stage's own key
     except ConfigError as exc:

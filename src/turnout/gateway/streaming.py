@@ -36,14 +36,19 @@ if TYPE_CHECKING:
 Finish = Callable[[str, BaseException | None, ChatResponse | None], Coroutine[Any, Any, None]]
 
 
-def assembled(chunks_text: str, last: dict[str, Any] | None, finish_reason: str | None, usage: Usage | None,
-              model: str) -> ChatResponse:
+def assembled(
+    chunks_text: str, last: dict[str, Any] | None, finish_reason: str | None, usage: Usage | None, model: str
+) -> ChatResponse:
     """A streamed answer as the ``chat.completion`` it amounts to (for completion hooks such as the cache)."""
     body: dict[str, Any] = {
-        "id": (last or {}).get("id") or "chatcmpl-stream", "object": "chat.completion",
-        "created": (last or {}).get("created") or int(time.time()), "model": (last or {}).get("model") or model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": chunks_text},
-                     "finish_reason": finish_reason or "stop"}]}
+        "id": (last or {}).get("id") or "chatcmpl-stream",
+        "object": "chat.completion",
+        "created": (last or {}).get("created") or int(time.time()),
+        "model": (last or {}).get("model") or model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": chunks_text}, "finish_reason": finish_reason or "stop"}
+        ],
+    }
     if usage is not None:
         body["usage"] = usage.to_dict()
     return ChatResponse(body=body, usage=usage)
@@ -69,8 +74,16 @@ class StreamSession:
     ``headers`` the response headers the stages added.
     """
 
-    def __init__(self, gateway: GatewayParts, ctx: RequestContext, *, live: OpenStream | None = None,
-                 replay: list[StreamChunk] | None = None, finish: Finish, filters: list[StreamFilter] | None = None) -> None:
+    def __init__(
+        self,
+        gateway: GatewayParts,
+        ctx: RequestContext,
+        *,
+        live: OpenStream | None = None,
+        replay: list[StreamChunk] | None = None,
+        finish: Finish,
+        filters: list[StreamFilter] | None = None,
+    ) -> None:
         assert (live is None) != (replay is None), "a session streams a live answer or replays one"
         self.gateway = gateway
         self.ctx = ctx
@@ -108,7 +121,7 @@ class StreamSession:
         text = ""
         for i, f in enumerate(self._filters):
             rest = f.flush()
-            for g in self._filters[i + 1:]:
+            for g in self._filters[i + 1 :]:
                 rest = g.feed(rest) if rest else rest
             text += rest
         return text
@@ -146,8 +159,12 @@ class StreamSession:
                 except StopAsyncIteration:
                     chunk = None
                 except TimeoutError:
-                    raise BackendTimeoutError(f"stream not finished within {t.timeouts.total}s",
-                                              backend=live.endpoint.backend.name, model=t.name, phase="total") from None
+                    raise BackendTimeoutError(
+                        f"stream not finished within {t.timeouts.total}s",
+                        backend=live.endpoint.backend.name,
+                        model=t.name,
+                        phase="total",
+                    ) from None
             rest = self._flush() if self._filters else ""
             if rest:  # held back since the finish chunk, or the stream had none: it still goes out
                 texts.append(rest)
@@ -241,15 +258,20 @@ class StreamSession:
 def _rest_body(last: dict[str, Any] | None, text: str, model: str) -> dict[str, Any]:
     """A content chunk carrying ``text``, in the id of the stream's last chunk."""
     last = last or {}
-    return {"id": last.get("id") or "chatcmpl-stream", "object": "chat.completion.chunk",
-            "created": last.get("created") or int(time.time()), "model": last.get("model") or model,
-            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    return {
+        "id": last.get("id") or "chatcmpl-stream",
+        "object": "chat.completion.chunk",
+        "created": last.get("created") or int(time.time()),
+        "model": last.get("model") or model,
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+    }
 
 
 def _answered_decision(ctx: RequestContext) -> Decision:
     """The decision a request answered without any model (a cache hit, a guard's reply) reports."""
-    return Decision(route=ctx.target, model=ctx.model or "-", candidates=[], lam=0.0, router=ctx.answered_by,
-                    reasons=list(ctx.notes))
+    return Decision(
+        route=ctx.target, model=ctx.model or "-", candidates=[], lam=0.0, router=ctx.answered_by, reasons=list(ctx.notes)
+    )
 
 
 __all__ = ["StreamSession", "assembled"]

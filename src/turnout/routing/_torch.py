@@ -56,14 +56,39 @@ def train_masked(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _train(torch, module, forward, X, Y, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                      batch_size=batch_size, val_fraction=val_fraction, patience=patience)
+        return _train(
+            torch,
+            module,
+            forward,
+            X,
+            Y,
+            seed=seed,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+        )
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(torch: Any, module: Any, forward: Callable[[Any], Any], X: np.ndarray, Y: np.ndarray, *, seed: int,
-           epochs: int, lr: float, weight_decay: float, batch_size: int, val_fraction: float, patience: int) -> int:
+def _train(
+    torch: Any,
+    module: Any,
+    forward: Callable[[Any], Any],
+    X: np.ndarray,
+    Y: np.ndarray,
+    *,
+    seed: int,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    val_fraction: float,
+    patience: int,
+) -> int:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     n = X.shape[0]

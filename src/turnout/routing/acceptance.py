@@ -68,8 +68,12 @@ NEEDS = frozenset({"logprobs", "top2_margins", "response_format", "others"})
 
 def available(view: AnswerView) -> frozenset[str]:
     """The needs ``view`` meets: ``logprobs``, ``top2_margins``, ``response_format``, ``others``."""
-    have = {"logprobs": bool(view.token_logprobs), "top2_margins": bool(view.top2_margins),
-            "response_format": view.response_format is not None, "others": bool(view.others)}
+    have = {
+        "logprobs": bool(view.token_logprobs),
+        "top2_margins": bool(view.top2_margins),
+        "response_format": view.response_format is not None,
+        "others": bool(view.others),
+    }
     return frozenset(k for k, ok in have.items() if ok)
 
 
@@ -258,8 +262,14 @@ def _verifier(**params: Any) -> AcceptanceSignal:
 
 
 _FACTORIES: dict[str, SignalFactory] = {
-    "logprob_mean": LogprobMean, "logprob_min": LogprobMin, "margin": Margin, "agreement": Agreement,
-    "choice": Choice, "code_parses": CodeParses, "json_schema": JsonSchema, "verifier": _verifier,
+    "logprob_mean": LogprobMean,
+    "logprob_min": LogprobMin,
+    "margin": Margin,
+    "agreement": Agreement,
+    "choice": Choice,
+    "code_parses": CodeParses,
+    "json_schema": JsonSchema,
+    "verifier": _verifier,
 }
 
 

@@ -24,8 +24,7 @@ _OPTION = re.compile(r"^[ \t]*\(?([A-J])[\).:][ \t]+(\S.*?)[ \t]*$", re.MULTILIN
 # An answer that starts with a bare letter: "A", "A)", "(A)", "A.", "A\n", "A: because ...".
 _LEAD = re.compile(r"^\W{0,2}\(?([A-J])\)?(?:$|[\s.,:;)!])")
 # "the answer is (C)", "Answer: C", "correct option is C"
-_SAID = re.compile(r"\b(?:answer|option|choice)\b[^A-Za-z0-9]{0,12}(?:is\W{0,3})?\(?([A-J])\)?(?:$|[\s.,:;)!])",
-                   re.IGNORECASE)
+_SAID = re.compile(r"\b(?:answer|option|choice)\b[^A-Za-z0-9]{0,12}(?:is\W{0,3})?\(?([A-J])\)?(?:$|[\s.,:;)!])", re.IGNORECASE)
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _TAGGED = re.compile(r"\[PYTHON\](.*?)(?:\[/PYTHON\]|\Z)", re.DOTALL)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -135,8 +134,7 @@ def python_code(answer: str) -> str | None:
     that is a REPL session (``>>> f(2)``) is an example of use, not the solution.
     None when no block is left.
     """
-    code = [_dedent(c) for lang, c in code_blocks(answer)
-            if lang in PYTHON_TAGS and not _dedent(c).lstrip().startswith(">>>")]
+    code = [_dedent(c) for lang, c in code_blocks(answer) if lang in PYTHON_TAGS and not _dedent(c).lstrip().startswith(">>>")]
     defining = [c for c in code if re.search(r"^\s*(?:def|class|async def)\s", c, re.MULTILINE)]
     first = defining or code
     return first[0] if first else None

@@ -111,28 +111,45 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "__meta__" not in npz.files:
-                raise DataError("not a turnout router artifact (no turnout metadata in it)", file=str(path),
-                                fix="pass a file written by 'turnout train' (or save_router)")
+                raise DataError(
+                    "not a turnout router artifact (no turnout metadata in it)",
+                    file=str(path),
+                    fix="pass a file written by 'turnout train' (or save_router)",
+                )
             doc = json.loads(bytes(npz["__meta__"]).decode("utf-8"))
             state = _join(doc.pop("state"), npz)
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         # numpy's own messages (e.g. "...load it unsafely using allow_pickle=...") would mislead here: an artifact
         # never holds pickled objects, and one that seems to is not an artifact
-        why = "its metadata is not valid JSON" if isinstance(exc, json.JSONDecodeError) else \
-            "not a .npz archive" if isinstance(exc, (zipfile.BadZipFile, ValueError)) else str(exc)
-        raise DataError(f"not a turnout router artifact ({why})", file=str(path),
-                        fix="pass a file written by 'turnout train' (or save_router)") from exc
+        why = (
+            "its metadata is not valid JSON"
+            if isinstance(exc, json.JSONDecodeError)
+            else "not a .npz archive"
+            if isinstance(exc, (zipfile.BadZipFile, ValueError))
+            else str(exc)
+        )
+        raise DataError(
+            f"not a turnout router artifact ({why})",
+            file=str(path),
+            fix="pass a file written by 'turnout train' (or save_router)",
+        ) from exc
     except (KeyError, TypeError, AttributeError) as exc:  # metadata or arrays missing or of the wrong shape
         raise _damaged(path, exc) from exc
     if doc.get("format") != FORMAT_VERSION:
-        raise DataError(f"artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
-                        file=str(path), fix="re-train the router with this turnout version")
+        raise DataError(
+            f"artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
+            file=str(path),
+            fix="re-train the router with this turnout version",
+        )
     try:
         router = router_class(doc["router"]).from_state(state)
         meta = {**doc.pop("meta"), **doc}
     except RoutingError as exc:  # e.g. a router this turnout does not know
-        raise DataError(f"the artifact's router cannot be rebuilt: {exc}", file=str(path),
-                        fix="use the turnout version (and plugins) it was trained with, or train it again") from exc
+        raise DataError(
+            f"the artifact's router cannot be rebuilt: {exc}",
+            file=str(path),
+            fix="use the turnout version (and plugins) it was trained with, or train it again",
+        ) from exc
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise _damaged(path, exc) from exc
     return router, meta
@@ -140,5 +157,8 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
 
 def _damaged(path: Path, exc: BaseException) -> DataError:
     """The error for an artifact that opens but lacks (or mangles) an entry ``load_router`` needs."""
-    return DataError(f"a damaged turnout router artifact (missing or malformed entry: {exc})", file=str(path),
-                     fix="train it again with 'turnout train'")
+    return DataError(
+        f"a damaged turnout router artifact (missing or malformed entry: {exc})",
+        file=str(path),
+        fix="train it again with 'turnout train'",
+    )

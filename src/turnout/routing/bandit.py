@@ -117,10 +117,20 @@ class BanditRouter(Router):
 
     name: ClassVar[str] = "bandit"
 
-    def __init__(self, d: int = 24, projection: str = "clusters", reg: float = 10.0, alpha: float = 0.5,
-                 max_explore: float = 0.1, uniform_share: float = 0.2, pooled: bool = True,
-                 cluster_temperature: float = 0.05, seed: int = 0, models: list[str] | None = None,
-                 dim: int | None = None) -> None:
+    def __init__(
+        self,
+        d: int = 24,
+        projection: str = "clusters",
+        reg: float = 10.0,
+        alpha: float = 0.5,
+        max_explore: float = 0.1,
+        uniform_share: float = 0.2,
+        pooled: bool = True,
+        cluster_temperature: float = 0.05,
+        seed: int = 0,
+        models: list[str] | None = None,
+        dim: int | None = None,
+    ) -> None:
         if projection not in PROJECTIONS:
             raise RoutingError(f"bandit: projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
         if not 0.0 <= max_explore <= 1.0 or not 0.0 <= uniform_share <= 1.0:
@@ -202,8 +212,10 @@ class BanditRouter(Router):
         if self._P is None or self._mu is None:
             raise RoutingError("bandit: the projection is not fitted: call fit(), warm_start() or fit_projection(X) first")
         if X.shape[1] != self.dim:
-            raise RoutingError(f"bandit: embeddings have {X.shape[1]} dimensions, the bandit was built for {self.dim}: "
-                               "use the same embedder for training and routing")
+            raise RoutingError(
+                f"bandit: embeddings have {X.shape[1]} dimensions, the bandit was built for {self.dim}: "
+                "use the same embedder for training and routing"
+            )
         Z = self._project(X)
         return np.hstack([Z, np.ones((Z.shape[0], 1))])
 
@@ -254,8 +266,15 @@ class BanditRouter(Router):
         self._reinvert()
         return self
 
-    def warm_start(self, X: np.ndarray, quality: np.ndarray, cost: np.ndarray | None = None, *, weight: float = 0.1,
-                   models: list[str] | None = None) -> BanditRouter:
+    def warm_start(
+        self,
+        X: np.ndarray,
+        quality: np.ndarray,
+        cost: np.ndarray | None = None,
+        *,
+        weight: float = 0.1,
+        models: list[str] | None = None,
+    ) -> BanditRouter:
         """A prior from an offline router: its predicted quality (n × K) on prompts ``X`` as pseudo-observations.
 
         Each prediction counts ``weight`` of an observation, so real feedback
@@ -382,13 +401,15 @@ class BanditRouter(Router):
         A0 = A.sum(axis=0) - (K - 1) * self.reg * np.eye(d1)  # one reg·I, not one per arm
         return np.asarray(np.linalg.solve(A0, bq.sum(axis=0)))
 
-    def probabilities(self, X: np.ndarray, costs: np.ndarray | None = None, lam: float = 0.0,
-                      available: np.ndarray | None = None) -> np.ndarray:
+    def probabilities(
+        self, X: np.ndarray, costs: np.ndarray | None = None, lam: float = 0.0, available: np.ndarray | None = None
+    ) -> np.ndarray:
         """The policy's exact action probabilities (n × K) for embeddings ``X`` (see the module docstring)."""
         return self._policy(self.features(X), costs, lam, available)[0]
 
-    def _policy(self, Z: np.ndarray, costs: np.ndarray | None, lam: float, available: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _policy(
+        self, Z: np.ndarray, costs: np.ndarray | None, lam: float, available: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if lam < 0:
             raise RoutingError(f"lam must be >= 0, got {lam}")
         quality, cost_hat, width = self._estimates(Z)
@@ -417,8 +438,14 @@ class BanditRouter(Router):
         probs = (1.0 - self.uniform_share) * capped + self.uniform_share * floor
         return probs, np.where(mask, util, np.nan), np.where(mask, sd, np.nan), greedy
 
-    def choose(self, x: np.ndarray, costs: np.ndarray | None = None, lam: float = 0.0,
-               rng: np.random.Generator | None = None, available: np.ndarray | None = None) -> BanditChoice:
+    def choose(
+        self,
+        x: np.ndarray,
+        costs: np.ndarray | None = None,
+        lam: float = 0.0,
+        rng: np.random.Generator | None = None,
+        available: np.ndarray | None = None,
+    ) -> BanditChoice:
         """Draw one arm for embedding ``x``; ``costs`` (K, USD) from the fleet's prices, else the learned cost head.
 
         ``available`` (K booleans) leaves arms out (a key's allowed list, a
@@ -426,13 +453,25 @@ class BanditRouter(Router):
         propensity: log it with the request.
         """
         z = self.features(x)
-        probs, util, spread, greedy = self._policy(z, None if costs is None else np.asarray(costs)[None, :], lam,
-                                                None if available is None else np.asarray(available)[None, :])
+        probs, util, spread, greedy = self._policy(
+            z,
+            None if costs is None else np.asarray(costs)[None, :],
+            lam,
+            None if available is None else np.asarray(available)[None, :],
+        )
         p = probs[0]
         rng = rng if rng is not None else np.random.default_rng()
         arm = int(rng.choice(len(p), p=p / p.sum()))
-        return BanditChoice(arm=arm, model=self.models[arm], propensity=float(p[arm]), probabilities=p,
-                            scores=util[0], spread=spread[0], greedy=int(greedy[0]), features=z[0])
+        return BanditChoice(
+            arm=arm,
+            model=self.models[arm],
+            propensity=float(p[arm]),
+            probabilities=p,
+            scores=util[0],
+            spread=spread[0],
+            greedy=int(greedy[0]),
+            features=z[0],
+        )
 
     def predict(self, X: np.ndarray) -> Prediction:
         """The greedy model of the bandit as a router: predicted quality (clipped to [0, 1]) and cost per arm."""
@@ -450,13 +489,29 @@ class BanditRouter(Router):
         with self._lock:
             A, _, bq, bc, nc = self._stats()
             assert self._P is not None and self._mu is not None and self._n is not None
-            return {"params": {"d": self.d, "projection": self.projection, "reg": self.reg, "alpha": self.alpha,
-                               "max_explore": self.max_explore, "uniform_share": self.uniform_share,
-                               "pooled": self.pooled,
-                               "cluster_temperature": self.cluster_temperature, "seed": self.seed},
-                    "models": list(self.models), "dim": self.dim, "scale": self._scale,
-                    "P": self._P.copy(), "mu": self._mu.copy(), "A": A.copy(), "bq": bq.copy(), "bc": bc.copy(),
-                    "n": self._n.copy(), "nc": nc.copy()}
+            return {
+                "params": {
+                    "d": self.d,
+                    "projection": self.projection,
+                    "reg": self.reg,
+                    "alpha": self.alpha,
+                    "max_explore": self.max_explore,
+                    "uniform_share": self.uniform_share,
+                    "pooled": self.pooled,
+                    "cluster_temperature": self.cluster_temperature,
+                    "seed": self.seed,
+                },
+                "models": list(self.models),
+                "dim": self.dim,
+                "scale": self._scale,
+                "P": self._P.copy(),
+                "mu": self._mu.copy(),
+                "A": A.copy(),
+                "bq": bq.copy(),
+                "bc": bc.copy(),
+                "n": self._n.copy(),
+                "nc": nc.copy(),
+            }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BanditRouter:
@@ -506,8 +561,7 @@ def best_arm_probabilities(mu: np.ndarray, sd: np.ndarray, mask: np.ndarray, cel
 
 
 def _zero_delta(K: int, d1: int) -> dict[str, np.ndarray]:
-    return {"A": np.zeros((K, d1, d1)), "bq": np.zeros((K, d1)), "bc": np.zeros((K, d1)), "n": np.zeros(K),
-            "nc": np.zeros(K)}
+    return {"A": np.zeros((K, d1, d1)), "bq": np.zeros((K, d1)), "bc": np.zeros((K, d1)), "n": np.zeros(K), "nc": np.zeros(K)}
 
 
 def _rows(X: np.ndarray) -> np.ndarray:

@@ -48,8 +48,9 @@ class BTRouter(NeighbourCostRouter):
     name = "bt"
     fitted_attr = "Xn"
 
-    def __init__(self, gamma: float = 10.0, prior: float = 0.5, iters: int = 60, batch: int = 256,
-                 max_cells: int = 4_000_000) -> None:
+    def __init__(
+        self, gamma: float = 10.0, prior: float = 0.5, iters: int = 60, batch: int = 256, max_cells: int = 4_000_000
+    ) -> None:
         if max_cells < 1:
             raise ValueError("max_cells must be >= 1")
         self.params = _Params(gamma=gamma, prior=prior, iters=iters, batch=batch, max_cells=max_cells)
@@ -179,8 +180,13 @@ class BTRouter(NeighbourCostRouter):
         require_fitted(self, "Xn")
         assert self.cost_model is not None
         # the battles are not saved: they are counted again from the scores on load
-        return {"params": self.params, "models": self.models, "Xn": self.Xn, "scores": self.scores,
-                "cost": self.cost_model.get_state()}
+        return {
+            "params": self.params,
+            "models": self.models,
+            "Xn": self.Xn,
+            "scores": self.scores,
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BTRouter:

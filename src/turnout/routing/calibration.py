@@ -28,8 +28,9 @@ CALIBRATION_PROMPTS = 2000
 EXPECTED_OUTPUT_TOKENS = 256
 
 
-def calibration_sample(router: Router, X: np.ndarray, prompts: Sequence[str], *, seed: int = 0,
-                       max_prompts: int = CALIBRATION_PROMPTS) -> dict[str, Any]:
+def calibration_sample(
+    router: Router, X: np.ndarray, prompts: Sequence[str], *, seed: int = 0, max_prompts: int = CALIBRATION_PROMPTS
+) -> dict[str, Any]:
     """The JSON-able calibration sample ``turnout train`` stores in an artifact's metadata.
 
     ``{"models", "quality" (rows of floats, null for no prediction), "prompt_tokens", "of",
@@ -42,8 +43,12 @@ def calibration_sample(router: Router, X: np.ndarray, prompts: Sequence[str], *,
     idx = np.arange(n) if n <= max_prompts else np.sort(np.random.default_rng(seed).choice(n, max_prompts, replace=False))
     pred = router.predict(np.asarray(X)[idx])
     quality = [[None if math.isnan(v) else round(float(v), 6) for v in row] for row in np.asarray(pred.quality, dtype=float)]
-    doc: dict[str, Any] = {"models": list(pred.models), "quality": quality,
-                           "prompt_tokens": [estimate_tokens(prompts[i]) for i in idx], "of": n}
+    doc: dict[str, Any] = {
+        "models": list(pred.models),
+        "quality": quality,
+        "prompt_tokens": [estimate_tokens(prompts[i]) for i in idx],
+        "of": n,
+    }
     features = router.cold_start_features(np.asarray(X)[idx])
     if features is not None:  # lets a model added later get exact predictions here (turnout add-model)
         doc["features"] = np.round(np.asarray(features, dtype=float), 6).tolist()
@@ -71,8 +76,9 @@ class CalibrationSample:
             raise RoutingError("the artifact's calibration sample is malformed (shapes disagree); re-train it")
         return cls(list(doc["models"]), quality, tokens, int(doc.get("of", len(tokens))))
 
-    def priced(self, candidates: Mapping[str, str], prices: Mapping[str, Price],
-               context_windows: Mapping[str, int | None] | None = None) -> Prediction:
+    def priced(
+        self, candidates: Mapping[str, str], prices: Mapping[str, Price], context_windows: Mapping[str, int | None] | None = None
+    ) -> Prediction:
         """The sample as a :class:`Prediction` over the route's *fleet* models, costed with the fleet's prices.
 
         ``candidates`` maps artifact model names to fleet models, as in the
@@ -98,10 +104,10 @@ class CalibrationSample:
         # a prompt no candidate could answer (too long for every window) fails at serving time; it sets no price
         keep = available.any(axis=1)
         if not keep.any():
-            raise RoutingError("no calibration prompt has an available candidate "
-                               "(no predictions, or every context window too small)")
+            raise RoutingError(
+                "no calibration prompt has an available candidate (no predictions, or every context window too small)"
+            )
         return Prediction(models=fleet, quality=quality[keep], cost=cost[keep], available=available[keep])
-
 
 
 __all__ = ["CALIBRATION_PROMPTS", "EXPECTED_OUTPUT_TOKENS", "CalibrationSample", "calibration_sample"]

@@ -70,9 +70,19 @@ class LambdaController:
     the first correction (default half a window). Thread-safe.
     """
 
-    def __init__(self, target: float, lam0: float, *, lam_min: float | None = None, lam_max: float | None = None,
-                 kp: float = 1.0, ki: float = 1.0, window: int = 200, warmup: int | None = None,
-                 max_error: float = MAX_ERROR) -> None:
+    def __init__(
+        self,
+        target: float,
+        lam0: float,
+        *,
+        lam_min: float | None = None,
+        lam_max: float | None = None,
+        kp: float = 1.0,
+        ki: float = 1.0,
+        window: int = 200,
+        warmup: int | None = None,
+        max_error: float = MAX_ERROR,
+    ) -> None:
         if not (math.isfinite(target) and target > 0):
             raise RoutingError(f"controller: the target must be a positive number, got {target!r}")
         if not (math.isfinite(lam0) and lam0 >= 0):
@@ -159,24 +169,52 @@ class LambdaController:
     def describe(self) -> dict[str, Any]:
         """What a decision reports: target, λ (start-up and now), the running mean, the error and the integral."""
         with self._lock:
-            return {"target": self.target, "lambda": self._lam_locked(), "lambda_start": self.lam0,
-                    "running_mean": self._s / self._w if self._w > 0 else None, "observed": self._n,
-                    "log_error": self._error, "integral": self._integral,
-                    "saturated": self._at_bound()}
+            return {
+                "target": self.target,
+                "lambda": self._lam_locked(),
+                "lambda_start": self.lam0,
+                "running_mean": self._s / self._w if self._w > 0 else None,
+                "observed": self._n,
+                "log_error": self._error,
+                "integral": self._integral,
+                "saturated": self._at_bound(),
+            }
 
     def get_state(self) -> dict[str, Any]:
         """Settings and running state as plain JSON values (to persist, or to keep in shared counters)."""
         with self._lock:
-            return {"target": self.target, "lam0": self.lam0, "lam_min": self.lam_min, "lam_max": self.lam_max,
-                    "kp": self.kp, "ki": self.ki, "window": self.window, "warmup": self.warmup,
-                    "max_error": self.max_error, "u": self._u, "integral": self._integral, "s": self._s,
-                    "w": self._w, "n": self._n, "error": self._error}
+            return {
+                "target": self.target,
+                "lam0": self.lam0,
+                "lam_min": self.lam_min,
+                "lam_max": self.lam_max,
+                "kp": self.kp,
+                "ki": self.ki,
+                "window": self.window,
+                "warmup": self.warmup,
+                "max_error": self.max_error,
+                "u": self._u,
+                "integral": self._integral,
+                "s": self._s,
+                "w": self._w,
+                "n": self._n,
+                "error": self._error,
+            }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LambdaController:
         """Rebuild a controller from :meth:`get_state`'s output, running state included."""
-        c = cls(state["target"], state["lam0"], lam_min=state["lam_min"], lam_max=state["lam_max"], kp=state["kp"],
-                ki=state["ki"], window=state["window"], warmup=state["warmup"], max_error=state["max_error"])
+        c = cls(
+            state["target"],
+            state["lam0"],
+            lam_min=state["lam_min"],
+            lam_max=state["lam_max"],
+            kp=state["kp"],
+            ki=state["ki"],
+            window=state["window"],
+            warmup=state["warmup"],
+            max_error=state["max_error"],
+        )
         c._u, c._integral, c._s, c._w = float(state["u"]), float(state["integral"]), float(state["s"]), float(state["w"])
         c._n, c._error = int(state["n"]), float(state["error"])
         return c

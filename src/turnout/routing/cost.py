@@ -73,13 +73,24 @@ class NeighbourCost:
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {"k": self.k, "shrink": self.shrink, "max_prompts": self.max_prompts, "seed": self.seed,
-                "Xn": self.Xn, "log_costs": self.log_costs, "mean_log": self.mean_log}
+        return {
+            "k": self.k,
+            "shrink": self.shrink,
+            "max_prompts": self.max_prompts,
+            "seed": self.seed,
+            "Xn": self.Xn,
+            "log_costs": self.log_costs,
+            "mean_log": self.mean_log,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> NeighbourCost:
-        obj = cls(k=int(state["k"]), shrink=float(state["shrink"]), max_prompts=int(state.get("max_prompts", MAX_PROMPTS)),
-                  seed=int(state.get("seed", 0)))
+        obj = cls(
+            k=int(state["k"]),
+            shrink=float(state["shrink"]),
+            max_prompts=int(state.get("max_prompts", MAX_PROMPTS)),
+            seed=int(state.get("seed", 0)),
+        )
         obj.Xn, obj.log_costs, obj.mean_log = state["Xn"], state["log_costs"], state["mean_log"]
         return obj
 

@@ -98,9 +98,12 @@ class EnsembleRouter(Router):
     def get_state(self) -> dict[str, Any]:
         if self.members is None or self.cost_model is None:
             raise RoutingError("router 'ensemble' is not fitted")
-        return {"params": {"members": self.member_names, "weights": self.weights}, "models": self.models,
-                "states": {str(i): r.get_state() for i, r in enumerate(self.members)},
-                "cost": self.cost_model.get_state()}
+        return {
+            "params": {"members": self.member_names, "weights": self.weights},
+            "models": self.models,
+            "states": {str(i): r.get_state() for i, r in enumerate(self.members)},
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EnsembleRouter:

@@ -64,12 +64,33 @@ class GraphRouter(NeighbourCostRouter):
     fitted_attr = "weights"
     requires = REQUIRES
 
-    def __init__(self, dim: int = 32, clusters: int = 16, temperature: float = 0.05, shrink: float = 5.0,
-                 epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4, batch_size: int = 128,
-                 val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:
-        self.params = _Params(dim=dim, clusters=clusters, temperature=temperature, shrink=shrink, epochs=epochs,
-                              lr=lr, weight_decay=weight_decay, batch_size=batch_size, val_fraction=val_fraction,
-                              patience=patience, seed=seed)
+    def __init__(
+        self,
+        dim: int = 32,
+        clusters: int = 16,
+        temperature: float = 0.05,
+        shrink: float = 5.0,
+        epochs: int = 200,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 128,
+        val_fraction: float = 0.15,
+        patience: int = 10,
+        seed: int = 0,
+    ) -> None:
+        self.params = _Params(
+            dim=dim,
+            clusters=clusters,
+            temperature=temperature,
+            shrink=shrink,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            seed=seed,
+        )
         self.models: list[str] = []
         self.centroids: np.ndarray | None = None
         self.R: np.ndarray | None = None
@@ -117,9 +138,20 @@ class GraphRouter(NeighbourCostRouter):
                 return self.u(torch.relu(self.W(z))).squeeze(-1) + self.b
 
         net = _Edge()
-        train_masked(torch, net, net, feats, data.scores, seed=p["seed"], epochs=p["epochs"], lr=p["lr"],
-                     weight_decay=p["weight_decay"], batch_size=p["batch_size"], val_fraction=p["val_fraction"],
-                     patience=p["patience"])
+        train_masked(
+            torch,
+            net,
+            net,
+            feats,
+            data.scores,
+            seed=p["seed"],
+            epochs=p["epochs"],
+            lr=p["lr"],
+            weight_decay=p["weight_decay"],
+            batch_size=p["batch_size"],
+            val_fraction=p["val_fraction"],
+            patience=p["patience"],
+        )
         self.weights = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
@@ -142,8 +174,14 @@ class GraphRouter(NeighbourCostRouter):
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "weights")
         assert self.cost_model is not None
-        return {"params": self.params, "models": self.models, "centroids": self.centroids, "R": self.R,
-                "weights": self.weights, "cost": self.cost_model.get_state()}
+        return {
+            "params": self.params,
+            "models": self.models,
+            "centroids": self.centroids,
+            "R": self.R,
+            "weights": self.weights,
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> GraphRouter:

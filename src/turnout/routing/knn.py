@@ -56,10 +56,14 @@ class KNNRouter(Router):
 
     name = "knn"
 
-    def __init__(self, k: int | Literal["auto"] = "auto", temperature: float | Literal["auto"] = "auto",
-                 shrink: float = 5.0, seed: int = 0) -> None:
-        if (k != "auto" and (isinstance(k, str) or k < 1)) or (
-                temperature != "auto" and (isinstance(temperature, str) or temperature <= 0)) or shrink < 0:
+    def __init__(
+        self, k: int | Literal["auto"] = "auto", temperature: float | Literal["auto"] = "auto", shrink: float = 5.0, seed: int = 0
+    ) -> None:
+        if (
+            (k != "auto" and (isinstance(k, str) or k < 1))
+            or (temperature != "auto" and (isinstance(temperature, str) or temperature <= 0))
+            or shrink < 0
+        ):
             raise ValueError("need k >= 1 or 'auto', temperature > 0 or 'auto', shrink >= 0")
         self.k_param, self.t_param = k, temperature
         self.k = int(k) if k != "auto" else K_GRID[-2]
@@ -106,7 +110,7 @@ class KNNRouter(Router):
             V = self.scores[idx[:, :k]]
             for t in temps:
                 err = np.where(observed, self._weighted(V, _neighbour_weights(top[:, :k], t), self.means) - truth, 0.0)
-                scores[(k, t)] = float((err ** 2).sum() / max(observed.sum(), 1))
+                scores[(k, t)] = float((err**2).sum() / max(observed.sum(), 1))
         (self.k, self.temperature), _ = min(scores.items(), key=lambda kv: (kv[1], -kv[0][0]))
         self.chosen = {f"k={k},temperature={t:g}": v for (k, t), v in scores.items()}
 
@@ -134,8 +138,12 @@ class KNNRouter(Router):
         return {
             # the values in use: a loaded router predicts exactly as the fitted one, without re-selecting
             "params": {"k": self.k, "temperature": self.temperature, "shrink": self.shrink, "seed": self.seed},
-            "models": self.models, "Xn": self.Xn, "scores": self.scores, "log_costs": self.log_costs,
-            "means": self.means, "mean_log_costs": self.mean_log_costs,
+            "models": self.models,
+            "Xn": self.Xn,
+            "scores": self.scores,
+            "log_costs": self.log_costs,
+            "means": self.means,
+            "mean_log_costs": self.mean_log_costs,
         }
 
     @classmethod

@@ -41,10 +41,27 @@ class MFRouter(NeighbourCostRouter):
     fitted_attr = "P"
     requires = REQUIRES
 
-    def __init__(self, dim: int = 64, epochs: int = 200, lr: float = 3e-3, weight_decay: float = 1e-4,
-                 batch_size: int = 128, val_fraction: float = 0.15, patience: int = 10, seed: int = 0) -> None:
-        self.params = _Params(dim=dim, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                              val_fraction=val_fraction, patience=patience, seed=seed)
+    def __init__(
+        self,
+        dim: int = 64,
+        epochs: int = 200,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 128,
+        val_fraction: float = 0.15,
+        patience: int = 10,
+        seed: int = 0,
+    ) -> None:
+        self.params = _Params(
+            dim=dim,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            seed=seed,
+        )
         self.models: list[str] = []
         self.P: np.ndarray | None = None
         self.V: np.ndarray | None = None
@@ -73,9 +90,20 @@ class MFRouter(NeighbourCostRouter):
                 return self.w(z).squeeze(-1) + self.b
 
         net = _MF()
-        train_masked(torch, net, net, X, data.scores, seed=p["seed"], epochs=p["epochs"], lr=p["lr"],
-                     weight_decay=p["weight_decay"], batch_size=p["batch_size"],
-                     val_fraction=p["val_fraction"], patience=p["patience"])
+        train_masked(
+            torch,
+            net,
+            net,
+            X,
+            data.scores,
+            seed=p["seed"],
+            epochs=p["epochs"],
+            lr=p["lr"],
+            weight_decay=p["weight_decay"],
+            batch_size=p["batch_size"],
+            val_fraction=p["val_fraction"],
+            patience=p["patience"],
+        )
         self.P = net.P.weight.detach().numpy().T.copy()
         # fold w into V: w · (v ⊙ z) = (v ⊙ w) · z, one matmul at predict time
         self.V = (net.V.detach().numpy() * net.w.weight.detach().numpy()[0][None, :]).copy()
@@ -95,8 +123,15 @@ class MFRouter(NeighbourCostRouter):
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "P")
         assert self.cost_model is not None
-        return {"params": self.params, "models": self.models, "P": self.P, "V": self.V, "w": self.w, "b": self.b,
-                "cost": self.cost_model.get_state()}
+        return {
+            "params": self.params,
+            "models": self.models,
+            "P": self.P,
+            "V": self.V,
+            "w": self.w,
+            "b": self.b,
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> MFRouter:

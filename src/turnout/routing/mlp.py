@@ -61,9 +61,18 @@ class MLPRouter(NeighbourCostRouter):
         members: int = 3,
         seed: int = 0,
     ) -> None:
-        self.params = _Params(hidden=hidden, dropout=dropout, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                              batch_size=batch_size, val_fraction=val_fraction, patience=patience,
-                              members=members, seed=seed)
+        self.params = _Params(
+            hidden=hidden,
+            dropout=dropout,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            patience=patience,
+            members=members,
+            seed=seed,
+        )
         self.models: list[str] = []
         self.weights: list[dict[str, np.ndarray]] | None = None
         self.cost_model: NeighbourCost | None = None
@@ -78,16 +87,32 @@ class MLPRouter(NeighbourCostRouter):
         for member in range(p["members"]):
             torch.manual_seed(p["seed"] + member)
             net = torch.nn.Sequential(
-                torch.nn.Linear(d, p["hidden"]), torch.nn.ReLU(), torch.nn.Dropout(p["dropout"]),
-                torch.nn.Linear(p["hidden"], p["hidden"]), torch.nn.ReLU(), torch.nn.Dropout(p["dropout"]),
+                torch.nn.Linear(d, p["hidden"]),
+                torch.nn.ReLU(),
+                torch.nn.Dropout(p["dropout"]),
+                torch.nn.Linear(p["hidden"], p["hidden"]),
+                torch.nn.ReLU(),
+                torch.nn.Dropout(p["dropout"]),
                 torch.nn.Linear(p["hidden"], m),
             )
-            train_masked(torch, net, net, X, data.scores, seed=p["seed"] + member, epochs=p["epochs"], lr=p["lr"],
-                         weight_decay=p["weight_decay"], batch_size=p["batch_size"],
-                         val_fraction=p["val_fraction"], patience=p["patience"])
+            train_masked(
+                torch,
+                net,
+                net,
+                X,
+                data.scores,
+                seed=p["seed"] + member,
+                epochs=p["epochs"],
+                lr=p["lr"],
+                weight_decay=p["weight_decay"],
+                batch_size=p["batch_size"],
+                val_fraction=p["val_fraction"],
+                patience=p["patience"],
+            )
             lin = [layer for layer in net if isinstance(layer, torch.nn.Linear)]
-            self.weights.append({f"{k}{i}": getattr(layer, k).detach().numpy().copy()
-                                 for i, layer in enumerate(lin) for k in ("weight", "bias")})
+            self.weights.append(
+                {f"{k}{i}": getattr(layer, k).detach().numpy().copy() for i, layer in enumerate(lin) for k in ("weight", "bias")}
+            )
         self.cost_model = NeighbourCost().fit(data.Xn, data.costs)
         return self
 
@@ -107,8 +132,12 @@ class MLPRouter(NeighbourCostRouter):
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "weights")
         assert self.weights is not None and self.cost_model is not None
-        return {"params": self.params, "models": self.models,
-                "members": {str(i): w for i, w in enumerate(self.weights)}, "cost": self.cost_model.get_state()}
+        return {
+            "params": self.params,
+            "models": self.models,
+            "members": {str(i): w for i, w in enumerate(self.weights)},
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> MLPRouter:

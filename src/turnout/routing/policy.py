@@ -143,9 +143,7 @@ def calibrate_lambda(
     hits = [i for i, lam in enumerate(grid) if ok(float(lam))]
     if not hits:
         best = _metric(pred, float(grid[-1]) * 10, allowed, kind, model_idx)
-        raise RoutingError(
-            f"cannot reach {kind} target {target:g}: even the cheapest choices give {best:g}; raise the target"
-        )
+        raise RoutingError(f"cannot reach {kind} target {target:g}: even the cheapest choices give {best:g}; raise the target")
     lo, hi = float(grid[hits[0] - 1]), float(grid[hits[0]])
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
@@ -196,8 +194,9 @@ class Policy:
             allowed = mask if allowed is None else (np.asarray(allowed, dtype=bool) & mask)
         return choose(pred, self.lam, allowed)
 
-    def _exclusion(self, model: str, cost: float, quality: float, prompt_tokens: int | None,
-                   allowed: Collection[str] | None) -> str | None:
+    def _exclusion(
+        self, model: str, cost: float, quality: float, prompt_tokens: int | None, allowed: Collection[str] | None
+    ) -> str | None:
         if self.allowed is not None and model not in self.allowed:
             return "not allowed"
         if allowed is not None and model not in allowed:
@@ -254,11 +253,18 @@ class Policy:
         chosen, rest = live[0], live[1:]
         if self.max_fallbacks is not None:
             rest = rest[: self.max_fallbacks]
-        reasons = [Reason("policy", f"utility = quality - {lam_used:g} * cost; chose {chosen.model} "
-                                    f"(utility {chosen.utility:.4g})",
-                          {"model": chosen.model, "utility": chosen.utility, "lambda": lam_used})]
-        reasons += [Reason("excluded", f"excluded {c.model}: {c.excluded}", {"model": c.model, "why": c.excluded})
-                    for c in candidates if c.excluded]
+        reasons = [
+            Reason(
+                "policy",
+                f"utility = quality - {lam_used:g} * cost; chose {chosen.model} (utility {chosen.utility:.4g})",
+                {"model": chosen.model, "utility": chosen.utility, "lambda": lam_used},
+            )
+        ]
+        reasons += [
+            Reason("excluded", f"excluded {c.model}: {c.excluded}", {"model": c.model, "why": c.excluded})
+            for c in candidates
+            if c.excluded
+        ]
         return Decision(
             route=route,
             model=chosen.model,

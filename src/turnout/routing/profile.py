@@ -211,9 +211,16 @@ class ProfileRouter(NeighbourCostRouter):
     def get_state(self) -> dict[str, Any]:
         require_fitted(self, "profiles")
         assert self.cost_model is not None
-        return {"params": self.params, "models": self.models, "centroids": self.centroids, "profiles": self.profiles,
-                "cost_scale": self.cost_scale, "ref_cost_cols": self.ref_cost_cols, "prices": self.prices,
-                "cost": self.cost_model.get_state()}
+        return {
+            "params": self.params,
+            "models": self.models,
+            "centroids": self.centroids,
+            "profiles": self.profiles,
+            "cost_scale": self.cost_scale,
+            "ref_cost_cols": self.ref_cost_cols,
+            "prices": self.prices,
+            "cost": self.cost_model.get_state(),
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ProfileRouter:

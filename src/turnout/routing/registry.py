@@ -104,8 +104,7 @@ class RouterRegistry:
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise RoutingError(
-                f"router '{name}' has no parameter(s) {', '.join(unknown)}; "
-                f"accepted: {', '.join(accepted) or '(none)'}"
+                f"router '{name}' has no parameter(s) {', '.join(unknown)}; accepted: {', '.join(accepted) or '(none)'}"
             )
         try:
             return cls(**params)

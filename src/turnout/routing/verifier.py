@@ -50,8 +50,16 @@ LETTERS = "ABCDE"
 #: the features each answering model gets its own weight for (crossed with the answerer's one-hot)
 #: how many options a multiple-choice question offers, as features (2: a coin flip agrees half the time)
 OPTION_COUNTS = ("2", "3", "4", "5+")
-_CROSSED = ("agree_share", "has_others", "choice_ok", "code_ok", "code_bad", "asks_code",
-            *(f"letter_{x}" for x in LETTERS), *(f"options_{k}" for k in OPTION_COUNTS))
+_CROSSED = (
+    "agree_share",
+    "has_others",
+    "choice_ok",
+    "code_ok",
+    "code_bad",
+    "asks_code",
+    *(f"letter_{x}" for x in LETTERS),
+    *(f"options_{k}" for k in OPTION_COUNTS),
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,22 @@ class VerifierFeatures:
     def names(self) -> list[str]:
         """The column names, in order."""
         who = [*self.models, "(other)"]
-        base = ["agree_share", "has_others", "n_others", "is_mc", "choice_ok", "choice_other", "asks_code",
-                "has_code", "code_ok", "code_bad", "log_len", *(f"letter_{x}" for x in LETTERS),
-                *(f"options_{k}" for k in OPTION_COUNTS), *(f"agree_share*options_{k}" for k in OPTION_COUNTS)]
+        base = [
+            "agree_share",
+            "has_others",
+            "n_others",
+            "is_mc",
+            "choice_ok",
+            "choice_other",
+            "asks_code",
+            "has_code",
+            "code_ok",
+            "code_bad",
+            "log_len",
+            *(f"letter_{x}" for x in LETTERS),
+            *(f"options_{k}" for k in OPTION_COUNTS),
+            *(f"agree_share*options_{k}" for k in OPTION_COUNTS),
+        ]
         out = base + [f"by={m}" for m in who] + [f"agree={m}" for m in who]
         out += [f"by={m}*{f}" for m in who for f in _CROSSED]
         out += [f"by={a}*agree={b}" for a in who for b in who]
@@ -98,8 +119,10 @@ class VerifierFeatures:
         P = np.asarray(embed([v.prompt for v in views]), dtype=np.float32).reshape(len(views), -1)
         A = np.asarray(embed([v.answer or " " for v in views]), dtype=np.float32).reshape(len(views), -1)
         if P.shape[1] != self.embed_dim:
-            raise RoutingError(f"the embedder gives {P.shape[1]}-d vectors; this verifier was trained on "
-                               f"{self.embed_dim}-d ones: use the embedder it names in its metadata")
+            raise RoutingError(
+                f"the embedder gives {P.shape[1]}-d vectors; this verifier was trained on "
+                f"{self.embed_dim}-d ones: use the embedder it names in its metadata"
+            )
         out: np.ndarray = np.c_[X, P, A, (P * A).sum(axis=1)]
         return out
 
@@ -116,14 +139,32 @@ class VerifierFeatures:
         opts = [float(n_opt == 2), float(n_opt == 3), float(n_opt == 4), float(n_opt >= 5)]
         share = (sum(same) / len(same)) if same else 0.0
         asks_code = float(memo.asks_code(v.prompt))
-        base = {"agree_share": share, "has_others": float(bool(same)), "choice_ok": float(choice is not None),
-                "code_ok": float(code_ok), "code_bad": float(code_bad), "asks_code": asks_code,
-                **{f"letter_{x}": f for x, f in zip(LETTERS, letters)},
-                **{f"options_{c}": f for c, f in zip(OPTION_COUNTS, opts)}}
-        row = [share, base["has_others"], math.log1p(len(v.others)), float(bool(options)),
-               base["choice_ok"], float(bool(options) and choice is None and bool(v.answer.strip())),
-               asks_code, float(code is not None), base["code_ok"], base["code_bad"],
-               math.log1p(len(v.answer)) / 10, *letters, *opts, *(share * f for f in opts)]
+        base = {
+            "agree_share": share,
+            "has_others": float(bool(same)),
+            "choice_ok": float(choice is not None),
+            "code_ok": float(code_ok),
+            "code_bad": float(code_bad),
+            "asks_code": asks_code,
+            **{f"letter_{x}": f for x, f in zip(LETTERS, letters)},
+            **{f"options_{c}": f for c, f in zip(OPTION_COUNTS, opts)},
+        }
+        row = [
+            share,
+            base["has_others"],
+            math.log1p(len(v.others)),
+            float(bool(options)),
+            base["choice_ok"],
+            float(bool(options) and choice is None and bool(v.answer.strip())),
+            asks_code,
+            float(code is not None),
+            base["code_ok"],
+            base["code_bad"],
+            math.log1p(len(v.answer)) / 10,
+            *letters,
+            *opts,
+            *(share * f for f in opts),
+        ]
         by = [0.0] * k
         by[self._slot(v.model)] = 1.0
         agree = [0.0] * k  # +1 agrees, -1 disagrees, per model that gave another answer (0: did not answer)
@@ -131,9 +172,9 @@ class VerifierFeatures:
             agree[self._slot(o_model)] = 1.0 if s else -1.0
         me = self._slot(v.model)
         crossed = [0.0] * (k * len(_CROSSED))
-        crossed[me * len(_CROSSED):(me + 1) * len(_CROSSED)] = [base[f] for f in _CROSSED]
+        crossed[me * len(_CROSSED) : (me + 1) * len(_CROSSED)] = [base[f] for f in _CROSSED]
         pair = [0.0] * (k * k)
-        pair[me * k:(me + 1) * k] = agree
+        pair[me * k : (me + 1) * k] = agree
         return row + by + agree + crossed + pair
 
 
@@ -178,10 +219,19 @@ class Verifier:
     report: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, features: VerifierFeatures, views: Sequence[AnswerView], labels: Sequence[float] | np.ndarray, *,
-            embed: EmbedFn | None = None, X: np.ndarray | None = None,
-            groups: Sequence[Any] | np.ndarray | None = None,
-            cs: Sequence[float] = (0.03, 0.3), folds: int = 4, seed: int = 0) -> Verifier:
+    def fit(
+        cls,
+        features: VerifierFeatures,
+        views: Sequence[AnswerView],
+        labels: Sequence[float] | np.ndarray,
+        *,
+        embed: EmbedFn | None = None,
+        X: np.ndarray | None = None,
+        groups: Sequence[Any] | np.ndarray | None = None,
+        cs: Sequence[float] = (0.03, 0.3),
+        folds: int = 4,
+        seed: int = 0,
+    ) -> Verifier:
         """Fit on ``views`` with 0/1 ``labels`` (a score above 0.5 counts as right).
 
         ``X`` (the views' feature matrix, if already built) saves building it again.
@@ -199,16 +249,23 @@ class Verifier:
         X = features.matrix(views, embed) if X is None else np.asarray(X, dtype=np.float32)
         y = (np.asarray(labels, dtype=float) > 0.5).astype(int)
         if len(np.unique(y)) < 2:
-            raise RoutingError(f"the verifier needs right and wrong answers to learn from; all {len(y)} are "
-                               f"{'right' if y.all() else 'wrong'}")
+            raise RoutingError(
+                f"the verifier needs right and wrong answers to learn from; all {len(y)} are {'right' if y.all() else 'wrong'}"
+            )
         mean, scale = X.mean(axis=0), X.std(axis=0)
         scale[scale < 1e-6] = 1.0
         Z = (X - mean) / scale
         if len(cs) == 1 and folds < 2:
             model = LogisticRegression(C=cs[0], max_iter=1000).fit(Z, y)
             report = {"rows": len(y), "positives": float(y.mean()), "C": cs[0], "features": int(X.shape[1])}
-            return cls(features, model.coef_[0].astype(np.float64), float(model.intercept_[0]),
-                       mean.astype(np.float64), scale.astype(np.float64), report)
+            return cls(
+                features,
+                model.coef_[0].astype(np.float64),
+                float(model.intercept_[0]),
+                mean.astype(np.float64),
+                scale.astype(np.float64),
+                report,
+            )
         g = np.asarray(groups if groups is not None else np.arange(len(y)))
         k = max(2, min(folds, len(np.unique(g))))
         splits = list(GroupKFold(n_splits=k).split(Z, y, g))
@@ -225,11 +282,24 @@ class Verifier:
         best = min(scores, key=lambda c: scores[c][0])
         final = LogisticRegression(C=best, max_iter=1000).fit(Z, y)
         oof = scores[best][1]
-        report = {"rows": len(y), "positives": float(y.mean()), "C": best, "cv_folds": k,
-                  "cv_log_loss": scores[best][0], "cv_brier": float(np.mean((oof - y) ** 2)),
-                  "cv_auc": float(roc_auc_score(y, oof)), "features": int(X.shape[1])}
-        return cls(features, final.coef_[0].astype(np.float64), float(final.intercept_[0]), mean.astype(np.float64),
-                   scale.astype(np.float64), report)
+        report = {
+            "rows": len(y),
+            "positives": float(y.mean()),
+            "C": best,
+            "cv_folds": k,
+            "cv_log_loss": scores[best][0],
+            "cv_brier": float(np.mean((oof - y) ** 2)),
+            "cv_auc": float(roc_auc_score(y, oof)),
+            "features": int(X.shape[1]),
+        }
+        return cls(
+            features,
+            final.coef_[0].astype(np.float64),
+            float(final.intercept_[0]),
+            mean.astype(np.float64),
+            scale.astype(np.float64),
+            report,
+        )
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """P(right) for each row of the feature matrix ``X``."""
@@ -270,18 +340,26 @@ def save_verifier(verifier: Verifier, path: str | Path, *, meta: dict[str, Any])
     """Write ``verifier`` and ``meta`` (JSON-able: the training table, the embedder ...) to ``path`` (``.npz``)."""
     from turnout import __version__
 
-    doc = {"format": FORMAT_VERSION, "kind": "verifier", "models": list(verifier.features.models),
-           "embed_dim": verifier.features.embed_dim, "intercept": verifier.intercept, "report": verifier.report,
-           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "turnout_version": __version__,
-           "meta": meta}
+    doc = {
+        "format": FORMAT_VERSION,
+        "kind": "verifier",
+        "models": list(verifier.features.models),
+        "embed_dim": verifier.features.embed_dim,
+        "intercept": verifier.intercept,
+        "report": verifier.report,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "turnout_version": __version__,
+        "meta": meta,
+    }
     try:
         blob = json.dumps(doc).encode("utf-8")
     except TypeError as exc:
         raise DataError(f"verifier metadata is not JSON-serialisable: {exc}", file=str(path)) from exc
     path = Path(path)
     with open(path, "wb") as fh:  # a file object: np.savez would otherwise append '.npz' to other suffixes
-        np.savez_compressed(fh, __meta__=np.frombuffer(blob, dtype=np.uint8), coef=verifier.coef,
-                            mean=verifier.mean, scale=verifier.scale)
+        np.savez_compressed(
+            fh, __meta__=np.frombuffer(blob, dtype=np.uint8), coef=verifier.coef, mean=verifier.mean, scale=verifier.scale
+        )
     return path
 
 
@@ -296,14 +374,17 @@ def load_verifier(path: str | Path) -> tuple[Verifier, dict[str, Any]]:
             doc = json.loads(bytes(npz["__meta__"]).decode("utf-8"))
             coef, mean, scale = (np.asarray(npz[k], dtype=np.float64) for k in ("coef", "mean", "scale"))
     except (zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
-        raise DataError(f"not a turnout verifier artifact ({type(exc).__name__}: {exc})", file=str(path),
-                        fix=fix) from exc
+        raise DataError(f"not a turnout verifier artifact ({type(exc).__name__}: {exc})", file=str(path), fix=fix) from exc
     if doc.get("kind") != "verifier" or doc.get("format") != FORMAT_VERSION:
-        raise DataError(f"not a verifier artifact of format {FORMAT_VERSION} (kind {doc.get('kind')!r}, format "
-                        f"{doc.get('format')!r})", file=str(path), fix=fix)
+        raise DataError(
+            f"not a verifier artifact of format {FORMAT_VERSION} (kind {doc.get('kind')!r}, format {doc.get('format')!r})",
+            file=str(path),
+            fix=fix,
+        )
     features = VerifierFeatures(tuple(doc["models"]), int(doc["embed_dim"]))
     if not coef.shape == mean.shape == scale.shape == (len(features.names()),):
-        raise DataError(f"a damaged verifier artifact: {coef.shape[0]} weights for {len(features.names())} "
-                        "features", file=str(path), fix=fix)
+        raise DataError(
+            f"a damaged verifier artifact: {coef.shape[0]} weights for {len(features.names())} features", file=str(path), fix=fix
+        )
     verifier = Verifier(features, coef, float(doc["intercept"]), mean, scale, dict(doc.get("report") or {}))
     return verifier, {**doc.pop("meta"), **doc}

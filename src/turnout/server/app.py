@@ -128,8 +128,13 @@ class TurnoutApp:
             await self.starlette(scope, receive, send)
 
 
-def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_children: bool = True,
-               progress: Callable[[str], None] | None = None) -> TurnoutApp:
+def create_app(
+    gateway: Gateway,
+    *,
+    max_body_bytes: int = 1_048_576,
+    start_children: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> TurnoutApp:
     """The ASGI app. The lifespan starts the gateway's children and closes the gateway on shutdown.
 
     ``progress`` is told of each start-up step (``turnout serve`` prints them); a step that fails is reported
@@ -184,8 +189,9 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
             if item["id"] == name:
                 return _json(item, 200, _headers(rid))
         shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"
-        raise UnknownModelError(f"no route or model named {shown!r}; available: {', '.join(i['id'] for i in items)}",
-                                param="model")
+        raise UnknownModelError(
+            f"no route or model named {shown!r}; available: {', '.join(i['id'] for i in items)}", param="model"
+        )
 
     async def healthz(request: Request, rid: str) -> Response:
         return _json({"status": "ok"}, 200, _headers(rid))
@@ -260,8 +266,9 @@ def create_app(gateway: Gateway, *, max_body_bytes: int = 1_048_576, start_child
         # after this answer, so the server logs its traceback
         return _error(exc, new_request_id())
 
-    starlette = Starlette(routes=routes, lifespan=lifespan,
-                          exception_handlers={HTTPException: http_error, Exception: internal_error})
+    starlette = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: internal_error}
+    )
     return TurnoutApp(chat, starlette)
 
 

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -60,11 +60,15 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def turnout_headers(rid: str, route: str = "-", model: str = "-",
-                    extra: dict[str, str] | None = None) -> list[tuple[bytes, bytes]]:
+def turnout_headers(
+    rid: str, route: str = "-", model: str = "-", extra: dict[str, str] | None = None
+) -> list[tuple[bytes, bytes]]:
     """The three ``x-turnout-*`` headers every answer carries, then ``extra`` (what the pipeline's stages added)."""
-    out = [(b"x-turnout-request-id", rid.encode()), (b"x-turnout-route", route.encode("latin-1", "replace")),
-           (b"x-turnout-model", model.encode("latin-1", "replace"))]
+    out = [
+        (b"x-turnout-request-id", rid.encode()),
+        (b"x-turnout-route", route.encode("latin-1", "replace")),
+        (b"x-turnout-model", model.encode("latin-1", "replace")),
+    ]
     if extra:
         out += [(k.lower().encode("latin-1", "replace"), _header_value(v)) for k, v in extra.items()]
     return out
@@ -82,8 +86,11 @@ _NOT_METADATA = frozenset({b"x-api-key"})
 
 def request_metadata(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """The ``x-*`` request headers (never the API key) as a dict of lower-case names, values cut to 1 KB."""
-    return {name.decode("latin-1"): value[:1024].decode("latin-1") for name, value in headers
-            if name.startswith(_METADATA_PREFIX) and name not in _NOT_METADATA}
+    return {
+        name.decode("latin-1"): value[:1024].decode("latin-1")
+        for name, value in headers
+        if name.startswith(_METADATA_PREFIX) and name not in _NOT_METADATA
+    }
 
 
 def answer_headers(ctx: Any) -> dict[str, str]:
@@ -168,13 +175,18 @@ class ChatEndpoint:
     async def _serve(self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange) -> None:
         rid = new_request_id()
 
-        async def respond(status: int, body: Any, route: str = "-", model: str = "-",
-                          extra: dict[str, str] | None = None) -> None:
+        async def respond(
+            status: int, body: Any, route: str = "-", model: str = "-", extra: dict[str, str] | None = None
+        ) -> None:
             data = dumps(body)
             exchange.sent = status
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [_JSON, (b"content-length", b"%d" % len(data)),
-                                    *turnout_headers(rid, route, model, extra)]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [_JSON, (b"content-length", b"%d" % len(data)), *turnout_headers(rid, route, model, extra)],
+                }
+            )
             await send({"type": "http.response.body", "body": data})
 
         gw = self.gateway
@@ -195,8 +207,9 @@ class ChatEndpoint:
                 if outcome is None:
                     return  # the client hung up: the upstream call was cancelled (and logged as such); nobody to answer
                 if isinstance(outcome, TurnoutError):
-                    await respond(status_for(outcome), error_body(outcome), route=route_label(gw, req.model),
-                                  extra=error_headers(outcome))
+                    await respond(
+                        status_for(outcome), error_body(outcome), route=route_label(gw, req.model), extra=error_headers(outcome)
+                    )
                     return
                 resp, ctx = outcome
                 assert ctx.decision is not None
@@ -205,11 +218,11 @@ class ChatEndpoint:
             try:
                 session = await gw.chat_stream(req, api_key=key, request_id=rid, headers=meta)
             except TurnoutError as exc:
-                await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model),
-                              extra=error_headers(exc))
+                await respond(status_for(exc), error_body(exc), route=route_label(gw, req.model), extra=error_headers(exc))
                 return
-            await self._stream(session, bool((req.params.get("stream_options") or {}).get("include_usage")),
-                               receive, send, rid, exchange)
+            await self._stream(
+                session, bool((req.params.get("stream_options") or {}).get("include_usage")), receive, send, rid, exchange
+            )
         except Exception as exc:  # a bug in turnout: say so in OpenAI form, with the traceback in the server log
             log.exception("internal error answering request %s", rid)
             if exchange.sent is None:
@@ -217,8 +230,9 @@ class ChatEndpoint:
             else:
                 raise
 
-    async def _complete(self, req: ChatRequest, key: str | None, rid: str, meta: dict[str, str], receive: Receive,
-                        exchange: _Exchange) -> tuple[ChatResponse, RequestContext] | TurnoutError | None:
+    async def _complete(
+        self, req: ChatRequest, key: str | None, rid: str, meta: dict[str, str], receive: Receive, exchange: _Exchange
+    ) -> tuple[ChatResponse, RequestContext] | TurnoutError | None:
         """The gateway's whole answer, or its TurnoutError; None when the client hung up first.
 
         A hang-up cancels the gateway call wherever it is (routing, the upstream
@@ -239,7 +253,8 @@ class ChatEndpoint:
             if name == b"content-length":
                 if value.isdigit() and int(value) > limit:
                     raise PayloadTooLargeError(
-                        f"request body is {value.decode()} bytes; the limit is {limit} (server.max_body_bytes)")
+                        f"request body is {value.decode()} bytes; the limit is {limit} (server.max_body_bytes)"
+                    )
                 break
         message = await receive()
         body = message.get("body", b"")
@@ -259,12 +274,17 @@ class ChatEndpoint:
             chunks.append(part)
         return b"".join(chunks)
 
-    async def _stream(self, session: StreamSession, include_usage: bool, receive: Receive, send: Send, rid: str,
-                      exchange: _Exchange) -> None:
+    async def _stream(
+        self, session: StreamSession, include_usage: bool, receive: Receive, send: Send, rid: str, exchange: _Exchange
+    ) -> None:
         exchange.sent = 200  # from here on the client has its status line, whatever happens to the stream
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*_SSE, *turnout_headers(rid, session.decision.route, session.model,
-                                                        answer_headers(session.ctx))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_SSE, *turnout_headers(rid, session.decision.route, session.model, answer_headers(session.ctx))],
+            }
+        )
 
         async def pump() -> None:
             events = sse_events(session, include_usage)
@@ -357,7 +377,7 @@ def route_label(gateway: Gateway, model: str) -> str:
     return model if model in gateway.routes else ("passthrough" if model in gateway.targets else "-")
 
 
-async def sse_events(session: StreamSession, include_usage: bool) -> AsyncIterator[bytes]:
+async def sse_events(session: StreamSession, include_usage: bool) -> AsyncGenerator[bytes, None]:
     """The SSE byte frames of a committed stream, ending with ``data: [DONE]`` whatever happens.
 
     Usage goes out as OpenAI sends it: only if the client asked
@@ -396,10 +416,24 @@ async def sse_events(session: StreamSession, include_usage: bool) -> AsyncIterat
 def _usage_chunk(last: dict[str, Any], session: StreamSession) -> dict[str, Any]:
     """The final ``choices: []`` chunk carrying the stream's usage, in the stream's own id."""
     assert session.usage is not None
-    return {"id": last.get("id") or f"chatcmpl-{session.request_id}", "object": "chat.completion.chunk",
-            "created": last.get("created") or int(time.time()), "model": last.get("model") or session.model,
-            "choices": [], "usage": session.usage.to_dict()}
+    return {
+        "id": last.get("id") or f"chatcmpl-{session.request_id}",
+        "object": "chat.completion.chunk",
+        "created": last.get("created") or int(time.time()),
+        "model": last.get("model") or session.model,
+        "choices": [],
+        "usage": session.usage.to_dict(),
+    }
 
 
-__all__ = ["ChatEndpoint", "answer_headers", "api_key_of", "logged_status", "new_request_id", "request_metadata",
-           "route_label", "sse_events", "turnout_headers"]
+__all__ = [
+    "ChatEndpoint",
+    "answer_headers",
+    "api_key_of",
+    "logged_status",
+    "new_request_id",
+    "request_metadata",
+    "route_label",
+    "sse_events",
+    "turnout_headers",
+]

@@ -29,7 +29,6 @@ from turnout.errors import (
     UnknownModelError,
 )
 
-
 STATUS_TABLE: list[tuple[type[BaseException], int]] = [
     (PayloadTooLargeError, 413),
     (UnknownModelError, 404),
@@ -68,7 +67,12 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, TurnoutError):
         err: dict[str, Any] = {"message": str(exc), "type": exc.kind, "param": getattr(exc, "param", None), "code": exc.kind}
     else:
-        err = {"message": "internal error in turnout (this is a bug; see the server log)", "type": "internal_error", "param": None, "code": "internal_error"}
+        err = {
+            "message": "internal error in turnout (this is a bug; see the server log)",
+            "type": "internal_error",
+            "param": None,
+            "code": "internal_error",
+        }
     if isinstance(exc, AllBackendsFailedError):
         err["failures"] = [
             {"backend": e.backend, "model": e.model, "type": e.kind, "message": str(e), "status": getattr(e, "status", None)}

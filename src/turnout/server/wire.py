@@ -97,8 +97,7 @@ def _named(obj: Any) -> bool:
 
 def _tools(name: str, v: Any) -> None:
     if not isinstance(v, list):
-        raise InvalidRequestError("'tools' must be an array of {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                                  param=name)
+        raise InvalidRequestError('\'tools\' must be an array of {"type": "function", "function": {"name": ...}}', param=name)
     for i, tool in enumerate(v):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
@@ -111,8 +110,9 @@ def _tools(name: str, v: Any) -> None:
         if not _named(fn):
             raise InvalidRequestError(f"{where}.function.name must be a non-empty string", param=f"{where}.function.name")
         if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise InvalidRequestError(f"{where}.function.parameters must be a JSON Schema object",
-                                      param=f"{where}.function.parameters")
+            raise InvalidRequestError(
+                f"{where}.function.parameters must be a JSON Schema object", param=f"{where}.function.parameters"
+            )
 
 
 def _tool_choice(name: str, v: Any) -> None:
@@ -122,19 +122,23 @@ def _tool_choice(name: str, v: Any) -> None:
         return
     raise InvalidRequestError(
         "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}, "
-        f"got {_show(v)}", param=name)
+        f"got {_show(v)}",
+        param=name,
+    )
 
 
 def _response_format(name: str, v: Any) -> None:
     if not isinstance(v, dict):
-        raise InvalidRequestError("'response_format' must be an object like {\"type\": \"json_object\"}", param=name)
+        raise InvalidRequestError('\'response_format\' must be an object like {"type": "json_object"}', param=name)
     kind = v.get("type")
     if not isinstance(kind, str) or kind not in RESPONSE_FORMATS:
-        raise InvalidRequestError(f"'response_format.type' must be one of {', '.join(RESPONSE_FORMATS)}, got {_show(kind)}",
-                                  param=f"{name}.type")
+        raise InvalidRequestError(
+            f"'response_format.type' must be one of {', '.join(RESPONSE_FORMATS)}, got {_show(kind)}", param=f"{name}.type"
+        )
     if kind == "json_schema" and not _named(v.get("json_schema")):
-        raise InvalidRequestError("'response_format.json_schema' must be an object with a 'name' (and its 'schema')",
-                                  param=f"{name}.json_schema")
+        raise InvalidRequestError(
+            "'response_format.json_schema' must be an object with a 'name' (and its 'schema')", param=f"{name}.json_schema"
+        )
 
 
 def _logit_bias(name: str, v: Any) -> None:
@@ -142,8 +146,9 @@ def _logit_bias(name: str, v: Any) -> None:
         raise InvalidRequestError("'logit_bias' must be an object mapping token ids to numbers in [-100, 100]", param=name)
     for token, bias in v.items():
         if not _is_number(bias) or not -100 <= bias <= 100:
-            raise InvalidRequestError(f"'logit_bias' of token {_show(token)} must be a number in [-100, 100], got {_show(bias)}",
-                                      param=name)
+            raise InvalidRequestError(
+                f"'logit_bias' of token {_show(token)} must be a number in [-100, 100], got {_show(bias)}", param=name
+            )
 
 
 #: the typed optional fields, checked when a request carries them
@@ -179,8 +184,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
     depth = json_depth(data, MAX_JSON_DEPTH)
     if depth > MAX_JSON_DEPTH:
         # parsed fine, but it could not be written to a backend (orjson stops at 255 levels): refuse it now
-        raise InvalidRequestError(f"request body is nested more than {MAX_JSON_DEPTH} levels deep; "
-                                  "no OpenAI field needs that (flatten the structure)")
+        raise InvalidRequestError(
+            f"request body is nested more than {MAX_JSON_DEPTH} levels deep; no OpenAI field needs that (flatten the structure)"
+        )
     return data
 
 
@@ -212,11 +218,12 @@ def _check_parts(i: int, content: list[Any]) -> None:
     for j, part in enumerate(content):
         where = f"messages[{i}].content[{j}]"
         if not isinstance(part, dict):
-            raise InvalidRequestError(f"{where} must be an object like {{\"type\": \"text\", \"text\": ...}}", param=where)
+            raise InvalidRequestError(f'{where} must be an object like {{"type": "text", "text": ...}}', param=where)
         kind = part.get("type")
         if not isinstance(kind, str) or kind not in PART_TYPES:
-            raise InvalidRequestError(f"{where}.type must be one of {', '.join(PART_TYPES)}, got {_show(kind)}",
-                                      param=f"{where}.type")
+            raise InvalidRequestError(
+                f"{where}.type must be one of {', '.join(PART_TYPES)}, got {_show(kind)}", param=f"{where}.type"
+            )
         if kind == "text" and not isinstance(part.get("text"), str):
             raise InvalidRequestError(f"{where}.text must be a string, got {_show(part.get('text'))}", param=f"{where}.text")
 
@@ -235,8 +242,9 @@ def parse_chat(body: bytes) -> ChatRequest:
             raise InvalidRequestError(f"messages[{i}] must be an object", param=f"messages[{i}]")
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequestError(f"messages[{i}].role must be one of {sorted(ROLES)}, got {_show(role)}",
-                                      param=f"messages[{i}].role")
+            raise InvalidRequestError(
+                f"messages[{i}].role must be one of {sorted(ROLES)}, got {_show(role)}", param=f"messages[{i}].role"
+            )
         content = m.get("content")
         if isinstance(content, str):
             pass
@@ -246,7 +254,9 @@ def parse_chat(body: bytes) -> ChatRequest:
             if role != "assistant":
                 raise InvalidRequestError(f"messages[{i}].content is required", param=f"messages[{i}].content")
         else:
-            raise InvalidRequestError(f"messages[{i}].content must be a string or an array of parts", param=f"messages[{i}].content")
+            raise InvalidRequestError(
+                f"messages[{i}].content must be a string or an array of parts", param=f"messages[{i}].content"
+            )
     stream = data.pop("stream", False)
     if stream is None:
         stream = False
@@ -287,16 +297,33 @@ def parse_feedback_body(body: bytes) -> Feedback:
     if not isinstance(rid, str) or not rid:
         raise InvalidRequestError("'request_id' is required (the x-turnout-request-id header of an answer)", param="request_id")
     if len(rid) > MAX_REQUEST_ID:
-        raise InvalidRequestError(f"'request_id' is {len(rid)} characters; a request id has at most {MAX_REQUEST_ID} "
-                                  "(send the x-turnout-request-id header of an answer)", param="request_id")
+        raise InvalidRequestError(
+            f"'request_id' is {len(rid)} characters; a request id has at most {MAX_REQUEST_ID} "
+            "(send the x-turnout-request-id header of an answer)",
+            param="request_id",
+        )
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
         raise InvalidRequestError("'score' must be a number in [0, 1]", param="score")
     if comment is not None and (not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS):
-        raise InvalidRequestError(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters",
-                                  param="comment")
+        raise InvalidRequestError(f"'comment' must be a string of at most {MAX_COMMENT_CHARS} characters", param="comment")
     return Feedback(rid, float(score), comment)
 
 
-__all__ = ["CHECKS", "MAX_COMMENT_CHARS", "MAX_JSON_DEPTH", "MAX_REQUEST_ID", "PART_TYPES", "RESPONSE_FORMATS", "ROLES",
-           "TOOL_CHOICES", "Feedback", "dumps", "json_depth", "loads", "parse_chat", "parse_feedback", "parse_feedback_body",
-           "parse_json"]
+__all__ = [
+    "CHECKS",
+    "MAX_COMMENT_CHARS",
+    "MAX_JSON_DEPTH",
+    "MAX_REQUEST_ID",
+    "PART_TYPES",
+    "RESPONSE_FORMATS",
+    "ROLES",
+    "TOOL_CHOICES",
+    "Feedback",
+    "dumps",
+    "json_depth",
+    "loads",
+    "parse_chat",
+    "parse_feedback",
+    "parse_feedback_body",
+    "parse_json",
+]

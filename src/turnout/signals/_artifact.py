@@ -35,8 +35,13 @@ def save_guard(path: str | Path, kind: str, arrays: dict[str, np.ndarray], meta:
         raise DataError("a guard artifact must be a .npz file", file=str(path), fix="name it e.g. domain.npz")
     if not path.parent.exists():
         raise DataError("output folder does not exist", file=str(path.parent), fix="create it first")
-    doc = {"kind": kind, "format": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "turnout_version": __version__, "meta": meta}
+    doc = {
+        "kind": kind,
+        "format": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "turnout_version": __version__,
+        "meta": meta,
+    }
     for name, arr in arrays.items():
         if name == _META or arr.dtype == object:
             raise DataError(f"guard array '{name}' cannot be stored (reserved name or object dtype)", file=str(path))
@@ -50,8 +55,9 @@ def save_guard(path: str | Path, kind: str, arrays: dict[str, np.ndarray], meta:
     return path
 
 
-def load_guard(path: str | Path, kind: str, *, arrays: Iterable[str], train_hint: str) -> tuple[dict[str, np.ndarray],
-                                                                                                  dict[str, Any]]:
+def load_guard(
+    path: str | Path, kind: str, *, arrays: Iterable[str], train_hint: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a ``kind`` guard artifact: ``(arrays by name, the guard's meta)``.
 
     ``arrays`` lists the entries the guard needs (a missing one makes the file
@@ -67,25 +73,39 @@ def load_guard(path: str | Path, kind: str, *, arrays: Iterable[str], train_hint
                 raise DataError("not a turnout guard artifact (no turnout metadata in it)", file=str(path), fix=fix)
             doc = json.loads(bytes(npz[_META]).decode("utf-8"))
             if not isinstance(doc, dict) or not isinstance(doc.get("meta"), dict):
-                raise DataError("a damaged guard artifact (its metadata is not a JSON object with 'meta')",
-                                file=str(path), fix=f"make it again with '{train_hint}'")
+                raise DataError(
+                    "a damaged guard artifact (its metadata is not a JSON object with 'meta')",
+                    file=str(path),
+                    fix=f"make it again with '{train_hint}'",
+                )
             if doc.get("kind") != kind:
                 raise DataError(f"this is a '{doc.get('kind')}' artifact, not a '{kind}' guard", file=str(path), fix=fix)
             if doc.get("format") != FORMAT_VERSION:
-                raise DataError(f"guard artifact format {doc.get('format')} is not supported (this turnout reads "
-                                f"{FORMAT_VERSION})", file=str(path), fix=f"make it again with '{train_hint}'")
+                raise DataError(
+                    f"guard artifact format {doc.get('format')} is not supported (this turnout reads {FORMAT_VERSION})",
+                    file=str(path),
+                    fix=f"make it again with '{train_hint}'",
+                )
             missing = [a for a in arrays if a not in npz.files]
             if missing:
-                raise DataError(f"a damaged {kind} guard artifact (missing arrays: {', '.join(missing)})",
-                                file=str(path), fix=f"make it again with '{train_hint}'")
+                raise DataError(
+                    f"a damaged {kind} guard artifact (missing arrays: {', '.join(missing)})",
+                    file=str(path),
+                    fix=f"make it again with '{train_hint}'",
+                )
             loaded = {name: np.asarray(npz[name]) for name in npz.files if name != _META}
     except DataError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
         # numpy's own messages (e.g. "...load it unsafely using allow_pickle=...") would mislead: an artifact never
         # holds pickled objects, and a file that seems to is not an artifact
-        why = "its metadata is not valid JSON" if isinstance(exc, json.JSONDecodeError) else \
-            "not a readable .npz archive" if isinstance(exc, (zipfile.BadZipFile, ValueError, EOFError)) else str(exc)
+        why = (
+            "its metadata is not valid JSON"
+            if isinstance(exc, json.JSONDecodeError)
+            else "not a readable .npz archive"
+            if isinstance(exc, (zipfile.BadZipFile, ValueError, EOFError))
+            else str(exc)
+        )
         raise DataError(f"not a turnout guard artifact ({why})", file=str(path), fix=fix) from exc
     meta: dict[str, Any] = doc["meta"]
     meta = {**meta, "created": doc.get("created"), "turnout_version": doc.get("turnout_version")}
@@ -94,5 +114,8 @@ def load_guard(path: str | Path, kind: str, *, arrays: Iterable[str], train_hint
 
 def damaged(path: str | Path | None, kind: str, why: str, train_hint: str) -> DataError:
     """The error for an artifact that opens but whose arrays or settings do not fit together."""
-    return DataError(f"a damaged {kind} guard artifact ({why})", file=None if path is None else str(path),
-                     fix=f"make it again with '{train_hint}'")
+    return DataError(
+        f"a damaged {kind} guard artifact ({why})",
+        file=None if path is None else str(path),
+        fix=f"make it again with '{train_hint}'",
+    )

@@ -24,12 +24,63 @@ import urllib.parse
 
 #: Cyrillic and Greek letters that render like Latin ones (lower and upper case)
 _CONFUSABLES = {
-    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
-    "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ү": "y", "һ": "h",
-    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T", "Х": "X",
-    "І": "I", "Ј": "J", "Ѕ": "S", "α": "a", "ο": "o", "ν": "v", "ρ": "p", "τ": "t", "υ": "u", "ι": "i", "κ": "k",
-    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P",
-    "Τ": "T", "Υ": "Y", "Χ": "X",
+    "а": "a",
+    "в": "b",
+    "е": "e",
+    "ё": "e",
+    "к": "k",
+    "м": "m",
+    "н": "h",
+    "о": "o",
+    "р": "p",
+    "с": "c",
+    "т": "t",
+    "у": "y",
+    "х": "x",
+    "і": "i",
+    "ј": "j",
+    "ѕ": "s",
+    "ԁ": "d",
+    "ԛ": "q",
+    "ԝ": "w",
+    "ү": "y",
+    "һ": "h",
+    "А": "A",
+    "В": "B",
+    "Е": "E",
+    "К": "K",
+    "М": "M",
+    "Н": "H",
+    "О": "O",
+    "Р": "P",
+    "С": "C",
+    "Т": "T",
+    "Х": "X",
+    "І": "I",
+    "Ј": "J",
+    "Ѕ": "S",
+    "α": "a",
+    "ο": "o",
+    "ν": "v",
+    "ρ": "p",
+    "τ": "t",
+    "υ": "u",
+    "ι": "i",
+    "κ": "k",
+    "Α": "A",
+    "Β": "B",
+    "Ε": "E",
+    "Ζ": "Z",
+    "Η": "H",
+    "Ι": "I",
+    "Κ": "K",
+    "Μ": "M",
+    "Ν": "N",
+    "Ο": "O",
+    "Ρ": "P",
+    "Τ": "T",
+    "Υ": "Y",
+    "Χ": "X",
 }
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s"})
 _WORD = re.compile(r"\S+")
@@ -41,11 +92,13 @@ _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9
 _HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){12,}\b")
 _PCT = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
 #: frequent English words: a text that has many more of them after ROT13 was ROT13 before
-_COMMON_WORDS = ("the be to of and a in that have i it for not on with he as you do at this but his by from they we "
-                 "say her she or an will my one all would there their what so up out if about who get which go me "
-                 "when make can like no just him know take into your some could them see other than then now "
-                 "only its over also after use two how our first well way even new want because any these give "
-                 "most us is are was were tell ignore instructions previous password secret")
+_COMMON_WORDS = (
+    "the be to of and a in that have i it for not on with he as you do at this but his by from they we "
+    "say her she or an will my one all would there their what so up out if about who get which go me "
+    "when make can like no just him know take into your some could them see other than then now "
+    "only its over also after use two how our first well way even new want because any these give "
+    "most us is are was were tell ignore instructions previous password secret"
+)
 _COMMON = frozenset(_COMMON_WORDS.split())
 
 
@@ -193,8 +246,12 @@ def decode_rot13(text: str) -> str | None:
     out, changed = [], False
     for k, part in enumerate(parts):
         rot = codecs.encode(part, "rot13")
-        if k % 2 == 0 and len(re.findall(r"[a-z]+", part.lower())) >= 3 and _common_share(rot) >= 0.2 \
-                and _common_share(rot) >= 2 * _common_share(part) + 0.1:
+        if (
+            k % 2 == 0
+            and len(re.findall(r"[a-z]+", part.lower())) >= 3
+            and _common_share(rot) >= 0.2
+            and _common_share(rot) >= 2 * _common_share(part) + 0.1
+        ):
             out.append(rot)
             changed = True
         else:
@@ -210,8 +267,12 @@ def normalise(text: str) -> tuple[str, list[str]]:
     """``text`` with invisible characters, homoglyphs, leetspeak and letter-spacing undone; and what was undone."""
     steps: list[str] = []
     out = text
-    for name, fn in (("invisible characters", strip_invisible), ("homoglyphs", fold_homoglyphs),
-                     ("letter-spacing", unspace), ("leetspeak", unleet)):
+    for name, fn in (
+        ("invisible characters", strip_invisible),
+        ("homoglyphs", fold_homoglyphs),
+        ("letter-spacing", unspace),
+        ("leetspeak", unleet),
+    ):
         new = fn(out)
         if new is not None and new.strip():
             steps.append(name)

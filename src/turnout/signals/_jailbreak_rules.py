@@ -28,30 +28,54 @@ import numpy as np
 
 #: (name, pattern); matched case-insensitively on the normalised text
 PATTERNS: tuple[tuple[str, str], ...] = (
-    ("ignore-instructions",
-     (r"\b(ignore|disregard|forget|override|bypass|discard|abandon|drop)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|"
-      r"preceding|original|initial|system|all|any|every|your|these|those)\b[^.\n]{0,30}?\b(instructions?|rules|"
-      r"guidelines|directives?|programming|restrictions|constraints|guardrails|safeguards|system prompt)\b")),
-    ("reveal-hidden",
-     (r"\b(reveal|print|show|tell|repeat|output|display|leak|give|spell|write out)\b[^.\n]{0,30}?\b(your|the)\s+"
-      r"(system prompt|hidden prompt|initial prompt|original prompt|secret (password|key|word)|password|"
-      r"(hidden |initial |original )?instructions you were given)")),
-    ("unrestricted-persona",
-     (r"\byou\b[^.\n]{0,40}?\b(have no|without( any)?|free (of|from)|freed from|unbound by|no longer (bound|restricted) "
-      r"by|not bound by)\b[^.\n]{0,25}?\b(restrictions|filters|limits|limitations|rules|content polic(y|ies)|"
-      r"guidelines|censorship|ethics|morals|morality|safety)\b")),
-    ("jailbreak-mode",
-     (r"((?-i:\bDAN\b)|\b(do anything now|developer mode|dev mode|god mode|jailbr(eak|oken) mode|unfiltered mode|"
-      r"evil (mode|confidant)|(never|don'?t|do not) break character|stay in character|"
-      r"jailbroken)\b)")),
-    ("forced-compliance",
-     (r"\b(begin|start) (your|the) (reply|response|answer) with\s+['\"]?(sure|certainly|absolutely|of course)|"
-      r"\b(never|must not|do not|don'?t|cannot|can'?t) (refuse|decline|say no)\b|"
-      r"\bwithout (any )?(moral|ethical) (judg(e)?ment|considerations?|restrictions)")),
-    ("override-other-language",
-     (r"\bignor(ez|a|iere|ieren|are)\b[^.\n]{0,25}?\b(instructions?|anweisungen|instrucciones|istruzioni|"
-      r"regeln|reglas|r[eè]gles)\b|\b(olvida|oublie[zr]?|vergiss|dimentica)\b[^.\n]{0,25}?\b(tus|tes|vos|deine|le tue|"
-      r"las|les|die)\b[^.\n]{0,15}?\b(instrucciones|reglas|instructions|r[eè]gles|anweisungen|regeln|istruzioni)\b")),
+    (
+        "ignore-instructions",
+        (
+            r"\b(ignore|disregard|forget|override|bypass|discard|abandon|drop)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|"
+            r"preceding|original|initial|system|all|any|every|your|these|those)\b[^.\n]{0,30}?\b(instructions?|rules|"
+            r"guidelines|directives?|programming|restrictions|constraints|guardrails|safeguards|system prompt)\b"
+        ),
+    ),
+    (
+        "reveal-hidden",
+        (
+            r"\b(reveal|print|show|tell|repeat|output|display|leak|give|spell|write out)\b[^.\n]{0,30}?\b(your|the)\s+"
+            r"(system prompt|hidden prompt|initial prompt|original prompt|secret (password|key|word)|password|"
+            r"(hidden |initial |original )?instructions you were given)"
+        ),
+    ),
+    (
+        "unrestricted-persona",
+        (
+            r"\byou\b[^.\n]{0,40}?\b(have no|without( any)?|free (of|from)|freed from|unbound by|no longer (bound|restricted) "
+            r"by|not bound by)\b[^.\n]{0,25}?\b(restrictions|filters|limits|limitations|rules|content polic(y|ies)|"
+            r"guidelines|censorship|ethics|morals|morality|safety)\b"
+        ),
+    ),
+    (
+        "jailbreak-mode",
+        (
+            r"((?-i:\bDAN\b)|\b(do anything now|developer mode|dev mode|god mode|jailbr(eak|oken) mode|unfiltered mode|"
+            r"evil (mode|confidant)|(never|don'?t|do not) break character|stay in character|"
+            r"jailbroken)\b)"
+        ),
+    ),
+    (
+        "forced-compliance",
+        (
+            r"\b(begin|start) (your|the) (reply|response|answer) with\s+['\"]?(sure|certainly|absolutely|of course)|"
+            r"\b(never|must not|do not|don'?t|cannot|can'?t) (refuse|decline|say no)\b|"
+            r"\bwithout (any )?(moral|ethical) (judg(e)?ment|considerations?|restrictions)"
+        ),
+    ),
+    (
+        "override-other-language",
+        (
+            r"\bignor(ez|a|iere|ieren|are)\b[^.\n]{0,25}?\b(instructions?|anweisungen|instrucciones|istruzioni|"
+            r"regeln|reglas|r[eè]gles)\b|\b(olvida|oublie[zr]?|vergiss|dimentica)\b[^.\n]{0,25}?\b(tus|tes|vos|deine|le tue|"
+            r"las|les|die)\b[^.\n]{0,15}?\b(instrucciones|reglas|instructions|r[eè]gles|anweisungen|regeln|istruzioni)\b"
+        ),
+    ),
 )
 # the DAN persona is matched case-sensitively (inline flag): case-insensitive it would be the name Dan
 _COMPILED = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in PATTERNS)

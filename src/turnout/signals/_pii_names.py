@@ -89,8 +89,22 @@ def _places() -> frozenset[str]:
         zoneinfo = importlib.resources.files("tzdata").joinpath("zoneinfo")
     except ModuleNotFoundError as exc:
         raise MissingDependency("tzdata", "pii", "Place detection (LOCATION)") from exc
-    out: set[str] = {"united states", "usa", "united kingdom", "uk", "england", "scotland", "wales", "europe",
-                     "africa", "asia", "america", "south america", "north america", "oceania"}
+    out: set[str] = {
+        "united states",
+        "usa",
+        "united kingdom",
+        "uk",
+        "england",
+        "scotland",
+        "wales",
+        "europe",
+        "africa",
+        "asia",
+        "america",
+        "south america",
+        "north america",
+        "oceania",
+    }
     for line in zoneinfo.joinpath("iso3166.tab").read_text(encoding="utf-8").splitlines():
         if line.startswith("#") or "\t" not in line:
             continue
@@ -106,7 +120,7 @@ def _places() -> frozenset[str]:
 
 
 def _sentence_initial(text: str, start: int) -> bool:
-    before = text[max(0, start - 4):start].rstrip(" \t\"'“‘(")
+    before = text[max(0, start - 4) : start].rstrip(" \t\"'“‘(")
     return not before or before[-1] in ".!?:\n;"
 
 
@@ -125,7 +139,7 @@ def _person(text: str, m: re.Match[str]) -> Sequence[Found]:
     def close() -> None:
         nonlocal honorific
         if len(run) > 1 and _sentence_initial(text, run[0][0]) and not honorific:
-            head = text[run[0][0]:run[0][1]].lower()
+            head = text[run[0][0] : run[0][1]].lower()
             if head not in first and head not in last:
                 del run[0]  # "Yesterday John Wilson": a capitalised first word that is no name starts the sentence
         words = [text[a:b].lower() for a, b in run]
@@ -160,7 +174,7 @@ def _person(text: str, m: re.Match[str]) -> Sequence[Found]:
         if word in _STOP:
             if run:
                 close()
-            honorific = bool(_HONORIFIC.search(text[max(0, b - 8):b + 1].lower()))
+            honorific = bool(_HONORIFIC.search(text[max(0, b - 8) : b + 1].lower()))
             continue
         run.append((a, b))
     if run:
@@ -229,23 +243,43 @@ def place_recognizers(types: frozenset[PiiType]) -> list[Recognizer]:
     run_prefix = rf"[{up}](?:[^\W\d_]|['’ .-])*"
     if PiiType.PERSON in types:
         _census_names()  # fail now, with the extra to install, rather than on the first request
-        out.append(Recognizer.build(
-            "person_census", PiiType.PERSON, run, validate=_person, priority=30, max_width=run_width,
-            prefix=run_prefix,
-        ))
+        out.append(
+            Recognizer.build(
+                "person_census",
+                PiiType.PERSON,
+                run,
+                validate=_person,
+                priority=30,
+                max_width=run_width,
+                prefix=run_prefix,
+            )
+        )
     if PiiType.LOCATION in types:
         _places()
-        out.append(Recognizer.build(
-            "place_tzdata", PiiType.LOCATION, run, validate=_place, priority=25, max_width=run_width,
-            prefix=run_prefix,
-        ))
+        out.append(
+            Recognizer.build(
+                "place_tzdata",
+                PiiType.LOCATION,
+                run,
+                validate=_place,
+                priority=25,
+                max_width=run_width,
+                prefix=run_prefix,
+            )
+        )
     if PiiType.ADDRESS in types:
-        out.append(Recognizer.build(
-            "street_address", PiiType.ADDRESS, _address_regex(), validate=_address, priority=40,
-            # the longest alternative: a number, four words of up to 51 characters and a street word, and a peek
-            max_width=6 + 4 * 51 + 10 + 1,
-            prefix=rf"[\d{up}][\w'’.,#/ -]*",
-        ))
+        out.append(
+            Recognizer.build(
+                "street_address",
+                PiiType.ADDRESS,
+                _address_regex(),
+                validate=_address,
+                priority=40,
+                # the longest alternative: a number, four words of up to 51 characters and a street word, and a peek
+                max_width=6 + 4 * 51 + 10 + 1,
+                prefix=rf"[\d{up}][\w'’.,#/ -]*",
+            )
+        )
     return out
 
 

@@ -44,13 +44,26 @@ class Recognizer:
 
     @classmethod
     def build(
-        cls, name: str, type: PiiType, pattern: str, *, validate: Validator, priority: int, max_width: int,
-        prefix: str, flags: int = 0,
+        cls,
+        name: str,
+        type: PiiType,
+        pattern: str,
+        *,
+        validate: Validator,
+        priority: int,
+        max_width: int,
+        prefix: str,
+        flags: int = 0,
     ) -> Recognizer:
         """Compile ``pattern`` and ``prefix`` (the latter anchored at the end of the text) with ``flags``."""
         return cls(
-            name=name, type=type, regex=re.compile(pattern, flags), validate=validate, priority=priority,
-            max_width=max_width, prefix=re.compile(f"(?:{prefix})\\Z", flags),
+            name=name,
+            type=type,
+            regex=re.compile(pattern, flags),
+            validate=validate,
+            priority=priority,
+            max_width=max_width,
+            prefix=re.compile(f"(?:{prefix})\\Z", flags),
         )
 
 
@@ -73,19 +86,25 @@ def luhn_ok(digits: str) -> bool:
 # (prefix low, prefix high, allowed lengths): issuer ranges of the card networks; a number outside every range
 # is not a card even when its Luhn digit happens to fit
 _CARD_RANGES: tuple[tuple[int, int, frozenset[int]], ...] = (
-    (4, 4, frozenset({13, 16, 19})),                     # Visa
-    (1800, 1800, frozenset({15})), (2131, 2131, frozenset({15})),  # JCB's older 15-digit ranges
-    (51, 55, frozenset({16})),                           # Mastercard
-    (2221, 2720, frozenset({16})),                       # Mastercard 2-series
-    (34, 34, frozenset({15})), (37, 37, frozenset({15})),  # American Express
-    (300, 305, frozenset(range(14, 20))), (3095, 3095, frozenset(range(14, 20))),  # Diners Club
-    (36, 36, frozenset(range(14, 20))), (38, 39, frozenset(range(14, 20))),
-    (35, 35, frozenset(range(16, 20))),                  # JCB
-    (6011, 6011, frozenset(range(16, 20))), (644, 649, frozenset(range(16, 20))),  # Discover
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (1800, 1800, frozenset({15})),
+    (2131, 2131, frozenset({15})),  # JCB's older 15-digit ranges
+    (51, 55, frozenset({16})),  # Mastercard
+    (2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (34, 34, frozenset({15})),
+    (37, 37, frozenset({15})),  # American Express
+    (300, 305, frozenset(range(14, 20))),
+    (3095, 3095, frozenset(range(14, 20))),  # Diners Club
+    (36, 36, frozenset(range(14, 20))),
+    (38, 39, frozenset(range(14, 20))),
+    (35, 35, frozenset(range(16, 20))),  # JCB
+    (6011, 6011, frozenset(range(16, 20))),
+    (644, 649, frozenset(range(16, 20))),  # Discover
     (65, 65, frozenset(range(16, 20))),
-    (62, 62, frozenset(range(16, 20))),                  # UnionPay
-    (2200, 2204, frozenset(range(16, 20))),              # Mir
-    (50, 50, frozenset(range(12, 20))), (56, 69, frozenset(range(12, 20))),  # Maestro
+    (62, 62, frozenset(range(16, 20))),  # UnionPay
+    (2200, 2204, frozenset(range(16, 20))),  # Mir
+    (50, 50, frozenset(range(12, 20))),
+    (56, 69, frozenset(range(12, 20))),  # Maestro
 )
 
 
@@ -101,14 +120,94 @@ def card_ok(digits: str) -> bool:
 
 #: IBAN length per country (ISO 13616 registry)
 IBAN_LENGTHS: dict[str, int] = {
-    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27, "BR": 29,
-    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
-    "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
-    "HN": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
-    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
-    "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29,
-    "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24,
-    "SM": 27, "SO": 23, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+    "AD": 24,
+    "AE": 23,
+    "AL": 28,
+    "AT": 20,
+    "AZ": 28,
+    "BA": 20,
+    "BE": 16,
+    "BG": 22,
+    "BH": 22,
+    "BI": 27,
+    "BR": 29,
+    "BY": 28,
+    "CH": 21,
+    "CR": 22,
+    "CY": 28,
+    "CZ": 24,
+    "DE": 22,
+    "DJ": 27,
+    "DK": 18,
+    "DO": 28,
+    "EE": 20,
+    "EG": 29,
+    "ES": 24,
+    "FI": 18,
+    "FK": 18,
+    "FO": 18,
+    "FR": 27,
+    "GB": 22,
+    "GE": 22,
+    "GI": 23,
+    "GL": 18,
+    "GR": 27,
+    "GT": 28,
+    "HN": 28,
+    "HR": 21,
+    "HU": 28,
+    "IE": 22,
+    "IL": 23,
+    "IQ": 23,
+    "IS": 26,
+    "IT": 27,
+    "JO": 30,
+    "KW": 30,
+    "KZ": 20,
+    "LB": 28,
+    "LC": 32,
+    "LI": 21,
+    "LT": 20,
+    "LU": 20,
+    "LV": 21,
+    "LY": 25,
+    "MC": 27,
+    "MD": 24,
+    "ME": 22,
+    "MK": 19,
+    "MN": 20,
+    "MR": 27,
+    "MT": 31,
+    "MU": 30,
+    "NI": 28,
+    "NL": 18,
+    "NO": 15,
+    "OM": 23,
+    "PK": 24,
+    "PL": 28,
+    "PS": 29,
+    "PT": 25,
+    "QA": 29,
+    "RO": 24,
+    "RS": 22,
+    "RU": 33,
+    "SA": 24,
+    "SC": 31,
+    "SD": 18,
+    "SE": 24,
+    "SI": 19,
+    "SK": 24,
+    "SM": 27,
+    "SO": 23,
+    "ST": 25,
+    "SV": 28,
+    "TL": 23,
+    "TN": 24,
+    "TR": 26,
+    "UA": 29,
+    "VA": 22,
+    "VG": 24,
+    "XK": 20,
     "YE": 30,
 }
 
@@ -128,7 +227,7 @@ def ssn_ok(area: str, group: str, serial: str) -> bool:
 
 
 def _left(text: str, start: int) -> str:
-    return text[max(0, start - LEFT_CONTEXT):start].lower()
+    return text[max(0, start - LEFT_CONTEXT) : start].lower()
 
 
 # ---------------------------------------------------------------------------------------------- validators
@@ -272,8 +371,7 @@ _PHONE_PREFIX = (
 #: words that may follow a phone number in a sentence ("call me at 555 0199 or ..."); any other word right after
 #: a weakly shaped number reads as a street ("lives at 21 3314 Harley Brook Lane")
 _PHONE_FOLLOWER_WORDS = (
-    "i or and to if at on for please thanks thank you anytime between after before until from is was the we they "
-    "he she it when"
+    "i or and to if at on for please thanks thank you anytime between after before until from is was the we they he she it when"
 )
 _PHONE_FOLLOWERS = frozenset(_PHONE_FOLLOWER_WORDS.split())
 
@@ -282,34 +380,70 @@ def structured_recognizers() -> list[Recognizer]:
     """The recognizers of the six structured types, compiled."""
     return [
         Recognizer.build(
-            "email", PiiType.EMAIL, _EMAIL, validate=_email, priority=75,
+            "email",
+            PiiType.EMAIL,
+            _EMAIL,
+            validate=_email,
+            priority=75,
             # 1 + 63 + '@' + 4 labels of 63 + dots + 24 + peek
-            max_width=1 + 63 + 1 + 4 * 64 + 24 + 1, prefix=r"[A-Za-z0-9._%+@-]*",
+            max_width=1 + 63 + 1 + 4 * 64 + 24 + 1,
+            prefix=r"[A-Za-z0-9._%+@-]*",
         ),
         Recognizer.build(
-            "credit_card", PiiType.CREDIT_CARD, _CARD, validate=_card, priority=90,
-            max_width=4 + 1 + 4 + 1 + 4 + 1 + 7 + 1, prefix=r"\d[\d -]*",
+            "credit_card",
+            PiiType.CREDIT_CARD,
+            _CARD,
+            validate=_card,
+            priority=90,
+            max_width=4 + 1 + 4 + 1 + 4 + 1 + 7 + 1,
+            prefix=r"\d[\d -]*",
         ),
         Recognizer.build(
-            "iban", PiiType.IBAN, _IBAN, validate=_iban, priority=85, flags=re.IGNORECASE,
+            "iban",
+            PiiType.IBAN,
+            _IBAN,
+            validate=_iban,
+            priority=85,
+            flags=re.IGNORECASE,
             # two letters, two digits, then alphanumerics each after an optional space (a trailing space too:
             # the regex reads on past it)
-            max_width=4 + 2 * 30, prefix=r"[A-Za-z](?:[A-Za-z](?:\d(?:\d(?: ?[A-Za-z0-9])* ?)?)?)?",
+            max_width=4 + 2 * 30,
+            prefix=r"[A-Za-z](?:[A-Za-z](?:\d(?:\d(?: ?[A-Za-z0-9])* ?)?)?)?",
         ),
         Recognizer.build(
-            "ssn", PiiType.SSN, _SSN, validate=_ssn, priority=80,
-            max_width=11 + 1, prefix=r"\d[\d -]*",
+            "ssn",
+            PiiType.SSN,
+            _SSN,
+            validate=_ssn,
+            priority=80,
+            max_width=11 + 1,
+            prefix=r"\d[\d -]*",
         ),
         Recognizer.build(
-            "ipv4", PiiType.IP_ADDRESS, _IPV4, validate=_ipv4, priority=70,
-            max_width=15 + 2, prefix=r"\d[\d.]*",
+            "ipv4",
+            PiiType.IP_ADDRESS,
+            _IPV4,
+            validate=_ipv4,
+            priority=70,
+            max_width=15 + 2,
+            prefix=r"\d[\d.]*",
         ),
         Recognizer.build(
-            "ipv6", PiiType.IP_ADDRESS, _IPV6, validate=_ipv6, priority=70,
-            max_width=7 * 5 + 15 + 1, prefix=r"[0-9A-Fa-f:.]*",
+            "ipv6",
+            PiiType.IP_ADDRESS,
+            _IPV6,
+            validate=_ipv6,
+            priority=70,
+            max_width=7 * 5 + 15 + 1,
+            prefix=r"[0-9A-Fa-f:.]*",
         ),
         Recognizer.build(
-            "phone", PiiType.PHONE, _PHONE, validate=_phone, priority=60, flags=re.IGNORECASE,
+            "phone",
+            PiiType.PHONE,
+            _PHONE,
+            validate=_phone,
+            priority=60,
+            flags=re.IGNORECASE,
             # the longest number (5 digits then 5 groups of 8 with 3-character separators), ' extension 999999'
             # 17, a following word of 21, and two peeks
             max_width=5 + 5 * 11 + 17 + 21 + 2,
@@ -319,6 +453,14 @@ def structured_recognizers() -> list[Recognizer]:
 
 
 __all__ = [
-    "IBAN_LENGTHS", "LEFT_CONTEXT", "Found", "Recognizer", "Validator", "card_ok", "iban_ok", "luhn_ok", "ssn_ok",
+    "IBAN_LENGTHS",
+    "LEFT_CONTEXT",
+    "Found",
+    "Recognizer",
+    "Validator",
+    "card_ok",
+    "iban_ok",
+    "luhn_ok",
+    "ssn_ok",
     "structured_recognizers",
 ]

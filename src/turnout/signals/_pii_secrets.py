@@ -27,8 +27,16 @@ _PEM_HEAD = r"-----BEGIN[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----"
 _PEM_BODY = r"(?:(?!-----END)[A-Za-z0-9+/=\s:,.-])"
 _PEM = (
     _PEM_HEAD
-    + r"(?:" + _PEM_BODY + r"{0," + str(PEM_CAP) + r"}?-----END[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----"
-    + r"|" + _PEM_BODY + r"{0," + str(PEM_CAP) + r"})"
+    + r"(?:"
+    + _PEM_BODY
+    + r"{0,"
+    + str(PEM_CAP)
+    + r"}?-----END[A-Z0-9 ]{0,30}PRIVATE KEY(?: BLOCK)?-----"
+    + r"|"
+    + _PEM_BODY
+    + r"{0,"
+    + str(PEM_CAP)
+    + r"})"
 )
 # every string an attempt can read: a partial "-----BEGIN", or a block without a completed END line after which
 # more text came (once "-----END ...-----" is complete, more text cannot change the match)
@@ -115,48 +123,77 @@ def secret_recognizers() -> list[Recognizer]:
 
     return [
         Recognizer.build(
-            "private_key", PiiType.SECRET, _PEM, validate=_pem, priority=100,
+            "private_key",
+            PiiType.SECRET,
+            _PEM,
+            validate=_pem,
+            priority=100,
             max_width=len("-----BEGIN") + 30 + len("PRIVATE KEY BLOCK-----") + PEM_CAP + 8 + 30 + 22 + 8,
             prefix=_PEM_PREFIX,
         ),
         Recognizer.build(
-            "jwt", PiiType.SECRET,
+            "jwt",
+            PiiType.SECRET,
             r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,2048}\.eyJ[A-Za-z0-9_-]{8,8192}\.[A-Za-z0-9_-]{8,2048}(?![\w-])",
-            validate=_jwt, priority=97, max_width=3 + 2048 + 4 + 8192 + 1 + 2048 + 1,
+            validate=_jwt,
+            priority=97,
+            max_width=3 + 2048 + 4 + 8192 + 1 + 2048 + 1,
             prefix=r"e(?:y(?:J[A-Za-z0-9_.-]*)?)?",
         ),
         token(
-            "openai_key", r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-(?:api|admin)\d{2}-)?[A-Za-z0-9_-]{20,250}(?![\w-])",
-            r"s(?:k(?:-[A-Za-z0-9_-]*)?)?", 3 + 12 + 250 + 1,
+            "openai_key",
+            r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|ant-(?:api|admin)\d{2}-)?[A-Za-z0-9_-]{20,250}(?![\w-])",
+            r"s(?:k(?:-[A-Za-z0-9_-]*)?)?",
+            3 + 12 + 250 + 1,
         ),
         token(
-            "aws_access_key", r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-            r"A[A-Z0-9]*", 20 + 1,
+            "aws_access_key",
+            r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+            r"A[A-Z0-9]*",
+            20 + 1,
         ),
         token(
-            "github_token", r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255})(?![\w-])",
-            r"g[A-Za-z0-9_]*", 11 + 255 + 1,
+            "github_token",
+            r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{22,255})(?![\w-])",
+            r"g[A-Za-z0-9_]*",
+            11 + 255 + 1,
         ),
         token("slack_token", r"(?<![\w-])xox[abposre]-[A-Za-z0-9-]{10,250}(?![\w-])", r"x[A-Za-z0-9-]*", 5 + 250 + 1),
         token(
-            "slack_webhook", r"hooks\.slack\.com/services/T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{20,32}(?![\w])",
-            r"h[A-Za-z0-9./]*", 26 + 13 + 14 + 32 + 1,
+            "slack_webhook",
+            r"hooks\.slack\.com/services/T[A-Z0-9]{6,12}/B[A-Z0-9]{6,12}/[A-Za-z0-9]{20,32}(?![\w])",
+            r"h[A-Za-z0-9./]*",
+            26 + 13 + 14 + 32 + 1,
         ),
         token("google_api_key", r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])", r"A[\w-]*", 39 + 1),
         token(
-            "stripe_key", r"(?<![\w-])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}(?![\w-])", r"[sr][\w]*", 8 + 247 + 1,
+            "stripe_key",
+            r"(?<![\w-])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}(?![\w-])",
+            r"[sr][\w]*",
+            8 + 247 + 1,
         ),
         token("huggingface_token", r"(?<![\w-])hf_[A-Za-z0-9]{30,40}(?![\w-])", r"h[\w]*", 3 + 40 + 1),
         token("gitlab_token", r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,50}(?![\w-])", r"g[\w-]*", 6 + 50 + 1),
         token("npm_token", r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])", r"n[\w]*", 4 + 36 + 1),
         Recognizer.build(
-            "bearer_token", PiiType.SECRET, r"(?<![\w-])bearer\s{1,3}(?P<value>[A-Za-z0-9_\-.~+/]{20,500}={0,3})",
-            validate=_bearer, priority=96, flags=re.IGNORECASE, max_width=6 + 3 + 500 + 3 + 1,
+            "bearer_token",
+            PiiType.SECRET,
+            r"(?<![\w-])bearer\s{1,3}(?P<value>[A-Za-z0-9_\-.~+/]{20,500}={0,3})",
+            validate=_bearer,
+            priority=96,
+            flags=re.IGNORECASE,
+            max_width=6 + 3 + 500 + 3 + 1,
             prefix=r"b(?:e(?:a(?:r(?:e(?:r\s{0,3}[A-Za-z0-9_\-.~+/=]*)?)?)?)?)?",
         ),
         Recognizer.build(
-            "generic_secret", PiiType.SECRET, _GENERIC, validate=_generic, priority=95, flags=re.IGNORECASE,
-            max_width=30 + 16 + 1 + 20 + 1 + 3 + 2 + 3 + 1 + 200, prefix=_GENERIC_PREFIX,
+            "generic_secret",
+            PiiType.SECRET,
+            _GENERIC,
+            validate=_generic,
+            priority=95,
+            flags=re.IGNORECASE,
+            max_width=30 + 16 + 1 + 20 + 1 + 3 + 2 + 3 + 1 + 200,
+            prefix=_GENERIC_PREFIX,
         ),
     ]
 

@@ -156,11 +156,11 @@ class BuildContext:
 
             def make(n: str) -> Embedder:
                 return create_embedder(n, cache=False, progress=False, threads=1)
+
         try:
             return make(name)
         except KeyError as exc:
-            raise ConfigError(f"unknown embedder {name!r}", file=self.source, key=where,
-                              fix=str(exc).strip("'\"")) from exc
+            raise ConfigError(f"unknown embedder {name!r}", file=self.source, key=where, fix=str(exc).strip("'\"")) from exc
 
     def path(self, value: str) -> Path:
         """``value`` as a path, relative ones taken from the config file's folder."""
@@ -239,8 +239,17 @@ class StaticView:
     _vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, text: str, *, system: str | None = None, model: str = "auto", headers: Mapping[str, str] | None = None,
-           key: Any = None, embedders: Mapping[str, Embedder] | None = None, **params: Any) -> StaticView:
+    def of(
+        cls,
+        text: str,
+        *,
+        system: str | None = None,
+        model: str = "auto",
+        headers: Mapping[str, str] | None = None,
+        key: Any = None,
+        embedders: Mapping[str, Embedder] | None = None,
+        **params: Any,
+    ) -> StaticView:
         """A one-turn chat request (with an optional system message) as a view."""
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": text})
@@ -259,8 +268,9 @@ class StaticView:
 
     @property
     def system_text(self) -> str:
-        return "\n\n".join(message_text(m) for m in self.request.messages
-                           if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+        return "\n\n".join(
+            message_text(m) for m in self.request.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+        )
 
     @property
     def conversation_text(self) -> str:

@@ -86,8 +86,18 @@ class TooComplex(Exception):
 # ------------------------------------------------------------------------------------------- normal forms
 _Node = tuple[str, list[Any]] | Atom  # ("and" | "or", children) or an atom
 
-_FLIP = {"eq": "ne", "ne": "eq", "gt": "lte", "gte": "lt", "lt": "gte", "lte": "gt", "in": "not_in", "not_in": "in",
-         "matches": "not_matches", "contains": "not_contains"}
+_FLIP = {
+    "eq": "ne",
+    "ne": "eq",
+    "gt": "lte",
+    "gte": "lt",
+    "lt": "gte",
+    "lte": "gt",
+    "in": "not_in",
+    "not_in": "in",
+    "matches": "not_matches",
+    "contains": "not_contains",
+}
 
 
 def _canon(leaf: Leaf, outputs: Mapping[str, Output], negate: bool) -> _Node:
@@ -215,7 +225,7 @@ def _numbers(spec: Output, atoms: list[Atom]) -> tuple[str, Any]:
         elif a.op == "in":
             ivs = [p for v in sorted(x) for p in _cut(ivs, (v, True, v, True))]
         else:  # ne, not_in: punch points out
-            for v in ([x] if a.op == "ne" else sorted(x)):
+            for v in [x] if a.op == "ne" else sorted(x):
                 ivs = [p for iv in ivs for p in _punch(iv, v)]
     ivs = [iv for iv in ivs if _nonempty(iv)]
     return (SAT, _pick(ivs[0])) if ivs else (UNSAT, None)
@@ -327,12 +337,28 @@ def _label_sets(spec: Output, atoms: list[Atom]) -> tuple[str, Any]:
 
 
 def _atom_text(a: Atom) -> str:
-    sym = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "is": "is", "in": "in",
-           "not_in": "not in", "matches": "matches", "not_matches": "does not match", "contains": "contains",
-           "not_contains": "does not contain", "all_of": "contains all of"}[a.op]
+    sym = {
+        "eq": "=",
+        "ne": "!=",
+        "gt": ">",
+        "gte": ">=",
+        "lt": "<",
+        "lte": "<=",
+        "is": "is",
+        "in": "in",
+        "not_in": "not in",
+        "matches": "matches",
+        "not_matches": "does not match",
+        "contains": "contains",
+        "not_contains": "does not contain",
+        "all_of": "contains all of",
+    }[a.op]
     v = a.value
-    shown = v.pattern if isinstance(v, re.Pattern) else ("[" + ", ".join(sorted(map(_num, v))) + "]"
-                                                         if isinstance(v, frozenset) else _num(v))
+    shown = (
+        v.pattern
+        if isinstance(v, re.Pattern)
+        else ("[" + ", ".join(sorted(map(_num, v))) + "]" if isinstance(v, frozenset) else _num(v))
+    )
     name = "the route asked for" if a.output == TARGET else a.output
     return f"{name} {sym} {shown}" + (" (or missing)" if a.or_missing else "")
 
@@ -380,8 +406,16 @@ def analyse(decisions: Sequence[DecisionRule], outputs: Mapping[str, Output]) ->
         try:
             c = satisfiable(formula(d, outputs), outputs)
         except TooComplex:
-            found.append(Conflict("too_complex", (d.name,), f"decision {d.name!r} is too complex to analyse "
-                                  f"(over {MAX_TERMS} cases): conflicts involving it are not checked", d.where, False))
+            found.append(
+                Conflict(
+                    "too_complex",
+                    (d.name,),
+                    f"decision {d.name!r} is too complex to analyse "
+                    f"(over {MAX_TERMS} cases): conflicts involving it are not checked",
+                    d.where,
+                    False,
+                )
+            )
             continue
         if c.status == UNSAT:
             found.append(Conflict("never", (d.name,), f"decision {d.name!r} can never match: {c.why}", d.where))
@@ -393,15 +427,27 @@ def analyse(decisions: Sequence[DecisionRule], outputs: Mapping[str, Output]) ->
                 continue
             c = _both(d, e, outputs)
             if c.status == SAT:
-                found.append(Conflict("overlap", (e.name, d.name),
-                                      f"decisions {e.name!r} and {d.name!r} have the same priority ({d.priority}) and "
-                                      f"can both match one request (e.g. {example_text(c.witness)}); file order "
-                                      f"would decide: give them different priorities, or make their rules exclusive",
-                                      d.where))
+                found.append(
+                    Conflict(
+                        "overlap",
+                        (e.name, d.name),
+                        f"decisions {e.name!r} and {d.name!r} have the same priority ({d.priority}) and "
+                        f"can both match one request (e.g. {example_text(c.witness)}); file order "
+                        f"would decide: give them different priorities, or make their rules exclusive",
+                        d.where,
+                    )
+                )
             elif c.status == MAYBE:
-                found.append(Conflict("may_overlap", (e.name, d.name),
-                                      f"decisions {e.name!r} and {d.name!r} have the same priority ({d.priority}) and "
-                                      "may overlap (regular expressions cannot be compared)", d.where, False))
+                found.append(
+                    Conflict(
+                        "may_overlap",
+                        (e.name, d.name),
+                        f"decisions {e.name!r} and {d.name!r} have the same priority ({d.priority}) and "
+                        "may overlap (regular expressions cannot be compared)",
+                        d.where,
+                        False,
+                    )
+                )
         higher = alive[:i]
         if higher:
             shadow = _shadowed(d, higher, outputs)
@@ -443,13 +489,29 @@ def _shadowed(d: DecisionRule, higher: list[DecisionRule], outputs: Mapping[str,
     if terms:
         return None
     # name the fewest: one higher decision that alone covers it, else every higher one it overlaps
-    takers = [h.name for h in higher if _covered(d, h, outputs)][:1] or \
-        [h.name for h in higher if _both(d, h, outputs).status != UNSAT]
-    return Conflict("shadowed", (d.name, *takers),
-                    f"decision {d.name!r} is shadowed: every request it matches is taken first by "
-                    f"{', '.join(map(repr, takers))} (higher priority, or equal and earlier in the file); "
-                    "raise its priority, narrow the others, or remove it", d.where)
+    takers = [h.name for h in higher if _covered(d, h, outputs)][:1] or [
+        h.name for h in higher if _both(d, h, outputs).status != UNSAT
+    ]
+    return Conflict(
+        "shadowed",
+        (d.name, *takers),
+        f"decision {d.name!r} is shadowed: every request it matches is taken first by "
+        f"{', '.join(map(repr, takers))} (higher priority, or equal and earlier in the file); "
+        "raise its priority, narrow the others, or remove it",
+        d.where,
+    )
 
 
-__all__ = ["MAX_TERMS", "TARGET", "Atom", "Conflict", "DecisionRule", "TooComplex", "analyse", "check_conjunction",
-           "example_text", "formula", "satisfiable"]
+__all__ = [
+    "MAX_TERMS",
+    "TARGET",
+    "Atom",
+    "Conflict",
+    "DecisionRule",
+    "TooComplex",
+    "analyse",
+    "check_conjunction",
+    "example_text",
+    "formula",
+    "satisfiable",
+]

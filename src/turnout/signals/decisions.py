@@ -124,15 +124,23 @@ class DecisionSpec:
 def parse_decisions(raw: Any, *, source: str = "<memory>", key: str = "decisions") -> list[DecisionSpec]:
     """Decisions from their YAML form (a list); a :class:`ConfigError` naming the key of the first mistake."""
     if not isinstance(raw, list):
-        raise ConfigError(f"decisions must be a list, got {type(raw).__name__}", file=source, key=key,
-                          fix="write decisions: [{name: ..., when: ..., use: ...}, ...]")
+        raise ConfigError(
+            f"decisions must be a list, got {type(raw).__name__}",
+            file=source,
+            key=key,
+            fix="write decisions: [{name: ..., when: ..., use: ...}, ...]",
+        )
     out: list[DecisionSpec] = []
     seen: dict[str, str] = {}
     for i, item in enumerate(raw):
         d = _parse_one(item, f"{key}[{i}]", i, source)
         if d.name in seen:
-            raise ConfigError(f"decision name {d.name!r} is used twice (first at {seen[d.name]})", file=source,
-                              key=f"{d.where}.name", fix="give every decision a unique name: it labels headers and logs")
+            raise ConfigError(
+                f"decision name {d.name!r} is used twice (first at {seen[d.name]})",
+                file=source,
+                key=f"{d.where}.name",
+                fix="give every decision a unique name: it labels headers and logs",
+            )
         seen[d.name] = d.where
         out.append(d)
     return out
@@ -143,17 +151,26 @@ def _parse_one(item: Any, where: str, index: int, source: str) -> DecisionSpec:
         return ConfigError(message, file=source, key=key, fix=fix)
 
     if not isinstance(item, Mapping):
-        raise err(f"a decision must be a mapping, got {type(item).__name__}", where,
-                  "write {name: ..., priority: ..., when: ..., use: ...}")
+        raise err(
+            f"a decision must be a mapping, got {type(item).__name__}",
+            where,
+            "write {name: ..., priority: ..., when: ..., use: ...}",
+        )
     for k in item:
         if k not in DECISION_KEYS:
             guess = difflib.get_close_matches(str(k), DECISION_KEYS, n=1)
-            raise err(f"unknown key {k!r}", f"{where}.{k}",
-                      f"did you mean {guess[0]!r}?" if guess else f"a decision has: {', '.join(DECISION_KEYS)}")
+            raise err(
+                f"unknown key {k!r}",
+                f"{where}.{k}",
+                f"did you mean {guess[0]!r}?" if guess else f"a decision has: {', '.join(DECISION_KEYS)}",
+            )
     name = item.get("name")
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "\r\n,"):
-        raise err("a decision needs a name (a non-empty string without commas or line breaks)", f"{where}.name",
-                  "add name: my-rule (it is sent in the x-turnout-rule header)")
+        raise err(
+            "a decision needs a name (a non-empty string without commas or line breaks)",
+            f"{where}.name",
+            "add name: my-rule (it is sent in the x-turnout-rule header)",
+        )
     priority = item.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise err(f"priority must be an integer, got {priority!r}", f"{where}.priority", "write e.g. priority: 10")
@@ -165,16 +182,23 @@ def _parse_one(item: Any, where: str, index: int, source: str) -> DecisionSpec:
         if isinstance(applies_to, str):
             applies_to = [applies_to]
         if not isinstance(applies_to, list) or not applies_to or not all(isinstance(a, str) for a in applies_to):
-            raise err("applies_to must be a non-empty list of route or model names", f"{where}.applies_to",
-                      "write e.g. applies_to: [auto]")
+            raise err(
+                "applies_to must be a non-empty list of route or model names",
+                f"{where}.applies_to",
+                "write e.g. applies_to: [auto]",
+            )
     when = parse_rule(item["when"], where=f"{where}.when", source=source) if "when" in item else None
     use = _parse_use(item.get("use", {}), f"{where}.use", source)
     plugins = _parse_plugins(item.get("plugins", []), f"{where}.plugins", source)
     if use == Use() and not plugins:
-        raise err(f"decision {name!r} changes nothing (no use and no plugins)", where,
-                  f"add use: {{route: ...}} (or one of {', '.join(USE_KEYS)}) or plugins: [...]")
-    return DecisionSpec(name.strip(), priority, when, use, plugins, tuple(applies_to) if applies_to else None,
-                        description, where, index)
+        raise err(
+            f"decision {name!r} changes nothing (no use and no plugins)",
+            where,
+            f"add use: {{route: ...}} (or one of {', '.join(USE_KEYS)}) or plugins: [...]",
+        )
+    return DecisionSpec(
+        name.strip(), priority, when, use, plugins, tuple(applies_to) if applies_to else None, description, where, index
+    )
 
 
 def _parse_use(raw: Any, where: str, source: str) -> Use:
@@ -186,8 +210,13 @@ def _parse_use(raw: Any, where: str, source: str) -> Use:
     for k in raw:
         if k not in USE_KEYS:
             guess = difflib.get_close_matches(str(k), [*USE_KEYS, "lam"], n=1)
-            fix = "write lambda:" if guess == ["lam"] else f"did you mean {guess[0]!r}?" if guess else \
-                f"use has: {', '.join(USE_KEYS)} (stages such as a system prompt go under plugins:)"
+            fix = (
+                "write lambda:"
+                if guess == ["lam"]
+                else f"did you mean {guess[0]!r}?"
+                if guess
+                else f"use has: {', '.join(USE_KEYS)} (stages such as a system prompt go under plugins:)"
+            )
             raise err(f"unknown key {k!r}", f"{where}.{k}", fix)
     route = raw.get("route")
     if route is not None and (not isinstance(route, str) or not route):
@@ -196,61 +225,94 @@ def _parse_use(raw: Any, where: str, source: str) -> Use:
     if cands is not None and (not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands)):
         raise err("candidates must be a non-empty list of model names", f"{where}.candidates", "write candidates: [a, b]")
     lam = raw.get("lambda")
-    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0
-                            or not math.isfinite(lam)):
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0 or not math.isfinite(lam)):
         raise err(f"lambda must be a number >= 0, got {lam!r}", f"{where}.lambda", "write e.g. lambda: 100")
     max_cost = None
     budget = raw.get("budget")
     if budget is not None:
         if not isinstance(budget, Mapping) or set(budget) != {"max_cost_per_request"}:
-            raise err("budget takes max_cost_per_request (USD)", f"{where}.budget",
-                      "write budget: {max_cost_per_request: 0.002} (route budgets are set on the route)")
+            raise err(
+                "budget takes max_cost_per_request (USD)",
+                f"{where}.budget",
+                "write budget: {max_cost_per_request: 0.002} (route budgets are set on the route)",
+            )
         max_cost = budget["max_cost_per_request"]
         if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not max_cost > 0:
-            raise err(f"max_cost_per_request must be a number > 0, got {max_cost!r}",
-                      f"{where}.budget.max_cost_per_request", "write e.g. 0.002")
+            raise err(
+                f"max_cost_per_request must be a number > 0, got {max_cost!r}",
+                f"{where}.budget.max_cost_per_request",
+                "write e.g. 0.002",
+            )
     params = raw.get("params", {})
     if not isinstance(params, Mapping):
         raise err("params must be a mapping of request fields", f"{where}.params", "write params: {max_tokens: 512}")
     fixed = sorted(FIXED_PARAMS & set(params))
     if fixed:
-        raise err(f"a decision cannot set {fixed[0]!r}", f"{where}.params.{fixed[0]}",
-                  "send the request elsewhere with use.route; messages change through plugins (system_prompt)")
+        raise err(
+            f"a decision cannot set {fixed[0]!r}",
+            f"{where}.params.{fixed[0]}",
+            "send the request elsewhere with use.route; messages change through plugins (system_prompt)",
+        )
     router = raw.get("router")
     choice = None
     if router is not None:
-        if not isinstance(router, Mapping) or not isinstance(router.get("type"), str) \
-                or set(router) - {"type", "artifact", "params"}:
-            raise err("router takes type (and artifact, params), as a route's router does", f"{where}.router",
-                      "write router: {type: prior, params: {quality: {...}}}")
+        if (
+            not isinstance(router, Mapping)
+            or not isinstance(router.get("type"), str)
+            or set(router) - {"type", "artifact", "params"}
+        ):
+            raise err(
+                "router takes type (and artifact, params), as a route's router does",
+                f"{where}.router",
+                "write router: {type: prior, params: {quality: {...}}}",
+            )
         if not isinstance(router.get("params", {}), Mapping):
             raise err("router params must be a mapping", f"{where}.router.params", "write params: {k: 20}")
         artifact = router.get("artifact")
         if artifact is not None and not isinstance(artifact, str):
             raise err("router artifact must be a path", f"{where}.router.artifact", "write artifact: router.npz")
         choice = RouterChoice(router["type"], artifact, dict(router.get("params", {})))
-    return Use(route, tuple(cands) if cands else None, choice, None if lam is None else float(lam),
-               None if max_cost is None else float(max_cost), dict(params))
+    return Use(
+        route,
+        tuple(cands) if cands else None,
+        choice,
+        None if lam is None else float(lam),
+        None if max_cost is None else float(max_cost),
+        dict(params),
+    )
 
 
 def _parse_plugins(raw: Any, where: str, source: str) -> tuple[PluginSpec, ...]:
     if not isinstance(raw, list):
-        raise ConfigError(f"plugins must be a list, got {type(raw).__name__}", file=source, key=where,
-                          fix="write plugins: [{type: system_prompt, params: {text: ...}}]")
+        raise ConfigError(
+            f"plugins must be a list, got {type(raw).__name__}",
+            file=source,
+            key=where,
+            fix="write plugins: [{type: system_prompt, params: {text: ...}}]",
+        )
     out = []
     for i, p in enumerate(raw):
         here = f"{where}[{i}]"
         if not isinstance(p, Mapping) or not isinstance(p.get("type"), str) or not p["type"].strip():
-            raise ConfigError("a plugin needs a type", file=source, key=f"{here}.type",
-                              fix="name a stage type (system_prompt, set_params, add_headers, a guard...)")
+            raise ConfigError(
+                "a plugin needs a type",
+                file=source,
+                key=f"{here}.type",
+                fix="name a stage type (system_prompt, set_params, add_headers, a guard...)",
+            )
         extra = sorted(set(p) - {"type", "name", "params"})
         if extra:
-            raise ConfigError(f"unknown key {extra[0]!r}", file=source, key=f"{here}.{extra[0]}",
-                              fix="a plugin has type, name and params (its settings go under params:)")
+            raise ConfigError(
+                f"unknown key {extra[0]!r}",
+                file=source,
+                key=f"{here}.{extra[0]}",
+                fix="a plugin has type, name and params (its settings go under params:)",
+            )
         params = p.get("params", {})
         if not isinstance(params, Mapping):
-            raise ConfigError("plugin params must be a mapping", file=source, key=f"{here}.params",
-                              fix="write params: {text: ...}")
+            raise ConfigError(
+                "plugin params must be a mapping", file=source, key=f"{here}.params", fix="write params: {text: ...}"
+            )
         name = p.get("name")
         out.append(PluginSpec(p["type"], name if isinstance(name, str) else None, dict(params), here))
     return tuple(out)
@@ -265,8 +327,7 @@ def _no_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = Fa
     for key_node, _ in node.value:
         k = loader.construct_object(key_node, deep=deep)
         if k in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {k!r} appears twice in one mapping",
-                                                    key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"key {k!r} appears twice in one mapping", key_node.start_mark)
         seen.add(k)
     return loader.construct_mapping(node, deep=deep)
 
@@ -283,16 +344,23 @@ def read_decisions_file(path: str | Path) -> list[DecisionSpec]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{at}: {getattr(exc, 'problem', None) or exc}", file=source,
-                          fix="fix the YAML syntax (the previous rules stay in force until it parses)") from None
+        raise ConfigError(
+            f"not valid YAML{at}: {getattr(exc, 'problem', None) or exc}",
+            file=source,
+            fix="fix the YAML syntax (the previous rules stay in force until it parses)",
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the decisions file: {exc}", file=source,
-                          fix="check the path and its permissions") from None
+        raise ConfigError(
+            f"cannot read the decisions file: {exc}", file=source, fix="check the path and its permissions"
+        ) from None
     if isinstance(data, Mapping):
         if set(data) != {"decisions"}:
-            raise ConfigError("a decisions file holds a list of decisions, or a mapping with only 'decisions:'",
-                              file=source, key=next(iter(k for k in data if k != "decisions"), None),
-                              fix="move signals and other settings to turnout.yaml")
+            raise ConfigError(
+                "a decisions file holds a list of decisions, or a mapping with only 'decisions:'",
+                file=source,
+                key=next(iter(k for k in data if k != "decisions"), None),
+                fix="move signals and other settings to turnout.yaml",
+            )
         return parse_decisions(data["decisions"], source=source, key="decisions")
     if data is None:
         return []
@@ -308,8 +376,9 @@ def file_stamp(path: str | Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def check_references(specs: Sequence[DecisionSpec], *, signals: Collection[str], routes: Collection[str],
-                     models: Collection[str], source: str) -> None:
+def check_references(
+    specs: Sequence[DecisionSpec], *, signals: Collection[str], routes: Collection[str], models: Collection[str], source: str
+) -> None:
     """Every signal, route and model a decision names exists (a ConfigError with a did-you-mean otherwise)."""
     from turnout.routing.registry import router_names
 
@@ -325,22 +394,32 @@ def check_references(specs: Sequence[DecisionSpec], *, signals: Collection[str],
             for leaf in leaves(d.when):
                 base = leaf.signal.split(".")[0]
                 if base not in signals:
-                    raise err(f"signal {base!r} is not defined", signal_key(leaf.where), base, signals,
-                              "signals defined under 'signals:'")
+                    raise err(
+                        f"signal {base!r} is not defined",
+                        signal_key(leaf.where),
+                        base,
+                        signals,
+                        "signals defined under 'signals:'",
+                    )
         u = d.use
         if u.route is not None and u.route not in targets:
-            raise err(f"{u.route!r} is neither a route nor a model", f"{d.where}.use.route", u.route, targets,
-                      "routes and models")
+            raise err(
+                f"{u.route!r} is neither a route nor a model", f"{d.where}.use.route", u.route, targets, "routes and models"
+            )
         for i, c in enumerate(u.candidates or ()):
             if c not in models:
                 raise err(f"unknown model {c!r}", f"{d.where}.use.candidates[{i}]", c, models, "models")
         for i, a in enumerate(d.applies_to or ()):
             if a not in targets:
-                raise err(f"{a!r} is neither a route nor a model", f"{d.where}.applies_to[{i}]", a, targets,
-                          "routes and models")
+                raise err(f"{a!r} is neither a route nor a model", f"{d.where}.applies_to[{i}]", a, targets, "routes and models")
         if u.router is not None and u.router.type not in router_names():
-            raise err(f"unknown router type {u.router.type!r}", f"{d.where}.use.router.type", u.router.type,
-                      router_names(), "router types")
+            raise err(
+                f"unknown router type {u.router.type!r}",
+                f"{d.where}.use.router.type",
+                u.router.type,
+                router_names(),
+                "router types",
+            )
 
 
 # ---------------------------------------------------------------------------------------------------- compiled
@@ -369,34 +448,47 @@ class DecisionSet:
     new one and swaps it in whole.
     """
 
-    def __init__(self, specs: Sequence[DecisionSpec], signals: SignalSet, *, routes: Collection[str],
-                 models: Collection[str], conflicts: str = "error", source: str = "<memory>") -> None:
+    def __init__(
+        self,
+        specs: Sequence[DecisionSpec],
+        signals: SignalSet,
+        *,
+        routes: Collection[str],
+        models: Collection[str],
+        conflicts: str = "error",
+        source: str = "<memory>",
+    ) -> None:
         if conflicts not in CONFLICT_MODES:
-            raise ConfigError(f"decision_conflicts is {conflicts!r}", file=source, key="decision_conflicts",
-                              fix="write error or warn")
+            raise ConfigError(
+                f"decision_conflicts is {conflicts!r}", file=source, key="decision_conflicts", fix="write error or warn"
+            )
         check_references(specs, signals=signals.signals, routes=routes, models=models, source=source)
         self.source = source
         self.routes = frozenset(routes)
         self.decisions: list[DecisionSpec] = sorted(specs, key=lambda d: (-d.priority, d.index))
         self._rules: dict[str, Rule | None] = {
-            d.name: None if d.when is None else bind(d.when, signals.outputs, source=source) for d in self.decisions}
+            d.name: None if d.when is None else bind(d.when, signals.outputs, source=source) for d in self.decisions
+        }
         needed: set[str] = set()
         for r in self._rules.values():
             needed |= referenced(r)
         #: the signal outputs some rule reads
         self.needed = frozenset(needed)
         self.plan: ExtractionPlan = signals.plan(sorted(needed))
-        outputs: dict[str, Output] = {**signals.outputs,
-                                      TARGET: Output("label", choices=frozenset([*routes, *models]))}
+        outputs: dict[str, Output] = {**signals.outputs, TARGET: Output("label", choices=frozenset([*routes, *models]))}
         self.conflicts: list[Conflict] = analyse(
-            [DecisionRule(d.name, d.priority, self._rules[d.name], self._scope(d), d.where) for d in self.decisions],
-            outputs)
+            [DecisionRule(d.name, d.priority, self._rules[d.name], self._scope(d), d.where) for d in self.decisions], outputs
+        )
         certain = [c for c in self.conflicts if c.certain]
         if conflicts == "error" and certain:
             listing = " | ".join(f"{c.where}: {c.message}" for c in certain)
-            raise ConfigError(f"{len(certain)} conflict(s) among the decision rules: {listing}", file=source,
-                              key=certain[0].where, fix="fix the rules as each message says, or set "
-                              "decision_conflicts: warn to start with them (they are then logged)")
+            raise ConfigError(
+                f"{len(certain)} conflict(s) among the decision rules: {listing}",
+                file=source,
+                key=certain[0].where,
+                fix="fix the rules as each message says, or set "
+                "decision_conflicts: warn to start with them (they are then logged)",
+            )
         for c in self.conflicts:
             log.warning("%s: %s: %s", source, c.where, c.message)
 
@@ -433,9 +525,17 @@ class DecisionSet:
         """The decisions in evaluation order, as JSON."""
         from turnout.signals.rules import describe
 
-        return [{"name": d.name, "priority": d.priority, "when": describe(self._rules[d.name]),
-                 "applies_to": list(d.applies_to) if d.applies_to else None, "use": d.use.describe(),
-                 "plugins": [p.type for p in d.plugins]} for d in self.decisions]
+        return [
+            {
+                "name": d.name,
+                "priority": d.priority,
+                "when": describe(self._rules[d.name]),
+                "applies_to": list(d.applies_to) if d.applies_to else None,
+                "use": d.use.describe(),
+                "plugins": [p.type for p in d.plugins],
+            }
+            for d in self.decisions
+        ]
 
 
 __all__ = [

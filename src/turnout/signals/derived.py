@@ -36,13 +36,21 @@ class ScoreSignal(DerivedSignal):
 
     type_name = "score"
 
-    def __init__(self, name: str, inputs: Mapping[str, float], bias: float = 0.0,
-                 bands: Mapping[str, float | None] | None = None, lo: float | None = None, hi: float | None = None,
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        inputs: Mapping[str, float],
+        bias: float = 0.0,
+        bands: Mapping[str, float | None] | None = None,
+        lo: float | None = None,
+        hi: float | None = None,
+        build: BuildContext | None = None,
+    ) -> None:
         super().__init__(name)
         if not isinstance(inputs, Mapping) or not inputs:
-            raise param_error("inputs must map signal outputs to weights", "inputs",
-                              "write e.g. inputs: {st.code: 0.5, tokens: 0.001}")
+            raise param_error(
+                "inputs must map signal outputs to weights", "inputs", "write e.g. inputs: {st.code: 0.5, tokens: 0.001}"
+            )
         for k, w in inputs.items():
             if not isinstance(k, str) or not _is_number(w):
                 raise param_error(f"input {k!r} needs a numeric weight, got {w!r}", f"inputs.{k}", "write e.g. 0.5")
@@ -61,29 +69,39 @@ class ScoreSignal(DerivedSignal):
         self._bands = self._check_bands(bands)
         self.outputs[name] = Output("number", "weighted sum of " + ", ".join(self.inputs), lo=self._lo, hi=self._hi)
         if self._bands:
-            self.outputs[f"{name}.band"] = Output("label", "the band the score falls in",
-                                                  choices=frozenset(b for b, _ in self._bands),
-                                                  optional=self._bands[-1][1] != math.inf)
+            self.outputs[f"{name}.band"] = Output(
+                "label",
+                "the band the score falls in",
+                choices=frozenset(b for b, _ in self._bands),
+                optional=self._bands[-1][1] != math.inf,
+            )
 
     @staticmethod
     def _check_bands(bands: Mapping[str, Any] | None) -> list[tuple[str, float]]:
         if bands is None:
             return []
         if not isinstance(bands, Mapping) or not bands:
-            raise param_error("bands must map labels to upper bounds", "bands",
-                              "write e.g. bands: {low: 0.3, mid: 0.7, high: null}")
+            raise param_error(
+                "bands must map labels to upper bounds", "bands", "write e.g. bands: {low: 0.3, mid: 0.7, high: null}"
+            )
         out: list[tuple[str, float]] = []
         for i, (label, upper) in enumerate(bands.items()):
             last = i == len(bands) - 1
             if upper is None and not last:
-                raise param_error(f"band {label!r} has no upper bound but is not the last", f"bands.{label}",
-                                  "only the last band may be open-ended (null)")
+                raise param_error(
+                    f"band {label!r} has no upper bound but is not the last",
+                    f"bands.{label}",
+                    "only the last band may be open-ended (null)",
+                )
             if upper is not None and not _is_number(upper):
                 raise param_error(f"band {label!r} needs a numeric upper bound", f"bands.{label}", "write e.g. 0.5")
             value = math.inf if upper is None else float(upper)
             if out and value <= out[-1][1]:
-                raise param_error(f"band {label!r} ends at {value:g}, not above the previous band's {out[-1][1]:g}",
-                                  f"bands.{label}", "list bands from the lowest to the highest bound")
+                raise param_error(
+                    f"band {label!r} ends at {value:g}, not above the previous band's {out[-1][1]:g}",
+                    f"bands.{label}",
+                    "list bands from the lowest to the highest bound",
+                )
             out.append((str(label), value))
         return out
 
@@ -106,8 +124,11 @@ class ScoreSignal(DerivedSignal):
         for k in self.inputs:
             spec = outputs.get(k)
             if spec is not None and spec.type not in ("number", "bool"):
-                raise param_error(f"input {k!r} is a {spec.type}, which cannot be weighted", f"inputs.{k}",
-                                  "weight numbers and booleans; compare labels in a rule instead")
+                raise param_error(
+                    f"input {k!r} is a {spec.type}, which cannot be weighted",
+                    f"inputs.{k}",
+                    "weight numbers and booleans; compare labels in a rule instead",
+                )
 
 
 def _is_number(v: Any) -> bool:

@@ -90,14 +90,17 @@ class DomainSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        ints = {k: getattr(self, k) for k in ("subtopics", "subtopic_examples", "prototype_examples", "top_k",
-                                                "epochs", "min_oos")}
+        ints = {
+            k: getattr(self, k) for k in ("subtopics", "subtopic_examples", "prototype_examples", "top_k", "epochs", "min_oos")
+        }
         bad = [k for k, v in ints.items() if v < 1]
         if self.rule not in RULES:
             raise ConfigError(f"unknown threshold rule {self.rule!r}", fix=f"use one of: {', '.join(RULES)}")
         if bad or self.folds < 2 or not 0 < self.reject_in_scope < 1 or self.l2 < 0:
-            raise ConfigError(f"domain settings out of range: {', '.join(bad) or 'folds/reject_in_scope/l2'}",
-                              fix="counts >= 1, folds >= 2, 0 < reject_in_scope < 1, l2 >= 0")
+            raise ConfigError(
+                f"domain settings out of range: {', '.join(bad) or 'folds/reject_in_scope/l2'}",
+                fix="counts >= 1, folds >= 2, 0 < reject_in_scope < 1, l2 >= 0",
+            )
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,19 @@ class DomainClassifier:
     so the gateway embeds each prompt once for every signal.
     """
 
-    def __init__(self, *, domains: Sequence[str], model: Softmax | None, subtopic_owner: np.ndarray,
-                 prototypes: np.ndarray, threshold: float, embedder: str, settings: DomainSettings,
-                 choice: ThresholdChoice | None = None, provenance: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        domains: Sequence[str],
+        model: Softmax | None,
+        subtopic_owner: np.ndarray,
+        prototypes: np.ndarray,
+        threshold: float,
+        embedder: str,
+        settings: DomainSettings,
+        choice: ThresholdChoice | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         self.domains = list(domains)
         self.model = model
         self.subtopic_owner = np.asarray(subtopic_owner, dtype=np.int64)
@@ -159,9 +172,17 @@ class DomainClassifier:
 
     # ---------------------------------------------------------------- fitting
     @classmethod
-    def fit(cls, vectors: np.ndarray, labels: Sequence[str], *, embedder: str,
-            val_vectors: np.ndarray | None = None, val_labels: Sequence[str] | None = None,
-            settings: DomainSettings | None = None, provenance: dict[str, Any] | None = None) -> DomainClassifier:
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        *,
+        embedder: str,
+        val_vectors: np.ndarray | None = None,
+        val_labels: Sequence[str] | None = None,
+        settings: DomainSettings | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> DomainClassifier:
         """Fit on embedded examples; rows labelled :data:`OUT_OF_SCOPE` only tune the threshold.
 
         ``embedder`` names the embedder the vectors came from (the registry name, e.g.
@@ -176,8 +197,9 @@ class DomainClassifier:
         inside = y != OUT_OF_SCOPE
         domains = sorted({str(v) for v in y[inside]})
         if not domains:
-            raise DataError("no in-scope examples: every row is labelled out_of_scope",
-                            fix="give examples of at least one domain")
+            raise DataError(
+                "no in-scope examples: every row is labelled out_of_scope", fix="give examples of at least one domain"
+            )
         index = {d: i for i, d in enumerate(domains)}
         yi = np.array([index[v] for v in y[inside]], dtype=np.int64)
         Xin = X[inside]
@@ -193,12 +215,22 @@ class DomainClassifier:
             sims_out = _similarity(X[~inside], protos, s.top_k)
             where = f"{s.folds}-fold out-of-fold similarities of the training rows"
         choice = choose_threshold(sims_in, sims_out, s, where)
-        return cls(domains=domains, model=model, subtopic_owner=owner, prototypes=protos, threshold=choice.threshold,
-                   embedder=embedder, settings=s, choice=choice, provenance=provenance)
+        return cls(
+            domains=domains,
+            model=model,
+            subtopic_owner=owner,
+            prototypes=protos,
+            threshold=choice.threshold,
+            embedder=embedder,
+            settings=s,
+            choice=choice,
+            provenance=provenance,
+        )
 
     @classmethod
-    def from_examples(cls, path: str | Path, embedder: Embedder, *, embedder_name: str = "minilm",
-                      settings: DomainSettings | None = None) -> DomainClassifier:
+    def from_examples(
+        cls, path: str | Path, embedder: Embedder, *, embedder_name: str = "minilm", settings: DomainSettings | None = None
+    ) -> DomainClassifier:
         """Read ``path`` (``{text, label}`` JSONL, CLINC150 rows, Parquet) and fit on its rows.
 
         Rows with ``split: train`` (or no split) are fitted; ``split: val`` rows choose
@@ -207,13 +239,21 @@ class DomainClassifier:
         rows = read_examples(path)
         train = [r for r in rows if r.split in (None, "train")]
         val = [r for r in rows if r.split == "val"]
-        return cls.fit_examples(train, val, embedder, embedder_name=embedder_name, settings=settings,
-                                provenance={"examples": str(path)})
+        return cls.fit_examples(
+            train, val, embedder, embedder_name=embedder_name, settings=settings, provenance={"examples": str(path)}
+        )
 
     @classmethod
-    def fit_examples(cls, train: Sequence[Example], val: Sequence[Example], embedder: Embedder, *,
-                     embedder_name: str, settings: DomainSettings | None = None,
-                     provenance: dict[str, Any] | None = None) -> DomainClassifier:
+    def fit_examples(
+        cls,
+        train: Sequence[Example],
+        val: Sequence[Example],
+        embedder: Embedder,
+        *,
+        embedder_name: str,
+        settings: DomainSettings | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> DomainClassifier:
         """Embed ``train`` (and ``val``, may be empty) with ``embedder`` and :meth:`fit`."""
         if not train:
             raise DataError("no training rows (split 'train' or no split)", fix="add labelled examples")
@@ -222,8 +262,7 @@ class DomainClassifier:
         Xv = embedder.embed([r.text for r in val]) if val else None
         lv = [str(r.label) for r in val] if val else None
         prov = {**(provenance or {}), "n_train": len(train), "n_val": len(val), "embedder_id": embedder.name}
-        return cls.fit(X, labels, embedder=embedder_name, val_vectors=Xv, val_labels=lv, settings=settings,
-                       provenance=prov)
+        return cls.fit(X, labels, embedder=embedder_name, val_vectors=Xv, val_labels=lv, settings=settings, provenance=prov)
 
     # -------------------------------------------------------------- predicting
     def probabilities(self, X: np.ndarray) -> np.ndarray:
@@ -246,10 +285,17 @@ class DomainClassifier:
         for p, sim in zip(P, sims):
             j = int(p.argmax())
             oos = bool(sim < self.threshold)
-            out.append(DomainPrediction(
-                label=OUT_OF_SCOPE if oos else self.domains[j], probability=float(p[j]), out_of_scope=oos,
-                nearest=self.domains[j], similarity=float(sim), threshold=self.threshold,
-                scores={d: float(v) for d, v in zip(self.domains, p)}))
+            out.append(
+                DomainPrediction(
+                    label=OUT_OF_SCOPE if oos else self.domains[j],
+                    probability=float(p[j]),
+                    out_of_scope=oos,
+                    nearest=self.domains[j],
+                    similarity=float(sim),
+                    threshold=self.threshold,
+                    scores={d: float(v) for d, v in zip(self.domains, p)},
+                )
+            )
         return out
 
     def predict(self, vec: np.ndarray) -> DomainPrediction:
@@ -265,15 +311,19 @@ class DomainClassifier:
         """:class:`ConfigError` when ``embedder`` is not the one the classifier was fitted with."""
         want = self.provenance.get("embedder_id")
         if embedder.dim != self.dim or (want is not None and embedder.name != want):
-            raise ConfigError(f"the domain classifier was fitted on {want or self.embedder} vectors (dim {self.dim}), "
-                              f"not {embedder.name} (dim {embedder.dim})",
-                              fix=f"use the '{self.embedder}' embedder, or train it again with this one")
+            raise ConfigError(
+                f"the domain classifier was fitted on {want or self.embedder} vectors (dim {self.dim}), "
+                f"not {embedder.name} (dim {embedder.dim})",
+                fix=f"use the '{self.embedder}' embedder, or train it again with this one",
+            )
 
     def _check(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.dim:
-            raise ConfigError(f"expected vectors of dim {self.dim} ({self.embedder}), got shape {X.shape}",
-                              fix=f"embed prompts with the '{self.embedder}' embedder")
+            raise ConfigError(
+                f"expected vectors of dim {self.dim} ({self.embedder}), got shape {X.shape}",
+                fix=f"embed prompts with the '{self.embedder}' embedder",
+            )
         return X
 
     # ---------------------------------------------------------------- artifact
@@ -281,11 +331,17 @@ class DomainClassifier:
         """Write the classifier as a ``.npz`` artifact (no pickle); :meth:`load` reads it back."""
         W = self.model.W if self.model is not None else np.zeros((self.dim, 0), np.float32)
         b = self.model.b if self.model is not None else np.zeros(0, np.float32)
-        meta = {"domains": self.domains, "threshold": self.threshold, "embedder": self.embedder,
-                "settings": asdict(self.settings), "choice": asdict(self.choice) if self.choice else None,
-                "provenance": self.provenance}
-        return save_guard(path, _KIND, {"W": W, "b": b, "subtopic_owner": self.subtopic_owner,
-                                        "prototypes": self.prototypes}, meta)
+        meta = {
+            "domains": self.domains,
+            "threshold": self.threshold,
+            "embedder": self.embedder,
+            "settings": asdict(self.settings),
+            "choice": asdict(self.choice) if self.choice else None,
+            "provenance": self.provenance,
+        }
+        return save_guard(
+            path, _KIND, {"W": W, "b": b, "subtopic_owner": self.subtopic_owner, "prototypes": self.prototypes}, meta
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> DomainClassifier:
@@ -296,9 +352,15 @@ class DomainClassifier:
             settings = DomainSettings(**meta["settings"])
             choice = ThresholdChoice(**meta["choice"]) if meta.get("choice") else None
             W, b, owner, protos = (arrays[k] for k in _ARRAYS)
-            ok = (protos.ndim == 2 and W.ndim == 2 and W.shape[0] == protos.shape[1] and b.shape == (W.shape[1],)
-                  and owner.shape == (W.shape[1],) and (owner.size == 0 or 0 <= owner.min() <= owner.max() < len(domains))
-                  and len(domains) >= 1)
+            ok = (
+                protos.ndim == 2
+                and W.ndim == 2
+                and W.shape[0] == protos.shape[1]
+                and b.shape == (W.shape[1],)
+                and owner.shape == (W.shape[1],)
+                and (owner.size == 0 or 0 <= owner.min() <= owner.max() < len(domains))
+                and len(domains) >= 1
+            )
             if not ok:
                 raise ValueError("array shapes do not fit together")
             threshold = float(meta["threshold"])
@@ -306,8 +368,17 @@ class DomainClassifier:
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise damaged(path, _KIND, f"missing or malformed entry: {exc}", _TRAIN_HINT) from exc
         model = Softmax(W=W.astype(np.float32), b=b.astype(np.float32)) if W.shape[1] else None
-        return cls(domains=domains, model=model, subtopic_owner=owner, prototypes=protos, threshold=threshold,
-                   embedder=embedder, settings=settings, choice=choice, provenance=meta.get("provenance") or {})
+        return cls(
+            domains=domains,
+            model=model,
+            subtopic_owner=owner,
+            prototypes=protos,
+            threshold=threshold,
+            embedder=embedder,
+            settings=settings,
+            choice=choice,
+            provenance=meta.get("provenance") or {},
+        )
 
 
 # ------------------------------------------------------------------ helpers
@@ -320,8 +391,7 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit_subtopics(X: np.ndarray, y: np.ndarray, n_domains: int, s: DomainSettings) -> tuple[Softmax | None,
-                                                                                              np.ndarray]:
+def _fit_subtopics(X: np.ndarray, y: np.ndarray, n_domains: int, s: DomainSettings) -> tuple[Softmax | None, np.ndarray]:
     """Split each domain into k-means sub-topics and fit the regression on them; (model, owner domain per sub-topic)."""
     sub = np.empty(len(y), dtype=np.int64)
     owner: list[int] = []
@@ -352,7 +422,7 @@ def _similarity(X: np.ndarray, prototypes: np.ndarray, top_k: int) -> np.ndarray
         return np.zeros(0, dtype=np.float32)
     S = X @ prototypes.T
     k = min(top_k, S.shape[1])
-    top = np.partition(S, S.shape[1] - k, axis=1)[:, S.shape[1] - k:]
+    top = np.partition(S, S.shape[1] - k, axis=1)[:, S.shape[1] - k :]
     out: np.ndarray = top.mean(axis=1)
     return out
 
@@ -405,6 +475,12 @@ def choose_threshold(sims_in: np.ndarray, sims_out: np.ndarray, s: DomainSetting
         why = "" if s.rule == "reject_rate" else f" (fewer than {s.min_oos} out-of-scope rows for 'balanced')"
         rule = f"reject {s.reject_in_scope:.0%} of in-scope validation rows{why}"
     recall = float(np.mean(sims_out < t)) if len(sims_out) else None
-    return ThresholdChoice(threshold=t, rule=rule, validation=validation, n_in_scope=len(sims_in),
-                           n_out_of_scope=len(sims_out), in_scope_rejected=float(np.mean(sims_in < t)),
-                           oos_recall=recall)
+    return ThresholdChoice(
+        threshold=t,
+        rule=rule,
+        validation=validation,
+        n_in_scope=len(sims_in),
+        n_out_of_scope=len(sims_out),
+        in_scope_rejected=float(np.mean(sims_in < t)),
+        oos_recall=recall,
+    )

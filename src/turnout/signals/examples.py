@@ -52,11 +52,11 @@ def _json_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield i, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"not valid JSON ({exc.msg})", file=str(path), row=i,
-                                    fix="write one JSON object per line (JSONL)") from exc
+                    raise DataError(
+                        f"not valid JSON ({exc.msg})", file=str(path), row=i, fix="write one JSON object per line (JSONL)"
+                    ) from exc
     except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DataError(f"cannot read the file ({exc})", file=str(path), fix="pass a UTF-8 JSONL or .jsonl.gz file") \
-            from exc
+        raise DataError(f"cannot read the file ({exc})", file=str(path), fix="pass a UTF-8 JSONL or .jsonl.gz file") from exc
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -94,22 +94,45 @@ def read_examples(path: str | Path, *, need_label: bool = True, dedupe: bool = F
                     out.append(Example(text=obj[side], label=None, split=obj.get("split"), row=i))
             continue
         if not isinstance(text, str) or not text.strip():
-            raise DataError("no text in this row", file=str(path), row=i, column="text",
-                            fix="give each row a non-empty 'text' (or 'prompt') string")
+            raise DataError(
+                "no text in this row",
+                file=str(path),
+                row=i,
+                column="text",
+                fix="give each row a non-empty 'text' (or 'prompt') string",
+            )
         label = next((obj[k] for k in _LABEL_KEYS if k in obj), None)
         if need_label and (not isinstance(label, str) or not label.strip()):
-            raise DataError("no label in this row", file=str(path), row=i, column="label",
-                            fix="give each row a non-empty 'label' (or 'domain') string")
+            raise DataError(
+                "no label in this row",
+                file=str(path),
+                row=i,
+                column="label",
+                fix="give each row a non-empty 'label' (or 'domain') string",
+            )
         split = obj.get("split")
         if split is not None and split not in _SPLITS:
-            raise DataError(f"unknown split {split!r}", file=str(path), row=i, column="split",
-                            fix=f"use one of: {', '.join(_SPLITS)} (or leave it out)")
+            raise DataError(
+                f"unknown split {split!r}",
+                file=str(path),
+                row=i,
+                column="split",
+                fix=f"use one of: {', '.join(_SPLITS)} (or leave it out)",
+            )
         if dedupe:
             if text in seen:
                 continue
             seen.add(text)
-        out.append(Example(text=text, label=label if isinstance(label, str) else None, split=split,
-                           source=_opt_str(obj.get("source")), family=_opt_str(obj.get("family")), row=i))
+        out.append(
+            Example(
+                text=text,
+                label=label if isinstance(label, str) else None,
+                split=split,
+                source=_opt_str(obj.get("source")),
+                family=_opt_str(obj.get("family")),
+                row=i,
+            )
+        )
     if not out:
         raise DataError("the file holds no rows", file=str(path), fix="pass a file with at least one example")
     return out

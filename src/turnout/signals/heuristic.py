@@ -46,12 +46,16 @@ def _check_text(text: str) -> str:
 
 def _check_sets(value: Any, param: str) -> dict[str, Any]:
     if not isinstance(value, Mapping) or not value:
-        raise param_error(f"{param} must be a mapping of names to entries, with at least one", param,
-                          f"write {param}: {{name: ...}}")
+        raise param_error(
+            f"{param} must be a mapping of names to entries, with at least one", param, f"write {param}: {{name: ...}}"
+        )
     for set_name in value:
         if not isinstance(set_name, str) or not re.fullmatch(r"[a-z0-9_]+", set_name):
-            raise param_error(f"{set_name!r} is not a valid name (it becomes part of an output name)",
-                              f"{param}.{set_name}", "use lower-case letters, digits and '_'")
+            raise param_error(
+                f"{set_name!r} is not a valid name (it becomes part of an output name)",
+                f"{param}.{set_name}",
+                "use lower-case letters, digits and '_'",
+            )
     return dict(value)
 
 
@@ -89,8 +93,14 @@ class KeywordSignal(_SetSignal):
 
     type_name = "keywords"
 
-    def __init__(self, name: str, sets: Mapping[str, Any], case_sensitive: bool = False, text: str = "prompt",
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        sets: Mapping[str, Any],
+        case_sensitive: bool = False,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         checked = _check_sets(sets, "sets")
         super().__init__(name, list(checked), "keyword set")
         self._text = _check_text(text)
@@ -99,15 +109,20 @@ class KeywordSignal(_SetSignal):
             if isinstance(entry, Mapping):
                 extra = sorted(set(entry) - {"words", "case_sensitive", "whole_words"})
                 if extra:
-                    raise param_error(f"unknown key {extra[0]!r}", f"sets.{set_name}.{extra[0]}",
-                                      "a set is a list of words, or {words: [...], case_sensitive, whole_words}")
+                    raise param_error(
+                        f"unknown key {extra[0]!r}",
+                        f"sets.{set_name}.{extra[0]}",
+                        "a set is a list of words, or {words: [...], case_sensitive, whole_words}",
+                    )
                 words = entry.get("words")
                 case = bool(entry.get("case_sensitive", case_sensitive))
                 whole = bool(entry.get("whole_words", True))
-            if (not isinstance(words, list) or not words
-                    or not all(isinstance(w, str) and w.strip() for w in words)):
-                raise param_error(f"keyword set {set_name!r} must be a non-empty list of non-empty strings",
-                                  f"sets.{set_name}", "write e.g. code: [python, \"stack trace\"]")
+            if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+                raise param_error(
+                    f"keyword set {set_name!r} must be a non-empty list of non-empty strings",
+                    f"sets.{set_name}",
+                    'write e.g. code: [python, "stack trace"]',
+                )
             # longest first: the alternation then prefers "stack trace" over "stack" (the match is the same bool,
             # but the regex engine stops sooner on the common prefix)
             alts = "|".join(r"\s+".join(map(re.escape, w.split())) for w in sorted(set(words), key=len, reverse=True))
@@ -124,8 +139,14 @@ class RegexSignal(_SetSignal):
 
     type_name = "regex"
 
-    def __init__(self, name: str, patterns: Mapping[str, Any], case_sensitive: bool = True, text: str = "prompt",
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        patterns: Mapping[str, Any],
+        case_sensitive: bool = True,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         checked = _check_sets(patterns, "patterns")
         super().__init__(name, list(checked), "pattern")
         self._text = _check_text(text)
@@ -134,13 +155,17 @@ class RegexSignal(_SetSignal):
             if isinstance(entry, Mapping):
                 extra = sorted(set(entry) - {"pattern", "case_sensitive"})
                 if extra:
-                    raise param_error(f"unknown key {extra[0]!r}", f"patterns.{pname}.{extra[0]}",
-                                      "a pattern is a string, or {pattern: ..., case_sensitive: ...}")
+                    raise param_error(
+                        f"unknown key {extra[0]!r}",
+                        f"patterns.{pname}.{extra[0]}",
+                        "a pattern is a string, or {pattern: ..., case_sensitive: ...}",
+                    )
                 pattern = entry.get("pattern")
                 case = bool(entry.get("case_sensitive", case_sensitive))
             if not isinstance(pattern, str) or not pattern:
-                raise param_error(f"pattern {pname!r} must be a non-empty string", f"patterns.{pname}",
-                                  "write e.g. ticket: 'TCK-\\d+'")
+                raise param_error(
+                    f"pattern {pname!r} must be a non-empty string", f"patterns.{pname}", "write e.g. ticket: 'TCK-\\d+'"
+                )
             self._patterns.append(compile_pattern(pattern, 0 if case else re.IGNORECASE, f"patterns.{pname}"))
 
 
@@ -151,9 +176,12 @@ def compile_pattern(pattern: str, flags: int, param: str) -> re.Pattern[str]:
     except re.error as exc:
         where = f" at position {exc.pos}" if exc.pos is not None else ""
         shown = pattern if len(pattern) <= 80 else pattern[:80] + "..."
-        raise param_error(f"the regular expression {shown!r} does not compile: {exc.msg}{where}", param,
-                          "fix the pattern (Python 're' syntax); escape special characters such as . + ( [ with a "
-                          "backslash, and in YAML quote it with single quotes so backslashes stay as written") from exc
+        raise param_error(
+            f"the regular expression {shown!r} does not compile: {exc.msg}{where}",
+            param,
+            "fix the pattern (Python 're' syntax); escape special characters such as . + ( [ with a "
+            "backslash, and in YAML quote it with single quotes so backslashes stay as written",
+        ) from exc
 
 
 class TokensSignal(Signal):
@@ -169,9 +197,11 @@ class TokensSignal(Signal):
         self.outputs[f"{name}.system"] = Output("number", "estimated tokens of the system prompt", lo=0)
 
     def extract(self, view: RequestView) -> dict[str, Value]:
-        return {self.name: estimate_prompt_tokens(view.request.messages),
-                f"{self.name}.last": estimate_tokens(view.last_user_text),
-                f"{self.name}.system": estimate_tokens(view.system_text)}
+        return {
+            self.name: estimate_prompt_tokens(view.request.messages),
+            f"{self.name}.last": estimate_tokens(view.last_user_text),
+            f"{self.name}.system": estimate_tokens(view.system_text),
+        }
 
 
 class ConversationSignal(Signal):
@@ -185,14 +215,19 @@ class ConversationSignal(Signal):
         self.outputs[name] = Output("number", "user turns", lo=0)
         self.outputs[f"{name}.messages"] = Output("number", "messages of every role", lo=0)
         self.outputs[f"{name}.roles"] = Output("labels", "the roles present", choices=ROLES)
-        self.outputs[f"{name}.tool_results"] = Output("bool", "a tool result is in the conversation",
-                                                      member_of=(f"{name}.roles", "tool"))
+        self.outputs[f"{name}.tool_results"] = Output(
+            "bool", "a tool result is in the conversation", member_of=(f"{name}.roles", "tool")
+        )
 
     def extract(self, view: RequestView) -> dict[str, Value]:
         roles = [m.get("role") for m in view.request.messages if isinstance(m, dict)]
         present = frozenset(r for r in roles if isinstance(r, str) and r in ROLES)
-        return {self.name: sum(1 for r in roles if r == "user"), f"{self.name}.messages": len(roles),
-                f"{self.name}.roles": present, f"{self.name}.tool_results": "tool" in present}
+        return {
+            self.name: sum(1 for r in roles if r == "user"),
+            f"{self.name}.messages": len(roles),
+            f"{self.name}.roles": present,
+            f"{self.name}.tool_results": "tool" in present,
+        }
 
 
 def _has_image(messages: Sequence[Any]) -> bool:
@@ -216,16 +251,17 @@ class RequestSignal(Signal):
     def __init__(self, name: str, build: BuildContext | None = None) -> None:
         super().__init__(name)
         n = name
-        self.outputs.update({
-            f"{n}.images": Output("bool", "an image is part of a message"),
-            f"{n}.tools": Output("bool", "tools (or functions) are offered to the model"),
-            f"{n}.response_format": Output("label", "the response_format type", choices=RESPONSE_FORMATS),
-            f"{n}.json": Output("bool", "the answer must be JSON (response_format json_object or json_schema)"),
-            f"{n}.stream": Output("bool", "the answer is streamed"),
-            f"{n}.model": Output("label", "the route or model the client asked for"),
-            f"{n}.max_tokens": Output("number", "max_tokens (or max_completion_tokens) asked for", lo=0,
-                                      optional=True),
-        })
+        self.outputs.update(
+            {
+                f"{n}.images": Output("bool", "an image is part of a message"),
+                f"{n}.tools": Output("bool", "tools (or functions) are offered to the model"),
+                f"{n}.response_format": Output("label", "the response_format type", choices=RESPONSE_FORMATS),
+                f"{n}.json": Output("bool", "the answer must be JSON (response_format json_object or json_schema)"),
+                f"{n}.stream": Output("bool", "the answer is streamed"),
+                f"{n}.model": Output("label", "the route or model the client asked for"),
+                f"{n}.max_tokens": Output("number", "max_tokens (or max_completion_tokens) asked for", lo=0, optional=True),
+            }
+        )
 
     def extract(self, view: RequestView) -> dict[str, Value]:
         req, n = view.request, self.name
@@ -234,12 +270,15 @@ class RequestSignal(Signal):
         kind = rf.get("type") if isinstance(rf, dict) and isinstance(rf.get("type"), str) else "none"
         kind = kind if kind in RESPONSE_FORMATS else "none"
         max_tokens = params.get("max_completion_tokens", params.get("max_tokens"))
-        return {f"{n}.images": _has_image(req.messages),
-                f"{n}.tools": bool(params.get("tools") or params.get("functions")),
-                f"{n}.response_format": kind, f"{n}.json": kind in ("json_object", "json_schema"),
-                f"{n}.stream": bool(req.stream), f"{n}.model": req.model,
-                f"{n}.max_tokens": max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
-                else None}
+        return {
+            f"{n}.images": _has_image(req.messages),
+            f"{n}.tools": bool(params.get("tools") or params.get("functions")),
+            f"{n}.response_format": kind,
+            f"{n}.json": kind in ("json_object", "json_schema"),
+            f"{n}.stream": bool(req.stream),
+            f"{n}.model": req.model,
+            f"{n}.max_tokens": max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+        }
 
 
 class KeySignal(Signal):
@@ -258,9 +297,11 @@ class KeySignal(Signal):
         key = view.key
         team = getattr(key, "team", None)
         tags = getattr(key, "tags", None) or ()
-        return {self.name: getattr(key, "name", None) or "anonymous",
-                f"{self.name}.team": team if isinstance(team, str) else None,
-                f"{self.name}.tags": frozenset(str(t) for t in tags)}
+        return {
+            self.name: getattr(key, "name", None) or "anonymous",
+            f"{self.name}.team": team if isinstance(team, str) else None,
+            f"{self.name}.tags": frozenset(str(t) for t in tags),
+        }
 
 
 class MetadataSignal(Signal):
@@ -276,11 +317,17 @@ class MetadataSignal(Signal):
         self._headers: dict[str, str] = {}
         for alias, header in (headers or {}).items():
             if not isinstance(alias, str) or not re.fullmatch(r"[a-z0-9_]+", alias) or alias == "tags":
-                raise param_error(f"{alias!r} is not a valid alias", f"headers.{alias}",
-                                  "use lower-case letters, digits and '_' (and not 'tags')")
+                raise param_error(
+                    f"{alias!r} is not a valid alias",
+                    f"headers.{alias}",
+                    "use lower-case letters, digits and '_' (and not 'tags')",
+                )
             if not isinstance(header, str) or not header.lower().startswith("x-"):
-                raise param_error(f"{header!r} is not an x-* header (only those reach the pipeline)",
-                                  f"headers.{alias}", "name a request header that starts with x-")
+                raise param_error(
+                    f"{header!r} is not an x-* header (only those reach the pipeline)",
+                    f"headers.{alias}",
+                    "name a request header that starts with x-",
+                )
             self._headers[alias] = header.lower()
             self.outputs[f"{name}.{alias}"] = Output("label", f"the {header} header", optional=True)
 

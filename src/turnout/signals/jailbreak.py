@@ -97,11 +97,20 @@ class JailbreakSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (0 < self.target_fpr < 1 and 0 < self.gibberish_quantile <= 1 and self.folds >= 2 and self.epochs >= 1
-                and self.l2 >= 0 and self.max_extra_benign >= 0 and self.hash_dim >= 2 and not self.hash_dim & (self.hash_dim - 1)):
-            raise ConfigError("jailbreak settings out of range",
-                              fix="0 < target_fpr < 1, 0 < gibberish_quantile <= 1, folds >= 2, epochs >= 1, l2 >= 0, "
-                                  "hash_dim a power of two")
+        if not (
+            0 < self.target_fpr < 1
+            and 0 < self.gibberish_quantile <= 1
+            and self.folds >= 2
+            and self.epochs >= 1
+            and self.l2 >= 0
+            and self.max_extra_benign >= 0
+            and self.hash_dim >= 2
+            and not self.hash_dim & (self.hash_dim - 1)
+        ):
+            raise ConfigError(
+                "jailbreak settings out of range",
+                fix="0 < target_fpr < 1, 0 < gibberish_quantile <= 1, folds >= 2, epochs >= 1, l2 >= 0, hash_dim a power of two",
+            )
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,18 @@ class JailbreakDetector:
     takes the prompt's precomputed embedding so it is embedded once per request.
     """
 
-    def __init__(self, *, model: Softmax, lm: CharTrigrams, embedder: Embedder, embedder_name: str,
-                 threshold: float, gibberish_threshold: float, settings: JailbreakSettings,
-                 provenance: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: Softmax,
+        lm: CharTrigrams,
+        embedder: Embedder,
+        embedder_name: str,
+        threshold: float,
+        gibberish_threshold: float,
+        settings: JailbreakSettings,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.lm = lm
         self.embedder = embedder
@@ -144,16 +162,27 @@ class JailbreakDetector:
         self._hash = HashingEmbedder(dim=settings.hash_dim)
         want = self.provenance.get("embedder_id")
         if model.W.shape[0] != embedder.dim + settings.hash_dim or (want is not None and embedder.name != want):
-            raise ConfigError(f"the jailbreak detector was fitted on {want or embedder_name} vectors "
-                              f"(dim {model.W.shape[0] - settings.hash_dim}), not {embedder.name} (dim {embedder.dim})",
-                              fix=f"use the '{embedder_name}' embedder, or train the detector again with this one")
+            raise ConfigError(
+                f"the jailbreak detector was fitted on {want or embedder_name} vectors "
+                f"(dim {model.W.shape[0] - settings.hash_dim}), not {embedder.name} (dim {embedder.dim})",
+                fix=f"use the '{embedder_name}' embedder, or train the detector again with this one",
+            )
 
     # ---------------------------------------------------------------- fitting
     @classmethod
-    def fit(cls, texts: Sequence[str], labels: Sequence[str], embedder: Embedder, *, embedder_name: str = "minilm",
-            sources: Sequence[str | None] | None = None, extra_benign: Sequence[str] = (),
-            settings: JailbreakSettings | None = None, provenance: dict[str, Any] | None = None,
-            vectors: np.ndarray | None = None) -> JailbreakDetector:
+    def fit(
+        cls,
+        texts: Sequence[str],
+        labels: Sequence[str],
+        embedder: Embedder,
+        *,
+        embedder_name: str = "minilm",
+        sources: Sequence[str | None] | None = None,
+        extra_benign: Sequence[str] = (),
+        settings: JailbreakSettings | None = None,
+        provenance: dict[str, Any] | None = None,
+        vectors: np.ndarray | None = None,
+    ) -> JailbreakDetector:
         """Fit on ``texts`` labelled ``attack``/``benign``, plus unlabelled ``extra_benign`` prompts.
 
         ``sources`` (one per text) group the benign rows for the threshold rule;
@@ -164,12 +193,15 @@ class JailbreakDetector:
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
         bad = sorted({lab for lab in labels if lab not in (ATTACK, BENIGN)})
         if bad:
-            raise DataError(f"unknown jailbreak labels: {', '.join(map(repr, bad[:5]))}",
-                            fix=f"label each row '{ATTACK}' or '{BENIGN}'")
+            raise DataError(
+                f"unknown jailbreak labels: {', '.join(map(repr, bad[:5]))}", fix=f"label each row '{ATTACK}' or '{BENIGN}'"
+            )
         y_rows = np.array([lab == ATTACK for lab in labels])
         if (y_rows.all() and not extra_benign) or not y_rows.any():
-            raise DataError("the jailbreak detector needs both attack and benign examples",
-                            fix="add benign rows (or --benign files) and attack rows")
+            raise DataError(
+                "the jailbreak detector needs both attack and benign examples",
+                fix="add benign rows (or --benign files) and attack rows",
+            )
         known = set(texts)
         extra = [t for t in dict.fromkeys(extra_benign) if t not in known]
         if len(extra) > s.max_extra_benign:
@@ -178,8 +210,9 @@ class JailbreakDetector:
             extra = [extra[i] for i in keep]
         all_texts = list(texts) + extra
         y = np.concatenate([y_rows, np.zeros(len(extra), dtype=bool)])
-        group = [(src or "data") if not a else "attack" for src, a in
-                 zip(sources or [None] * len(texts), y_rows)] + ["extra benign"] * len(extra)
+        group = [(src or "data") if not a else "attack" for src, a in zip(sources or [None] * len(texts), y_rows)] + [
+            "extra benign"
+        ] * len(extra)
         group_arr = np.array(group, dtype=object)
         w = _weights(y, len(texts))
         hasher = HashingEmbedder(dim=s.hash_dim)
@@ -194,23 +227,40 @@ class JailbreakDetector:
         threshold, per_group = _threshold(oof, y, group_arr, s.target_fpr)
         model = fit_softmax(X, yi, 2, l2=s.l2, epochs=s.epochs, sample_weight=w, seed=s.seed)
         lm, g_thr = _fit_gibberish(all_texts, y, s)
-        benign_hits = float(np.mean([bool(pattern_hits(t)) for t in np.array(all_texts, dtype=object)[~y]])) \
-            if s.patterns else 0.0
-        prov = {**(provenance or {}), "n_attack": int(y.sum()), "n_benign": int((~y[:len(texts)]).sum()),
-                "n_extra_benign": len(extra), "embedder_id": embedder.name,
-                "threshold_rule": f"lowest out-of-fold score flagging <= {s.target_fpr:.0%} of each benign source",
-                "oof_fpr_at_threshold": per_group, "pattern_hit_rate_benign": benign_hits,
-                "oof_detection_at_threshold": float(np.mean(oof[y] >= threshold)) if y.any() else None}
-        return cls(model=model, lm=lm, embedder=embedder, embedder_name=embedder_name, threshold=threshold,
-                   gibberish_threshold=g_thr, settings=s, provenance=prov)
+        benign_hits = (
+            float(np.mean([bool(pattern_hits(t)) for t in np.array(all_texts, dtype=object)[~y]])) if s.patterns else 0.0
+        )
+        prov = {
+            **(provenance or {}),
+            "n_attack": int(y.sum()),
+            "n_benign": int((~y[: len(texts)]).sum()),
+            "n_extra_benign": len(extra),
+            "embedder_id": embedder.name,
+            "threshold_rule": f"lowest out-of-fold score flagging <= {s.target_fpr:.0%} of each benign source",
+            "oof_fpr_at_threshold": per_group,
+            "pattern_hit_rate_benign": benign_hits,
+            "oof_detection_at_threshold": float(np.mean(oof[y] >= threshold)) if y.any() else None,
+        }
+        return cls(
+            model=model,
+            lm=lm,
+            embedder=embedder,
+            embedder_name=embedder_name,
+            threshold=threshold,
+            gibberish_threshold=g_thr,
+            settings=s,
+            provenance=prov,
+        )
 
     # ---------------------------------------------------------------- scoring
     def classifier_scores(self, texts: Sequence[str], vectors: np.ndarray | None = None) -> np.ndarray:
         """The classifier's attack probability of each text as written, shape (n,)."""
         E = self.embedder.embed(list(texts)) if vectors is None else np.asarray(vectors, dtype=np.float32)
         if E.ndim != 2 or E.shape != (len(texts), self.embedder.dim):
-            raise ConfigError(f"expected {len(texts)} vectors of dim {self.embedder.dim}, got shape {E.shape}",
-                              fix=f"embed prompts with the '{self.embedder_name}' embedder")
+            raise ConfigError(
+                f"expected {len(texts)} vectors of dim {self.embedder.dim}, got shape {E.shape}",
+                fix=f"embed prompts with the '{self.embedder_name}' embedder",
+            )
         X = np.hstack([E, self._hash.embed([_clip(t) for t in texts])])
         out: np.ndarray = self.model.probs(X)[:, 1]
         return out
@@ -236,8 +286,9 @@ class JailbreakDetector:
             out.append(self._verdict(text, float(base[i]), best.get(i), readings[i]))
         return out
 
-    def _verdict(self, text: str, p: float, rescanned: tuple[float, str] | None,
-                 readings: list[tuple[str, str]]) -> JailbreakVerdict:
+    def _verdict(
+        self, text: str, p: float, rescanned: tuple[float, str] | None, readings: list[tuple[str, str]]
+    ) -> JailbreakVerdict:
         s = self.settings
         reasons: list[str] = []
         features: dict[str, Any] = {"classifier": round(p, 4)}
@@ -265,23 +316,41 @@ class JailbreakDetector:
             if g >= self.gibberish_threshold:
                 score, ruled = max(score, RULE_SCORE), True
                 reasons.append(f"gibberish {g:.2f} bits/char >= {self.gibberish_threshold:.2f} (adversarial suffix?)")
-        return JailbreakVerdict(score=float(score), flagged=bool(ruled or score >= self.threshold), threshold=self.threshold,
-                                reasons=reasons, features=features)
+        return JailbreakVerdict(
+            score=float(score),
+            flagged=bool(ruled or score >= self.threshold),
+            threshold=self.threshold,
+            reasons=reasons,
+            features=features,
+        )
 
     def with_embedder(self, embedder: Embedder) -> JailbreakDetector:
         """The same detector reading vectors from another instance of its embedder (e.g. an uncached one)."""
-        return JailbreakDetector(model=self.model, lm=self.lm, embedder=embedder, embedder_name=self.embedder_name,
-                                 threshold=self.threshold, gibberish_threshold=self.gibberish_threshold,
-                                 settings=self.settings, provenance=self.provenance)
+        return JailbreakDetector(
+            model=self.model,
+            lm=self.lm,
+            embedder=embedder,
+            embedder_name=self.embedder_name,
+            threshold=self.threshold,
+            gibberish_threshold=self.gibberish_threshold,
+            settings=self.settings,
+            provenance=self.provenance,
+        )
 
     # ---------------------------------------------------------------- artifact
     def save(self, path: str | Path) -> Path:
         """Write the detector as a ``.npz`` artifact (no pickle); :meth:`load` reads it back."""
-        meta = {"threshold": self.threshold, "gibberish_threshold": self.gibberish_threshold,
-                "embedder": self.embedder_name, "embedder_dim": self.embedder.dim, "settings": asdict(self.settings),
-                "provenance": self.provenance}
-        return save_guard(path, _KIND, {"W": self.model.W, "b": self.model.b, "trigrams": self.lm.tri,
-                                        "bigrams": self.lm.bi}, meta)
+        meta = {
+            "threshold": self.threshold,
+            "gibberish_threshold": self.gibberish_threshold,
+            "embedder": self.embedder_name,
+            "embedder_dim": self.embedder.dim,
+            "settings": asdict(self.settings),
+            "provenance": self.provenance,
+        }
+        return save_guard(
+            path, _KIND, {"W": self.model.W, "b": self.model.b, "trigrams": self.lm.tri, "bigrams": self.lm.bi}, meta
+        )
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder) -> JailbreakDetector:
@@ -290,18 +359,30 @@ class JailbreakDetector:
         try:
             settings = JailbreakSettings(**meta["settings"])
             W, b, tri, bi = (arrays[k] for k in _ARRAYS)
-            if W.ndim != 2 or W.shape[1] != 2 or b.shape != (2,) or tri.shape != bi.shape or tri.ndim != 1 \
-                    or W.shape[0] != int(meta["embedder_dim"]) + settings.hash_dim:
+            if (
+                W.ndim != 2
+                or W.shape[1] != 2
+                or b.shape != (2,)
+                or tri.shape != bi.shape
+                or tri.ndim != 1
+                or W.shape[0] != int(meta["embedder_dim"]) + settings.hash_dim
+            ):
                 raise ValueError("array shapes do not fit together")
             threshold = float(meta["threshold"])
             g_thr = float(meta["gibberish_threshold"])
             name = str(meta["embedder"])
         except (KeyError, TypeError, ValueError, ConfigError) as exc:
             raise damaged(path, _KIND, f"missing or malformed entry: {exc}", _TRAIN_HINT) from exc
-        return cls(model=Softmax(W=W.astype(np.float32), b=b.astype(np.float32)),
-                   lm=CharTrigrams(tri=tri.astype(np.uint32), bi=bi.astype(np.uint32)), embedder=embedder,
-                   embedder_name=name, threshold=threshold, gibberish_threshold=g_thr, settings=settings,
-                   provenance=meta.get("provenance") or {})
+        return cls(
+            model=Softmax(W=W.astype(np.float32), b=b.astype(np.float32)),
+            lm=CharTrigrams(tri=tri.astype(np.uint32), bi=bi.astype(np.uint32)),
+            embedder=embedder,
+            embedder_name=name,
+            threshold=threshold,
+            gibberish_threshold=g_thr,
+            settings=settings,
+            provenance=meta.get("provenance") or {},
+        )
 
 
 # ------------------------------------------------------------------ helpers

@@ -46,8 +46,15 @@ class LanguageSignal(Signal):
 
     type_name = "language"
 
-    def __init__(self, name: str, text: str = "last", min_chars: int = 4, min_confidence: float = 0.3,
-                 max_chars: int = 512, build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        text: str = "last",
+        min_chars: int = 4,
+        min_confidence: float = 0.3,
+        max_chars: int = 512,
+        build: BuildContext | None = None,
+    ) -> None:
         super().__init__(name)
         self._text = _check_text(text)
         if not isinstance(min_chars, int) or min_chars < 0:
@@ -61,8 +68,7 @@ class LanguageSignal(Signal):
         self._max_chars = max_chars
         self._det = _detector()
         self.outputs[name] = Output("label", "ISO 639 code of the prompt's language", optional=True)
-        self.outputs[f"{name}.confidence"] = Output("number", "the detector's confidence", lo=0.0, hi=1.0,
-                                                    optional=True)
+        self.outputs[f"{name}.confidence"] = Output("number", "the detector's confidence", lo=0.0, hi=1.0, optional=True)
 
     def detect(self, text: str) -> tuple[str | None, float | None]:
         """``(code, confidence)`` for ``text``; ``(None, None)`` without enough letters, ``(None, p)`` when unsure."""

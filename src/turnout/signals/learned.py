@@ -86,28 +86,43 @@ class DomainSignal(Signal):
     inline = False
     path_params = ("artifact", "examples")
 
-    def __init__(self, name: str, artifact: str | None = None, examples: str | None = None, embedder: str = "minilm",
-                 threshold: float | None = None, text: str = "prompt", build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        artifact: str | None = None,
+        examples: str | None = None,
+        embedder: str = "minilm",
+        threshold: float | None = None,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         from turnout.signals.domain import OUT_OF_SCOPE, DomainClassifier
 
         super().__init__(name)
         build = build or BuildContext()
         self._text = _check_text(text)
         if (artifact is None) == (examples is None):
-            raise param_error("give exactly one of artifact or examples", "artifact",
-                              "artifact: domain.npz (turnout signals train domain ...) or examples: domains.jsonl")
+            raise param_error(
+                "give exactly one of artifact or examples",
+                "artifact",
+                "artifact: domain.npz (turnout signals train domain ...) or examples: domains.jsonl",
+            )
         emb = build.get_embedder(embedder, f"signals.{name}.params.embedder")
         try:
             if artifact is not None:
-                clf = DomainClassifier.load(_existing(build, artifact, "artifact", "train one with 'turnout signals "
-                                                      "train domain EXAMPLES --out domain.npz'"))
+                clf = DomainClassifier.load(
+                    _existing(
+                        build, artifact, "artifact", "train one with 'turnout signals train domain EXAMPLES --out domain.npz'"
+                    )
+                )
             else:
                 path = _existing(build, examples, "examples", "a JSONL of {text, label} rows")
                 clf = DomainClassifier.from_examples(path, emb, embedder_name=embedder)
             clf.check_embedder(emb)
         except (DataError, ConfigError) as exc:
-            raise param_error(_plain(exc), "artifact" if artifact is not None else "examples",
-                              getattr(exc, "fix", None) or "check the file") from exc
+            raise param_error(
+                _plain(exc), "artifact" if artifact is not None else "examples", getattr(exc, "fix", None) or "check the file"
+            ) from exc
         if threshold is not None:
             if not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
                 raise param_error("threshold must be a cosine similarity in [-1, 1]", "threshold", "write e.g. 0.45")
@@ -115,21 +130,29 @@ class DomainSignal(Signal):
         self.classifier = clf
         self.embedder = embedder
         domains = frozenset(clf.domains)
-        self.outputs.update({
-            name: Output("label", "the domain, or out_of_scope", choices=domains | {OUT_OF_SCOPE}),
-            f"{name}.nearest": Output("label", "the most probable domain (even out of scope)", choices=domains),
-            f"{name}.probability": Output("number", "the most probable domain's probability", lo=0.0, hi=1.0),
-            f"{name}.similarity": Output("number", "in-scope similarity (mean cosine to the nearest prototypes)",
-                                         lo=-1.0, hi=1.0),
-            f"{name}.out_of_scope": Output("bool", "no declared domain fits", member_of=(name, OUT_OF_SCOPE)),
-        })
+        self.outputs.update(
+            {
+                name: Output("label", "the domain, or out_of_scope", choices=domains | {OUT_OF_SCOPE}),
+                f"{name}.nearest": Output("label", "the most probable domain (even out of scope)", choices=domains),
+                f"{name}.probability": Output("number", "the most probable domain's probability", lo=0.0, hi=1.0),
+                f"{name}.similarity": Output(
+                    "number", "in-scope similarity (mean cosine to the nearest prototypes)", lo=-1.0, hi=1.0
+                ),
+                f"{name}.out_of_scope": Output("bool", "no declared domain fits", member_of=(name, OUT_OF_SCOPE)),
+            }
+        )
 
     async def extract_async(self, view: RequestView) -> dict[str, Value]:
         vec = await view.embedding(self.embedder, _text_for(view, self._text))
         p = self.classifier.predict(vec)  # two small products (~0.1 ms): inline
         n = self.name
-        return {n: p.label, f"{n}.nearest": p.nearest, f"{n}.probability": round(p.probability, 6),
-                f"{n}.similarity": round(p.similarity, 6), f"{n}.out_of_scope": p.out_of_scope}
+        return {
+            n: p.label,
+            f"{n}.nearest": p.nearest,
+            f"{n}.probability": round(p.probability, 6),
+            f"{n}.similarity": round(p.similarity, 6),
+            f"{n}.out_of_scope": p.out_of_scope,
+        }
 
 
 class JailbreakSignal(Signal):
@@ -143,8 +166,15 @@ class JailbreakSignal(Signal):
     inline = False
     path_params = ("artifact",)
 
-    def __init__(self, name: str, artifact: str | None = None, embedder: str = "minilm", threshold: float | None = None,
-                 text: str = "prompt", build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        artifact: str | None = None,
+        embedder: str = "minilm",
+        threshold: float | None = None,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         from turnout.signals.jailbreak import JailbreakDetector
 
         super().__init__(name)
@@ -153,8 +183,11 @@ class JailbreakSignal(Signal):
         if artifact is None:
             path = Path(str(importlib.resources.files("turnout.signals").joinpath(SHIPPED_JAILBREAK)))
             if not path.is_file():
-                raise param_error("no artifact given and this turnout ships no jailbreak detector", "artifact",
-                                  "train one: turnout signals train jailbreak TRAIN.jsonl --out jailbreak.npz")
+                raise param_error(
+                    "no artifact given and this turnout ships no jailbreak detector",
+                    "artifact",
+                    "train one: turnout signals train jailbreak TRAIN.jsonl --out jailbreak.npz",
+                )
         else:
             path = _existing(self._build, artifact, "artifact", "train one with 'turnout signals train jailbreak'")
         emb = self._build.get_embedder(embedder, f"signals.{name}.params.embedder")
@@ -188,8 +221,14 @@ class PiiSignal(Signal):
 
     type_name = "pii"
 
-    def __init__(self, name: str, types: Sequence[str] | None = None, min_score: float = 0.5, text: str = "prompt",
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        types: Sequence[str] | None = None,
+        min_score: float = 0.5,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         from turnout.signals.pii import PiiDetector
 
         super().__init__(name)
@@ -197,8 +236,9 @@ class PiiSignal(Signal):
         try:
             self.detector = PiiDetector(types, min_score=min_score)
         except ConfigError as exc:
-            raise param_error(_plain(exc), "types" if "type" in str(exc) else "min_score",
-                              exc.fix or "check the parameter") from exc
+            raise param_error(
+                _plain(exc), "types" if "type" in str(exc) else "min_score", exc.fix or "check the parameter"
+            ) from exc
         choices = frozenset(t.value.lower() for t in self.detector.types)
         self.outputs[name] = Output("bool", "personal data or a secret was found")
         self.outputs[f"{name}.types"] = Output("labels", "the kinds found", choices=choices)
@@ -206,8 +246,11 @@ class PiiSignal(Signal):
 
     def extract(self, view: RequestView) -> dict[str, Value]:
         spans = self.detector.find(view_text(view, self._text))
-        return {self.name: bool(spans), f"{self.name}.types": frozenset(s.type.value.lower() for s in spans),
-                f"{self.name}.count": len(spans)}
+        return {
+            self.name: bool(spans),
+            f"{self.name}.types": frozenset(s.type.value.lower() for s in spans),
+            f"{self.name}.count": len(spans),
+        }
 
 
 class SimilaritySignal(Signal):
@@ -221,8 +264,15 @@ class SimilaritySignal(Signal):
     type_name = "similarity"
     inline = False
 
-    def __init__(self, name: str, sets: Mapping[str, Any], embedder: str = "minilm", threshold: float = 0.6,
-                 text: str = "prompt", build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        sets: Mapping[str, Any],
+        embedder: str = "minilm",
+        threshold: float = 0.6,
+        text: str = "prompt",
+        build: BuildContext | None = None,
+    ) -> None:
         from turnout.signals.heuristic import _check_sets
 
         super().__init__(name)
@@ -242,8 +292,11 @@ class SimilaritySignal(Signal):
             if isinstance(entry, Mapping):
                 extra = sorted(set(entry) - {"examples", "threshold"})
                 if extra:
-                    raise param_error(f"unknown key {extra[0]!r}", f"sets.{set_name}.{extra[0]}",
-                                      "a set is a list of texts, a file, or {examples: ..., threshold: ...}")
+                    raise param_error(
+                        f"unknown key {extra[0]!r}",
+                        f"sets.{set_name}.{extra[0]}",
+                        "a set is a list of texts, a file, or {examples: ..., threshold: ...}",
+                    )
                 set_threshold = entry.get("threshold", threshold)
                 if not isinstance(set_threshold, (int, float)) or not -1.0 <= set_threshold <= 1.0:
                     raise param_error("threshold must lie in [-1, 1]", f"sets.{set_name}.threshold", "write e.g. 0.7")
@@ -253,16 +306,16 @@ class SimilaritySignal(Signal):
             self._thresholds.append(float(set_threshold))
             texts.extend(rows)
             owners.extend([i] * len(rows))
-            self.outputs[f"{name}.{set_name}"] = Output("number", f"highest cosine similarity to a {set_name!r} example",
-                                                        lo=-1.0, hi=1.0)
+            self.outputs[f"{name}.{set_name}"] = Output(
+                "number", f"highest cosine similarity to a {set_name!r} example", lo=-1.0, hi=1.0
+            )
         vecs = np.asarray(emb.embed(texts), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         self._matrix = vecs / np.where(norms > 0, norms, 1.0)
         self._owner = np.asarray(owners)
         names = frozenset(self._names)
         self.outputs[name] = Output("labels", "the sets the prompt is similar enough to", choices=names)
-        self.outputs[f"{name}.best"] = Output("label", "the most similar set over its threshold", choices=names,
-                                              optional=True)
+        self.outputs[f"{name}.best"] = Output("label", "the most similar set over its threshold", choices=names, optional=True)
 
     @staticmethod
     def _examples(build: BuildContext, entry: Any, set_name: str) -> list[str]:
@@ -276,8 +329,11 @@ class SimilaritySignal(Signal):
                 raise param_error(_plain(exc), f"sets.{set_name}", exc.fix or "check the file") from exc
         if isinstance(entry, list) and entry and all(isinstance(t, str) and t.strip() for t in entry):
             return list(entry)
-        raise param_error(f"set {set_name!r} must be a non-empty list of texts or a file", f"sets.{set_name}",
-                          "write e.g. refund: [where is my refund, I want my money back]")
+        raise param_error(
+            f"set {set_name!r} must be a non-empty list of texts or a file",
+            f"sets.{set_name}",
+            "write e.g. refund: [where is my refund, I want my money back]",
+        )
 
     async def extract_async(self, view: RequestView) -> dict[str, Value]:
         vec = np.asarray(await view.embedding(self.embedder, _text_for(view, self._text)), dtype=np.float32)
@@ -309,8 +365,14 @@ class ComplexitySignal(Signal):
     inline = False
     path_params = ("artifact",)
 
-    def __init__(self, name: str, artifact: str, embedder: str = "minilm", candidates: Sequence[str] | None = None,
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        artifact: str,
+        embedder: str = "minilm",
+        candidates: Sequence[str] | None = None,
+        build: BuildContext | None = None,
+    ) -> None:
         from turnout.routing.artifact import load_router
 
         super().__init__(name)
@@ -324,8 +386,11 @@ class ComplexitySignal(Signal):
         chosen = list(candidates) if candidates is not None else models
         unknown = [c for c in chosen if c not in models]
         if unknown or len(chosen) < 2:
-            raise param_error(f"candidates must be at least two of the artifact's models; {unknown or chosen} "
-                              "cannot be compared", "candidates", f"the artifact scores: {', '.join(models)}")
+            raise param_error(
+                f"candidates must be at least two of the artifact's models; {unknown or chosen} cannot be compared",
+                "candidates",
+                f"the artifact scores: {', '.join(models)}",
+            )
         self._build.get_embedder(embedder, f"signals.{name}.params.embedder")  # built (and warmed up) now
         self.embedder = embedder
         self._chosen = chosen

@@ -136,7 +136,7 @@ class PiiDetector:
             chosen.extend(kept)
         chosen.sort(key=lambda c: c.start)
         return [
-            PiiSpan(c.recognizer.type, c.start, c.end, text[c.start:c.end], round(c.score, 3), c.recognizer.name)
+            PiiSpan(c.recognizer.type, c.start, c.end, text[c.start : c.end], round(c.score, 3), c.recognizer.name)
             for c in chosen
         ]
 
@@ -156,6 +156,14 @@ class PiiDetector:
 
 
 __all__ = [
-    "DEFAULT_TYPES", "DETECTABLE_TYPES", "STRUCTURED_TYPES", "TYPE_ALIASES", "PiiDetector", "PiiSpan", "PiiType",
-    "Scan", "normalise_type", "parse_types",
+    "DEFAULT_TYPES",
+    "DETECTABLE_TYPES",
+    "STRUCTURED_TYPES",
+    "TYPE_ALIASES",
+    "PiiDetector",
+    "PiiSpan",
+    "PiiType",
+    "Scan",
+    "normalise_type",
+    "parse_types",
 ]

@@ -124,8 +124,7 @@ class PiiPolicy:
         counts = Counter(s.type.value for s in spans)
         by_type = {t: self.action_for(PiiType(t)) for t in counts}
         worst = max(by_type.values(), key=lambda a: _SEVERITY[a], default=PiiAction.ALLOW)
-        to_redact = tuple(s for s in spans if by_type[s.type.value] is PiiAction.REDACT) if worst is PiiAction.REDACT \
-            else ()
+        to_redact = tuple(s for s in spans if by_type[s.type.value] is PiiAction.REDACT) if worst is PiiAction.REDACT else ()
         return PiiVerdict(worst, dict(sorted(counts.items())), to_redact, by_type)
 
     @classmethod
@@ -134,16 +133,20 @@ class PiiPolicy:
         known = {"action", "types", "per_type", "restore", "min_score", "response"}
         for k in raw:
             if k not in known:
-                raise ConfigError(f"unknown key {k!r}", file=file, key=f"{key}.{k}",
-                                  fix=f"use one of: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"unknown key {k!r}", file=file, key=f"{key}.{k}", fix=f"use one of: {', '.join(sorted(known))}"
+                )
         action = _action(raw.get("action", "redact"), f"{key}.action", file)
         types = parse_types(_list(raw.get("types", sorted(DEFAULT_TYPES)), f"{key}.types", file), key=f"{key}.types")
         per_raw = raw.get("per_type", {}) or {}
         if not isinstance(per_raw, Mapping):
-            raise ConfigError("must be a mapping of type: action", file=file, key=f"{key}.per_type",
-                              fix="e.g. {SECRET: block, PERSON: allow}")
-        per_type = {next(iter(parse_types([t], key=f"{key}.per_type.{t}"))): _action(a, f"{key}.per_type.{t}", file)
-                    for t, a in per_raw.items()}
+            raise ConfigError(
+                "must be a mapping of type: action", file=file, key=f"{key}.per_type", fix="e.g. {SECRET: block, PERSON: allow}"
+            )
+        per_type = {
+            next(iter(parse_types([t], key=f"{key}.per_type.{t}"))): _action(a, f"{key}.per_type.{t}", file)
+            for t, a in per_raw.items()
+        }
         restore = raw.get("restore", True)
         if not isinstance(restore, bool):
             raise ConfigError("must be true or false", file=file, key=f"{key}.restore")
@@ -152,18 +155,22 @@ class PiiPolicy:
             raise ConfigError("must be a number within [0, 1]", file=file, key=f"{key}.min_score")
         resp_raw = raw.get("response", {}) or {}
         if not isinstance(resp_raw, Mapping) or set(resp_raw) - _RESPONSE_KEYS:
-            raise ConfigError("unknown response setting", file=file, key=f"{key}.response",
-                              fix=f"keys: {', '.join(sorted(_RESPONSE_KEYS))}")
+            raise ConfigError(
+                "unknown response setting", file=file, key=f"{key}.response", fix=f"keys: {', '.join(sorted(_RESPONSE_KEYS))}"
+            )
         response = ResponsePiiSettings()
         if resp_raw:
             style = resp_raw.get("style", response.style)
             if style not in ("placeholder", "type", "mask"):
-                raise ConfigError(f"unknown style {style!r}", file=file, key=f"{key}.response.style",
-                                  fix="use placeholder, type or mask")
+                raise ConfigError(
+                    f"unknown style {style!r}", file=file, key=f"{key}.response.style", fix="use placeholder, type or mask"
+                )
             response = ResponsePiiSettings(
                 redact=bool(resp_raw.get("redact", True)),
-                types=parse_types(_list(resp_raw.get("types", sorted(response.types)), f"{key}.response.types", file),
-                                  key=f"{key}.response.types"),
+                types=parse_types(
+                    _list(resp_raw.get("types", sorted(response.types)), f"{key}.response.types", file),
+                    key=f"{key}.response.types",
+                ),
                 style=style,
             )
         return cls(action, types, per_type, restore, float(min_score), response)
@@ -173,8 +180,9 @@ def _action(value: Any, key: str, file: str | None) -> PiiAction:
     try:
         return PiiAction(str(value))
     except ValueError:
-        raise ConfigError(f"unknown action {value!r}", file=file, key=key,
-                          fix=f"use one of: {', '.join(a.value for a in PiiAction)}") from None
+        raise ConfigError(
+            f"unknown action {value!r}", file=file, key=key, fix=f"use one of: {', '.join(a.value for a in PiiAction)}"
+        ) from None
 
 
 def _list(value: Any, key: str, file: str | None) -> list[str]:

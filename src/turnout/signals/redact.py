@@ -82,7 +82,7 @@ def _render(text: str, lo: int, hi: int, spans: Sequence[PiiSpan], style: str, m
     parts: list[str] = []
     pos = lo
     for span in spans:
-        parts.append(text[pos:span.start])
+        parts.append(text[pos : span.start])
         parts.append(_replacement(span, style, mapping))
         pos = span.end
     parts.append(text[pos:hi])
@@ -124,9 +124,7 @@ class StreamRedactor:
     what was replaced. One instance per stream; not thread-safe.
     """
 
-    def __init__(
-        self, detector: PiiDetector, style: RedactStyle = "placeholder", mapping: PiiMapping | None = None
-    ) -> None:
+    def __init__(self, detector: PiiDetector, style: RedactStyle = "placeholder", mapping: PiiMapping | None = None) -> None:
         if style not in STYLES:
             raise ValueError(f"unknown redaction style {style!r} (use one of: {', '.join(STYLES)})")
         self.detector = detector
@@ -178,7 +176,7 @@ class StreamRedactor:
         )
         keep = min(cut, self.detector.left_context)
         self._offset += cut - keep
-        self._buf, self._ctx = buf[cut - keep:], keep
+        self._buf, self._ctx = buf[cut - keep :], keep
         return out
 
 

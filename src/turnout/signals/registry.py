@@ -85,12 +85,19 @@ def signal_class(type_name: str, *, source: str = "<memory>", where: str = "sign
                 try:
                     loaded: type[Signal] = ep.load()
                 except Exception as exc:  # a third party's import failure: say which entry point
-                    raise ConfigError(f"the entry point for signal type {type_name!r} ({ep.value}) failed to load: "
-                                      f"{exc}", file=source, key=f"{where}.type",
-                                      fix="fix or reinstall the package that provides it") from exc
+                    raise ConfigError(
+                        f"the entry point for signal type {type_name!r} ({ep.value}) failed to load: {exc}",
+                        file=source,
+                        key=f"{where}.type",
+                        fix="fix or reinstall the package that provides it",
+                    ) from exc
                 return loaded
-        raise ConfigError(f"unknown signal type {type_name!r}", file=source, key=f"{where}.type",
-                          fix=_fix_for(type_name, signal_types(), "signal types"))
+        raise ConfigError(
+            f"unknown signal type {type_name!r}",
+            file=source,
+            key=f"{where}.type",
+            fix=_fix_for(type_name, signal_types(), "signal types"),
+        )
     if not isinstance(target, str):
         return target
     module, _, attr = target.partition(":")
@@ -98,23 +105,31 @@ def signal_class(type_name: str, *, source: str = "<memory>", where: str = "sign
     return cls
 
 
-def build_signal(name: str, type_name: str, params: Mapping[str, Any], *, build: BuildContext | None = None,
-                 where: str | None = None) -> Signal:
+def build_signal(
+    name: str, type_name: str, params: Mapping[str, Any], *, build: BuildContext | None = None, where: str | None = None
+) -> Signal:
     """Build one signal from its config entry (``name``, ``type``, ``params``); errors name the key and the fix."""
     build = build or BuildContext()
     where = where or f"signals.{name}"
     if not NAME_RE.fullmatch(name):
-        raise ConfigError(f"{name!r} is not a valid signal name", file=build.source, key=where,
-                          fix="use lower-case letters, digits and '_' (outputs are named name.suffix)")
+        raise ConfigError(
+            f"{name!r} is not a valid signal name",
+            file=build.source,
+            key=where,
+            fix="use lower-case letters, digits and '_' (outputs are named name.suffix)",
+        )
     cls = signal_class(type_name, source=build.source, where=where)
     kwargs: dict[str, Any] = dict(params)
     sig = inspect.signature(cls)
     accepted = [p for p in sig.parameters if p not in ("name", "build")]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        raise ConfigError(f"signal type {type_name!r} has no parameter {', '.join(map(repr, unknown))}",
-                          file=build.source, key=f"{where}.params.{unknown[0]}",
-                          fix=_fix_for(unknown[0], accepted, "parameters"))
+        raise ConfigError(
+            f"signal type {type_name!r} has no parameter {', '.join(map(repr, unknown))}",
+            file=build.source,
+            key=f"{where}.params.{unknown[0]}",
+            fix=_fix_for(unknown[0], accepted, "parameters"),
+        )
     if "build" in sig.parameters:
         kwargs["build"] = build
     try:
@@ -125,11 +140,19 @@ def build_signal(name: str, type_name: str, params: Mapping[str, Any], *, build:
         key = f"{where}.{exc.key}" if exc.key else where
         raise ConfigError(_bare(exc), file=build.source, key=key, fix=exc.fix) from exc
     except TypeError as exc:  # a missing required parameter, or one of the wrong shape
-        raise ConfigError(f"signal type {type_name!r}: {exc}", file=build.source, key=f"{where}.params",
-                          fix=f"its parameters are: {', '.join(accepted) or '(none)'}") from exc
+        raise ConfigError(
+            f"signal type {type_name!r}: {exc}",
+            file=build.source,
+            key=f"{where}.params",
+            fix=f"its parameters are: {', '.join(accepted) or '(none)'}",
+        ) from exc
     if not signal.outputs:
-        raise ConfigError(f"signal {name!r} ({type_name}) declares no output", file=build.source, key=where,
-                          fix="a signal class fills self.outputs in its constructor")
+        raise ConfigError(
+            f"signal {name!r} ({type_name}) declares no output",
+            file=build.source,
+            key=where,
+            fix="a signal class fills self.outputs in its constructor",
+        )
     return signal
 
 
@@ -142,7 +165,7 @@ def _bare(exc: ConfigError) -> str:
     """The message of a ConfigError without the key prefix and fix suffix its ``str`` adds."""
     text = str(exc)
     if exc.key and text.startswith(f"key '{exc.key}': "):
-        text = text[len(f"key '{exc.key}': "):]
+        text = text[len(f"key '{exc.key}': ") :]
     if exc.fix and text.endswith(f" (fix: {exc.fix})"):
         text = text[: -len(f" (fix: {exc.fix})")]
     return text
@@ -198,9 +221,12 @@ class SignalSet:
         for sig in self.signals.values():
             for inp in sig.inputs:
                 if inp not in self.outputs:
-                    raise ConfigError(f"signal {sig.name!r} reads {inp!r}, which no signal defines",
-                                      file=source, key=f"signals.{sig.name}.params",
-                                      fix=_fix_for(inp, self.outputs, "signal outputs"))
+                    raise ConfigError(
+                        f"signal {sig.name!r} reads {inp!r}, which no signal defines",
+                        file=source,
+                        key=f"signals.{sig.name}.params",
+                        fix=_fix_for(inp, self.outputs, "signal outputs"),
+                    )
             check = getattr(sig, "check_inputs", None)
             if callable(check):
                 try:
@@ -222,10 +248,13 @@ class SignalSet:
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                cycle = " -> ".join([*path[path.index(name):], name])
-                raise ConfigError(f"derived signals read each other in a cycle: {cycle}", file=self.source,
-                                  key=f"signals.{name}.params", fix="break the cycle: a derived signal may only "
-                                  "read signals computed before it")
+                cycle = " -> ".join([*path[path.index(name) :], name])
+                raise ConfigError(
+                    f"derived signals read each other in a cycle: {cycle}",
+                    file=self.source,
+                    key=f"signals.{name}.params",
+                    fix="break the cycle: a derived signal may only read signals computed before it",
+                )
             state[name] = 1
             for inp in self.signals[name].inputs:
                 visit(self._owner[inp], [*path, name])
@@ -247,10 +276,8 @@ class SignalSet:
                 continue
             wanted.add(name)
             todo.extend(self._owner[i] for i in self.signals[name].inputs)
-        inline = tuple(s for n, s in self.signals.items() if n in wanted and not isinstance(s, DerivedSignal)
-                       and s.inline)
-        awaited = tuple(s for n, s in self.signals.items() if n in wanted and not isinstance(s, DerivedSignal)
-                        and not s.inline)
+        inline = tuple(s for n, s in self.signals.items() if n in wanted and not isinstance(s, DerivedSignal) and s.inline)
+        awaited = tuple(s for n, s in self.signals.items() if n in wanted and not isinstance(s, DerivedSignal) and not s.inline)
         derived = tuple(self.signals[n] for n in self._order if n in wanted)
         return ExtractionPlan(inline, awaited, derived)  # type: ignore[arg-type]
 
@@ -290,8 +317,13 @@ class SignalSet:
         found.failed[name] = f"{type(exc).__name__}: {exc}"
         n = self._failures[name] = self._failures.get(name, 0) + 1
         if n == 1 or n % 1000 == 0:  # the first failure with its traceback, then a count now and then
-            log.warning("signal %s failed (%d time(s) so far); its outputs are missing from the request's rules: %s",
-                        name, n, found.failed[name], exc_info=exc if n == 1 else None)
+            log.warning(
+                "signal %s failed (%d time(s) so far); its outputs are missing from the request's rules: %s",
+                name,
+                n,
+                found.failed[name],
+                exc_info=exc if n == 1 else None,
+            )
 
     def describe(self) -> dict[str, Any]:
         """Every signal with its type and outputs (JSON)."""

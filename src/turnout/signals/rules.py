@@ -46,8 +46,20 @@ OPS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "labels": ("contains", "in", "not_in", "all_of"),
 }
 ALL_OPS = tuple(dict.fromkeys(op for ops in OPS_BY_TYPE.values() for op in ops))
-_SYMBOL = {"eq": "=", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "is": "is", "in": "in",
-           "not_in": "not in", "matches": "matches", "contains": "contains", "all_of": "contains all of"}
+_SYMBOL = {
+    "eq": "=",
+    "ne": "!=",
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+    "is": "is",
+    "in": "in",
+    "not_in": "not in",
+    "matches": "matches",
+    "contains": "contains",
+    "all_of": "contains all of",
+}
 _LIST_OPS = frozenset({"in", "not_in", "all_of"})
 
 
@@ -149,21 +161,30 @@ def parse_rule(raw: Any, *, where: str, source: str = "<memory>") -> Rule:
         return ConfigError(message, file=source, key=key, fix=fix)
 
     if not isinstance(raw, Mapping) or not raw:
-        raise err(f"a rule must be a mapping, got {_kind(raw)}", where,
-                  "write {signal: NAME, OP: VALUE} or {all: [...]}, {any: [...]}, {not: ...}")
+        raise err(
+            f"a rule must be a mapping, got {_kind(raw)}",
+            where,
+            "write {signal: NAME, OP: VALUE} or {all: [...]}, {any: [...]}, {not: ...}",
+        )
     composite = [k for k in ("all", "any", "not") if k in raw]
     if composite:
         if len(raw) != 1:
             extra = sorted(str(k) for k in raw if k != composite[0])
-            raise err(f"{composite[0]!r} cannot be combined with {', '.join(map(repr, extra))} in one mapping", where,
-                      "nest them: {all: [{any: [...]}, {signal: ...}]}")
+            raise err(
+                f"{composite[0]!r} cannot be combined with {', '.join(map(repr, extra))} in one mapping",
+                where,
+                "nest them: {all: [{any: [...]}, {signal: ...}]}",
+            )
         k = composite[0]
         body = raw[k]
         here = f"{where}.{k}"
         if k == "not":
             if isinstance(body, list):
-                return Not(AnyOf(_parse_list(body, here, source), here), where) if len(body) != 1 else \
-                    Not(parse_rule(body[0], where=f"{here}[0]", source=source), where)
+                return (
+                    Not(AnyOf(_parse_list(body, here, source), here), where)
+                    if len(body) != 1
+                    else Not(parse_rule(body[0], where=f"{here}[0]", source=source), where)
+                )
             return Not(parse_rule(body, where=here, source=source), where)
         if not isinstance(body, list):
             raise err(f"{k!r} takes a list of rules, got {_kind(body)}", here, f"write {k}: [rule, rule, ...]")
@@ -172,12 +193,18 @@ def parse_rule(raw: Any, *, where: str, source: str = "<memory>") -> Rule:
     if "signal" not in raw:
         unknown = sorted(str(k) for k in raw)
         guess = difflib.get_close_matches(unknown[0], ["signal", "all", "any", "not"], n=1)
-        raise err(f"a rule needs 'signal' (or all / any / not); found {', '.join(map(repr, unknown))}", where,
-                  f"did you mean {guess[0]!r}?" if guess else "write {signal: NAME, OP: VALUE}")
+        raise err(
+            f"a rule needs 'signal' (or all / any / not); found {', '.join(map(repr, unknown))}",
+            where,
+            f"did you mean {guess[0]!r}?" if guess else "write {signal: NAME, OP: VALUE}",
+        )
     name = raw["signal"]
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*", name):
-        raise err(f"{name!r} is not a signal output name", f"{where}.signal",
-                  "write a signal's name, or name.output (lower case, e.g. kw.code)")
+        raise err(
+            f"{name!r} is not a signal output name",
+            f"{where}.signal",
+            "write a signal's name, or name.output (lower case, e.g. kw.code)",
+        )
     ops = [k for k in raw if k != "signal"]
     if not ops:
         raise err(f"the rule on {name!r} has no test", where, f"add one of: {', '.join(ALL_OPS)}")
@@ -185,8 +212,11 @@ def parse_rule(raw: Any, *, where: str, source: str = "<memory>") -> Rule:
     for op in ops:
         if op not in ALL_OPS:
             guess = difflib.get_close_matches(str(op), ALL_OPS, n=1)
-            raise err(f"unknown test {op!r}", f"{where}.{op}",
-                      f"did you mean {guess[0]!r}?" if guess else f"use one of: {', '.join(ALL_OPS)}")
+            raise err(
+                f"unknown test {op!r}",
+                f"{where}.{op}",
+                f"did you mean {guess[0]!r}?" if guess else f"use one of: {', '.join(ALL_OPS)}",
+            )
         value = raw[op]
         if op in _LIST_OPS and not (isinstance(value, list) and value):
             raise err(f"{op!r} takes a non-empty list, got {_kind(value)}", f"{where}.{op}", f"write {op}: [a, b]")
@@ -196,9 +226,12 @@ def parse_rule(raw: Any, *, where: str, source: str = "<memory>") -> Rule:
             try:
                 value = re.compile(value)
             except re.error as exc:
-                raise err(f"the regular expression {raw[op]!r} does not compile: {exc.msg}"
-                          + (f" at position {exc.pos}" if exc.pos is not None else ""), f"{where}.{op}",
-                          "fix the pattern (Python 're' syntax); quote it with single quotes in YAML") from exc
+                raise err(
+                    f"the regular expression {raw[op]!r} does not compile: {exc.msg}"
+                    + (f" at position {exc.pos}" if exc.pos is not None else ""),
+                    f"{where}.{op}",
+                    "fix the pattern (Python 're' syntax); quote it with single quotes in YAML",
+                ) from exc
         leaves.append(Leaf(name, str(op), value, f"{where}.{op}" if len(ops) > 1 else where))
     return All(tuple(leaves), where) if len(leaves) > 1 else leaves[0]
 
@@ -248,13 +281,15 @@ def _bind_leaf(leaf: Leaf, outputs: Mapping[str, Output], source: str) -> Leaf:
         if siblings:
             fix = (f"did you mean {guess[0]!r}? " if guess else "") + f"signal {base!r} has: {', '.join(siblings)}"
         else:
-            fix = (f"did you mean {guess[0]!r}? " if guess else "") + \
-                  f"define it under 'signals:' (defined: {', '.join(sorted(outputs)) or 'none'})"
+            fix = (
+                f"did you mean {guess[0]!r}? " if guess else ""
+            ) + f"define it under 'signals:' (defined: {', '.join(sorted(outputs)) or 'none'})"
         raise err(f"signal {leaf.signal!r} is not defined", fix, key=signal_key(leaf.where))
     t = spec.type
     if leaf.op not in OPS_BY_TYPE[t]:
-        raise err(f"{leaf.signal!r} is a {t}, which has no test {leaf.op!r}",
-                  f"a {t} is tested with: {', '.join(OPS_BY_TYPE[t])}")
+        raise err(
+            f"{leaf.signal!r} is a {t}, which has no test {leaf.op!r}", f"a {t} is tested with: {', '.join(OPS_BY_TYPE[t])}"
+        )
     v = leaf.value
     if t == "bool":
         if not isinstance(v, bool):
@@ -263,8 +298,7 @@ def _bind_leaf(leaf: Leaf, outputs: Mapping[str, Output], source: str) -> Leaf:
     if t == "number":
         if leaf.op in _LIST_OPS:
             if not all(_is_number(x) for x in v):
-                raise err(f"{leaf.op} on the number {leaf.signal!r} needs a list of numbers, got {v!r}",
-                          "write e.g. in: [1, 2]")
+                raise err(f"{leaf.op} on the number {leaf.signal!r} needs a list of numbers, got {v!r}", "write e.g. in: [1, 2]")
             return replace(leaf, value=frozenset(float(x) for x in v), vtype=t)
         if not _is_number(v):
             raise err(f"{leaf.signal!r} is a number; {leaf.op} needs a number, got {v!r}", f"write {leaf.op}: 100")
@@ -278,8 +312,12 @@ def _bind_leaf(leaf: Leaf, outputs: Mapping[str, Output], source: str) -> Leaf:
 
 def _label(x: Any, leaf: Leaf, source: str) -> str:
     if isinstance(x, bool) or x is None or isinstance(x, (list, dict)):
-        raise ConfigError(f"{leaf.signal!r} holds labels; {x!r} is not one", file=source, key=leaf.where,
-                          fix="write labels as strings (quote yes/no/on/off/null in YAML: 'no')")
+        raise ConfigError(
+            f"{leaf.signal!r} holds labels; {x!r} is not one",
+            file=source,
+            key=leaf.where,
+            fix="write labels as strings (quote yes/no/on/off/null in YAML: 'no')",
+        )
     return str(x)
 
 

@@ -32,14 +32,16 @@ _CODE_LINE = re.compile(
     r"return|#include|#define|package|using|SELECT|INSERT|UPDATE|DELETE|CREATE)\b"
     r"|[$>]\s+(?:sudo|pip|npm|git|cd|ls|python|docker|kubectl)\b"
     r"|.*(?:;|\{|\}|=>|\):)[ \t]*$)",
-    re.MULTILINE)
+    re.MULTILINE,
+)
 _MATH = re.compile(
     r"\\(?:frac|sqrt|int|iint|oint|sum|prod|lim|cdot|times|infty|partial|nabla|mathbb|mathrm|begin\{(?:equation|align))"
     r"|[∫∑∏√∞≤≥≠±∂∇∈∉⊂⊆∪∩≈≡]"
     r"|\$[^$\n]*[=+\-*/^_\\][^$\n]*\$"
     r"|\b\d+(?:\.\d+)?\s*[-+*/×÷^]\s*\(?\s*\d"
     r"|\b[a-zA-Z]\s*\^\s*\(?[\d a-z]"
-    r"|\b\d*[a-z]\s*[+\-]\s*\d+\s*=\s*-?\d")
+    r"|\b\d*[a-z]\s*[+\-]\s*\d+\s*=\s*-?\d"
+)
 
 
 class StructureSignal(Signal):
@@ -47,8 +49,14 @@ class StructureSignal(Signal):
 
     type_name = "structure"
 
-    def __init__(self, name: str, text: str = "prompt", min_code_lines: int = 2, max_json_chars: int = 100_000,
-                 build: BuildContext | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        text: str = "prompt",
+        min_code_lines: int = 2,
+        max_json_chars: int = 100_000,
+        build: BuildContext | None = None,
+    ) -> None:
         super().__init__(name)
         self._text = _check_text(text)
         if not isinstance(min_code_lines, int) or min_code_lines < 1:
@@ -57,20 +65,26 @@ class StructureSignal(Signal):
             raise param_error("max_json_chars must be an integer >= 2", "max_json_chars", "write e.g. 100000")
         self._min_lines = min_code_lines
         self._max_json = max_json_chars
-        self.outputs.update({
-            f"{name}.code": Output("bool", "code: a fenced block or lines that read as code"),
-            f"{name}.code_blocks": Output("number", "fenced code blocks", lo=0),
-            f"{name}.math": Output("bool", "math: LaTeX, math symbols or arithmetic"),
-            f"{name}.json": Output("bool", "a JSON object or array parses in the text"),
-        })
+        self.outputs.update(
+            {
+                f"{name}.code": Output("bool", "code: a fenced block or lines that read as code"),
+                f"{name}.code_blocks": Output("number", "fenced code blocks", lo=0),
+                f"{name}.math": Output("bool", "math: LaTeX, math symbols or arithmetic"),
+                f"{name}.json": Output("bool", "a JSON object or array parses in the text"),
+            }
+        )
 
     def extract(self, view: RequestView) -> dict[str, Value]:
         text = view_text(view, self._text)
         n = self.name
         fences = len(_FENCE.findall(text)) // 2
         code = fences > 0 or _enough(_CODE_LINE.finditer(text), self._min_lines)
-        return {f"{n}.code": code, f"{n}.code_blocks": fences, f"{n}.math": _MATH.search(text) is not None,
-                f"{n}.json": self._has_json(text)}
+        return {
+            f"{n}.code": code,
+            f"{n}.code_blocks": fences,
+            f"{n}.math": _MATH.search(text) is not None,
+            f"{n}.json": self._has_json(text),
+        }
 
     def _has_json(self, text: str) -> bool:
         for block in _FENCED_JSON.findall(text):
@@ -83,14 +97,11 @@ class StructureSignal(Signal):
         end = max(text.rfind("}"), text.rfind("]"))
         if end <= start or end - start + 1 > self._max_json:
             return False
-        return _parses(text[start:end + 1])
+        return _parses(text[start : end + 1])
 
 
 def _enough(matches: Iterator[re.Match[str]], n: int) -> bool:
-    for count, _ in enumerate(matches, 1):
-        if count >= n:
-            return True
-    return False
+    return any(count >= n for count, _ in enumerate(matches, 1))
 
 
 def _parses(candidate: str) -> bool:

@@ -71,8 +71,7 @@ class RedisCacheStore:
 
     in_process = False
 
-    def __init__(self, store: RedisCounters, *, ttl_s: float | None = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: RedisCounters, *, ttl_s: float | None = 3600.0, clock: Callable[[], float] = time.time) -> None:
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError(f"ttl_s must be > 0 or None (no expiry), got {ttl_s}")
         self.store = store
@@ -102,8 +101,14 @@ class RedisCacheStore:
         f = {_text(k): v for k, v in fields.items()}
         raw = f.get("vec") or b""
         vec = np.frombuffer(raw, dtype=np.float32) if raw else None
-        return CacheEntry(key=_text(f["key"]), text=_text(f["text"]), vector=vec, answer=json.loads(f["answer"]),
-                          stored_at=float(f["stored_at"]), expires_at=float(f["expires_at"]))
+        return CacheEntry(
+            key=_text(f["key"]),
+            text=_text(f["text"]),
+            vector=vec,
+            answer=json.loads(f["answer"]),
+            stored_at=float(f["stored_at"]),
+            expires_at=float(f["expires_at"]),
+        )
 
     async def get(self, tenant: str, bucket: str, key: str) -> CacheEntry | None:
         try:
@@ -114,8 +119,9 @@ class RedisCacheStore:
             return None
         return entry
 
-    async def nearest(self, tenant: str, bucket: str, vector: np.ndarray, *, k: int,
-                      min_similarity: float) -> list[tuple[CacheEntry, float]]:
+    async def nearest(
+        self, tenant: str, bucket: str, vector: np.ndarray, *, k: int, min_similarity: float
+    ) -> list[tuple[CacheEntry, float]]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         bkey = self._bucket_key(tenant, bucket)
@@ -167,8 +173,17 @@ class RedisCacheStore:
         except self.store.errors as exc:
             raise self._fail("mark an entry as used", exc) from exc
 
-    async def put(self, tenant: str, bucket: str, key: str, text: str, vector: np.ndarray | None,
-                  answer: dict[str, Any], *, ttl_s: float | None = None) -> None:
+    async def put(
+        self,
+        tenant: str,
+        bucket: str,
+        key: str,
+        text: str,
+        vector: np.ndarray | None,
+        answer: dict[str, Any],
+        *,
+        ttl_s: float | None = None,
+    ) -> None:
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         now = self.now()
         expires = now + ttl if ttl is not None else math.inf
@@ -178,14 +193,22 @@ class RedisCacheStore:
             if arr.ndim != 1:
                 raise ValueError(f"vector must be one-dimensional, got shape {arr.shape}")
             vec = arr.tobytes()
-        ekey, bkey, tkey = (self._entry_key(tenant, bucket, key), self._bucket_key(tenant, bucket),
-                            self._tenant_key(tenant))
+        ekey, bkey, tkey = (self._entry_key(tenant, bucket, key), self._bucket_key(tenant, bucket), self._tenant_key(tenant))
         eid = ekey.removeprefix(self._p + "e:")
         try:
             async with self.store.client.pipeline(transaction=True) as pipe:
                 pipe.delete(ekey)
-                pipe.hset(ekey, mapping={"key": key, "text": text, "vec": vec, "answer": json.dumps(answer),
-                                         "stored_at": repr(now), "expires_at": repr(expires)})
+                pipe.hset(
+                    ekey,
+                    mapping={
+                        "key": key,
+                        "text": text,
+                        "vec": vec,
+                        "answer": json.dumps(answer),
+                        "stored_at": repr(now),
+                        "expires_at": repr(expires),
+                    },
+                )
                 pipe.hset(bkey, eid, _EXP.pack(expires) + vec)
                 pipe.sadd(tkey, bkey)
                 if ttl is not None:
@@ -209,7 +232,7 @@ class RedisCacheStore:
                 keys = [k async for k in client.scan_iter(match=_glob(self._p) + "*", count=1000)]
                 entries = sum(1 for k in keys if _text(k).startswith(self._p + "e:"))
                 for i in range(0, len(keys), 1000):
-                    await client.delete(*keys[i:i + 1000])
+                    await client.delete(*keys[i : i + 1000])
                 return entries
             tkey = self._tenant_key(tenant)
             dropped = 0
@@ -273,8 +296,9 @@ class FailOpenCacheStore:
             self._absorb(exc)
             return None
 
-    async def nearest(self, tenant: str, bucket: str, vector: np.ndarray, *, k: int,
-                      min_similarity: float) -> list[tuple[CacheEntry, float]]:
+    async def nearest(
+        self, tenant: str, bucket: str, vector: np.ndarray, *, k: int, min_similarity: float
+    ) -> list[tuple[CacheEntry, float]]:
         try:
             return await self.inner.nearest(tenant, bucket, vector, k=k, min_similarity=min_similarity)
         except StateError as exc:
@@ -287,8 +311,17 @@ class FailOpenCacheStore:
         except StateError as exc:
             self._absorb(exc)
 
-    async def put(self, tenant: str, bucket: str, key: str, text: str, vector: np.ndarray | None,
-                  answer: dict[str, Any], *, ttl_s: float | None = None) -> None:
+    async def put(
+        self,
+        tenant: str,
+        bucket: str,
+        key: str,
+        text: str,
+        vector: np.ndarray | None,
+        answer: dict[str, Any],
+        *,
+        ttl_s: float | None = None,
+    ) -> None:
         try:
             await self.inner.put(tenant, bucket, key, text, vector, answer, ttl_s=ttl_s)
         except StateError as exc:

@@ -26,6 +26,7 @@ Entries expire after ``ttl_s`` (7 days by default): feedback is meant for recent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -171,8 +172,15 @@ class RedisFeedbackIndex:
 
     in_process = False
 
-    def __init__(self, store: RedisCounters, *, ttl_s: float = TTL_S, linger_s: float = LINGER_S,
-                 max_queue: int = 10_000, replica: str = "") -> None:
+    def __init__(
+        self,
+        store: RedisCounters,
+        *,
+        ttl_s: float = TTL_S,
+        linger_s: float = LINGER_S,
+        max_queue: int = 10_000,
+        replica: str = "",
+    ) -> None:
         self.store = store
         #: written into every entry recorded without one: the replica whose request log has the full row
         self.replica = replica
@@ -217,8 +225,11 @@ class RedisFeedbackIndex:
                 await pipe.execute()
         except self.store.errors as exc:
             self.dropped += len(batch)
-            log.warning("feedback index: %d entries not written (feedback for them works only on the replica that "
-                        "served them): %s", len(batch), self.store.failure("write the feedback index", exc))
+            log.warning(
+                "feedback index: %d entries not written (feedback for them works only on the replica that served them): %s",
+                len(batch),
+                self.store.failure("write the feedback index", exc),
+            )
 
     async def get(self, request_id: str) -> LoggedRequest | None:
         try:
@@ -239,18 +250,15 @@ class RedisFeedbackIndex:
         self._closed = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await self.flush()
 
     def __repr__(self) -> str:
         return f"RedisFeedbackIndex({self.store.shown_url!r}, ttl_s={self.ttl_s:g})"
 
 
-async def find_logged(request_id: str, index: FeedbackIndex | None,
-                      local: Callable[[str], Awaitable[Any]]) -> Any:
+async def find_logged(request_id: str, index: FeedbackIndex | None, local: Callable[[str], Awaitable[Any]]) -> Any:
     """The logged request ``request_id`` wherever it was logged: the feedback path's one lookup.
 
     The index is asked first (one round trip); an entry logged by *another* replica is returned as is (a
@@ -278,5 +286,13 @@ def feedback_index_for(store: object, *, replica: str = "") -> FeedbackIndex | N
     return None
 
 
-__all__ = ["LINGER_S", "TTL_S", "FeedbackIndex", "InMemoryFeedbackIndex", "LoggedRequest", "RedisFeedbackIndex",
-           "feedback_index_for", "find_logged"]
+__all__ = [
+    "LINGER_S",
+    "TTL_S",
+    "FeedbackIndex",
+    "InMemoryFeedbackIndex",
+    "LoggedRequest",
+    "RedisFeedbackIndex",
+    "feedback_index_for",
+    "find_logged",
+]

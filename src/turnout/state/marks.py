@@ -157,7 +157,7 @@ class RedisMarks:
             raise self.store.failure("read the out-of-rotation marks", exc) from exc
         out = []
         for i in range(0, len(flat), 3):
-            field, remaining, reason = (x.decode() if isinstance(x, bytes) else str(x) for x in flat[i:i + 3])
+            field, remaining, reason = (x.decode() if isinstance(x, bytes) else str(x) for x in flat[i : i + 3])
             endpoint, _, replica = field.partition(_SEP)
             out.append(Mark(endpoint, replica, reason, float(remaining)))
         return out

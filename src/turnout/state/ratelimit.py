@@ -79,8 +79,7 @@ class RateWindows(Protocol):
     #: seconds of the window
     window_s: float
 
-    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None,
-                    tokens: int) -> RateDecision:
+    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         """Record ``request_id`` (and hold ``tokens``) for ``name`` if the window has room for it; atomically."""
         ...
 
@@ -128,8 +127,7 @@ class InMemoryRateWindows:
             for rid in dead:
                 del toks[rid]
 
-    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None,
-                    tokens: int) -> RateDecision:
+    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         with self._lock:
             now = self._clock()
             start = now - self.window_s
@@ -289,11 +287,11 @@ class RedisRateWindows:
         base = f"{self.store.prefix}rl:{{{name}}}:"
         return [base + "req", base + "tok", base + "tokv", base + "toksum"]
 
-    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None,
-                    tokens: int) -> RateDecision:
+    async def admit(self, name: str, request_id: str, *, rpm: int | None, tpm: int | None, tokens: int) -> RateDecision:
         try:
             ok, limit, used, wait = await self._admit(
-                keys=self._keys(name), args=[request_id, rpm or 0, tpm or 0, max(0, int(tokens)), repr(self.window_s)])
+                keys=self._keys(name), args=[request_id, rpm or 0, tpm or 0, max(0, int(tokens)), repr(self.window_s)]
+            )
         except self.store.errors as exc:
             raise self.store.failure(f"check the rate limits of {name!r}", exc) from exc
         lim = limit.decode() if isinstance(limit, bytes) else str(limit)

@@ -97,8 +97,7 @@ class RedisCounters:
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (redis_sync.exceptions.RedisError, OSError)
         try:
-            self._client = aredis.Redis.from_url(url, socket_timeout=socket_timeout,
-                                                 socket_connect_timeout=socket_timeout)
+            self._client = aredis.Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
         except ValueError as exc:  # a malformed URL
             raise StateError(
                 f"invalid Redis URL {self.shown_url!r}: {exc} (fix: use redis://HOST:PORT/DB or rediss://...)"
@@ -159,8 +158,9 @@ class RedisCounters:
 
     async def reserve(self, name: str, hold_id: str, amount: float, *, limit: float, ttl_s: float) -> Reservation:
         try:
-            ok, spent, held = await self._reserve(keys=self._hold_keys(name),
-                                                  args=[hold_id, repr(float(amount)), repr(float(limit)), repr(ttl_s)])
+            ok, spent, held = await self._reserve(
+                keys=self._hold_keys(name), args=[hold_id, repr(float(amount)), repr(float(limit)), repr(ttl_s)]
+            )
         except self._errors as exc:
             raise self._fail(f"hold {amount:.6g} USD against {name!r}", exc) from exc
         return Reservation(bool(int(ok)), float(spent), float(held))

@@ -60,8 +60,10 @@ class SqliteCounters(InMemoryCounters):
             self._conn.commit()
             self._values.update({k: float(v) for k, v in self._conn.execute("SELECT key, value FROM counters")})
         except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state file {self.path}: {exc} (fix: check the path and its "
-                             "permissions, or set state.persist: false)") from exc
+            raise StateError(
+                f"cannot open the state file {self.path}: {exc} (fix: check the path and its "
+                "permissions, or set state.persist: false)"
+            ) from exc
         self._thread = threading.Thread(target=self._writer, name="turnout-state-writer", daemon=True)
         self._thread.start()
 

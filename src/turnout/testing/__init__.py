@@ -21,5 +21,4 @@ from turnout.testing.hash_embedder import HashEmbedder
 from turnout.testing.hostile import HostileServer
 from turnout.testing.static_router import StaticRouter
 
-__all__ = ["HashEmbedder", "HostileServer", "Rule", "Script", "ScriptedBackend", "ScriptedServer", "StaticRouter",
-           "Step"]
+__all__ = ["HashEmbedder", "HostileServer", "Rule", "Script", "ScriptedBackend", "ScriptedServer", "StaticRouter", "Step"]

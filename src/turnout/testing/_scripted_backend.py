@@ -35,8 +35,13 @@ class ScriptedBackend(Backend):
 
     protocol = "scripted"
 
-    def __init__(self, name: str = "scripted", script: Script | Step | Sequence[Step] | dict[str, Any] | None = None,
-                 *, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "scripted",
+        script: Script | Step | Sequence[Step] | dict[str, Any] | None = None,
+        *,
+        timeouts: Timeouts | None = None,
+    ) -> None:
         self.name = name
         self.script = Script.coerce(script)
         self.timeouts = timeouts or Timeouts()
@@ -64,8 +69,9 @@ class ScriptedBackend(Backend):
             raise BackendTimeoutError(f"no first token within {limit:g}s", backend=self.name, model=model, phase=phase)
         await asyncio.sleep(delay)
         if step.fault == "status":
-            raise BackendStatusError("scripted failure", backend=self.name, model=model, status=step.status,
-                                     body=json.dumps(openai_error(step.status)))
+            raise BackendStatusError(
+                "scripted failure", backend=self.name, model=model, status=step.status, body=json.dumps(openai_error(step.status))
+            )
         if step.fault == "reset":
             raise BackendConnectionError("connection reset by scripted backend", backend=self.name, model=model)
         if step.fault == "malformed":
@@ -97,13 +103,15 @@ class ScriptedBackend(Backend):
             for i, tok in enumerate(tokens):
                 if i and step.slow:
                     if time.monotonic() - started + step.slow > t.total:
-                        raise BackendTimeoutError(f"no complete answer within {t.total:g}s", backend=self.name,
-                                                  model=model, phase="total")
+                        raise BackendTimeoutError(
+                            f"no complete answer within {t.total:g}s", backend=self.name, model=model, phase="total"
+                        )
                     await asyncio.sleep(step.slow)
                 yield StreamChunk(body=chunk_body(cid, model, tok, None), text=tok)
             if step.fault == "cut":
-                raise BackendProtocolError("stream ended before a finish_reason and without [DONE] (scripted cut)",
-                                           backend=self.name, model=model)
+                raise BackendProtocolError(
+                    "stream ended before a finish_reason and without [DONE] (scripted cut)", backend=self.name, model=model
+                )
             for delta in tool_call_deltas(step.tool_calls):
                 yield StreamChunk(body=delta_body(cid, model, delta))
             usage = step.usage(request.messages)

@@ -32,9 +32,15 @@ class ScriptedServer(LoopbackServer):
     probes are not logged); ``count`` is their number.
     """
 
-    def __init__(self, script: Script | Step | Sequence[Step] | dict[str, Any] | None = None, *,
-                 protocol: str = "openai", host: str = "127.0.0.1", port: int = 0,
-                 models: Sequence[str] = ("scripted",)) -> None:
+    def __init__(
+        self,
+        script: Script | Step | Sequence[Step] | dict[str, Any] | None = None,
+        *,
+        protocol: str = "openai",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        models: Sequence[str] = ("scripted",),
+    ) -> None:
         if protocol not in ("openai", "anthropic"):
             raise ValueError(f"protocol must be 'openai' or 'anthropic', not {protocol!r}")
         super().__init__(host=host, port=port)
@@ -59,11 +65,11 @@ class ScriptedServer(LoopbackServer):
     def _send(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str = "application/json") -> None:
         writer.write(
             f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\ncontent-type: {ctype}\r\n"
-            f"content-length: {len(body)}\r\n\r\n".encode() + body
+            f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
         )
 
-    async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes,
-                        writer: asyncio.StreamWriter) -> bool:
+    async def _dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter) -> bool:
         if method == "GET" and path in ("/v1/models", "/models"):
             listed = [{"id": m, "object": "model", "owned_by": "turnout-scripted"} for m in self.models]
             self._send(writer, 200, json.dumps({"object": "list", "data": listed}).encode())
@@ -103,14 +109,22 @@ class ScriptedServer(LoopbackServer):
             if self.protocol == "anthropic":
                 payload = anthropic_body(step.text, model, usage, step.tool_calls)
             elif path == "/v1/completions":
-                payload = {"id": "cmpl-1", "object": "text_completion", "created": int(time.time()), "model": model,
-                           "choices": [{"index": 0, "text": step.text, "finish_reason": "stop"}], "usage": usage.to_dict()}
+                payload = {
+                    "id": "cmpl-1",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model,
+                    "choices": [{"index": 0, "text": step.text, "finish_reason": "stop"}],
+                    "usage": usage.to_dict(),
+                }
             else:
                 payload = chat_body(step.text, model, usage, step.tool_calls)
             data = json.dumps(payload).encode()
             if step.fault == "cut":  # announce the whole body, send half, hang up
-                writer.write(f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
-                             + data[: len(data) // 2])
+                writer.write(
+                    f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+                    + data[: len(data) // 2]
+                )
                 await writer.drain()
                 writer.transport.abort()
                 return False
@@ -119,10 +133,12 @@ class ScriptedServer(LoopbackServer):
         await self._stream(writer, step, body, path, model, usage)
         return True
 
-    async def _stream(self, writer: asyncio.StreamWriter, step: Step, body: dict[str, Any], path: str,
-                      model: str, usage: Usage) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n")
+    async def _stream(
+        self, writer: asyncio.StreamWriter, step: Step, body: dict[str, Any], path: str, model: str, usage: Usage
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
 
         def emit(text: str) -> None:
             data = text.encode()
@@ -132,11 +148,14 @@ class ScriptedServer(LoopbackServer):
         cut = step.fault == "cut"
         if cut:
             tokens = tokens[: max(1, len(tokens) // 2)]
-        events = (anthropic_events(step, tokens, model, usage, cut) if self.protocol == "anthropic"
-                  else openai_events(step, tokens, model, usage, cut, body, completions=path == "/v1/completions"))
+        events = (
+            anthropic_events(step, tokens, model, usage, cut)
+            if self.protocol == "anthropic"
+            else openai_events(step, tokens, model, usage, cut, body, completions=path == "/v1/completions")
+        )
         for i, ev in enumerate(events):
             if step.fault == "malformed" and i == 1:
-                ev = "data: {\"choices\": [{\"delta\": {\"content\": \"oops\"\n\n"  # broken JSON mid-stream
+                ev = 'data: {"choices": [{"delta": {"content": "oops"\n\n'  # broken JSON mid-stream
             if ev is None:  # a pause point between tokens
                 if step.slow:
                     await writer.drain()

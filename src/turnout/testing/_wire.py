@@ -22,10 +22,13 @@ from turnout.types import Usage
 def chat_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
     if tool_calls:
-        message["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                                 for c in tool_calls]
+        message["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}} for c in tool_calls
+        ]
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
         "usage": usage.to_dict(),
@@ -35,7 +38,7 @@ def chat_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str
 def pieces(arguments: str) -> list[str]:
     # providers stream a call's arguments in fragments that are not valid JSON on their own
     third = max(1, len(arguments) // 3)
-    return [arguments[i:i + third] for i in range(0, len(arguments), third)] or [""]
+    return [arguments[i : i + third] for i in range(0, len(arguments), third)] or [""]
 
 
 def tool_call_deltas(calls: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
@@ -49,16 +52,26 @@ def tool_call_deltas(calls: Sequence[dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def delta_body(cid: str, model: str, delta: dict[str, Any]) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+    }
 
 
 def chunk_body(cid: str, model: str, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
     delta: dict[str, Any] = {"content": text}
     if first:
         delta["role"] = "assistant"
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta if not finish else {}, "finish_reason": finish}]}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta if not finish else {}, "finish_reason": finish}],
+    }
 
 
 def openai_error(status: int) -> dict[str, Any]:
@@ -67,24 +80,40 @@ def openai_error(status: int) -> dict[str, Any]:
 
 
 def anthropic_error(status: int) -> dict[str, Any]:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-            529: "overloaded_error"}.get(status, "api_error")
+    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 529: "overloaded_error"}.get(
+        status, "api_error"
+    )
     return {"type": "error", "error": {"type": kind, "message": f"scripted {status} failure"}}
 
 
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
-            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 529: "Overloaded"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    529: "Overloaded",
+}
 
 
-def openai_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: bool, body: dict[str, Any],
-                   *, completions: bool) -> Any:
+def openai_events(
+    step: Step, tokens: list[str], model: str, usage: Usage, cut: bool, body: dict[str, Any], *, completions: bool
+) -> Any:
     cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
     created = int(time.time())
 
     def chunk(text: str, finish: str | None, first: bool = False) -> str:
         if completions:
-            obj: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                   "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            obj: dict[str, Any] = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}],
+            }
         else:
             obj = chunk_body(cid, model, text, finish, first=first)
         return f"data: {json.dumps(obj)}\n\n"
@@ -101,19 +130,33 @@ def openai_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: 
             yield f"data: {json.dumps(delta_body(cid, model, delta))}\n\n"
     yield chunk("", step.finish)
     if step.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
-        last = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [],
-                "usage": usage.to_dict()}
+        last = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": usage.to_dict(),
+        }
         yield f"data: {json.dumps(last)}\n\n"
     yield "data: [DONE]\n\n"
 
 
 def anthropic_body(text: str, model: str, usage: Usage, tool_calls: Sequence[dict[str, str]] = ()) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not tool_calls else []
-    content += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"] or "{}")}
-                for c in tool_calls]
-    return {"id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
-            "content": content, "stop_reason": "tool_use" if tool_calls else "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}
+    content += [
+        {"type": "tool_use", "id": c["id"], "name": c["name"], "input": json.loads(c["arguments"] or "{}")} for c in tool_calls
+    ]
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:12]}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": "tool_use" if tool_calls else "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+    }
 
 
 def anthropic_events(step: Step, tokens: list[str], model: str, usage: Usage, cut: bool) -> Any:
@@ -134,18 +177,43 @@ def anthropic_events(step: Step, tokens: list[str], model: str, usage: Usage, cu
         return
     yield ev("content_block_stop", {"type": "content_block_stop", "index": 0})
     for i, c in enumerate(step.tool_calls, start=1):
-        yield ev("content_block_start", {"type": "content_block_start", "index": i,
-                                         "content_block": {"type": "tool_use", "id": c["id"], "name": c["name"], "input": {}}})
+        yield ev(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": i,
+                "content_block": {"type": "tool_use", "id": c["id"], "name": c["name"], "input": {}},
+            },
+        )
         for piece in pieces(c["arguments"]):
             yield None
-            yield ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                             "delta": {"type": "input_json_delta", "partial_json": piece}})
+            yield ev(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}},
+            )
         yield ev("content_block_stop", {"type": "content_block_stop", "index": i})
     stop = "tool_use" if step.tool_calls else "end_turn"
-    yield ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                               "usage": {"output_tokens": usage.completion_tokens}})
+    yield ev(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": usage.completion_tokens},
+        },
+    )
     yield ev("message_stop", {"type": "message_stop"})
 
 
-__all__ = ["REASONS", "anthropic_body", "anthropic_error", "anthropic_events", "chat_body", "chunk_body", "delta_body",
-           "openai_error", "openai_events", "pieces", "tool_call_deltas"]
+__all__ = [
+    "REASONS",
+    "anthropic_body",
+    "anthropic_error",
+    "anthropic_events",
+    "chat_body",
+    "chunk_body",
+    "delta_body",
+    "openai_error",
+    "openai_events",
+    "pieces",
+    "tool_call_deltas",
+]

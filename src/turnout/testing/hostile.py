@@ -125,12 +125,19 @@ class HostileServer(LoopbackServer):
 
     kind = "hostile"
 
-    def __init__(self, *, default: str = "ok", host: str = "127.0.0.1", port: int = 0,
-                 offer_bytes: int = 2 << 30, drip_s: float = 0.05, bomb_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        *,
+        default: str = "ok",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        offer_bytes: int = 2 << 30,
+        drip_s: float = 0.05,
+        bomb_bytes: int = 1 << 30,
+    ) -> None:
         super().__init__(host=host, port=port)
         self._cues: dict[str, Callable[[asyncio.StreamWriter, bool, str], Awaitable[bool]]] = {
-            name.removeprefix("_cue_").replace("_", "-"): getattr(self, name)
-            for name in dir(self) if name.startswith("_cue_")
+            name.removeprefix("_cue_").replace("_", "-"): getattr(self, name) for name in dir(self) if name.startswith("_cue_")
         }
         if default not in self._cues:
             raise ValueError(f"unknown cue {default!r}; the cues are: {', '.join(sorted(self._cues))}")
@@ -170,13 +177,17 @@ class HostileServer(LoopbackServer):
     def _events(model: str, usage: Any = None, finish: bool = True, done: bool = True) -> list[bytes]:
         """A valid chat stream's SSE events (``usage``: the raw usage JSON text of the usage chunk)."""
         cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        out = [f"data: {json.dumps(chunk_body(cid, model, tok, None, first=not i))}\n\n".encode()
-               for i, tok in enumerate(_TEXT_TOKENS)]
+        out = [
+            f"data: {json.dumps(chunk_body(cid, model, tok, None, first=not i))}\n\n".encode()
+            for i, tok in enumerate(_TEXT_TOKENS)
+        ]
         if finish:
             out.append(f"data: {json.dumps(chunk_body(cid, model, '', 'stop'))}\n\n".encode())
         usage_json = usage if usage is not None else json.dumps(Usage(7, len(_TEXT_TOKENS)).to_dict())
-        out.append(f'data: {{"id": "{cid}", "object": "chat.completion.chunk", "model": "{model}", "choices": [], '
-                   f'"usage": {usage_json}}}\n\n'.encode())
+        out.append(
+            f'data: {{"id": "{cid}", "object": "chat.completion.chunk", "model": "{model}", "choices": [], '
+            f'"usage": {usage_json}}}\n\n'.encode()
+        )
         if done:
             out.append(b"data: [DONE]\n\n")
         return out
@@ -235,12 +246,14 @@ class HostileServer(LoopbackServer):
     async def _cue_truncated_body(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
         if stream:
             events = self._events(model)
-            w.write(_head("200 OK", "content-type: text/event-stream", "transfer-encoding: chunked")
-                    + _chunk(events[0]) + _chunk(events[1])[:20])
+            w.write(
+                _head("200 OK", "content-type: text/event-stream", "transfer-encoding: chunked")
+                + _chunk(events[0])
+                + _chunk(events[1])[:20]
+            )
         else:
             data = self._body(model)
-            w.write(_head("200 OK", "content-type: application/json", f"content-length: {len(data)}")
-                    + data[: len(data) // 2])
+            w.write(_head("200 OK", "content-type: application/json", f"content-length: {len(data)}") + data[: len(data) // 2])
         await w.drain()
         return False
 
@@ -259,7 +272,7 @@ class HostileServer(LoopbackServer):
         ctype = "text/event-stream" if stream else "application/json"
         w.write(_head("200 OK", f"content-type: {ctype}", "content-encoding: gzip", f"content-length: {len(bomb)}"))
         for i in range(0, len(bomb), _BLOCK):
-            w.write(bomb[i:i + _BLOCK])
+            w.write(bomb[i : i + _BLOCK])
             await w.drain()
         return True
 
@@ -268,8 +281,13 @@ class HostileServer(LoopbackServer):
         return await self._offer(w, _ZEROS, framed=False)
 
     async def _bad_chunk(self, w: asyncio.StreamWriter, size_line: bytes) -> bool:
-        w.write(_head("200 OK", "content-type: application/json", "transfer-encoding: chunked")
-                + size_line + b"\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n")
+        w.write(
+            _head("200 OK", "content-type: application/json", "transfer-encoding: chunked")
+            + size_line
+            + b"\r\n"
+            + b"x" * 16
+            + b"\r\n0\r\n\r\n"
+        )
         await w.drain()
         return False
 
@@ -290,15 +308,16 @@ class HostileServer(LoopbackServer):
 
     async def _cue_chunk_missing_crlf(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
         data = self._body(model)
-        w.write(_head("200 OK", "content-type: application/json", "transfer-encoding: chunked")
-                + b"%x\r\n%sXX0\r\n\r\n" % (len(data), data))
+        w.write(
+            _head("200 OK", "content-type: application/json", "transfer-encoding: chunked")
+            + b"%x\r\n%sXX0\r\n\r\n" % (len(data), data)
+        )
         await w.drain()
         return False
 
     async def _bad_length(self, w: asyncio.StreamWriter, model: str, *fields: bytes) -> bool:
         data = self._body(model)
-        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + b"".join(f + b"\r\n" for f in fields)
-                + b"\r\n" + data)
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + data)
         await w.drain()
         return False
 
@@ -360,15 +379,16 @@ class HostileServer(LoopbackServer):
             rest = self._body(model)
             w.write(_head("200 OK", "content-type: application/json", f"content-length: {len(rest)}"))
         for i in range(len(rest)):
-            w.write(rest[i:i + 1])
+            w.write(rest[i : i + 1])
             await w.drain()
             await asyncio.sleep(self.drip_s)
         return True
 
     async def _cue_stall(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
         if stream:
-            w.write(_head("200 OK", "content-type: text/event-stream", "transfer-encoding: chunked")
-                    + _chunk(self._events(model)[0]))
+            w.write(
+                _head("200 OK", "content-type: text/event-stream", "transfer-encoding: chunked") + _chunk(self._events(model)[0])
+            )
         else:
             w.write(_head("200 OK", "content-type: application/json", "content-length: 100"))
         await w.drain()
@@ -382,8 +402,9 @@ class HostileServer(LoopbackServer):
 
     async def _cue_nan(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
         if stream:
-            return await self._send_stream(w, [ev.replace(b'"created": ', b'"created": NaN, "was": ', 1)
-                                               for ev in self._events(model)])
+            return await self._send_stream(
+                w, [ev.replace(b'"created": ', b'"created": NaN, "was": ', 1) for ev in self._events(model)]
+            )
         return await self._send_json(w, self._body(model, created="NaN"))
 
     async def _cue_usage_negative(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
@@ -408,8 +429,7 @@ class HostileServer(LoopbackServer):
 
     async def _cue_content_wrong_type(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:
         if stream:
-            return await self._send_stream(
-                w, [b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": 42}}]}\n\n'])
+            return await self._send_stream(w, [b'data: {"id": "x", "choices": [{"index": 0, "delta": {"content": 42}}]}\n\n'])
         return await self._send_json(w, self._body(model).replace(b'"content": "', b'"content": 42, "was": "', 1))
 
     async def _cue_events_after_done(self, w: asyncio.StreamWriter, stream: bool, model: str) -> bool:

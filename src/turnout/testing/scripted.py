@@ -89,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             script = Script.from_dict(json.load(f))
     else:
         script = Script(Step(text=args.text, latency=args.latency_ms / 1000, slow=args.slow_ms / 1000))
-    srv = ScriptedServer(script, protocol=args.protocol, host=args.host, port=args.port,
-                         models=args.model or ("scripted",))
+    srv = ScriptedServer(script, protocol=args.protocol, host=args.host, port=args.port, models=args.model or ("scripted",))
 
     async def run() -> None:
         task = asyncio.create_task(srv.serve_forever())

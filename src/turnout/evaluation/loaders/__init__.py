@@ -32,8 +32,19 @@ from turnout.evaluation.loaders.llmrouter import _llmrouter
 from turnout.evaluation.loaders.routerbench import _routerbench
 from turnout.evaluation.table import RoutingTable
 
-__all__ = ["CARD_SHAPE", "CARRIED", "DEFAULT_OUTPUT_TOKENS", "LLM_SHAPE", "NO_SPLIT", "NO_TASK", "REQUIRED",
-           "DataWarning", "detect_format", "from_long", "load_table"]
+__all__ = [
+    "CARD_SHAPE",
+    "CARRIED",
+    "DEFAULT_OUTPUT_TOKENS",
+    "LLM_SHAPE",
+    "NO_SPLIT",
+    "NO_TASK",
+    "REQUIRED",
+    "DataWarning",
+    "detect_format",
+    "from_long",
+    "load_table",
+]
 
 
 def detect_format(path: Path) -> str:
@@ -48,20 +59,27 @@ def detect_format(path: Path) -> str:
             return "routerbench"
         if (path / "train.json").exists():
             return "llmrouter"
-        raise DataError("folder holds neither RouterBench CSVs nor LLMRouter train.json/test.json", file=str(path),
-                        fix="point at a table file")
+        raise DataError(
+            "folder holds neither RouterBench CSVs nor LLMRouter train.json/test.json",
+            file=str(path),
+            fix="point at a table file",
+        )
     if name.endswith((".csv", ".pkl", ".pickle")):
         return "routerbench"
     if name.endswith(".json"):
         return "llmrouter"
     if name.endswith((".jsonl", ".jsonl.gz", ".parquet")):
         return "canonical"
-    raise DataError("unknown table format", file=str(path),
-                    fix="use .parquet, .jsonl, .jsonl.gz (canonical), .csv/.pkl (RouterBench) or .json (LLMRouter)")
+    raise DataError(
+        "unknown table format",
+        file=str(path),
+        fix="use .parquet, .jsonl, .jsonl.gz (canonical), .csv/.pkl (RouterBench) or .json (LLMRouter)",
+    )
 
 
-def load_table(path: str | Path, *, models_card: str | Path | None = None, format: str | None = None,
-               unused: list[str] | None = None) -> RoutingTable:
+def load_table(
+    path: str | Path, *, models_card: str | Path | None = None, format: str | None = None, unused: list[str] | None = None
+) -> RoutingTable:
     """Load any supported routing table; raises :class:`DataError` naming the file, row/column and fix.
 
     ``unused``, when given, receives the names of the input's columns that ``turnout data convert``

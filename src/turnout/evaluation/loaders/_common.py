@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pandas is imported when a table is read, not with turnout.e
 class DataWarning(UserWarning):
     """A routing table loaded, but with something the user should know (the message says what was done)."""
 
+
 #: assumed answer length when a row has neither cost nor an output token count (documented in docs/eval.md)
 DEFAULT_OUTPUT_TOKENS = 256
 REQUIRED = ("prompt_id", "prompt", "model", "score")
@@ -55,9 +56,11 @@ class _Where:
     """
 
     at: Callable[[int, str | None], tuple[str, int | None, str | None, str]]
-    no_cost_fix: str = ("add cost_usd (or input_tokens/output_tokens) to the row, or give the model "
-                        f"input_per_mtok/output_per_mtok in a models card (models.json beside the table, "
-                        f"or --models-card): {CARD_SHAPE}")
+    no_cost_fix: str = (
+        "add cost_usd (or input_tokens/output_tokens) to the row, or give the model "
+        f"input_per_mtok/output_per_mtok in a models card (models.json beside the table, "
+        f"or --models-card): {CARD_SHAPE}"
+    )
     missing_score_fix: str = "drop the row: a model with no outcome for a prompt is simply not a row"
 
     def error(self, message: str, i: int, column: str | None, fix: str) -> DataError:
@@ -88,23 +91,31 @@ def _card(path: Path, explicit: str | Path | None) -> dict[str, dict[str, Any]]:
 def _check_card(raw: Any, file: str, prices: tuple[str, str], shape: str) -> dict[str, dict[str, Any]]:
     """``raw`` when it is ``shape`` (prices numbers ≥ 0, or absent/null), else a DataError naming the card file."""
     if not isinstance(raw, dict):
-        raise DataError(f"the models card must be {shape}; this one is a JSON {_json_kind(raw)}", file=file,
-                        fix="write one object keyed by model name")
+        raise DataError(
+            f"the models card must be {shape}; this one is a JSON {_json_kind(raw)}",
+            file=file,
+            fix="write one object keyed by model name",
+        )
     for m, v in raw.items():
         if not isinstance(v, dict):
-            raise DataError(f"the models card must be {shape}; model '{m}' maps to a JSON {_json_kind(v)}",
-                            file=file, fix="give each model an object of its prices")
+            raise DataError(
+                f"the models card must be {shape}; model '{m}' maps to a JSON {_json_kind(v)}",
+                file=file,
+                fix="give each model an object of its prices",
+            )
         for k in prices:
             x = v.get(k)
             if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0):
-                raise DataError(f"model '{m}': {k} is {x!r}, not a non-negative number (the card must be {shape})",
-                                file=file, fix="write prices as numbers (USD per million tokens), not strings")
+                raise DataError(
+                    f"model '{m}': {k} is {x!r}, not a non-negative number (the card must be {shape})",
+                    file=file,
+                    fix="write prices as numbers (USD per million tokens), not strings",
+                )
     return raw
 
 
 def _json_kind(x: Any) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(x), "number")
-
 
 
 def _blank(values: Series) -> np.ndarray:

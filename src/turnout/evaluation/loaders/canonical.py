@@ -50,16 +50,20 @@ def _read_long(p: Path) -> DataFrame:
             table: DataFrame = pd.read_parquet(p)
             return table
         except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-            raise DataError(f"cannot read: {exc}", file=str(p),
-                            fix="give a Parquet file (e.g. written by DataFrame.to_parquet); name a JSONL table .jsonl") from exc
+            raise DataError(
+                f"cannot read: {exc}",
+                file=str(p),
+                fix="give a Parquet file (e.g. written by DataFrame.to_parquet); name a JSONL table .jsonl",
+            ) from exc
     gz = _is_gzip(p)
     if p.name.lower().endswith(".gz") and not gz:
         warnings.warn(f"{p}: named .gz but not gzip-compressed; read as plain JSONL", DataWarning, stacklevel=3)
     try:
         df: DataFrame = pd.read_json(p, lines=True, compression="gzip" if gz else None)
     except (EOFError, OSError, zlib.error) as exc:  # a cut or corrupt gzip stream
-        raise DataError(f"cannot read: {exc}", file=str(p),
-                        fix="the gzip file is cut short or corrupt: copy or compress it again") from exc
+        raise DataError(
+            f"cannot read: {exc}", file=str(p), fix="the gzip file is cut short or corrupt: copy or compress it again"
+        ) from exc
     except ValueError as exc:
         raise DataError(f"cannot read: {exc}", file=str(p), fix="write one JSON object per line") from exc
     if len(df) == 0 and len(df.columns) == 0:
@@ -70,7 +74,7 @@ def _read_long(p: Path) -> DataFrame:
 def _jsonl_line(p: Path, k: int) -> int | None:
     """1-based line of the ``k``-th record (pandas skips blank lines), None if it cannot be told."""
     try:
-        with (gzip.open(p, "rt", encoding="utf-8") if _is_gzip(p) else open(p, encoding="utf-8")) as fh:
+        with gzip.open(p, "rt", encoding="utf-8") if _is_gzip(p) else open(p, encoding="utf-8") as fh:
             n = -1
             for line_no, text in enumerate(fh, 1):
                 n += bool(text.strip())
@@ -90,8 +94,9 @@ def _canonical(p: Path, card: dict[str, dict[str, Any]], unused: list[str] | Non
     return from_long(df, card, source=str(p), where=where, unused=unused)
 
 
-def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, where: _Where | None = None,
-              unused: list[str] | None = None) -> RoutingTable:
+def from_long(
+    df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, where: _Where | None = None, unused: list[str] | None = None
+) -> RoutingTable:
     """Build a table from a long DataFrame with the canonical columns.
 
     ``where`` points errors at the user's file (default: the frame's own rows, from 0);
@@ -103,8 +108,9 @@ def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, wh
     where = where or _rows_of(source)
     for col in REQUIRED:
         if col not in df.columns:
-            raise DataError("missing required column", file=source, column=col,
-                            fix=f"add '{col}' (required: {', '.join(REQUIRED)})")
+            raise DataError(
+                "missing required column", file=source, column=col, fix=f"add '{col}' (required: {', '.join(REQUIRED)})"
+            )
     if len(df) == 0:
         raise DataError("empty table", file=source, fix="give at least one (prompt, model) row")
     if unused is not None:
@@ -113,8 +119,12 @@ def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, wh
     for col in ("prompt_id", "model", "prompt"):
         blank = _blank(df[col])
         if blank.any():
-            raise where.error(f"empty {col}", int(np.flatnonzero(blank)[0]), col,
-                              f"give every row a {col}" + (" (the text the models saw)" if col == "prompt" else ""))
+            raise where.error(
+                f"empty {col}",
+                int(np.flatnonzero(blank)[0]),
+                col,
+                f"give every row a {col}" + (" (the text the models saw)" if col == "prompt" else ""),
+            )
     score = _numbers(df, "score", where, "give scores as numbers in [0, 1]")
     if np.isnan(score).any():
         raise where.error("missing score", int(np.flatnonzero(np.isnan(score))[0]), "score", where.missing_score_fix)
@@ -127,17 +137,25 @@ def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, wh
     if (texts > 1).any():
         # real tables have this (14 RouterBench ids carry another text in one model's row): keep the first, say so
         k = texts.index[int(np.flatnonzero((texts > 1).to_numpy())[0])]
-        warnings.warn(f"{source}: {int((texts > 1).sum())} prompt_id(s) carry different prompt texts in different rows "
-                      f"(first: {k}); the first row's text (and task, split) is used", DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: {int((texts > 1).sum())} prompt_id(s) carry different prompt texts in different rows "
+            f"(first: {k}); the first row's text (and task, split) is used",
+            DataWarning,
+            stacklevel=3,
+        )
     dup = pd.DataFrame({"p": pid, "m": mod}).duplicated(keep="first").to_numpy()
     if dup.any():
         d = int(np.flatnonzero(dup)[0])
         f = int(np.flatnonzero((pid == pid[d]) & (mod == mod[d]))[0])
         file, row, _, _ = where.at(d, None)
         other = where.at(f, None)[0]
-        raise DataError(f"duplicate (prompt_id, model) = ({pid[d]}, {mod[d]}) in two rows that differ: "
-                        f"{where.text(f)}{'' if other == file else ' of ' + other} and {where.text(d)}",
-                        file=file, row=row, fix="keep one row per prompt and model")
+        raise DataError(
+            f"duplicate (prompt_id, model) = ({pid[d]}, {mod[d]}) in two rows that differ: "
+            f"{where.text(f)}{'' if other == file else ' of ' + other} and {where.text(d)}",
+            file=file,
+            row=row,
+            fix="keep one row per prompt and model",
+        )
     _, first = np.unique(pid, return_index=True)
     order = np.sort(first)  # keep file order of prompts
     ids = [pid[i] for i in order]
@@ -151,19 +169,33 @@ def from_long(df: DataFrame, card: dict[str, dict[str, Any]], *, source: str, wh
     C = np.full((n, m), np.nan)
     S[r, c] = score
     prompts = df["prompt"].astype(str).to_numpy()
-    cost = (_numbers(df, "cost_usd", where, "give cost_usd as a number (USD per answer)") if "cost_usd" in df.columns
-            else np.full(len(df), np.nan))
+    cost = (
+        _numbers(df, "cost_usd", where, "give cost_usd as a number (USD per answer)")
+        if "cost_usd" in df.columns
+        else np.full(len(df), np.nan)
+    )
     estimated = False
     if np.isnan(cost).any():
         cost, estimated = _priced(df, cost, card, prompts, mod, where)
     badc = np.flatnonzero(~np.isfinite(cost) | (cost < 0))
     if badc.size:
-        raise where.error(f"cost {cost[badc[0]]} is not a non-negative number", int(badc[0]), "cost_usd",
-                          "costs are USD per answer, 0 or more")
+        raise where.error(
+            f"cost {cost[badc[0]]} is not a non-negative number", int(badc[0]), "cost_usd", "costs are USD per answer, 0 or more"
+        )
     C[r, c] = cost
-    return RoutingTable(prompt_ids=ids, prompts=[prompts[i] for i in order], models=models, scores=S, costs=C,
-                        tasks=_tasks(df, order, source), split=_splits(df, order, source), model_cards=card,
-                        source=source, cost_estimated=estimated, responses=_responses(df, r, c, (n, m)))
+    return RoutingTable(
+        prompt_ids=ids,
+        prompts=[prompts[i] for i in order],
+        models=models,
+        scores=S,
+        costs=C,
+        tasks=_tasks(df, order, source),
+        split=_splits(df, order, source),
+        model_cards=card,
+        source=source,
+        cost_estimated=estimated,
+        responses=_responses(df, r, c, (n, m)),
+    )
 
 
 def _responses(df: DataFrame, r: np.ndarray, c: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
@@ -179,9 +211,13 @@ def _responses(df: DataFrame, r: np.ndarray, c: np.ndarray, shape: tuple[int, in
     if missing.all():
         return None
     R = np.full(shape, None, dtype=object)
-    R[r, c] = np.array([None if gone else v if isinstance(v, str) else
-                        json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-                        for v, gone in zip(values, missing)], dtype=object)
+    R[r, c] = np.array(
+        [
+            None if gone else v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+            for v, gone in zip(values, missing)
+        ],
+        dtype=object,
+    )
     return R
 
 
@@ -196,14 +232,19 @@ def _drop_exact_repeats(df: DataFrame, where: _Where, source: str) -> tuple[Data
         return df, where
     keep, r = np.flatnonzero(~repeat), int(np.flatnonzero(repeat)[0])
     same = int(np.flatnonzero(((key == key.iloc[r]).all(axis=1)).to_numpy())[0])
-    warnings.warn(f"{source}: {int(repeat.sum())} row(s) repeat an earlier row in every column (first: "
-                  f"{where.text(r)} repeats {where.text(same)}); the repeats are dropped", DataWarning, stacklevel=4)
+    warnings.warn(
+        f"{source}: {int(repeat.sum())} row(s) repeat an earlier row in every column (first: "
+        f"{where.text(r)} repeats {where.text(same)}); the repeats are dropped",
+        DataWarning,
+        stacklevel=4,
+    )
     at = where.at
     return df.iloc[keep].reset_index(drop=True), dataclasses.replace(where, at=lambda i, c: at(int(keep[i]), c))
 
 
-def _priced(df: DataFrame, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.ndarray, models: np.ndarray,
-            where: _Where) -> tuple[np.ndarray, bool]:
+def _priced(
+    df: DataFrame, cost: np.ndarray, card: dict[str, dict[str, Any]], prompts: np.ndarray, models: np.ndarray, where: _Where
+) -> tuple[np.ndarray, bool]:
     """``cost`` with each missing entry priced from the card, and whether any count was estimated.
 
     Per row: the row's input/output token counts where it has them, else prompt chars / 4 input
@@ -212,12 +253,12 @@ def _priced(df: DataFrame, cost: np.ndarray, card: dict[str, dict[str, Any]], pr
     idx = np.flatnonzero(np.isnan(cost))
     counts: dict[str, np.ndarray] = {}
     for col in ("input_tokens", "output_tokens"):
-        t = (_numbers(df, col, where, "give token counts as numbers") if col in df.columns
-             else np.full(len(df), np.nan))[idx]
+        t = (_numbers(df, col, where, "give token counts as numbers") if col in df.columns else np.full(len(df), np.nan))[idx]
         neg = np.flatnonzero(~np.isnan(t) & (~np.isfinite(t) | (t < 0)))
         if neg.size:
-            raise where.error(f"{col} {t[neg[0]]} is not a non-negative number", int(idx[neg[0]]), col,
-                              "token counts are 0 or more")
+            raise where.error(
+                f"{col} {t[neg[0]]} is not a non-negative number", int(idx[neg[0]]), col, "token counts are 0 or more"
+            )
         counts[col] = t
     est_in, est_out = np.isnan(counts["input_tokens"]), np.isnan(counts["output_tokens"])
     n_in = np.where(est_in, [math.ceil(len(prompts[i]) / 4) for i in idx], counts["input_tokens"])
@@ -249,8 +290,11 @@ def _tasks(df: DataFrame, order: np.ndarray, source: str) -> list[str] | None:
         return None
     k = tasks.count(None)
     if k:
-        warnings.warn(f"{source}: {k} of {len(tasks)} prompts have no task; they are put in one task named "
-                      f"'{NO_TASK}'", DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: {k} of {len(tasks)} prompts have no task; they are put in one task named '{NO_TASK}'",
+            DataWarning,
+            stacklevel=3,
+        )
     return [NO_TASK if t is None else t for t in tasks]
 
 
@@ -261,9 +305,12 @@ def _splits(df: DataFrame, order: np.ndarray, source: str) -> list[str] | None:
     split = [NO_SPLIT if s is None else s.lower() for s in labels]  # TRAIN / Test are train / test
     other = Counter(s for s in split if s not in ("train", "test"))
     if other:
-        warnings.warn(f"{source}: {sum(other.values())} of {len(split)} prompts have a split other than train/test: "
-                      + ", ".join(f"{v}={n}" for v, n in other.most_common())
-                      + "; wherever the split column is used (eval: when it has train and test prompts; train: when "
-                        "it has train prompts) they are in neither part: rename them train or test to use them",
-                      DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{source}: {sum(other.values())} of {len(split)} prompts have a split other than train/test: "
+            + ", ".join(f"{v}={n}" for v, n in other.most_common())
+            + "; wherever the split column is used (eval: when it has train and test prompts; train: when "
+            "it has train prompts) they are in neither part: rename them train or test to use them",
+            DataWarning,
+            stacklevel=3,
+        )
     return split
