@@ -96,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from turnout.embed import create_embedder
+    from turnout.evaluation.curves import only_observed, sweep
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.metrics import hull_quality_at, nondecreasing_hull
-    from turnout.evaluation.runner import only_observed, progress_bar, sweep
+    from turnout.evaluation.runner import progress_bar
     from turnout.evaluation.splits import split_table
     from turnout.routing import Prediction, calibrate_lambda, choose, create_router
 

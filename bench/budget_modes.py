@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from turnout.embed import create_embedder
+    from turnout.evaluation.curves import only_observed
     from turnout.evaluation.loaders import load_table
-    from turnout.evaluation.runner import only_observed
     from turnout.evaluation.splits import split_table
     from turnout.routing import Prediction, calibrate_lambda, choose, create_router
 

@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from turnout.gateway.builder import build_gateway
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cascade_calibrate.json"
 SIGNALS = ("logprob_mean", "logprob_min", "margin")
@@ -157,7 +159,6 @@ async def collect(items: list[dict[str, Any]], max_tokens: int) -> tuple[list[di
     """Ask both embedded models every question (logprobs on, greedy); one record per (question, model)."""
     from turnout.config import parse_config, resolve
     from turnout.config.default import DEFAULT
-    from turnout.gateway import Gateway
     from turnout.gateway.cascade import read_logprobs
     from turnout.routing.acceptance import AnswerView, create_signal, judge
     from turnout.types import ChatRequest
@@ -165,7 +166,7 @@ async def collect(items: list[dict[str, Any]], max_tokens: int) -> tuple[list[di
     data = copy.deepcopy(DEFAULT)
     data["server"]["request_log"] = None
     data["state"] = {"persist": False}
-    gw = Gateway.from_config(resolve(parse_config(data, source="<embedded default>")))
+    gw = build_gateway(resolve(parse_config(data, source="<embedded default>")))
     models = list(data["models"])
     signals = {s: create_signal(s) for s in SIGNALS}
     records: list[dict[str, Any]] = []

@@ -38,6 +38,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from turnout.gateway.builder import build_gateway
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "cascade_ttft.json"
 console = Console()
@@ -70,11 +72,10 @@ def config(threshold_first: float | None) -> tuple[dict[str, Any], str, str]:
 
 async def measure(n: int, max_tokens: int) -> dict[str, Any]:
     from turnout.config import parse_config, resolve
-    from turnout.gateway import Gateway
     from turnout.types import ChatRequest
 
     data, first, second = config(None)
-    gw = Gateway.from_config(resolve(parse_config(data, source="<bench>")))
+    gw = build_gateway(resolve(parse_config(data, source="<bench>")))
     targets = {
         f"{first} live": first,
         f"{second} live": second,

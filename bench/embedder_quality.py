@@ -77,16 +77,10 @@ def fit_routers(routers: list[str], data: Any, seed: int) -> dict[str, Any]:
 def evaluate_table(path: Path, embedders: list[str], routers: list[str], bootstrap: int, bar: Any) -> dict[str, Any]:
     """AIQ (and per-resample AIQ) of every router under every embedder on one table."""
     from turnout.embed import create_embedder
+    from turnout.evaluation.bootstrap import aiq_resamples, bootstrap_weights
+    from turnout.evaluation.curves import curve_metrics
     from turnout.evaluation.loaders import load_table
-    from turnout.evaluation.runner import (
-        aiq_resamples,
-        align_models,
-        baselines,
-        bootstrap_weights,
-        curve_metrics,
-        drop_untrained_models,
-        evaluate_router,
-    )
+    from turnout.evaluation.runner import align_models, baselines, drop_untrained_models, evaluate_router
     from turnout.evaluation.splits import drop_seen_prompts, split_table
 
     with warnings.catch_warnings():

@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     from turnout.embed import create_embedder
+    from turnout.evaluation.curves import only_observed
     from turnout.evaluation.loaders import load_table
     from turnout.evaluation.offpolicy import estimate
-    from turnout.evaluation.runner import only_observed, progress_bar
+    from turnout.evaluation.runner import progress_bar
     from turnout.evaluation.simulate_log import (
         greedy_policy,
         simulate_log,

@@ -13,6 +13,7 @@ from turnout.config import parse_config, resolve
 from turnout.errors import AllBackendsFailedError, ConfigError, NotFoundError
 from turnout.gateway import Gateway
 from turnout.gateway.bandit_route import BanditRoute
+from turnout.gateway.builder import build_gateway
 from turnout.routing.bandit import BanditRouter
 from turnout.testing.scripted import ScriptedBackend, Step
 from turnout.types import ChatRequest
@@ -46,7 +47,7 @@ def config(
 
 
 def build(data: dict[str, Any]) -> Gateway:
-    gw = Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
+    gw = build_gateway(resolve(parse_config(data, source="test.yaml")))
     for t in gw.targets.values():
         t.backend = ScriptedBackend(t.name, Step(text=f"an answer from {t.name}"))
     return gw

@@ -19,6 +19,7 @@ from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError, StateError
 from turnout.gateway import Gateway
 from turnout.gateway.budget import RouteBudget
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.requestlog import SCHEMA_VERSION, RequestLog
 from turnout.routing.artifact import save_router
 from turnout.routing.base import TrainingData
@@ -53,7 +54,8 @@ def config(artifact: Path, budget: dict | None, *, big_price: float = 10.0, lam:
         "candidates": {"small": "local", "big": "frontier"},
     }
     if budget is not None:
-        route["budget"] = budget
+        # these tests pin the one-way "tighten" controller (the default is "pi": tests/gateway/test_budget_controller.py)
+        route["budget"] = {"controller": "tighten", **budget}
     if lam is not None:
         route["lambda"] = lam
     return {
@@ -68,7 +70,7 @@ def config(artifact: Path, budget: dict | None, *, big_price: float = 10.0, lam:
 
 
 def build(data: dict) -> Gateway:
-    return Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
+    return build_gateway(resolve(parse_config(data, source="test.yaml")))
 
 
 def sample_cost_at(gw: Gateway, lam: float) -> float:
@@ -244,7 +246,12 @@ async def test_share_budgets_on_one_redis_add_up_and_reads_are_throttled(tmp_pat
     pred, prefix = gw.routes["auto"].budget.pred, f"t-{uuid.uuid4().hex[:8]}:"
     a, b = (
         RouteBudget.calibrate(
-            pred, target_share={"frontier": 0.1}, route="auto", refresh_s=0.3, counters=RedisCounters(redis_url, prefix=prefix)
+            pred,
+            target_share={"frontier": 0.1},
+            route="auto",
+            refresh_s=0.3,
+            counters=RedisCounters(redis_url, prefix=prefix),
+            controller="tighten",
         )
         for _ in range(2)
     )

@@ -17,6 +17,7 @@ from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError
 from turnout.gateway import Gateway
 from turnout.gateway.budget import DEFAULT_CONTROLLER, RouteBudget
+from turnout.gateway.builder import build_gateway
 from turnout.testing.scripted import ScriptedBackend, Step
 from turnout.types import ChatRequest
 
@@ -63,7 +64,7 @@ def build(artifact: Path, budget: dict[str, Any]) -> Gateway:
             }
         },
     }
-    return Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
+    return build_gateway(resolve(parse_config(data, source="test.yaml")))
 
 
 def answers(gw: Gateway, completion_tokens: int) -> None:
@@ -112,14 +113,17 @@ async def test_pi_mode_holds_a_cost_target_when_answers_get_longer_half_way(arti
     assert d["controller"] == "pi" and d["pi"]["cost"]["target"] == target and not d["tightened"]
     # tighten mode on the same traffic: cumulative and one-sided, it underspends the first half by half and lets the
     # second overspend (the first half's savings hide the overshoot from its running mean)
-    tdevs, tlams, _ = await drifting_lengths(artifact, {"target_cost_per_request": target})
+    tdevs, tlams, _ = await drifting_lengths(artifact, {"target_cost_per_request": target, "controller": "tighten"})
     assert tdevs[0] < -0.4 and tdevs[1] > 0.25 and tlams[0] == lam0
 
 
 async def test_pi_mode_holds_a_models_share_when_the_prompt_mix_drifts(artifact: Path) -> None:
     shares = {}
     for mode in ("pi", "tighten"):
-        budget = {"target_share": {"frontier": 0.3}, **({"controller": "pi", "window": 50} if mode == "pi" else {})}
+        budget = {
+            "target_share": {"frontier": 0.3},
+            **({"controller": "pi", "window": 50} if mode == "pi" else {"controller": "tighten"}),
+        }
         gw = build(artifact, budget)
         answers(gw, 200)
         rng = np.random.default_rng(1)
@@ -177,12 +181,14 @@ async def test_the_controllers_running_figures_carry_over_to_a_new_budget(artifa
     await fresh.aclose()
 
 
-def test_pi_settings_are_checked_and_tighten_stays_the_default(artifact: Path) -> None:
-    assert DEFAULT_CONTROLLER == "tighten"
+def test_pi_settings_are_checked_and_pi_is_the_default(artifact: Path) -> None:
+    assert DEFAULT_CONTROLLER == "pi"
     gw = build(artifact, {"target_cost_per_request": 0.003})
-    assert gw.routes["auto"].budget.controller == "tighten" and gw.routes["auto"].budget.controller_state() == {}
+    assert gw.routes["auto"].budget.controller == "pi"
+    tight = build(artifact, {"target_cost_per_request": 0.003, "controller": "tighten"})
+    assert tight.routes["auto"].budget.controller == "tighten" and tight.routes["auto"].budget.controller_state() == {}
     with pytest.raises(ConfigError, match="set controller: pi") as info:
-        build(artifact, {"target_cost_per_request": 0.003, "kp": 2.0})
+        build(artifact, {"target_cost_per_request": 0.003, "controller": "tighten", "kp": 2.0})
     assert info.value.key == "routes.auto.budget"
     with pytest.raises(ConfigError, match="tighten") as info:
         build(artifact, {"target_cost_per_request": 0.003, "controller": "pid"})

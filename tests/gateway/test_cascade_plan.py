@@ -14,6 +14,7 @@ from turnout.backends.base import Timeouts
 from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError
 from turnout.gateway import Backoff, CircuitBreaker, Gateway, ModelTarget, Price, RouteRuntime
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.cascade import read_logprobs, step_request, strip_logprobs
 from turnout.gateway.planners import CalibrationSample, CascadePlanner, StepSpec, build_planner, calibrate_thresholds
 from turnout.gateway.requestlog import RequestLog
@@ -410,7 +411,7 @@ def test_a_calibrated_cascade_is_built_from_config(tmp_path: Path) -> None:
     cfg = load_config(cfg_path)
     planner = build_planner("cascade", cfg.routes["cascade"].plan)
     assert planner.steps[0].threshold == pytest.approx(0.2 + 1e-12)  # type: ignore[union-attr]
-    gw = Gateway.from_config(cfg)
+    gw = build_gateway(cfg)
     d = gw.routes["cascade"].decide(ChatRequest("cascade", MSG))
     plan_reason = next(r for r in d.reasons if r.kind == "plan")
     assert plan_reason.data["calibration"]["target_escalation"] == 0.2

@@ -14,6 +14,7 @@ import pytest
 from turnout.config import load_config
 from turnout.errors import ConfigError
 from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.signal_stage import DecisionStage
 from turnout.testing.scripted import ScriptedServer, Step
 from turnout.types import ChatRequest
@@ -57,7 +58,7 @@ def config(tmp_path: Path, ups, body: str, *, name: str = "turnout.yaml") -> Pat
 
 
 def gateway(path: Path) -> Gateway:
-    return Gateway.from_config(load_config(path))
+    return build_gateway(load_config(path))
 
 
 def ask(text: str, model: str = "auto", **params: Any) -> ChatRequest:

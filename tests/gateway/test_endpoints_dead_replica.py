@@ -17,6 +17,7 @@ import pytest
 from turnout.backends._net import free_port
 from turnout.config import parse_config, resolve
 from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.testing import ScriptedServer, Step
 from turnout.types import ChatRequest
 
@@ -54,7 +55,7 @@ def _gateway(urls: list[str], log: Path) -> Gateway:
             }
         },
     }
-    return Gateway.from_config(resolve(parse_config(data, source="test.yaml")))
+    return build_gateway(resolve(parse_config(data, source="test.yaml")))
 
 
 @pytest.mark.parametrize("dead", ["refused", "reset"])

@@ -9,6 +9,7 @@ import pytest
 from turnout.backends.base import Timeouts
 from turnout.errors import AllBackendsFailedError, BackendTimeoutError, UnknownModelError
 from turnout.gateway import Backoff, CircuitBreaker, Gateway, ModelTarget, Price, RouteRuntime
+from turnout.gateway.builder import build_gateway
 from turnout.routing.policy import Policy
 from turnout.routing.registry import create_router
 from turnout.testing.scripted import ScriptedBackend, Step
@@ -155,13 +156,13 @@ def test_from_config_builds_parts_and_refuses_uncalibrated_budget() -> None:
         "models": {"a": {"backend": "up", "price": {"input_per_mtok": 1}}, "b": {"backend": "up"}},
         "routes": {"auto": {"router": {"type": "prior", "params": {"quality": {"a": 0.5, "b": 0.4}}}, "candidates": ["a", "b"]}},
     }
-    gw = Gateway.from_config(resolve(parse_config(data)))
+    gw = build_gateway(resolve(parse_config(data)))
     assert set(gw.targets) == {"a", "b"} and gw.metrics is not None and gw.request_log is None and gw.keys is None
     assert [m["id"] for m in gw.models()] == ["auto", "a", "b"]
     asyncio.run(gw.aclose())
     data["routes"]["auto"]["budget"] = {"target_cost_per_request": 0.01}
     with pytest.raises(ConfigError) as info:
-        Gateway.from_config(resolve(parse_config(data)))
+        build_gateway(resolve(parse_config(data)))
     assert info.value.key == "routes.auto.budget" and "lambda" in (info.value.fix or "")
 
 
@@ -177,10 +178,10 @@ def test_from_config_gives_the_key_store_and_the_budgets_one_store_of_counters()
         "models": {"a": {"backend": "up"}},
         "keys": [{"name": "k", "key_sha256": hash_key("sk-k"), "budget_usd": 1.0}],
     }
-    local = Gateway.from_config(resolve(parse_config(data)))
+    local = build_gateway(resolve(parse_config(data)))
     assert isinstance(local.state, InMemoryCounters) and local.keys.counters is local.state
     asyncio.run(local.aclose())
-    shared = Gateway.from_config(resolve(parse_config({**data, "state": {"redis_url": "redis://127.0.0.1:1/0", "prefix": "x:"}})))
+    shared = build_gateway(resolve(parse_config({**data, "state": {"redis_url": "redis://127.0.0.1:1/0", "prefix": "x:"}})))
     assert isinstance(shared.state, RedisCounters) and shared.keys.counters is shared.state and shared.state.prefix == "x:"
     asyncio.run(shared.aclose())  # nothing connected yet: building reaches no Redis
 
@@ -228,7 +229,7 @@ def test_route_mistakes_only_a_request_would_show_fail_at_start_up(params, key, 
         "routes": {"auto": {"router": {"type": "prior", "params": params}, "candidates": ["a", "b"]}},
     }
     with pytest.raises(ConfigError) as info:
-        Gateway.from_config(resolve(parse_config(data)))
+        build_gateway(resolve(parse_config(data)))
     assert info.value.key == key and needle in str(info.value) and str(info.value).count("(fix:") == 1
 
 
@@ -246,7 +247,7 @@ async def test_start_warns_about_a_backend_that_refuses_connections(caplog) -> N
         "backends": {"down": {"protocol": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}},
         "models": {"a": {"backend": "down"}},
     }
-    gw = Gateway.from_config(resolve(parse_config(data)))
+    gw = build_gateway(resolve(parse_config(data)))
     with caplog.at_level(logging.WARNING, logger="turnout.gateway.pipeline"):
         await gw.start()
     assert gw.ready and list(gw.unreachable) == ["down"]

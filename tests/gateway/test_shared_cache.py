@@ -9,6 +9,7 @@ import pytest
 
 from turnout.config import parse_config, resolve
 from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.state.cache_store import FailOpenCacheStore, RedisCacheStore
 from turnout.testing.scripted import ScriptedServer, Step
 from turnout.types import ChatRequest
@@ -27,7 +28,7 @@ def replica(upstream: str, redis_url: str, prefix: str) -> Gateway:
             source="test.yaml",
         )
     )
-    return Gateway.from_config(cfg)
+    return build_gateway(cfg)
 
 
 def ask(text: str) -> ChatRequest:

@@ -12,6 +12,7 @@ import pytest
 from turnout.config import load_config
 from turnout.errors import ConfigError, InvalidRequestError
 from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.context import RequestContext
 from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.stages import Block, register_stage, stage_types
@@ -60,7 +61,7 @@ def build(tmp_path: Path, stages: str) -> Gateway:
         """)
         + textwrap.indent(textwrap.dedent(stages), "  ")
     )
-    return Gateway.from_config(load_config(path))
+    return build_gateway(load_config(path))
 
 
 def test_a_registered_name_and_a_dotted_path_build_the_same_stage_with_the_shared_parts(tmp_path: Path) -> None:

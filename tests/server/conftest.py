@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 
 from server_helpers import Served
 
@@ -17,7 +17,7 @@ def serve() -> Iterator[Any]:
     started: list[Served] = []
 
     def _serve(cfg: Any, **kw: Any) -> Served:
-        s = Served(Gateway.from_config(cfg), **kw).__enter__()
+        s = Served(build_gateway(cfg), **kw).__enter__()
         started.append(s)
         return s
 
@@ -32,7 +32,7 @@ def serve_started() -> Iterator[Any]:
     started: list[Served] = []
 
     def _serve(cfg: Any, **kw: Any) -> Served:
-        s = Served(Gateway.from_config(cfg), start_children=True, **kw).__enter__()
+        s = Served(build_gateway(cfg), start_children=True, **kw).__enter__()
         started.append(s)
         return s
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from turnout.config import parse_config, resolve
-from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.testing.scripted import ScriptedServer, Step
 
 from server_helpers import Served
@@ -86,7 +86,7 @@ def config(upstreams: dict[str, ScriptedServer], tmp: Path, **bandit: Any) -> An
 
 
 def serve(cfg: Any) -> Served:
-    return Served(Gateway.from_config(cfg)).__enter__()
+    return Served(build_gateway(cfg)).__enter__()
 
 
 def dry_run(srv: Served, text: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime", reason="the guards read MiniLM vectors (pip i
 openai = pytest.importorskip("openai")
 
 from turnout.config import parse_config, resolve
-from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.embeddings import serving_embedder
 from turnout.gateway.keys import hash_key
 from turnout.signals.domain import DomainClassifier
@@ -129,7 +129,7 @@ def guarded_config(upstream_url: str, domains: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def served(upstream: ScriptedServer, domains: Path) -> Iterator[Served]:
     cfg = resolve(parse_config(guarded_config(upstream.base_url, domains), source="guards.yaml"))
-    with Served(Gateway.from_config(cfg)) as srv:
+    with Served(build_gateway(cfg)) as srv:
         yield srv
 
 

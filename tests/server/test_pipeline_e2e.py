@@ -31,6 +31,7 @@ from turnout.config import load_config
 from turnout.errors import PermissionDeniedError
 from turnout.gateway import Gateway, ModelTarget
 from turnout.gateway.budget import RouteBudget
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.context import RequestContext
 from turnout.gateway.metrics import Metrics
 from turnout.gateway.plans import register_plan
@@ -228,7 +229,7 @@ def test_yaml_stages_block_redirect_answer_and_transform_through_the_openai_clie
     upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, stream: bool
 ) -> None:
     a, b = upstreams
-    gw = Gateway.from_config(load_config(_yaml(tmp_path, a, b)))
+    gw = build_gateway(load_config(_yaml(tmp_path, a, b)))
     assert gw.stages.names() == ["keywords", "test_pipeline_e2e:CannedCache", "test_pipeline_e2e:Redact"]
     cache, redact = gw.stages.all[1], gw.stages.all[2]
     assert isinstance(cache, CannedCache) and isinstance(redact, Redact)  # the very classes of this module
@@ -371,7 +372,7 @@ def test_a_two_step_plan_whose_first_answer_is_rejected_charges_both_calls_and_l
     upstreams: tuple[ScriptedServer, ScriptedServer], tmp_path: Path, team_key: list[dict[str, Any]], stream: bool
 ) -> None:
     a, b = upstreams
-    gw = Gateway.from_config(
+    gw = build_gateway(
         fleet_config({"alpha": a.base_url, "beta": b.base_url}, keys=team_key, request_log=str(tmp_path / "log.sqlite"))
     )
     gw.routes["auto"].plan = lambda d: Plan("test-reject-first", [PlanStep("alpha"), PlanStep("beta")])
@@ -424,7 +425,7 @@ def test_a_stream_cut_after_commit_or_left_by_its_client_charges_what_was_genera
     step = Step(text="w1 w2 w3 w4 w5 w6", fault="cut") if ending == "cut-after-commit" else Step(text=words, slow=0.02)
     up = ScriptedServer(step).start()
     try:
-        gw = Gateway.from_config(fleet_config({"alpha": up.base_url}, keys=team_key, request_log=str(tmp_path / "log.sqlite")))
+        gw = build_gateway(fleet_config({"alpha": up.base_url}, keys=team_key, request_log=str(tmp_path / "log.sqlite")))
         budget = _budgeted(gw)
         with Served(gw) as srv:
             got: list[str] = []
@@ -569,7 +570,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_while_its_budget_is_held_leave
 ) -> None:
     up = ScriptedServer(Step(text="late", latency=1.5)).start()
     try:
-        gw = Gateway.from_config(
+        gw = build_gateway(
             fleet_config(
                 {"alpha": up.base_url},
                 keys=team_key,

@@ -11,7 +11,7 @@ import pytest
 
 from turnout.config import parse_config, resolve
 from turnout.errors import ConfigError
-from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.keys import hash_key
 from turnout.testing.scripted import ScriptedServer, Step
 
@@ -67,7 +67,7 @@ def test_a_key_over_its_rpm_gets_429_with_retry_after(serve: Any, upstream: Scri
 def test_the_official_client_waits_retry_after_and_gets_through(serve: Any, upstream: ScriptedServer) -> None:
     """With a 1-request window of one second, the client's own retry (it honours retry-after) succeeds."""
     cfg = config(upstream.base_url, keys=[{"name": "team", "key_sha256": hash_key("sk-team"), "rpm": 1}])
-    gw = Gateway.from_config(cfg)
+    gw = build_gateway(cfg)
     assert gw.limiter is not None
     gw.limiter.windows.window_s = 1.0  # type: ignore[misc]  # a short window keeps the test fast
     srv = Served(gw).__enter__()

@@ -25,6 +25,7 @@ import pytest
 from turnout.backends._net import free_port
 from turnout.config import load_config, parse_config, resolve
 from turnout.gateway import Gateway
+from turnout.gateway.builder import build_gateway
 from turnout.gateway.requestlog import RequestLog
 from turnout.testing import HostileServer, Rule, Script, ScriptedServer, Step
 from turnout.tokens import estimate_prompt_tokens
@@ -323,7 +324,7 @@ def test_f4_concurrent_requests_overshoot_a_budget_by_at_most_one_request_and_a_
             finally:
                 await client.close()
 
-        with Served(Gateway.from_config(cfg)) as srv:
+        with Served(build_gateway(cfg)) as srv:
             statuses = asyncio.run(storm(srv.base_url))
             gw = srv.gateway
             served = statuses.count(200)
@@ -335,7 +336,7 @@ def test_f4_concurrent_requests_overshoot_a_budget_by_at_most_one_request_and_a_
             assert sum(r.cost_usd for r in rows(gw)) == pytest.approx(spent)
 
         # a restart over the same file: the spend persisted, the key is refused before anything is sent
-        with Served(Gateway.from_config(cfg)) as again:
+        with Served(build_gateway(cfg)) as again:
             assert again.gateway.state.get_now("spend:team") == pytest.approx(spent)
             client = openai.OpenAI(base_url=again.base_url, api_key="sk-team", max_retries=0)
             with pytest.raises(openai.RateLimitError) as refused:

@@ -123,7 +123,7 @@ def render(out: dict[str, Any]) -> Any:
     """A rich Table of the ``cascades`` entries (the routers' columns, paired against the best router)."""
     from rich.table import Table
 
-    from turnout.cli.eval import signed_interval
+    from turnout.cli._ui import signed_interval
 
     t = Table(title="cascades and fan-outs (every call paid for; thresholds and plans chosen on train)")
     t.add_column("entry", justify="left", overflow="fold")

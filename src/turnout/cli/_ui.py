@@ -62,3 +62,10 @@ def check_artifact_path(path: str) -> Path:
     if not out.parent.exists():
         raise DataError("output folder does not exist", file=str(out.parent), fix="create it first")
     return out
+
+
+def signed_interval(v: list[float] | None) -> str:
+    """``[-0.0204, 0.5]`` -> ``"-0.020 to +0.500"``; rounded before the sign, so -1e-17 prints as +0.000."""
+    if not v:
+        return "—"
+    return " to ".join(f"{round(x, 3) + 0.0:+.3f}" for x in v)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from turnout.cli import _cascades
+from turnout.cli._ui import signed_interval
 from turnout.evaluation.runner import BOOTSTRAP
 from turnout.evaluation.splits import drop_seen_prompts, split_table
 
@@ -146,13 +147,6 @@ def render_table(out: dict[str, Any], title: str) -> Any:
         )
     t.add_row("oracle", "", "", "", f(out["oracle"]["quality"]), "", "", "", "", "", *pad)
     return t
-
-
-def signed_interval(v: list[float] | None) -> str:
-    """``[-0.0204, 0.5]`` -> ``"-0.020 to +0.500"``; rounded before the sign, so -1e-17 prints as +0.000."""
-    if not v:
-        return "—"
-    return " to ".join(f"{round(x, 3) + 0.0:+.3f}" for x in v)
 
 
 def comparison_lines(out: dict[str, Any]) -> list[str]:

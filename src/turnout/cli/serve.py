@@ -100,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as exc:
         raise MissingDependency("uvicorn", "server", "turnout serve") from exc
-    from turnout.gateway import Gateway
+    from turnout.gateway.builder import build_gateway
     from turnout.server.app import create_app
 
-    gateway = Gateway.from_config(cfg)
+    gateway = build_gateway(cfg)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
     _logging(bool(args.quiet))

@@ -7,9 +7,11 @@ chat; Gemma 3 270M is a *base* model with no chat template, so it is driven
 through ``/v1/completions`` with a prompt template. Route ``auto`` uses the
 ``prior`` router (quality per model given here, no training data), and each
 model is the other's fallback. Prices are nominal, so that cost, budgets and
-the cost term of the policy are exercised with non-zero numbers. Its stages show
-the guards on the local fleet: a jailbreak guard, PII redaction restored in the
-answer, and the semantic cache.
+the cost term of the policy are exercised with non-zero numbers. A ``cascade``
+route shows an answer-aware plan (SmolLM2 first, Gemma when SmolLM2 was unsure).
+A keyword decision sends requests to continue a text to Gemma, and the stages
+show the guards on the local fleet: a jailbreak guard, PII redaction restored in
+the answer, and the semantic cache.
 """
 
 from __future__ import annotations
@@ -81,6 +83,32 @@ DEFAULT: dict[str, Any] = {
             },
         },
     },
+    # A keyword signal and one decision rule: asking to continue or complete a text sends the request to Gemma,
+    # a base model that continues text well, whatever the route's router says (x-turnout-rule: continuation).
+    "signals": {
+        "kw": {
+            "type": "keywords",
+            "params": {
+                "sets": {
+                    "continuation": [
+                        "continue this",
+                        "complete this",
+                        "finish this sentence",
+                        "finish the sentence",
+                        "continue the story",
+                    ]
+                }
+            },
+        }
+    },
+    "decisions": [
+        {
+            "name": "continuation",
+            "when": {"signal": "kw.continuation", "is": True},
+            "applies_to": ["auto"],
+            "use": {"route": "gemma3-270m"},
+        }
+    ],
     # The guards and the cache, in pipeline order within their phases (docs/config.md, "Stages"). They share
     # one embedding per request by MiniLM int8 (2.5x faster than fp32 for the same guard and cache figures),
     # loaded with the gateway (well under a second once its ONNX file exists).

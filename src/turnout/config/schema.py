@@ -175,7 +175,7 @@ class BudgetSettings(_Strict):
 
     target_cost_per_request: float | None = Field(None, gt=0)
     target_share: dict[str, float] | None = None
-    controller: Literal["tighten", "pi"] = "tighten"
+    controller: Literal["tighten", "pi"] = "pi"
     kp: float | None = Field(None, ge=0)
     ki: float | None = Field(None, ge=0)
     window: int | None = Field(None, ge=1)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from turnout.evaluation.bootstrap import interval95, outcome_aiq_resamples
 from turnout.evaluation.cascade import (
     SHARES,
     Answers,
@@ -49,16 +50,9 @@ from turnout.evaluation.cascade import (
     short_name,
     sweep_cascade,
 )
+from turnout.evaluation.curves import curve_metrics, distinct_points, only_observed, sweep
 from turnout.evaluation.fanout import fanout_label, masked, member_missing, vote, with_plans
 from turnout.evaluation.metrics import auc, cost_fraction_to_match, hull_quality_at, nondecreasing_hull
-from turnout.evaluation.runner import (
-    curve_metrics,
-    distinct_points,
-    interval95,
-    only_observed,
-    outcome_aiq_resamples,
-    sweep,
-)
 from turnout.evaluation.table import RoutingTable
 from turnout.evaluation.verifier_data import OutOfFold, fit_verifier
 from turnout.routing.acceptance import AcceptanceSignal, create_signal

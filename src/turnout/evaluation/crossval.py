@@ -21,15 +21,8 @@ from typing import Any
 import numpy as np
 
 from turnout.errors import DataError
-from turnout.evaluation.runner import (
-    RouterFitter,
-    baselines,
-    curve_metrics,
-    ensemble_members,
-    only_observed,
-    progress_bar,
-    sweep,
-)
+from turnout.evaluation.curves import curve_metrics, only_observed, sweep
+from turnout.evaluation.runner import RouterFitter, baselines, ensemble_members, progress_bar
 from turnout.evaluation.table import RoutingTable
 
 #: routers ``turnout train --router auto`` chooses among (every learned router that needs no configuration)

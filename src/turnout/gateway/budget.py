@@ -90,7 +90,7 @@ _GRID = 200
 REFRESH_S = 0.5
 #: how the running spend steers λ: "tighten" (raise only) or "pi" (hold the target both ways)
 CONTROLLERS = ("tighten", "pi")
-DEFAULT_CONTROLLER = "tighten"
+DEFAULT_CONTROLLER = "pi"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from turnout.state.feedback_index import find_logged
 
 if TYPE_CHECKING:
     from turnout.gateway.context import RequestContext
-    from turnout.gateway.pipeline import Gateway
+    from turnout.gateway.parts import GatewayParts
     from turnout.gateway.routes import RouteRuntime
     from turnout.types import Decision
 
@@ -84,7 +84,7 @@ class OnlineLearning:
     is the one that learns.
     """
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayParts) -> None:
         self.gw = gw
         self._savers: list[asyncio.Task[None]] = []
 

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from turnout.gateway.balance import BalanceKey
     from turnout.gateway.context import RequestContext
+    from turnout.gateway.embeddings import EmbeddingService
     from turnout.gateway.endpoints import ModelTarget
+    from turnout.gateway.offload import Offloader
     from turnout.gateway.routes import RouteRuntime
+    from turnout.gateway.stages import Stages
 
 
 class GatewayParts(Protocol):
@@ -30,6 +33,10 @@ class GatewayParts(Protocol):
     limiter: Any
     feedback_index: Any
     budgets_on_failure: str
+    #: the configured stages, the offload pool (CPU work off the loop) and the shared embedding service
+    stages: Stages
+    offloader: Offloader
+    embeddings: EmbeddingService
 
     def usable_for(self, ctx: RequestContext) -> frozenset[str] | None: ...
 

@@ -46,14 +46,16 @@ from turnout.gateway.context import RequestContext
 from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import ModelTarget
 from turnout.gateway.feedback import FeedbackResult, OnlineLearning
+from turnout.gateway.fleetview import describe, model_items, unreachable_backends
 from turnout.gateway.keys import KeySpec
 from turnout.gateway.offload import Offloader
+from turnout.gateway.phases import annotate_dry_run, answered_by_stage, run_request_stages, with_plugins
 from turnout.gateway.plans import plan_executor
 from turnout.gateway.ratelimit import RateLimiter
 from turnout.gateway.routes import RouteRuntime
-from turnout.gateway.stages import Answer, Block, Redirect, Stages
+from turnout.gateway.stages import Answer, Stages
 from turnout.gateway.streaming import StreamSession
-from turnout.types import ChatRequest, ChatResponse, Decision, Plan, StreamChunk
+from turnout.types import ChatRequest, ChatResponse, Decision, StreamChunk
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ async def _maybe_await(value: Any) -> Any:
 class Gateway:
     """Routes and serves chat requests over a fleet; knows nothing about HTTP.
 
-    Build it with :func:`turnout.gateway.builder.build_gateway` (or :meth:`from_config`) from
+    Build it with :func:`turnout.gateway.builder.build_gateway` from
     ``turnout.yaml``, or directly from run-time parts in tests.
 
     Example::
@@ -157,13 +159,6 @@ class Gateway:
         #: whether any model balances over several endpoints (then requests compute a prefix key)
         self.balanced = any(len(t.endpoints) > 1 for t in self.targets.values())
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> Gateway:
-        """Build every part named in a resolved :class:`~turnout.config.TurnoutConfig` (starts no process)."""
-        from turnout.gateway.builder import build_gateway
-
-        return build_gateway(cfg)
-
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self, progress: Callable[[str], None] | None = None) -> None:
         """Reach the shared state, start owned child processes, load the embedders, then report ready.
@@ -187,7 +182,7 @@ class Gateway:
             say(f"loading embedder(s): {', '.join(self.embeddings.names)}")
             # loading MiniLM takes ~0.5 s (seconds more for its one-time ONNX export): not on a request
             await self.offloader.run(self.embeddings.warm_up)
-        self.unreachable = await self._probe_backends()
+        self.unreachable = await unreachable_backends(self.targets)
         for name, why in self.unreachable.items():
             log.warning(
                 "backend %s is not reachable now (%s): its models will fail over to their fallbacks until it answers", name, why
@@ -200,34 +195,6 @@ class Gateway:
             if callable(start):
                 await _maybe_await(start())
         self.ready = True
-
-    async def _probe_backends(self, timeout_s: float = 1.0) -> dict[str, str]:
-        """Backends (by name) whose host does not accept a TCP connection now, with the reason.
-
-        A start-up check only: a remote API may come and go, so this warns (log, /readyz) rather than
-        refusing to start; the breakers and fallbacks handle it per request.
-        """
-        from urllib.parse import urlsplit
-
-        backends = {e.backend.name: e.backend for t in self.targets.values() for e in t.endpoints}
-
-        async def probe(url: str) -> str | None:
-            parts = urlsplit(url)
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout_s)
-            except (TimeoutError, OSError) as exc:
-                return "timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or type(exc).__name__)
-            writer.close()
-            return None
-
-        urls: dict[str, str] = {}
-        for name, b in backends.items():
-            url = getattr(b, "base_url", None)  # a backend of a protocol without one (a plugin's) is not probed
-            if isinstance(url, str):
-                urls[name] = url
-        found = await asyncio.gather(*(probe(u) for u in urls.values()))
-        return {name: why for name, why in zip(urls, found) if why is not None}
 
     async def aclose(self) -> None:
         """Close every backend pool, the embedders, the offload pool and the owned resources. Idempotent."""
@@ -257,35 +224,11 @@ class Gateway:
     # -------------------------------------------------------------------------------------- queries
     def models(self, key: Any | None = None) -> list[dict[str, Any]]:
         """Routes and models in OpenAI ``/v1/models`` item form (routes first); with ``key``, only what it may use."""
-        allowed = getattr(key, "allowed", None)
-        usable = self.usable_models(key)
-        items = [
-            {
-                "id": r,
-                "object": "model",
-                "created": 0,
-                "owned_by": "turnout",
-                "turnout": {"kind": "route", "candidates": list(rt.candidates.values())},
-            }
-            for r, rt in self.routes.items()
-            if allowed is None or r in allowed
-        ]
-        items += [
-            {
-                "id": m,
-                "object": "model",
-                "created": 0,
-                "owned_by": t.backend.name,
-                "turnout": {
-                    "kind": "model",
-                    "context_window": t.context_window,
-                    "price": {"input_per_mtok": t.price.input_per_mtok, "output_per_mtok": t.price.output_per_mtok},
-                },
-            }
-            for m, t in self.targets.items()
-            if usable is None or m in usable
-        ]
-        return items
+        return model_items(self, key)
+
+    def describe(self) -> dict[str, Any]:
+        """What this gateway serves: routes (router, candidates), models (endpoints, price), stages, keys, log."""
+        return describe(self)
 
     def usable_models(self, key: KeySpec | None) -> frozenset[str] | None:
         """The models an API key may be answered by (None: every model).
@@ -324,25 +267,6 @@ class Gateway:
             key = ctx.balance_key = prefix_key(ctx.request.messages, session_id=ctx.headers.get("x-session-id"))
         return key
 
-    def describe(self) -> dict[str, Any]:
-        """What this gateway serves: routes (router, candidates, plan), models (endpoints, price), stages."""
-        return {
-            "routes": {
-                n: {
-                    "router": rt.router_name,
-                    "candidates": list(rt.candidates.values()),
-                    "embedder": rt.embedder_name,
-                    "budget": rt.budget is not None,
-                    "fallbacks": list(rt.fallbacks),
-                }
-                for n, rt in self.routes.items()
-            },
-            "models": {n: t.describe() for n, t in self.targets.items()},
-            "stages": self.stages.names(),
-            "keys": len(getattr(self.keys, "specs", []) or []),
-            "request_log": str(getattr(self.request_log, "path", "")) or None,
-        }
-
     # ----------------------------------------------------------------------------- the pipeline
     def _context(
         self, request: ChatRequest, request_id: str | None, headers: Mapping[str, str] | None, *, dry_run: bool = False
@@ -363,64 +287,6 @@ class Gateway:
             await keys.check_budget(ctx.key)
         if self.limiter is not None:
             await self.limiter.admit(ctx)  # rpm/tpm: one atomic window update, only for a key that has a limit
-
-    async def _request_stages(self, ctx: RequestContext) -> Answer | None:
-        """Signals, guards, cache: the first outcome of a phase acts (dry run: reported, not acted on)."""
-        for phase, stages in self.stages.request.items():
-            for st in _with_plugins(stages, ctx, phase, "on_request"):
-                outcome = await st.on_request(ctx)
-                if outcome is None:
-                    continue
-                name = getattr(st, "name", type(st).__name__)
-                if self.metrics is not None:
-                    self.metrics.inc_stage(name, type(outcome).__name__.lower())
-                if isinstance(outcome, Block):
-                    if ctx.dry_run:
-                        ctx.note(
-                            "guard", f"{name} would refuse this request: {outcome.error}", stage=name, error=outcome.error.kind
-                        )
-                        continue
-                    ctx.note("guard", f"{name} refused the request: {outcome.error}", stage=name)
-                    raise outcome.error
-                if isinstance(outcome, Redirect):
-                    self._redirect(ctx, name, outcome)
-                    break  # the rest of the phase saw the request before the redirect
-                if isinstance(outcome, Answer):
-                    ctx.note(
-                        "cache" if phase == "cache" else "guard",
-                        f"{name} {'would answer' if ctx.dry_run else 'answered'} without a model"
-                        + (f": {outcome.reason}" if outcome.reason else ""),
-                        stage=name,
-                        source=outcome.source,
-                    )
-                    if not ctx.dry_run:
-                        return outcome
-        return None
-
-    def _redirect(self, ctx: RequestContext, stage: str, r: Redirect) -> None:
-        if r.route is not None:
-            if r.route not in self.routes and r.route not in self.targets:
-                raise UnknownModelError(
-                    f"stage {stage!r} redirected the request to {r.route!r}, which is neither a "
-                    f"route nor a model (fix the stage's config)",
-                    param="model",
-                )
-            ctx.note(
-                "redirect",
-                f"{stage} redirected the request from {ctx.target!r} to {r.route!r}" + (f": {r.reason}" if r.reason else ""),
-                stage=stage,
-                to=r.route,
-            )
-            ctx.target = r.route
-        if r.models is not None:
-            ctx.restrict = frozenset(r.models) if ctx.restrict is None else ctx.restrict & frozenset(r.models)
-            ctx.note(
-                "redirect",
-                f"{stage} restricted the request to {', '.join(sorted(ctx.restrict)) or 'no model'}"
-                + (f": {r.reason}" if r.reason else ""),
-                stage=stage,
-                models=sorted(ctx.restrict),
-            )
 
     async def _decide(self, ctx: RequestContext) -> Decision:
         name = ctx.target
@@ -484,83 +350,32 @@ class Gateway:
         ctx.key = key
         if allowed is not None:
             ctx.restrict = frozenset(allowed)
-        await self._request_stages(ctx)
+        await run_request_stages(self, ctx)
         decision = await self._decide(ctx)
-        usable = self.usable_for(ctx)
-        if usable is not None:
-            for m in decision.fallbacks:
-                if m not in usable:
-                    decision.reason(
-                        "fallback_skipped",
-                        f"fallback {m} will be skipped: key {getattr(key, 'name', None)!r} may not use it",
-                        model=m,
-                    )
-        # a dry run says what the chain would meet: models whose every endpoint's breaker is open are skipped
-        assert decision.plan is not None
-        for m in decision.plan.models:
-            t = self.targets.get(m)
-            if t is None:
-                continue
-            if t.state == "open":
-                decision.reason(
-                    "breaker_open",
-                    f"{m} would be skipped now: its circuit breaker is open "
-                    f"(recent failures; it is tried again after {t.breaker.cooldown_s:g} s)",
-                    model=m,
-                )
-            elif t.state == "half-open":
-                decision.reason(
-                    "breaker_open",
-                    f"{m} is being probed after recent failures: one request at a time goes through until one succeeds",
-                    model=m,
-                )
-            for e in t.endpoints:
-                if len(t.endpoints) > 1 and (e.breaker.state != "closed" or e.out_of_rotation):
-                    why = "held out by the health monitor" if e.out_of_rotation else e.breaker.state
-                    decision.reason(
-                        "breaker_open", f"{m}: endpoint {e.name} is out of rotation ({why})", model=m, endpoint=e.name
-                    )
+        annotate_dry_run(self, ctx, decision)
         return decision
 
     async def _prepare(self, ctx: RequestContext, api_key: str | None) -> Answer | None:
         """Every phase before the model calls; an Answer when a stage answered instead."""
         await self._authenticate(ctx, api_key)
         if self.stages.request["signals"] or self.stages.request["guard"] or self.stages.request["cache"] or ctx.plugins:
-            answer = await self._request_stages(ctx)
+            answer = await run_request_stages(self, ctx)
             if answer is not None:
-                self._answered_by_stage(ctx, answer)
+                answered_by_stage(ctx, answer)
                 return answer
         await self._decide(ctx)
         await self.ledger.admit(ctx)
         return None
 
-    def _answered_by_stage(self, ctx: RequestContext, answer: Answer) -> None:
-        ctx.answered_by = answer.source
-        ctx.model = answer.model
-        ctx.response_text = answer.response.content
-        ctx.usage = answer.response.usage
-        ctx.response_headers.update(answer.headers or {})
-        ctx.decision = Decision(
-            route=ctx.target,
-            model=answer.model,
-            candidates=[],
-            lam=0.0,
-            router=answer.source,
-            reasons=list(ctx.notes),
-            signals=ctx.signals,
-            rule=ctx.rule,
-            plan=Plan("answer", []),
-        )
-
     def _respond(self, ctx: RequestContext, resp: ChatResponse) -> ChatResponse:
-        for st in _with_plugins(self.stages.response, ctx, "response", "on_response"):
+        for st in with_plugins(self.stages.response, ctx, "response", "on_response"):
             resp = st.on_response(ctx, resp)
         return resp
 
     async def _completed(self, ctx: RequestContext, resp: ChatResponse | None) -> None:
         if resp is None:
             return
-        for hook in _with_plugins(self.stages.complete, ctx, None, "on_complete"):
+        for hook in with_plugins(self.stages.complete, ctx, None, "on_complete"):
             try:
                 await hook.on_complete(ctx, resp)
             except Exception:  # a completion hook's failure is logged, never the client's
@@ -659,7 +474,7 @@ class Gateway:
 
     def _filters(self, ctx: RequestContext) -> list[Any]:
         out = []
-        for st in _with_plugins(self.stages.filters, ctx, "response", "stream_filter"):
+        for st in with_plugins(self.stages.filters, ctx, "response", "stream_filter"):
             f = st.stream_filter(ctx)
             if f is not None:
                 out.append(f)
@@ -692,14 +507,6 @@ class Gateway:
         """Log a request the server refused before it reached the pipeline (bad JSON, too large)."""
         ctx = self._context(ChatRequest(model=model, messages=[]), request_id, None)
         await self.ledger.finish(ctx, "error", exc)
-
-
-def _with_plugins(stages: list[Any], ctx: RequestContext, phase: str | None, hook: str) -> list[Any]:
-    """The configured ``stages`` of a phase, then this request's plugins of that phase that implement ``hook``."""
-    if not ctx.plugins:
-        return stages
-    extra = [p for p in ctx.plugins if (phase is None or getattr(p, "phase", None) == phase) and callable(getattr(p, hook, None))]
-    return [*stages, *extra] if extra else stages
 
 
 def _decide_with(rt: RouteRuntime, request: ChatRequest, allowed: frozenset[str] | None, vec: Any) -> Decision:

@@ -39,7 +39,7 @@ import numpy as np
 
 from turnout.errors import DataError, MissingDependency, RoutingError
 from turnout.routing import answers
-from turnout.routing.acceptance import AnswerView
+from turnout.routing.answer_view import AnswerView
 
 #: texts in, one unit row per text out (e.g. ``Embedder.embed``)
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
