@@ -389,6 +389,9 @@ def test_a_two_step_plan_whose_first_answer_is_rejected_charges_both_calls_and_l
     assert gw.state.get_now("spend:team") == pytest.approx(alpha_cost + beta_cost)
     assert gw.state.held("team") == 0.0
     assert metric(metrics, "turnout_cost_usd_total", route="auto") == pytest.approx(alpha_cost + beta_cost)
+    # each call's spend is counted on the model that made it, not all on the one that answered
+    assert metric(metrics, "turnout_cost_usd_total", route="auto", model="alpha") == pytest.approx(alpha_cost)
+    assert metric(metrics, "turnout_cost_usd_total", route="auto", model="beta") == pytest.approx(beta_cost)
     (row,) = _rows(gw)
     assert row.cost_usd == pytest.approx(alpha_cost + beta_cost) and row.status == "ok" and row.model == "beta"
     assert [(c["model"], c["role"], c["step"], c["status"], c["accepted"]) for c in row.calls] == [

@@ -196,7 +196,19 @@ class Ledger:
         routed = d is not None and d.router != "passthrough"
         decision_s = d.elapsed_ms / 1000.0 if d is not None and routed else None
         if gw.metrics is not None:
-            gw.metrics.observe_request(route, model, status, latency, ctx.ttft_s, decision_s, pt, ct, cost)
+            # tokens and cost go to the model that made them: a cascade's rejected step or a fan-out member is not
+            # the answering model's spend
+            own = [a for a in ctx.attempts if a.model == model]
+            gw.metrics.observe_request(
+                route, model, status, latency, ctx.ttft_s, decision_s,
+                sum(a.usage.prompt_tokens for a in own if a.usage), sum(a.usage.completion_tokens for a in own if a.usage),
+                sum(a.cost_usd for a in own),
+            )  # fmt: skip
+            for a in ctx.attempts:
+                if a.model != model and (a.cost_usd or a.usage):
+                    u = a.usage
+                    gw.metrics.observe_call(route, a.model, u.prompt_tokens if u else 0, u.completion_tokens if u else 0,
+                                            a.cost_usd)  # fmt: skip
             if ctx.answered_by != "model":
                 gw.metrics.inc_answered_by(route, ctx.answered_by)
         self._line(ctx, route, model, status, error_kind, latency, pt, ct, cost)

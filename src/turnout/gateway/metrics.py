@@ -209,6 +209,17 @@ class Metrics:
         if decision_s is not None:
             self.observe_decision(route, decision_s)
 
+    def observe_call(self, route: str, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        """Add the tokens and cost of one model call of a request that another model answered (a cascade's
+        rejected step, a fan-out member, a fallback that failed part-way): spend is counted where it was made."""
+        prompt, completion, cost, _, _ = self._per_model(route, model)
+        if prompt_tokens:
+            prompt.inc(prompt_tokens)
+        if completion_tokens:
+            completion.inc(completion_tokens)
+        if cost_usd:
+            cost.inc(cost_usd)
+
     def observe_decision(self, route: str, decision_s: float) -> None:
         """Record one routing decision's duration (also done by :meth:`observe_request`)."""
         child = self._decision_children.get(route)
