@@ -20,6 +20,11 @@ Setup (every server is its own process, on loopback):
   the feedback index written behind); then ``nginx-1`` and ``nginx-2``: one and
   two such replicas behind Debian's nginx (``deploy/replicas.py``), sharing one
   Redis, for throughput at concurrency 64 against one replica;
+* ``turnout-before`` and ``turnout-auto-before`` (with ``--before-src``): the same configs served by an earlier
+  turnout (a git worktree's ``src/``), side by side with the current code;
+  ``turnout-auto-int8``: route ``auto`` embedding with MiniLM int8 instead of fp32;
+* ``turnout-typical``: ``turnout-guards`` plus the issue's typical signals (language, keyword, domain) read by
+  one decision rule;
 * ``turnout-guards``: ``turnout`` plus the typical guard stages (a CLINC150
   domain guard flagging out-of-scope prompts, the shipped jailbreak detector,
   PII redaction, the semantic cache; every prompt is new, so every request pays
@@ -346,6 +351,9 @@ def turnout_proc(
     redis_url: str | None = None,
     tag: str = "turnout",
     stages: list[dict[str, Any]] | None = None,
+    src: Path | None = None,
+    auto_embedder: str = "minilm",
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Proc, str]:
     import yaml
 
@@ -363,7 +371,7 @@ def turnout_proc(
         cfg["routes"] = {
             "auto": {
                 "router": {"type": "knn", "artifact": str(artifact)},
-                "embedder": "minilm",
+                "embedder": auto_embedder,
                 "candidates": ["small", "large"],
                 "lambda": 0.0,
             }
@@ -374,6 +382,7 @@ def turnout_proc(
         cfg["state"] = {"redis_url": redis_url}
     if stages is not None:
         cfg["stages"] = stages
+    cfg.update(extra or {})
     path = tmp / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [
@@ -387,7 +396,7 @@ def turnout_proc(
         str(port),
     ]
     env = {
-        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "PYTHONPATH": str(src or REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
@@ -437,6 +446,22 @@ def guard_stages(tmp: Path, embedder: str) -> list[dict[str, Any]]:
         {"type": "cache", "params": {"ttl_s": 3600, "embedder": embedder}},
     ]
     return stages
+
+
+def typical_signals(stages: list[dict[str, Any]], embedder: str) -> dict[str, Any]:
+    """The issue's typical config beyond the guards: language, keyword and domain signals, read by one decision
+    rule (signals are computed only when a rule reads them) that changes nothing for the bench's prompts."""
+    domain = next((s["params"]["artifact"] for s in stages if s["type"] == "domain_guard"), None)
+    signals: dict[str, Any] = {
+        "lang": {"type": "language"},
+        "kw": {"type": "keywords", "params": {"sets": {"code": ["python", "javascript", "stack trace"]}}},
+    }
+    leaves: list[dict[str, Any]] = [{"signal": "lang", "in": ["fr"]}, {"signal": "kw.code", "is": True}]
+    if domain is not None:
+        signals["dom"] = {"type": "domain", "params": {"artifact": domain, "embedder": embedder}}
+        leaves.append({"signal": "dom", "eq": "banking"})
+    rule = {"name": "french-code", "when": {"all": leaves}, "applies_to": ["scripted"], "use": {"params": {"max_tokens": 64}}}
+    return {"signals": signals, "decisions": [rule]}
 
 
 def redis_proc(tmp: Path) -> tuple[Proc, str]:
@@ -510,6 +535,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "minilm-int8 is the embedded default's",
     )
     ap.add_argument("--only", default="", help="comma-separated targets to run (direct always runs: the baseline)")
+    ap.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help="the src/ folder of an earlier turnout (e.g. a git worktree of the commit before a change): adds the "
+        "targets turnout-before and turnout-auto-before, served by that code on the same config, side by side",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -535,18 +567,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets: list[tuple[str, str]] = [
             ("direct", "scripted"),
             ("forwarder", "scripted"),
+            ("turnout-before", "scripted"),
             ("turnout", "scripted"),
+            ("turnout-auto-before", "auto"),
             ("turnout-auto", "auto"),
+            ("turnout-auto-int8", "auto"),
             ("litellm", "scripted"),
             ("turnout-keyed", "scripted"),
             ("turnout-redis", "scripted"),
             ("nginx-1", "smollm2"),
             ("nginx-2", "smollm2"),
             ("turnout-guards", "scripted"),
+            ("turnout-typical", "scripted"),
         ]
         with progress:
             for name, model in targets:
                 if name in skip or (only and name != "direct" and name not in only):
+                    continue
+                if name.endswith("-before") and args.before_src is None:
                     continue
                 proc: Proc | None = None
                 extra_procs: list[Any] = []
@@ -580,14 +618,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         dep.start()
                         base = dep.url
                         headers = {"Authorization": f"Bearer {BENCH_KEY}"}
-                    elif name == "turnout-guards":
-                        proc, base = turnout_proc(
-                            tmp, upstream_url, None, tag=name, stages=guard_stages(tmp, args.guards_embedder)
-                        )
+                    elif name in ("turnout-guards", "turnout-typical"):
+                        stages = guard_stages(tmp, args.guards_embedder)
+                        extra = typical_signals(stages, args.guards_embedder) if name == "turnout-typical" else None
+                        proc, base = turnout_proc(tmp, upstream_url, None, tag=name, stages=stages, extra=extra)
                         proc.start(120)
                     elif name.startswith("turnout"):
-                        art = router_artifact(tmp) if name == "turnout-auto" else None
-                        proc, base = turnout_proc(tmp, upstream_url, art)
+                        art = router_artifact(tmp) if name.startswith("turnout-auto") else None
+                        proc, base = turnout_proc(
+                            tmp,
+                            upstream_url,
+                            art,
+                            tag=name,
+                            src=args.before_src if name.endswith("-before") else None,
+                            auto_embedder="minilm-int8" if name == "turnout-auto-int8" else "minilm",
+                        )
                         proc.start(120)
                     else:
                         proc, base = litellm_proc(tmp, upstream_url)
@@ -629,13 +674,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["added_p99_ms"] = r["p99_ms"] - d["p99_ms"]
     state = state_comparisons(results)
     guards: dict[str, float] = {}  # what the typical guard stages add over plain turnout, same run
-    if "turnout" in results and "turnout-guards" in results:
-        for lvl, g in results["turnout-guards"].items():
+    for gname, label in (("turnout-guards", "guards"), ("turnout-typical", "typical")):
+        if "turnout" not in results or gname not in results:
+            continue
+        for lvl, g in results[gname].items():
             t = results["turnout"].get(lvl)
             if t:
-                guards[f"guards - passthrough p50 ms {lvl}"] = g["p50_ms"] - t["p50_ms"]
-                guards[f"guards - passthrough p99 ms {lvl}"] = g["p99_ms"] - t["p99_ms"]
-                guards[f"guards / passthrough req/s {lvl}"] = g["rps"] / t["rps"]
+                guards[f"{label} - passthrough p50 ms {lvl}"] = g["p50_ms"] - t["p50_ms"]
+                guards[f"{label} - passthrough p99 ms {lvl}"] = g["p99_ms"] - t["p99_ms"]
+                guards[f"{label} / passthrough req/s {lvl}"] = g["rps"] / t["rps"]
+    # the same config served by the code before a change (--before-src), side by side in this run
+    before: dict[str, float] = {}
+    for now, was in (("turnout", "turnout-before"), ("turnout-auto", "turnout-auto-before")):
+        for lvl in results.get(now, {}):
+            a, b = results[now][lvl], results.get(was, {}).get(lvl)
+            if b:
+                before[f"{now} - before: added p50 ms {lvl}"] = a.get("added_p50_ms", 0.0) - b.get("added_p50_ms", 0.0)
+                before[f"{now} / before: req/s {lvl}"] = a["rps"] / b["rps"]
     for tname in ("turnout", "turnout-auto"):
         if tname in results and "litellm" in results:
             for lvl in results[tname]:
@@ -681,6 +736,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k, v in guards.items():
             gt.add_row(k, _fmt(v, 2))
         console.print(gt)
+    if before:
+        bt = Table(title="this code against the code before the change (same config, same run)")
+        bt.add_column("comparison")
+        bt.add_column("value", justify="right")
+        for k, v in before.items():
+            bt.add_row(k, _fmt(v, 2))
+        console.print(bt)
     for name, why in notes.items():
         console.print(f"[yellow]{name} not measured: {why}")
 
@@ -703,6 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratios": derived,
                 "state": state,
                 "guards": guards,
+                "before": before,
                 "not_measured": notes,
             },
             indent=2,

@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out = args.out or DATA_DIR / f"jailbreak-{args.embedder}.npz"
     args.json = args.json or Path(str(RESULTS).format(embedder=args.embedder))
     if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
-        console.print("[yellow]OPENBLAS_NUM_THREADS is not 1: latency figures will be inflated (notes/guards.md)")
+        console.print("[yellow]OPENBLAS_NUM_THREADS is not 1: latency figures will be inflated (docs/guards.md)")
     data = args.data
     train = data / "guards" / "jailbreak" / "train.jsonl"
     benign = [data / "clinc150" / "clinc150.jsonl", data / "dcrouter" / "dcrouter.parquet"]

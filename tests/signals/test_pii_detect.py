@@ -285,7 +285,7 @@ def test_prefixes_accept_every_prefix_of_a_match() -> None:
 # ------------------------------------------------------------------------------------------- names and places
 
 
-@pytest.mark.skipif(not HAS_NAMES, reason="the 'names' package is not installed (pip install 'turnout[pii]')")
+@pytest.mark.skipif(not HAS_NAMES, reason="the 'names' package is not installed (pip install 'turnout[guards]')")
 def test_persons_from_census_lists() -> None:
     detector = PiiDetector(["PERSON"])
     assert found(detector, "Yesterday John Wilson met Mr. Okonkwo-Smith.") == [
@@ -307,7 +307,7 @@ def test_persons_need_the_extra_when_names_is_absent() -> None:
         "try:\n    PiiDetector(['PERSON'])\nexcept MissingDependency as exc:\n    print(exc)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'turnout[pii]'" in out and "'names'" in out
+    assert "pip install 'turnout[guards]'" in out and "'names'" in out
 
 
 def test_places_and_addresses() -> None:

@@ -1,7 +1,7 @@
 """The semantic cache: exact lookup, then nearest question above a threshold, refused on look-alikes.
 
 One :class:`SemanticCache` serves every route that opted in. For one request
-the gateway calls, in order (the wiring note in ``notes/cache.md`` has the
+the gateway calls, in order (the wiring note in docs/guards.md has the
 whole stage)::
 
     fp = ContextFingerprint.of(request, tenant=key.name)          # cheap: hashes the context
@@ -134,7 +134,7 @@ class SemanticCache:
     look-alikes.
 
     ``threshold`` is the least cosine similarity of a semantic hit (the default
-    one, chosen on dev data, is in ``notes/cache.md``); ``guard`` None turns the
+    one, chosen on dev data, is in docs/guards.md); ``guard`` None turns the
     look-alike guard off; ``candidates`` is how many neighbours above the
     threshold the guard may examine; ``space`` names the embedding space (the
     embedder's name) so vectors of different embedders never meet. Its

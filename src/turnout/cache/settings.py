@@ -24,14 +24,14 @@ from turnout.errors import ConfigError
 
 #: the default similarity threshold for all-MiniLM-L6-v2 (``embedder: minilm``): the lowest threshold at which
 #: the look-alike false-hit rate on the dev half of guards/cache_pairs stays under 2% with 95% confidence
-#: (Wilson upper bound), with the guard on. ``turnout guards eval cache`` chose it; notes/cache.md has the figures.
+#: (Wilson upper bound), with the guard on. ``turnout guards eval cache`` chose it; docs/guards.md has the figures.
 #: Another embedder needs its own: similarities are not comparable across embedders.
 DEFAULT_THRESHOLD = 0.86
 
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """Everything a deployment tunes about the cache (see ``notes/cache.md`` for the YAML form).
+    """Everything a deployment tunes about the cache (see docs/guards.md for the YAML form).
 
     ``scope`` is ``per_key``: entries are kept apart per API key (the only
     scope offered: sharing answers between keys would leak one key's prompts'
@@ -86,7 +86,7 @@ class CacheSettings:
         try:
             return cls(**values)
         except ValueError as exc:
-            raise ConfigError(str(exc), key=where, fix="see notes/cache.md for each setting") from None
+            raise ConfigError(str(exc), key=where, fix="see docs/guards.md for each setting") from None
 
 
 #: each setting's kind ("?": may be null) and what to write, for the errors of :meth:`CacheSettings.from_params`

@@ -67,7 +67,8 @@ DEFAULT: dict[str, Any] = {
         },
         # A cascade: SmolLM2 answers first; when the top-2 margin of its tokens says it was unsure, Gemma answers
         # instead (every call paid for). Measured by bench/cascade_calibrate.py on 90 known-answer questions
-        # (notes/cascades-live.md): SmolLM2's log-prob signals separate its right answers from its wrong ones
+        # (BENCHMARKS.md, cascades on the embedded fleet): SmolLM2's log-prob signals separate its right answers
+        # from its wrong ones
         # (train AUC 0.72-0.79), Gemma's barely (0.59-0.62), and Gemma with log-probabilities takes seconds
         # (a 262k-token vocabulary), so SmolLM2 goes first. 0.562 escalates 20% of the training questions.
         "cascade": {

@@ -4,7 +4,7 @@
 
     stages:
       - type: cache
-        params: {ttl_s: 3600, max_entries: 10000}     # every key optional; notes/cache.md lists them all
+        params: {ttl_s: 3600, max_entries: 10000}     # every key optional; docs/guards.md lists them all
 
 Per request, after the guards (so a refused request never reaches it, and a redacted one is looked up
 redacted) and before the decision:
@@ -52,7 +52,7 @@ from turnout.types import ChatResponse, Usage
 
 log = logging.getLogger(__name__)
 
-#: the similarity threshold measured for each embedder on the dev half of guards/cache_pairs (notes/cache.md):
+#: the similarity threshold measured for each embedder on the dev half of guards/cache_pairs (docs/guards.md):
 #: the lowest whose look-alike false-hit rate stays under 2% at 95% confidence, with the look-alike guard on
 MEASURED_THRESHOLDS = {"minilm": 0.86, "minilm-int8": 0.85, "minilm-static": 0.90}
 #: the request header a client opts out with: ``no-cache`` (no lookup, no store) or ``no-store`` (no store)

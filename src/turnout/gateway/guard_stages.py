@@ -49,7 +49,7 @@ from turnout.signals.jailbreak import JailbreakDetector, JailbreakVerdict
 log = logging.getLogger(__name__)
 
 #: the jailbreak detectors in the wheel, one per embedder: fitted on llm-warden (MIT) plus CLINC150 and dcrouter
-#: benign prompts (bench/jailbreak_shipped.py writes and measures them; notes/guards-live.md has the figures)
+#: benign prompts (bench/jailbreak_shipped.py writes and measures them; BENCHMARKS.md, guards has the figures)
 SHIPPED_JAILBREAK = {"minilm": "jailbreak-minilm.npz", "minilm-int8": "jailbreak-minilm-int8.npz"}
 #: prompts longer than this (characters) are scored on the offload pool: the detector's n-grams, decoders
 #: and gibberish window grow with the text (about 7 ms at 4,000 characters against 0.2 ms for a question)

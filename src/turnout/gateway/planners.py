@@ -200,7 +200,7 @@ def vote_quality(p: Sequence[float]) -> float:
     Assumes the members err independently and that wrong answers differ from each other (they scatter):
     the vote is right when two or more members are, or when exactly one is and it is the first member (every
     answer then has one vote; the first member wins the tie). An upper estimate when cheap models fail
-    together, as they do on hard items (notes/cascades.md).
+    together, as they do on hard items (BENCHMARKS.md, cascades offline).
 
     >>> round(vote_quality([0.6, 0.6, 0.6]), 3)
     0.744

@@ -1,7 +1,7 @@
 """Persons, street addresses and places without a downloadable model: word lists from wheels, and shapes.
 
 * **Persons**: runs of capitalised words checked against the US Census 1990 name lists (5,163 first names,
-  88,799 surnames) that the ``names`` package ships (MIT; ``pip install 'turnout[pii]'``). A run counts as a
+  88,799 surnames) that the ``names`` package ships (MIT; ``pip install 'turnout[guards]'``). A run counts as a
   person when it starts with a known first name, follows an honorific (Mr., Dr., ...), or is a known first name
   alone away from the start of a sentence. All-lowercase names and names absent from the US lists are missed.
 * **Places** (``LOCATION``): country names from the ISO 3166 table and city names from the IANA time-zone
@@ -74,7 +74,7 @@ def _census_names() -> tuple[frozenset[str], frozenset[str]]:
     try:
         root = importlib.resources.files("names")
     except ModuleNotFoundError as exc:
-        raise MissingDependency("names", "pii", "Person detection (PERSON)") from exc
+        raise MissingDependency("names", "guards", "Person detection (PERSON)") from exc
     first: set[str] = set()
     for fname in ("dist.male.first", "dist.female.first"):
         first.update(line.split()[0].lower() for line in root.joinpath(fname).read_text().splitlines() if line.strip())
@@ -88,7 +88,7 @@ def _places() -> frozenset[str]:
     try:
         zoneinfo = importlib.resources.files("tzdata").joinpath("zoneinfo")
     except ModuleNotFoundError as exc:
-        raise MissingDependency("tzdata", "pii", "Place detection (LOCATION)") from exc
+        raise MissingDependency("tzdata", "guards", "Place detection (LOCATION)") from exc
     out: set[str] = {
         "united states",
         "usa",

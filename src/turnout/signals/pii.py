@@ -70,7 +70,7 @@ class PiiDetector:
     """Finds PII and secrets in text; every span carries a normalised :class:`PiiType`.
 
     ``types``: what to look for (default :data:`DEFAULT_TYPES`; add ``PERSON``, ``ADDRESS``, ``LOCATION`` to use
-    the word-list recognizers, which need ``pip install 'turnout[pii]'`` for persons). ``min_score``: finds scoring
+    the word-list recognizers, which need ``pip install 'turnout[guards]'`` for persons). ``min_score``: finds scoring
     below it are dropped before overlaps are resolved (phone-shaped digits without a context word score 0.45).
 
     A detector is immutable and safe to share between requests and threads.

@@ -1,7 +1,7 @@
 """The semantic cache's store in Redis, shared by every replica, and a wrapper that makes any store fail open.
 
 :class:`RedisCacheStore` implements :class:`turnout.cache.store.CacheStore` (the design in
-``notes/cache.md``) on the connection pool of a :class:`~turnout.state.redis.RedisCounters`:
+docs/guards.md) on the connection pool of a :class:`~turnout.state.redis.RedisCounters`:
 
 * one hash per entry, ``<prefix>cache:e:<id>`` (the exact key, the question, its vector as float32 bytes,
   the answer as JSON, when it was stored and expires), with ``EXPIRE`` = the entry's TTL: Redis drops
