@@ -170,6 +170,15 @@ class _Bucket:
 _Id = tuple[str, str, str]  # (tenant, bucket, key)
 
 
+def own_vector(vector: np.ndarray) -> np.ndarray:
+    """A private, read-only float32 copy of a one-dimensional vector (the caller's array may change later)."""
+    out = np.array(vector, dtype=np.float32)
+    if out.ndim != 1:
+        raise ValueError(f"vector must be one-dimensional, got shape {out.shape}")
+    out.flags.writeable = False
+    return out
+
+
 class InMemoryCacheStore:
     """A :class:`CacheStore` in this process: TTL, LRU bounds, per-tenant namespaces; safe to share between threads.
 
@@ -291,10 +300,7 @@ class InMemoryCacheStore:
     ) -> None:
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         if vector is not None:
-            vector = np.array(vector, dtype=np.float32)  # a private copy: the caller's array may change
-            if vector.ndim != 1:
-                raise ValueError(f"vector must be one-dimensional, got shape {vector.shape}")
-            vector.flags.writeable = False
+            vector = own_vector(vector)
         with self._lock:
             now = self._clock()
             entry = CacheEntry(
@@ -348,4 +354,4 @@ class InMemoryCacheStore:
         return f"InMemoryCacheStore({len(self)}/{self.max_entries} entries, ttl_s={self.ttl_s})"
 
 
-__all__ = ["CacheEntry", "CacheStore", "InMemoryCacheStore"]
+__all__ = ["CacheEntry", "CacheStore", "InMemoryCacheStore", "own_vector"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.signals.base import Output
-from turnout.signals.rules import All, Leaf, Not, Rule
+from turnout.signals.rules import SYMBOLS, All, Leaf, Not, Rule
 
 #: the pseudo-output a decision's ``applies_to`` scope tests (the route or model the request asked for)
 TARGET = "$target"
@@ -336,23 +336,12 @@ def _label_sets(spec: Output, atoms: list[Atom]) -> tuple[str, Any]:
     return SAT, sorted(example)
 
 
+#: the rules' operators, and the negated ones normalising a rule produces
+_ATOM_SYMBOLS = {**SYMBOLS, "not_matches": "does not match", "not_contains": "does not contain"}
+
+
 def _atom_text(a: Atom) -> str:
-    sym = {
-        "eq": "=",
-        "ne": "!=",
-        "gt": ">",
-        "gte": ">=",
-        "lt": "<",
-        "lte": "<=",
-        "is": "is",
-        "in": "in",
-        "not_in": "not in",
-        "matches": "matches",
-        "not_matches": "does not match",
-        "contains": "contains",
-        "not_contains": "does not contain",
-        "all_of": "contains all of",
-    }[a.op]
+    sym = _ATOM_SYMBOLS[a.op]
     v = a.value
     shown = (
         v.pattern

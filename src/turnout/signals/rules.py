@@ -46,7 +46,8 @@ OPS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "labels": ("contains", "in", "not_in", "all_of"),
 }
 ALL_OPS = tuple(dict.fromkeys(op for ops in OPS_BY_TYPE.values() for op in ops))
-_SYMBOL = {
+#: how each operator reads in an explanation
+SYMBOLS = {
     "eq": "=",
     "ne": "!=",
     "gt": ">",
@@ -123,7 +124,7 @@ class Leaf:
 
     def text(self) -> str:
         """The test in words: ``lang in [de, fr]``."""
-        return f"{self.signal} {_SYMBOL[self.op]} {_show(self.value)}"
+        return f"{self.signal} {SYMBOLS[self.op]} {_show(self.value)}"
 
 
 @dataclass(frozen=True)

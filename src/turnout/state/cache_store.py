@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from turnout.cache.store import CacheEntry, CacheStore
+from turnout.cache.store import CacheEntry, CacheStore, own_vector
 from turnout.errors import StateError
 
 if TYPE_CHECKING:
@@ -189,10 +189,7 @@ class RedisCacheStore:
         expires = now + ttl if ttl is not None else math.inf
         vec = b""
         if vector is not None:
-            arr = np.asarray(vector, dtype=np.float32)
-            if arr.ndim != 1:
-                raise ValueError(f"vector must be one-dimensional, got shape {arr.shape}")
-            vec = arr.tobytes()
+            vec = own_vector(vector).tobytes()
         ekey, bkey, tkey = (self._entry_key(tenant, bucket, key), self._bucket_key(tenant, bucket), self._tenant_key(tenant))
         eid = ekey.removeprefix(self._p + "e:")
         try:
