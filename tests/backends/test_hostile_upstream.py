@@ -3,6 +3,7 @@ memory stays bounded while gigabytes are offered, an endless line costs bounded 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import tracemalloc
@@ -222,6 +223,9 @@ async def test_an_answer_nobody_asked_for_is_never_taken_for_the_next_one(hostil
     async with OpenAIBackend("evil", hostile.base_url, timeouts=PATIENT) as backend:
         before = hostile.connections
         first = await call(backend, "events-after-done", False)
+        # the unrequested answer follows the first at once; on a busy machine it may still be on the wire when the
+        # next call takes a connection (then no client can tell it from the next answer): let it arrive first
+        await asyncio.sleep(0.2)
         second = await call(backend, "ok", False)
     assert isinstance(first, dict) and isinstance(second, dict)
     assert second["choices"][0]["message"]["content"] == "Hello from the hostile server."
