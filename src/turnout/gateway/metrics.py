@@ -196,13 +196,8 @@ class Metrics:
         if child is None:
             child = self._request_children[rkey] = self._requests.labels(route, model, status)
         child.inc()
-        prompt, completion, cost, ttft, duration = self._per_model(route, model)
-        if prompt_tokens:
-            prompt.inc(prompt_tokens)
-        if completion_tokens:
-            completion.inc(completion_tokens)
-        if cost_usd:
-            cost.inc(cost_usd)
+        self.observe_call(route, model, prompt_tokens, completion_tokens, cost_usd)
+        _, _, _, ttft, duration = self._per_model(route, model)
         duration.observe(latency_s)
         if ttft_s is not None:
             ttft.observe(ttft_s)
@@ -210,8 +205,9 @@ class Metrics:
             self.observe_decision(route, decision_s)
 
     def observe_call(self, route: str, model: str, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
-        """Add the tokens and cost of one model call of a request that another model answered (a cascade's
-        rejected step, a fan-out member, a fallback that failed part-way): spend is counted where it was made."""
+        """Add the tokens and cost of model calls to ``model``'s series (:meth:`observe_request` does for the answering
+        model; the ledger for the calls of a request that another model answered: a cascade's rejected step, a
+        fan-out member, a fallback that failed part-way), so spend is counted where it was made."""
         prompt, completion, cost, _, _ = self._per_model(route, model)
         if prompt_tokens:
             prompt.inc(prompt_tokens)
