@@ -59,6 +59,20 @@ def test_paraphrases_pass(cached: str, new: str) -> None:
     assert verdict.check is None and verdict.reason is None
 
 
+def test_features_extracted_once_give_the_same_verdicts() -> None:
+    new = "Is 50 mg of melatonin every night safe for adults?"
+    cached = [
+        "Is 5 mg of melatonin every night safe for adults?",
+        "Is 50 mg melatonin safe for adults every night?",
+        "Is 50 mg of melatonin never safe for adults?",
+        "Is 50 mg of zolpidem every night safe for adults?",
+    ]
+    features = GUARD.features(new)
+    for guard in (GUARD, LookalikeGuard.only("entities"), LookalikeGuard.only()):
+        for c in cached:
+            assert guard.check(c, features) == guard.check(c, new) == guard.check(guard.features(c), features)
+
+
 def test_reason_names_the_details() -> None:
     v = GUARD.check("Can I take 5 mg of melatonin?", "Can I take 50 mg of melatonin?")
     assert v.reason == "numbers differ: cached {5} vs new {50}"

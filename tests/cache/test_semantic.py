@@ -124,6 +124,26 @@ async def test_a_blocked_nearest_does_not_hide_a_true_duplicate_behind_it() -> N
     assert (await one.lookup(fp(new), vec(new))).hit is None
 
 
+async def test_a_second_lookup_may_skip_the_exact_get() -> None:
+    class CountingStore(InMemoryCacheStore):
+        gets = 0
+
+        async def get(self, *args: Any, **kwargs: Any) -> Any:
+            CountingStore.gets += 1
+            return await super().get(*args, **kwargs)
+
+    cache = SemanticCache(CountingStore(), threshold=sim(Q, PARAPHRASE) - 0.01)
+    await cache.store(fp(Q), vec(Q), body("Use the link."))
+    assert (await cache.lookup(fp(PARAPHRASE))).hit is None and CountingStore.gets == 1
+    result = await cache.lookup(fp(PARAPHRASE), vec(PARAPHRASE), exact=False)
+    assert result.hit is not None and result.hit.kind == "semantic" and CountingStore.gets == 1
+    # without the exact get, an exact match is found as the nearest question (similarity 1)
+    again = await cache.lookup(fp(Q), vec(Q), exact=False)
+    assert again.hit is not None and again.hit.kind == "semantic" and again.hit.similarity == pytest.approx(1.0)
+    exact = (await cache.lookup(fp(Q), vec(Q))).hit
+    assert exact is not None and exact.kind == "exact" and CountingStore.gets == 2
+
+
 async def test_what_is_stored() -> None:
     cache = SemanticCache(InMemoryCacheStore(), threshold=0.9)
     assert not (await cache.store(fp("a?"), vec("a?"), body("cut", finish="length"))).stored
@@ -283,7 +303,7 @@ async def test_the_stage_as_the_gateway_runs_it() -> None:
         result = await cache.lookup(f)
         v = vec(f.text) if result.hit is None and f.text else None
         if v is not None:
-            result = await cache.lookup(f, v)
+            result = await cache.lookup(f, v, exact=False)  # the exact lookup just missed
         if result.hit is not None:
             return result.hit.response_body(id="chatcmpl-hit"), result.log_fields()["cache"]
         calls.append("model")

@@ -338,6 +338,59 @@ def _squash(text: str) -> str:
     return "".join(c for c in _fold(text) if c.isalnum())
 
 
+class Features:
+    """One question's details, each extracted on first use and kept: a lookup compares one new question with
+    several cached ones, and the checks stop at the first that fails."""
+
+    __slots__ = ("_entities", "_exclusions", "_negations", "_numbers", "_squashed", "_units", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._numbers: tuple[str, ...] | None = None
+        self._negations: int | None = None
+        self._exclusions: frozenset[str] | None = None
+        self._units: tuple[str, ...] | None = None
+        self._entities: frozenset[str] | None = None
+        self._squashed: str | None = None
+
+    # (each property calls the module's function of the same name)
+    @property
+    def numbers(self) -> tuple[str, ...]:
+        if self._numbers is None:
+            self._numbers = numbers(self.text)
+        return self._numbers
+
+    @property
+    def negations(self) -> int:
+        if self._negations is None:
+            self._negations = negations(self.text)
+        return self._negations
+
+    @property
+    def exclusions(self) -> frozenset[str]:
+        if self._exclusions is None:
+            self._exclusions = exclusions(self.text)
+        return self._exclusions
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        if self._units is None:
+            self._units = units(self.text)
+        return self._units
+
+    @property
+    def entities(self) -> frozenset[str]:
+        if self._entities is None:
+            self._entities = entities(self.text)
+        return self._entities
+
+    @property
+    def squashed(self) -> str:
+        if self._squashed is None:
+            self._squashed = _squash(self.text)
+        return self._squashed
+
+
 @dataclass(frozen=True, slots=True)
 class GuardVerdict:
     """The guard's answer for one pair: ``ok`` (the hit may be served) or the ``check`` that refused and why."""
@@ -388,28 +441,39 @@ class LookalikeGuard:
         """The names of the checks this guard runs, in order."""
         return tuple(c for c in CHECKS if getattr(self, c))
 
-    def check(self, cached: str, new: str) -> GuardVerdict:
-        """Whether the answer to ``cached`` may be served for ``new`` (the first failing check says why)."""
+    @staticmethod
+    def features(text: str) -> Features:
+        """``text``'s details for :meth:`check`, extracted as the checks need them and kept: pass the same
+        object for a question checked against several others."""
+        return Features(text)
+
+    def check(self, cached: str | Features, new: str | Features) -> GuardVerdict:
+        """Whether the answer to ``cached`` may be served for ``new`` (the first failing check says why).
+
+        Each is a question's text or its :meth:`features` (the same verdicts; the details are extracted once).
+        """
+        c = cached if isinstance(cached, Features) else Features(cached)
+        n = new if isinstance(new, Features) else Features(new)
         if self.numbers:
-            a, b = numbers(cached), numbers(new)
+            a, b = c.numbers, n.numbers
             if a != b:
                 return GuardVerdict(False, "numbers", f"numbers differ: cached {_show(a)} vs new {_show(b)}")
         if self.negation:
-            na, nb = negations(cached), negations(new)
+            na, nb = c.negations, n.negations
             if na != nb:
                 return GuardVerdict(False, "negation", f"negation differs: cached {na} vs new {nb}")
         if self.exclusion:
-            ea, eb = exclusions(cached), exclusions(new)
+            ea, eb = c.exclusions, n.exclusions
             if ea != eb:
                 return GuardVerdict(False, "exclusion", f"exclusion differs: cached {_show(ea)} vs new {_show(eb)}")
         if self.units:
-            ua, ub = units(cached), units(new)
+            ua, ub = c.units, n.units
             if ua != ub:
                 return GuardVerdict(False, "units", f"units differ: cached {_show(ua)} vs new {_show(ub)}")
         if self.entities:
-            squashed_cached, squashed_new = _squash(cached), _squash(new)
-            only_cached = frozenset(e for e in entities(cached) if _squash(e) not in squashed_new)
-            only_new = frozenset(e for e in entities(new) if _squash(e) not in squashed_cached)
+            squashed_cached, squashed_new = c.squashed, n.squashed
+            only_cached = frozenset(e for e in c.entities if _squash(e) not in squashed_new)
+            only_new = frozenset(e for e in n.entities if _squash(e) not in squashed_cached)
             if only_cached or only_new:
                 return GuardVerdict(
                     False, "entities", f"entities differ: only cached {_show(only_cached)}, only new {_show(only_new)}"
@@ -417,4 +481,4 @@ class LookalikeGuard:
         return _PASS
 
 
-__all__ = ["CHECKS", "GuardVerdict", "LookalikeGuard", "entities", "exclusions", "negations", "numbers", "units"]
+__all__ = ["CHECKS", "Features", "GuardVerdict", "LookalikeGuard", "entities", "exclusions", "negations", "numbers", "units"]

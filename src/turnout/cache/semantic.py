@@ -8,7 +8,7 @@ whole stage)::
     result = await cache.lookup(fp)                               # exact only: no embedding needed
     if result.hit is None and fp.text:
         vec = await offloader.run(embedder.embed_one, fp.text)    # the route's embedder, off the loop
-        result = await cache.lookup(fp, vec)                      # exact again (cheap), then semantic
+        result = await cache.lookup(fp, vec, exact=False)         # semantic only: the exact one just missed
     if result.hit: serve result.hit.response_body(id=...) or replay_chunks(...)
     else: call the model; then await cache.store(fp, vec, body)
 
@@ -177,29 +177,37 @@ class SemanticCache:
         )
 
     async def lookup(
-        self, fp: ContextFingerprint, vector: np.ndarray | None = None, *, threshold: float | None = None
+        self,
+        fp: ContextFingerprint,
+        vector: np.ndarray | None = None,
+        *,
+        threshold: float | None = None,
+        exact: bool = True,
     ) -> LookupResult:
         """Look ``fp`` up: exactly, then (with ``vector``, the embedding of ``fp.text``) semantically.
 
         ``threshold`` overrides the cache's for this call (a route's own). An
         empty ``fp.text`` (the conversation does not end with a user message)
-        only ever hits exactly.
+        only ever hits exactly. ``exact=False`` skips the exact lookup: for the
+        second call of a request whose first (``lookup(fp)``) already missed.
         """
         bucket = self._bucket(fp)
-        entry = await self.storage.get(fp.tenant, bucket, fp.exact_key)
-        if entry is not None:
-            return LookupResult(self._hit(entry, "exact", 1.0), best_similarity=1.0)
+        if exact:
+            entry = await self.storage.get(fp.tenant, bucket, fp.exact_key)
+            if entry is not None:
+                return LookupResult(self._hit(entry, "exact", 1.0), best_similarity=1.0)
         if vector is None or not fp.text:
             return LookupResult(None)
-        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        norm = float(np.linalg.norm(vec))
-        if not norm > 0:  # a zero or NaN vector matches nothing
+        unit = _unit(vector)
+        if unit is None:  # a zero or NaN vector matches nothing
             return LookupResult(None)
         limit = self.threshold if threshold is None else threshold
-        found = await self.storage.nearest(fp.tenant, bucket, vec / norm, k=self.candidates, min_similarity=limit)
+        found = await self.storage.nearest(fp.tenant, bucket, unit, k=self.candidates, min_similarity=limit)
         blocked: list[Blocked] = []
+        guard = self.guard
+        new = guard.features(fp.text) if guard is not None else fp.text  # its details extracted once, for every candidate
         for cached, sim in found:
-            verdict = self.guard.check(cached.text, fp.text) if self.guard is not None else None
+            verdict = guard.check(cached.text, new) if guard is not None else None
             if verdict is None or verdict.ok:
                 await self.storage.touch(fp.tenant, bucket, cached.key)
                 return LookupResult(self._hit(cached, "semantic", sim), tuple(blocked), found[0][1])
@@ -219,13 +227,16 @@ class SemanticCache:
         reason = self.policy.answer_reason(answer)
         if reason is not None:
             return StoreOutcome(False, reason)
-        vec: np.ndarray | None = None
-        if vector is not None and fp.text:
-            vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-            norm = float(np.linalg.norm(vec))
-            vec = vec / norm if norm > 0 else None
+        vec = _unit(vector) if vector is not None and fp.text else None
         await self.storage.put(fp.tenant, self._bucket(fp), fp.exact_key, fp.text, vec, copy.deepcopy(answer), ttl_s=ttl_s)
         return StoreOutcome(True)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray | None:
+    """``vector`` flattened to float32 and scaled to unit length; None for a zero or NaN vector."""
+    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 else None
 
 
 __all__ = ["DEFAULT_GUARD", "Blocked", "CacheHit", "LookupResult", "SemanticCache", "StoreOutcome"]

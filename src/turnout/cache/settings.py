@@ -22,11 +22,13 @@ from turnout.cache.semantic import SemanticCache
 from turnout.cache.store import CacheStore, InMemoryCacheStore
 from turnout.errors import ConfigError
 
-#: the default similarity threshold for all-MiniLM-L6-v2 (``embedder: minilm``): the lowest threshold at which
-#: the look-alike false-hit rate on the dev half of guards/cache_pairs stays under 2% with 95% confidence
-#: (Wilson upper bound), with the guard on. ``turnout guards eval cache`` chose it; docs/guards.md has the figures.
-#: Another embedder needs its own: similarities are not comparable across embedders.
-DEFAULT_THRESHOLD = 0.86
+#: the similarity threshold measured for each shipped embedder: the lowest threshold at which the look-alike
+#: false-hit rate on the dev half of guards/cache_pairs stays under 2% with 95% confidence (Wilson upper bound),
+#: with the guard on. ``turnout guards eval cache`` chose them; docs/guards.md has the figures. Another embedder
+#: needs its own: similarities are not comparable across embedders.
+MEASURED_THRESHOLDS = {"minilm": 0.86, "minilm-int8": 0.85, "minilm-static": 0.90}
+#: the default similarity threshold: all-MiniLM-L6-v2's (``embedder: minilm``, the default embedder)
+DEFAULT_THRESHOLD = MEASURED_THRESHOLDS["minilm"]
 
 
 @dataclass(frozen=True)
@@ -142,4 +144,4 @@ def build_cache(settings: CacheSettings, *, storage: CacheStore | None = None) -
     )
 
 
-__all__ = ["DEFAULT_THRESHOLD", "CacheSettings", "build_cache"]
+__all__ = ["DEFAULT_THRESHOLD", "MEASURED_THRESHOLDS", "CacheSettings", "build_cache"]

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
 from pathlib import Path
 
+from turnout._suggest import did_you_mean, fix_for
 from turnout.config.schema import TurnoutConfig
 from turnout.errors import ConfigError
 
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """The closest of ``choices`` to ``word``, or None when nothing is close."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def fix_for(word: str, choices: Iterable[str], what: str) -> str:
-    choices = sorted(choices)
-    guess = did_you_mean(word, choices)
-    listing = ", ".join(choices) if choices else "none defined"
-    if guess:
-        return f"did you mean '{guess}'? ({what}: {listing})"
-    return f"use one of the {what}: {listing}"
+#: the fix of a path that names no file (:func:`existing_file`'s default)
+FIX_THE_PATH = "fix the path (relative paths are relative to the config file)"
 
 
 def model_ref(cfg: TurnoutConfig, name: str, key: str) -> None:
@@ -35,4 +22,18 @@ def absolute(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-__all__ = ["absolute", "did_you_mean", "fix_for", "model_ref"]
+def existing_file(
+    value: str, base: Path, *, file: str | None, key: str, what: str | None = None, fix: str = FIX_THE_PATH
+) -> Path:
+    """``value`` made absolute (relative to ``base``, the config file's folder); a ConfigError when no file is there.
+
+    The message reads ``"{what} 'value' does not exist (looked at PATH)"`` (``what`` None: without it).
+    """
+    path = absolute(value, base)
+    if not path.is_file():
+        named = f"{what} '{value}'" if what else f"'{value}'"
+        raise ConfigError(f"{named} does not exist (looked at {path})", file=file, key=key, fix=fix)
+    return path
+
+
+__all__ = ["FIX_THE_PATH", "absolute", "did_you_mean", "existing_file", "fix_for", "model_ref"]

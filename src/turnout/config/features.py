@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from turnout.config._refs import absolute as _abs
-from turnout.config._refs import fix_for as _fix_for
+from turnout._suggest import fix_for as _fix_for
+from turnout.config._refs import existing_file
 from turnout.config._refs import model_ref as _model_ref
 from turnout.config.schema import RouteSettings, TurnoutConfig
 from turnout.errors import ConfigError
@@ -24,33 +24,19 @@ def resolve_signals(cfg: TurnoutConfig, routes: Mapping[str, Any], base: Path) -
     if not (cfg.signals or cfg.decisions or cfg.decisions_file):
         return {}
     from turnout.signals.decisions import check_references, parse_decisions, read_decisions_file
-    from turnout.signals.registry import NAME_RE, signal_class
+    from turnout.signals.registry import check_signal_name, signal_class
 
     src = cfg.source
     signals = {}
     for name, sig in cfg.signals.items():
         where = f"signals.{name}"
-        if not NAME_RE.fullmatch(name):
-            raise ConfigError(
-                f"'{name}' is not a valid signal name",
-                file=src,
-                key=where,
-                fix="use lower-case letters, digits and '_' (outputs are named name.suffix)",
-            )
+        check_signal_name(name, source=src, where=where)
         cls = signal_class(sig.type, source=src, where=where)
         params = dict(sig.params)
         for p in cls.path_params:
             value = params.get(p)
             if isinstance(value, str):
-                path = _abs(value, base)
-                if not path.is_file():
-                    raise ConfigError(
-                        f"'{value}' does not exist (looked at {path})",
-                        file=src,
-                        key=f"{where}.params.{p}",
-                        fix="fix the path (relative paths are relative to the config file)",
-                    )
-                params[p] = str(path)
+                params[p] = str(existing_file(value, base, file=src, key=f"{where}.params.{p}"))
         signals[name] = sig.model_copy(update={"params": params})
     update: dict[str, Any] = {"signals": signals}
     if cfg.decisions and cfg.decisions_file:
@@ -61,14 +47,7 @@ def resolve_signals(cfg: TurnoutConfig, routes: Mapping[str, Any], base: Path) -
             fix="keep one: the file (hot-reloaded) or the inline list",
         )
     if cfg.decisions_file:
-        path = _abs(cfg.decisions_file, base)
-        if not path.is_file():
-            raise ConfigError(
-                f"decisions file '{cfg.decisions_file}' does not exist (looked at {path})",
-                file=src,
-                key="decisions_file",
-                fix="fix the path (relative paths are relative to the config file)",
-            )
+        path = existing_file(cfg.decisions_file, base, file=src, key="decisions_file", what="decisions file")
         update["decisions_file"] = str(path)
         specs, where = read_decisions_file(path), str(path)
     else:
@@ -101,10 +80,7 @@ def resolve_plan(cfg: TurnoutConfig, name: str, r: RouteSettings, base: Path) ->
             )
 
     def path(value: str, key: str, what: str, fix: str) -> str:
-        p = _abs(value, base)
-        if not p.is_file():
-            raise ConfigError(f"{what} '{value}' does not exist (looked at {p})", file=cfg.source, key=key, fix=fix)
-        return str(p)
+        return str(existing_file(value, base, file=cfg.source, key=key, what=what, fix=fix))
 
     steps = []
     for i, st in enumerate(plan.steps):

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from turnout._suggest import did_you_mean
+from turnout._suggest import fix_for as _fix_for
+from turnout._yamlio import read_yaml
 from turnout.backends.registry import backend_protocols
 from turnout.config._refs import absolute as _abs
-from turnout.config._refs import did_you_mean
-from turnout.config._refs import fix_for as _fix_for
 from turnout.config._refs import model_ref as _model_ref
 from turnout.config.features import resolve_plan, resolve_signals
 from turnout.config.schema import TurnoutConfig
@@ -69,29 +69,6 @@ def _is_gguf(path: Path) -> bool:
         return False
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
-
-
-def _mapping_without_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"key '{key}' appears twice in one mapping (first at line {seen[key].line + 1}); "
-                "the second would silently replace the first",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
-
-
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> TurnoutConfig:
     """Read, parse and resolve the YAML file at ``path``; raises :class:`ConfigError`."""
     p = Path(path)
@@ -100,16 +77,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Tu
         raise ConfigError(
             "config file not found", file=source, fix="pass an existing file to --config, or omit it to use the embedded default"
         )
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=source, fix="fix the YAML syntax"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the file: {exc}", file=source, fix="check the path and its permissions") from None
+    data = read_yaml(p, fix="fix the YAML syntax")
     cfg = parse_config(data, source=source)
     return resolve(cfg, env=env, base_dir=p.resolve().parent)
 

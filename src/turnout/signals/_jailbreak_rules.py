@@ -134,19 +134,15 @@ class CharTrigrams:
 
     def surprisal(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Bits of surprise of each character from the third on, and whether it is ASCII."""
-        c = _codes(text)
+        return self._surprisal(_codes(text))
+
+    def _surprisal(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`surprisal` of the character codes ``c`` (:func:`_codes`)."""
         if len(c) < 3:
             return np.zeros(0), np.zeros(0, dtype=bool)
         b, t = _ids(c)
         p = (self.tri[t] + _ALPHA) / (self.bi[b] + _ALPHA * _VOCAB)
         return -np.log2(np.minimum(p, 1.0)), c[2:] < 128
-
-    @staticmethod
-    def _spaces(text: str) -> np.ndarray:
-        """Whether each scored character (the third on, as in :meth:`surprisal`) is a space."""
-        c = _codes(text)
-        out: np.ndarray = c[2:] == 32
-        return out
 
     def score(self, text: str) -> float:
         """The highest mean surprisal of any 40-character all-ASCII window with 4+ spaces (else 0).
@@ -156,7 +152,8 @@ class CharTrigrams:
         """
         if len(text) > 8_000:
             text = text[:4_000] + " " + text[-4_000:]
-        s, ascii_ = self.surprisal(text)
+        c = _codes(text)
+        s, ascii_ = self._surprisal(c)
         if len(s) < WINDOW:
             return 0.0
         cs = np.concatenate([[0.0], np.cumsum(s)])
@@ -165,6 +162,6 @@ class CharTrigrams:
         ok = (bad[WINDOW:] - bad[:-WINDOW]) == 0
         # an adversarial suffix is a run of tokens; one opaque token (a hash, a key, base64, a UUID) is not, and
         # it is as surprising: a window needs MIN_GAPS spaces to count
-        gaps = np.concatenate([[0], np.cumsum(self._spaces(text))])
+        gaps = np.concatenate([[0], np.cumsum(c[2:] == 32)])  # the scored characters (the third on) that are spaces
         ok &= (gaps[WINDOW:] - gaps[:-WINDOW]) >= MIN_GAPS
         return float(means[ok].max()) if ok.any() else 0.0

@@ -50,7 +50,6 @@ from typing import Any, ClassVar, Literal, Protocol
 import numpy as np
 
 from turnout.embed.base import Embedder
-from turnout.tokens import message_text
 from turnout.types import ChatRequest
 
 #: what a signal output holds (None: missing)
@@ -261,20 +260,15 @@ class StaticView:
 
     @property
     def last_user_text(self) -> str:
-        for m in reversed(self.request.messages):
-            if isinstance(m, dict) and m.get("role") == "user":
-                return message_text(m)
-        return ""
+        return self.request.last_user_text()
 
     @property
     def system_text(self) -> str:
-        return "\n\n".join(
-            message_text(m) for m in self.request.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
-        )
+        return self.request.system_text()
 
     @property
     def conversation_text(self) -> str:
-        return "\n".join(f"{m.get('role', '')}: {message_text(m)}" for m in self.request.messages if isinstance(m, dict))
+        return self.request.conversation_text()
 
     async def embedding(self, embedder: str, text: str | None = None) -> np.ndarray:
         text = self.prompt_text if text is None else text

@@ -31,7 +31,6 @@ and hot-swaps a new one when the file changes and compiles.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 import os
@@ -40,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from turnout._suggest import did_you_mean, fix_for
+from turnout._yamlio import read_yaml
 from turnout.errors import ConfigError
 from turnout.signals.base import Output, Value
 from turnout.signals.conflicts import TARGET, Conflict, DecisionRule, analyse
@@ -158,11 +157,11 @@ def _parse_one(item: Any, where: str, index: int, source: str) -> DecisionSpec:
         )
     for k in item:
         if k not in DECISION_KEYS:
-            guess = difflib.get_close_matches(str(k), DECISION_KEYS, n=1)
+            guess = did_you_mean(str(k), DECISION_KEYS)
             raise err(
                 f"unknown key {k!r}",
                 f"{where}.{k}",
-                f"did you mean {guess[0]!r}?" if guess else f"a decision has: {', '.join(DECISION_KEYS)}",
+                f"did you mean {guess!r}?" if guess else f"a decision has: {', '.join(DECISION_KEYS)}",
             )
     name = item.get("name")
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "\r\n,"):
@@ -209,11 +208,11 @@ def _parse_use(raw: Any, where: str, source: str) -> Use:
         raise err(f"use must be a mapping, got {type(raw).__name__}", where, f"use has: {', '.join(USE_KEYS)}")
     for k in raw:
         if k not in USE_KEYS:
-            guess = difflib.get_close_matches(str(k), [*USE_KEYS, "lam"], n=1)
+            guess = did_you_mean(str(k), [*USE_KEYS, "lam"])
             fix = (
                 "write lambda:"
-                if guess == ["lam"]
-                else f"did you mean {guess[0]!r}?"
+                if guess == "lam"
+                else f"did you mean {guess!r}?"
                 if guess
                 else f"use has: {', '.join(USE_KEYS)} (stages such as a system prompt go under plugins:)"
             )
@@ -318,41 +317,12 @@ def _parse_plugins(raw: Any, where: str, source: str) -> tuple[PluginSpec, ...]:
     return tuple(out)
 
 
-class _UniqueKeys(yaml.SafeLoader):
-    """A SafeLoader refusing a key given twice in one mapping (PyYAML would keep the last silently)."""
-
-
-def _no_repeats(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        k = loader.construct_object(key_node, deep=deep)
-        if k in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {k!r} appears twice in one mapping", key_node.start_mark)
-        seen.add(k)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_repeats)
-
-
 def read_decisions_file(path: str | Path) -> list[DecisionSpec]:
     """Parse a decisions file: a YAML list of decisions, or a mapping with a ``decisions:`` list."""
-    p = Path(path)
-    source = str(p)
-    try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeys)  # a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"not valid YAML{at}: {getattr(exc, 'problem', None) or exc}",
-            file=source,
-            fix="fix the YAML syntax (the previous rules stay in force until it parses)",
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"cannot read the decisions file: {exc}", file=source, fix="check the path and its permissions"
-        ) from None
+    source = str(Path(path))
+    data = read_yaml(
+        path, fix="fix the YAML syntax (the previous rules stay in force until it parses)", what="the decisions file"
+    )
     if isinstance(data, Mapping):
         if set(data) != {"decisions"}:
             raise ConfigError(
@@ -383,10 +353,7 @@ def check_references(
     from turnout.routing.registry import router_names
 
     def err(message: str, key: str, word: str, choices: Collection[str], what: str) -> ConfigError:
-        guess = difflib.get_close_matches(word, list(choices), n=1)
-        listing = ", ".join(sorted(choices)) or "none defined"
-        fix = f"did you mean {guess[0]!r}? ({what}: {listing})" if guess else f"{what}: {listing}"
-        return ConfigError(message, file=source, key=key, fix=fix)
+        return ConfigError(message, file=source, key=key, fix=fix_for(word, choices, what))
 
     targets = [*routes, *models]
     for d in specs:

@@ -52,6 +52,7 @@ import numpy as np
 
 from turnout.embed.base import Embedder
 from turnout.errors import ConfigError, DataError
+from turnout.routing._common import l2_normalize
 from turnout.signals._artifact import damaged, load_guard, save_guard
 from turnout.signals._linear import Softmax, fit_softmax, kmeans
 from turnout.signals.examples import Example, read_examples
@@ -386,9 +387,7 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2:
         raise DataError(f"expected a 2-d array of vectors, got shape {X.shape}")
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    out: np.ndarray = X / np.where(norms > 0, norms, 1.0)
-    return out
+    return l2_normalize(X)
 
 
 def _fit_subtopics(X: np.ndarray, y: np.ndarray, n_domains: int, s: DomainSettings) -> tuple[Softmax | None, np.ndarray]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,17 @@ _ARRAYS = ("W", "b", "trigrams", "bigrams")
 RULE_SCORE = 0.99
 #: characters of a long prompt the n-gram features see: its head and its tail (suffix attacks sit at the end)
 _HEAD, _TAIL = 2_000, 1_000
+#: the jailbreak detectors in the wheel, one per embedder: fitted on llm-warden (MIT) plus CLINC150 and dcrouter
+#: benign prompts (bench/jailbreak_shipped.py writes and measures them; BENCHMARKS.md, guards has the figures)
+SHIPPED_JAILBREAK = {"minilm": "jailbreak-minilm.npz", "minilm-int8": "jailbreak-minilm-int8.npz"}
+#: prompts longer than this (characters) are scored on the offload pool: the detector's n-grams, decoders
+#: and gibberish window grow with the text (about 7 ms at 4,000 characters against 0.2 ms for a question)
+INLINE_CHARS = 1_000
+
+
+def shipped_jailbreak_artifact(embedder: str = "minilm") -> Path:
+    """The path of the jailbreak detector shipped as package data for ``embedder`` (``minilm``, ``minilm-int8``)."""
+    return Path(str(files("turnout.signals").joinpath("data", SHIPPED_JAILBREAK[embedder])))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ Example (``turnout.yaml``)::
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,10 @@ from typing import Any
 import numpy as np
 
 from turnout.errors import ConfigError, DataError
+from turnout.routing._common import l2_normalize
 from turnout.signals.base import BuildContext, Output, RequestView, Signal, Value, view_text
 from turnout.signals.heuristic import _check_text
 from turnout.signals.registry import param_error
-
-#: the jailbreak detector turnout ships (used when a ``jailbreak`` signal names no artifact)
-SHIPPED_JAILBREAK = "data/jailbreak-minilm.npz"
-#: prompts up to this many characters are scored by the jailbreak detector inline, longer ones on the offloader
-INLINE_CHARS = 1_000
 
 
 def _existing(build: BuildContext, value: Any, param: str, hint: str) -> Path:
@@ -65,11 +60,6 @@ async def _run(build: BuildContext, fn: Any, *args: Any) -> Any:
     if build.offload is None:
         return fn(*args)
     return await build.offload(fn, *args)
-
-
-def _text_for(view: RequestView, which: str) -> str | None:
-    """None for the prompt text (the shared embedding), else the view's text (embedded separately)."""
-    return None if which == "prompt" else view_text(view, which)
 
 
 class DomainSignal(Signal):
@@ -143,7 +133,7 @@ class DomainSignal(Signal):
         )
 
     async def extract_async(self, view: RequestView) -> dict[str, Value]:
-        vec = await view.embedding(self.embedder, _text_for(view, self._text))
+        vec = await view.embedding(self.embedder, view_text(view, self._text))
         p = self.classifier.predict(vec)  # two small products (~0.1 ms): inline
         n = self.name
         return {
@@ -175,13 +165,15 @@ class JailbreakSignal(Signal):
         text: str = "prompt",
         build: BuildContext | None = None,
     ) -> None:
-        from turnout.signals.jailbreak import JailbreakDetector
+        from turnout.signals.jailbreak import INLINE_CHARS, JailbreakDetector, shipped_jailbreak_artifact
 
         super().__init__(name)
         self._build = build or BuildContext()
         self._text = _check_text(text)
+        #: prompts up to this many characters are scored inline, longer ones on the offloader
+        self._inline_chars = INLINE_CHARS
         if artifact is None:
-            path = Path(str(importlib.resources.files("turnout.signals").joinpath(SHIPPED_JAILBREAK)))
+            path = shipped_jailbreak_artifact()  # the MiniLM detector, whatever the embedder
             if not path.is_file():
                 raise param_error(
                     "no artifact given and this turnout ships no jailbreak detector",
@@ -205,10 +197,10 @@ class JailbreakSignal(Signal):
 
     async def extract_async(self, view: RequestView) -> dict[str, Value]:
         text = view_text(view, self._text)
-        vec = await view.embedding(self.embedder, _text_for(view, self._text))
+        vec = await view.embedding(self.embedder, text)  # the prompt's text shares the request's one embedding
         # a question: ~0.3 ms of numpy, cheaper inline than a thread hop (a short *disguised* one, 0.4% of benign
         # prompts on the dev set, embeds its decoded reading inline too: ~3 ms once)
-        if len(text) <= INLINE_CHARS:
+        if len(text) <= self._inline_chars:
             verdict = self.detector.score(text, vec)
         else:  # its n-grams and decoders grow with the text, and decoded readings are embedded again: offloaded
             verdict = await _run(self._build, self.detector.score, text, vec)
@@ -309,9 +301,7 @@ class SimilaritySignal(Signal):
             self.outputs[f"{name}.{set_name}"] = Output(
                 "number", f"highest cosine similarity to a {set_name!r} example", lo=-1.0, hi=1.0
             )
-        vecs = np.asarray(emb.embed(texts), dtype=np.float32)
-        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-        self._matrix = vecs / np.where(norms > 0, norms, 1.0)
+        self._matrix = l2_normalize(emb.embed(texts))
         self._owner = np.asarray(owners)
         names = frozenset(self._names)
         self.outputs[name] = Output("labels", "the sets the prompt is similar enough to", choices=names)
@@ -336,9 +326,8 @@ class SimilaritySignal(Signal):
         )
 
     async def extract_async(self, view: RequestView) -> dict[str, Value]:
-        vec = np.asarray(await view.embedding(self.embedder, _text_for(view, self._text)), dtype=np.float32)
-        norm = float(np.linalg.norm(vec))
-        sims = self._matrix @ (vec / norm if norm > 0 else vec)
+        vec = await view.embedding(self.embedder, view_text(view, self._text))
+        sims = self._matrix @ l2_normalize(vec)[0]
         best = np.full(len(self._names), -1.0)
         np.maximum.at(best, self._owner, sims)
         out: dict[str, Value] = {}
@@ -414,4 +403,4 @@ class ComplexitySignal(Signal):
         return {self.name: round(gap, 6), f"{self.name}.best": best, f"{self.name}.cheapest": cheapest}
 
 
-__all__ = ["SHIPPED_JAILBREAK", "ComplexitySignal", "DomainSignal", "JailbreakSignal", "PiiSignal", "SimilaritySignal"]
+__all__ = ["ComplexitySignal", "DomainSignal", "JailbreakSignal", "PiiSignal", "SimilaritySignal"]

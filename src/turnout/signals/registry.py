@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from turnout._suggest import fix_for as _fix_for
 from turnout.errors import ConfigError
 from turnout.signals.base import BuildContext, DerivedSignal, Output, RequestView, Signal, Value
 
@@ -105,19 +106,24 @@ def signal_class(type_name: str, *, source: str = "<memory>", where: str = "sign
     return cls
 
 
+def check_signal_name(name: str, *, source: str | None, where: str) -> None:
+    """A :class:`ConfigError` at ``where`` when ``name`` is not a valid signal name (:data:`NAME_RE`)."""
+    if not NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a valid signal name",
+            file=source,
+            key=where,
+            fix="use lower-case letters, digits and '_' (outputs are named name.suffix)",
+        )
+
+
 def build_signal(
     name: str, type_name: str, params: Mapping[str, Any], *, build: BuildContext | None = None, where: str | None = None
 ) -> Signal:
     """Build one signal from its config entry (``name``, ``type``, ``params``); errors name the key and the fix."""
     build = build or BuildContext()
     where = where or f"signals.{name}"
-    if not NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"{name!r} is not a valid signal name",
-            file=build.source,
-            key=where,
-            fix="use lower-case letters, digits and '_' (outputs are named name.suffix)",
-        )
+    check_signal_name(name, source=build.source, where=where)
     cls = signal_class(type_name, source=build.source, where=where)
     kwargs: dict[str, Any] = dict(params)
     sig = inspect.signature(cls)
@@ -138,7 +144,7 @@ def build_signal(
         if exc.file is not None:
             raise
         key = f"{where}.{exc.key}" if exc.key else where
-        raise ConfigError(_bare(exc), file=build.source, key=key, fix=exc.fix) from exc
+        raise ConfigError(exc.message, file=build.source, key=key, fix=exc.fix) from exc
     except TypeError as exc:  # a missing required parameter, or one of the wrong shape
         raise ConfigError(
             f"signal type {type_name!r}: {exc}",
@@ -159,25 +165,6 @@ def build_signal(
 def param_error(message: str, param: str, fix: str) -> ConfigError:
     """A signal constructor's error about one of its parameters (:func:`build_signal` adds the file and key)."""
     return ConfigError(message, key=f"params.{param}", fix=fix)
-
-
-def _bare(exc: ConfigError) -> str:
-    """The message of a ConfigError without the key prefix and fix suffix its ``str`` adds."""
-    text = str(exc)
-    if exc.key and text.startswith(f"key '{exc.key}': "):
-        text = text[len(f"key '{exc.key}': ") :]
-    if exc.fix and text.endswith(f" (fix: {exc.fix})"):
-        text = text[: -len(f" (fix: {exc.fix})")]
-    return text
-
-
-def _fix_for(word: str, choices: Iterable[str], what: str) -> str:
-    import difflib
-
-    options = sorted(choices)
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    listing = ", ".join(options) or "none"
-    return f"did you mean {close[0]!r}? ({what}: {listing})" if close else f"use one of the {what}: {listing}"
 
 
 # ------------------------------------------------------------------------------------------- computing
@@ -232,7 +219,7 @@ class SignalSet:
                 try:
                     check(self.outputs)
                 except ConfigError as exc:
-                    raise ConfigError(_bare(exc), file=source, key=f"signals.{sig.name}.{exc.key}", fix=exc.fix) from exc
+                    raise ConfigError(exc.message, file=source, key=f"signals.{sig.name}.{exc.key}", fix=exc.fix) from exc
         self._order = self._derived_order()
 
     def owner(self, output: str) -> str | None:
@@ -345,6 +332,7 @@ __all__ = [
     "SignalSet",
     "build_signal",
     "build_signals",
+    "check_signal_name",
     "param_error",
     "register_signal",
     "signal_class",
