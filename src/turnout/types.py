@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from turnout.tokens import message_text
+
 
 @dataclass(slots=True)
 class Usage:
@@ -67,6 +69,37 @@ class ChatRequest:
                     if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                 )
         return "\n".join(parts)
+
+    def last_user_text(self) -> str:
+        """The text of the last user message ("" when there is none)."""
+        for m in reversed(self.messages):
+            if isinstance(m, dict) and m.get("role") == "user":
+                return message_text(m)
+        return ""
+
+    def system_text(self) -> str:
+        """The system (and developer) messages, joined by blank lines."""
+        return "\n\n".join(
+            message_text(m) for m in self.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
+        )
+
+    def conversation_text(self) -> str:
+        """Every message as ``role: text`` lines, in order: the whole conversation."""
+        return "\n".join(f"{m.get('role', '')}: {message_text(m)}" for m in self.messages if isinstance(m, dict))
+
+    def asked_max_tokens(self) -> int | None:
+        """The most tokens the client lets one answer generate (``max_completion_tokens``, else ``max_tokens``),
+        None when it set no positive integer bound."""
+        asked = self.params.get("max_completion_tokens") or self.params.get("max_tokens")
+        return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
+
+    def asked_top_logprobs(self) -> int | None:
+        """The ``top_logprobs`` the client asked for (0 when only ``logprobs: true``), None when it asked for no
+        log-probabilities at all."""
+        if self.params.get("logprobs") is not True:
+            return None
+        top = self.params.get("top_logprobs")
+        return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
 
 
 @dataclass(slots=True)

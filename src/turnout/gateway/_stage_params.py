@@ -14,12 +14,16 @@ import math
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout.errors import ConfigError
 from turnout.gateway.context import RequestContext
 from turnout.gateway.stages import Answer
 from turnout.types import ChatResponse, Usage
+
+if TYPE_CHECKING:
+    from turnout.embed.base import Embedder
+    from turnout.gateway.embeddings import EmbeddingService
 
 #: the response header listing what flagged a request without refusing it (comma-separated stage names)
 FLAGS_HEADER = "x-turnout-flags"
@@ -102,6 +106,16 @@ def existing_file(param: str, value: Any, cfg: Any | None, hint: str) -> Path:
     return raw
 
 
+def embedder(name: str, embeddings: EmbeddingService | None) -> Embedder:
+    """The serving embedder ``name`` (the gateway's own instance when built inside one; built lazily either way)."""
+    from turnout.gateway.embeddings import serving_embedder
+
+    try:
+        return embeddings.ensure(name) if embeddings is not None else serving_embedder(name)
+    except KeyError as exc:
+        raise bad("embedder", f"unknown embedder {name!r}", str(exc).strip("'\"")) from exc
+
+
 def check_known(param: str, given: Collection[str], known: Collection[str], what: str) -> None:
     """Every name in ``given`` is one of ``known``."""
     unknown = [g for g in given if g not in known]
@@ -146,6 +160,7 @@ __all__ = [
     "canned_answer",
     "check_known",
     "choice",
+    "embedder",
     "existing_file",
     "flag",
     "names",

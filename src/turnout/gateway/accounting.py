@@ -46,9 +46,8 @@ UNAUTHENTICATED_PROMPT = "(not stored: the request was refused before its API ke
 
 def max_output_tokens(ctx: RequestContext, context_window: int | None, prompt_tokens: int) -> int:
     """The most one answer to this request may generate on a model with ``context_window``."""
-    p = ctx.request.params
-    asked = p.get("max_completion_tokens") or p.get("max_tokens")
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+    asked = ctx.request.asked_max_tokens()
+    if asked is not None:
         return asked
     if context_window:
         return max(1, context_window - prompt_tokens)
@@ -299,7 +298,10 @@ def decision_record(ctx: RequestContext) -> dict[str, Any] | None:
     d = ctx.decision
     if d is None and not ctx.notes and not ctx.signals:
         return None
-    reasons = [*ctx.notes, *(d.reasons if d else [])]
+    own = d.reasons if d else []
+    # the decision's reasons already start with the notes written before it (by identity): each is kept once
+    kept = {id(r) for r in own}
+    reasons = [*(n for n in ctx.notes if id(n) not in kept), *own]
     return {
         "plan": None
         if d is None or d.plan is None

@@ -370,6 +370,7 @@ def build_bandit_route(
     :class:`~turnout.errors.ConfigError` naming the key for every problem, before a port is bound.
     """
     from turnout.config.schema import BanditSettings
+    from turnout.gateway.builder import _check_scored, _windows_and_prices
     from turnout.routing.policy import Policy
 
     r = cfg.routes[name]
@@ -408,18 +409,15 @@ def build_bandit_route(
             key=f"{where}.embedder",
             fix="use the embedder the bandit was trained with",
         )
-    unscored = [c for c in cmap if c not in set(bandit.models)]
-    if len(unscored) == len(cmap):
-        raise ConfigError(
-            f"the bandit has no arm for any candidate ({', '.join(unscored)}; its arms: {', '.join(bandit.models)})",
-            file=cfg.source,
-            key=f"{where}.candidates",
-            fix="name candidates the bandit has arms for, or delete its state file to start afresh",
-        )
-    if unscored:
-        log.warning("route %s: the bandit has no arm for candidate(s) %s; they are never chosen", name, ", ".join(unscored))
-    windows = {m: w for m in cmap.values() if (w := targets[m].context_window)}
-    prices = {m: targets[m].price for m in cmap.values()}
+    _check_scored(
+        cfg,
+        name,
+        bandit.models,
+        what="the bandit has no arm for",
+        listing=f"its arms: {', '.join(bandit.models)}",
+        fix="name candidates the bandit has arms for, or delete its state file to start afresh",
+    )
+    windows, prices = _windows_and_prices(cmap, targets)
     route_budget = budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
     lam = r.lam if r.lam is not None else (meta.get("lambda") if r.budget is None else None)
     policy = Policy(lam=route_budget.base_lambda if route_budget is not None else float(lam or 0.0), context_windows=windows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ def _target(cfg: TurnoutConfig, name: str, m: ModelSettings, backends: _Backends
         balancer = create_balancer(m.balance.strategy, **m.balance.params)
     except ConfigError as exc:
         raise ConfigError(
-            str(exc).split(" (fix:")[0],
+            exc.message,
             file=cfg.source,
             key=f"models.{name}.balance",
             fix=exc.fix or "see docs/config.md for the strategies",
@@ -191,8 +192,6 @@ def build_gateway(cfg: TurnoutConfig) -> Gateway:
     metrics = None
     request_log = None
     on_close: list[Any] = []
-    if decision_stage is not None:
-        on_close.append(decision_stage.aclose)  # its decisions-file watch
     if cfg.server.request_log is not None:
         from turnout.gateway.requestlog import RequestLog
 
@@ -325,7 +324,6 @@ def _route(
     cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any, embeddings: EmbeddingService
 ) -> RouteRuntime:
     from turnout.routing.policy import Policy
-    from turnout.routing.registry import create_router
 
     r = cfg.routes[name]
     if r.router.type == "bandit":  # learns online from feedback (gateway/bandit_route.py)
@@ -340,17 +338,8 @@ def _route(
             fix="set router: {type: bandit}, or remove 'bandit:'",
         )
     where = f"routes.{name}.router"
-    lam = r.lam
-    meta: dict[str, Any] = {}
     try:
-        if r.router.artifact is not None:
-            from turnout.routing.artifact import load_router
-
-            router, meta = load_router(r.router.artifact)
-            if r.budget is None:
-                lam = lam if lam is not None else meta.get("lambda")
-        else:
-            router = create_router(r.router.type, **r.router.params)
+        router, meta = _build_router(r.router.type, r.router.artifact, r.router.params)
     except TurnoutError as exc:
         own_fix = getattr(exc, "fix", None)  # an artifact's DataError says its own fix: keep it, do not add a second
         text = str(exc).removesuffix(f" (fix: {own_fix})") if own_fix else str(exc)
@@ -364,25 +353,21 @@ def _route(
             key=f"{where}.params",
             fix="see docs/routers.md for this router's parameters and their types",
         ) from exc
+    # an artifact's lambda, unless the route gives its own or a budget steers it
+    lam = r.lam if r.lam is not None or r.budget is not None else meta.get("lambda")
     cmap = r.candidate_map
     scored = getattr(router, "models", None)
     if scored is not None:
-        unscored = [c for c in cmap if c not in set(scored)]
-        if len(unscored) == len(cmap):  # every request to the route would fail: refuse to start
-            raise ConfigError(
-                f"the router has no prediction for any candidate ({', '.join(unscored)}; it scores: "
-                f"{', '.join(scored) or 'nothing'})",
-                file=cfg.source,
-                key=f"routes.{name}.candidates",
-                fix="name candidates the router scores, map them to its names ({router_name: "
-                "fleet_model}), or give the router their quality",
-            )
-        if unscored:  # allowed (never chosen by the router), but rarely meant
-            log.warning(
-                "route %s: the router has no prediction for candidate(s) %s; they are never chosen", name, ", ".join(unscored)
-            )
-    windows = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
-    prices = {m: targets[m].price for m in cmap.values()}
+        _check_scored(
+            cfg,
+            name,
+            scored,
+            what="the router has no prediction for",
+            listing=f"it scores: {', '.join(scored) or 'nothing'}",
+            fix="name candidates the router scores, map them to its names ({router_name: "
+            "fleet_model}), or give the router their quality",
+        )
+    windows, prices = _windows_and_prices(cmap, targets)
     budget = _budget(cfg, name, meta, cmap, prices, windows, state) if r.budget is not None else None
     embedder = embeddings.ensure(r.embedder) if r.embedder is not None else None
     policy = Policy(lam=budget.base_lambda if budget is not None else (lam or 0.0), context_windows=windows)
@@ -404,6 +389,41 @@ def _route(
         embedder_name=r.embedder,
         plan=planner,
     )
+
+
+def _build_router(type_name: str, artifact: str | Path | None, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A route's router (or a decision rule's) with its metadata: loaded from ``artifact``, else made by its type from
+    ``params`` (no metadata). Raises what loading or making it raises: the caller names the key."""
+    from turnout.routing.registry import create_router
+
+    if artifact is not None:
+        from turnout.routing.artifact import load_router
+
+        return load_router(artifact)
+    return create_router(type_name, **dict(params)), {}
+
+
+def _check_scored(cfg: TurnoutConfig, name: str, scored: Collection[str], *, what: str, listing: str, fix: str) -> None:
+    """Refuse route ``name`` when its router scores none of its candidates (every request to it would fail); warn
+    when it scores only some (the others are allowed, never chosen, but rarely meant). ``what`` says what the
+    router lacks for a candidate, ``listing`` what it does score."""
+    cmap = cfg.routes[name].candidate_map
+    known = set(scored)
+    unscored = [c for c in cmap if c not in known]
+    if len(unscored) == len(cmap):
+        raise ConfigError(
+            f"{what} any candidate ({', '.join(unscored)}; {listing})", file=cfg.source, key=f"routes.{name}.candidates", fix=fix
+        )
+    if unscored:
+        log.warning("route %s: %s candidate(s) %s; they are never chosen", name, what, ", ".join(unscored))
+
+
+def _windows_and_prices(
+    cmap: Mapping[str, str], targets: Mapping[str, ModelTarget]
+) -> tuple[dict[str, int | None], dict[str, Price]]:
+    """The context windows (of the models that state one) and the prices of a route's fleet candidates."""
+    windows: dict[str, int | None] = {m: targets[m].context_window for m in cmap.values() if targets[m].context_window}
+    return windows, {m: targets[m].price for m in cmap.values()}
 
 
 def _budget(

@@ -40,7 +40,7 @@ import numpy as np
 
 from turnout.cache.fingerprint import ContextFingerprint
 from turnout.cache.semantic import LookupResult
-from turnout.cache.settings import CacheSettings, build_cache
+from turnout.cache.settings import MEASURED_THRESHOLDS, CacheSettings, build_cache
 from turnout.errors import StateError
 from turnout.gateway import _stage_params as P
 from turnout.gateway.context import RequestContext
@@ -52,9 +52,6 @@ from turnout.types import ChatResponse, Usage
 
 log = logging.getLogger(__name__)
 
-#: the similarity threshold measured for each embedder on the dev half of guards/cache_pairs (docs/guards.md):
-#: the lowest whose look-alike false-hit rate stays under 2% at 95% confidence, with the look-alike guard on
-MEASURED_THRESHOLDS = {"minilm": 0.86, "minilm-int8": 0.85, "minilm-static": 0.90}
 #: the request header a client opts out with: ``no-cache`` (no lookup, no store) or ``no-store`` (no store)
 REQUEST_HEADER = "x-turnout-cache"
 HEADER = "x-turnout-cache"
@@ -102,10 +99,7 @@ class CacheStage:
         self.settings = CacheSettings.from_params(settings, where="params")
         self.embedder = self.settings.embedder  # the builder loads it with the gateway, not on a request
         if embeddings is not None:
-            try:
-                embeddings.ensure(self.embedder)
-            except KeyError as exc:
-                raise P.bad("embedder", f"unknown embedder {self.embedder!r}", str(exc).strip("'\"")) from exc
+            P.embedder(self.embedder, embeddings)
         self.routes = P.routes("routes", routes, gateway_config)
         # with Redis state, the entries live there (turnout.state.cache_store, failing open): replicas share them
         shared = cache_store_for(state, ttl_s=self.settings.ttl_s) if state is not None else None
@@ -113,7 +107,18 @@ class CacheStage:
 
     # ------------------------------------------------------------------------------------------- helpers
     def _fingerprint(self, ctx: RequestContext) -> tuple[ContextFingerprint | None, str]:
-        """The request's fingerprint, or None and why it bypasses the cache."""
+        """The request's fingerprint, or None and why it bypasses the cache.
+
+        Built once per request: :meth:`on_complete` gets the one :meth:`on_request` built (kept on the context),
+        unless the request or its target was replaced since.
+        """
+        kept = ctx.stage_data.get(self)
+        if kept is None or kept[0] is not ctx.request or kept[1] != ctx.target:
+            kept = ctx.stage_data[self] = (ctx.request, ctx.target, self._fingerprint_of(ctx))
+        found: tuple[ContextFingerprint | None, str] = kept[2]
+        return found
+
+    def _fingerprint_of(self, ctx: RequestContext) -> tuple[ContextFingerprint | None, str]:
         if not P.applies(self.routes, ctx):
             return None, ""
         if ctx.headers.get(REQUEST_HEADER, "").strip().lower() == "no-cache":
@@ -127,8 +132,8 @@ class CacheStage:
         return ContextFingerprint.of(ctx.request, tenant=tenant, route=ctx.target), ""
 
     async def _vector(self, ctx: RequestContext, fp: ContextFingerprint) -> np.ndarray:
-        # the router's vector when the last message is the whole prompt (one user turn); else its own
-        return await ctx.embedding(self.embedder, None if fp.text == ctx.prompt_text else fp.text)
+        # the router's vector when the last message is the whole prompt (one user turn; ctx.embedding shares it)
+        return await ctx.embedding(self.embedder, fp.text)
 
     # ------------------------------------------------------------------------------------------ lookup
     async def on_request(self, ctx: RequestContext) -> Answer | None:
@@ -142,7 +147,7 @@ class CacheStage:
         try:
             result = await self.cache.lookup(fp)
             if result.hit is None and fp.text:
-                result = await self.cache.lookup(fp, await self._vector(ctx, fp))
+                result = await self.cache.lookup(fp, await self._vector(ctx, fp), exact=False)
         except StateError as exc:  # a shared store that is down costs the cache, never the request
             log.warning("request %s: cache lookup failed: %s", ctx.request_id, exc)
             ctx.note("cache", f"{self.name}: lookup failed ({exc}); served without the cache", stage=self.name)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from turnout.errors import BackendError, BackendProtocolError, BackendTimeoutError
 from turnout.gateway.chain import NO_KEY, Attempt, Chain
 from turnout.gateway.endpoints import Endpoint, ModelTarget
-from turnout.tokens import estimate_prompt_tokens, estimate_tokens
+from turnout.tokens import MAX_SANE_TOKENS, estimate_prompt_tokens, estimate_tokens, sane_count
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 if TYPE_CHECKING:
@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: token counts above this are not an answer's (a provider bug or a hostile upstream): estimated instead
-MAX_SANE_TOKENS = 10**9
-
 
 def sane_usage(usage: Usage | None, request: ChatRequest, text: str | None) -> Usage:
     """``usage`` if both counts are non-negative integers under :data:`MAX_SANE_TOKENS`, else an estimate.
@@ -45,17 +42,8 @@ def sane_usage(usage: Usage | None, request: ChatRequest, text: str | None) -> U
     Accounting must never be skipped nor go negative: an upstream that reports ``-1000000`` or ``1e400``
     tokens is paid for at the estimate of what it sent.
     """
-    if usage is not None:
-        pt, ct = usage.prompt_tokens, usage.completion_tokens
-        if (
-            isinstance(pt, int)
-            and isinstance(ct, int)
-            and not isinstance(pt, bool)
-            and not isinstance(ct, bool)
-            and 0 <= pt <= MAX_SANE_TOKENS
-            and 0 <= ct <= MAX_SANE_TOKENS
-        ):
-            return usage
+    if usage is not None and sane_count(usage.prompt_tokens) and sane_count(usage.completion_tokens):
+        return usage
     return Usage(estimate_prompt_tokens(request.messages), estimate_tokens(text or ""))
 
 

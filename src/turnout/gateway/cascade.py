@@ -63,21 +63,13 @@ def needs_logprobs(signal: AcceptanceSignal | None) -> bool:
     return signal is not None and bool(signal.needs & {"logprobs", "top2_margins"})
 
 
-def client_top_logprobs(request: ChatRequest) -> int | None:
-    """The ``top_logprobs`` the client asked for (0 when only ``logprobs: true``), None when it asked for none."""
-    if request.params.get("logprobs") is not True:
-        return None
-    top = request.params.get("top_logprobs")
-    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
-
-
 def step_request(request: ChatRequest, *, logprobs: bool) -> ChatRequest:
     """The request one judged step sends: the client's, without ``stream_options``, with log-probabilities when
     its signal needs them (at least :data:`MARGIN_TOP` alternatives per token, more if the client asked)."""
     params = {k: v for k, v in request.params.items() if k != "stream_options"}
     if logprobs:
         params["logprobs"] = True
-        params["top_logprobs"] = max(client_top_logprobs(request) or 0, MARGIN_TOP)
+        params["top_logprobs"] = max(request.asked_top_logprobs() or 0, MARGIN_TOP)
     return ChatRequest(model=request.model, messages=request.messages, stream=False, params=params)
 
 
@@ -192,7 +184,7 @@ class CascadePlan:
         ctx = caller.ctx
         options: Sequence[Mapping[str, Any]] = plan.params.get("options") or [{} for _ in plan.steps]
         max_calls = plan.params.get("max_calls")
-        client_top = client_top_logprobs(ctx.request)
+        client_top = ctx.request.asked_top_logprobs()
         answered: list[_Answered] = []
         failure: BaseException | None = None
         calls = 0
@@ -369,7 +361,6 @@ def _mapping(value: Any) -> Mapping[str, Any] | None:
 __all__ = [
     "MARGIN_TOP",
     "CascadePlan",
-    "client_top_logprobs",
     "needs_logprobs",
     "read_logprobs",
     "resolve_signal",

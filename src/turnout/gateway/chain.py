@@ -53,7 +53,7 @@ from turnout.errors import (
 )
 from turnout.gateway.balance import BalanceKey
 from turnout.gateway.endpoints import Endpoint, ModelTarget
-from turnout.types import Decision, Usage
+from turnout.types import Usage
 
 #: the balance key of a request that gives none (load decides alone)
 NO_KEY = BalanceKey((), 0)
@@ -115,19 +115,10 @@ class Attempt:
         }
 
 
-def chain_of(decision: Decision) -> list[str]:
-    """``[decision.model] + decision.fallbacks``, each model once, in order."""
-    chain: list[str] = []
-    for m in (decision.model, *decision.fallbacks):
-        if m not in chain:
-            chain.append(m)
-    return chain
-
-
 class Chain:
     """An async iterator of the model targets to try for one model call, in order.
 
-    ``models`` is the chain (``[model] + fallbacks``; a :class:`Decision` gives its own chain). After
+    ``models`` is the chain (``[model] + fallbacks``, each model tried once, in order). After
     ``__anext__`` returns a target, :attr:`endpoint` is the endpoint chosen for that try (its breaker's
     permission taken, its in-flight count raised until the try is reported). ``attempts`` (the request's
     list) receives one :class:`Attempt` per try or skip, tagged with ``role`` and ``step``. ``usable`` is
@@ -138,7 +129,7 @@ class Chain:
     def __init__(
         self,
         targets: Mapping[str, ModelTarget],
-        models: Decision | Sequence[str],
+        models: Sequence[str],
         attempts: list[Attempt],
         *,
         metrics: Any | None = None,
@@ -150,12 +141,8 @@ class Chain:
         step: int = 0,
     ) -> None:
         self._targets = targets
-        if isinstance(models, Decision):
-            self._route = models.route if route is None else route
-            self._models = chain_of(models)
-        else:
-            self._route = route or "-"
-            self._models = list(dict.fromkeys(models))
+        self._route = route or "-"
+        self._models = list(dict.fromkeys(models))
         self._attempts = attempts
         self._metrics = metrics
         self._usable = usable
@@ -317,4 +304,4 @@ class Chain:
         return AllBackendsFailedError(self.errors, route=self._route)
 
 
-__all__ = ["NO_KEY", "Attempt", "Chain", "ModelTarget", "chain_of"]
+__all__ = ["NO_KEY", "Attempt", "Chain", "ModelTarget"]

@@ -12,7 +12,7 @@ lookup → decide → execute the plan → response plugins → account and log.
   (:meth:`embedding`): the router, a domain guard and the semantic cache share one vector;
 * what stages found: ``signals`` (name → value), ``notes`` (structured reasons for the explanation),
   ``response_headers`` (added to the answer), the decision and every model call (``attempts``);
-* the clock: ``t0`` (monotonic start), ``ts`` (wall-clock start) and the optional ``deadline``.
+* the clock: ``t0`` (monotonic start) and ``ts`` (wall-clock start).
 
 Stages read and write it; nothing in it knows about HTTP.
 """
@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from turnout.tokens import message_text
 from turnout.types import ChatRequest, Decision, Reason, Usage
 
 if TYPE_CHECKING:
@@ -55,7 +54,6 @@ class RequestContext:
         *,
         headers: Mapping[str, str] | None = None,
         embed: EmbedFn | None = None,
-        deadline: float | None = None,
         dry_run: bool = False,
     ) -> None:
         self.request = request
@@ -68,8 +66,6 @@ class RequestContext:
         self.target = request.model
         #: models a stage restricted this request to (None: no restriction)
         self.restrict: frozenset[str] | None = None
-        #: a monotonic deadline for the whole request, if one applies
-        self.deadline = deadline
         #: True for /v1/route: stages report what they would do, no model is called, nothing is charged
         self.dry_run = dry_run
         self.t0 = time.perf_counter()
@@ -98,6 +94,8 @@ class RequestContext:
         self.plugins: list[Any] = []
         #: how a matched decision rule changes the route's decision (its router, lambda, cost cap); None: unchanged
         self.overrides: RouteOverrides | None = None
+        #: what a stage keeps between its own hooks for this request, keyed by the stage (the cache's fingerprint)
+        self.stage_data: dict[Any, Any] = {}
         self._embed = embed
         self._vectors: dict[str, np.ndarray] = {}
         self._views: dict[str, str] = {}
@@ -113,35 +111,26 @@ class RequestContext:
 
     @property
     def last_user_text(self) -> str:
-        """The text of the last user message ("" when there is none)."""
+        """The text of the last user message ("" when there is none; :meth:`ChatRequest.last_user_text`)."""
         v = self._views.get("last")
         if v is None:
-            v = ""
-            for m in reversed(self.request.messages):
-                if isinstance(m, dict) and m.get("role") == "user":
-                    v = message_text(m)
-                    break
-            self._views["last"] = v
+            v = self._views["last"] = self.request.last_user_text()
         return v
 
     @property
     def system_text(self) -> str:
-        """The system (and developer) messages, joined by blank lines."""
+        """The system (and developer) messages, joined by blank lines (:meth:`ChatRequest.system_text`)."""
         v = self._views.get("system")
         if v is None:
-            v = self._views["system"] = "\n\n".join(
-                message_text(m) for m in self.request.messages if isinstance(m, dict) and m.get("role") in ("system", "developer")
-            )
+            v = self._views["system"] = self.request.system_text()
         return v
 
     @property
     def conversation_text(self) -> str:
-        """Every message as ``role: text`` lines, in order: the whole conversation."""
+        """Every message as ``role: text`` lines, in order (:meth:`ChatRequest.conversation_text`)."""
         v = self._views.get("conversation")
         if v is None:
-            v = self._views["conversation"] = "\n".join(
-                f"{m.get('role', '')}: {message_text(m)}" for m in self.request.messages if isinstance(m, dict)
-            )
+            v = self._views["conversation"] = self.request.conversation_text()
         return v
 
     # -- the shared embedding -----------------------------------------------------------------
@@ -149,20 +138,20 @@ class RequestContext:
         """The prompt's embedding by ``embedder`` (default text: :attr:`prompt_text`), computed once per request.
 
         The router, a domain guard and the semantic cache ask for the same vector; only the first one
-        pays for it. Another ``text`` (the last user message, say) is embedded and kept separately.
+        pays for it. A ``text`` equal to the prompt is the prompt (its vector is shared); another one (the
+        last user message of a longer conversation, say) is embedded and kept separately.
         """
-        key = embedder if text is None else f"{embedder}\x00{text}"
-        text = self.prompt_text if text is None else text
+        prompt = self.prompt_text
+        if text is None or text == prompt:
+            key, text = embedder, prompt
+        else:
+            key = f"{embedder}\x00{text}"
         vec = self._vectors.get(key)
         if vec is None:
             if self._embed is None:
                 raise RuntimeError("this request context has no embedding service (built outside a gateway)")
             vec = self._vectors[key] = await self._embed(embedder, text)
         return vec
-
-    def has_embedding(self, embedder: str) -> bool:
-        """Whether the prompt was already embedded by ``embedder`` in this request."""
-        return embedder in self._vectors
 
     def replace_request(self, request: ChatRequest) -> None:
         """Serve ``request`` from now on (a guard rewrote it, e.g. redacted PII before it leaves).

@@ -32,44 +32,27 @@ scored on the gateway's offload pool instead.
 from __future__ import annotations
 
 import logging
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
-from turnout.embed.base import Embedder
 from turnout.errors import ConfigError, GuardBlockedError, OutOfScopeError, TurnoutError
 from turnout.gateway import _stage_params as P
 from turnout.gateway.context import RequestContext
-from turnout.gateway.embeddings import EmbeddingService, serving_embedder
+from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.offload import Offloader
 from turnout.gateway.stages import Block, Outcome, Redirect
 from turnout.signals.domain import OUT_OF_SCOPE, DomainClassifier
-from turnout.signals.jailbreak import JailbreakDetector, JailbreakVerdict
+from turnout.signals.jailbreak import (
+    INLINE_CHARS,
+    SHIPPED_JAILBREAK,
+    JailbreakDetector,
+    JailbreakVerdict,
+    shipped_jailbreak_artifact,
+)
 
 log = logging.getLogger(__name__)
 
-#: the jailbreak detectors in the wheel, one per embedder: fitted on llm-warden (MIT) plus CLINC150 and dcrouter
-#: benign prompts (bench/jailbreak_shipped.py writes and measures them; BENCHMARKS.md, guards has the figures)
-SHIPPED_JAILBREAK = {"minilm": "jailbreak-minilm.npz", "minilm-int8": "jailbreak-minilm-int8.npz"}
-#: prompts longer than this (characters) are scored on the offload pool: the detector's n-grams, decoders
-#: and gibberish window grow with the text (about 7 ms at 4,000 characters against 0.2 ms for a question)
-INLINE_CHARS = 1_000
-
 DOMAIN_ACTIONS = ("refuse", "canned", "fallback", "flag")
 JAILBREAK_ACTIONS = ("block", "flag", "route")
-
-
-def shipped_jailbreak_artifact(embedder: str = "minilm") -> Path:
-    """The path of the jailbreak detector shipped as package data for ``embedder`` (``minilm``, ``minilm-int8``)."""
-    return Path(str(files("turnout.signals").joinpath("data", SHIPPED_JAILBREAK[embedder])))
-
-
-def _embedder(name: str, embeddings: EmbeddingService | None) -> Embedder:
-    """The serving embedder ``name`` (the gateway's own instance when built inside one; built lazily either way)."""
-    try:
-        return embeddings.ensure(name) if embeddings is not None else serving_embedder(name)
-    except KeyError as exc:
-        raise P.bad("embedder", f"unknown embedder {name!r}", str(exc).strip("'\"")) from exc
 
 
 def _embedder_name(given: Any, trained_on: str) -> str:
@@ -158,7 +141,7 @@ class DomainGuardStage:
         self.signal = P.text("signal", signal)
         self.embedder = _embedder_name(embedder, clf.embedder)
         try:
-            clf.check_embedder(_embedder(self.embedder, embeddings))
+            clf.check_embedder(P.embedder(self.embedder, embeddings))
         except ConfigError as exc:
             raise P.bad("artifact", exc.message, exc.fix or "train the artifact with the gateway's embedder") from exc
 
@@ -267,7 +250,7 @@ class JailbreakStage:
             )
         self.artifact = path
         try:
-            self.detector = JailbreakDetector.load(path, _embedder(self.embedder, embeddings))
+            self.detector = JailbreakDetector.load(path, P.embedder(self.embedder, embeddings))
         except TurnoutError as exc:  # damaged, or fitted on another embedder's vectors
             raise P.bad("artifact", *_message_and_fix(exc, "train it again with 'turnout signals train jailbreak'")) from exc
         if self.detector.embedder_name != self.embedder:

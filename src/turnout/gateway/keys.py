@@ -54,6 +54,15 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+def shown_name(name: str, limit: int = 80) -> str:
+    """A client-supplied name cut for an error message (a 500 KB model name is not echoed back).
+
+    >>> shown_name("x" * 100)[-22:]
+    'xx... (100 characters)'
+    """
+    return name if len(name) <= limit else name[:limit] + f"... ({len(name)} characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class KeySpec:
     """One API key as configured: a name, the key's SHA-256 digest, a USD budget, allowed models.
@@ -175,7 +184,7 @@ class KeyStore:
         """Raise PermissionDeniedError unless ``spec`` may use the route or model ``name``."""
         if spec.allowed is None or name in spec.allowed:
             return
-        shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"  # never echo a payload
+        shown = shown_name(name)  # never echo a payload
         raise PermissionDeniedError(f"key {spec.name!r} may not use {shown!r}; it may use: {', '.join(spec.allowed)}")
 
     async def spent(self, spec: KeySpec) -> float:
@@ -231,4 +240,4 @@ class KeyStore:
         return f"KeyStore({len(self.specs)} keys, counters={self.counters!r})"
 
 
-__all__ = ["ANONYMOUS", "KeySpec", "KeyStore", "hash_key"]
+__all__ = ["ANONYMOUS", "KeySpec", "KeyStore", "hash_key", "shown_name"]

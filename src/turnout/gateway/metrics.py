@@ -157,6 +157,8 @@ class Metrics:
         self._decision_children: dict[str, Any] = {}
         self._fallback_children: dict[tuple[str, str, str], Any] = {}
         self._error_children: dict[str, Any] = {}
+        self._answered_by_children: dict[tuple[str, str], Any] = {}
+        self._stage_children: dict[tuple[str, str], Any] = {}
 
     def _per_model(self, route: str, model: str) -> tuple[Any, Any, Any, Any, Any]:
         key = (route, model)
@@ -240,11 +242,19 @@ class Metrics:
 
     def inc_answered_by(self, route: str, source: str) -> None:
         """Count one answer made without a model (``source``: cache, or the stage that answered)."""
-        self._answered_by.labels(route, source).inc()
+        key = (route, source)
+        child = self._answered_by_children.get(key)
+        if child is None:
+            child = self._answered_by_children[key] = self._answered_by.labels(route, source)
+        child.inc()
 
     def inc_stage(self, stage: str, outcome: str) -> None:
         """Count one stage outcome (``block``, ``redirect`` or ``answer``)."""
-        self._stages.labels(stage, outcome).inc()
+        key = (stage, outcome)
+        child = self._stage_children.get(key)
+        if child is None:
+            child = self._stage_children[key] = self._stages.labels(stage, outcome)
+        child.inc()
 
     def watch(self, request_log: Any = None, embeddings: Any = None) -> None:
         """Report the request log's losses and the embedders' batching, read when /metrics is scraped."""

@@ -47,7 +47,7 @@ from turnout.gateway.embeddings import EmbeddingService
 from turnout.gateway.endpoints import ModelTarget
 from turnout.gateway.feedback import FeedbackResult, OnlineLearning
 from turnout.gateway.fleetview import describe, model_items, unreachable_backends
-from turnout.gateway.keys import KeySpec
+from turnout.gateway.keys import KeySpec, shown_name
 from turnout.gateway.offload import Offloader
 from turnout.gateway.phases import annotate_dry_run, answered_by_stage, run_request_stages, with_plugins
 from turnout.gateway.plans import plan_executor
@@ -198,10 +198,14 @@ class Gateway:
         self.ready = True
 
     async def aclose(self) -> None:
-        """Close every backend pool, the embedders, the offload pool and the owned resources. Idempotent."""
+        """Close the stages, every backend pool, the embedders, the offload pool and the owned resources. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        for st in self.stages.all:  # what a stage started (a decisions-file watch) stops first, as start() began it
+            close = getattr(st, "aclose", None)
+            if callable(close):
+                await _maybe_await(close())
         if self.health is not None:
             await self.health.aclose()  # before the backends and the state it probes and writes marks to
         if self.feedback_index is not None:
@@ -317,7 +321,8 @@ class Gateway:
                 decision.reason("redirect", f"'{name}' is not among the models a stage allowed; the chain skips it")
         else:
             raise UnknownModelError(
-                f"no route or model named '{_short(name)}'; available: {', '.join([*self.routes, *self.targets])}", param="model"
+                f"no route or model named '{shown_name(name)}'; available: {', '.join([*self.routes, *self.targets])}",
+                param="model",
             )
         decision.reasons[:0] = ctx.notes
         decision.signals = ctx.signals
@@ -528,11 +533,6 @@ def _finish(chunk: dict[str, Any]) -> str | None:
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
     return reason if isinstance(reason, str) else None
-
-
-def _short(name: str, limit: int = 80) -> str:
-    """A client-supplied name cut for an error message (a 500 KB model name is not echoed back)."""
-    return name if len(name) <= limit else name[:limit] + f"... ({len(name)} characters)"
 
 
 __all__ = ["Attempt", "Gateway", "ModelTarget", "StreamSession"]

@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from turnout.errors import ConfigError
+from turnout.gateway import _stage_params as P  # P.bad: a relative key, build_stage puts it under the stage's path
 from turnout.gateway.context import RequestContext
 from turnout.gateway.stages import Outcome
 
@@ -54,11 +54,6 @@ _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*)\}")
 _SYSTEM_ROLES = ("system", "developer")
 
 
-def _bad(param: str, message: str, fix: str) -> ConfigError:
-    # relative key: build_stage puts it under the stage's own path (decisions[0].plugins[1].params.mode)
-    return ConfigError(message, key=f"params.{param}", fix=fix)
-
-
 class SystemPromptStage:
     """Adds or replaces the system prompt (module docstring). ``text``: the prompt; ``mode``: add | append |
     replace; ``role``: system (default) or developer."""
@@ -67,11 +62,11 @@ class SystemPromptStage:
 
     def __init__(self, text: str, mode: str = "add", role: str = "system", name: str = "system_prompt") -> None:
         if not isinstance(text, str) or not text.strip():
-            raise _bad("text", "the system prompt is empty", "give text: the prompt to add")
+            raise P.bad("text", "the system prompt is empty", "give text: the prompt to add")
         if mode not in ("add", "append", "replace"):
-            raise _bad("mode", f"{mode!r} is not a mode", "use add, append or replace")
+            raise P.bad("mode", f"{mode!r} is not a mode", "use add, append or replace")
         if role not in _SYSTEM_ROLES:
-            raise _bad("role", f"{role!r} is not a system role", "use system or developer")
+            raise P.bad("role", f"{role!r} is not a system role", "use system or developer")
         self.name, self.text, self.mode, self.role = name, text, mode, role
 
     async def on_request(self, ctx: RequestContext) -> Outcome | None:
@@ -105,16 +100,16 @@ class SetParamsStage:
 
     def __init__(self, params: Mapping[str, Any], mode: str = "override", name: str = "set_params") -> None:
         if not isinstance(params, Mapping) or not params:
-            raise _bad("params", "no parameter to set", "give params: {max_tokens: 256, ...}")
+            raise P.bad("params", "no parameter to set", "give params: {max_tokens: 256, ...}")
         fixed = sorted(FIXED_PARAMS & set(params))
         if fixed:
-            raise _bad(
+            raise P.bad(
                 f"params.{fixed[0]}",
                 f"{fixed[0]!r} cannot be set by a plugin",
                 "send the request elsewhere with a decision's use.route; change messages with system_prompt",
             )
         if mode not in ("override", "default"):
-            raise _bad("mode", f"{mode!r} is not a mode", "use override or default")
+            raise P.bad("mode", f"{mode!r} is not a mode", "use override or default")
         self.name, self.params, self.mode = name, dict(params), mode
 
     async def on_request(self, ctx: RequestContext) -> Outcome | None:
@@ -141,22 +136,22 @@ class AddHeadersStage:
 
     def __init__(self, headers: Mapping[str, str], name: str = "add_headers") -> None:
         if not isinstance(headers, Mapping) or not headers:
-            raise _bad("headers", "no header to add", "give headers: {x-my-header: value}")
+            raise P.bad("headers", "no header to add", "give headers: {x-my-header: value}")
         self.headers: dict[str, str] = {}
         for k, v in headers.items():
             key = str(k).lower()
             if not _HEADER_NAME.fullmatch(key) or key in RESERVED_HEADERS:
-                raise _bad(
+                raise P.bad(
                     f"headers.{k}",
                     f"{k!r} cannot be added" + (" (turnout sets it)" if key in RESERVED_HEADERS else " (not a header name)"),
                     "use lower-case letters, digits and '-', e.g. x-team-route",
                 )
             if not isinstance(v, (str, int, float)) or isinstance(v, bool) or any(c in str(v) for c in "\r\n\0"):
-                raise _bad(f"headers.{k}", f"the value of {k!r} must be text on one line", "give a string without line breaks")
+                raise P.bad(f"headers.{k}", f"the value of {k!r} must be text on one line", "give a string without line breaks")
             try:
                 str(v).encode("latin-1")
             except UnicodeEncodeError:
-                raise _bad(
+                raise P.bad(
                     f"headers.{k}",
                     f"the value of {k!r} has characters a header cannot carry",
                     "use ASCII (or Latin-1) characters",

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from turnout.errors import ConfigError
+from turnout.tokens import CHARS_PER_TOKEN
 
 #: characters per prefix block: ~128 tokens at ~4 characters a token
 DEFAULT_BLOCK_CHARS = 512
-#: characters per token for the prompt-length estimate (English, BPE tokenizers)
-CHARS_PER_TOKEN = 4.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,10 +49,7 @@ FAIL_OPEN = "open"
 
 def held_tokens(ctx: RequestContext) -> int:
     """The tokens a request holds at admission: its prompt's estimate, plus the answer's bound when it gives one."""
-    p = ctx.request.params
-    asked = p.get("max_completion_tokens") or p.get("max_tokens")
-    bound = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else 0
-    return estimate_prompt_tokens(ctx.request.messages) + bound
+    return estimate_prompt_tokens(ctx.request.messages) + (ctx.request.asked_max_tokens() or 0)
 
 
 def used_tokens(ctx: RequestContext) -> int:

@@ -75,11 +75,6 @@ class RouteRuntime:
             # an embedder object handed in directly: served under a name of its own
             self.embedder_name = f"route:{self.name}:{getattr(self.embedder, 'name', 'embedder')}"
 
-    def warm_up(self) -> None:
-        """Load the embedder's model now (blocking), so that the first request does not pay for it."""
-        if self.embedder is not None:
-            self.embedder.embed_one("turnout warm-up")
-
     def decide(
         self, request: ChatRequest, allowed: Collection[str] | None = None, *, vector: np.ndarray | None = None
     ) -> Decision:

@@ -148,18 +148,15 @@ class DecisionCompiler:
     def _router(
         type_name: str, artifact: str | None, params: Mapping[str, Any], where: str, source: str, base_dir: Path | None
     ) -> Any:
-        from turnout.routing.registry import create_router
+        from turnout.gateway.builder import _build_router
 
         try:
+            path = None
             if artifact is not None:
-                from turnout.routing.artifact import load_router
-
                 path = Path(artifact).expanduser()
                 if not path.is_absolute() and base_dir is not None:
                     path = base_dir / path
-                router, _ = load_router(path)
-                return router
-            return create_router(type_name, **dict(params))
+            router, _ = _build_router(type_name, path, params)
         except TurnoutError as exc:
             raise ConfigError(
                 f"the router cannot be built: {exc}",
@@ -174,6 +171,7 @@ class DecisionCompiler:
                 key=f"{where}.params",
                 fix="see docs/routers.md for this router's parameters",
             ) from exc
+        return router
 
 
 class DecisionStage:

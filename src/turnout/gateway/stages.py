@@ -36,10 +36,10 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from turnout.errors import ConfigError, TurnoutError
+from turnout.plugins import STAGES, plugin_entry_points
 from turnout.types import ChatResponse
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ REQUEST_PHASES = ("signals", "guard", "cache")
 RESPONSE_PHASE = "response"
 PHASES = (*REQUEST_PHASES, RESPONSE_PHASE)
 #: entry-point group third-party stages register under
-ENTRY_POINT_GROUP = "turnout.stages"
+ENTRY_POINT_GROUP = STAGES
 
 
 # ---------------------------------------------------------------------------------------------------- outcomes
@@ -201,7 +201,7 @@ _REGISTERED: dict[str, str | Callable[..., Any]] = {}
 def stage_types() -> list[str]:
     """Every stage type name known now: built-ins, registered ones and entry points."""
     names = set(BUILTIN_STAGES) | set(_REGISTERED)
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    names.update(plugin_entry_points(ENTRY_POINT_GROUP))
     return sorted(names)
 
 
@@ -231,17 +231,17 @@ def resolve_stage_type(type_name: str, where: str = "stages") -> Callable[..., A
     """The factory of a stage type: a registered/built-in name, an entry point, or a dotted path."""
     target = _REGISTERED.get(type_name) or BUILTIN_STAGES.get(type_name)
     if target is None:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == type_name:
-                try:
-                    loaded: Callable[..., Any] = ep.load()
-                except Exception as exc:  # a third party's import failure: say which entry point
-                    raise ConfigError(
-                        f"the entry point for stage {type_name!r} ({ep.value}) failed to load: {exc}",
-                        key=where,
-                        fix="fix or reinstall the package that provides it",
-                    ) from exc
-                return loaded
+        ep = plugin_entry_points(ENTRY_POINT_GROUP).get(type_name)
+        if ep is not None:
+            try:
+                loaded: Callable[..., Any] = ep.load()
+            except Exception as exc:  # a third party's import failure: say which entry point
+                raise ConfigError(
+                    f"the entry point for stage {type_name!r} ({ep.value}) failed to load: {exc}",
+                    key=where,
+                    fix="fix or reinstall the package that provides it",
+                ) from exc
+            return loaded
         target = type_name
     return _import(target, where) if isinstance(target, str) else target
 

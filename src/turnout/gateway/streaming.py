@@ -87,7 +87,9 @@ class StreamSession:
         assert (live is None) != (replay is None), "a session streams a live answer or replays one"
         self.gateway = gateway
         self.ctx = ctx
-        self.decision: Decision = ctx.decision if ctx.decision is not None else _answered_decision(ctx)
+        # the pipeline decides (or a stage answers, with its own decision) before any session is made
+        assert ctx.decision is not None, "a stream session is made only once the request has its decision"
+        self.decision: Decision = ctx.decision
         self.model = ctx.model
         self.request_id = ctx.request_id
         self.attempts: list[Attempt] = ctx.attempts
@@ -265,13 +267,6 @@ def _rest_body(last: dict[str, Any] | None, text: str, model: str) -> dict[str, 
         "model": last.get("model") or model,
         "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
     }
-
-
-def _answered_decision(ctx: RequestContext) -> Decision:
-    """The decision a request answered without any model (a cache hit, a guard's reply) reports."""
-    return Decision(
-        route=ctx.target, model=ctx.model or "-", candidates=[], lam=0.0, router=ctx.answered_by, reasons=list(ctx.notes)
-    )
 
 
 __all__ = ["StreamSession", "assembled"]

@@ -39,6 +39,7 @@ from turnout.errors import (
     TurnoutError,
     UnknownModelError,
 )
+from turnout.gateway.keys import shown_name
 from turnout.gateway.pipeline import Gateway
 from turnout.server.chat import (
     ChatEndpoint,
@@ -188,9 +189,8 @@ def create_app(
         for item in items:
             if item["id"] == name:
                 return _json(item, 200, _headers(rid))
-        shown = name if len(name) <= 80 else name[:80] + f"... ({len(name)} characters)"
         raise UnknownModelError(
-            f"no route or model named {shown!r}; available: {', '.join(i['id'] for i in items)}", param="model"
+            f"no route or model named {shown_name(name)!r}; available: {', '.join(i['id'] for i in items)}", param="model"
         )
 
     async def healthz(request: Request, rid: str) -> Response:
