@@ -13,19 +13,30 @@ token is right for English BPE vocabularies to within roughly ±30% on prose.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 #: characters per token of English prose in BPE vocabularies
 CHARS_PER_TOKEN = 4
 #: tokens of chat framing per message (role markers, separators)
 MESSAGE_OVERHEAD_TOKENS = 4
+#: the most tokens one count of one answer may be; beyond it a provider's figure is not believed
+MAX_SANE_TOKENS = 10**9
+
+
+def sane_count(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a believable token count: an integer (not a boolean) from 0 to :data:`MAX_SANE_TOKENS`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SANE_TOKENS
+
+
+def estimate_tokens_from_chars(n: int) -> int:
+    """Approximate token count of ``n`` characters of text: one token per :data:`CHARS_PER_TOKEN`, rounded up."""
+    return -(-n // CHARS_PER_TOKEN)
 
 
 def estimate_tokens(text: str) -> int:
     """Approximate token count of ``text`` (0 for the empty string)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN) if text else 0
+    return estimate_tokens_from_chars(len(text))
 
 
 def message_text(message: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ from turnout.backends.anthropic import AnthropicBackend
 from turnout.backends.openai import OpenAIBackend
 from turnout.backends.registry import BackendRegistry, backend_protocols, create_backend
 from turnout.errors import ConfigError
+from turnout.plugins import plugin_entry_points
 from turnout.testing.scripted import ScriptedBackend
 from turnout.types import ChatRequest
 
@@ -62,17 +63,13 @@ def test_installed_entry_points_register_backends_lazily(tmp_path, monkeypatch):
         "broken = turnout_no_such_module:Backend\n",
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    reg = BackendRegistry({"openai": "turnout.backends.openai:OpenAIBackend"}, entry_point_group="turnout.backends")
-    assert {"fakeproto", "openai", "broken"} <= set(reg.names())
-    assert isinstance(reg.create("fakeproto", "f", {}), ScriptedBackend)
-    assert reg.get("openai") is OpenAIBackend  # a built-in keeps its name
-    with pytest.raises(ConfigError, match="'broken' .*cannot be loaded.*install the package"):
-        reg.get("broken")
-
-
-def test_the_fallback_serves_only_names_no_entry_point_gave(tmp_path, monkeypatch):
-    _dist_with_entry_points(tmp_path, "[turnout.test-group]\nscripted = turnout.backends.openai:OpenAIBackend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    fallback = {"scripted": "turnout.testing.scripted:ScriptedBackend"}
-    assert BackendRegistry(entry_point_group="turnout.test-group", fallback=fallback).get("scripted") is OpenAIBackend
-    assert BackendRegistry(entry_point_group="turnout.no-group", fallback=fallback).get("scripted") is ScriptedBackend
+    plugin_entry_points.cache_clear()  # the installed set is read once per process: read it again, with the new one
+    try:
+        reg = BackendRegistry({"openai": "turnout.backends.openai:OpenAIBackend"}, entry_point_group="turnout.backends")
+        assert {"fakeproto", "openai", "broken"} <= set(reg.names())
+        assert isinstance(reg.create("fakeproto", "f", {}), ScriptedBackend)
+        assert reg.get("openai") is OpenAIBackend  # a built-in keeps its name
+        with pytest.raises(ConfigError, match="'broken' .*cannot be loaded.*install the package"):
+            reg.get("broken")
+    finally:
+        plugin_entry_points.cache_clear()  # forget the temporary distribution

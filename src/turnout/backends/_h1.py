@@ -159,24 +159,26 @@ def parse_head(raw: bytes) -> Head:
         name = name.lower()
         value = value.strip(" \t")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    length = headers.get("content-length")
-    if "transfer-encoding" in headers or (
-        length is not None and not (length.isdigit() and length.isascii() and len(length) <= 20)
-    ):
+    if "transfer-encoding" in headers or not _plain_length(headers.get("content-length")):
         _check_framing(headers)
     reason = m[4]
     return Head(status, reason.decode("latin-1") if reason else "", m[1] == b"0" or (m[1] == b"1" and m[2] == b"0"), headers)
 
 
+def _plain_length(length: str | None) -> bool:
+    """Whether a Content-Length value needs no more checking: absent, or one decimal number of at most 20 digits."""
+    return length is None or (length.isascii() and length.isdigit() and len(length) <= 20)
+
+
 def _check_framing(headers: dict[str, str]) -> None:
     """h11's rules on joined fields: one decimal Content-Length (repeats must agree), one ``chunked`` Transfer-Encoding."""
     length = headers.get("content-length")
-    if length is not None and not (length.isascii() and length.isdigit() and len(length) <= 20):
+    if length is not None and not _plain_length(length):
         values = {v.strip(" \t") for v in length.split(",")}
         value = values.pop()
         if values:
             raise RemoteProtocolError("conflicting content-length headers")
-        if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        if not _plain_length(value):
             raise RemoteProtocolError(f"bad content-length {length[:40]!r} (one decimal number expected)")
         headers["content-length"] = value
     te = headers.get("transfer-encoding")

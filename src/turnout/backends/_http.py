@@ -62,13 +62,9 @@ from turnout.errors import (
     BackendStatusError,
     BackendTimeoutError,
 )
+from turnout.fastjson import dumps as dumps  # re-exported: compact JSON bytes of a request body
+from turnout.tokens import MAX_SANE_TOKENS, sane_count
 from turnout.types import Usage
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes of a request body."""
-    return fastjson.dumps(obj)
-
 
 #: the most of an error body kept on a BackendStatusError (bodies can be whole HTML pages)
 MAX_ERROR_BODY = 4096
@@ -500,24 +496,19 @@ async def iter_sse(lines: AsyncIterator[str], max_event: int = _DEFAULT_LIMITS.e
         yield SSEEvent(event or "message", "\n".join(data))
 
 
-#: the most tokens one count of one answer may be; beyond it the provider's figure is not believed
-MAX_USAGE_TOKENS = 10**9
-
 log = logging.getLogger("turnout.backends")
 
 
 def token_count(value: Any) -> int | None:
     """``value`` as a token count if it is a sane one, else None.
 
-    Sane: a non-negative integer up to :data:`MAX_USAGE_TOKENS` (an integral
-    float such as ``12.0`` too). Not: negative, huge, fractional, NaN, a
-    string (``"12"``), a boolean, null.
+    Sane: a non-negative integer up to :data:`~turnout.tokens.MAX_SANE_TOKENS`
+    (:func:`~turnout.tokens.sane_count`; an integral float such as ``12.0`` too).
+    Not: negative, huge, fractional, NaN, a string (``"12"``), a boolean, null.
     """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= MAX_USAGE_TOKENS else None
-    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_USAGE_TOKENS:
+    if sane_count(value):
+        return value
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_SANE_TOKENS:
         return int(value)
     return None
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -45,7 +45,6 @@ from turnout.backends._http import (
     Deadlines,
     UsageCheck,
     WireResponse,
-    dumps,
     fetch_body,
     iter_sse,
     loads,
@@ -55,7 +54,8 @@ from turnout.backends._http import (
 )
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError, InvalidRequestError, UnsupportedRequestError
-from turnout.tokens import estimate_prompt_tokens, estimate_tokens
+from turnout.fastjson import dumps
+from turnout.tokens import estimate_prompt_tokens, estimate_tokens, estimate_tokens_from_chars
 from turnout.types import ChatRequest, ChatResponse, StreamChunk, Usage
 
 API_VERSION = "2023-06-01"
@@ -213,10 +213,17 @@ _PROMPT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input
 _COMPLETION_KEYS = ("output_tokens",)
 
 
-def _usage(u: Any, check: UsageCheck | None = None, prompt: int = 0, completion: int = 0) -> Usage:
-    """The usage an Anthropic ``usage`` object reports, insane or missing counts replaced by the estimates."""
+def _none() -> int:
+    return 0
+
+
+def _usage(
+    u: Any, check: UsageCheck | None = None, prompt: Callable[[], int] = _none, completion: Callable[[], int] = _none
+) -> Usage:
+    """The usage an Anthropic ``usage`` object reports, insane or missing counts replaced by the estimates
+    ``prompt()`` / ``completion()`` (called only when needed)."""
     check = check or UsageCheck("anthropic")
-    usage, _ = check.usage(u, lambda: prompt, lambda: completion, prompt_keys=_PROMPT_KEYS, completion_keys=_COMPLETION_KEYS)
+    usage, _ = check.usage(u, prompt, completion, prompt_keys=_PROMPT_KEYS, completion_keys=_COMPLETION_KEYS)
     return usage
 
 
@@ -296,7 +303,9 @@ class AnthropicBackend(Backend):
                 f"answer is not a Messages object (got {str(msg)[:160]!r})", backend=self.name, model=model
             )
         text = "".join(t for b in blocks if b.get("type") == "text" and isinstance(t := b.get("text"), str))
-        usage = _usage(msg.get("usage"), self._usage, estimate_prompt_tokens(request.messages), estimate_tokens(text))
+        usage = _usage(
+            msg.get("usage"), self._usage, lambda: estimate_prompt_tokens(request.messages), lambda: estimate_tokens(text)
+        )
         try:
             body = to_chat_completion(msg, usage)
         except (KeyError, TypeError, AttributeError, ValueError) as e:  # a block of the wrong shape
@@ -317,12 +326,14 @@ class AnthropicBackend(Backend):
     async def _chunks(self, resp: WireResponse, request: ChatRequest, model: str, dl: Deadlines) -> AsyncIterator[StreamChunk]:
         events = iter_sse(resp.iter_lines(), self.limits.event)
         cid, upstream_model, created = "", model, int(time.time())
-        prompt_estimate = estimate_prompt_tokens(request.messages)
-        usage = Usage(prompt_estimate, 0)
+        usage: Usage | None = None  # until message_start reports it
         n_text = 0  # characters of text streamed, for an output estimate
 
+        def prompt_estimate() -> int:
+            return estimate_prompt_tokens(request.messages)
+
         def output_estimate() -> int:
-            return (n_text + 3) // 4  # estimate_tokens: about 4 characters a token
+            return estimate_tokens_from_chars(n_text)
 
         stop_reason: str | None = None
         tool_index: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_calls index
@@ -358,7 +369,7 @@ class AnthropicBackend(Backend):
                 if kind == "message_start":
                     msg = obj["message"]
                     cid, upstream_model = msg.get("id", ""), msg.get("model", model)
-                    usage = _usage(msg.get("usage"), self._usage, prompt_estimate, 0)
+                    usage = _usage(msg.get("usage"), self._usage, prompt_estimate)
                     dl.got_first()
                     yield StreamChunk(body=chunk({"role": "assistant", "content": ""}))
                 elif kind == "content_block_start":
@@ -388,10 +399,12 @@ class AnthropicBackend(Backend):
                     raw = obj.get("usage") or {}
                     if raw.get("output_tokens") is not None:
                         out, _ = self._usage.count(raw, _COMPLETION_KEYS, output_estimate)
-                        usage = Usage(usage.prompt_tokens, out)
+                        usage = Usage(usage.prompt_tokens if usage is not None else prompt_estimate(), out)
                 elif kind == "message_stop":
                     finish = _STOP_REASONS.get(stop_reason if isinstance(stop_reason, str) else "", "stop")
                     body = chunk({}, finish)
+                    if usage is None:  # no message_start
+                        usage = Usage(prompt_estimate(), 0)
                     body["usage"] = usage.to_dict()
                     yield StreamChunk(body=body, finish_reason=finish, usage=usage)
                     return

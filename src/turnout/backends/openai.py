@@ -55,7 +55,6 @@ from turnout.backends._http import (
     Deadlines,
     UsageCheck,
     WireResponse,
-    dumps,
     fetch_body,
     iter_sse,
     loads,
@@ -65,6 +64,7 @@ from turnout.backends._http import (
 )
 from turnout.backends.base import Backend, Timeouts
 from turnout.errors import BackendProtocolError, BackendStatusError, UnsupportedRequestError
+from turnout.fastjson import dumps
 from turnout.tokens import estimate_prompt_tokens, estimate_tokens
 from turnout.types import ChatRequest, ChatResponse, StreamChunk
 
@@ -124,15 +124,6 @@ def _text_of(content: Any) -> str | None:
     if isinstance(content, list):
         return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return None
-
-
-def _asked_top(request: ChatRequest) -> int | None:
-    """How many alternatives per token the client asked for (``top_logprobs``), or None when it asked for no
-    log-probabilities at all."""
-    if request.params.get("logprobs") is not True:
-        return None
-    top = request.params.get("top_logprobs")
-    return top if isinstance(top, int) and not isinstance(top, bool) and top > 0 else 0
 
 
 def chat_logprobs(lp: Any, top: int | None) -> dict[str, Any] | None:
@@ -252,7 +243,7 @@ class OpenAIBackend(Backend):
         raw = await fetch_body(self._transport, path, payload, self.name, model, t)
         body = loads(raw, self.name, model, "the response body")
         if self.completion_template is not None:
-            body = self._chat_from_completion(body, model, _asked_top(request))
+            body = self._chat_from_completion(body, model, request.asked_top_logprobs())
         text = self._check_chat(body, model)
         raw_usage = body.get("usage")
         usage, valid = self._usage.usage(
@@ -328,6 +319,7 @@ class OpenAIBackend(Backend):
         raw_usage: Any = None  # the last usage the provider reported
         n_events = 0
         done = False
+        top = request.asked_top_logprobs()  # the log-probabilities asked for, the same for every event
         while True:
             # Each read runs under the next event's deadline (first token, then idle, within total); the yield
             # happens outside it, because a timeout scope must never span a yield of an async generator.
@@ -354,7 +346,7 @@ class OpenAIBackend(Backend):
                     body=ev.data[:4096],
                 )
             if self.completion_template is not None:
-                obj = self._chunk_from_completion(obj, model, _asked_top(request))
+                obj = self._chunk_from_completion(obj, model, top)
             choices = obj.get("choices")
             if not isinstance(choices, list):
                 raise BackendProtocolError(f"stream event has no choices list: {ev.data[:120]!r}", backend=self.name, model=model)

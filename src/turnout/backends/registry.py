@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from turnout.backends.base import Backend
 from turnout.errors import ConfigError
+from turnout.plugins import BACKENDS, plugin_entry_points
 
 Factory = Callable[..., Backend]
 
@@ -38,8 +39,6 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "openai": "turnout.backends.openai:OpenAIBackend",
     "anthropic": "turnout.backends.anthropic:AnthropicBackend",
 }
-#: the entry-point group packages declare backend protocols in
-ENTRY_POINT_GROUP = "turnout.backends"
 
 
 class BackendRegistry:
@@ -47,17 +46,13 @@ class BackendRegistry:
 
     ``lazy`` maps names to ``"module:attribute"`` targets imported on first
     use; ``entry_point_group`` (None: none) adds the installed entry points of
-    that group, read once, when a name is first looked up; ``fallback`` names
-    targets used only where no entry point gave that name.
+    that group (:func:`turnout.plugins.plugin_entry_points`), when a name is first looked up.
     """
 
-    def __init__(
-        self, lazy: dict[str, str] | None = None, *, entry_point_group: str | None = None, fallback: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, lazy: dict[str, str] | None = None, *, entry_point_group: str | None = None) -> None:
         self._factories: dict[str, Factory] = {}
         self._lazy = dict(lazy or {})
         self._group = entry_point_group
-        self._fallback = dict(fallback or {})
         self._discovered = False
 
     def _discover(self) -> None:
@@ -65,10 +60,8 @@ class BackendRegistry:
             return
         self._discovered = True
         if self._group is not None:
-            for ep in entry_points(group=self._group):
-                self._lazy.setdefault(ep.name, ep.value)  # a built-in keeps its name
-        for name, target in self._fallback.items():
-            self._lazy.setdefault(name, target)
+            for name, ep in plugin_entry_points(self._group).items():
+                self._lazy.setdefault(name, ep.value)  # a built-in keeps its name
 
     def register(self, protocol: str, factory: Factory) -> None:
         """Make ``factory`` creatable as ``protocol`` (replaces an earlier one of that name)."""
@@ -121,7 +114,7 @@ class BackendRegistry:
             raise ConfigError(f"backend '{name}' (protocol {protocol}): {e}", key=f"backends.{name}") from e
 
 
-DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS, entry_point_group=ENTRY_POINT_GROUP)
+DEFAULT_REGISTRY = BackendRegistry(BUILTIN_BACKENDS, entry_point_group=BACKENDS)
 
 
 def register_backend(protocol: str, factory: Factory) -> None:
@@ -139,4 +132,4 @@ def backend_protocols() -> list[str]:
     return DEFAULT_REGISTRY.names()
 
 
-__all__ = ["BUILTIN_BACKENDS", "ENTRY_POINT_GROUP", "BackendRegistry", "backend_protocols", "create_backend", "register_backend"]
+__all__ = ["BUILTIN_BACKENDS", "BackendRegistry", "backend_protocols", "create_backend", "register_backend"]

@@ -36,6 +36,7 @@ import numpy as np
 
 from turnout.cache.store import CacheEntry, CacheStore, own_vector
 from turnout.errors import StateError
+from turnout.state.redis import as_text
 
 if TYPE_CHECKING:
     from turnout.state.redis import RedisCounters
@@ -52,10 +53,6 @@ def _digest(*parts: str) -> str:
         h.update(len(b).to_bytes(8, "little"))  # length-prefixed: ("ab", "c") and ("a", "bc") differ
         h.update(b)
     return h.hexdigest()
-
-
-def _text(v: Any) -> str:
-    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
 class RedisCacheStore:
@@ -98,12 +95,12 @@ class RedisCacheStore:
     def _entry(fields: dict[Any, Any]) -> CacheEntry | None:
         if not fields:
             return None
-        f = {_text(k): v for k, v in fields.items()}
+        f = {as_text(k): v for k, v in fields.items()}
         raw = f.get("vec") or b""
         vec = np.frombuffer(raw, dtype=np.float32) if raw else None
         return CacheEntry(
-            key=_text(f["key"]),
-            text=_text(f["text"]),
+            key=as_text(f["key"]),
+            text=as_text(f["text"]),
             vector=vec,
             answer=json.loads(f["answer"]),
             stored_at=float(f["stored_at"]),
@@ -150,7 +147,7 @@ class RedisCacheStore:
                 try:
                     async with client.pipeline(transaction=False) as pipe:
                         for i in order:
-                            pipe.hgetall(self._p + "e:" + _text(ids[i]))
+                            pipe.hgetall(self._p + "e:" + as_text(ids[i]))
                         got = await pipe.execute()
                 except self.store.errors as exc:
                     raise self._fail("read the nearest entries", exc) from exc
@@ -227,7 +224,7 @@ class RedisCacheStore:
         try:
             if tenant is None:
                 keys = [k async for k in client.scan_iter(match=_glob(self._p) + "*", count=1000)]
-                entries = sum(1 for k in keys if _text(k).startswith(self._p + "e:"))
+                entries = sum(1 for k in keys if as_text(k).startswith(self._p + "e:"))
                 for i in range(0, len(keys), 1000):
                     await client.delete(*keys[i : i + 1000])
                 return entries
@@ -236,7 +233,7 @@ class RedisCacheStore:
             for bkey in await client.smembers(tkey):
                 ids = await client.hkeys(bkey)
                 if ids:
-                    dropped += int(await client.delete(*(self._p + "e:" + _text(i) for i in ids)))
+                    dropped += int(await client.delete(*(self._p + "e:" + as_text(i) for i in ids)))
                 await client.delete(bkey)
             await client.delete(tkey)
             return dropped

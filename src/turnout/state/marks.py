@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from turnout.state.redis import as_text
+
 if TYPE_CHECKING:
     from turnout.state.redis import RedisCounters
 
@@ -157,7 +159,7 @@ class RedisMarks:
             raise self.store.failure("read the out-of-rotation marks", exc) from exc
         out = []
         for i in range(0, len(flat), 3):
-            field, remaining, reason = (x.decode() if isinstance(x, bytes) else str(x) for x in flat[i : i + 3])
+            field, remaining, reason = (as_text(x) for x in flat[i : i + 3])
             endpoint, _, replica = field.partition(_SEP)
             out.append(Mark(endpoint, replica, reason, float(remaining)))
         return out

@@ -26,12 +26,16 @@ class InMemoryCounters:
         self._clock = clock
 
     # -- counters ---------------------------------------------------------------
+    def _add(self, key: str, amount: float) -> float:
+        """Add ``amount`` to ``key`` and return the new value; the caller holds the lock."""
+        value = self._values.get(key, 0.0) + amount
+        self._values[key] = value
+        return value
+
     def incr_now(self, key: str, amount: float) -> float:
         """:meth:`incr` without the coroutine (for synchronous callers in the same process)."""
         with self._lock:
-            value = self._values.get(key, 0.0) + float(amount)
-            self._values[key] = value
-            return value
+            return self._add(key, float(amount))
 
     def get_now(self, key: str) -> float:
         return self._values.get(key, 0.0)
@@ -66,10 +70,7 @@ class InMemoryCounters:
     async def settle(self, name: str, hold_id: str, actual: float) -> float:
         with self._lock:
             self._holds.get(name, {}).pop(hold_id, None)
-            key = spend_key(name)
-            value = self._values.get(key, 0.0) + float(actual)
-            self._values[key] = value
-            return value
+            return self._add(spend_key(name), float(actual))
 
     def held(self, name: str) -> float:
         """USD held now against ``name`` by requests in flight."""

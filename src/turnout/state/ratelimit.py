@@ -34,9 +34,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from turnout.state.redis import as_text
 
 if TYPE_CHECKING:
     from turnout.state.redis import RedisCounters
@@ -88,7 +90,7 @@ class RateWindows(Protocol):
         ...
 
 
-def _retry_after_requests(times: list[float], rpm: int, start: float) -> float:
+def _retry_after_requests(times: Sequence[float], rpm: int, start: float) -> float:
     """Seconds until the window (``times`` sorted, all after ``start``) holds fewer than ``rpm`` requests."""
     # the (n - rpm + 1)-th oldest must leave: then n - (n - rpm + 1) = rpm - 1 remain
     return max(0.0, times[len(times) - rpm] - start)
@@ -134,7 +136,7 @@ class InMemoryRateWindows:
             self._expire(name, start)
             reqs = self._requests.setdefault(name, collections.deque())
             if rpm is not None and len(reqs) >= rpm:
-                return RateDecision(False, "rpm", len(reqs), _retry_after_requests(list(reqs), rpm, start))
+                return RateDecision(False, "rpm", len(reqs), _retry_after_requests(reqs, rpm, start))
             toks = self._tokens.setdefault(name, {})
             used = self._token_sum.get(name, 0.0)
             if tpm is not None and used >= tpm:
@@ -294,7 +296,7 @@ class RedisRateWindows:
             )
         except self.store.errors as exc:
             raise self.store.failure(f"check the rate limits of {name!r}", exc) from exc
-        lim = limit.decode() if isinstance(limit, bytes) else str(limit)
+        lim = as_text(limit)
         return RateDecision(bool(int(ok)), lim or None, float(used), float(wait))
 
     async def settle(self, name: str, request_id: str, tokens: int) -> None:

@@ -61,6 +61,11 @@ def _redis_asyncio() -> Any:
     return aredis
 
 
+def as_text(value: Any) -> str:
+    """A value of a Redis reply as text: bytes decoded as UTF-8, anything else as ``str``."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def masked(url: str) -> str:
     """``url`` with the password of its user part replaced by ``***`` (messages reach clients and logs)."""
     scheme, sep, rest = url.partition("://")
@@ -105,9 +110,6 @@ class RedisCounters:
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
 
-    def _fail(self, what: str, exc: BaseException) -> StateError:
-        return StateError(f"Redis at {self.shown_url} failed to {what}: {exc} (is redis-server running and reachable?)")
-
     # -- what the other shared-state parts (rate windows, marks, the feedback index, the cache) build on ----------
     @property
     def client(self) -> Any:
@@ -121,7 +123,7 @@ class RedisCounters:
 
     def failure(self, what: str, exc: BaseException) -> StateError:
         """The :class:`~turnout.errors.StateError` for a failed call: names the URL (password masked) and ``what``."""
-        return self._fail(what, exc)
+        return StateError(f"Redis at {self.shown_url} failed to {what}: {exc} (is redis-server running and reachable?)")
 
     def _hold_keys(self, name: str) -> list[str]:
         p = self.prefix
@@ -132,19 +134,19 @@ class RedisCounters:
         try:
             await self._client.ping()
         except self._errors as exc:
-            raise self._fail("answer PING", exc) from exc
+            raise self.failure("answer PING", exc) from exc
 
     async def incr(self, key: str, amount: float) -> float:
         try:
             return float(await self._client.incrbyfloat(self.prefix + key, float(amount)))
         except self._errors as exc:
-            raise self._fail(f"increment {key!r}", exc) from exc
+            raise self.failure(f"increment {key!r}", exc) from exc
 
     async def get(self, key: str) -> float:
         try:
             value = await self._client.get(self.prefix + key)
         except self._errors as exc:
-            raise self._fail(f"read {key!r}", exc) from exc
+            raise self.failure(f"read {key!r}", exc) from exc
         return 0.0 if value is None else float(value)
 
     async def get_many(self, keys: Sequence[str]) -> list[float]:
@@ -153,7 +155,7 @@ class RedisCounters:
         try:
             values = await self._client.mget([self.prefix + k for k in keys])
         except self._errors as exc:
-            raise self._fail(f"read {len(keys)} keys", exc) from exc
+            raise self.failure(f"read {len(keys)} keys", exc) from exc
         return [0.0 if v is None else float(v) for v in values]
 
     async def reserve(self, name: str, hold_id: str, amount: float, *, limit: float, ttl_s: float) -> Reservation:
@@ -162,14 +164,14 @@ class RedisCounters:
                 keys=self._hold_keys(name), args=[hold_id, repr(float(amount)), repr(float(limit)), repr(ttl_s)]
             )
         except self._errors as exc:
-            raise self._fail(f"hold {amount:.6g} USD against {name!r}", exc) from exc
+            raise self.failure(f"hold {amount:.6g} USD against {name!r}", exc) from exc
         return Reservation(bool(int(ok)), float(spent), float(held))
 
     async def settle(self, name: str, hold_id: str, actual: float) -> float:
         try:
             return float(await self._settle(keys=self._hold_keys(name), args=[hold_id, repr(float(actual))]))
         except self._errors as exc:
-            raise self._fail(f"settle {actual:.6g} USD of {name!r}", exc) from exc
+            raise self.failure(f"settle {actual:.6g} USD of {name!r}", exc) from exc
 
     async def held(self, name: str) -> float:
         """USD held now against ``name`` by requests in flight on every replica (expired holds included
@@ -177,7 +179,7 @@ class RedisCounters:
         try:
             values = await self._client.hvals(self.prefix + holds_key(name))
         except self._errors as exc:
-            raise self._fail(f"read the holds of {name!r}", exc) from exc
+            raise self.failure(f"read the holds of {name!r}", exc) from exc
         return sum(float(v) for v in values)
 
     async def aclose(self) -> None:
@@ -188,4 +190,4 @@ class RedisCounters:
         return f"RedisCounters({self.shown_url!r}, prefix={self.prefix!r})"
 
 
-__all__ = ["RedisCounters", "masked"]
+__all__ = ["RedisCounters", "as_text", "masked"]

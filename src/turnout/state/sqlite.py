@@ -21,7 +21,6 @@ import threading
 from pathlib import Path
 
 from turnout.errors import StateError
-from turnout.state.base import spend_key
 from turnout.state.memory import InMemoryCounters
 
 log = logging.getLogger(__name__)
@@ -67,21 +66,12 @@ class SqliteCounters(InMemoryCounters):
         self._thread = threading.Thread(target=self._writer, name="turnout-state-writer", daemon=True)
         self._thread.start()
 
-    def incr_now(self, key: str, amount: float) -> float:
-        value = super().incr_now(key, amount)
-        self._add_pending(key, float(amount))
+    def _add(self, key: str, amount: float) -> float:
+        value = super()._add(key, amount)
+        if amount:  # remembered for the next write-behind
+            with self._pending_lock:
+                self._pending[key] = self._pending.get(key, 0.0) + amount
         return value
-
-    async def settle(self, name: str, hold_id: str, actual: float) -> float:
-        value = await super().settle(name, hold_id, actual)
-        self._add_pending(spend_key(name), float(actual))
-        return value
-
-    def _add_pending(self, key: str, delta: float) -> None:
-        if not delta:
-            return
-        with self._pending_lock:
-            self._pending[key] = self._pending.get(key, 0.0) + delta
 
     def _writer(self) -> None:
         while not self._stop:
