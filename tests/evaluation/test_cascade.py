@@ -81,7 +81,7 @@ def test_sweep_goes_from_cheap_to_strong():
     sig = create_signal("agreement")
     ctr, _ = group_confidence(Answers(train), sig, plan.group)
     cte, pte = group_confidence(Answers(test), sig, plan.group)
-    outs, info = sweep_cascade(plan, train, test, ctr, cte, pte)
+    outs, info = sweep_cascade(plan, test, ctr, cte, pte)
     assert outs[0].cost.mean() == pytest.approx(2.0) and not outs[0].escalated.any()
     assert outs[-1].escalated.all() and outs[-1].score.mean() == pytest.approx(test.scores[:, STRONG].mean())
     costs = [o.cost.mean() for o in outs]

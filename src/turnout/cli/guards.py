@@ -189,17 +189,10 @@ def run_train(args: Any) -> int:
             markup=False,
         )
     else:
+        from turnout.evaluation.guards import attack_labels
         from turnout.signals.jailbreak import JailbreakDetector, JailbreakSettings
 
-        bad = next((r for r in train if r.label not in ("attack", "benign")), None)
-        if bad is not None:
-            raise DataError(
-                f"label {bad.label!r} is not 'attack' or 'benign'",
-                file=args.train,
-                row=bad.row,
-                column="label",
-                fix="label each row 'attack' or 'benign'",
-            )
+        attack_labels(train, args.train)
         det = JailbreakDetector.fit(
             [r.text for r in train],
             [str(r.label) for r in train],

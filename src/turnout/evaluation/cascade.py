@@ -183,7 +183,6 @@ class FixedCascade:
 
 def sweep_cascade(
     plan: FixedCascade,
-    train: RoutingTable,
     test: RoutingTable,
     train_conf: np.ndarray,
     test_conf: np.ndarray,

@@ -204,7 +204,7 @@ def evaluate_cascades(
         say(f"simulating {plan.label(test.models)}")
         ctr, _ = conf(plan.signal, plan.group, "train")
         cte, pte = (a[rows] for a in conf(plan.signal, plan.group, "test"))
-        outs, info = sweep_cascade(plan, train, sub, ctr, cte, pte, opts.shares)
+        outs, info = sweep_cascade(plan, sub, ctr, cte, pte, opts.shares)
         extra = {
             "kind": "cascade",
             "signal": plan.signal,
@@ -228,7 +228,9 @@ def evaluate_cascades(
         entries.update(_router_plans(train, test, Xtr, Xte, base, opts, pool, strong, conf, weights, single, best, say, notes))
     for e in entries.values():
         e["fit_s"] = fit_s  # the verifier's fit (or 0 when it was given), shared by every entry
-    acceptance = _acceptance(train, sub, pool, strong, signals, opts, verifier)
+    acceptance = _acceptance(
+        train, sub, pool, strong, signals, opts, verifier, lambda name: conf(name, (cheap,), "test")[0][rows]
+    )
     return {"cascades": entries, "acceptance": acceptance, "notes": notes}
 
 
@@ -363,8 +365,13 @@ def _acceptance(
     signals: dict[str, AcceptanceSignal | Verifier],
     opts: CascadeOptions,
     verifier: Verifier,
+    alone: Callable[[str], np.ndarray],
 ) -> dict[str, Any]:
-    """Per signal and task, the AUC of the cheap model's confidence for 'its answer is right'; and the AUC needed."""
+    """Per signal and task, the AUC of the cheap model's confidence for 'its answer is right'; and the AUC needed.
+
+    ``alone(signal)`` is the cheap model's confidence on ``test`` judged with no other answer (the
+    one-model cascades computed it already).
+    """
     cheap, probe = pool[0], (pool[1] if len(pool) > 1 else None)
     y = test.scores[:, cheap] > 0.5
     tasks = np.asarray(test.tasks if test.tasks else ["(all)"] * len(test), dtype=object).astype(str)
@@ -374,7 +381,7 @@ def _acceptance(
         judged = {"verifier": ("verifier", [probe]), "agreement": ("agreement", [probe]), **judged}
     aucs: dict[str, dict[str, float | None]] = {}
     for label, (name, others) in judged.items():
-        c = member_confidence(ans, signals[name], cheap, others, embed=opts.embed)
+        c = alone(name) if not others else member_confidence(ans, signals[name], cheap, others, embed=opts.embed)
         per: dict[str, float | None] = {}
         for task in [*np.unique(tasks), "all"]:
             sel = (tasks == task if task != "all" else np.ones(len(tasks), bool)) & ~np.isnan(c)

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ import numpy as np
 
 from turnout.embed import Embedder, create_embedder
 from turnout.errors import DataError
+from turnout.evaluation.metrics import auc
 from turnout.signals.domain import OUT_OF_SCOPE, DomainClassifier, DomainSettings
 from turnout.signals.examples import Example, read_examples, read_texts
 from turnout.signals.jailbreak import ATTACK, JailbreakDetector, JailbreakSettings
@@ -135,18 +137,10 @@ def _sample(texts: Sequence[str], n: int, seed: int = 0) -> list[str]:
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """P(a positive scores above a negative), ties half: the rank form of ROC AUC."""
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    allv = np.concatenate([pos, neg])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    ranks[order] = np.arange(1, len(allv) + 1)
-    # average ranks of ties
-    _, inv, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    """P(a positive scores above a negative), ties half: the rank form of ROC AUC (None without both)."""
+    y = np.r_[np.ones(len(pos), dtype=bool), np.zeros(len(neg), dtype=bool)]
+    a = auc(y, np.concatenate([pos, neg]))
+    return None if math.isnan(a) else a
 
 
 def _embedders(name: str, cache_dir: str | None, progress: bool) -> tuple[Embedder, Embedder]:
@@ -326,7 +320,7 @@ def evaluate_jailbreak(
     # every input is read (and checked) before the minutes of fitting
     extra = read_texts(list(benign)) if benign else []
     probe_rows = read_examples(probes) if probes is not None else []
-    _labels(probe_rows, str(probes))
+    attack_labels(probe_rows, str(probes))
     wild_texts = {Path(p).name: read_texts([p], splits=("val", "test")) for p in wild}
     emb, emb_live = _embedders(embedder, cache_dir, progress)
     t0 = time.perf_counter()
@@ -348,10 +342,11 @@ def evaluate_jailbreak(
         det = _fit(train, emb, embedder, extra)
     fit_s = time.perf_counter() - t0
     texts = [r.text for r in test]
-    verdicts = det.score_batch(texts, emb.embed(texts))
+    X = emb.embed(texts)
+    verdicts = det.score_batch(texts, X)
     flagged = np.array([v.flagged for v in verdicts])
     scores = np.array([v.score for v in verdicts])
-    y = _labels(test, test_path)
+    y = attack_labels(test, test_path)
     rep: dict[str, Any] = {
         "kind": "jailbreak",
         "detection_rate": _mean(flagged[y]),
@@ -376,7 +371,7 @@ def evaluate_jailbreak(
         "fit_s": fit_s,
     }
     if holdout_sources and artifact is None:
-        rep["held_out_sources"] = _held_out(train, test, y, flagged, emb, embedder, extra, progress)
+        rep["held_out_sources"] = _held_out(train, test, X, y, flagged, emb, embedder, extra)
     if probes is not None:
         rep["probes"] = _probes(det, probes, probe_rows)
     if wild:
@@ -393,7 +388,7 @@ def evaluate_jailbreak(
 
 
 def _fit(train: Sequence[Example], emb: Embedder, name: str, extra: Sequence[str]) -> JailbreakDetector:
-    _labels(train, "TRAIN")
+    attack_labels(train, "TRAIN")
     return JailbreakDetector.fit(
         [r.text for r in train],
         [str(r.label) for r in train],
@@ -405,7 +400,8 @@ def _fit(train: Sequence[Example], emb: Embedder, name: str, extra: Sequence[str
     )
 
 
-def _labels(rows: Sequence[Example], where: str) -> np.ndarray:
+def attack_labels(rows: Sequence[Example], where: str) -> np.ndarray:
+    """Per row, True for an attack: a DataError (naming ``where`` and the row) when a label is not attack or benign."""
     bad = next((r for r in rows if r.label not in ("attack", "benign")), None)
     if bad is not None:
         raise DataError(
@@ -467,27 +463,31 @@ def _parts(verdicts: Sequence[Any], y: np.ndarray, threshold: float) -> dict[str
 def _held_out(
     train: Sequence[Example],
     test: Sequence[Example],
+    X: np.ndarray,
     y: np.ndarray,
     flagged: np.ndarray,
     emb: Embedder,
     name: str,
     extra: Sequence[str],
-    progress: bool,
 ) -> dict[str, Any]:
-    """For each attack source: refit without its attack rows, then its test detection (and the FPR)."""
+    """For each attack source: refit without its attack rows, then its test detection (and the FPR).
+
+    ``X`` is the test rows' embeddings (as scored already), ``y`` their labels and ``flagged`` the verdicts
+    of the guard trained on every source.
+    """
     srcs = sorted({r.source for r in train if r.label == ATTACK and r.source})
     tsrc = np.array([r.source for r in test], dtype=object)
+    texts = [r.text for r in test]
     out: dict[str, Any] = {}
     for s in srcs:
+        m = (tsrc == s) & y
+        if not m.any():
+            continue
         kept = [r for r in train if not (r.source == s and r.label == ATTACK)]
         if not any(r.label == ATTACK for r in kept):
             continue
         det = _fit(kept, emb, name, extra)
-        m = (tsrc == s) & y
-        if not m.any():
-            continue
-        texts = [r.text for r in test]
-        f = np.array([v.flagged for v in det.score_batch(texts, emb.embed(texts))])
+        f = np.array([v.flagged for v in det.score_batch(texts, X)])
         out[s] = {
             "n_test_attacks": int(m.sum()),
             "detection_trained_on": _mean(flagged[m]),
@@ -499,7 +499,7 @@ def _held_out(
 
 
 def _probes(det: JailbreakDetector, path: str, rows: Sequence[Example]) -> dict[str, Any]:
-    y = _labels(rows, path)
+    y = attack_labels(rows, path)
     v = det.score_batch([r.text for r in rows])
     f = np.array([x.flagged for x in v])
     fam = np.array([r.family or "unknown" for r in rows], dtype=object)

@@ -286,11 +286,14 @@ async def _score_perturbed(
     fps = {q: ContextFingerprint.of(_request(f"q {i}", q), tenant="eval") for i, q in enumerate(questions)}
     for q, fp in fps.items():
         await caches["guard"].store(fp, vecs[q], _answer(q))
+    # a look-alike is asked under the conversation "q <k>", k its question's place among the distinct questions
+    place = {q: k for k, q in enumerate(fps)}
+    variants = {q: perturb(q) for q in fps}
     for kind in ("number", "negation", "unit"):
-        looks = [(q, v) for q in questions if (v := perturb(q).get(kind)) is not None]
+        looks = [(q, v) for q in questions if (v := variants[q].get(kind)) is not None]
         counts = {name: 0 for name in caches}
         for q, v in looks:
-            fp = ContextFingerprint.of(_request(f"q {list(fps).index(q)}", v), tenant="eval")
+            fp = ContextFingerprint.of(_request(f"q {place[q]}", v), tenant="eval")
             for name, cache in caches.items():
                 counts[name] += (await cache.lookup(fp, vecs[v])).hit is not None
         n = len(looks)

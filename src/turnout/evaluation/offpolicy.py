@@ -144,8 +144,7 @@ def snips(actions: np.ndarray, propensity: np.ndarray, reward: np.ndarray, targe
     v = float((w * r).sum() / w.sum())
     # influence terms of the ratio estimator: the delta method's variance
     terms = w * (r - v) / w.mean()
-    e = _from_terms("snips", terms, v, w, support)
-    return Estimate("snips", v, e.se, (v - Z95 * e.se, v + Z95 * e.se), e.n, e.ess, support)
+    return _from_terms("snips", terms, v, w, support)
 
 
 def doubly_robust(

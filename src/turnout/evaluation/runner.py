@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable, Collection
@@ -306,30 +307,29 @@ def _add_cascades(
     from turnout.evaluation.cascade_eval import evaluate_cascades
 
     best = out.get("best_router")
-    if not progress:
-        extra = evaluate_cascades(
-            train, test, Xtr, Xte, base, options=options, weights=weights, single=single, best=samples.get(best) if best else None
-        )
-    else:
-        with progress_bar() as bar:
+    with progress_bar() if progress else contextlib.nullcontext() as bar:
+        log: Callable[[str], None] | None = None
+        if bar is not None:
             task = bar.add_task("cascades and fan-outs", total=None)
 
-            def log(msg: str) -> None:
+            def say(msg: str) -> None:
                 bar.update(task, description=msg, advance=1)
                 bar.console.log(msg)
 
-            extra = evaluate_cascades(
-                train,
-                test,
-                Xtr,
-                Xte,
-                base,
-                options=options,
-                weights=weights,
-                single=single,
-                best=samples.get(best) if best else None,
-                log=log,
-            )
+            log = say
+        extra = evaluate_cascades(
+            train,
+            test,
+            Xtr,
+            Xte,
+            base,
+            options=options,
+            weights=weights,
+            single=single,
+            best=samples.get(best) if best else None,
+            log=log,
+        )
+        if bar is not None:
             done = next(t.completed for t in bar.tasks if t.id == task)
             bar.update(task, description="cascades and fan-outs simulated", total=done)
     if extra.get("cascades"):

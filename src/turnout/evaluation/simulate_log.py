@@ -27,7 +27,7 @@ import numpy as np
 from turnout.errors import DataError
 from turnout.evaluation.table import RoutingTable
 from turnout.routing.base import Prediction
-from turnout.routing.policy import choose
+from turnout.routing.policy import availability, choose
 
 
 @dataclass(frozen=True)
@@ -40,11 +40,6 @@ class SimulatedLog:
     propensity: np.ndarray
     reward: np.ndarray
     cost: np.ndarray
-
-
-def _available(pred: Prediction) -> np.ndarray:
-    mask = ~np.isnan(pred.quality) & ~np.isnan(pred.cost)
-    return np.asarray(mask if pred.available is None else mask & np.asarray(pred.available, dtype=bool))
 
 
 def greedy_policy(pred: Prediction, lam: float) -> np.ndarray:
@@ -61,7 +56,7 @@ def softmax_policy(pred: Prediction, lam: float, *, temperature: float = 0.05, e
     Every available model keeps at least ``epsilon / K`` probability (the
     support off-policy estimators need).
     """
-    mask = _available(pred)
+    mask = availability(pred)
     util = np.where(mask, pred.quality - lam * pred.cost, -np.inf)
     logits = (util - util.max(axis=1, keepdims=True)) / temperature
     soft = np.where(mask, np.exp(logits), 0.0)

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -34,6 +35,9 @@ _CODE_LINE = re.compile(r"^\s*(?:def |class |import |from \S+ import |return\b|f
 PYTHON_TAGS = frozenset({"", "python", "py", "python3"})
 #: the longest free-text answer that is still compared as a whole (longer texts are never "the same answer")
 SHORT_TEXT = 64
+#: prompts whose offered options are kept (a prompt is read for each of its answers, which come together;
+#: few, as a cached prompt is held in memory)
+CHOICES_CACHE = 32
 
 
 def _lines(text: str) -> str:
@@ -53,6 +57,12 @@ def offered_choices(prompt: str) -> dict[str, str]:
     consecutive letters (A, B, C, ...) is the question being asked. Fewer than two
     options is no multiple-choice question.
     """
+    return dict(_choices(prompt))
+
+
+@functools.lru_cache(maxsize=CHOICES_CACHE)
+def _choices(prompt: str) -> tuple[tuple[str, str], ...]:
+    """:func:`offered_choices` as an immutable value, cached: one long prompt is read for each of its answers."""
     runs: list[dict[str, str]] = []
     for m in _OPTION.finditer(_lines(prompt)):
         letter, text = m.group(1), m.group(2)
@@ -60,7 +70,7 @@ def offered_choices(prompt: str) -> dict[str, str]:
             runs.append({"A": text})
         elif runs and ord(letter) == ord(max(runs[-1])) + 1:
             runs[-1][letter] = text
-    return dict(runs[-1]) if runs and len(runs[-1]) >= 2 else {}
+    return tuple(runs[-1].items()) if runs and len(runs[-1]) >= 2 else ()
 
 
 def _plain(text: str) -> str:

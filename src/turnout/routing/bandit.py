@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from turnout.errors import RoutingError
-from turnout.routing._common import kmeans
+from turnout.routing._common import kmeans, soft_assign
 from turnout.routing.base import Prediction, Router, TrainingData
 from turnout.routing.registry import register_router
 
@@ -221,9 +221,9 @@ class BanditRouter(Router):
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         assert self._P is not None and self._mu is not None
-        Z = (_unit(X) - self._mu) @ self._P
-        if self.projection == "clusters":
-            Z = soft_assign_cos(Z, self.cluster_temperature)
+        U = _unit(X) - self._mu
+        # clusters: the columns of P are the centroids, and the context is the soft shares of them
+        Z = soft_assign(U, self._P.T, self.cluster_temperature) if self.projection == "clusters" else U @ self._P
         return np.asarray(Z * self._scale)
 
     def _reset_stats(self) -> None:
@@ -571,13 +571,6 @@ def _rows(X: np.ndarray) -> np.ndarray:
     if X.ndim != 2:
         raise RoutingError(f"bandit: expects a 2-D array of prompt embeddings, got shape {X.shape}")
     return X
-
-
-def soft_assign_cos(cos: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax over cosine similarities to the centroids (rows sum to 1)."""
-    logits = cos / temperature
-    w = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return np.asarray(w / w.sum(axis=1, keepdims=True))
 
 
 def _unit(X: np.ndarray) -> np.ndarray:

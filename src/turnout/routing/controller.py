@@ -160,12 +160,6 @@ class LambdaController:
         with self._lock:
             return self._s / self._w if self._w > 0 else None
 
-    @property
-    def saturated(self) -> bool:
-        """True while λ sits at one of its bounds."""
-        with self._lock:
-            return self._at_bound()
-
     def describe(self) -> dict[str, Any]:
         """What a decision reports: target, λ (start-up and now), the running mean, the error and the integral."""
         with self._lock:

@@ -32,7 +32,8 @@ from turnout.types import Candidate, Decision, Reason
 TIE_TOLERANCE = 1e-12
 
 
-def _availability(pred: Prediction, allowed: np.ndarray | None) -> np.ndarray:
+def availability(pred: Prediction, allowed: np.ndarray | None = None) -> np.ndarray:
+    """The n × m mask of the models the policy may choose: available, ``allowed`` and predicted (no NaN)."""
     n, m = pred.quality.shape
     mask = np.ones((n, m), dtype=bool)
     if pred.available is not None:
@@ -54,7 +55,7 @@ def choose(pred: Prediction, lam: float, allowed: np.ndarray | None = None) -> n
     """
     if lam < 0:
         raise RoutingError(f"lam must be >= 0, got {lam}")
-    mask = _availability(pred, allowed)
+    mask = availability(pred, allowed)
     if not mask.any(axis=1).all():
         rows = np.flatnonzero(~mask.any(axis=1))
         raise NoCandidateError(f"no available model for {len(rows)} prompt(s) (first: row {rows[0]}); relax 'allowed'")
@@ -67,7 +68,7 @@ def choose(pred: Prediction, lam: float, allowed: np.ndarray | None = None) -> n
 
 def _breakpoints(pred: Prediction, allowed: np.ndarray | None) -> np.ndarray:
     """Every λ at which some row's preference between two models flips (positive values only)."""
-    mask = _availability(pred, allowed)
+    mask = availability(pred, allowed)
     q = np.where(mask, pred.quality, np.nan)
     c = np.where(mask, pred.cost, np.nan)
     dq = q[:, :, None] - q[:, None, :]

@@ -127,7 +127,7 @@ class VerifierFeatures:
         return out
 
     def _row(self, v: AnswerView, k: int, memo: _Memo) -> list[float]:
-        options = memo.options(v.prompt)
+        options = answers.offered_choices(v.prompt)
         choice = answers.extract_choice(v.answer, options) if options else None
         key = memo.key(v.prompt, v.answer)
         same = [key is not None and memo.key(v.prompt, o) == key for o in v.others]
@@ -179,17 +179,14 @@ class VerifierFeatures:
 
 
 class _Memo:
-    """Per-call caches: few-shot prompts are long, and one prompt comes with many answers to read."""
+    """Per-call caches: few-shot prompts are long, and one prompt comes with many answers to read.
+
+    (The options a prompt offers are cached by :func:`turnout.routing.answers.offered_choices` itself.)
+    """
 
     def __init__(self) -> None:
-        self._options: dict[str, dict[str, str]] = {}
         self._keys: dict[tuple[str, str], str | None] = {}
         self._code: dict[str, bool] = {}
-
-    def options(self, prompt: str) -> dict[str, str]:
-        if prompt not in self._options:
-            self._options[prompt] = answers.offered_choices(prompt)
-        return self._options[prompt]
 
     def asks_code(self, prompt: str) -> bool:
         if prompt not in self._code:

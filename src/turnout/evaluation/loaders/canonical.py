@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import math
 import warnings
 import zlib
 from collections import Counter
@@ -33,6 +32,7 @@ from turnout.evaluation.loaders._common import (
     _Where,
 )
 from turnout.evaluation.table import RoutingTable
+from turnout.tokens import estimate_tokens
 
 if TYPE_CHECKING:  # pandas is imported when a table is read, not with turnout.evaluation
     from pandas import DataFrame
@@ -261,7 +261,7 @@ def _priced(
             )
         counts[col] = t
     est_in, est_out = np.isnan(counts["input_tokens"]), np.isnan(counts["output_tokens"])
-    n_in = np.where(est_in, [math.ceil(len(prompts[i]) / 4) for i in idx], counts["input_tokens"])
+    n_in = np.where(est_in, [estimate_tokens(prompts[i]) for i in idx], counts["input_tokens"])
     n_out = np.where(est_out, DEFAULT_OUTPUT_TOKENS, counts["output_tokens"])
 
     def price(key: str) -> np.ndarray:
