@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -21,12 +22,17 @@ class Served:
 
     def __init__(self, gateway: Gateway, max_body_bytes: int = 1_048_576, start_children: bool = False) -> None:
         self.gateway = gateway
-        self.port = free_port()
+        # bind now and hand the socket to uvicorn: uvicorn binds only after the lifespan has started the
+        # llama.cpp children, and their health checks' outgoing connections could take a port merely reserved
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
         app = create_app(gateway, max_body_bytes=max_body_bytes, start_children=start_children)
         self.server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on")
         )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
     def root(self) -> str:
@@ -48,6 +54,7 @@ class Served:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+        self.sock.close()
 
 
 def fleet_config(
