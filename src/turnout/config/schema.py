@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -196,6 +196,8 @@ class BanditSettings(_Strict):
 
     The learned state is saved to ``state_path`` (temp file + rename) every ``save_every_s`` while
     feedback comes in and at shutdown, and loaded from it at start-up: learning survives a restart.
+    With ``share`` on, replicas pool their learning through the shared state every ``share_every_s``
+    (see gateway/bandit_sync.py).
     """
 
     #: the bandit's state file (a router artifact); null keeps the learning in memory only
@@ -205,6 +207,19 @@ class BanditSettings(_Strict):
     remember: int = Field(10_000, ge=0)
     #: seed of the exploration draws (null: fresh entropy at every start)
     seed: int | None = None
+    #: pool the learning with the other replicas through the state store: auto = when the store is shared (Redis);
+    #: on = also with the in-process store (gateways of one process built on one shared object: tests)
+    share: Literal["auto", "on", "off"] = "auto"
+    #: seconds between two exchanges with the shared state (a crash loses at most this much of a replica's learning)
+    share_every_s: float = Field(1.0, gt=0)
+
+    @field_validator("share", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        # YAML 1.1 reads a bare on/off as a boolean: 'share: on' must mean "on", not fail as True
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class CascadeStepSettings(_Strict):

@@ -29,10 +29,15 @@ an error) teaches nothing. Only the first score of a request teaches the bandit;
 (a temp file in the same folder, fsync, rename) every ``save_every_s`` while something was learned
 and at shutdown, and loaded at start-up in preference to ``router.artifact`` (the artifact is where
 learning started; the state file is where it got to). The file keeps the artifact's metadata (its
-calibration sample for a budget) and the embedder's name, which must still match. For replicas the
-bandit's statistics are sums: :meth:`BanditRoute.export_delta` and :meth:`BanditRoute.merge_delta`
-exchange increments exactly, and :meth:`BanditRoute.get_state` snapshots the rest, for a shared
-store to carry.
+calibration sample for a budget) and the embedder's name, which must still match.
+
+**Replicas.** The bandit's statistics are sums, so replicas pool their learning exactly: with
+``bandit.share`` on (by default whenever the state is shared, i.e. Redis) a
+:class:`~turnout.gateway.bandit_sync.BanditSync` per route carries :meth:`BanditRoute.export_delta`'s
+increments to one versioned blob of the shared state (:mod:`turnout.state.shared_stats`, compare-and-set)
+every ``share_every_s`` and merges the other replicas' back (:meth:`BanditRoute.merge_delta`, which marks
+the state file dirty), so every replica's bandit converges on the same statistics. The state file then
+seeds an empty store, and a restarted replica takes the shared statistics over its file.
 
 Example (``turnout.yaml``)::
 
@@ -42,7 +47,7 @@ Example (``turnout.yaml``)::
         embedder: minilm
         candidates: [small, big]
         lambda: 50
-        bandit: {state_path: ./bandit-learn.npz, save_every_s: 30, seed: 0}
+        bandit: {state_path: ./bandit-learn.npz, save_every_s: 30, seed: 0, share: auto, share_every_s: 1}
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ if TYPE_CHECKING:
     from turnout.gateway.embeddings import EmbeddingService
     from turnout.gateway.endpoints import ModelTarget
     from turnout.gateway.logschema import LogEntry
+    from turnout.state.shared_stats import SharedStats
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +105,7 @@ class BanditRoute(RouteRuntime):
 
     Built by :func:`build_bandit_route` from config. ``state_path``: the state file (None: in memory
     only); ``save_every_s``: the saver's period; ``keep_contexts``: decisions whose context stays in
-    memory; ``seed``: the draws' generator.
+    memory; ``seed``: the draws' generator; ``shared``: where replicas pool the statistics.
 
     Example::
 
@@ -115,6 +121,10 @@ class BanditRoute(RouteRuntime):
     seed: int | None = None
     #: the metadata the state file carries (the artifact's, with the route and embedder)
     meta: dict[str, Any] | None = None
+    #: where the replicas pool their statistics (None: this replica learns alone); see gateway/bandit_sync.py
+    shared: SharedStats | None = None
+    #: seconds between two exchanges with ``shared``
+    share_every_s: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -363,10 +373,13 @@ def build_bandit_route(
     embeddings: EmbeddingService,
     *,
     budget: Callable[..., Any],
+    shared: SharedStats | None = None,
 ) -> BanditRoute:
     """The bandit route ``name`` of ``cfg``: its state file, else its artifact, else a cold bandit.
 
-    ``budget`` is the builder's route-budget factory (called as for any route). Raises
+    ``budget`` is the builder's route-budget factory (called as for any route). ``shared``: where the
+    gateway's bandit routes pool their statistics (default: :func:`~turnout.state.shared_stats.shared_stats_for`
+    ``state``), used when ``bandit.share`` is on (``auto``: when ``state`` is shared). Raises
     :class:`~turnout.errors.ConfigError` naming the key for every problem, before a port is bound.
     """
     from turnout.config.schema import BanditSettings
@@ -424,6 +437,14 @@ def build_bandit_route(
     from turnout.routing.artifact import ARTIFACT_KEYS
 
     kept = {k: v for k, v in meta.items() if k not in (*ARTIFACT_KEYS, "models")}
+    # auto: share when the state store is shared by replicas (Redis). A cold bandit's random projection is drawn
+    # from router.params.seed (an int, 0 by default; PCG64 gives the same stream in every process), so replicas
+    # built from one config agree on it; artifacts and state files carry theirs.
+    sharing = settings.share == "on" or (settings.share == "auto" and not getattr(state, "in_process", True))
+    if sharing and shared is None:
+        from turnout.state.shared_stats import shared_stats_for
+
+        shared = shared_stats_for(state)
     return BanditRoute(
         name=name,
         router=bandit,
@@ -440,6 +461,8 @@ def build_bandit_route(
         keep_contexts=settings.remember,
         seed=settings.seed,
         meta=kept,
+        shared=shared if sharing else None,
+        share_every_s=settings.share_every_s,
     )
 
 

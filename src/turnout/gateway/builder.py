@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from turnout.backends.base import Backend, Timeouts
 from turnout.config.schema import BackendSettings, EndpointSettings, ModelSettings, TurnoutConfig
@@ -30,6 +30,9 @@ from turnout.gateway.reliability import Backoff
 from turnout.gateway.routes import RouteRuntime
 from turnout.gateway.stages import Stages, build_stage
 from turnout.types import Price
+
+if TYPE_CHECKING:
+    from turnout.state.shared_stats import SharedStats
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +168,20 @@ def _state(cfg: TurnoutConfig) -> Any:
         ) from exc
 
 
-def build_gateway(cfg: TurnoutConfig) -> Gateway:
-    """Every backend, model target, route, stage, metrics, request log, key store and the state of ``cfg``."""
+def build_gateway(cfg: TurnoutConfig, *, shared_stats: SharedStats | None = None) -> Gateway:
+    """Every backend, model target, route, stage, metrics, request log, key store and the state of ``cfg``.
+
+    ``shared_stats``: where bandit routes that share (``bandit.share``) pool their statistics; by default
+    the state store's (:func:`~turnout.state.shared_stats.shared_stats_for`: Redis when the state is in
+    Redis, else this gateway's own). Gateways of one process given one
+    :class:`~turnout.state.shared_stats.InMemorySharedStats` share their bandits' learning (tests).
+    """
     state = _state(cfg)
     backends = _Backends(cfg)
     targets = {name: _target(cfg, name, m, backends) for name, m in cfg.models.items()}
     offloader = Offloader()
     embeddings = EmbeddingService(offloader)
-    routes = {name: _route(cfg, name, targets, state, embeddings) for name in cfg.routes}
+    routes = {name: _route(cfg, name, targets, state, embeddings, shared_stats) for name in cfg.routes}
     decision_stage = _decision_stage(cfg, embeddings, offloader, routes, targets)
     configured = _stages(cfg, embeddings, offloader, state)
     stages = Stages([*configured, decision_stage] if decision_stage is not None else configured)
@@ -321,15 +330,20 @@ def _scale_out(
 
 
 def _route(
-    cfg: TurnoutConfig, name: str, targets: dict[str, ModelTarget], state: Any, embeddings: EmbeddingService
+    cfg: TurnoutConfig,
+    name: str,
+    targets: dict[str, ModelTarget],
+    state: Any,
+    embeddings: EmbeddingService,
+    shared_stats: SharedStats | None = None,
 ) -> RouteRuntime:
     from turnout.routing.policy import Policy
 
     r = cfg.routes[name]
-    if r.router.type == "bandit":  # learns online from feedback (gateway/bandit_route.py)
+    if r.router.type == "bandit":  # learns online from feedback (gateway/bandit_route.py), shared by replicas
         from turnout.gateway.bandit_route import build_bandit_route
 
-        return build_bandit_route(cfg, name, targets, state, embeddings, budget=_budget)
+        return build_bandit_route(cfg, name, targets, state, embeddings, budget=_budget, shared=shared_stats)
     if r.bandit is not None:
         raise ConfigError(
             "'bandit' settings apply only to a route whose router is the bandit",

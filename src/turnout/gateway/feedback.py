@@ -14,9 +14,12 @@
    stored as before, with the same answer as before (``request_id``, ``score``, ``stored``).
 
 :class:`OnlineLearning` also owns the learners' lifecycle: :meth:`OnlineLearning.start` starts one saver
-task per route with a state file (it writes only when something was learned), and
-:meth:`OnlineLearning.aclose` stops them and saves one last time, so a restart loses nothing that was
-learned before a clean shutdown (and at most ``save_every_s`` of learning after a crash).
+task per route with a state file (it writes only when something was learned) and, per route that shares
+its learning with other replicas (``bandit.share``), one exchange with the shared state right away (a
+restarted or late replica starts from the cluster's statistics) and a task that repeats it every
+``share_every_s`` (:mod:`turnout.gateway.bandit_sync`); :meth:`OnlineLearning.aclose` stops them, shares
+and saves one last time, so a restart loses nothing that was learned before a clean shutdown (and at
+most ``save_every_s`` of learning after a crash; with sharing, at most ``share_every_s`` of this replica's).
 
 Example::
 
@@ -36,6 +39,7 @@ import numpy as np
 
 from turnout.errors import InvalidRequestError, NotFoundError, StateError, TurnoutError
 from turnout.gateway.bandit_route import BanditRoute, Learned
+from turnout.gateway.bandit_sync import BanditSync
 from turnout.state.feedback_index import find_logged
 
 if TYPE_CHECKING:
@@ -87,6 +91,9 @@ class OnlineLearning:
     def __init__(self, gw: GatewayParts) -> None:
         self.gw = gw
         self._savers: list[asyncio.Task[None]] = []
+        self._sharers: list[asyncio.Task[None]] = []
+        #: route name -> its exchange with the other replicas (routes that share, from :meth:`start` on)
+        self.syncs: dict[str, BanditSync] = {}
 
     @property
     def routes(self) -> dict[str, BanditRoute]:
@@ -150,10 +157,25 @@ class OnlineLearning:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        """One saver task per route with a state file: it saves every ``save_every_s`` when something was learned."""
+        """One saver task per route with a state file (it saves every ``save_every_s`` when something was learned);
+        per sharing route a first exchange now, then one task exchanging every ``share_every_s``."""
         for rt in self.routes.values():
+            if rt.shared is not None and rt.name not in self.syncs:
+                sync = self.syncs[rt.name] = BanditSync(rt, rt.shared, route=rt.name)
+                log.info("route %s: sharing the bandit's learning through %r under %s", rt.name, rt.shared, sync.key)
+                await sync.sync()  # the cluster's statistics before the first request (failures are logged, not raised)
+                self._sharers.append(asyncio.create_task(self._sharer(rt, sync), name=f"turnout-bandit-share:{rt.name}"))
             if rt.state_path is not None:
                 self._savers.append(asyncio.create_task(self._saver(rt), name=f"turnout-bandit-saver:{rt.name}"))
+
+    async def share(self) -> dict[str, bool]:
+        """Exchange every sharing route's statistics with the other replicas now: route -> whether it merged any."""
+        return {name: await sync.sync() for name, sync in self.syncs.items()}
+
+    async def _sharer(self, rt: BanditRoute, sync: BanditSync) -> None:
+        while sync.stopped is None:
+            await asyncio.sleep(rt.share_every_s)
+            await sync.sync()  # a merge marks the route dirty: its saver writes the state file
 
     async def _saver(self, rt: BanditRoute) -> None:
         while True:
@@ -175,13 +197,15 @@ class OnlineLearning:
             )
 
     async def aclose(self) -> None:
-        """Stop the savers and save every learning route's state one last time. Idempotent."""
-        savers, self._savers = self._savers, []
-        for task in savers:
-            task.cancel()
-        for task in savers:
+        """Stop the savers and exchanges; share, then save every learning route's state one last time. Idempotent."""
+        tasks, self._savers, self._sharers = [*self._savers, *self._sharers], [], []
+        for task in tasks:
+            task.cancel()  # an exchange cancelled mid-way loses nothing (gateway/bandit_sync.py)
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.share()  # what this replica learned since the last exchange goes out before it stops
+        self.syncs = {}
         for rt in self.routes.values():
             if rt.state_path is not None:
                 await self._save(rt, "shutdown")
