@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from state_helpers import redis_clients
 
 from turnout.errors import StateError
 from turnout.state import InMemoryCounters, RedisCounters
@@ -16,22 +16,12 @@ from turnout.state.marks import InMemoryMarks, Marks, RedisMarks, marks_for
 @pytest.fixture(params=["memory", "redis"])
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], Marks]]:
     """Marks as two replicas see them: one object in memory, two clients of one prefix in Redis."""
-    stores: list[RedisCounters] = []
     if request.param == "memory":
         one = InMemoryMarks()
         yield lambda: one
         return
-    url = request.getfixturevalue("redis_url")
-    prefix = f"test-{uuid.uuid4().hex[:8]}:"
-
-    def make() -> Marks:
-        store = RedisCounters(url, prefix=prefix)
-        stores.append(store)
-        return RedisMarks(store)
-
-    yield make
-    for s in stores:
-        await s.aclose()
+    async with redis_clients(request) as client:
+        yield lambda: RedisMarks(client())
 
 
 async def test_a_mark_is_seen_by_every_replica_with_its_time_left(shared: Callable[[], Marks]) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from state_helpers import redis_clients
 
 from turnout.state import RedisCounters
 from turnout.state.ratelimit import (
@@ -28,23 +28,11 @@ class Clock:
 @pytest.fixture(params=["memory", "redis"])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[float], RateWindows]]:
     """A factory of windows of a given length, in memory or in a real Redis (one prefix per test)."""
-    stores: list[RedisCounters] = []
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        prefix = f"test-{uuid.uuid4().hex[:8]}:"
-
-        def factory(window_s: float) -> RateWindows:
-            store = RedisCounters(url, prefix=prefix)
-            stores.append(store)
-            return RedisRateWindows(store, window_s=window_s)
-    else:
-
-        def factory(window_s: float) -> RateWindows:
-            return InMemoryRateWindows(window_s=window_s)
-
-    yield factory
-    for s in stores:
-        await s.aclose()
+    if request.param == "memory":
+        yield lambda window_s: InMemoryRateWindows(window_s=window_s)
+        return
+    async with redis_clients(request) as client:
+        yield lambda window_s: RedisRateWindows(client(), window_s=window_s)
 
 
 async def test_rpm_admits_exactly_the_limit_then_says_when_to_retry(make: Callable[[float], RateWindows]) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from state_helpers import redis_clients
 
 from turnout.errors import StateError
 from turnout.state import InMemoryCounters, RedisCounters
@@ -16,22 +16,12 @@ from turnout.state.shared_stats import InMemorySharedStats, RedisSharedStats, Sh
 @pytest.fixture(params=["memory", "redis"])
 async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], SharedStats]]:
     """Shared statistics as replicas see them: one object in memory, separate clients of one prefix in Redis."""
-    stores: list[RedisCounters] = []
     if request.param == "memory":
         one = InMemorySharedStats()
         yield lambda: one
         return
-    url = request.getfixturevalue("redis_url")
-    prefix = f"test-{uuid.uuid4().hex[:8]}:"
-
-    def make() -> SharedStats:
-        store = RedisCounters(url, prefix=prefix)
-        stores.append(store)
-        return RedisSharedStats(store)
-
-    yield make
-    for s in stores:
-        await s.aclose()
+    async with redis_clients(request) as client:
+        yield lambda: RedisSharedStats(client())
 
 
 async def test_an_absent_key_reads_as_version_0_and_a_swap_creates_it_once(shared: Callable[[], SharedStats]) -> None:
