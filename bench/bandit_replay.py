@@ -17,12 +17,19 @@ Measured:
   calls quality at a cost; mixing two λ values reaches any point of the hull).
   ``gap_points_at_2000`` = (best offline quality at that cost − bandit quality) × 100, mean over seeds.
   Goal: ≤ 2 points.
+- **what the yardstick costs any single policy:** each offline router run exactly as the bandit is (frozen,
+  one policy at the same λ) and read against the same yardstick (``offline_policy_gap_points``): one
+  operating point measured on a few hundred test prompts, against the best of several routers' test hulls
+  (each the upper envelope of many λ points read on those same prompts), is behind by construction;
+- **symmetric:** the bandit's own test hull (its predictions swept over λ) against the offline routers' at
+  the same cost (``hull_gap_points``).
 
     OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/bandit_replay.py \
         [--requests 2000] [--seeds 5] [--offline knn,profile] [--json bench/results/bandit_replay.json] \
         [--plot bench/results/bandit_regret.png]
 
-JSON: ``{TABLE: {gap_points_at_2000, bandit_quality, offline_quality, mean_cost, ...}}`` plus details.
+JSON: ``{TABLE: {gap_points_at_2000, gap_points_se, hull_gap_points, offline_policy_gap_points, bandit_quality,
+offline_quality, mean_cost, ...}}`` plus details per seed.
 """
 
 from __future__ import annotations
@@ -161,15 +168,28 @@ def main(argv: list[str] | None = None) -> int:
                 bandit = run["bandit"]
                 bpred = only_observed(bandit.predict(Xte), test)
                 bidx = choose(bpred, lam)
-                b_q = float(np.mean(test.scores[np.arange(len(test)), bidx]))
-                b_c = float(np.mean(test.costs[np.arange(len(test)), bidx]))
+                rows_te = np.arange(len(test))
+                b_q = float(np.mean(test.scores[rows_te, bidx]))
+                b_c = float(np.mean(test.costs[rows_te, bidx]))
                 offline_q: dict[str, float | None] = {}
+                hulls, points = [], {}
                 for name in offline:
                     router = create_router(name).fit(stream.to_training_data(X))
-                    curve = np.asarray(sweep(only_observed(router.predict(Xte), test), test)["curve"], dtype=float)
-                    q = hull_quality_at(nondecreasing_hull(curve), b_c)
+                    opred = only_observed(router.predict(Xte), test)
+                    hull = nondecreasing_hull(np.asarray(sweep(opred, test)["curve"], dtype=float))
+                    hulls.append(hull)
+                    q = hull_quality_at(hull, b_c)
                     offline_q[name] = None if np.isnan(q) else float(q)
+                    oidx = choose(opred, lam)  # the offline router run as the bandit is: one policy at the same λ
+                    points[name] = (float(np.mean(test.costs[rows_te, oidx])), float(np.mean(test.scores[rows_te, oidx])))
                 valid = [v for v in offline_q.values() if v is not None]
+                # the same yardstick applied to the offline routers' own one-λ policies: what reading a single
+                # operating point against the best of several routers' test hulls costs any policy
+                off_policy_gap = {
+                    k: (float(np.nanmax([hull_quality_at(h, c) for h in hulls])) - q) * 100 for k, (c, q) in points.items()
+                }
+                # symmetric: the bandit's own test hull (its predictions swept over λ) at the same cost
+                b_hull = hull_quality_at(nondecreasing_hull(np.asarray(sweep(bpred, test)["curve"], dtype=float)), b_c)
                 per_seed.append(
                     {
                         "seed": seed,
@@ -178,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         "mean_cost": b_c,
                         "offline_quality": offline_q,
                         "gap_points": (max(valid) - b_q) * 100 if valid else None,
+                        "hull_gap_points": (max(valid) - b_hull) * 100 if valid and not np.isnan(b_hull) else None,
+                        "offline_policy_gap_points": off_policy_gap,
                         "online": {
                             "bandit_quality": float(run["quality"].mean()),
                             "bandit_cost": float(run["cost"].mean()),
@@ -210,9 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         def mean(key: str, runs: list[dict[str, Any]] = per_seed) -> float:
             return float(np.mean([s[key] for s in runs]))
 
+        hull_gaps = [s["hull_gap_points"] for s in per_seed if s["hull_gap_points"] is not None]
+        policy_gaps = {k: [s["offline_policy_gap_points"][k] for s in per_seed] for k in offline}
         out[ds] = {
             "gap_points_at_2000": float(np.mean(gaps)) if gaps else None,
             "gap_points_sd": float(np.std(gaps, ddof=1)) if len(gaps) > 1 else None,
+            "gap_points_se": float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None,
+            # the bandit's test hull against the offline routers' at the same cost (both read on their hulls)
+            "hull_gap_points": float(np.mean(hull_gaps)) if hull_gaps else None,
+            # each offline router run as one policy at the bandit's λ, against the same yardstick as the bandit
+            "offline_policy_gap_points": {k: float(np.nanmean(v)) for k, v in policy_gaps.items()},
             "bandit_quality": mean("bandit_quality"),
             "offline_quality": float(np.mean([max(v for v in s["offline_quality"].values() if v is not None) for s in per_seed])),
             "mean_cost": mean("mean_cost"),
@@ -236,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         "mean cost $",
         "gap (points)",
         "goal ≤ 2",
+        "hull gap",
+        "offline as one policy: gap",
         "online q bandit / offline",
         "explored",
         "regret vs fixed / offline",
@@ -252,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['mean_cost']:.3g}",
             f"{r['gap_points_at_2000']:.2f} ± {r['gap_points_sd'] or 0:.2f}",
             "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]",
+            f"{r['hull_gap_points']:.2f}" if r["hull_gap_points"] is not None else "-",
+            ", ".join(f"{k} {v:.2f}" for k, v in r["offline_policy_gap_points"].items()),
             f"{np.mean([s['online']['bandit_quality'] for s in on]):.4f} / {oq:.4f}",
             f"{np.mean([s['online']['explored_share'] for s in on]):.1%}",
             f"{np.mean([s['online']['regret_vs_best_fixed'] for s in on]):.1f} / "
