@@ -41,23 +41,36 @@ class RedisServer:
         if exe is None:
             pytest.skip("redis-server is not on PATH (install it: apt-get install -y redis-server)")
         pytest.importorskip("redis", reason="the redis package is not installed (pip install 'turnout[redis]')")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        # a port free a moment ago can be taken before redis binds it (by any process's outgoing connection):
+        # a server that exits at once is started again on another port
+        for _attempt in range(3):
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+            if self._wait_up():
+                return
+        pytest.fail(f"redis-server did not start on port {self.port} (exit code {self.proc.poll()})")
+
+    def _wait_up(self) -> bool:
+        """Whether this server answers on its port (False once it has exited: the port was taken)."""
         deadline = time.monotonic() + 10
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
+                if self.proc.poll() is None:  # ours, not another process that holds the port
+                    return True
             except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"redis-server did not start on port {self.port} (exit code {self.proc.poll()})")
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not answer on port {self.port} within 10 s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
