@@ -313,21 +313,14 @@ class Deployment:
                     str(self.scripted_latency_ms),
                 ]
             else:
-                cmd = [
-                    self.python,
-                    "-m",
-                    "turnout.backends._llama_child",
-                    "--model",
-                    str(self._gguf()),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--n_threads",
-                    "1",
-                    "--n_ctx",
-                    str(self.n_ctx),
-                ]
+                # the fleet's own command line (its --interrupt_requests False above all: by default llama_cpp.server
+                # ends a stream in progress with [DONE] and no finish_reason whenever another request, even a
+                # health probe's GET /v1/models, waits for the model), run by this deployment's python
+                model = self._gguf()  # puts the checkout's src on the path when run as a script
+                from turnout.backends.llamacpp import LlamaCppServer
+
+                cmd = LlamaCppServer(model, port=port, n_threads=1, n_ctx=self.n_ctx).command()
+                cmd[0] = self.python
             child = Child(f"engine-{j}", cmd, port, self.workdir / f"engine-{j}.log", self._env)
             child.launch()
             self.engines.append(child)

@@ -24,6 +24,7 @@ import importlib.util
 import shutil
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -249,5 +250,30 @@ def test_two_llamacpp_engines_behind_two_replicas_and_nginx(tmp_path: Path) -> N
             if c.choices
         )
         assert text.strip()
+        # a health probe (GET /v1/models) reaching an engine mid-stream must not end that stream early: by default
+        # llama_cpp.server sends [DONE] without a finish_reason then (the client sees an error); the recipe's
+        # engines run with --interrupt_requests False, as the embedded fleet's do
+        stop = threading.Event()
+
+        def probe() -> None:
+            while not stop.is_set():
+                for url in d.engine_urls:
+                    httpx.get(url + "/models", timeout=5)
+                time.sleep(0.01)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        try:
+            finishes = [
+                c.choices[0].finish_reason
+                for c in client.chat.completions.create(
+                    model="smollm2", max_tokens=32, stream=True, messages=[{"role": "user", "content": "Tell a story."}]
+                )
+                if c.choices and c.choices[0].finish_reason
+            ]
+        finally:
+            stop.set()
+            prober.join(10)
+        assert finishes in (["length"], ["stop"])
         for url in d.replica_urls:  # both replicas up, sharing the one Redis
             assert httpx.get(url.removesuffix("/v1") + "/readyz").json()["ready"] is True
