@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 
 #: every check, in the order they are tried (cheapest and most telling first)
 CHECKS: tuple[str, ...] = ("numbers", "negation", "exclusion", "units", "entities")
@@ -342,53 +343,33 @@ class Features:
     """One question's details, each extracted on first use and kept: a lookup compares one new question with
     several cached ones, and the checks stop at the first that fails."""
 
-    __slots__ = ("_entities", "_exclusions", "_negations", "_numbers", "_squashed", "_units", "text")
-
     def __init__(self, text: str) -> None:
         self.text = text
-        self._numbers: tuple[str, ...] | None = None
-        self._negations: int | None = None
-        self._exclusions: frozenset[str] | None = None
-        self._units: tuple[str, ...] | None = None
-        self._entities: frozenset[str] | None = None
-        self._squashed: str | None = None
 
-    # (each property calls the module's function of the same name)
-    @property
+    # each calls the module's function of the same name, once
+    @cached_property
     def numbers(self) -> tuple[str, ...]:
-        if self._numbers is None:
-            self._numbers = numbers(self.text)
-        return self._numbers
+        return numbers(self.text)
 
-    @property
+    @cached_property
     def negations(self) -> int:
-        if self._negations is None:
-            self._negations = negations(self.text)
-        return self._negations
+        return negations(self.text)
 
-    @property
+    @cached_property
     def exclusions(self) -> frozenset[str]:
-        if self._exclusions is None:
-            self._exclusions = exclusions(self.text)
-        return self._exclusions
+        return exclusions(self.text)
 
-    @property
+    @cached_property
     def units(self) -> tuple[str, ...]:
-        if self._units is None:
-            self._units = units(self.text)
-        return self._units
+        return units(self.text)
 
-    @property
+    @cached_property
     def entities(self) -> frozenset[str]:
-        if self._entities is None:
-            self._entities = entities(self.text)
-        return self._entities
+        return entities(self.text)
 
-    @property
+    @cached_property
     def squashed(self) -> str:
-        if self._squashed is None:
-            self._squashed = _squash(self.text)
-        return self._squashed
+        return _squash(self.text)
 
 
 @dataclass(frozen=True, slots=True)
