@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-FIELDS = ("A", "bq", "bc", "n", "nc")
 
 
 async def measure(url: str, arms: int, d: int, rounds: int, updates: int, dim: int = 384) -> dict[str, Any]:
-    from turnout.gateway.bandit_sync import BanditSync, encode
+    from turnout.gateway.bandit_sync import FIELDS, BanditSync, encode
     from turnout.routing.bandit import BanditRouter
     from turnout.state import RedisCounters
     from turnout.state.shared_stats import RedisSharedStats
