@@ -291,20 +291,24 @@ def main(argv: list[str] | None = None) -> int:
             f"{np.mean([s['online']['regret_vs_offline'] for s in on]):.1f}",
         )
     console.print(t)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2))
-    console.print(f"wrote {args.json}")
-    if args.plot:
-        _plot(curves, out, Path(args.plot))
-        console.print(f"wrote {args.plot}")
+    write_results(console, out, args.json, args.plot, lambda path: _plot(curves, out, path))
     return 0
 
 
-def _plot(curves: dict[str, dict[str, np.ndarray]], out: dict[str, Any], path: Path) -> None:
-    import matplotlib
+def write_results(console: Any, out: dict[str, Any], json_path: str, plot_path: str, plot: Any) -> None:
+    """Write ``out`` as JSON to ``json_path`` and, unless ``plot_path`` is empty, ``plot(Path(plot_path))``."""
+    Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(json_path).write_text(json.dumps(out, indent=2))
+    console.print(f"wrote {json_path}")
+    if plot_path:
+        plot(Path(plot_path))
+        console.print(f"wrote {plot_path}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _plot(curves: dict[str, dict[str, np.ndarray]], out: dict[str, Any], path: Path) -> None:
+    from turnout.evaluation.plot import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4.2), squeeze=False)
     for ax, (ds, c) in zip(axes[0], curves.items()):
@@ -316,10 +320,7 @@ def _plot(curves: dict[str, dict[str, np.ndarray]], out: dict[str, Any], path: P
         ax.set_xlabel("requests")
         ax.set_ylabel("cumulative regret (score − λ·cost)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ki", type=float, help="controller gain (default: LambdaController's)")
     ap.add_argument("--window", type=int, help="controller window (default: LambdaController's)")
     args = ap.parse_args(argv)
+    if args.requests // 2 < args.settle + PLOT_WINDOW:
+        ap.error(
+            f"--requests {args.requests} is too few: each half needs --settle ({args.settle}) plus a "
+            f"{PLOT_WINDOW}-request window, so at least {2 * (args.settle + PLOT_WINDOW)} requests"
+        )
     gains = {k: v for k, v in (("kp", args.kp), ("ki", args.ki), ("window", args.window)) if v is not None}
     warnings.simplefilter("ignore", UserWarning)
     console = Console(width=max(Console().width, 150))
@@ -218,10 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(series: dict[str, list[np.ndarray]], target: float, doc: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from turnout.evaluation.plot import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     kernel = np.ones(PLOT_WINDOW) / PLOT_WINDOW
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -252,10 +256,7 @@ def _plot(series: dict[str, list[np.ndarray]], target: float, doc: dict[str, Any
     ax2.set_yscale("log")
     ax2.set_ylabel("λ")
     ax2.set_xlabel("requests")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

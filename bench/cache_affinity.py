@@ -156,10 +156,9 @@ def ring_remap(n: int = 8, keys: int = 20000, seed: int = 0) -> dict[str, float]
 
 
 def plot(path: Path, sweeps: dict[str, list[dict[str, Any]]], slo_s: float, capacity: dict[str, float]) -> None:
-    import matplotlib
+    from turnout.evaluation.plot import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for name, runs in sweeps.items():
@@ -180,10 +179,7 @@ def plot(path: Path, sweeps: dict[str, list[dict[str, Any]]], slo_s: float, capa
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

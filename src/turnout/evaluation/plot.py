@@ -6,6 +6,7 @@ Example::
     plot_eval(json.load(open("eval.json")), "eval.png")
 
 matplotlib is optional (``pip install 'turnout[plot]'``) and imported only here, with the Agg backend.
+:func:`pyplot` and :func:`save_figure` are the same two steps for other figures (the ``bench/`` scripts use them).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from turnout.errors import MissingDependency
 from turnout.evaluation.metrics import nondecreasing_hull
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display), or :class:`MissingDependency` without matplotlib."""
     try:
         import matplotlib
     except ImportError:
@@ -30,12 +32,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(plt: Any, fig: Any, out_png: str | Path) -> Path:
-    """Lay ``fig`` out, write it to ``out_png`` (making its folder) and close it."""
+def save_figure(fig: Any, out_png: str | Path, *, dpi: float | None = None) -> Path:
+    """Lay ``fig`` out, write it to ``out_png`` as a PNG (making its folder) and close it; returns the path."""
+    plt = pyplot()
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    fig.savefig(out, format="png", dpi=dpi)
     plt.close(fig)
     return out
 
@@ -50,7 +53,7 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     (when the result has ``references``) are dashed black. Cascades and fan-outs (``cascades``,
     on tables with answers) are dash-dotted, the router-built ones dashed and thicker.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(12, 6.5), dpi=120)
     xs: list[float] = []
     cmap = plt.get_cmap("tab10" if len(result.get("routers", {})) <= 10 else "tab20")
@@ -122,7 +125,7 @@ def plot_eval(result: dict[str, Any], out_png: str | Path, *, title: str | None 
     ax.set_title(title or f"{Path(str(result.get('table', ''))).name or 'eval'}: {n}")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    return _save(plt, fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _plot_cascades(ax: Any, plt: Any, cascades: dict[str, Any]) -> list[float]:
@@ -159,7 +162,7 @@ def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | No
     a gap hidden by the spread of the splits shows. Dots of one split are joined
     faintly across routers.
     """
-    plt = _pyplot()
+    plt = pyplot()
     routers = result.get("routers", {})
     names = sorted(routers, key=lambda n: routers[n]["aiq"]["mean"])
     values = np.array([routers[n]["aiq"]["values"] for n in names], dtype=float).reshape(len(names), -1)
@@ -205,4 +208,4 @@ def plot_repeats(result: dict[str, Any], out_png: str | Path, *, title: str | No
         or f"{Path(str(result.get('table', ''))).name or 'eval'}: AIQ over {result.get('repeats', values.shape[1])} random splits"
     )
     ax0.legend(fontsize=8, loc="lower right")
-    return _save(plt, fig, out_png)
+    return save_figure(fig, out_png)
