@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bandit_replay import COST_SHARE, TABLES, crossfit_predictions, replay, write_results
+from bandit_replay import TABLES, crossfit_predictions, operating_lambda, replay, write_results
 
 HERE = Path(__file__).resolve().parent
 DESIGNS = ("full", "random_1", "random_2", "random_4", "full_on_n_over_k", "bandit")
@@ -61,7 +61,7 @@ def measure(
     """
     from turnout.evaluation.curves import only_observed, sweep
     from turnout.evaluation.metrics import hull_quality_at, nondecreasing_hull
-    from turnout.routing import Prediction, calibrate_lambda, choose, create_router
+    from turnout.routing import choose, create_router
     from turnout.routing.bandit import BanditRouter
 
     rows_by: dict[str, list[dict[str, float]]] = {d: [] for d in DESIGNS}
@@ -71,10 +71,7 @@ def measure(
         stream, X = train.subset(perm[:n]), Xtr_all[perm[:n]]
         val, Xv = train.subset(perm[n:]), Xtr_all[perm[n:]]
         # λ as the replay chooses it: offline knn, cross-fitted on the stream, spends COST_SHARE of the best model's cost
-        Q, C = crossfit_predictions("knn", X, stream, 5, seed)
-        best_single = int(np.nanargmax(np.nanmean(stream.scores, axis=0)))
-        target = COST_SHARE * float(np.nanmean(stream.costs[:, best_single]))
-        lam = calibrate_lambda(Prediction(list(stream.models), Q, C, available=~np.isnan(stream.scores)), target_cost=target)
+        lam = operating_lambda(stream, *crossfit_predictions("knn", X, stream, 5, seed))
         lams.append(lam)
         hulls: dict[str, list[np.ndarray]] = {"val": [], "test": []}
         for name in ("knn", "profile"):

@@ -68,6 +68,15 @@ def crossfit_predictions(name: str, X: np.ndarray, table: Any, folds: int, seed:
     return Q, C
 
 
+def operating_lambda(stream: Any, Q: np.ndarray, C: np.ndarray) -> float:
+    """The replay's λ: where the cross-fitted predictions ``Q``, ``C`` spend COST_SHARE of the best model's mean cost."""
+    from turnout.routing import Prediction, calibrate_lambda
+
+    best_single = int(np.nanargmax(np.nanmean(stream.scores, axis=0)))
+    target = COST_SHARE * float(np.nanmean(stream.costs[:, best_single]))
+    return float(calibrate_lambda(Prediction(list(stream.models), Q, C, available=~np.isnan(stream.scores)), target_cost=target))
+
+
 def replay(
     X: np.ndarray, table: Any, lam: float, seed: int, Xproj: np.ndarray, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -108,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from turnout.evaluation.metrics import hull_quality_at, nondecreasing_hull
     from turnout.evaluation.runner import progress_bar
     from turnout.evaluation.splits import split_table
-    from turnout.routing import Prediction, calibrate_lambda, choose, create_router
+    from turnout.routing import Prediction, choose, create_router
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="routerbench,dcrouter")
@@ -149,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the operating point, on train only: offline routers cross-fitted on the stream spend COST_SHARE
                 # of the best single model's mean cost
                 cross = {name: crossfit_predictions(name, X, stream, 5, seed) for name in offline}
-                best_single = int(np.nanargmax(np.nanmean(stream.scores, axis=0)))
-                target = COST_SHARE * float(np.nanmean(stream.costs[:, best_single]))
-                first = Prediction(list(stream.models), *cross[offline[0]], available=~np.isnan(stream.scores))
-                lam = calibrate_lambda(first, target_cost=target)
+                lam = operating_lambda(stream, *cross[offline[0]])
                 run = replay(X, stream, lam, seed, Xtr_all, params)
                 reward = run["quality"] - lam * run["cost"]
                 fixed = np.nanmean(stream.scores - lam * stream.costs, axis=0)
